@@ -1,0 +1,310 @@
+#!/usr/bin/env bash
+# kafka.sh — run a real single-node Apache Kafka 4.x broker (KRaft combined
+# mode: one process is both broker and controller) on 127.0.0.1 for
+# integration and fault tests.
+#
+# Usage: deploy/kafka/kafka.sh start|stop|status|wait|restart|topics [args...]
+#
+#   start    fetch the broker jars with Maven if needed, format storage on the
+#            first run, launch the broker in the background. Returns once the
+#            process is launched; run `wait` to block until it serves. If a
+#            broker already answers on the port it is reused and nothing is
+#            started.
+#   wait     block until the broker accepts TCP connections and answers a
+#            metadata request (TopicCommand --list). Fails after
+#            KAFKA_WAIT_TIMEOUT seconds (default 120) with the tail of the log.
+#   status   print whether the broker runs; exit 0 if it answers on the port,
+#            3 if not.
+#   stop     SIGTERM the broker started by this script and wait for a clean
+#            shutdown (SIGKILL after KAFKA_STOP_TIMEOUT seconds, default 60).
+#            Data is kept.
+#   restart  stop, start with the same data, wait. For broker-restart tests.
+#   topics   run org.apache.kafka.tools.TopicCommand against the broker with
+#            the remaining arguments, e.g. `topics --list`.
+#
+# Environment:
+#   KAFKA_PORT             broker (client) port, default 19092
+#   KAFKA_CONTROLLER_PORT  KRaft controller port, default 19093
+#   KAFKA_HEAP_OPTS        JVM heap flags, default "-Xms256m -Xmx768m"
+#   KAFKA_WAIT_TIMEOUT     seconds `wait` allows, default 120
+#   KAFKA_STOP_TIMEOUT     seconds `stop` allows before SIGKILL, default 60
+#
+# Everything it writes lives under <repo>/.cache/kafka/: libs/ (class path),
+# data/ (log.dirs and KRaft metadata), server.properties, kafka.log, kafka.pid.
+# Delete that directory for a fresh cluster.
+set -euo pipefail
+
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo_root="$(cd "${script_dir}/../.." && pwd)"
+cache_dir="${repo_root}/.cache/kafka"
+libs_dir="${cache_dir}/libs"
+data_dir="${cache_dir}/data"
+config_file="${cache_dir}/server.properties"
+log_file="${cache_dir}/kafka.log"
+pid_file="${cache_dir}/kafka.pid"
+
+port="${KAFKA_PORT:-19092}"
+controller_port="${KAFKA_CONTROLLER_PORT:-19093}"
+heap_opts="${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}"
+wait_timeout="${KAFKA_WAIT_TIMEOUT:-120}"
+stop_timeout="${KAFKA_STOP_TIMEOUT:-60}"
+bootstrap="127.0.0.1:${port}"
+
+log() { printf 'kafka.sh: %s\n' "$*" >&2; }
+die() { printf 'kafka.sh: error: %s\n' "$*" >&2; exit 1; }
+
+# port_open reports whether something accepts TCP connections on 127.0.0.1:$1.
+port_open() {
+	(exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+}
+
+# our_pid prints the pid of the broker this script started, if it still runs.
+our_pid() {
+	[[ -f "${pid_file}" ]] || return 1
+	local pid
+	pid="$(<"${pid_file}")"
+	[[ "${pid}" =~ ^[0-9]+$ ]] || return 1
+	kill -0 "${pid}" 2>/dev/null || return 1
+	# Guard against pid reuse: the process must be our broker.
+	tr '\0' ' ' <"/proc/${pid}/cmdline" 2>/dev/null | grep -q 'kafka\.Kafka' || return 1
+	printf '%s\n' "${pid}"
+}
+
+# apt_install installs Debian packages non-interactively, refreshing the
+# package lists only when a package is not known yet.
+apt_install() {
+	export DEBIAN_FRONTEND=noninteractive
+	if ! apt-get install -y -q --no-install-recommends "$@"; then
+		log "refreshing package lists"
+		apt-get update -q
+		apt-get install -y -q --no-install-recommends "$@"
+	fi
+}
+
+# ensure_tools makes sure a Java 17+ runtime and Maven are present.
+ensure_tools() {
+	if ! command -v java >/dev/null 2>&1; then
+		log "java not found; installing default-jre-headless"
+		apt_install default-jre-headless
+	fi
+	if ! command -v mvn >/dev/null 2>&1; then
+		log "mvn not found; installing maven"
+		apt_install maven
+	fi
+	local major
+	major="$(java -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java\.specification\.version = \([0-9]*\).*/\1/p')"
+	if [[ -z "${major}" || "${major}" -lt 17 ]]; then
+		die "Kafka 4.x brokers need Java 17 or newer; found java.specification.version=${major:-unknown}"
+	fi
+}
+
+# fetch_libs copies the broker and its runtime dependencies into libs/ with
+# Maven. The copy is keyed by a hash of pom.xml, so editing the pom (e.g. a
+# version bump) refetches and an unchanged pom costs nothing.
+fetch_libs() {
+	local stamp want
+	stamp="${libs_dir}/.pom.sha256"
+	want="$(sha256sum "${script_dir}/pom.xml" | cut -d' ' -f1)"
+	if [[ -f "${stamp}" && "$(<"${stamp}")" == "${want}" ]]; then
+		return 0
+	fi
+	ensure_tools
+	log "fetching broker jars with Maven into ${libs_dir}"
+	local tmp="${libs_dir}.tmp"
+	rm -rf "${tmp}"
+	mvn -q -B -Dstyle.color=never -f "${script_dir}/pom.xml" dependency:copy-dependencies \
+		-DincludeScope=runtime -DoutputDirectory="${tmp}"
+	printf '%s\n' "${want}" >"${tmp}/.pom.sha256"
+	rm -rf "${libs_dir}"
+	mv "${tmp}" "${libs_dir}"
+	log "fetched $(find "${libs_dir}" -name '*.jar' | wc -l) jars"
+}
+
+# run_class runs a Java main class on the broker's class path.
+run_class() {
+	local main="$1"
+	shift
+	java -Xmx256m -XX:TieredStopAtLevel=1 -cp "${libs_dir}/*" "${main}" "$@"
+}
+
+write_config() {
+	mkdir -p "${cache_dir}" "${data_dir}"
+	cat >"${config_file}.tmp" <<EOF
+# Generated by deploy/kafka/kafka.sh; edits are overwritten on every start.
+# Single node, KRaft combined mode, loopback only.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:${controller_port}
+listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${controller_port}
+advertised.listeners=PLAINTEXT://127.0.0.1:${port}
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+log.dirs=${data_dir}
+
+# One replica of everything, including the internal topics.
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+
+# Tests create their topics explicitly and must not wait for rebalances.
+auto.create.topics.enable=false
+group.initial.rebalance.delay.ms=0
+EOF
+	mv "${config_file}.tmp" "${config_file}"
+}
+
+# format_storage formats log.dirs with a fresh cluster id the first time. Later
+# starts find meta.properties and keep the existing data.
+format_storage() {
+	if [[ -f "${data_dir}/meta.properties" ]]; then
+		return 0
+	fi
+	local cluster_id
+	cluster_id="$(run_class kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n1)"
+	[[ -n "${cluster_id}" ]] || die "kafka.tools.StorageTool random-uuid printed no cluster id"
+	log "formatting ${data_dir} with cluster id ${cluster_id}"
+	run_class kafka.tools.StorageTool format -t "${cluster_id}" -c "${config_file}" >&2
+}
+
+cmd_start() {
+	local pid
+	if pid="$(our_pid)"; then
+		log "already running (pid ${pid}) on ${bootstrap}"
+		return 0
+	fi
+	if port_open "${port}"; then
+		log "a broker already answers on ${bootstrap}; reusing it"
+		return 0
+	fi
+	if port_open "${controller_port}"; then
+		die "controller port 127.0.0.1:${controller_port} is taken by another process; set KAFKA_CONTROLLER_PORT"
+	fi
+	fetch_libs
+	ensure_tools
+	write_config
+	format_storage
+	log "starting broker on ${bootstrap} (controller 127.0.0.1:${controller_port}), log ${log_file}"
+	# setsid detaches the broker from the caller's process group so that a
+	# CI step ending does not take it down with a stray signal.
+	# shellcheck disable=SC2086 # heap_opts is a list of JVM flags.
+	setsid nohup java ${heap_opts} -XX:+UseG1GC -Djava.awt.headless=true \
+		-Dlog4j2.configurationFile="${script_dir}/log4j2.xml" \
+		-cp "${libs_dir}/*" kafka.Kafka "${config_file}" \
+		>>"${log_file}" 2>&1 </dev/null &
+	printf '%s\n' "$!" >"${pid_file}"
+	log "started pid $!; run '$0 wait' to block until it serves"
+}
+
+cmd_wait() {
+	local deadline=$((SECONDS + wait_timeout))
+	log "waiting up to ${wait_timeout}s for ${bootstrap}"
+	until port_open "${port}"; do
+		if [[ -f "${pid_file}" ]] && ! our_pid >/dev/null; then
+			wait_failed "the broker process exited"
+		fi
+		((SECONDS < deadline)) || wait_failed "nothing accepts connections on ${bootstrap} after ${wait_timeout}s"
+		sleep 0.5
+	done
+	# A listening socket is not enough: metadata must be served, which also
+	# proves the controller quorum has a leader.
+	until run_class org.apache.kafka.tools.TopicCommand --bootstrap-server "${bootstrap}" \
+		--list >/dev/null 2>&1; do
+		((SECONDS < deadline)) || wait_failed "${bootstrap} accepts connections but no metadata request succeeded after ${wait_timeout}s"
+		sleep 1
+	done
+	log "broker on ${bootstrap} is ready"
+}
+
+wait_failed() {
+	log "error: $1"
+	if [[ -f "${log_file}" ]]; then
+		log "last 40 lines of ${log_file}:"
+		tail -n 40 "${log_file}" >&2
+	fi
+	exit 1
+}
+
+cmd_stop() {
+	local pid
+	if ! pid="$(our_pid)"; then
+		rm -f "${pid_file}"
+		if port_open "${port}"; then
+			log "a broker not started by this script answers on ${bootstrap}; leaving it alone"
+		else
+			log "not running"
+		fi
+		return 0
+	fi
+	log "stopping pid ${pid} (SIGTERM)"
+	kill -TERM "${pid}"
+	local deadline=$((SECONDS + stop_timeout))
+	while kill -0 "${pid}" 2>/dev/null; do
+		if ((SECONDS >= deadline)); then
+			log "pid ${pid} still running after ${stop_timeout}s; sending SIGKILL"
+			kill -KILL "${pid}" 2>/dev/null || true
+			break
+		fi
+		sleep 0.5
+	done
+	# The listening sockets close with the process; wait for the port to free
+	# so an immediate start does not mistake a dying broker for a live one.
+	while port_open "${port}" && ((SECONDS < deadline + 10)); do
+		sleep 0.2
+	done
+	rm -f "${pid_file}"
+	log "stopped"
+}
+
+cmd_status() {
+	local pid
+	if pid="$(our_pid)"; then
+		if port_open "${port}"; then
+			log "running (pid ${pid}) and answering on ${bootstrap}"
+			return 0
+		fi
+		log "process ${pid} runs but ${bootstrap} does not answer yet"
+		return 3
+	fi
+	if port_open "${port}"; then
+		log "a broker not started by this script answers on ${bootstrap}"
+		return 0
+	fi
+	log "not running"
+	return 3
+}
+
+cmd_topics() {
+	fetch_libs
+	run_class org.apache.kafka.tools.TopicCommand --bootstrap-server "${bootstrap}" "$@"
+}
+
+main() {
+	local cmd="${1:-}"
+	[[ $# -gt 0 ]] && shift
+	case "${cmd}" in
+	start) cmd_start ;;
+	stop) cmd_stop ;;
+	status) cmd_status ;;
+	wait) cmd_wait ;;
+	restart)
+		cmd_stop
+		cmd_start
+		cmd_wait
+		;;
+	topics) cmd_topics "$@" ;;
+	*)
+		printf 'usage: %s start|stop|status|wait|restart|topics [TopicCommand args...]\n' "$0" >&2
+		exit 2
+		;;
+	esac
+}
+
+main "$@"
