@@ -1,0 +1,180 @@
+package canon
+
+import (
+	"math"
+	"strconv"
+)
+
+// number canonicalizes the number literal at s.pos. The grammar is RFC 8259
+// section 6:
+//
+//	number = [ "-" ] int [ frac ] [ exp ]
+//	int    = "0" / ( digit1-9 *DIGIT )
+//	frac   = "." 1*DIGIT
+//	exp    = ("e" / "E") [ "-" / "+" ] 1*DIGIT
+//
+// A literal with neither frac nor exp is an integer literal: it must lie
+// within ±MaxSafeInteger and is written back as its digits ("-0" becomes
+// "0"). Any other literal is read as the nearest float64 and written in
+// ECMAScript form.
+func (s *state) number() error {
+	src := s.src
+	start := s.pos
+	i := start
+	if src[i] == '-' {
+		i++
+	}
+	digits := i
+	switch {
+	case i < len(src) && src[i] == '0':
+		i++
+	case i < len(src) && src[i] >= '1' && src[i] <= '9':
+		for i < len(src) && isDigit(src[i]) {
+			i++
+		}
+	default:
+		return s.fail(start, ErrSyntax, "invalid number")
+	}
+	intEnd := i
+	isFloat := false
+	if i < len(src) && src[i] == '.' {
+		i++
+		if i >= len(src) || !isDigit(src[i]) {
+			return s.fail(start, ErrSyntax, "invalid number: no digit after '.'")
+		}
+		for i < len(src) && isDigit(src[i]) {
+			i++
+		}
+		isFloat = true
+	}
+	if i < len(src) && (src[i] == 'e' || src[i] == 'E') {
+		i++
+		if i < len(src) && (src[i] == '+' || src[i] == '-') {
+			i++
+		}
+		if i >= len(src) || !isDigit(src[i]) {
+			return s.fail(start, ErrSyntax, "invalid number: no digit in exponent")
+		}
+		for i < len(src) && isDigit(src[i]) {
+			i++
+		}
+		isFloat = true
+	}
+	if i < len(src) && isIdent(src[i]) {
+		return s.fail(start, ErrSyntax, "invalid number")
+	}
+	s.pos = i
+
+	if !isFloat {
+		if !safeInteger(src[digits:intEnd]) {
+			return s.fail(start, ErrNumberRange, "integer beyond ±(2^53-1)")
+		}
+		if intEnd-digits == 1 && src[digits] == '0' {
+			s.out = append(s.out, '0') // "-0" and "0"
+			return nil
+		}
+		s.out = append(s.out, src[start:intEnd]...)
+		return nil
+	}
+	f, err := strconv.ParseFloat(bytesToString(src[start:i]), 64)
+	if err != nil {
+		// The grammar was checked above, so the only failure left is
+		// overflow to ±Inf. Underflow rounds to zero without error, as in
+		// ECMAScript.
+		return s.fail(start, ErrNumberRange, "magnitude overflows float64")
+	}
+	s.out = appendFloat(s.out, f)
+	return nil
+}
+
+func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+// safeInteger reports whether the decimal digits d, without leading zeros,
+// denote at most MaxSafeInteger.
+func safeInteger(d []byte) bool {
+	const maxDigits = 16 // len("9007199254740991")
+	if len(d) < maxDigits {
+		return true
+	}
+	if len(d) > maxDigits {
+		return false
+	}
+	var v uint64
+	for _, c := range d {
+		v = v*10 + uint64(c-'0')
+	}
+	return v <= MaxSafeInteger
+}
+
+// appendFloat appends the ECMAScript Number::toString form of the finite
+// float64 f (ECMA-262 section 6.1.6.1.20), which RFC 8785 section 3.2.2.3
+// adopts: the shortest digits that round-trip, laid out as an integer, a
+// decimal fraction, or in exponent form depending on the decimal exponent.
+// Both zeros are written "0".
+func appendFloat(dst []byte, f float64) []byte {
+	if f == 0 {
+		return append(dst, '0')
+	}
+	if f == math.Trunc(f) && math.Abs(f) <= MaxSafeInteger {
+		return strconv.AppendInt(dst, int64(f), 10)
+	}
+	// strconv's shortest round-trip digits in scientific form:
+	// [-]d[.ddd]e±xx.
+	var tmp [32]byte
+	b := strconv.AppendFloat(tmp[:0], f, 'e', -1, 64)
+	if b[0] == '-' {
+		dst = append(dst, '-')
+		b = b[1:]
+	}
+	var digits [24]byte
+	k := 0
+	i := 0
+	for ; b[i] != 'e'; i++ {
+		if b[i] != '.' {
+			digits[k] = b[i]
+			k++
+		}
+	}
+	i++ // 'e'
+	negExp := b[i] == '-'
+	i++ // sign
+	e := 0
+	for ; i < len(b); i++ {
+		e = e*10 + int(b[i]-'0')
+	}
+	if negExp {
+		e = -e
+	}
+	// ECMAScript's n: the value is 0.d1d2...dk × 10^n.
+	n := e + 1
+	d := digits[:k]
+	switch {
+	case k <= n && n <= 21:
+		dst = append(dst, d...)
+		for range n - k {
+			dst = append(dst, '0')
+		}
+	case 0 < n && n <= 21:
+		dst = append(dst, d[:n]...)
+		dst = append(dst, '.')
+		dst = append(dst, d[n:]...)
+	case -6 < n && n <= 0:
+		dst = append(dst, '0', '.')
+		for range -n {
+			dst = append(dst, '0')
+		}
+		dst = append(dst, d...)
+	default:
+		dst = append(dst, d[0])
+		if k > 1 {
+			dst = append(dst, '.')
+			dst = append(dst, d[1:]...)
+		}
+		dst = append(dst, 'e')
+		if n-1 >= 0 {
+			dst = append(dst, '+')
+		}
+		dst = strconv.AppendInt(dst, int64(n-1), 10)
+	}
+	return dst
+}
