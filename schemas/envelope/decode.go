@@ -1,0 +1,272 @@
+package envelope
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"aegis.dev/aegis/schemas/canon"
+)
+
+// Error codes returned by Decode. They are stable: they appear on the
+// rejected topic and in HTTP error bodies.
+const (
+	CodeInvalidJSON        = "INVALID_JSON"
+	CodeInvalidUTF8        = "INVALID_UTF8"
+	CodeDuplicateKey       = "DUPLICATE_KEY"
+	CodeNumberOutOfRange   = "NUMBER_OUT_OF_RANGE"
+	CodeUnknownField       = "UNKNOWN_FIELD"
+	CodeMissingField       = "MISSING_FIELD"
+	CodeInvalidField       = "INVALID_FIELD"
+	CodeUnknownEventType   = "UNKNOWN_EVENT_TYPE"
+	CodeUnsupportedVersion = "UNSUPPORTED_VERSION"
+	CodeTooLarge           = "TOO_LARGE"
+)
+
+// DefaultMaxEventBytes bounds one encoded event unless the caller sets a
+// different limit.
+const DefaultMaxEventBytes = 1 << 20
+
+// MaxIDLen bounds tenant_id and session_id.
+const MaxIDLen = 128
+
+// Error is a rejected event: a stable Code, the offending Field (a JSON path,
+// empty when the whole document is at fault) and a message for people.
+type Error struct {
+	Code  string
+	Field string
+	Msg   string
+	Err   error
+}
+
+func (e *Error) Error() string {
+	if e.Field != "" {
+		return fmt.Sprintf("%s: %s: %s", e.Code, e.Field, e.Msg)
+	}
+	return fmt.Sprintf("%s: %s", e.Code, e.Msg)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// Code returns the stable code of err if it is (or wraps) an *Error, and
+// CodeInvalidJSON otherwise.
+func Code(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	return CodeInvalidJSON
+}
+
+// Decoder decodes and validates events. The zero value uses
+// DefaultMaxEventBytes.
+type Decoder struct {
+	// MaxBytes bounds one encoded event; 0 means DefaultMaxEventBytes.
+	MaxBytes int
+	// Sealed accepts the fields added by the decider and the sealer
+	// (decision, prev_hash, hash). Client-facing decoders leave it false so
+	// that no client can forge a decision or a chain link.
+	Sealed bool
+}
+
+// Decode parses one event from data and validates it. It never panics; every
+// failure is an *Error with a stable code. The returned event's Payload is in
+// RFC 8785 canonical form and V is set to Version.
+func Decode(data []byte) (*Event, error) { return Decoder{}.Decode(data) }
+
+// Decode parses one event; see the package-level Decode.
+func (d Decoder) Decode(data []byte) (*Event, error) {
+	max := d.MaxBytes
+	if max <= 0 {
+		max = DefaultMaxEventBytes
+	}
+	if len(data) > max {
+		return nil, &Error{Code: CodeTooLarge, Msg: fmt.Sprintf("event is %d bytes, limit is %d", len(data), max)}
+	}
+	// The canonicalizer is the strict gate: it rejects invalid UTF-8,
+	// duplicate keys, unsafe integers and trailing data anywhere in the
+	// document, which encoding/json would silently accept.
+	if _, err := canon.Append(nil, data); err != nil {
+		return nil, canonError("", err)
+	}
+	var w wireEvent
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&w); err != nil {
+		return nil, jsonError(err)
+	}
+	return w.event(d.Sealed)
+}
+
+// wireEvent mirrors Event with pointers so that absent and zero differ.
+type wireEvent struct {
+	V         *int            `json:"v"`
+	TenantID  *string         `json:"tenant_id"`
+	SessionID *string         `json:"session_id"`
+	Seq       *uint64         `json:"seq"`
+	TsUnixMs  *int64          `json:"ts_unix_ms"`
+	Type      *Type           `json:"event_type"`
+	Manifest  *string         `json:"manifest"`
+	Payload   json.RawMessage `json:"payload"`
+	Decision  *Decision       `json:"decision"`
+	PrevHash  *string         `json:"prev_hash"`
+	Hash      *string         `json:"hash"`
+}
+
+func (w *wireEvent) event(sealed bool) (*Event, error) {
+	e := &Event{V: Version}
+	if w.V != nil && *w.V != Version {
+		return nil, &Error{Code: CodeUnsupportedVersion, Field: "v", Msg: fmt.Sprintf("schema version %d is not supported (want %d)", *w.V, Version)}
+	}
+	var err error
+	if e.TenantID, err = id("tenant_id", w.TenantID); err != nil {
+		return nil, err
+	}
+	if e.SessionID, err = id("session_id", w.SessionID); err != nil {
+		return nil, err
+	}
+	if w.Seq == nil {
+		return nil, missing("seq")
+	}
+	if *w.Seq < 1 {
+		return nil, &Error{Code: CodeInvalidField, Field: "seq", Msg: "must be >= 1"}
+	}
+	e.Seq = *w.Seq
+	if w.TsUnixMs == nil {
+		return nil, missing("ts_unix_ms")
+	}
+	if *w.TsUnixMs <= 0 {
+		return nil, &Error{Code: CodeInvalidField, Field: "ts_unix_ms", Msg: "must be > 0 (milliseconds since the Unix epoch)"}
+	}
+	e.TsUnixMs = *w.TsUnixMs
+	if w.Type == nil {
+		return nil, missing("event_type")
+	}
+	if !w.Type.Known() {
+		return nil, &Error{Code: CodeUnknownEventType, Field: "event_type", Msg: fmt.Sprintf("unknown event type %q", string(*w.Type))}
+	}
+	e.Type = *w.Type
+	if w.Manifest != nil {
+		if err := manifestRef(*w.Manifest); err != nil {
+			return nil, err
+		}
+		e.Manifest = *w.Manifest
+	}
+	payload := []byte(w.Payload)
+	if len(payload) == 0 || string(payload) == "null" {
+		payload = []byte("{}")
+	}
+	if e.Payload, err = canon.Append(nil, payload); err != nil {
+		return nil, canonError("payload", err)
+	}
+	if err := checkPayload(e.Type, e.Payload); err != nil {
+		return nil, err
+	}
+	if !sealed {
+		switch {
+		case w.Decision != nil:
+			return nil, &Error{Code: CodeUnknownField, Field: "decision", Msg: "set by the decider; clients may not send it"}
+		case w.PrevHash != nil:
+			return nil, &Error{Code: CodeUnknownField, Field: "prev_hash", Msg: "set by the sealer; clients may not send it"}
+		case w.Hash != nil:
+			return nil, &Error{Code: CodeUnknownField, Field: "hash", Msg: "set by the sealer; clients may not send it"}
+		}
+		return e, nil
+	}
+	e.Decision = w.Decision
+	if w.PrevHash != nil {
+		e.PrevHash = *w.PrevHash
+	}
+	if w.Hash != nil {
+		e.Hash = *w.Hash
+	}
+	return e, nil
+}
+
+func missing(field string) error {
+	return &Error{Code: CodeMissingField, Field: field, Msg: "required"}
+}
+
+// id validates tenant_id and session_id: 1..MaxIDLen characters of
+// [A-Za-z0-9._:@-]. The slash is excluded because "<tenant>/<session>" is the
+// Kafka record key.
+func id(field string, v *string) (string, error) {
+	if v == nil {
+		return "", missing(field)
+	}
+	s := *v
+	if s == "" || len(s) > MaxIDLen {
+		return "", &Error{Code: CodeInvalidField, Field: field, Msg: fmt.Sprintf("must be 1..%d characters", MaxIDLen)}
+	}
+	for i := 0; i < len(s); i++ {
+		if !idChar(s[i]) {
+			return "", &Error{Code: CodeInvalidField, Field: field, Msg: fmt.Sprintf("character %q at %d is not allowed (allowed: A-Z a-z 0-9 . _ : @ -)", s[i], i)}
+		}
+	}
+	return s, nil
+}
+
+func idChar(c byte) bool {
+	switch {
+	case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		return true
+	}
+	return c == '.' || c == '_' || c == ':' || c == '@' || c == '-'
+}
+
+func manifestRef(s string) error {
+	if s == "" || len(s) > 2*MaxIDLen {
+		return &Error{Code: CodeInvalidField, Field: "manifest", Msg: `must be "name" or "name@version"`}
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !idChar(c) && c != '+' {
+			return &Error{Code: CodeInvalidField, Field: "manifest", Msg: fmt.Sprintf("character %q at %d is not allowed", c, i)}
+		}
+	}
+	return nil
+}
+
+// Key returns the Kafka record key of the event's session: "<tenant>/<session>".
+func (e *Event) Key() []byte {
+	k := make([]byte, 0, len(e.TenantID)+1+len(e.SessionID))
+	k = append(k, e.TenantID...)
+	k = append(k, '/')
+	return append(k, e.SessionID...)
+}
+
+func canonError(field string, err error) error {
+	code := CodeInvalidJSON
+	switch {
+	case errors.Is(err, canon.ErrInvalidUTF8):
+		code = CodeInvalidUTF8
+	case errors.Is(err, canon.ErrDuplicateKey):
+		code = CodeDuplicateKey
+	case errors.Is(err, canon.ErrNumberRange):
+		code = CodeNumberOutOfRange
+	}
+	return &Error{Code: code, Field: field, Msg: err.Error(), Err: err}
+}
+
+func jsonError(err error) error {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		if te.Field == "" {
+			return &Error{Code: CodeInvalidJSON, Msg: "an event must be a JSON object, got JSON " + te.Value, Err: err}
+		}
+		return &Error{Code: CodeInvalidField, Field: te.Field, Msg: fmt.Sprintf("expected %s, got JSON %s", te.Type, te.Value), Err: err}
+	}
+	const unknown = "json: unknown field "
+	if msg := err.Error(); len(msg) > len(unknown) && msg[:len(unknown)] == unknown {
+		return &Error{Code: CodeUnknownField, Field: trimQuotes(msg[len(unknown):]), Msg: "not part of the envelope", Err: err}
+	}
+	return &Error{Code: CodeInvalidJSON, Msg: err.Error(), Err: err}
+}
+
+func trimQuotes(s string) string {
+	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
+		return s[1 : len(s)-1]
+	}
+	return s
+}

@@ -1,0 +1,121 @@
+package envelope
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// payloadRules lists, per event type, the payload fields whose presence or
+// type is checked. Fields not listed are free-form: the payload is any JSON
+// object and agents may carry whatever else they need.
+var payloadRules = map[Type][]fieldRule{
+	ToolCallProposed:  {{"tool_name", kString, true}, {"call_id", kString, true}, {"args", kObject, false}},
+	ToolCallAllowed:   {{"tool_name", kString, false}, {"call_id", kString, true}},
+	ToolCallDenied:    {{"tool_name", kString, false}, {"call_id", kString, true}, {"reason", kString, false}},
+	ToolCallExecuted:  {{"tool_name", kString, false}, {"call_id", kString, true}},
+	ToolResult:        {{"tool_name", kString, false}, {"call_id", kString, false}, {"is_error", kBool, false}, {"sanitizer_key", kString, false}, {"output_bytes", kNumber, false}},
+	PolicyDecision:    {{"call_id", kString, false}, {"outcome", kString, false}, {"reason", kString, false}},
+	ApprovalRequested: {{"call_id", kString, true}, {"tool_name", kString, false}},
+	ApprovalDecided:   {{"call_id", kString, true}, {"decision", kString, true}, {"approver", kString, false}, {"reason", kString, false}},
+	MemoryRead:        {{"key", kString, false}, {"sanitizer_key", kString, false}},
+	MemoryWrite:       {{"key", kString, false}},
+	HandoffRequested:  {{"from_agent", kString, false}, {"to_agent", kString, false}},
+	HandoffCompleted:  {{"from_agent", kString, false}, {"to_agent", kString, false}},
+	SanitizedText:     {{"key", kString, true}},
+	ModelCallStarted:  {{"model", kString, false}, {"call_id", kString, false}},
+	ModelCallFinished: {{"model", kString, false}, {"call_id", kString, false}},
+	CheckpointCreated: {{"checkpoint_id", kString, false}},
+	Termination:       {{"reason", kString, false}},
+	ErrorRaised:       {{"message", kString, false}, {"code", kString, false}},
+}
+
+type kind uint8
+
+const (
+	kString kind = iota + 1
+	kBool
+	kNumber
+	kObject
+)
+
+func (k kind) String() string {
+	switch k {
+	case kString:
+		return "a string"
+	case kBool:
+		return "a boolean"
+	case kNumber:
+		return "a number"
+	default:
+		return "an object"
+	}
+}
+
+type fieldRule struct {
+	name     string
+	kind     kind
+	required bool
+}
+
+// checkPayload validates the typed fields of a canonical payload. Every
+// event type's payload must be a JSON object.
+func checkPayload(t Type, payload json.RawMessage) error {
+	if payload[0] != '{' {
+		return &Error{Code: CodeInvalidField, Field: "payload", Msg: "must be a JSON object"}
+	}
+	rules := payloadRules[t]
+	if len(rules) == 0 {
+		return nil
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(payload, &fields); err != nil {
+		return &Error{Code: CodeInvalidField, Field: "payload", Msg: err.Error(), Err: err}
+	}
+	for _, r := range rules {
+		raw, ok := fields[r.name]
+		if !ok || string(raw) == "null" {
+			if r.required {
+				return missing("payload." + r.name)
+			}
+			continue
+		}
+		if !r.kind.matches(raw) {
+			return &Error{Code: CodeInvalidField, Field: "payload." + r.name, Msg: "must be " + r.kind.String()}
+		}
+		if r.kind == kString && r.required && string(raw) == `""` {
+			return &Error{Code: CodeInvalidField, Field: "payload." + r.name, Msg: "must not be empty"}
+		}
+	}
+	if t == ApprovalDecided {
+		var d string
+		_ = json.Unmarshal(fields["decision"], &d)
+		if d != "allow" && d != "deny" {
+			return &Error{Code: CodeInvalidField, Field: "payload.decision", Msg: fmt.Sprintf(`must be "allow" or "deny", got %q`, d)}
+		}
+	}
+	return nil
+}
+
+func (k kind) matches(raw json.RawMessage) bool {
+	switch c := raw[0]; k {
+	case kString:
+		return c == '"'
+	case kBool:
+		return c == 't' || c == 'f'
+	case kNumber:
+		return c == '-' || ('0' <= c && c <= '9')
+	default:
+		return c == '{'
+	}
+}
+
+// ToolCall decodes the payload of a TOOL_CALL_* event. The payload of a
+// decoded event has already been validated, so this only fails on events
+// built by hand.
+func (e *Event) ToolCall() (ToolCall, error) {
+	var tc ToolCall
+	if err := json.Unmarshal(e.Payload, &tc); err != nil {
+		return tc, fmt.Errorf("event %s/%s/%d: tool call payload: %w", e.TenantID, e.SessionID, e.Seq, err)
+	}
+	return tc, nil
+}
