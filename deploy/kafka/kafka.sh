@@ -112,8 +112,9 @@ fetch_libs() {
 	log "fetching broker jars with Maven into ${libs_dir}"
 	local tmp="${libs_dir}.tmp"
 	rm -rf "${tmp}"
+	# Debian's Maven 3.8 emits colour resets even in batch mode; strip them.
 	mvn -q -B -Dstyle.color=never -f "${script_dir}/pom.xml" dependency:copy-dependencies \
-		-DincludeScope=runtime -DoutputDirectory="${tmp}"
+		-DincludeScope=runtime -DoutputDirectory="${tmp}" 2>&1 | sed 's/\x1b\[[0-9;]*m//g' >&2
 	printf '%s\n' "${want}" >"${tmp}/.pom.sha256"
 	rm -rf "${libs_dir}"
 	mv "${tmp}" "${libs_dir}"
@@ -191,6 +192,7 @@ cmd_start() {
 	ensure_tools
 	write_config
 	format_storage
+	printf '=== kafka.sh start %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" >>"${log_file}"
 	log "starting broker on ${bootstrap} (controller 127.0.0.1:${controller_port}), log ${log_file}"
 	# setsid detaches the broker from the caller's process group so that a
 	# CI step ending does not take it down with a stray signal.
