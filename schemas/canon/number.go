@@ -16,7 +16,10 @@ import (
 // A literal with neither frac nor exp is an integer literal: it must lie
 // within ±MaxSafeInteger and is written back as its digits ("-0" becomes
 // "0"). Any other literal is read as the nearest float64 and written in
-// ECMAScript form.
+// ECMAScript form, except that a value v with MaxSafeInteger < |v| < 1e21
+// is rejected too: ECMAScript writes it as a plain integer beyond
+// ±MaxSafeInteger, which this package would then refuse to read back, so
+// canonical output could not be canonicalized again.
 func (s *state) number() error {
 	src := s.src
 	start := s.pos
@@ -82,6 +85,9 @@ func (s *state) number() error {
 		// overflow to ±Inf. Underflow rounds to zero without error, as in
 		// ECMAScript.
 		return s.fail(start, ErrNumberRange, "magnitude overflows float64")
+	}
+	if a := math.Abs(f); a > MaxSafeInteger && a < 1e21 {
+		return s.fail(start, ErrNumberRange, "value would be written as an integer beyond ±(2^53-1)")
 	}
 	s.out = appendFloat(s.out, f)
 	return nil
