@@ -1,0 +1,276 @@
+package session
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+
+	"aegis.dev/aegis/schemas/canon"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// Bounds that keep a snapshot small however long a session runs. They are
+// part of the snapshot contract: changing them changes snapshot hashes.
+const (
+	// MaxRecentTools is how many proposal tool names are kept: enough to
+	// detect a back-to-back repetition of a sequence of length 7.
+	MaxRecentTools = 13
+	// MaxCallDigests bounds the identical-call table; once full, new
+	// distinct calls are not tracked (identical repeats of tracked calls
+	// still are).
+	MaxCallDigests = 4096
+	// MaxTaintSources bounds the list of taint sources kept for audit.
+	MaxTaintSources = 32
+	// MaxSanitizerKeys bounds the registered sanitizer keys.
+	MaxSanitizerKeys = 1024
+)
+
+// Approval states.
+const (
+	ApprovalPending  = "pending"
+	ApprovalApproved = "approved"
+	ApprovalDenied   = "denied"
+)
+
+// Sequence errors returned by Apply. The sealer and ingest map them to
+// rejection reasons.
+var (
+	ErrSeqGap       = errors.New("session: seq gap")
+	ErrSeqDuplicate = errors.New("session: seq already applied")
+	ErrWrongSession = errors.New("session: event belongs to another session")
+	ErrNoDecision   = errors.New("session: proposal applied without a decision")
+)
+
+// New returns the snapshot of a session before its first event.
+func New(tenantID, sessionID string) *Snapshot {
+	return &Snapshot{TenantID: tenantID, SessionID: sessionID}
+}
+
+// Apply folds e into s. e must be the session's next event (seq LastSeq+1);
+// a TOOL_CALL_PROPOSED must carry the decision it was given, since approvals
+// and the sticky loop flag depend on it. Apply is deterministic: it reads
+// nothing but s and e. On error s is unchanged.
+func (s *Snapshot) Apply(e *envelope.Event) error {
+	if e.TenantID != s.TenantID || e.SessionID != s.SessionID {
+		return fmt.Errorf("%w: %s/%s is not %s/%s", ErrWrongSession, e.TenantID, e.SessionID, s.TenantID, s.SessionID)
+	}
+	switch {
+	case e.Seq <= s.LastSeq:
+		return fmt.Errorf("%w: %s/%s seq %d, last applied %d", ErrSeqDuplicate, s.TenantID, s.SessionID, e.Seq, s.LastSeq)
+	case e.Seq != s.LastSeq+1:
+		return fmt.Errorf("%w: %s/%s seq %d, expected %d", ErrSeqGap, s.TenantID, s.SessionID, e.Seq, s.LastSeq+1)
+	}
+	var tc envelope.ToolCall
+	var callDigest string
+	if e.Type == envelope.ToolCallProposed {
+		if e.Decision == nil {
+			return fmt.Errorf("%w: %s/%s seq %d", ErrNoDecision, s.TenantID, s.SessionID, e.Seq)
+		}
+		var err error
+		if tc, err = e.ToolCall(); err != nil {
+			return err
+		}
+		if callDigest, err = CallDigest(tc.ToolName, tc.Args); err != nil {
+			return fmt.Errorf("session: %s/%s seq %d: %w", s.TenantID, s.SessionID, e.Seq, err)
+		}
+	}
+	var p payload
+	if len(e.Payload) > 0 && e.Type != envelope.ToolCallProposed {
+		if err := json.Unmarshal(e.Payload, &p); err != nil {
+			return fmt.Errorf("session: %s/%s seq %d: payload: %w", s.TenantID, s.SessionID, e.Seq, err)
+		}
+	}
+
+	// From here on nothing fails: s is updated in place.
+	if s.Events == 0 {
+		s.FirstTsMs = e.TsUnixMs
+		s.Manifest = e.Manifest
+	}
+	s.Events++
+	s.LastSeq = e.Seq
+	if e.TsUnixMs > s.LastTsMs {
+		s.LastTsMs = e.TsUnixMs
+	}
+	switch e.Type {
+	case envelope.ModelCallStarted:
+		s.Steps++
+		s.ModelCalls++
+	case envelope.ToolCallProposed:
+		s.applyProposal(e, tc, callDigest)
+	case envelope.ToolResult:
+		if p.IsError {
+			s.ConsecutiveErrors++
+		} else {
+			s.ConsecutiveErrors = 0
+		}
+		s.taint(p.SanitizerKey, source(envelope.ToolResult, p.ToolName))
+	case envelope.MemoryRead:
+		s.taint(p.SanitizerKey, source(envelope.MemoryRead, p.Key))
+	case envelope.SanitizedText:
+		s.SanitizerKeys = insertSorted(s.SanitizerKeys, p.Key, MaxSanitizerKeys)
+	case envelope.ApprovalDecided:
+		if a, ok := s.Approvals[p.CallID]; ok && a.State == ApprovalPending {
+			a.State = ApprovalDenied
+			if p.Decision == "allow" {
+				a.State = ApprovalApproved
+			}
+			s.Approvals[p.CallID] = a
+		}
+	case envelope.HandoffRequested:
+		s.Handoff = Handoff{State: "requested", From: p.FromAgent, To: p.ToAgent}
+	case envelope.HandoffCompleted:
+		s.Handoff.State = "completed"
+		if p.FromAgent != "" {
+			s.Handoff.From = p.FromAgent
+		}
+		if p.ToAgent != "" {
+			s.Handoff.To = p.ToAgent
+		}
+	case envelope.Termination:
+		s.Tainted = false
+		s.TaintSources = nil
+		s.Terminated = true
+	}
+	return nil
+}
+
+func (s *Snapshot) applyProposal(e *envelope.Event, tc envelope.ToolCall, callDigest string) {
+	s.Steps++
+	s.ToolCalls++
+	if s.Calls == nil {
+		s.Calls = make(map[string]int64)
+	}
+	if _, ok := s.Calls[callDigest]; ok || len(s.Calls) < MaxCallDigests {
+		s.Calls[callDigest]++
+	}
+	s.RecentTools = append(s.RecentTools, tc.ToolName)
+	if n := len(s.RecentTools); n > MaxRecentTools {
+		s.RecentTools = append(s.RecentTools[:0:0], s.RecentTools[n-MaxRecentTools:]...)
+	}
+	switch d := e.Decision; {
+	case d.Reason == envelope.ReasonLoopDetected && !s.Loop.Detected:
+		s.Loop = Loop{Detected: true, Seq: e.Seq}
+	case d.Outcome == envelope.RequireApproval && tc.CallID != "":
+		if s.Approvals == nil {
+			s.Approvals = make(map[string]Approval)
+		}
+		if a, ok := s.Approvals[tc.CallID]; !ok || a.State != ApprovalApproved {
+			s.Approvals[tc.CallID] = Approval{ToolName: tc.ToolName, ArgsDigest: callDigest, State: ApprovalPending, RequestedSeq: e.Seq, RequestedTsMs: e.TsUnixMs}
+		}
+	}
+}
+
+// taint marks the session tainted by source unless the content carries a
+// sanitizer key that a SANITIZED_TEXT event registered earlier.
+func (s *Snapshot) taint(sanitizerKey, source string) {
+	if sanitizerKey != "" {
+		i := sort.SearchStrings(s.SanitizerKeys, sanitizerKey)
+		if i < len(s.SanitizerKeys) && s.SanitizerKeys[i] == sanitizerKey {
+			return
+		}
+	}
+	s.Tainted = true
+	s.TaintSources = insertSorted(s.TaintSources, source, MaxTaintSources)
+}
+
+// source names a taint source: the event type, and the tool or memory key
+// when the payload names one.
+func source(t envelope.Type, name string) string {
+	if name == "" {
+		return string(t)
+	}
+	return string(t) + ":" + name
+}
+
+// insertSorted adds v to the sorted set xs unless it is present or the set
+// already holds max elements.
+func insertSorted(xs []string, v string, max int) []string {
+	i := sort.SearchStrings(xs, v)
+	if i < len(xs) && xs[i] == v {
+		return xs
+	}
+	if len(xs) >= max {
+		return xs
+	}
+	xs = append(xs, "")
+	copy(xs[i+1:], xs[i:])
+	xs[i] = v
+	return xs
+}
+
+// payload holds the payload fields the reducer reads from non-proposal
+// events.
+type payload struct {
+	ToolName     string `json:"tool_name"`
+	CallID       string `json:"call_id"`
+	IsError      bool   `json:"is_error"`
+	SanitizerKey string `json:"sanitizer_key"`
+	Key          string `json:"key"`
+	Decision     string `json:"decision"`
+	FromAgent    string `json:"from_agent"`
+	ToAgent      string `json:"to_agent"`
+}
+
+// CallDigest identifies a tool call by its name and canonical arguments:
+// lowercase hex SHA-256 of the RFC 8785 form of {"args":ARGS,"tool_name":NAME}
+// (ARGS is {} when absent).
+func CallDigest(toolName string, args json.RawMessage) (string, error) {
+	b := make([]byte, 0, 64+len(args)+len(toolName))
+	b = append(b, `{"args":`...)
+	var err error
+	if len(args) == 0 || string(args) == "null" {
+		b = append(b, "{}"...)
+	} else if b, err = canon.Append(b, args); err != nil {
+		return "", fmt.Errorf("call digest: args: %w", err)
+	}
+	b = append(b, `,"tool_name":`...)
+	if b, err = canon.AppendString(b, toolName); err != nil {
+		return "", fmt.Errorf("call digest: tool_name: %w", err)
+	}
+	b = append(b, '}')
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// Clone returns a deep copy of s.
+func (s *Snapshot) Clone() *Snapshot {
+	c := *s
+	c.TaintSources = append([]string(nil), s.TaintSources...)
+	c.SanitizerKeys = append([]string(nil), s.SanitizerKeys...)
+	c.RecentTools = append([]string(nil), s.RecentTools...)
+	if s.Approvals != nil {
+		c.Approvals = make(map[string]Approval, len(s.Approvals))
+		for k, v := range s.Approvals {
+			c.Approvals[k] = v
+		}
+	}
+	if s.Calls != nil {
+		c.Calls = make(map[string]int64, len(s.Calls))
+		for k, v := range s.Calls {
+			c.Calls[k] = v
+		}
+	}
+	return &c
+}
+
+// Canonical returns the RFC 8785 canonical JSON of s.
+func (s *Snapshot) Canonical() ([]byte, error) {
+	raw, err := json.Marshal(s)
+	if err != nil {
+		return nil, fmt.Errorf("session: marshal snapshot: %w", err)
+	}
+	return canon.Append(nil, raw)
+}
+
+// Hash returns "sha256:<hex>" of the snapshot's canonical JSON.
+func (s *Snapshot) Hash() (string, error) {
+	b, err := s.Canonical()
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:]), nil
+}
