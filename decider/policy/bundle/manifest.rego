@@ -1,0 +1,55 @@
+# Package aegis.manifest derives, from a capability manifest, the lookup
+# structures the decision rules need: sets instead of lists, normalised domain
+# patterns, budgets with their defaults applied.
+#
+# The engine evaluates data.aegis.manifest.index once per manifest, caches the
+# value and passes it to every decision as input.manifest_index. The
+# decision rules fall back to build(input.manifest) when that field is absent
+# (opa eval, unit tests), so both paths run the same Rego.
+package aegis.manifest
+
+# Budget defaults; a budget that is absent or 0 in the manifest takes these.
+budget_defaults := {
+	"max_steps": 24,
+	"max_tool_calls": 12,
+	"max_wall_time_ms": 120000,
+	"max_output_bytes": 1048576,
+	"timeout_ms": 30000,
+	"max_identical_calls": 2,
+}
+
+index := build(input.manifest)
+
+build(m) := {
+	"tools": {t | some t in strings_at(m, ["permissions", "tools"])},
+	"approval_required": {lower(t) | some t in strings_at(m, ["permissions", "approval_required"])},
+	"domains": {normalize_pattern(d) |
+		some d in strings_at(m, ["permissions", "net", "domains"])
+		not startswith(d, "*.")
+	},
+	"suffixes": {concat("", [".", normalize_pattern(substring(d, 2, -1))]) |
+		some d in strings_at(m, ["permissions", "net", "domains"])
+		startswith(d, "*.")
+	},
+	"bins": {b | some b in strings_at(m, ["permissions", "exec", "allowed_bins"])},
+	"budgets": {k: budget(m, k, d) | some k, d in budget_defaults},
+}
+
+# strings_at returns the string elements of the array at path in m, or an
+# empty array when there is none.
+strings_at(m, path) := [s | some s in array_or_empty(object.get(m, path, [])); is_string(s)]
+
+array_or_empty(x) := x if is_array(x)
+
+else := []
+
+# budget returns the manifest's value for budget k, or d when it is absent or 0.
+# A negative value is kept, so that every check against it fails closed.
+budget(m, k, d) := v if {
+	v := object.get(m, ["permissions", "budgets", k], 0)
+	is_number(v)
+	v != 0
+} else := d
+
+# normalize_pattern lower-cases a domain pattern and drops one trailing dot.
+normalize_pattern(d) := trim_suffix(lower(d), ".")
