@@ -1,0 +1,162 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Start is where a Consumer begins reading each partition. The zero value
+// is the beginning of the log.
+type Start struct {
+	end     bool
+	at      time.Time
+	offsets map[string]map[int32]int64
+}
+
+// FromBeginning reads every retained record.
+func FromBeginning() Start { return Start{} }
+
+// FromEnd reads only records written after the Consumer starts.
+func FromEnd() Start { return Start{end: true} }
+
+// FromTime reads records with a timestamp at or after t.
+func FromTime(t time.Time) Start { return Start{at: t} }
+
+// FromOffsets reads only the listed partitions, each from its offset
+// (ConsumerConfig.Topics is then ignored and may be empty).
+func FromOffsets(offsets map[string]map[int32]int64) Start { return Start{offsets: offsets} }
+
+func (s Start) offset() kgo.Offset {
+	switch {
+	case s.end:
+		return kgo.NewOffset().AtEnd()
+	case !s.at.IsZero():
+		return kgo.NewOffset().AfterMilli(s.at.UnixMilli())
+	}
+	return kgo.NewOffset().AtStart()
+}
+
+// ConsumerConfig is the operator configuration of a Consumer.
+type ConsumerConfig struct {
+	// Brokers are the seed brokers (host:port).
+	Brokers []string
+	// Topics are read in full (every partition).
+	Topics []string
+	// Start is where reading begins (default: the beginning). With a
+	// Group, it applies only to partitions the group has no offset for.
+	Start Start
+	// Group, if set, shares the topics' partitions among the group's
+	// members. Offsets are committed only by Commit (at-least-once: a
+	// consumer that stops before committing hands its records to the
+	// next owner again). FromOffsets is not allowed with a Group.
+	Group string
+	// ReadUncommitted reads records of open and aborted transactions too
+	// (default false: read_committed).
+	ReadUncommitted bool
+}
+
+// Consumer reads topics from a start position: the tail helper for tests,
+// reply waiters and exports, and, with a Group, for at-least-once sinks that
+// commit after their own write. Poll and Commit must be called from one
+// goroutine; Close may be called from any.
+type Consumer struct {
+	cl *kgo.Client
+}
+
+// NewConsumer returns a Consumer; it connects lazily.
+func NewConsumer(cfg ConsumerConfig, opts ...Option) (*Consumer, error) {
+	switch {
+	case len(cfg.Brokers) == 0:
+		return nil, fmt.Errorf("stream: consumer: no brokers: %w", ErrConfig)
+	case len(cfg.Topics) == 0 && cfg.Start.offsets == nil:
+		return nil, fmt.Errorf("stream: consumer: no topics: %w", ErrConfig)
+	case cfg.Group != "" && cfg.Start.offsets != nil:
+		return nil, fmt.Errorf("stream: consumer: FromOffsets with a group: %w", ErrConfig)
+	}
+	o := buildOptions("consumer", opts)
+	kopts := []kgo.Opt{
+		kgo.SeedBrokers(cfg.Brokers...),
+		kgo.WithLogger(kgoLogger{o.logger.With("stage", o.stage).WithGroup("kafka")}),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+	}
+	if cfg.ReadUncommitted {
+		kopts[len(kopts)-1] = kgo.FetchIsolationLevel(kgo.ReadUncommitted())
+	}
+	if cfg.Start.offsets != nil {
+		parts := map[string]map[int32]kgo.Offset{}
+		for topic, m := range cfg.Start.offsets {
+			parts[topic] = map[int32]kgo.Offset{}
+			for p, off := range m {
+				parts[topic][p] = kgo.NewOffset().At(off)
+			}
+		}
+		kopts = append(kopts, kgo.ConsumePartitions(parts))
+		cl, err := kgo.NewClient(kopts...)
+		if err != nil {
+			return nil, fmt.Errorf("stream: consumer: %w: %w", ErrConfig, err)
+		}
+		return &Consumer{cl: cl}, nil
+	}
+	kopts = append(kopts, kgo.ConsumeTopics(cfg.Topics...), kgo.ConsumeResetOffset(cfg.Start.offset()))
+	if cfg.Group != "" {
+		kopts = append(kopts, kgo.ConsumerGroup(cfg.Group), kgo.DisableAutoCommit())
+	}
+	cl, err := kgo.NewClient(kopts...)
+	if err != nil {
+		return nil, fmt.Errorf("stream: consumer: %w: %w", ErrConfig, err)
+	}
+	return &Consumer{cl: cl}, nil
+}
+
+// Poll blocks until records are available or ctx is done, and returns them
+// in offset order per partition. It returns ctx's error when ctx is done,
+// ErrClosed after Close, and ErrBroker wrapping fetch errors that the client
+// does not retry by itself (records fetched alongside are still returned).
+func (c *Consumer) Poll(ctx context.Context) ([]*Record, error) {
+	fetches := c.cl.PollFetches(ctx)
+	if fetches.IsClientClosed() {
+		return nil, fmt.Errorf("stream: poll: %w", ErrClosed)
+	}
+	var errs []error
+	fetches.EachError(func(topic string, p int32, err error) {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			return
+		}
+		errs = append(errs, fmt.Errorf("%s/%d: %w", topic, p, err))
+	})
+	recs := make([]*Record, 0, fetches.NumRecords())
+	fetches.EachRecord(func(r *kgo.Record) { recs = append(recs, fromKgo(r)) })
+	if len(errs) > 0 {
+		return recs, fmt.Errorf("stream: poll: %w: %w", ErrBroker, errors.Join(errs...))
+	}
+	if len(recs) == 0 && ctx.Err() != nil {
+		return nil, ctx.Err()
+	}
+	return recs, nil
+}
+
+// Commit commits, for a group Consumer, the offsets just past the given
+// records (the highest per partition), synchronously. Records of partitions
+// the consumer no longer owns fail the commit; their new owner reads them
+// again.
+func (c *Consumer) Commit(ctx context.Context, recs ...*Record) error {
+	if len(recs) == 0 {
+		return nil
+	}
+	krs := make([]*kgo.Record, len(recs))
+	for i, r := range recs {
+		krs[i] = &kgo.Record{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, LeaderEpoch: -1}
+	}
+	if err := c.cl.CommitRecords(ctx, krs...); err != nil {
+		return fmt.Errorf("stream: commit: %w: %w", ErrBroker, err)
+	}
+	return nil
+}
+
+// Close leaves the group, if any, without committing, and releases the
+// client. A Poll blocked in another goroutine returns ErrClosed.
+func (c *Consumer) Close() { c.cl.Close() }

@@ -1,0 +1,191 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Cleanup is a topic's cleanup.policy.
+type Cleanup string
+
+// The cleanup policies EnsureTopics creates.
+const (
+	// CleanupDelete deletes old segments by retention: event and output
+	// topics.
+	CleanupDelete Cleanup = "delete"
+	// CleanupCompact keeps the latest record per key: state topics.
+	CleanupCompact Cleanup = "compact"
+)
+
+// TopicSpec describes a topic EnsureTopics creates or checks.
+type TopicSpec struct {
+	Name       string
+	Partitions int32
+	// Cleanup defaults to CleanupDelete.
+	Cleanup Cleanup
+	// ReplicationFactor defaults to the broker's default (-1).
+	ReplicationFactor int16
+	// Configs are extra topic configs applied at creation only.
+	Configs map[string]string
+}
+
+func (s TopicSpec) cleanup() Cleanup {
+	if s.Cleanup == "" {
+		return CleanupDelete
+	}
+	return s.Cleanup
+}
+
+// EnsureTopics creates the topics in specs that do not exist and checks the
+// ones that do. It is idempotent and safe to run from several processes at
+// once (a concurrent creation counts as existing). An existing topic whose
+// partition count or cleanup.policy differs from its spec is an error
+// wrapping ErrTopicMismatch: EnsureTopics never alters an existing topic,
+// because changing either silently breaks co-partitioning or state.
+func EnsureTopics(ctx context.Context, brokers []string, specs []TopicSpec) error {
+	for _, s := range specs {
+		if s.Name == "" || s.Partitions < 1 {
+			return fmt.Errorf("stream: topic spec %q with %d partitions: %w", s.Name, s.Partitions, ErrConfig)
+		}
+		if c := s.cleanup(); c != CleanupDelete && c != CleanupCompact {
+			return fmt.Errorf("stream: topic %s: cleanup policy %q: %w", s.Name, c, ErrConfig)
+		}
+	}
+	adm, closeAdm, err := newAdmin(brokers)
+	if err != nil {
+		return err
+	}
+	defer closeAdm()
+
+	for _, s := range specs {
+		rf := s.ReplicationFactor
+		if rf == 0 {
+			rf = -1
+		}
+		configs := map[string]*string{}
+		for k, v := range s.Configs {
+			configs[k] = &v
+		}
+		policy := string(s.cleanup())
+		configs["cleanup.policy"] = &policy
+		resp, err := adm.CreateTopic(ctx, s.Partitions, rf, configs, s.Name)
+		if err == nil {
+			err = resp.Err
+		}
+		if err != nil && !errors.Is(err, kerr.TopicAlreadyExists) {
+			return fmt.Errorf("stream: create topic %s: %w: %w", s.Name, ErrBroker, err)
+		}
+	}
+	return checkTopics(ctx, adm, specs)
+}
+
+// checkTopics verifies that every spec'd topic exists with its partition
+// count and cleanup policy.
+func checkTopics(ctx context.Context, adm *kadm.Client, specs []TopicSpec) error {
+	names := make([]string, len(specs))
+	for i, s := range specs {
+		names[i] = s.Name
+	}
+	counts, err := partitionCounts(ctx, adm, names)
+	if err != nil {
+		return err
+	}
+	cfgs, err := adm.DescribeTopicConfigs(ctx, names...)
+	if err != nil {
+		return fmt.Errorf("stream: describe topic configs: %w: %w", ErrBroker, err)
+	}
+	for _, s := range specs {
+		if got := counts[s.Name]; got != s.Partitions {
+			return fmt.Errorf("stream: topic %s has %d partitions, want %d: %w", s.Name, got, s.Partitions, ErrTopicMismatch)
+		}
+		rc, err := cfgs.On(s.Name, nil)
+		if err != nil {
+			return fmt.Errorf("stream: describe topic %s: %w: %w", s.Name, ErrBroker, err)
+		}
+		if rc.Err != nil {
+			return fmt.Errorf("stream: describe topic %s: %w: %w", s.Name, ErrBroker, rc.Err)
+		}
+		got := string(CleanupDelete)
+		for _, c := range rc.Configs {
+			if c.Key == "cleanup.policy" && c.Value != nil {
+				got = *c.Value
+			}
+		}
+		if got != string(s.cleanup()) {
+			return fmt.Errorf("stream: topic %s has cleanup.policy=%s, want %s: %w", s.Name, got, s.cleanup(), ErrTopicMismatch)
+		}
+	}
+	return nil
+}
+
+// partitionCounts returns the partition count of every named topic, or an
+// error wrapping ErrTopicMissing naming the topics that do not exist.
+func partitionCounts(ctx context.Context, adm *kadm.Client, topics []string) (map[string]int32, error) {
+	details, err := adm.ListTopics(ctx, topics...)
+	if err != nil {
+		return nil, fmt.Errorf("stream: list topics: %w: %w", ErrBroker, err)
+	}
+	counts := make(map[string]int32, len(topics))
+	var missing []string
+	for _, t := range topics {
+		d, ok := details[t]
+		if !ok || d.Err != nil || len(d.Partitions) == 0 {
+			missing = append(missing, t)
+			continue
+		}
+		counts[t] = int32(len(d.Partitions))
+	}
+	if len(missing) > 0 {
+		sort.Strings(missing)
+		return nil, fmt.Errorf("stream: topics %s: %w", strings.Join(missing, ", "), ErrTopicMissing)
+	}
+	return counts, nil
+}
+
+// checkCoPartitioned returns the common partition count of topics, or an
+// error wrapping ErrCoPartition that names every topic with its count. If
+// want > 0 the common count must also equal want.
+func checkCoPartitioned(ctx context.Context, adm *kadm.Client, topics []string, want int32) (int32, error) {
+	counts, err := partitionCounts(ctx, adm, topics)
+	if err != nil {
+		return 0, err
+	}
+	n := counts[topics[0]]
+	same := true
+	for _, t := range topics {
+		if counts[t] != n {
+			same = false
+		}
+	}
+	if same && (want <= 0 || want == n) {
+		return n, nil
+	}
+	parts := make([]string, len(topics))
+	for i, t := range topics {
+		parts[i] = fmt.Sprintf("%s=%d", t, counts[t])
+	}
+	msg := "partition counts differ"
+	if same {
+		msg = fmt.Sprintf("configured for %d partitions", want)
+	}
+	return 0, fmt.Errorf("stream: co-partition check (%s): %s: %w", strings.Join(parts, ", "), msg, ErrCoPartition)
+}
+
+// newAdmin returns an admin client on a fresh kgo client and its closer.
+func newAdmin(brokers []string, extra ...kgo.Opt) (*kadm.Client, func(), error) {
+	if len(brokers) == 0 {
+		return nil, nil, fmt.Errorf("stream: no brokers: %w", ErrConfig)
+	}
+	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, extra...)...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("stream: admin client: %w: %w", ErrConfig, err)
+	}
+	return kadm.NewClient(cl), cl.Close, nil
+}

@@ -1,0 +1,764 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+// Processor owns one input partition of a transactional stage. RunTransact
+// creates it when the partition is assigned (and again after every abort),
+// calls Restore once per key of the partition's state before any input, then
+// calls Process with the partition's input batches in offset order.
+//
+// A Processor is used by one goroutine at a time; different partitions'
+// processors run concurrently. It must keep no state outside itself: after an
+// abort it is dropped and a fresh one is restored from committed state.
+type Processor interface {
+	// Restore receives the latest value of one key of the state topic's
+	// partition (tombstoned keys are not passed), in the offset order of
+	// those latest values. An error stops restoring and is retried like an
+	// infrastructure failure.
+	Restore(key, value []byte) error
+
+	// Process handles a batch of input records of its partition, in
+	// offset order, never empty. Every Output passed to emit lands in the
+	// same transaction as the batch's consumed offsets: either all of them
+	// and the offsets commit, or none do. emit must only be called before
+	// Process returns. An error aborts the transaction; the batch is
+	// retried from committed state up to MaxProcessRetries times, then
+	// RunTransact returns the error wrapped in ErrProcess. ctx is
+	// cancelled on shutdown; returning its error aborts the transaction.
+	Process(ctx context.Context, batch []*Record, emit func(Output)) error
+}
+
+// TransactConfig is the operator configuration of a transactional stage.
+type TransactConfig struct {
+	// Brokers are the seed brokers (host:port).
+	Brokers []string
+	// Group is the consumer group; instances of one stage share it.
+	Group string
+	// TransactionalID must be unique per instance and stable across its
+	// restarts (e.g. stage name plus instance name): a restarted
+	// instance then fences its previous incarnation and aborts the
+	// transaction it left open at once, instead of waiting for the
+	// transaction timeout.
+	TransactionalID string
+	// Input is the topic consumed.
+	Input string
+	// State is the compacted state topic, or empty for a stateless stage.
+	State string
+	// Outputs are the topics processors may emit to (besides State).
+	Outputs []string
+	// Partitions, if positive, is the partition count every topic must
+	// have; zero accepts any count common to all of them.
+	Partitions int32
+	// MaxBatch caps the records of one transaction (default 1000).
+	MaxBatch int
+	// MaxProcessRetries is how many times a batch whose Process failed is
+	// retried before RunTransact gives up (default 3).
+	MaxProcessRetries int
+	// RetryBackoff is the first wait after a failure, doubling up to
+	// MaxRetryBackoff (defaults 100ms and 5s).
+	RetryBackoff    time.Duration
+	MaxRetryBackoff time.Duration
+	// TransactionTimeout is the broker-side timeout of an open
+	// transaction (default 40s, franz-go's).
+	TransactionTimeout time.Duration
+	// SessionTimeout is the consumer group session timeout (default 45s,
+	// franz-go's).
+	SessionTimeout time.Duration
+}
+
+func (c *TransactConfig) validate() error {
+	switch {
+	case len(c.Brokers) == 0:
+		return fmt.Errorf("stream: transact: no brokers: %w", ErrConfig)
+	case c.Group == "":
+		return fmt.Errorf("stream: transact: no group: %w", ErrConfig)
+	case c.TransactionalID == "":
+		return fmt.Errorf("stream: transact: no transactional id: %w", ErrConfig)
+	case c.Input == "":
+		return fmt.Errorf("stream: transact: no input topic: %w", ErrConfig)
+	case c.MaxBatch < 0 || c.MaxProcessRetries < 0 || c.Partitions < 0:
+		return fmt.Errorf("stream: transact: negative MaxBatch, MaxProcessRetries or Partitions: %w", ErrConfig)
+	case c.State != "" && (c.State == c.Input || slices.Contains(c.Outputs, c.State)):
+		return fmt.Errorf("stream: transact: state topic %s is also an input or output: %w", c.State, ErrConfig)
+	}
+	if c.MaxBatch == 0 {
+		c.MaxBatch = 1000
+	}
+	if c.MaxProcessRetries == 0 {
+		c.MaxProcessRetries = 3
+	}
+	if c.RetryBackoff <= 0 {
+		c.RetryBackoff = 100 * time.Millisecond
+	}
+	if c.MaxRetryBackoff < c.RetryBackoff {
+		c.MaxRetryBackoff = max(5*time.Second, c.RetryBackoff)
+	}
+	if c.TransactionTimeout <= 0 {
+		c.TransactionTimeout = 40 * time.Second
+	}
+	return nil
+}
+
+// topics returns input, state and outputs: the co-partitioned set.
+func (c *TransactConfig) topics() []string {
+	ts := []string{c.Input}
+	if c.State != "" {
+		ts = append(ts, c.State)
+	}
+	for _, o := range c.Outputs {
+		if !slices.Contains(ts, o) {
+			ts = append(ts, o)
+		}
+	}
+	return ts
+}
+
+// Transactor runs a transactional consume → process → produce stage. Create
+// it with NewTransactor, run it with Run, and watch it with Ready and Lag
+// from any goroutine.
+type Transactor struct {
+	cfg     TransactConfig
+	newProc func(partition int32) Processor
+	log     *slog.Logger
+	m       *metrics
+
+	evMu   sync.Mutex
+	events []assignEvent // assignment changes from group callbacks, applied by Run
+
+	partitions int32 // common partition count, set by Run before the first session
+
+	viewMu  sync.Mutex
+	view    map[int32]partView
+	joined  bool
+	running bool
+}
+
+type assignEvent struct {
+	assigned bool // false: revoked or lost
+	parts    []int32
+}
+
+// partView is the readiness view of one owned partition.
+type partView struct {
+	restored bool
+	pos      int64 // next input offset committed by this instance
+	target   int64 // read_committed end offset observed at assignment
+	end      int64 // latest read_committed end offset seen
+}
+
+// RunTransact is NewTransactor followed by Run.
+func RunTransact(ctx context.Context, cfg TransactConfig, newProcessor func(partition int32) Processor, opts ...Option) error {
+	t, err := NewTransactor(cfg, newProcessor, opts...)
+	if err != nil {
+		return err
+	}
+	return t.Run(ctx)
+}
+
+// NewTransactor validates cfg and registers metrics; it does not connect.
+func NewTransactor(cfg TransactConfig, newProcessor func(partition int32) Processor, opts ...Option) (*Transactor, error) {
+	if err := cfg.validate(); err != nil {
+		return nil, err
+	}
+	if newProcessor == nil {
+		return nil, fmt.Errorf("stream: transact: nil processor constructor: %w", ErrConfig)
+	}
+	o := buildOptions(cfg.Group, opts)
+	m, err := newMetrics(o.registerer, o.stage)
+	if err != nil {
+		return nil, fmt.Errorf("stream: register metrics: %w: %w", ErrConfig, err)
+	}
+	cfg.Brokers = slices.Clone(cfg.Brokers)
+	cfg.Outputs = slices.Clone(cfg.Outputs)
+	return &Transactor{
+		cfg:     cfg,
+		newProc: newProcessor,
+		log:     o.logger.With("stage", o.stage),
+		m:       m,
+		view:    map[int32]partView{},
+	}, nil
+}
+
+// Ready reports whether the stage is caught up: it is running, has joined
+// its group, and every partition it owns has been restored and has committed
+// input up to the end offset observed when the partition was assigned. A
+// stage that owns no partition is ready once it has joined.
+func (t *Transactor) Ready() bool {
+	t.viewMu.Lock()
+	defer t.viewMu.Unlock()
+	if !t.running || !t.joined {
+		return false
+	}
+	for _, v := range t.view {
+		if !v.restored || v.pos < v.target {
+			return false
+		}
+	}
+	return true
+}
+
+// Lag returns, per owned partition, how many input offsets lie between the
+// committed position and the latest end offset seen (control records
+// included, so it is an upper bound on unprocessed records).
+func (t *Transactor) Lag() map[int32]int64 {
+	t.viewMu.Lock()
+	defer t.viewMu.Unlock()
+	out := make(map[int32]int64, len(t.view))
+	for p, v := range t.view {
+		out[p] = v.lag()
+	}
+	return out
+}
+
+func (v partView) lag() int64 {
+	return max(0, max(v.end, v.target)-v.pos)
+}
+
+// Run joins the group and processes until ctx is cancelled, then returns nil
+// after the shutdown sequence in the package documentation; or returns an
+// error when the stage cannot go on: a configuration or co-partitioning
+// error before joining, ErrProcess after a processor kept failing, ErrFenced
+// when a newer instance took over the transactional ID. Broker and restore
+// failures are retried with backoff and do not end Run. Run must not be
+// called twice at once on the same Transactor.
+func (t *Transactor) Run(ctx context.Context) error {
+	adm, closeAdm, err := newAdmin(t.cfg.Brokers, kgo.WithLogger(kgoLogger{t.log.WithGroup("kafka")}))
+	if err != nil {
+		return err
+	}
+	defer closeAdm()
+	n, err := checkCoPartitioned(ctx, adm, t.cfg.topics(), t.cfg.Partitions)
+	if err != nil {
+		return err
+	}
+	t.partitions = n
+	t.setRunning(true)
+	defer t.setRunning(false)
+
+	backoff := t.cfg.RetryBackoff
+	for {
+		err := t.session(ctx, adm)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if errors.Is(err, ErrProcess) || errors.Is(err, ErrFenced) {
+			return err
+		}
+		t.log.Warn("transactional session failed; starting a new one", "error", err, "backoff", backoff)
+		if !sleep(ctx, backoff) {
+			return nil
+		}
+		backoff = min(2*backoff, t.cfg.MaxRetryBackoff)
+	}
+}
+
+func (t *Transactor) setRunning(r bool) {
+	t.viewMu.Lock()
+	defer t.viewMu.Unlock()
+	t.running = r
+	t.joined = false
+	for p := range t.view {
+		t.m.lag.DeleteLabelValues(strconv.Itoa(int(p)))
+	}
+	clear(t.view)
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-tm.C:
+		return true
+	}
+}
+
+// owned is the run loop's record of one owned partition.
+type owned struct {
+	proc Processor // nil: must be restored before processing
+}
+
+// session runs one GroupTransactSession until ctx is cancelled or an error
+// that needs a new session (or ends Run) happens.
+func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) {
+	t.evMu.Lock()
+	t.events = nil
+	t.evMu.Unlock()
+	t.setRunning(true)
+
+	opts := []kgo.Opt{
+		kgo.SeedBrokers(t.cfg.Brokers...),
+		kgo.WithLogger(kgoLogger{t.log.WithGroup("kafka")}),
+		kgo.ConsumerGroup(t.cfg.Group),
+		kgo.ConsumeTopics(t.cfg.Input),
+		kgo.TransactionalID(t.cfg.TransactionalID),
+		kgo.TransactionTimeout(t.cfg.TransactionTimeout),
+		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
+		kgo.RequireStableFetchOffsets(),
+		kgo.KeepControlRecords(),
+		kgo.RecordPartitioner(kgo.ManualPartitioner()),
+		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			t.pushEvent(true, m[t.cfg.Input])
+		}),
+		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			t.pushEvent(false, m[t.cfg.Input])
+		}),
+		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
+			t.pushEvent(false, m[t.cfg.Input])
+		}),
+	}
+	if t.cfg.SessionTimeout > 0 {
+		opts = append(opts, kgo.SessionTimeout(t.cfg.SessionTimeout))
+	}
+	s, err := kgo.NewGroupTransactSession(opts...)
+	if err != nil {
+		return fmt.Errorf("stream: transact session: %w: %w", ErrConfig, err)
+	}
+	defer s.Close() // leaves the group after any open transaction was ended below
+
+	parts := map[int32]*owned{}
+	failures := 0
+	backoff := t.cfg.RetryBackoff
+	for {
+		// Polls wake up at least every idlePoll so that newly assigned
+		// partitions with nothing to consume still get restored.
+		pollCtx, cancelPoll := context.WithTimeout(ctx, idlePoll)
+		fetches := s.PollRecords(pollCtx, t.cfg.MaxBatch)
+		cancelPoll()
+		if ctx.Err() != nil || fetches.IsClientClosed() {
+			return ctx.Err()
+		}
+		polled := time.Now()
+		var fetchErr error
+		fetches.EachError(func(topic string, p int32, err error) {
+			if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+				return
+			}
+			t.log.Warn("fetch failed", "topic", topic, "partition", p, "error", err)
+			fetchErr = err
+		})
+		if err := t.applyEvents(ctx, adm, parts); err != nil {
+			return err
+		}
+		if err := t.restore(ctx, adm, parts); err != nil {
+			return err
+		}
+
+		// Group the poll by partition; remember each partition's last
+		// offset (control records included) and end offset.
+		batches := map[int32][]*Record{}
+		next := map[int32]int64{}
+		ends := map[int32]int64{}
+		var foreign []int32
+		fetches.EachPartition(func(fp kgo.FetchTopicPartition) {
+			if fp.Topic != t.cfg.Input || len(fp.Records) == 0 {
+				return
+			}
+			if _, ok := parts[fp.Partition]; !ok {
+				foreign = append(foreign, fp.Partition)
+				return
+			}
+			end := fp.LastStableOffset
+			if end < 0 {
+				end = fp.HighWatermark
+			}
+			ends[fp.Partition] = end
+			for _, r := range fp.Records {
+				next[fp.Partition] = r.Offset + 1
+				if r.Attrs.IsControl() {
+					continue
+				}
+				batches[fp.Partition] = append(batches[fp.Partition], fromKgo(r))
+			}
+		})
+		if len(next) == 0 {
+			if fetchErr != nil && !sleep(ctx, backoff) {
+				return ctx.Err()
+			}
+			continue
+		}
+
+		if len(foreign) > 0 {
+			// Records of a partition this instance does not own
+			// (revoked while they were buffered): they must neither
+			// be processed nor have their offsets committed, so the
+			// whole poll is rewound.
+			t.log.Info("poll returned partitions not owned; rewinding", "partitions", foreign)
+			if err := t.rewind(ctx, s); err != nil {
+				return err
+			}
+			continue
+		}
+
+		committed, procErr, err := t.transact(ctx, s, parts, batches)
+		switch {
+		case err != nil:
+			t.discard(parts)
+			return err
+		case committed:
+			failures = 0
+			backoff = t.cfg.RetryBackoff
+			t.advance(next, ends)
+			t.m.handle.Observe(time.Since(polled).Seconds())
+			continue
+		}
+		t.discard(parts)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if procErr != nil {
+			failures++
+			t.log.Warn("processing failed; transaction aborted, state rebuilt", "error", procErr, "attempt", failures)
+			if failures > t.cfg.MaxProcessRetries {
+				return fmt.Errorf("stream: %d attempts: %w: %w", failures, ErrProcess, procErr)
+			}
+			if !sleep(ctx, backoff) {
+				return ctx.Err()
+			}
+			backoff = min(2*backoff, t.cfg.MaxRetryBackoff)
+		} else {
+			t.log.Info("transaction aborted (rebalance); state rebuilt from committed offsets")
+		}
+	}
+}
+
+// idlePoll bounds how long one poll waits for records.
+const idlePoll = 250 * time.Millisecond
+
+// rewind ends an empty transaction with an abort, which resets the
+// session's consume positions to the committed offsets.
+func (t *Transactor) rewind(ctx context.Context, s *kgo.GroupTransactSession) error {
+	if err := s.Begin(); err != nil {
+		return classify("begin transaction", err)
+	}
+	endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.cfg.TransactionTimeout)
+	defer cancel()
+	if _, err := s.End(endCtx, kgo.TryAbort); err != nil {
+		return classify("end transaction", err)
+	}
+	t.m.aborted.Inc()
+	return nil
+}
+
+func (t *Transactor) pushEvent(assigned bool, parts []int32) {
+	t.evMu.Lock()
+	defer t.evMu.Unlock()
+	t.events = append(t.events, assignEvent{assigned: assigned, parts: slices.Clone(parts)})
+}
+
+// applyEvents applies the assignment changes the group callbacks queued:
+// revoked partitions are dropped, assigned ones are recorded unrestored with
+// their readiness targets.
+func (t *Transactor) applyEvents(ctx context.Context, adm *kadm.Client, parts map[int32]*owned) error {
+	t.evMu.Lock()
+	evs := t.events
+	t.events = nil
+	t.evMu.Unlock()
+	if len(evs) == 0 {
+		return nil
+	}
+	var added []int32
+	for _, ev := range evs {
+		for _, p := range ev.parts {
+			if ev.assigned {
+				if _, ok := parts[p]; !ok {
+					parts[p] = &owned{}
+					added = append(added, p)
+				}
+			} else {
+				delete(parts, p)
+				added = slices.DeleteFunc(added, func(q int32) bool { return q == p })
+			}
+		}
+	}
+	views := map[int32]partView{}
+	if len(added) > 0 {
+		var err error
+		if views, err = t.observe(ctx, adm, added); err != nil {
+			return err
+		}
+	}
+	t.viewMu.Lock()
+	defer t.viewMu.Unlock()
+	t.joined = true
+	for p := range t.view {
+		if _, ok := parts[p]; !ok {
+			delete(t.view, p)
+			t.m.lag.DeleteLabelValues(strconv.Itoa(int(p)))
+		}
+	}
+	for p, v := range views {
+		t.view[p] = v
+		t.m.lag.WithLabelValues(strconv.Itoa(int(p))).Set(float64(v.lag()))
+	}
+	t.log.Info("assignment changed", "added", added, "owned", len(parts))
+	return nil
+}
+
+// observe reads, for newly assigned partitions, the committed group offset
+// and the read_committed end offset of the input: the readiness target.
+func (t *Transactor) observe(ctx context.Context, adm *kadm.Client, added []int32) (map[int32]partView, error) {
+	ends, err := adm.ListCommittedOffsets(ctx, t.cfg.Input)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("stream: list end offsets of %s: %w: %w", t.cfg.Input, ErrBroker, err)
+	}
+	starts, err := adm.ListStartOffsets(ctx, t.cfg.Input)
+	if err == nil {
+		err = starts.Error()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("stream: list start offsets of %s: %w: %w", t.cfg.Input, ErrBroker, err)
+	}
+	commits, err := adm.FetchOffsets(ctx, t.cfg.Group)
+	if err != nil {
+		return nil, fmt.Errorf("stream: fetch offsets of group %s: %w: %w", t.cfg.Group, ErrBroker, err)
+	}
+	views := make(map[int32]partView, len(added))
+	for _, p := range added {
+		v := partView{pos: -1}
+		if o, ok := ends.Lookup(t.cfg.Input, p); ok {
+			v.target, v.end = o.Offset, o.Offset
+		}
+		if o, ok := commits.Lookup(t.cfg.Input, p); ok && o.Err == nil && o.At >= 0 {
+			v.pos = o.At
+		} else if o, ok := starts.Lookup(t.cfg.Input, p); ok {
+			v.pos = o.Offset
+		}
+		views[p] = v
+	}
+	return views, nil
+}
+
+// restore creates and restores a processor for every owned partition that
+// has none.
+func (t *Transactor) restore(ctx context.Context, adm *kadm.Client, parts map[int32]*owned) error {
+	var need []int32
+	for p, o := range parts {
+		if o.proc == nil {
+			need = append(need, p)
+		}
+	}
+	if len(need) == 0 {
+		return nil
+	}
+	slices.Sort(need)
+	start := time.Now()
+	procs := make(map[int32]Processor, len(need))
+	for _, p := range need {
+		procs[p] = t.newProc(p)
+	}
+	if t.cfg.State != "" {
+		states, err := readLatest(ctx, adm, t.cfg.Brokers, t.cfg.State, need, t.log)
+		if err != nil {
+			return err
+		}
+		for p, kvs := range states {
+			for _, kv := range kvs {
+				if err := procs[p].Restore(kv.key, kv.value); err != nil {
+					return fmt.Errorf("stream: restore %s/%d key %q: %w: %w", t.cfg.State, p, kv.key, ErrRestore, err)
+				}
+			}
+		}
+	}
+	for p, proc := range procs {
+		parts[p].proc = proc
+	}
+	t.m.restore.Observe(time.Since(start).Seconds())
+	t.viewMu.Lock()
+	for _, p := range need {
+		if v, ok := t.view[p]; ok {
+			v.restored = true
+			t.view[p] = v
+		}
+	}
+	t.viewMu.Unlock()
+	t.log.Info("restored partitions", "partitions", need, "took", time.Since(start))
+	return nil
+}
+
+// discard drops every processor: their state saw uncommitted input.
+func (t *Transactor) discard(parts map[int32]*owned) {
+	for _, o := range parts {
+		o.proc = nil
+	}
+	t.viewMu.Lock()
+	defer t.viewMu.Unlock()
+	for p, v := range t.view {
+		v.restored = false
+		t.view[p] = v
+	}
+}
+
+// advance records committed positions after a commit.
+func (t *Transactor) advance(next, ends map[int32]int64) {
+	t.viewMu.Lock()
+	defer t.viewMu.Unlock()
+	for p, n := range next {
+		v, ok := t.view[p]
+		if !ok {
+			continue
+		}
+		v.pos = n
+		v.end = max(v.end, ends[p])
+		t.view[p] = v
+		t.m.lag.WithLabelValues(strconv.Itoa(int(p))).Set(float64(v.lag()))
+	}
+}
+
+// transact runs one transaction over the polled batches: processors run
+// concurrently (one goroutine per partition) and are joined before the
+// transaction ends. It returns whether the transaction committed, the
+// processing error if a processor failed, and an error if the session must
+// be replaced (or, wrapping ErrFenced, Run must end).
+func (t *Transactor) transact(ctx context.Context, s *kgo.GroupTransactSession, parts map[int32]*owned, batches map[int32][]*Record) (committed bool, procErr, err error) {
+	if err := s.Begin(); err != nil {
+		return false, nil, classify("begin transaction", err)
+	}
+	// Producing and ending use a context that outlives ctx: a shutdown
+	// finishes or aborts the open transaction instead of abandoning it.
+	endCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), t.cfg.TransactionTimeout)
+	defer cancel()
+
+	var (
+		produceMu  sync.Mutex
+		produceErr error
+		produced   int
+	)
+	promise := func(_ *kgo.Record, err error) {
+		produceMu.Lock()
+		defer produceMu.Unlock()
+		if err != nil && produceErr == nil {
+			produceErr = err
+		}
+		if err == nil {
+			produced++
+		}
+	}
+	errs := make(map[int32]error, len(batches))
+	var errsMu sync.Mutex
+	var wg sync.WaitGroup
+	records := 0
+	for p, batch := range batches {
+		records += len(batch)
+		proc := parts[p].proc
+		wg.Go(func() {
+			err := t.processOne(ctx, endCtx, s, proc, p, batch, promise)
+			if err != nil {
+				errsMu.Lock()
+				errs[p] = err
+				errsMu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	t.m.consumed.Add(float64(records))
+	t.m.batchRecords.Observe(float64(records))
+
+	for _, p := range slices.Sorted(maps.Keys(errs)) {
+		procErr = fmt.Errorf("partition %d: %w", p, errs[p])
+		break
+	}
+	if procErr == nil && ctx.Err() != nil {
+		procErr = ctx.Err()
+	}
+	if procErr == nil {
+		if err := s.Client().Flush(endCtx); err != nil {
+			procErr = err
+		}
+	}
+	produceMu.Lock()
+	pErr := produceErr
+	produceMu.Unlock()
+	commit := procErr == nil && pErr == nil
+	ok, err := s.End(endCtx, kgo.TransactionEndTry(commit))
+	if ok {
+		t.m.committed.Inc()
+		t.m.produced.Add(float64(produced))
+	} else {
+		t.m.aborted.Inc()
+	}
+	if err != nil {
+		return false, procErr, classify("end transaction", err)
+	}
+	if pErr != nil {
+		return false, nil, classify("produce", fmt.Errorf("%w: %w", ErrProduce, pErr))
+	}
+	return ok, procErr, nil
+}
+
+// processOne runs one partition's Process call, routing its emits into the
+// transaction. An invalid emit fails the call.
+func (t *Transactor) processOne(ctx, produceCtx context.Context, s *kgo.GroupTransactSession, proc Processor, p int32, batch []*Record, promise func(*kgo.Record, error)) error {
+	var (
+		emitMu  sync.Mutex
+		emitErr error
+	)
+	emit := func(o Output) {
+		emitMu.Lock()
+		defer emitMu.Unlock()
+		if emitErr != nil {
+			return
+		}
+		if o.Topic == "" || o.Topic != t.cfg.State && !slices.Contains(t.cfg.Outputs, o.Topic) {
+			emitErr = fmt.Errorf("stream: emit to %q: not the state topic or an output: %w", o.Topic, ErrConfig)
+			return
+		}
+		part := o.Partition
+		if part < 0 {
+			part = p
+		}
+		if part >= t.partitions {
+			emitErr = fmt.Errorf("stream: emit to %s partition %d of %d: %w", o.Topic, part, t.partitions, ErrConfig)
+			return
+		}
+		s.Produce(produceCtx, &kgo.Record{
+			Topic:     o.Topic,
+			Partition: part,
+			Key:       o.Key,
+			Value:     o.Value,
+			Headers:   toKgoHeaders(o.Headers),
+		}, promise)
+	}
+	err := proc.Process(ctx, batch, emit)
+	emitMu.Lock()
+	defer emitMu.Unlock()
+	if emitErr != nil {
+		return emitErr
+	}
+	return err
+}
+
+// classify wraps a client error: fencing ends Run, anything else replaces
+// the session.
+func classify(op string, err error) error {
+	switch {
+	case errors.Is(err, ErrFenced):
+		return err
+	case errors.Is(err, kerr.ProducerFenced),
+		errors.Is(err, kerr.InvalidProducerEpoch),
+		errors.Is(err, kerr.TransactionalIDAuthorizationFailed):
+		return fmt.Errorf("stream: %s: %w: %w", op, ErrFenced, err)
+	case errors.Is(err, ErrProduce):
+		return fmt.Errorf("stream: %s: %w", op, err)
+	}
+	return fmt.Errorf("stream: %s: %w: %w", op, ErrBroker, err)
+}
+
