@@ -17,7 +17,8 @@ import (
 const MaxSize = 1 << 20
 
 // Parse decodes and validates one manifest. Decoding is strict: unknown
-// fields (keys are case-sensitive), duplicate keys, null values, values of
+// fields (keys are case-sensitive), duplicate keys, null values (except for
+// a list, where null means the same as an absent or empty list), values of
 // the wrong JSON type, numbers that are not integers, invalid UTF-8, data
 // after the top-level object and documents larger than MaxSize are
 // rejected. The decoded manifest is then checked with Validate.
@@ -121,7 +122,12 @@ func (d *decoder) value(path string, v reflect.Value) error {
 		return err
 	}
 	if tok == nil {
-		d.add(path, CodeWrongType, "must be %s, not null", describe(v.Type()))
+		// null is a list's only alternative spelling: it is what
+		// encoding/json writes for a nil slice, and means the same as an
+		// absent or empty list.
+		if v.Kind() != reflect.Slice {
+			d.add(path, CodeWrongType, "must be %s, not null", describe(v.Type()))
+		}
 		return nil
 	}
 	switch v.Kind() {

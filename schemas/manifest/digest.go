@@ -18,13 +18,13 @@ func (m *Manifest) Ref() string { return m.Name + "@" + m.Version }
 
 // Digest identifies the manifest's content: "sha256:" followed by the 64
 // lowercase hex digits of the SHA-256 of the RFC 8785 canonical JSON of the
-// manifest as parsed. The JSON is what encoding/json writes for the Manifest
-// struct after every nil list was replaced by an empty one, so:
+// manifest as parsed, that is of json.Marshal(m) (see MarshalJSON). So:
 //
 //   - every field of types.go is present, lists as arrays (possibly []),
 //     except budgets equal to 0 and empty sandbox.image,
 //     integrity.tree_sha256 and integrity.signature, which are omitted;
-//   - key order, whitespace and escapes in the source file do not matter;
+//   - key order, whitespace and escapes in the source file do not matter,
+//     nor does an absent list versus [] or null;
 //   - a budget written as 0 and an absent budget give the same digest, but
 //     a budget written as its default value does not: the digest is over
 //     what the file says, not over the effective limits.
@@ -42,7 +42,7 @@ func (m *Manifest) Digest() string {
 }
 
 func (m *Manifest) digest() (string, error) {
-	b, err := json.Marshal(m.normalized())
+	b, err := json.Marshal(m)
 	if err != nil {
 		return "", fmt.Errorf("manifest digest %s: %w", m.Ref(), err)
 	}
@@ -53,8 +53,16 @@ func (m *Manifest) digest() (string, error) {
 	return DigestPrefix + hex.EncodeToString(sum[:]), nil
 }
 
-// normalized returns a shallow copy of m whose nil lists are empty, so that
-// an absent list and [] digest alike.
+// MarshalJSON encodes m as encoding/json would, except that nil lists are
+// written as [] rather than null: a manifest has one JSON form whether its
+// lists were absent, null or empty in the source.
+func (m Manifest) MarshalJSON() ([]byte, error) {
+	type plain Manifest // no methods: avoids recursion
+	p := plain(*m.normalized())
+	return json.Marshal(&p)
+}
+
+// normalized returns a shallow copy of m whose nil lists are empty.
 func (m *Manifest) normalized() *Manifest {
 	c := *m
 	orEmpty := func(s []string) []string {
