@@ -32,7 +32,7 @@ type Registry struct {
 type tenantSet struct {
 	def    *Manifest
 	byRef  map[string]*Manifest // "name@version", exact
-	latest map[string]*Manifest // name -> highest semver precedence
+	latest map[string]*Manifest // name -> what Resolve(name) returns
 	all    []*Manifest          // by name, then descending precedence
 }
 
@@ -245,7 +245,7 @@ func build(srcs []source) (*Registry, error) {
 			refs[s.tenant][m.Ref()] = seen{m: m, origin: s.origin, digest: digest, ver: ver}
 			ts.byRef[m.Ref()] = m
 			ts.all = append(ts.all, m)
-			if l := ts.latest[m.Name]; l == nil || refs[s.tenant][l.Ref()].ver.compare(ver) < 0 {
+			if l := ts.latest[m.Name]; l == nil || ver.preferred(refs[s.tenant][l.Ref()].ver) {
 				ts.latest[m.Name] = m
 			}
 			if _, ok := r.byDigest[digest]; !ok {
@@ -280,7 +280,10 @@ func conflict(origin, format string, args ...any) *SourceError {
 // Resolve returns tenant's manifest for ref:
 //
 //   - ""             the tenant's default manifest (default.json);
-//   - "name"         the version of name with the highest semver precedence;
+//   - "name"         the highest release version of name by semver
+//     precedence; pre-release versions (1.3.0-rc.1) are chosen only when
+//     name has no release version, so publishing a release candidate does
+//     not move sessions that name no version;
 //   - "name@version" exactly that version (compared as strings).
 //
 // A tenant only ever resolves its own manifests: there is no fallback to

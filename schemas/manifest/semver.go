@@ -126,3 +126,12 @@ func compareIdent(a, b string) int {
 	}
 	return strings.Compare(a, b)
 }
+
+// preferred reports whether a is preferred over b when resolving a name:
+// releases over pre-releases, then higher precedence.
+func (a semver) preferred(b semver) bool {
+	if ar, br := len(a.pre) == 0, len(b.pre) == 0; ar != br {
+		return ar
+	}
+	return a.compare(b) > 0
+}

@@ -123,7 +123,9 @@ func TestValidate(t *testing.T) {
 		{"domain underscore", func(m *Manifest) { m.Permissions.Net.Domains[0] = "my_host.example.com" }, []want{{"permissions.net.domains[0]", CodeInvalidValue, "only a-z, 0-9"}}},
 		{"domain hyphen edge", func(m *Manifest) { m.Permissions.Net.Domains[0] = "-api.example.com" }, []want{{"permissions.net.domains[0]", CodeInvalidValue, `starting or ending with "-"`}}},
 		{"domain long label", func(m *Manifest) { m.Permissions.Net.Domains[0] = strings.Repeat("a", 64) + ".com" }, []want{{"permissions.net.domains[0]", CodeInvalidValue, "longer than 63"}}},
-		{"domain too long", func(m *Manifest) { m.Permissions.Net.Domains[0] = strings.Repeat(strings.Repeat("a", 60)+".", 5) + "com" }, []want{{"permissions.net.domains[0]", CodeInvalidValue, "longer than 253"}}},
+		{"domain too long", func(m *Manifest) {
+			m.Permissions.Net.Domains[0] = strings.Repeat(strings.Repeat("a", 60)+".", 5) + "com"
+		}, []want{{"permissions.net.domains[0]", CodeInvalidValue, "longer than 253"}}},
 		{"domain with space", func(m *Manifest) { m.Permissions.Net.Domains[0] = "api example.com" }, []want{{"permissions.net.domains[0]", CodeInvalidValue, "only a-z, 0-9"}}},
 		{"domain duplicate", func(m *Manifest) { m.Permissions.Net.Domains = append(m.Permissions.Net.Domains, "*.wikipedia.org") }, []want{{"permissions.net.domains[2]", CodeDuplicateValue, "already listed at permissions.net.domains[1]"}}},
 		{"domain single label and IPv4", func(m *Manifest) { m.Permissions.Net.Domains = []string{"localhost", "10.0.0.1"} }, nil},
