@@ -78,6 +78,9 @@ type TransactConfig struct {
 	// SessionTimeout is the consumer group session timeout (default 45s,
 	// franz-go's).
 	SessionTimeout time.Duration
+	// HeartbeatInterval is how often the group member heartbeats, which
+	// bounds how fast it notices a rebalance (default 3s, franz-go's).
+	HeartbeatInterval time.Duration
 }
 
 func (c *TransactConfig) validate() error {
@@ -325,11 +328,26 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) 
 	if t.cfg.SessionTimeout > 0 {
 		opts = append(opts, kgo.SessionTimeout(t.cfg.SessionTimeout))
 	}
+	if t.cfg.HeartbeatInterval > 0 {
+		opts = append(opts, kgo.HeartbeatInterval(t.cfg.HeartbeatInterval))
+	}
 	s, err := kgo.NewGroupTransactSession(opts...)
 	if err != nil {
 		return fmt.Errorf("stream: transact session: %w: %w", ErrConfig, err)
 	}
 	defer s.Close() // leaves the group after any open transaction was ended below
+
+	// Initialise the producer ID now, not at the first produce: this
+	// fences a previous incarnation with the same transactional ID and
+	// aborts the transaction it left open, which would otherwise hold back
+	// the state topic's stable offset and stall the restore below until
+	// the transaction timeout.
+	if _, _, err := s.Client().ProducerID(ctx); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return classify("init producer id", err)
+	}
 
 	parts := map[int32]*owned{}
 	failures := 0

@@ -1,0 +1,320 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func TestTransactExactlyOnceThroughProcessError(t *testing.T) {
+	e := startBroker(t)
+	tp := newTopology(t, e, 4)
+	want := map[string]int{}
+	produceInputs(t, e, tp.input, 24, 600, want)
+
+	// The first time session-05's record 7 is processed, fail after the
+	// processor already emitted other records of the batch: the
+	// transaction must abort and the rebuilt processors must not count
+	// those records twice.
+	var failed atomic.Bool
+	hook := func(_ context.Context, r *Record) error {
+		if string(r.Value) == "session-05/7" && failed.CompareAndSwap(false, true) {
+			return errors.New("injected processing failure")
+		}
+		return nil
+	}
+	reg := prometheus.NewRegistry()
+	tr, err := NewTransactor(tp.config(e, "txn-a"), tp.counters(hook), WithRegisterer(reg), WithLogger(testLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runAsync(t, tr)
+	out := readAtLeast(t, e, tp.output, sum(want), 20*time.Second, 300*time.Millisecond)
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if !failed.Load() {
+		t.Fatal("the failure was never injected")
+	}
+	checkExactlyOnce(t, out, want, tp.partitions)
+	if n := metricValue(tr.m.aborted); n < 1 {
+		t.Fatalf("aborted transactions = %v, want >= 1", n)
+	}
+}
+
+func TestTransactGivesUpAfterMaxProcessRetries(t *testing.T) {
+	e := startBroker(t)
+	tp := newTopology(t, e, 2)
+	produceInputs(t, e, tp.input, 4, 20, map[string]int{})
+
+	var attempts atomic.Int32
+	hook := func(_ context.Context, r *Record) error {
+		if string(r.Value) == "session-01/3" {
+			attempts.Add(1)
+			return errors.New("poison")
+		}
+		return nil
+	}
+	cfg := tp.config(e, "txn-a")
+	cfg.MaxProcessRetries = 2
+	err := RunTransact(context.Background(), cfg, tp.counters(hook), WithLogger(testLogger()))
+	if !errors.Is(err, ErrProcess) || !strings.Contains(err.Error(), "poison") {
+		t.Fatalf("RunTransact = %v, want ErrProcess wrapping the processor's error", err)
+	}
+	if n := attempts.Load(); n != 3 {
+		t.Fatalf("poison record processed %d times, want 3 (first try + 2 retries)", n)
+	}
+	// Nothing of the poison record's partition past it was committed:
+	// records are never skipped.
+	out := readAtLeast(t, e, tp.output, 0, time.Second, 200*time.Millisecond)
+	for _, r := range out {
+		if string(r.Key) == "session-01" && strings.HasPrefix(string(r.Value), "session-01/3") {
+			t.Fatalf("poison record output committed: %q", r.Value)
+		}
+	}
+}
+
+// TestTransactExactlyOnceThroughRestart stops a stage in the middle of a
+// batch (after it emitted part of it) and starts a new instance with the same
+// transactional ID: the open transaction is aborted and the new instance
+// continues from committed offsets and restored state.
+func TestTransactExactlyOnceThroughRestart(t *testing.T) {
+	e := startBroker(t)
+	tp := newTopology(t, e, 4)
+	want := map[string]int{}
+	produceInputs(t, e, tp.input, 24, 800, want)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var seen atomic.Int32
+	hook := func(ctx context.Context, _ *Record) error {
+		if seen.Add(1) == 333 {
+			cancel() // shutdown arrives mid-batch
+		}
+		return ctx.Err()
+	}
+	if err := RunTransact(ctx, tp.config(e, "txn-a"), tp.counters(hook), WithLogger(testLogger())); err != nil {
+		t.Fatalf("first run: %v", err)
+	}
+	first := readAtLeast(t, e, tp.output, 0, time.Second, 200*time.Millisecond)
+	if len(first) == 0 || len(first) >= sum(want) {
+		t.Fatalf("first run committed %d of %d outputs, want a strict part", len(first), sum(want))
+	}
+
+	tr, err := NewTransactor(tp.config(e, "txn-a"), tp.counters(nil), WithLogger(testLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runAsync(t, tr)
+	out := readAtLeast(t, e, tp.output, sum(want), 20*time.Second, 300*time.Millisecond)
+	checkExactlyOnce(t, out, want, tp.partitions)
+	waitFor(t, "ready", 5*time.Second, tr.Ready)
+	if err := stop(); err != nil {
+		t.Fatalf("second run: %v", err)
+	}
+}
+
+// TestTransactZombieIsFenced leaves an instance hanging inside Process with
+// an open transaction, starts its replacement with the same transactional
+// ID, then lets the zombie go on: it must be fenced, and the output must
+// still hold every input exactly once.
+func TestTransactZombieIsFenced(t *testing.T) {
+	e := startBroker(t)
+	tp := newTopology(t, e, 2)
+	want := map[string]int{}
+	produceInputs(t, e, tp.input, 8, 200, want)
+
+	release := make(chan struct{})
+	var blocked sync.Once
+	inside := make(chan struct{})
+	hook := func(_ context.Context, r *Record) error {
+		if string(r.Value) == "session-03/4" {
+			blocked.Do(func() {
+				close(inside)
+				<-release
+			})
+		}
+		return nil
+	}
+	zctx, zcancel := context.WithCancel(context.Background())
+	defer zcancel()
+	zombie := make(chan error, 1)
+	go func() { zombie <- RunTransact(zctx, tp.config(e, "txn-a"), tp.counters(hook), WithLogger(testLogger())) }()
+	select {
+	case <-inside:
+	case <-time.After(10 * time.Second):
+		t.Fatal("zombie never reached the blocking record")
+	}
+
+	tr, err := NewTransactor(tp.config(e, "txn-a"), tp.counters(nil), WithLogger(testLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runAsync(t, tr)
+	// The replacement has initialised its producer (fencing the zombie)
+	// once it has committed anything.
+	waitFor(t, "replacement commits", 10*time.Second, func() bool { return metricValue(tr.m.committed) > 0 })
+	close(release)
+	select {
+	case err := <-zombie:
+		if !errors.Is(err, ErrFenced) {
+			t.Fatalf("zombie Run = %v, want ErrFenced", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("zombie was not fenced")
+	}
+	out := readAtLeast(t, e, tp.output, sum(want), 20*time.Second, 300*time.Millisecond)
+	checkExactlyOnce(t, out, want, tp.partitions)
+	if err := stop(); err != nil {
+		t.Fatalf("replacement: %v", err)
+	}
+}
+
+// TestTransactRestoresStateOnReassignment runs two instances in one group;
+// when one leaves, the other takes its partitions over, restores their
+// state from the state topic and continues the per-key counts.
+func TestTransactRestoresStateOnReassignment(t *testing.T) {
+	e := startBroker(t)
+	tp := newTopology(t, e, 4)
+	want := map[string]int{}
+	produceInputs(t, e, tp.input, 16, 320, want)
+
+	var restoredB atomic.Int32
+	newB := func(p int32) Processor {
+		return &restoreCounting{counter: &counter{out: tp.output, state: tp.state, counts: map[string]int{}}, n: &restoredB}
+	}
+	a, err := NewTransactor(tp.config(e, "txn-a"), tp.counters(nil), WithLogger(testLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewTransactor(tp.config(e, "txn-b"), newB, WithLogger(testLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopA := runAsync(t, a)
+	stopB := runAsync(t, b)
+	waitFor(t, "both instances own partitions", 15*time.Second, func() bool {
+		return len(a.Lag()) > 0 && len(b.Lag()) > 0 && len(a.Lag())+len(b.Lag()) == int(tp.partitions)
+	})
+	readAtLeast(t, e, tp.output, sum(want), 20*time.Second, 0)
+	waitFor(t, "both ready", 5*time.Second, func() bool { return a.Ready() && b.Ready() })
+	ownedByA := len(a.Lag())
+	if err := stopA(); err != nil {
+		t.Fatalf("instance a: %v", err)
+	}
+	before := restoredB.Load()
+
+	produceInputs(t, e, tp.input, 16, 320, want)
+	out := readAtLeast(t, e, tp.output, sum(want), 20*time.Second, 300*time.Millisecond)
+	checkExactlyOnce(t, out, want, tp.partitions)
+	if got := restoredB.Load() - before; got < int32(ownedByA) {
+		t.Fatalf("b restored %d keys after taking over %d partitions, want at least one per partition", got, ownedByA)
+	}
+	waitFor(t, "b owns all and is caught up", 5*time.Second, func() bool {
+		lag := b.Lag()
+		for _, l := range lag {
+			if l != 0 {
+				return false
+			}
+		}
+		return len(lag) == int(tp.partitions) && b.Ready()
+	})
+	if err := stopB(); err != nil {
+		t.Fatalf("instance b: %v", err)
+	}
+}
+
+type restoreCounting struct {
+	*counter
+	n *atomic.Int32
+}
+
+func (r *restoreCounting) Restore(k, v []byte) error {
+	r.n.Add(1)
+	return r.counter.Restore(k, v)
+}
+
+func TestRunTransactRefusesCoPartitionMismatch(t *testing.T) {
+	e := startBroker(t)
+	ctx := context.Background()
+	if err := EnsureTopics(ctx, e.Brokers(), []TopicSpec{
+		{Name: "cp.in4", Partitions: 4},
+		{Name: "cp.state4", Partitions: 4, Cleanup: CleanupCompact},
+		{Name: "cp.state2", Partitions: 2, Cleanup: CleanupCompact},
+		{Name: "cp.out4", Partitions: 4},
+		{Name: "cp.out3", Partitions: 3},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name       string
+		state      string
+		outputs    []string
+		partitions int32
+		wantErr    error
+		wantMsg    []string
+	}{
+		{name: "state differs", state: "cp.state2", outputs: []string{"cp.out4"}, wantErr: ErrCoPartition,
+			wantMsg: []string{"cp.in4=4", "cp.state2=2", "cp.out4=4"}},
+		{name: "output differs", state: "cp.state4", outputs: []string{"cp.out4", "cp.out3"}, wantErr: ErrCoPartition,
+			wantMsg: []string{"cp.out3=3"}},
+		{name: "configured count differs", state: "cp.state4", outputs: []string{"cp.out4"}, partitions: 8, wantErr: ErrCoPartition,
+			wantMsg: []string{"configured for 8 partitions"}},
+		{name: "topic missing", state: "cp.state4", outputs: []string{"cp.nope"}, wantErr: ErrTopicMissing,
+			wantMsg: []string{"cp.nope"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var created atomic.Int32
+			cfg := TransactConfig{
+				Brokers: e.Brokers(), Group: "cp", TransactionalID: "cp", Input: "cp.in4",
+				State: tc.state, Outputs: tc.outputs, Partitions: tc.partitions,
+			}
+			err := RunTransact(ctx, cfg, func(int32) Processor { created.Add(1); return nil })
+			if !errors.Is(err, tc.wantErr) {
+				t.Fatalf("RunTransact = %v, want %v", err, tc.wantErr)
+			}
+			for _, m := range tc.wantMsg {
+				if !strings.Contains(err.Error(), m) {
+					t.Errorf("error %q does not name %q", err, m)
+				}
+			}
+			if created.Load() != 0 {
+				t.Error("a processor was created before the check")
+			}
+		})
+	}
+}
+
+func TestTransactConfigValidation(t *testing.T) {
+	base := TransactConfig{Brokers: []string{"x:1"}, Group: "g", TransactionalID: "t", Input: "in", State: "st", Outputs: []string{"out"}}
+	tests := []struct {
+		name   string
+		mutate func(*TransactConfig)
+	}{
+		{"no brokers", func(c *TransactConfig) { c.Brokers = nil }},
+		{"no group", func(c *TransactConfig) { c.Group = "" }},
+		{"no transactional id", func(c *TransactConfig) { c.TransactionalID = "" }},
+		{"no input", func(c *TransactConfig) { c.Input = "" }},
+		{"state is input", func(c *TransactConfig) { c.State = "in" }},
+		{"state is output", func(c *TransactConfig) { c.Outputs = []string{"st"} }},
+		{"negative batch", func(c *TransactConfig) { c.MaxBatch = -1 }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := base
+			tc.mutate(&cfg)
+			if _, err := NewTransactor(cfg, func(int32) Processor { return nil }); !errors.Is(err, ErrConfig) {
+				t.Fatalf("NewTransactor = %v, want ErrConfig", err)
+			}
+		})
+	}
+	if _, err := NewTransactor(base, func(int32) Processor { return nil }); err != nil {
+		t.Fatalf("valid config rejected: %v", err)
+	}
+}
