@@ -182,6 +182,9 @@ func (e *Engine) Eval(ctx context.Context, in Input) (Result, error) {
 	if in.Event == nil {
 		return policyError, fmt.Errorf("%w: nil event", ErrInput)
 	}
+	if err := ctx.Err(); err != nil {
+		return policyError, fmt.Errorf("%w: %w", ErrEval, err)
+	}
 	entry, err := e.manifestEntry(ctx, in.Manifest)
 	if err != nil {
 		return policyError, err

@@ -92,11 +92,10 @@ func uintTerm(v uint64) *ast.Term {
 	return ast.NumberTerm(json.Number(strconv.FormatUint(v, 10)))
 }
 
-// stringsValue encodes a []string like encoding/json: nil is null.
+// stringsValue encodes a []string as an array; nil is the empty array, as
+// manifest.Manifest's MarshalJSON writes it (snapshot lists are omitempty
+// and never reach here empty).
 func stringsValue(s []string) ast.Value {
-	if s == nil {
-		return ast.Null{}
-	}
 	terms := make([]*ast.Term, len(s))
 	for i, v := range s {
 		terms[i] = ast.StringTerm(v)

@@ -13,7 +13,7 @@ import data.aegis.manifest
 
 # decision is the only rule the engine queries.
 decision := {"outcome": "deny", "reason": "MANIFEST_UNKNOWN"} if {
-	not is_object(input.manifest)
+	not manifest_present
 } else := {"outcome": "allow", "reason": "OK", "constraints": constraints} if {
 	input.event.event_type != "TOOL_CALL_PROPOSED"
 } else := {"outcome": "deny", "reason": "INVALID_PROPOSAL"} if {
@@ -35,7 +35,7 @@ reasons := {
 	6: "EXEC_DENY",
 }
 
-violations contains 1 if not idx.tools[tool]
+violations contains 1 if not declared
 
 violations contains 2 if egress_denied
 
@@ -58,6 +58,13 @@ idx := input.manifest_index if {
 tool := input.event.payload.tool_name
 
 ltool := lower(tool)
+
+# Rules test membership through helper rules ("not declared" rather than
+# "not idx.tools[tool]"): a negated expression over an undefined argument
+# would make the whole rule body undefined instead of true.
+declared if idx.tools[tool]
+
+manifest_present if is_object(input.manifest)
 
 valid_proposal if {
 	is_string(tool)
@@ -199,8 +206,10 @@ exec_like if startswith(ltool, lists.exec_prefix)
 # basename or case folding, so "/tmp/ls" does not pass for "ls".
 exec_denied if {
 	exec_like
-	not idx.bins[args.bin]
+	not bin_allowed
 }
+
+bin_allowed if idx.bins[args.bin]
 
 # --- 7. approvals ----------------------------------------------------------
 
