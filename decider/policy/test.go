@@ -14,7 +14,8 @@ import (
 // Test runs the unit tests (rules named test_* in *_test.rego files) of the
 // bundle in dir with OPA's test runner, compiled exactly as New compiles
 // policies (Rego v1, the same Capabilities, builtin errors raised), and
-// writes a human-readable report to w. passed and failed count the tests;
+// writes a human-readable report (one line per test, then failures and a
+// summary) to w. passed and failed count the tests;
 // a test that errors counts as failed. err is non-nil when the bundle
 // cannot be loaded or compiled (wrapping ErrBundle), when it holds no test,
 // or when the run itself fails; it is nil when tests merely fail. Each test
@@ -66,7 +67,7 @@ func Test(ctx context.Context, dir string, w io.Writer) (passed, failed int, err
 		report <- r
 	}
 	close(report)
-	if err := (tester.PrettyReporter{Output: w, FailureLine: true}).Report(report); err != nil {
+	if err := (tester.PrettyReporter{Output: w, Verbose: true, FailureLine: true}).Report(report); err != nil {
 		return passed, failed, fmt.Errorf("policy: test %s: report: %w", dir, err)
 	}
 	return passed, failed, ctx.Err()

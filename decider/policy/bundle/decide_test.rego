@@ -1,0 +1,177 @@
+# Unit tests of the default decision policy. Run them with
+#   aegisctl policy test decider/policy/bundle
+# (or `opa test -v decider/policy/bundle`).
+package aegis.decide_test
+
+import data.aegis.decide
+import data.aegis.manifest as mf
+
+fixture_manifest := {
+	"schema": "aegis.dev/manifest/v0.1",
+	"name": "unit",
+	"version": "1.0.0",
+	"publisher": "acme",
+	"permissions": {
+		"tools": ["search", "http_get", "exec", "EXEC", "Write_File", "send_email", "deploy"],
+		"net": {"domains": ["api.example.com", "*.example.org"]},
+		"exec": {"allowed_bins": ["ls"]},
+		"approval_required": ["Send_Email"],
+		"budgets": {"max_tool_calls": 5, "timeout_ms": 1000},
+	},
+	"sandbox": {"required": false},
+	"integrity": {},
+}
+
+base_snapshot := {
+	"tenant_id": "t", "session_id": "s", "last_seq": 2,
+	"first_ts_ms": 1000, "last_ts_ms": 1500,
+	"events": 2, "steps": 1, "model_calls": 1, "tool_calls": 0,
+	"tainted": false, "handoff": {}, "consecutive_errors": 0,
+	"loop": {"detected": false}, "terminated": false,
+}
+
+proposal(tool, args) := {
+	"v": 1, "tenant_id": "t", "session_id": "s", "seq": 3, "ts_unix_ms": 2000,
+	"event_type": "TOOL_CALL_PROPOSED",
+	"payload": {"tool_name": tool, "call_id": "c1", "args": args},
+}
+
+# with_snapshot returns the input for a proposal of tool with args, the
+# snapshot patched with the fields of patch.
+with_snapshot(tool, args, patch) := {
+	"event": proposal(tool, args),
+	"snapshot": object.union(base_snapshot, patch),
+	"manifest": fixture_manifest,
+	"call_digest": "d1",
+}
+
+input_for(tool, args) := with_snapshot(tool, args, {})
+
+decision_for(inp) := d if {
+	d := decide.decision with input as inp
+}
+
+reason_for(inp) := decision_for(inp).reason
+
+test_allow_with_constraints if {
+	decision_for(input_for("search", {"q": "x"})) == {
+		"outcome": "allow", "reason": "OK",
+		"constraints": {"max_output_bytes": 1048576, "timeout_ms": 1000},
+	}
+}
+
+test_manifest_null if {
+	reason_for(object.union(input_for("search", {}), {"manifest": null})) == "MANIFEST_UNKNOWN"
+}
+
+test_manifest_missing if {
+	reason_for(object.remove(input_for("search", {}), ["manifest"])) == "MANIFEST_UNKNOWN"
+}
+
+test_non_proposal_allowed if {
+	inp := object.union(input_for("search", {}), {"event": {"event_type": "MODEL_CALL_STARTED", "ts_unix_ms": 2000, "payload": {}}})
+	decision_for(inp).outcome == "allow"
+}
+
+test_invalid_proposal if {
+	reason_for(input_for(7, {})) == "INVALID_PROPOSAL"
+	reason_for(input_for("", {})) == "INVALID_PROPOSAL"
+}
+
+test_undeclared if {
+	reason_for(input_for("rm", {})) == "PERMISSION_UNDECLARED"
+	reason_for(input_for("Search", {})) == "PERMISSION_UNDECLARED"
+}
+
+test_egress_allowed if {
+	reason_for(input_for("http_get", {"domain": "API.example.com."})) == "OK"
+	reason_for(input_for("http_get", {"url": "https://a.b.example.org/x"})) == "OK"
+}
+
+test_egress_denied if {
+	every args in [
+		{"domain": "example.org"},
+		{"domain": "example.org.evil.com"},
+		{"domain": "badexample.org"},
+		{"url": "https://api.example.com@evil.com/"},
+		{"url": "https://evil.com\\@api.example.com/"},
+		{"url": "api.example.com"},
+		{"domain": ["api.example.com"]},
+		{},
+	] {
+		reason_for(input_for("http_get", args)) == "EGRESS_DENY"
+	}
+}
+
+test_budget_boundary if {
+	reason_for(with_snapshot("search", {}, {"tool_calls": 4})) == "OK"
+	reason_for(with_snapshot("search", {}, {"tool_calls": 5})) == "BUDGET_EXCEEDED"
+	reason_for(with_snapshot("search", {}, {"steps": 24})) == "BUDGET_EXCEEDED"
+	reason_for(with_snapshot("search", {}, {"first_ts_ms": 2000 - 119999})) == "OK"
+	reason_for(with_snapshot("search", {}, {"first_ts_ms": 2000 - 120000})) == "BUDGET_EXCEEDED"
+}
+
+test_loop_sticky if {
+	reason_for(with_snapshot("search", {}, {"loop": {"detected": true, "seq": 1}})) == "LOOP_DETECTED"
+}
+
+test_loop_identical_calls if {
+	reason_for(with_snapshot("search", {}, {"calls": {"d1": 1}})) == "OK"
+	reason_for(with_snapshot("search", {}, {"calls": {"d1": 2}})) == "LOOP_DETECTED"
+}
+
+test_loop_sequence if {
+	reason_for(with_snapshot("search", {}, {"recent_tools": ["a", "b", "search", "a", "b"]})) == "LOOP_DETECTED"
+	reason_for(with_snapshot("search", {}, {"recent_tools": ["a", "b", "search", "a", "c"]})) == "OK"
+}
+
+test_loop_no_progress if {
+	reason_for(with_snapshot("search", {}, {"consecutive_errors": 2})) == "OK"
+	reason_for(with_snapshot("search", {}, {"consecutive_errors": 3})) == "LOOP_DETECTED"
+}
+
+test_taint_letter_case if {
+	reason_for(with_snapshot("Write_File", {}, {"tainted": true})) == "TAINTED_TO_HIGH_RISK"
+	reason_for(with_snapshot("EXEC", {"bin": "ls"}, {"tainted": true})) == "TAINTED_TO_HIGH_RISK"
+	reason_for(with_snapshot("search", {}, {"tainted": true})) == "OK"
+}
+
+test_exec if {
+	reason_for(input_for("exec", {"bin": "ls"})) == "OK"
+	reason_for(input_for("EXEC", {"bin": "rm"})) == "EXEC_DENY"
+	reason_for(input_for("exec", {"bin": "/bin/ls"})) == "EXEC_DENY"
+	reason_for(input_for("exec", {})) == "EXEC_DENY"
+}
+
+test_approval if {
+	decision_for(input_for("send_email", {})).outcome == "require_approval"
+	approved := {"approvals": {"c1": {"tool_name": "send_email", "args_digest": "d1", "state": "approved"}}}
+	reason_for(with_snapshot("send_email", {}, approved)) == "OK"
+	pending := {"approvals": {"c1": {"tool_name": "send_email", "args_digest": "d1", "state": "pending"}}}
+	reason_for(with_snapshot("send_email", {}, pending)) == "APPROVAL_REQUIRED"
+	other := {"approvals": {"c1": {"tool_name": "send_email", "args_digest": "d2", "state": "approved"}}}
+	reason_for(with_snapshot("send_email", {}, other)) == "APPROVAL_REQUIRED"
+}
+
+test_priority_order if {
+	# undeclared beats egress; budget beats loop; taint beats exec
+	reason_for(input_for("curl", {"url": "https://evil.com"})) == "PERMISSION_UNDECLARED"
+	reason_for(with_snapshot("http_get", {"domain": "evil.com"}, {"tool_calls": 9})) == "EGRESS_DENY"
+	reason_for(with_snapshot("search", {}, {"tool_calls": 9, "consecutive_errors": 5})) == "BUDGET_EXCEEDED"
+	reason_for(with_snapshot("exec", {"bin": "rm"}, {"tainted": true})) == "TAINTED_TO_HIGH_RISK"
+}
+
+# The engine passes the cached index as input.manifest_index; decisions must
+# not depend on whether it is present.
+test_index_is_build if {
+	idx := mf.index with input as {"manifest": fixture_manifest}
+	idx == mf.build(fixture_manifest)
+	idx.suffixes == {".example.org"}
+	idx.approval_required == {"send_email"}
+	idx.budgets.max_tool_calls == 5
+	idx.budgets.max_steps == 24
+	every tool in ["search", "http_get", "exec", "send_email", "rm"] {
+		inp := input_for(tool, {"domain": "api.example.com", "bin": "ls"})
+		decision_for(inp) == decision_for(object.union(inp, {"manifest_index": idx}))
+	}
+}
