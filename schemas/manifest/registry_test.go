@@ -216,6 +216,10 @@ func TestLoadDirReportsEveryBadFile(t *testing.T) {
 	if !errors.As(err, &le) {
 		t.Fatalf("err = %v (%T), want *LoadError", err, err)
 	}
+	var ve *ValidationError
+	if !errors.As(err, &ve) || !errors.Is(err, ErrInvalid) {
+		t.Error("a *LoadError does not unwrap to its *ValidationError values")
+	}
 	// Structural problems: reported per file, file by file.
 	wantFiles := map[string][]want{
 		"acme/wrong-name.json":  {{"name", CodeNameMismatch, `"other" does not match the file name "wrong-name.json"`}},
