@@ -1,0 +1,147 @@
+// Package decider turns a session's events into decisions. The Engine is the
+// deterministic core (reducer + policy) shared by the decider stage, the
+// stateless decide API, aegisctl and the replayer; the stage runs it on Kafka.
+package decider
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	"aegis.dev/aegis/decider/policy"
+	"aegis.dev/aegis/decider/session"
+	"aegis.dev/aegis/schemas/canon"
+	"aegis.dev/aegis/schemas/envelope"
+	"aegis.dev/aegis/schemas/manifest"
+)
+
+// Manifests resolves a session's manifest reference for a tenant. It is
+// satisfied by *manifest.Registry.
+type Manifests interface {
+	Resolve(tenant, ref string) (*manifest.Manifest, error)
+}
+
+// Engine decides proposals. It is safe for concurrent use by many sessions;
+// each Snapshot must be used by one goroutine at a time.
+type Engine struct {
+	policy    *policy.Engine
+	manifests Manifests
+}
+
+// NewEngine returns an Engine deciding with p and resolving manifests with m
+// (nil: no manifests, so every proposal is denied MANIFEST_UNKNOWN).
+func NewEngine(p *policy.Engine, m Manifests) *Engine {
+	return &Engine{policy: p, manifests: m}
+}
+
+// PolicyRevision returns the revision of the engine's policy bundle.
+func (e *Engine) PolicyRevision() string { return e.policy.Revision() }
+
+// Resolve returns the manifest of the session snap belongs to, as named by
+// its first event (ev when snap is empty). It returns nil when none resolves.
+func (e *Engine) Resolve(snap *session.Snapshot, ev *envelope.Event) *manifest.Manifest {
+	if e.manifests == nil {
+		return nil
+	}
+	ref := snap.Manifest
+	if snap.Events == 0 {
+		ref = ev.Manifest
+	}
+	m, err := e.manifests.Resolve(snap.TenantID, ref)
+	if err != nil {
+		return nil
+	}
+	return m
+}
+
+// Decide judges the proposal ev on snap, the state of its session before
+// it. Policy outcomes (including evaluation errors, which are denies with
+// POLICY_ERROR) are returned as decisions; an error means the decision could
+// not be made at all and must not be treated as any outcome.
+func (e *Engine) Decide(ctx context.Context, snap *session.Snapshot, ev *envelope.Event) (*envelope.Decision, error) {
+	return e.DecideWith(ctx, snap, ev, e.Resolve(snap, ev))
+}
+
+// DecideWith is Decide with an explicit manifest (nil: none), for the
+// stateless decide request {event, snapshot, manifest}.
+func (e *Engine) DecideWith(ctx context.Context, snap *session.Snapshot, ev *envelope.Event, m *manifest.Manifest) (*envelope.Decision, error) {
+	if ev.Type != envelope.ToolCallProposed {
+		return nil, fmt.Errorf("decider: %s/%s/%d: only %s events are decided, got %s", ev.TenantID, ev.SessionID, ev.Seq, envelope.ToolCallProposed, ev.Type)
+	}
+	tc, err := ev.ToolCall()
+	if err != nil {
+		return nil, err
+	}
+	callDigest, err := session.CallDigest(tc.ToolName, tc.Args)
+	if err != nil {
+		return nil, fmt.Errorf("decider: %s/%s/%d: %w", ev.TenantID, ev.SessionID, ev.Seq, err)
+	}
+	d := &envelope.Decision{PolicyRevision: e.policy.Revision()}
+	if m != nil {
+		d.ManifestDigest = m.Digest()
+	}
+	if d.InputDigest, err = InputDigest(snap, ev, d.ManifestDigest); err != nil {
+		return nil, err
+	}
+	res, evalErr := e.policy.Eval(ctx, policy.Input{Event: ev, Snapshot: snap, Manifest: m, CallDigest: callDigest})
+	if evalErr != nil && ctx.Err() != nil {
+		// A cancelled evaluation says nothing about the policy.
+		return nil, fmt.Errorf("decider: %s/%s/%d: %w", ev.TenantID, ev.SessionID, ev.Seq, errors.Join(evalErr, ctx.Err()))
+	}
+	d.Outcome, d.Reason, d.Constraints = res.Outcome, res.Reason, res.Constraints
+	if m == nil && d.Outcome != envelope.Deny {
+		d.Outcome, d.Reason, d.Constraints = envelope.Deny, envelope.ReasonManifestUnknown, envelope.Constraints{}
+	}
+	if d.Outcome != envelope.Allow {
+		d.Constraints = envelope.Constraints{}
+	}
+	return d, nil
+}
+
+// Step decides ev when it is a proposal (setting ev.Decision) and folds it
+// into snap. On error neither ev nor snap is changed.
+func (e *Engine) Step(ctx context.Context, snap *session.Snapshot, ev *envelope.Event) error {
+	if ev.Type == envelope.ToolCallProposed {
+		d, err := e.Decide(ctx, snap, ev)
+		if err != nil {
+			return err
+		}
+		ev.Decision = d
+		if err := snap.Apply(ev); err != nil {
+			ev.Decision = nil
+			return err
+		}
+		return nil
+	}
+	return snap.Apply(ev)
+}
+
+// InputDigest is the digest recorded in a decision: "sha256:<hex>" of the
+// canonical JSON {"event":E,"manifest_digest":M,"snapshot":S}, where E is the
+// event without decision and chain fields, M the manifest digest ("" when
+// none) and S the snapshot before the event. Two decisions with the same
+// input digest and policy revision must be identical.
+func InputDigest(snap *session.Snapshot, ev *envelope.Event, manifestDigest string) (string, error) {
+	bare := *ev
+	bare.Decision, bare.PrevHash, bare.Hash = nil, "", ""
+	b := make([]byte, 0, 1024)
+	b = append(b, `{"event":`...)
+	b, err := bare.AppendCanonical(b, false)
+	if err != nil {
+		return "", fmt.Errorf("decider: input digest: %w", err)
+	}
+	b = append(b, `,"manifest_digest":`...)
+	if b, err = canon.AppendString(b, manifestDigest); err != nil {
+		return "", fmt.Errorf("decider: input digest: %w", err)
+	}
+	s, err := snap.Canonical()
+	if err != nil {
+		return "", fmt.Errorf("decider: input digest: %w", err)
+	}
+	b = append(b, `,"snapshot":`...)
+	b = append(append(b, s...), '}')
+	sum := sha256.Sum256(b)
+	return "sha256:" + hex.EncodeToString(sum[:]), nil
+}

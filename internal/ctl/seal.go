@@ -1,0 +1,70 @@
+package ctl
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+
+	"aegis.dev/aegis/decider"
+	"aegis.dev/aegis/decider/session"
+	"aegis.dev/aegis/schemas/chain"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+func runSeal(ctx context.Context, env IO, args []string) int {
+	fs := newFlags(env, "seal", "[--decide [--manifest FILE | --manifests DIR] [--policy DIR]] < events.ndjson > sealed.ndjson")
+	var pf policyFlags
+	pf.register(fs)
+	decide := fs.Bool("decide", false, "run the decider on each event first (as the pipeline does), recording decisions on proposals")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	var eng *decider.Engine
+	if *decide {
+		var err error
+		if eng, err = pf.engine(); err != nil {
+			return fail(env, ExitRuntime, "seal: %v", err)
+		}
+	}
+	type key struct{ tenant, session string }
+	heads := make(map[key]*chain.Head)
+	snaps := make(map[key]*session.Snapshot)
+	w := bufio.NewWriterSize(env.Stdout, 64<<10)
+	dec := envelope.Decoder{Sealed: !*decide}
+	var buf []byte
+	err := eachLine(env.Stdin, func(n int, line []byte) error {
+		ev, err := dec.Decode(line)
+		if err != nil {
+			return fmt.Errorf("line %d: %w", n, err)
+		}
+		k := key{ev.TenantID, ev.SessionID}
+		if eng != nil {
+			snap := snaps[k]
+			if snap == nil {
+				snap = session.New(ev.TenantID, ev.SessionID)
+				snaps[k] = snap
+			}
+			if err := eng.Step(ctx, snap, ev); err != nil {
+				return fmt.Errorf("line %d: %w", n, err)
+			}
+		}
+		head, err := chain.Link(heads[k], ev)
+		if err != nil {
+			return fmt.Errorf("line %d: %w", n, err)
+		}
+		heads[k] = &head
+		if buf, err = ev.AppendCanonical(buf[:0], true); err != nil {
+			return fmt.Errorf("line %d: %w", n, err)
+		}
+		buf = append(buf, '\n')
+		_, err = w.Write(buf)
+		return err
+	})
+	if err != nil {
+		return fail(env, ExitFailed, "seal: %v", err)
+	}
+	if err := w.Flush(); err != nil {
+		return fail(env, ExitRuntime, "seal: write: %v", err)
+	}
+	return ExitOK
+}
