@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"sync"
 
 	"aegis.dev/aegis/decider/policy"
 	"aegis.dev/aegis/decider/session"
@@ -28,6 +29,10 @@ type Manifests interface {
 type Engine struct {
 	policy    *policy.Engine
 	manifests Manifests
+	// digests caches Manifest.Digest per manifest: manifests are immutable
+	// once loaded, and hashing one costs more than the rest of a decision's
+	// bookkeeping.
+	digests sync.Map // *manifest.Manifest -> string
 }
 
 // NewEngine returns an Engine deciding with p and resolving manifests with m
@@ -61,12 +66,25 @@ func (e *Engine) Resolve(snap *session.Snapshot, ev *envelope.Event) *manifest.M
 // POLICY_ERROR) are returned as decisions; an error means the decision could
 // not be made at all and must not be treated as any outcome.
 func (e *Engine) Decide(ctx context.Context, snap *session.Snapshot, ev *envelope.Event) (*envelope.Decision, error) {
-	return e.DecideWith(ctx, snap, ev, e.Resolve(snap, ev))
+	m := e.Resolve(snap, ev)
+	var digest string
+	if m != nil {
+		digest = e.manifestDigest(m)
+	}
+	return e.decide(ctx, snap, ev, m, digest)
 }
 
 // DecideWith is Decide with an explicit manifest (nil: none), for the
 // stateless decide request {event, snapshot, manifest}.
 func (e *Engine) DecideWith(ctx context.Context, snap *session.Snapshot, ev *envelope.Event, m *manifest.Manifest) (*envelope.Decision, error) {
+	var digest string
+	if m != nil {
+		digest = m.Digest()
+	}
+	return e.decide(ctx, snap, ev, m, digest)
+}
+
+func (e *Engine) decide(ctx context.Context, snap *session.Snapshot, ev *envelope.Event, m *manifest.Manifest, manifestDigest string) (*envelope.Decision, error) {
 	if ev.Type != envelope.ToolCallProposed {
 		return nil, fmt.Errorf("decider: %s/%s/%d: only %s events are decided, got %s", ev.TenantID, ev.SessionID, ev.Seq, envelope.ToolCallProposed, ev.Type)
 	}
@@ -78,10 +96,7 @@ func (e *Engine) DecideWith(ctx context.Context, snap *session.Snapshot, ev *env
 	if err != nil {
 		return nil, fmt.Errorf("decider: %s/%s/%d: %w", ev.TenantID, ev.SessionID, ev.Seq, err)
 	}
-	d := &envelope.Decision{PolicyRevision: e.policy.Revision()}
-	if m != nil {
-		d.ManifestDigest = m.Digest()
-	}
+	d := &envelope.Decision{PolicyRevision: e.policy.Revision(), ManifestDigest: manifestDigest}
 	if d.InputDigest, err = InputDigest(snap, ev, d.ManifestDigest); err != nil {
 		return nil, err
 	}
@@ -98,6 +113,17 @@ func (e *Engine) DecideWith(ctx context.Context, snap *session.Snapshot, ev *env
 		d.Constraints = envelope.Constraints{}
 	}
 	return d, nil
+}
+
+// manifestDigest returns m's digest, cached: only manifests from the
+// engine's registry come here, so the cache is bounded by the registry.
+func (e *Engine) manifestDigest(m *manifest.Manifest) string {
+	if d, ok := e.digests.Load(m); ok {
+		return d.(string)
+	}
+	d := m.Digest()
+	e.digests.Store(m, d)
+	return d
 }
 
 // Step decides ev when it is a proposal (setting ev.Decision) and folds it
