@@ -25,7 +25,8 @@ var (
 	// after the configured number of retries; the input was not skipped.
 	ErrProcess = errors.New("stream_process_failed")
 
-	// ErrRestore reports that a partition's state could not be restored.
+	// ErrRestore reports that a Processor kept rejecting its partition's
+	// state (Restore returned an error) after the configured retries.
 	ErrRestore = errors.New("stream_restore_failed")
 
 	// ErrFenced reports that another producer with the same transactional

@@ -35,14 +35,14 @@ func readLatest(ctx context.Context, adm *kadm.Client, brokers []string, topic s
 		err = starts.Error()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("stream: restore %s: list start offsets: %w: %w", topic, ErrRestore, err)
+		return nil, fmt.Errorf("stream: restore %s: list start offsets: %w: %w", topic, ErrBroker, err)
 	}
 	ends, err := adm.ListEndOffsets(ctx, topic)
 	if err == nil {
 		err = ends.Error()
 	}
 	if err != nil {
-		return nil, fmt.Errorf("stream: restore %s: list end offsets: %w: %w", topic, ErrRestore, err)
+		return nil, fmt.Errorf("stream: restore %s: list end offsets: %w: %w", topic, ErrBroker, err)
 	}
 	targets := map[int32]int64{}
 	assign := map[int32]kgo.Offset{}
@@ -50,7 +50,7 @@ func readLatest(ctx context.Context, adm *kadm.Client, brokers []string, topic s
 		s, ok1 := starts.Lookup(topic, p)
 		e, ok2 := ends.Lookup(topic, p)
 		if !ok1 || !ok2 {
-			return nil, fmt.Errorf("stream: restore %s/%d: partition not found: %w", topic, p, ErrRestore)
+			return nil, fmt.Errorf("stream: restore %s/%d: partition not found: %w", topic, p, ErrBroker)
 		}
 		if e.Offset > s.Offset {
 			targets[p] = e.Offset
@@ -81,14 +81,14 @@ func readLatest(ctx context.Context, adm *kadm.Client, brokers []string, topic s
 	for len(targets) > 0 {
 		fetches := cl.PollFetches(ctx)
 		if ctx.Err() != nil {
-			return nil, fmt.Errorf("stream: restore %s: %w: %w", topic, ErrRestore, ctx.Err())
+			return nil, fmt.Errorf("stream: restore %s: %w", topic, ctx.Err())
 		}
 		var ferr error
 		fetches.EachError(func(_ string, p int32, err error) {
 			ferr = errors.Join(ferr, fmt.Errorf("partition %d: %w", p, err))
 		})
 		if ferr != nil {
-			return nil, fmt.Errorf("stream: restore %s: fetch: %w: %w", topic, ErrRestore, ferr)
+			return nil, fmt.Errorf("stream: restore %s: fetch: %w: %w", topic, ErrBroker, ferr)
 		}
 		fetches.EachRecord(func(r *kgo.Record) {
 			target, open := targets[r.Partition]

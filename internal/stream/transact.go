@@ -27,8 +27,9 @@ import (
 type Processor interface {
 	// Restore receives the latest value of one key of the state topic's
 	// partition (tombstoned keys are not passed), in the offset order of
-	// those latest values. An error stops restoring and is retried like an
-	// infrastructure failure.
+	// those latest values. An error discards the partially restored
+	// processors; restoring is retried up to MaxProcessRetries times, then
+	// Run returns the error wrapped in ErrRestore.
 	Restore(key, value []byte) error
 
 	// Process handles a batch of input records of its partition, in
@@ -65,8 +66,9 @@ type TransactConfig struct {
 	Partitions int32
 	// MaxBatch caps the records of one transaction (default 1000).
 	MaxBatch int
-	// MaxProcessRetries is how many times a batch whose Process failed is
-	// retried before RunTransact gives up (default 3).
+	// MaxProcessRetries is how many times a batch whose Process failed,
+	// or a restore whose Restore failed, is retried before RunTransact
+	// gives up (default 3).
 	MaxProcessRetries int
 	// RetryBackoff is the first wait after a failure, doubling up to
 	// MaxRetryBackoff (defaults 100ms and 5s).
@@ -142,7 +144,8 @@ type Transactor struct {
 	evMu   sync.Mutex
 	events []assignEvent // assignment changes from group callbacks, applied by Run
 
-	partitions int32 // common partition count, set by Run before the first session
+	partitions      int32 // common partition count, set by Run before the first session
+	restoreFailures int   // consecutive Restore failures; owned by Run's goroutine
 
 	viewMu  sync.Mutex
 	view    map[int32]partView
@@ -249,6 +252,7 @@ func (t *Transactor) Run(ctx context.Context) error {
 		return err
 	}
 	t.partitions = n
+	t.restoreFailures = 0
 	t.setRunning(true)
 	defer t.setRunning(false)
 
@@ -258,8 +262,13 @@ func (t *Transactor) Run(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return nil
 		}
-		if errors.Is(err, ErrProcess) || errors.Is(err, ErrFenced) {
+		if errors.Is(err, ErrProcess) || errors.Is(err, ErrFenced) || errors.Is(err, ErrConfig) {
 			return err
+		}
+		if errors.Is(err, ErrRestore) {
+			if t.restoreFailures++; t.restoreFailures > t.cfg.MaxProcessRetries {
+				return fmt.Errorf("stream: %d restore attempts: %w", t.restoreFailures, err)
+			}
 		}
 		t.log.Warn("transactional session failed; starting a new one", "error", err, "backoff", backoff)
 		if !sleep(ctx, backoff) {
@@ -430,6 +439,7 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) 
 			return err
 		case committed:
 			failures = 0
+			t.restoreFailures = 0
 			backoff = t.cfg.RetryBackoff
 			t.advance(next, ends)
 			t.m.handle.Observe(time.Since(polled).Seconds())
@@ -779,4 +789,3 @@ func classify(op string, err error) error {
 	}
 	return fmt.Errorf("stream: %s: %w: %w", op, ErrBroker, err)
 }
-

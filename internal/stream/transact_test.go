@@ -144,7 +144,9 @@ func TestTransactZombieIsFenced(t *testing.T) {
 	zctx, zcancel := context.WithCancel(context.Background())
 	defer zcancel()
 	zombie := make(chan error, 1)
-	go func() { zombie <- RunTransact(zctx, tp.config(e, "txn-a"), tp.counters(hook), WithLogger(testLogger())) }()
+	go func() {
+		zombie <- RunTransact(zctx, tp.config(e, "txn-a"), tp.counters(hook), WithLogger(testLogger()))
+	}()
 	select {
 	case <-inside:
 	case <-time.After(10 * time.Second):
@@ -318,3 +320,39 @@ func TestTransactConfigValidation(t *testing.T) {
 		t.Fatalf("valid config rejected: %v", err)
 	}
 }
+
+func TestTransactGivesUpWhenRestoreKeepsFailing(t *testing.T) {
+	e := startBroker(t)
+	tp := newTopology(t, e, 2)
+	want := map[string]int{}
+	produceInputs(t, e, tp.input, 4, 20, want)
+	tr, err := NewTransactor(tp.config(e, "txn-a"), tp.counters(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runAsync(t, tr)
+	readAtLeast(t, e, tp.output, sum(want), 10*time.Second, 0)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+
+	var calls atomic.Int32
+	cfg := tp.config(e, "txn-a")
+	cfg.MaxProcessRetries = 1
+	err = RunTransact(context.Background(), cfg, func(int32) Processor { return failingRestore{calls: &calls} })
+	if !errors.Is(err, ErrRestore) || !strings.Contains(err.Error(), "corrupt state") {
+		t.Fatalf("RunTransact = %v, want ErrRestore wrapping the processor's error", err)
+	}
+	if n := calls.Load(); n != 2 {
+		t.Fatalf("Restore failed %d times, want 2 (first try + 1 retry)", n)
+	}
+}
+
+type failingRestore struct{ calls *atomic.Int32 }
+
+func (f failingRestore) Restore(_, _ []byte) error {
+	f.calls.Add(1)
+	return errors.New("corrupt state")
+}
+
+func (failingRestore) Process(context.Context, []*Record, func(Output)) error { return nil }

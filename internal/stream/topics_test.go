@@ -1,0 +1,99 @@
+package stream
+
+import (
+	"context"
+	"errors"
+	"testing"
+
+	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
+)
+
+func TestEnsureTopicsIsIdempotentAndSetsCleanupPolicy(t *testing.T) {
+	e := startBroker(t)
+	ctx := context.Background()
+	specs := []TopicSpec{
+		{Name: "aegis.events", Partitions: 6},
+		{Name: "aegis.decider-state", Partitions: 6, Cleanup: CleanupCompact},
+		{Name: "aegis.decided", Partitions: 6, Cleanup: CleanupDelete, Configs: map[string]string{"retention.ms": "3600000"}},
+	}
+	for i := range 2 {
+		if err := EnsureTopics(ctx, e.Brokers(), specs); err != nil {
+			t.Fatalf("EnsureTopics run %d: %v", i+1, err)
+		}
+	}
+
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.Brokers()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	adm := kadm.NewClient(cl)
+	details, err := adm.ListTopics(ctx, "aegis.events", "aegis.decider-state", "aegis.decided")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgs, err := adm.DescribeTopicConfigs(ctx, "aegis.events", "aegis.decider-state", "aegis.decided")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		topic     string
+		wantParts int
+		wantCfg   map[string]string
+	}{
+		{"aegis.events", 6, map[string]string{"cleanup.policy": "delete"}},
+		{"aegis.decider-state", 6, map[string]string{"cleanup.policy": "compact"}},
+		{"aegis.decided", 6, map[string]string{"cleanup.policy": "delete", "retention.ms": "3600000"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.topic, func(t *testing.T) {
+			if got := len(details[tc.topic].Partitions); got != tc.wantParts {
+				t.Errorf("partitions = %d, want %d", got, tc.wantParts)
+			}
+			rc, err := cfgs.On(tc.topic, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]string{}
+			for _, c := range rc.Configs {
+				if c.Value != nil {
+					got[c.Key] = *c.Value
+				}
+			}
+			for k, v := range tc.wantCfg {
+				if got[k] != v {
+					t.Errorf("%s = %q, want %q", k, got[k], v)
+				}
+			}
+		})
+	}
+}
+
+func TestEnsureTopicsRejectsMismatchedExistingTopic(t *testing.T) {
+	e := startBroker(t)
+	ctx := context.Background()
+	if err := EnsureTopics(ctx, e.Brokers(), []TopicSpec{
+		{Name: "t.parts", Partitions: 4},
+		{Name: "t.policy", Partitions: 4, Cleanup: CleanupCompact},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		spec TopicSpec
+		want error
+	}{
+		{"partition count differs", TopicSpec{Name: "t.parts", Partitions: 8}, ErrTopicMismatch},
+		{"cleanup policy differs", TopicSpec{Name: "t.policy", Partitions: 4, Cleanup: CleanupDelete}, ErrTopicMismatch},
+		{"zero partitions", TopicSpec{Name: "t.zero"}, ErrConfig},
+		{"unknown cleanup policy", TopicSpec{Name: "t.x", Partitions: 1, Cleanup: "compact,delete"}, ErrConfig},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if err := EnsureTopics(ctx, e.Brokers(), []TopicSpec{tc.spec}); !errors.Is(err, tc.want) {
+				t.Fatalf("EnsureTopics = %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
