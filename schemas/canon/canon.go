@@ -216,6 +216,9 @@ func putState(s *state) {
 	if cap(s.members) > maxPooledScratch/64 {
 		s.members = nil
 	}
+	if cap(s.order) > maxPooledScratch/32 {
+		s.order = nil
+	}
 	s.members = s.members[:0]
 	s.keys = s.keys[:0]
 	statePool.Put(s)

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -240,6 +241,7 @@ func TestAppendStringRejectsInvalidUTF8(t *testing.T) {
 		{"encoded surrogate", "x\xed\xa0\x80", 1},
 		{"overlong slash", "\xc0\xaf", 0},
 		{"byte 0xff", "\xff", 0},
+		{"after valid multi-byte characters", "é€\xff", 5},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -450,5 +452,61 @@ func TestAppendAllocations(t *testing.T) {
 func TestBenchEventSize(t *testing.T) {
 	if n := len(benchEvent); n < 280 || n > 320 {
 		t.Fatalf("benchEvent is %d bytes; the benchmarks are named for about 300", n)
+	}
+}
+
+func TestAppendLargeObject(t *testing.T) {
+	// More members than the insertion-sort cutoff, in reverse order, with
+	// keys on both sides of the UTF-16/code point order difference: for the
+	// same prefix, "…😀" (D83D DE00) sorts before "…\ufff0".
+	const n = 200
+	escaped := func(i int) string {
+		if i%2 == 0 {
+			return fmt.Sprintf(`"k%03d\ufff0"`, i/2)
+		}
+		return fmt.Sprintf(`"k%03d\ud83d\ude00"`, i/2)
+	}
+	literal := func(i int) string {
+		if i%2 == 0 {
+			return fmt.Sprintf("\"k%03d\ufff0\"", i/2)
+		}
+		return fmt.Sprintf("\"k%03d😀\"", i/2)
+	}
+	// Canonical order: for each number, the emoji key, then the U+FFF0 key.
+	var canonical []int
+	for k := range n / 2 {
+		canonical = append(canonical, 2*k+1, 2*k)
+	}
+	var in, want strings.Builder
+	in.WriteByte('{')
+	for j := len(canonical) - 1; j >= 0; j-- {
+		fmt.Fprintf(&in, "%s:%d", escaped(canonical[j]), canonical[j])
+		if j > 0 {
+			in.WriteByte(',')
+		}
+	}
+	in.WriteByte('}')
+	want.WriteByte('{')
+	for j, i := range canonical {
+		if j > 0 {
+			want.WriteByte(',')
+		}
+		fmt.Fprintf(&want, "%s:%d", literal(i), i)
+	}
+	want.WriteByte('}')
+	if got := string(mustAppend(t, []byte(in.String()))); got != want.String() {
+		t.Fatalf("got  %.300s...\nwant %.300s...", got, want.String())
+	}
+
+	// Rename the key of member 14 to the key of member 10, which comes
+	// later in the (reversed) input.
+	dup := strings.Replace(in.String(), escaped(14)+":", escaped(10)+":", 1)
+	_, err := Append(nil, []byte(dup))
+	var e *Error
+	if !errors.As(err, &e) || !errors.Is(err, ErrDuplicateKey) {
+		t.Fatalf("duplicate in a large object: err = %v, want ErrDuplicateKey", err)
+	}
+	if want := strings.LastIndex(dup, escaped(10)+":"); e.Offset != want {
+		t.Fatalf("duplicate reported at offset %d, want %d (the later of the two)", e.Offset, want)
 	}
 }

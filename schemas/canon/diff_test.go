@@ -279,6 +279,9 @@ func genValue(rng *rand.Rand, b *strings.Builder, depth int) {
 	case 0, 1:
 		b.WriteByte('{')
 		n := rng.IntN(8)
+		if rng.IntN(10) == 0 {
+			n = 13 + rng.IntN(20) // past the insertion-sort cutoff
+		}
 		for i := range n {
 			if i > 0 {
 				b.WriteByte(',')

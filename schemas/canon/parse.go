@@ -24,10 +24,11 @@ type state struct {
 	depth int
 	out   []byte
 
-	members []member // members of the objects currently open, innermost last
-	keys    []byte   // unescaped keys that had escapes in src, innermost object last
-	scratch []byte   // copy of an object's members while they are permuted
-	buf     []byte   // output buffer reused by Sum
+	members []member   // members of the objects currently open, innermost last
+	keys    []byte     // unescaped keys that had escapes in src, innermost object last
+	scratch []byte     // copy of an object's members while they are permuted
+	order   []sortItem // an object's members while they are sorted
+	buf     []byte     // output buffer reused by Sum
 }
 
 // member is one object member as written to out.
@@ -266,27 +267,51 @@ func (s *state) duplicate(m *member) error {
 // sortMembers puts the members written to out[body:] into canonical order
 // and rejects duplicate keys. ms are the members' spans in input order.
 func (s *state) sortMembers(body int, ms []member) error {
-	slices.SortFunc(ms, func(a, b member) int {
-		return compareKeys(s.key(&a), s.key(&b))
-	})
-	for i := 1; i < len(ms); i++ {
-		if compareKeys(s.key(&ms[i-1]), s.key(&ms[i])) == 0 {
-			later := &ms[i]
-			if ms[i-1].srcOff > later.srcOff {
-				later = &ms[i-1]
+	order := s.order[:0]
+	for i := range ms {
+		order = append(order, sortItem{key: s.key(&ms[i]), m: &ms[i]})
+	}
+	s.order = order
+	if len(order) <= 12 {
+		// Insertion sort: objects are small, and this avoids the generic
+		// sort's indirect calls.
+		for i := 1; i < len(order); i++ {
+			it := order[i]
+			j := i
+			for ; j > 0 && compareKeys(order[j-1].key, it.key) > 0; j-- {
+				order[j] = order[j-1]
 			}
+			order[j] = it
+		}
+	} else {
+		slices.SortFunc(order, func(a, b sortItem) int { return compareKeys(a.key, b.key) })
+	}
+	for i := 1; i < len(order); i++ {
+		if compareKeys(order[i-1].key, order[i].key) == 0 {
+			later := order[i].m
+			if order[i-1].m.srcOff > later.srcOff {
+				later = order[i-1].m
+			}
+			clear(s.order)
 			return s.duplicate(later)
 		}
 	}
 	s.scratch = append(s.scratch[:0], s.out[body:]...)
 	s.out = s.out[:body]
-	for i := range ms {
+	for i, it := range order {
 		if i > 0 {
 			s.out = append(s.out, ',')
 		}
-		s.out = append(s.out, s.scratch[ms[i].start-body:ms[i].end-body]...)
+		s.out = append(s.out, s.scratch[it.m.start-body:it.m.end-body]...)
 	}
+	clear(s.order) // drop references to src and to the members
 	return nil
+}
+
+// sortItem is a member being sorted: its unescaped key and its span.
+type sortItem struct {
+	key []byte
+	m   *member
 }
 
 // plain marks the bytes that may appear in a string literal and be copied

@@ -75,6 +75,7 @@ func rejections() []rejection {
 		{"unquoted key", "{a:1}", ErrSyntax, 1},
 		{"missing colon", `{"a" 1}`, ErrSyntax, 5},
 		{"trailing comma in object", `{"a":1,}`, ErrSyntax, 7},
+		{"missing comma in object", `{"a":1 "b":2}`, ErrSyntax, 7},
 		{"trailing comma in array", "[1,]", ErrSyntax, 3},
 		{"missing comma in array", "[1 2]", ErrSyntax, 3},
 		{"unterminated array", "[1", ErrSyntax, 2},
