@@ -54,6 +54,9 @@ type ConsumerConfig struct {
 	// consumer that stops before committing hands its records to the
 	// next owner again). FromOffsets is not allowed with a Group.
 	Group string
+	// FetchMaxWait bounds how long the broker holds a fetch that has no
+	// data yet (default 500ms, the Java consumer's).
+	FetchMaxWait time.Duration
 	// ReadUncommitted reads records of open and aborted transactions too
 	// (default false: read_committed).
 	ReadUncommitted bool
@@ -81,10 +84,16 @@ func NewConsumer(cfg ConsumerConfig, opts ...Option) (*Consumer, error) {
 	kopts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.WithLogger(kgoLogger{o.logger.With("stage", o.stage).WithGroup("kafka")}),
-		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 	}
 	if cfg.ReadUncommitted {
-		kopts[len(kopts)-1] = kgo.FetchIsolationLevel(kgo.ReadUncommitted())
+		kopts = append(kopts, kgo.FetchIsolationLevel(kgo.ReadUncommitted()))
+	} else {
+		kopts = append(kopts, kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	}
+	if cfg.FetchMaxWait > 0 {
+		kopts = append(kopts, kgo.FetchMaxWait(cfg.FetchMaxWait))
+	} else {
+		kopts = append(kopts, kgo.FetchMaxWait(defaultFetchMaxWait))
 	}
 	if cfg.Start.offsets != nil {
 		parts := map[string]map[int32]kgo.Offset{}

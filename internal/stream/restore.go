@@ -68,6 +68,7 @@ func readLatest(ctx context.Context, adm *kadm.Client, brokers []string, topic s
 		kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: assign}),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.KeepControlRecords(),
+		kgo.FetchMaxWait(defaultFetchMaxWait),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("stream: restore %s: client: %w: %w", topic, ErrConfig, err)

@@ -80,6 +80,11 @@ type TransactConfig struct {
 	// SessionTimeout is the consumer group session timeout (default 45s,
 	// franz-go's).
 	SessionTimeout time.Duration
+	// FetchMaxWait bounds how long the broker holds a fetch that has no
+	// data yet (default 500ms, the Java consumer's fetch.max.wait.ms;
+	// franz-go's own default is 5s). It also bounds how late a record is
+	// seen if the broker fails to wake the fetch up when data arrives.
+	FetchMaxWait time.Duration
 	// HeartbeatInterval is how often the group member heartbeats, which
 	// bounds how fast it notices a rebalance (default 3s, franz-go's).
 	HeartbeatInterval time.Duration
@@ -111,6 +116,9 @@ func (c *TransactConfig) validate() error {
 	}
 	if c.MaxRetryBackoff < c.RetryBackoff {
 		c.MaxRetryBackoff = max(5*time.Second, c.RetryBackoff)
+	}
+	if c.FetchMaxWait <= 0 {
+		c.FetchMaxWait = defaultFetchMaxWait
 	}
 	if c.TransactionTimeout <= 0 {
 		c.TransactionTimeout = 40 * time.Second
@@ -323,6 +331,7 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) 
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.RequireStableFetchOffsets(),
 		kgo.KeepControlRecords(),
+		kgo.FetchMaxWait(t.cfg.FetchMaxWait),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 			t.pushEvent(true, m[t.cfg.Input])
@@ -464,6 +473,9 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) 
 		}
 	}
 }
+
+// defaultFetchMaxWait is the Java consumer's fetch.max.wait.ms.
+const defaultFetchMaxWait = 500 * time.Millisecond
 
 // idlePoll bounds how long one poll waits for records.
 const idlePoll = 250 * time.Millisecond
