@@ -16,7 +16,10 @@
 //     (ErrDuplicateKey);
 //   - integer literals (no fraction, no exponent) outside
 //     ±MaxSafeInteger are rejected rather than rounded (ErrNumberRange), as
-//     are literals whose value overflows a float64;
+//     are numbers that overflow a float64 and numbers spelt with a
+//     fraction or exponent whose canonical form would be such an integer
+//     (MaxSafeInteger < |v| < 1e21, e.g. 1e20), so that canonical output is
+//     always accepted again and is its own canonical form;
 //   - anything but whitespace after the value is rejected (ErrTrailingData);
 //   - nesting deeper than MaxDepth is rejected (ErrTooDeep).
 //
