@@ -26,15 +26,9 @@ type DecideRequest struct {
 	Manifest json.RawMessage `json:"manifest,omitempty"`
 }
 
-// DecisionLine is one line of `aegisctl decide --events`.
-type DecisionLine struct {
-	TenantID  string `json:"tenant_id"`
-	SessionID string `json:"session_id"`
-	Seq       uint64 `json:"seq"`
-	CallID    string `json:"call_id"`
-	ToolName  string `json:"tool_name"`
-	envelope.Decision
-}
+// DecisionLine is one line of `aegisctl decide --events`: the same record
+// the decider stage writes to the decisions topic.
+type DecisionLine = decider.Reply
 
 type policyFlags struct {
 	policyDir    string
@@ -198,8 +192,7 @@ func decideLog(ctx context.Context, env IO, eng *decider.Engine, path string) in
 		if ev.Decision == nil {
 			return nil
 		}
-		tc, _ := ev.ToolCall()
-		return out.Encode(DecisionLine{TenantID: ev.TenantID, SessionID: ev.SessionID, Seq: ev.Seq, CallID: tc.CallID, ToolName: tc.ToolName, Decision: *ev.Decision})
+		return out.Encode(decider.NewReply(ev))
 	})
 	if err != nil {
 		return fail(env, ExitRuntime, "decide: %s: %v", path, err)

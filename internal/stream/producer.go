@@ -20,6 +20,10 @@ type ProducerConfig struct {
 	// MaxBufferedRecords bounds records buffered and in flight; beyond
 	// it, producing blocks (default 10,000, franz-go's).
 	MaxBufferedRecords int
+	// MaxRecordBytes bounds one record batch, and so the largest record
+	// the producer sends (default 1,000,012, Kafka's default
+	// max.message.bytes). Topics must accept records of that size.
+	MaxRecordBytes int
 }
 
 // Producer writes Messages idempotently with acks=all, partitioned by the
@@ -38,8 +42,11 @@ func NewProducer(cfg ProducerConfig, opts ...Option) (*Producer, error) {
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.WithLogger(kgoLogger{o.logger.With("stage", o.stage).WithGroup("kafka")}),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
-		kgo.RecordPartitioner(kgo.StickyKeyPartitioner(nil)),
+		kgo.RecordPartitioner(pinPartitioner{kgo.StickyKeyPartitioner(nil)}),
 		kgo.ProducerLinger(cfg.Linger),
+	}
+	if cfg.MaxRecordBytes > 0 {
+		kopts = append(kopts, kgo.ProducerBatchMaxBytes(int32(cfg.MaxRecordBytes)))
 	}
 	if cfg.MaxBufferedRecords > 0 {
 		kopts = append(kopts, kgo.MaxBufferedRecords(cfg.MaxBufferedRecords))
@@ -52,7 +59,31 @@ func NewProducer(cfg ProducerConfig, opts ...Option) (*Producer, error) {
 }
 
 func (m Message) kgo() *kgo.Record {
-	return &kgo.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: toKgoHeaders(m.Headers)}
+	r := &kgo.Record{Topic: m.Topic, Key: m.Key, Value: m.Value, Headers: toKgoHeaders(m.Headers)}
+	if m.Pin {
+		r.Partition = m.Partition
+		r.Context = context.WithValue(context.Background(), pinKey{}, true)
+	}
+	return r
+}
+
+type pinKey struct{}
+
+// pinPartitioner is the murmur2 partitioner, except for records marked
+// pinned (Message.Pin), which keep the partition they were given.
+type pinPartitioner struct{ kgo.Partitioner }
+
+func (p pinPartitioner) ForTopic(topic string) kgo.TopicPartitioner {
+	return pinTopicPartitioner{p.Partitioner.ForTopic(topic)}
+}
+
+type pinTopicPartitioner struct{ kgo.TopicPartitioner }
+
+func (p pinTopicPartitioner) Partition(r *kgo.Record, n int) int {
+	if r.Context != nil && r.Context.Value(pinKey{}) != nil {
+		return int(r.Partition)
+	}
+	return p.TopicPartitioner.Partition(r, n)
 }
 
 // Produce writes msgs and returns once every one is acknowledged by all
@@ -111,4 +142,12 @@ func wrapProduce(err error) error {
 		return fmt.Errorf("stream: produce: %w: %w", ErrClosed, err)
 	}
 	return fmt.Errorf("stream: produce: %w: %w", ErrProduce, err)
+}
+
+// OnNewBatch forwards to the wrapped partitioner, which uses it to move
+// keyless records to a new sticky partition.
+func (p pinTopicPartitioner) OnNewBatch() {
+	if o, ok := p.TopicPartitioner.(kgo.TopicPartitionerOnNewBatch); ok {
+		o.OnNewBatch()
+	}
 }

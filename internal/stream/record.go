@@ -48,6 +48,12 @@ type Message struct {
 	Key     []byte
 	Value   []byte
 	Headers []Header
+	// Pin, when true, writes the message to Partition instead of the
+	// partition its key hashes to. It exists for tools and tests that
+	// must misplace a record on purpose: the pipeline rejects records
+	// that are not on their key's partition.
+	Pin       bool
+	Partition int32
 }
 
 func fromKgo(r *kgo.Record) *Record {

@@ -66,6 +66,10 @@ type TransactConfig struct {
 	Partitions int32
 	// MaxBatch caps the records of one transaction (default 1000).
 	MaxBatch int
+	// MaxRecordBytes bounds one produced record batch, and so the largest
+	// output record (default 1,000,012, Kafka's default
+	// max.message.bytes).
+	MaxRecordBytes int
 	// MaxProcessRetries is how many times a batch whose Process failed,
 	// or a restore whose Restore failed, is retried before RunTransact
 	// gives up (default 3).
@@ -333,6 +337,7 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) 
 		kgo.KeepControlRecords(),
 		kgo.FetchMaxWait(t.cfg.FetchMaxWait),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
+		kgo.ProducerBatchMaxBytes(t.maxRecordBytes()),
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 			t.pushEvent(true, m[t.cfg.Input])
 		}),
@@ -800,4 +805,11 @@ func classify(op string, err error) error {
 		return fmt.Errorf("stream: %s: %w", op, err)
 	}
 	return fmt.Errorf("stream: %s: %w: %w", op, ErrBroker, err)
+}
+
+func (t *Transactor) maxRecordBytes() int32 {
+	if t.cfg.MaxRecordBytes > 0 {
+		return int32(t.cfg.MaxRecordBytes)
+	}
+	return 1000012
 }

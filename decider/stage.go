@@ -1,0 +1,190 @@
+package decider
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"aegis.dev/aegis/decider/session"
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// StageName labels the decider's metrics, logs and rejections.
+const StageName = "decider"
+
+// Reply is the value of a record on the decisions topic: the decision of
+// one proposal, for callers waiting on it. It is also the line format of
+// `aegisctl decide --events`.
+type Reply struct {
+	TenantID  string `json:"tenant_id"`
+	SessionID string `json:"session_id"`
+	Seq       uint64 `json:"seq"`
+	CallID    string `json:"call_id"`
+	ToolName  string `json:"tool_name"`
+	envelope.Decision
+}
+
+// NewReply returns the reply for a decided proposal.
+func NewReply(ev *envelope.Event) Reply {
+	tc, _ := ev.ToolCall()
+	return Reply{TenantID: ev.TenantID, SessionID: ev.SessionID, Seq: ev.Seq, CallID: tc.CallID, ToolName: tc.ToolName, Decision: *ev.Decision}
+}
+
+// StageConfig configures the decider stage.
+type StageConfig struct {
+	Topics pipeline.Topics
+	// Partitions is the partition count of the pipeline's topics, used to
+	// check that each record sits on its key's partition.
+	Partitions int32
+	// MaxEventBytes bounds one event (default envelope.DefaultMaxEventBytes).
+	MaxEventBytes int
+}
+
+// Stage is the decider stage: for each owned partition of the events topic
+// it keeps every session's snapshot and sequence window, decides proposals,
+// and writes decided events, decision replies, rejections and its state in
+// one transaction with the consumed offsets.
+type Stage struct {
+	engine  *Engine
+	cfg     StageConfig
+	metrics *pipeline.Metrics
+	outcome *prometheus.CounterVec
+	log     *slog.Logger
+}
+
+// NewStage returns the decider stage. reg and log may be nil.
+func NewStage(engine *Engine, cfg StageConfig, reg prometheus.Registerer, log *slog.Logger) *Stage {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	s := &Stage{engine: engine, cfg: cfg, metrics: pipeline.NewMetrics(reg, StageName), log: log.With("stage", StageName),
+		outcome: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aegis_decider_decisions_total", Help: "Decisions made, by outcome and reason.",
+		}, []string{"outcome", "reason"})}
+	if reg != nil {
+		if err := reg.Register(s.outcome); err != nil {
+			if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
+				s.outcome = are.ExistingCollector.(*prometheus.CounterVec)
+			}
+		}
+	}
+	return s
+}
+
+// TransactConfig returns the runtime configuration of the stage's topics;
+// the caller sets brokers, group and transactional ID.
+func (s *Stage) TransactConfig() stream.TransactConfig {
+	t := s.cfg.Topics
+	return stream.TransactConfig{Input: t.Events, State: t.DeciderState, Outputs: []string{t.Decided, t.Decisions, t.Rejected}, Partitions: s.cfg.Partitions}
+}
+
+// NewProcessor returns the processor of one events partition.
+func (s *Stage) NewProcessor(partition int32) stream.Processor {
+	return &processor{stage: s, partition: partition, sessions: make(map[string]*deciderState)}
+}
+
+// deciderState is the value of a record on the decider-state topic.
+type deciderState struct {
+	Window   pipeline.Window   `json:"window"`
+	Snapshot *session.Snapshot `json:"snapshot"`
+}
+
+type processor struct {
+	stage     *Stage
+	partition int32
+	sessions  map[string]*deciderState
+	buf       []byte
+}
+
+func (p *processor) Restore(key, value []byte) error {
+	var st deciderState
+	if err := json.Unmarshal(value, &st); err != nil || st.Snapshot == nil {
+		return fmt.Errorf("decider: state of %q on partition %d: %v", key, p.partition, err)
+	}
+	p.sessions[string(key)] = &st
+	return nil
+}
+
+func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit func(stream.Output)) error {
+	s := p.stage
+	t := s.cfg.Topics
+	dec := envelope.Decoder{MaxBytes: s.cfg.MaxEventBytes}
+	var touched []string
+	seen := make(map[string]bool)
+	reject := func(rec *stream.Record, ev *envelope.Event, reason, detail string) {
+		r := pipeline.NewRejection(StageName, rec, reason, detail)
+		if ev != nil {
+			r.WithEvent(ev)
+		}
+		s.metrics.Rejected.WithLabelValues(reason).Inc()
+		emit(r.Output(t.Rejected, rec))
+	}
+	for _, rec := range batch {
+		ev, err := dec.Decode(rec.Value)
+		if err != nil {
+			reject(rec, nil, envelope.Code(err), err.Error())
+			continue
+		}
+		if reason, detail := pipeline.CheckKey(rec, ev, s.cfg.Partitions); reason != "" {
+			reject(rec, ev, reason, detail)
+			continue
+		}
+		key := string(rec.Key)
+		st := p.sessions[key]
+		if st == nil {
+			st = &deciderState{Snapshot: session.New(ev.TenantID, ev.SessionID)}
+		}
+		var digest string
+		if digest, p.buf, err = pipeline.ContentDigest(ev, p.buf); err != nil {
+			return fmt.Errorf("decider: content digest of %s/%d: %w", key, ev.Seq, err)
+		}
+		switch verdict, detail := st.Window.Check(ev.Seq, digest); verdict {
+		case pipeline.Duplicate:
+			s.metrics.Duplicates.Inc()
+			continue
+		case pipeline.Accept:
+		default:
+			r := pipeline.NewRejection(StageName, rec, verdict.Reason(), detail).WithEvent(ev)
+			r.Expected = st.Window.Last + 1
+			s.metrics.Rejected.WithLabelValues(r.Reason).Inc()
+			emit(r.Output(t.Rejected, rec))
+			continue
+		}
+		if err := s.engine.Step(ctx, st.Snapshot, ev); err != nil {
+			// Every outcome failure is a decision; what is left is a
+			// cancelled context or a bug. Abort: the batch is retried.
+			return fmt.Errorf("decider: %s seq %d: %w", key, ev.Seq, err)
+		}
+		st.Window.Add(ev.Seq, digest)
+		p.sessions[key] = st
+		if !seen[key] {
+			seen[key] = true
+			touched = append(touched, key)
+		}
+		if p.buf, err = ev.AppendCanonical(p.buf[:0], false); err != nil {
+			return fmt.Errorf("decider: encode %s seq %d: %w", key, ev.Seq, err)
+		}
+		emit(stream.Output{Topic: t.Decided, Partition: rec.Partition, Key: rec.Key, Value: append([]byte(nil), p.buf...)})
+		if ev.Decision != nil {
+			reply, _ := json.Marshal(NewReply(ev))
+			emit(stream.Output{Topic: t.Decisions, Partition: rec.Partition, Key: rec.Key, Value: reply})
+			s.outcome.WithLabelValues(string(ev.Decision.Outcome), ev.Decision.Reason).Inc()
+		}
+		s.metrics.Accepted.Inc()
+	}
+	// One state record per session touched by the batch: compaction keeps
+	// only the latest anyway.
+	for _, key := range touched {
+		v, err := json.Marshal(p.sessions[key])
+		if err != nil {
+			return fmt.Errorf("decider: encode state of %s: %w", key, err)
+		}
+		emit(stream.Output{Topic: t.DeciderState, Partition: p.partition, Key: []byte(key), Value: v})
+	}
+	return nil
+}

@@ -1,0 +1,201 @@
+// Package daemon is aegisd: it runs any set of Aegis stages in one process,
+// against configured Kafka brokers or, with none configured, against an
+// embedded broker persisted under the data directory. cmd/aegisd is a thin
+// main around Run.
+package daemon
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// Stage names accepted by --target.
+const (
+	TargetAll     = "all"
+	TargetDecider = "decider"
+	TargetSealer  = "sealer"
+)
+
+// Stages lists, in start order, every stage "all" runs.
+var Stages = []string{TargetDecider, TargetSealer}
+
+// Config is the operator configuration of aegisd. It is read from an
+// optional YAML file (--config) and then from flags, which override the
+// file. Field docs name each default.
+type Config struct {
+	// Target is "all" or a comma-separated list of stages (default "all").
+	Target string `yaml:"target"`
+	// Brokers are Kafka seed brokers; empty runs the embedded broker.
+	Brokers []string `yaml:"brokers"`
+	// DataDir holds the embedded broker's data (default "./data").
+	DataDir string `yaml:"data_dir"`
+	// KafkaAddr is where the embedded broker listens (default
+	// 127.0.0.1:9092).
+	KafkaAddr string `yaml:"kafka_addr"`
+	// HTTPAddr serves /healthz, /readyz and /metrics (default
+	// 127.0.0.1:8080).
+	HTTPAddr string `yaml:"http_addr"`
+	// TopicPrefix starts every topic name (default "aegis.").
+	TopicPrefix string `yaml:"topic_prefix"`
+	// Partitions is the partition count of the topics aegisd creates and
+	// expects (default 6).
+	Partitions int32 `yaml:"partitions"`
+	// Instance names this process in transactional IDs; it must be unique
+	// per running instance of a stage and stable across its restarts
+	// (default: the host name).
+	Instance string `yaml:"instance"`
+	// Manifests is the manifest registry directory (<dir>/<tenant>/<name>.json).
+	Manifests string `yaml:"manifests"`
+	// Policy is a policy bundle directory (default: the built-in bundle).
+	Policy string `yaml:"policy"`
+	// MaxEventBytes bounds one event (default 1 MiB).
+	MaxEventBytes int `yaml:"max_event_bytes"`
+	// Dev relaxes security for local development and says so loudly.
+	Dev bool `yaml:"dev"`
+	// LogLevel is debug, info, warn or error (default info).
+	LogLevel string `yaml:"log_level"`
+}
+
+// Defaults returns the configuration with every default applied.
+func Defaults() Config {
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "aegisd"
+	}
+	return Config{
+		Target:        TargetAll,
+		DataDir:       "./data",
+		KafkaAddr:     "127.0.0.1:9092",
+		HTTPAddr:      "127.0.0.1:8080",
+		TopicPrefix:   pipeline.DefaultTopicPrefix,
+		Partitions:    pipeline.DefaultPartitions,
+		Instance:      host,
+		MaxEventBytes: envelope.DefaultMaxEventBytes,
+		LogLevel:      "info",
+	}
+}
+
+// RegisterFlags binds every field to a flag on fs, with the field's current
+// value as the default.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.Target, "target", c.Target, `stages to run: "all" or a comma-separated list of `+strings.Join(Stages, ","))
+	fs.Func("brokers", "comma-separated Kafka seed brokers (default: run the embedded broker)", func(s string) error {
+		c.Brokers = nil
+		for _, b := range strings.Split(s, ",") {
+			if b = strings.TrimSpace(b); b != "" {
+				c.Brokers = append(c.Brokers, b)
+			}
+		}
+		return nil
+	})
+	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "data directory of the embedded broker")
+	fs.StringVar(&c.KafkaAddr, "kafka-addr", c.KafkaAddr, "listen address of the embedded Kafka broker")
+	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "listen address of the HTTP server (/healthz, /readyz, /metrics)")
+	fs.StringVar(&c.TopicPrefix, "topic-prefix", c.TopicPrefix, "prefix of every topic name")
+	fs.Func("partitions", fmt.Sprintf("partition count of the pipeline topics (default %d)", c.Partitions), func(s string) error {
+		var n int32
+		if _, err := fmt.Sscan(s, &n); err != nil {
+			return err
+		}
+		c.Partitions = n
+		return nil
+	})
+	fs.StringVar(&c.Instance, "instance", c.Instance, "instance name, unique per running instance and stable across restarts")
+	fs.StringVar(&c.Manifests, "manifests", c.Manifests, "manifest registry directory laid out as DIR/TENANT/NAME.json")
+	fs.StringVar(&c.Policy, "policy", c.Policy, "policy bundle directory (default: the built-in bundle)")
+	fs.IntVar(&c.MaxEventBytes, "max-event-bytes", c.MaxEventBytes, "largest accepted event in bytes")
+	fs.BoolVar(&c.Dev, "dev", c.Dev, "development mode: relaxed security, loudly announced")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+}
+
+// Load builds the configuration from args: defaults, then the YAML file
+// named by --config (if any), then the flags, which override the file.
+func Load(args []string, stderr *os.File) (Config, error) {
+	probe := flag.NewFlagSet("aegisd", flag.ContinueOnError)
+	probe.SetOutput(stderr)
+	cfg := Defaults()
+	configPath := probe.String("config", "", "YAML configuration file; flags override it")
+	cfg.RegisterFlags(probe)
+	if err := probe.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if *configPath == "" {
+		return cfg, cfg.Validate()
+	}
+	cfg = Defaults()
+	raw, err := os.ReadFile(*configPath)
+	if err != nil {
+		return Config{}, fmt.Errorf("config: %w", err)
+	}
+	dec := yaml.NewDecoder(strings.NewReader(string(raw)))
+	dec.KnownFields(true)
+	if err := dec.Decode(&cfg); err != nil {
+		return Config{}, fmt.Errorf("config %s: %w", *configPath, err)
+	}
+	fs := flag.NewFlagSet("aegisd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.String("config", "", "")
+	cfg.RegisterFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return Config{}, err
+	}
+	return cfg, cfg.Validate()
+}
+
+// Targets returns the stages to run, in start order.
+func (c *Config) Targets() ([]string, error) {
+	if c.Target == TargetAll {
+		return Stages, nil
+	}
+	var out []string
+	for _, t := range strings.Split(c.Target, ",") {
+		t = strings.TrimSpace(t)
+		if !slices.Contains(Stages, t) {
+			return nil, fmt.Errorf("target %q: unknown stage (known: all, %s)", t, strings.Join(Stages, ", "))
+		}
+		if !slices.Contains(out, t) {
+			out = append(out, t)
+		}
+	}
+	// Keep the documented start order whatever the flag's order.
+	slices.SortFunc(out, func(a, b string) int { return slices.Index(Stages, a) - slices.Index(Stages, b) })
+	return out, nil
+}
+
+// Validate checks the configuration.
+func (c *Config) Validate() error {
+	var errs []error
+	if _, err := c.Targets(); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Partitions < 1 || c.Partitions > 10000 {
+		errs = append(errs, fmt.Errorf("partitions %d: must be 1..10000", c.Partitions))
+	}
+	if err := pipeline.ValidatePrefix(c.TopicPrefix); err != nil {
+		errs = append(errs, err)
+	}
+	if c.Instance == "" {
+		errs = append(errs, errors.New("instance: must not be empty"))
+	}
+	if c.MaxEventBytes < 1024 || c.MaxEventBytes > 64<<20 {
+		errs = append(errs, fmt.Errorf("max-event-bytes %d: must be 1024..%d", c.MaxEventBytes, 64<<20))
+	}
+	if len(c.Brokers) == 0 && c.DataDir == "" {
+		errs = append(errs, errors.New("data-dir: required for the embedded broker"))
+	}
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
+		errs = append(errs, fmt.Errorf("log-level %q: %w", c.LogLevel, err))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,277 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"aegis.dev/aegis/decider"
+	"aegis.dev/aegis/decider/policy"
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/schemas/manifest"
+	"aegis.dev/aegis/sealer"
+)
+
+// Daemon is a running aegisd. Create it with New, run it with Run.
+type Daemon struct {
+	cfg    Config
+	log    *slog.Logger
+	reg    *prometheus.Registry
+	topics pipeline.Topics
+
+	mu          sync.Mutex
+	brokers     []string
+	transactors map[string]*stream.Transactor
+	httpAddr    net.Addr
+	started     chan struct{}
+	startOnce   sync.Once
+}
+
+// New returns a daemon for cfg (which must be valid). Metrics are
+// registered on a registry of the daemon's own, served at /metrics.
+func New(cfg Config, log *slog.Logger) *Daemon {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return &Daemon{cfg: cfg, log: log, reg: reg, topics: pipeline.NewTopics(cfg.TopicPrefix),
+		transactors: make(map[string]*stream.Transactor), started: make(chan struct{})}
+}
+
+// Brokers returns the brokers the stages use, once Run has started them
+// (nil if Run failed before).
+func (d *Daemon) Brokers() []string {
+	<-d.started
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.brokers
+}
+
+// HTTPAddr returns the address the HTTP server listens on, once started.
+func (d *Daemon) HTTPAddr() string {
+	<-d.started
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.httpAddr == nil {
+		return ""
+	}
+	return d.httpAddr.String()
+}
+
+// Ready reports whether every stage has caught up with its input.
+func (d *Daemon) Ready() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if len(d.transactors) == 0 {
+		return false
+	}
+	for _, t := range d.transactors {
+		if !t.Ready() {
+			return false
+		}
+	}
+	return true
+}
+
+// Run starts the broker (embedded mode), the HTTP server and the stages,
+// and blocks until ctx is cancelled or a stage fails. Shutdown order: the
+// HTTP server stops accepting first, then the stages drain in their start
+// order (decider before sealer, so the sealer can finish what the decider
+// committed), and the embedded broker closes last.
+func (d *Daemon) Run(ctx context.Context) error {
+	defer d.markStarted()
+	cfg := d.cfg
+	targets, err := cfg.Targets()
+	if err != nil {
+		return err
+	}
+	if cfg.Dev {
+		d.log.Warn("DEVELOPMENT MODE: security is relaxed; never run --dev in production")
+	}
+	d.log.Info("starting aegisd", "config", cfg.redacted())
+
+	brokers := cfg.Brokers
+	var emb *stream.Embedded
+	if len(brokers) == 0 {
+		emb, err = stream.StartEmbedded(context.WithoutCancel(ctx), stream.EmbeddedConfig{
+			DataDir: filepath.Join(cfg.DataDir, "kafka"), Addr: cfg.KafkaAddr, Partitions: cfg.Partitions,
+		}, stream.WithLogger(d.log), stream.WithRegisterer(d.reg))
+		if err != nil {
+			return fmt.Errorf("aegisd: embedded broker: %w", err)
+		}
+		defer emb.Close()
+		brokers = emb.Brokers()
+		d.log.Info("embedded Kafka broker listening", "addr", emb.Addr(), "data_dir", filepath.Join(cfg.DataDir, "kafka"))
+	}
+	if err := stream.EnsureTopics(ctx, brokers, d.topics.Specs(cfg.Partitions, cfg.MaxEventBytes)); err != nil {
+		return fmt.Errorf("aegisd: topics: %w", err)
+	}
+
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("aegisd: http listener: %w", err)
+	}
+	srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second}
+
+	type stage struct {
+		name string
+		t    *stream.Transactor
+	}
+	var stages []stage
+	for _, name := range targets {
+		t, err := d.newStage(name, brokers)
+		if err != nil {
+			ln.Close()
+			return err
+		}
+		stages = append(stages, stage{name, t})
+	}
+	d.mu.Lock()
+	d.brokers, d.httpAddr = brokers, ln.Addr()
+	for _, s := range stages {
+		d.transactors[s.name] = s.t
+	}
+	d.mu.Unlock()
+	d.markStarted()
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, len(stages)+1)
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("aegisd: http: %w", err)
+		}
+	}()
+	d.log.Info("http server listening", "addr", ln.Addr().String())
+
+	stageCtx := make([]context.CancelFunc, len(stages))
+	done := make([]chan struct{}, len(stages))
+	for i, s := range stages {
+		sctx, scancel := context.WithCancel(context.WithoutCancel(runCtx))
+		stageCtx[i], done[i] = scancel, make(chan struct{})
+		go func() {
+			defer close(done[i])
+			if err := s.t.Run(sctx); err != nil {
+				errc <- fmt.Errorf("aegisd: %s: %w", s.name, err)
+			}
+		}()
+		d.log.Info("stage started", "stage", s.name)
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+		d.log.Error("stopping after a failure", "err", runErr)
+	}
+	shutdownCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer stop()
+	_ = srv.Shutdown(shutdownCtx)
+	for i := range stages {
+		stageCtx[i]()
+		<-done[i]
+		d.log.Info("stage stopped", "stage", stages[i].name)
+	}
+	return runErr
+}
+
+// markStarted releases Brokers and HTTPAddr callers, once.
+func (d *Daemon) markStarted() { d.startOnce.Do(func() { close(d.started) }) }
+
+func (d *Daemon) newStage(name string, brokers []string) (*stream.Transactor, error) {
+	cfg := d.cfg
+	var tc stream.TransactConfig
+	var newProcessor func(int32) stream.Processor
+	switch name {
+	case TargetDecider:
+		eng, err := d.engine()
+		if err != nil {
+			return nil, err
+		}
+		st := decider.NewStage(eng, decider.StageConfig{Topics: d.topics, Partitions: cfg.Partitions, MaxEventBytes: cfg.MaxEventBytes}, d.reg, d.log)
+		tc, newProcessor = st.TransactConfig(), st.NewProcessor
+	case TargetSealer:
+		st := sealer.New(sealer.Config{Topics: d.topics, Partitions: cfg.Partitions}, d.reg, d.log)
+		tc, newProcessor = st.TransactConfig(), st.NewProcessor
+	default:
+		return nil, fmt.Errorf("aegisd: unknown stage %q", name)
+	}
+	tc.Brokers = brokers
+	tc.MaxRecordBytes = pipeline.MaxRecordBytes(cfg.MaxEventBytes)
+	tc.Group = cfg.TopicPrefix + name
+	tc.TransactionalID = cfg.TopicPrefix + name + "-" + cfg.Instance
+	t, err := stream.NewTransactor(tc, newProcessor, stream.WithLogger(d.log), stream.WithRegisterer(d.reg), stream.WithStage(name))
+	if err != nil {
+		return nil, fmt.Errorf("aegisd: %s: %w", name, err)
+	}
+	return t, nil
+}
+
+// engine builds the decision engine: the policy bundle must compile and the
+// manifest registry must load, or the daemon refuses to start (deny by
+// default would otherwise silently deny everything).
+func (d *Daemon) engine() (*decider.Engine, error) {
+	bundle := policy.Default()
+	if d.cfg.Policy != "" {
+		var err error
+		if bundle, err = policy.LoadDir(d.cfg.Policy); err != nil {
+			return nil, fmt.Errorf("aegisd: policy: %w", err)
+		}
+	}
+	pe, err := policy.New(bundle)
+	if err != nil {
+		return nil, fmt.Errorf("aegisd: policy: %w", err)
+	}
+	var reg *manifest.Registry
+	if d.cfg.Manifests != "" {
+		if reg, err = manifest.LoadDir(d.cfg.Manifests); err != nil {
+			return nil, fmt.Errorf("aegisd: manifests: %w", err)
+		}
+	} else {
+		d.log.Warn("no --manifests directory: every tool call will be denied MANIFEST_UNKNOWN")
+	}
+	d.log.Info("policy loaded", "revision", pe.Revision())
+	if reg == nil {
+		return decider.NewEngine(pe, nil), nil
+	}
+	return decider.NewEngine(pe, reg), nil
+}
+
+func (d *Daemon) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if !d.Ready() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			_, _ = w.Write([]byte(`{"status":"catching up"}` + "\n"))
+			return
+		}
+		_, _ = w.Write([]byte(`{"status":"ready"}` + "\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg}))
+	return mux
+}
+
+// redacted returns the configuration as log attributes. It holds no
+// secrets today; fields that will (API keys, TLS keys) must be left out here.
+func (c Config) redacted() map[string]any {
+	return map[string]any{
+		"target": c.Target, "brokers": c.Brokers, "data_dir": c.DataDir, "kafka_addr": c.KafkaAddr,
+		"http_addr": c.HTTPAddr, "topic_prefix": c.TopicPrefix, "partitions": c.Partitions,
+		"instance": c.Instance, "manifests": c.Manifests, "policy": c.Policy,
+		"max_event_bytes": c.MaxEventBytes, "dev": c.Dev,
+	}
+}

@@ -1,0 +1,264 @@
+package daemon
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/schemas/chain"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// startDaemon runs a daemon with cfg until the test ends.
+func startDaemon(tb testing.TB, cfg Config) *Daemon {
+	tb.Helper()
+	if err := cfg.Validate(); err != nil {
+		tb.Fatal(err)
+	}
+	d := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			tb.Errorf("daemon: %v", err)
+		}
+	})
+	if d.Brokers() == nil {
+		cancel()
+		tb.Fatalf("daemon did not start: %v", <-done)
+	}
+	return d
+}
+
+func embeddedConfig(tb testing.TB) Config {
+	cfg := Defaults()
+	cfg.DataDir = tb.TempDir()
+	cfg.KafkaAddr = "127.0.0.1:0"
+	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.Partitions = 3
+	cfg.Instance = "test"
+	cfg.Manifests = "testdata/manifests"
+	return cfg
+}
+
+func event(tenant, session string, seq uint64, typ envelope.Type, payload string) []byte {
+	return []byte(fmt.Sprintf(`{"tenant_id":%q,"session_id":%q,"seq":%d,"ts_unix_ms":%d,"event_type":%q,"payload":%s}`,
+		tenant, session, seq, 1767225600000+int64(seq)*10, typ, payload))
+}
+
+func msg(topic, key string, value []byte) stream.Message {
+	return stream.Message{Topic: topic, Key: []byte(key), Value: value}
+}
+
+// collect reads topic from the beginning until want records arrived (or
+// the deadline), then a little longer to catch extras.
+func collect(tb testing.TB, brokers []string, topic string, want int) []*stream.Record {
+	tb.Helper()
+	c, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: brokers, Topics: []string{topic}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer c.Close()
+	var out []*stream.Record
+	deadline := time.Now().Add(60 * time.Second)
+	settle := time.Time{}
+	for time.Now().Before(deadline) {
+		if len(out) >= want {
+			if settle.IsZero() {
+				settle = time.Now().Add(time.Second)
+			} else if time.Now().After(settle) {
+				break
+			}
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		recs, err := c.Poll(ctx)
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			tb.Fatal(err)
+		}
+		out = append(out, recs...)
+	}
+	if len(out) < want {
+		tb.Fatalf("%s: got %d records, want %d", topic, len(out), want)
+	}
+	return out
+}
+
+func TestPipelineEmbedded(t *testing.T) {
+	d := startDaemon(t, embeddedConfig(t))
+	brokers := d.Brokers()
+	topics := pipeline.NewTopics(pipeline.DefaultTopicPrefix)
+	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: brokers, MaxRecordBytes: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	ctx := context.Background()
+
+	// 20 sessions × 10 events: model call, proposals and results.
+	const sessions, perSession = 20, 10
+	var msgs []stream.Message
+	for s := 0; s < sessions; s++ {
+		sid := fmt.Sprintf("s%02d", s)
+		for seq := uint64(1); seq <= perSession; seq++ {
+			var v []byte
+			switch seq % 3 {
+			case 0:
+				v = event("acme", sid, seq, envelope.ModelCallStarted, `{"model":"m"}`)
+			case 1:
+				v = event("acme", sid, seq, envelope.ToolCallProposed, fmt.Sprintf(`{"tool_name":"search","call_id":"c%d","args":{"q":%d}}`, seq, seq))
+			default:
+				v = event("acme", sid, seq, envelope.ToolResult, fmt.Sprintf(`{"tool_name":"search","call_id":"c%d"}`, seq-1))
+			}
+			msgs = append(msgs, msg(topics.Events, "acme/"+sid, v))
+		}
+	}
+	if err := p.Produce(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	// Bad input and sequence problems, each with its expected reason.
+	bad := []struct {
+		m      stream.Message
+		reason string
+	}{
+		{msg(topics.Events, "acme/x1", []byte(`not json`)), envelope.CodeInvalidJSON},
+		{msg(topics.Events, "acme/x2", event("acme", "x2", 1, "NOPE", `{}`)), envelope.CodeUnknownEventType},
+		{msg(topics.Events, "acme/x3", []byte(`{"session_id":"x3","seq":1,"ts_unix_ms":1,"event_type":"TERMINATION"}`)), envelope.CodeMissingField},
+		{msg(topics.Events, "acme/s00", event("acme", "other", 1, envelope.Termination, `{}`)), pipeline.ReasonKeyMismatch},
+		{msg(topics.Events, "acme/s01", event("acme", "s01", 5, envelope.Termination, `{"reason":"conflict"}`)), pipeline.ReasonSeqConflict},
+		{msg(topics.Events, "acme/s02", event("acme", "s02", 99, envelope.Termination, `{}`)), pipeline.ReasonSeqGap},
+		{msg(topics.Events, "acme/x4", []byte(`{"tenant_id":"acme","session_id":"x4","seq":1,"ts_unix_ms":1,"event_type":"TERMINATION","payload":{"blob":"`+strings.Repeat("x", 1200<<10)+`"}}`)), envelope.CodeTooLarge},
+	}
+	wrong := stream.Message{Topic: topics.Events, Key: []byte("acme/x5"), Value: event("acme", "x5", 1, envelope.Termination, `{}`), Pin: true}
+	wrong.Partition = (stream.Partition(wrong.Key, 3) + 1) % 3
+	bad = append(bad, struct {
+		m      stream.Message
+		reason string
+	}{wrong, pipeline.ReasonWrongPartition})
+	for _, b := range bad {
+		if err := p.Produce(ctx, b.m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Exact retries of accepted events: dropped, not sealed twice.
+	if err := p.Produce(ctx, msgs[0], msgs[5], msgs[len(msgs)-1]); err != nil {
+		t.Fatal(err)
+	}
+
+	sealed := collect(t, brokers, topics.Sealed, sessions*perSession)
+	if len(sealed) != sessions*perSession {
+		t.Fatalf("sealed %d records, want %d", len(sealed), sessions*perSession)
+	}
+	v := chain.NewVerifier()
+	proposals := 0
+	for _, r := range sealed {
+		ev, err := envelope.Decoder{Sealed: true}.Decode(r.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(r.Key) != string(ev.Key()) || r.Partition != stream.Partition(r.Key, 3) {
+			t.Fatalf("sealed record %s on partition %d with key %s", ev.Key(), r.Partition, r.Key)
+		}
+		if f := v.Add(ev); f != nil {
+			t.Fatalf("chain: %v", f)
+		}
+		if ev.Type == envelope.ToolCallProposed {
+			proposals++
+			if ev.Decision == nil || ev.Decision.Outcome != envelope.Allow && ev.Decision.Reason != envelope.ReasonBudgetExceeded && ev.Decision.Reason != envelope.ReasonLoopDetected {
+				t.Fatalf("proposal %s/%d decision %+v", ev.SessionID, ev.Seq, ev.Decision)
+			}
+		}
+	}
+	if len(v.Heads()) != sessions {
+		t.Fatalf("%d sessions sealed", len(v.Heads()))
+	}
+	replies := collect(t, brokers, topics.Decisions, proposals)
+	if len(replies) != proposals {
+		t.Fatalf("%d decision replies for %d proposals", len(replies), proposals)
+	}
+
+	rejected := collect(t, brokers, topics.Rejected, len(bad))
+	got := map[string]int{}
+	for _, r := range rejected {
+		var rej pipeline.Rejection
+		if err := json.Unmarshal(r.Value, &rej); err != nil {
+			t.Fatal(err)
+		}
+		if rej.Stage != "decider" || rej.Original == "" && rej.OriginalBase64 == nil {
+			t.Fatalf("rejection %+v", rej)
+		}
+		got[rej.Reason]++
+	}
+	for _, b := range bad {
+		if got[b.reason] != 1 {
+			t.Errorf("reason %s: %d rejections (all: %v)", b.reason, got[b.reason], got)
+		}
+	}
+	if len(rejected) != len(bad) {
+		t.Errorf("%d rejections, want %d: %v", len(rejected), len(bad), got)
+	}
+
+	// Heads on the chain-heads topic match the sealed chains.
+	heads := collect(t, brokers, topics.ChainHeads, 1)
+	latest := map[string]chain.Head{}
+	for _, r := range heads {
+		var h chain.Head
+		if err := json.Unmarshal(r.Value, &h); err != nil {
+			t.Fatal(err)
+		}
+		latest[string(r.Key)] = h
+	}
+	var want []chain.Head
+	for _, h := range latest {
+		want = append(want, h)
+	}
+	if fs := v.CheckHeads(want); len(fs) != 0 || len(want) != sessions {
+		t.Fatalf("heads: %d, failures %v", len(want), fs)
+	}
+
+	// Ready, metrics.
+	waitReady(t, d)
+	body := httpGet(t, "http://"+d.HTTPAddr()+"/metrics")
+	for _, m := range []string{`aegis_pipeline_rejected_total{reason="SEQ_GAP",stage="decider"} 1`, `aegis_pipeline_duplicates_total{stage="decider"} 3`, "aegis_stream_transactions_total"} {
+		if !strings.Contains(body, m) {
+			t.Errorf("metrics lack %s", m)
+		}
+	}
+}
+
+func waitReady(tb testing.TB, d *Daemon) {
+	tb.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get("http://" + d.HTTPAddr() + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	tb.Fatal("daemon never became ready")
+}
+
+func httpGet(tb testing.TB, url string) string {
+	tb.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return string(b)
+}

@@ -1,0 +1,82 @@
+// Package pipeline holds what the decider and sealer stages share on top of
+// the Kafka runtime: topic names and specs, the session-key and partition
+// checks, the sequence window that makes retries idempotent, and rejection
+// records.
+package pipeline
+
+import (
+	"fmt"
+	"strings"
+
+	"aegis.dev/aegis/internal/stream"
+)
+
+// DefaultTopicPrefix starts every topic name unless configured otherwise.
+const DefaultTopicPrefix = "aegis."
+
+// DefaultPartitions is the partition count of topics Aegis creates.
+const DefaultPartitions = 6
+
+// Topics names the pipeline's topics. All of them are keyed by
+// "<tenant_id>/<session_id>" and co-partitioned.
+type Topics struct {
+	Events       string // agents publish here
+	Decided      string // events with decisions on proposals (decider → sealer)
+	Decisions    string // decision replies for callers waiting on a proposal
+	Sealed       string // the chained audit log
+	Rejected     string // every rejected record, with its reason and original bytes
+	DeciderState string // compacted: per-session decider state
+	ChainHeads   string // compacted: per-session chain head
+}
+
+// NewTopics returns the topic names under prefix ("aegis." by default).
+func NewTopics(prefix string) Topics {
+	return Topics{
+		Events:       prefix + "events",
+		Decided:      prefix + "decided",
+		Decisions:    prefix + "decisions",
+		Sealed:       prefix + "sealed",
+		Rejected:     prefix + "rejected",
+		DeciderState: prefix + "decider-state",
+		ChainHeads:   prefix + "chain-heads",
+	}
+}
+
+// ValidatePrefix checks that a topic prefix yields legal Kafka topic names.
+func ValidatePrefix(prefix string) error {
+	for _, c := range prefix {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("._-", c)) {
+			return fmt.Errorf("topic prefix %q: character %q is not allowed in Kafka topic names", prefix, c)
+		}
+	}
+	if len(prefix) > 200 {
+		return fmt.Errorf("topic prefix %q is too long", prefix)
+	}
+	return nil
+}
+
+// MaxRecordBytes is the largest record the pipeline's topics carry when
+// events may be up to maxEventBytes.
+func MaxRecordBytes(maxEventBytes int) int { return 2*maxEventBytes + 64<<10 }
+
+// Specs returns the specs of every topic with the given partition count:
+// state topics compacted, the others deleted by retention. maxEventBytes is
+// the largest event the pipeline accepts: topics are created to carry
+// records of twice that (a rejection carries its original, a decided event
+// its decision), so an oversized event reaches the decider and is rejected
+// with TOO_LARGE and its reason instead of failing at the producer.
+func (t Topics) Specs(partitions int32, maxEventBytes int) []stream.TopicSpec {
+	configs := map[string]string{"max.message.bytes": fmt.Sprint(MaxRecordBytes(maxEventBytes))}
+	spec := func(name string, c stream.Cleanup) stream.TopicSpec {
+		return stream.TopicSpec{Name: name, Partitions: partitions, Cleanup: c, Configs: configs}
+	}
+	return []stream.TopicSpec{
+		spec(t.Events, stream.CleanupDelete),
+		spec(t.Decided, stream.CleanupDelete),
+		spec(t.Decisions, stream.CleanupDelete),
+		spec(t.Sealed, stream.CleanupDelete),
+		spec(t.Rejected, stream.CleanupDelete),
+		spec(t.DeciderState, stream.CleanupCompact),
+		spec(t.ChainHeads, stream.CleanupCompact),
+	}
+}

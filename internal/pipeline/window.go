@@ -1,0 +1,79 @@
+package pipeline
+
+import "fmt"
+
+// WindowSize is how many recent (seq, content digest) pairs a session keeps
+// to tell a retried event (dropped) from a conflicting one (rejected).
+const WindowSize = 16
+
+// Verdict is what to do with an event given its session's window.
+type Verdict int
+
+// Verdicts of Window.Check.
+const (
+	Accept    Verdict = iota // the next seq: process it
+	Duplicate                // same seq, same content: a retry, drop it
+	Conflict                 // same seq, other content: reject SEQ_CONFLICT
+	Gap                      // beyond the next seq: reject SEQ_GAP
+	Stale                    // older than the window: reject SEQ_STALE
+)
+
+// Recent is one accepted event of a session.
+type Recent struct {
+	Seq    uint64 `json:"seq"`
+	Digest string `json:"digest"`
+}
+
+// Window is the sequence state of a session: the last accepted seq and the
+// content digests of the most recent accepted events. Its JSON form is part
+// of the stages' state records.
+type Window struct {
+	Last   uint64   `json:"last_seq"`
+	Recent []Recent `json:"recent,omitempty"`
+}
+
+// Check classifies seq with content digest against the window. Sequence
+// rule: seqs are dense from 1; the next one is accepted, a repeat with the
+// same content is a duplicate, anything else is rejected at once. Holding
+// early events back would make the outcome depend on timing, not on the
+// log, and Kafka keeps a session's records in order on its partition anyway.
+func (w *Window) Check(seq uint64, digest string) (Verdict, string) {
+	switch {
+	case seq == w.Last+1:
+		return Accept, ""
+	case seq > w.Last+1:
+		return Gap, fmt.Sprintf("seq %d, expected %d", seq, w.Last+1)
+	}
+	for _, r := range w.Recent {
+		if r.Seq == seq {
+			if r.Digest == digest {
+				return Duplicate, ""
+			}
+			return Conflict, fmt.Sprintf("seq %d was already accepted with different content (digest %s, this event %s)", seq, r.Digest, digest)
+		}
+	}
+	return Stale, fmt.Sprintf("seq %d is older than the last %d accepted events (last seq %d)", seq, WindowSize, w.Last)
+}
+
+// Add records seq (which Check accepted) with its content digest.
+func (w *Window) Add(seq uint64, digest string) {
+	w.Last = seq
+	if len(w.Recent) == WindowSize {
+		copy(w.Recent, w.Recent[1:])
+		w.Recent = w.Recent[:WindowSize-1]
+	}
+	w.Recent = append(w.Recent, Recent{Seq: seq, Digest: digest})
+}
+
+// Reason maps a rejecting verdict to its reason code.
+func (v Verdict) Reason() string {
+	switch v {
+	case Conflict:
+		return ReasonSeqConflict
+	case Gap:
+		return ReasonSeqGap
+	case Stale:
+		return ReasonSeqStale
+	}
+	return ""
+}

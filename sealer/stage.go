@@ -1,0 +1,169 @@
+// Package sealer is the single writer of each session's hash chain: it reads
+// decided events, links them (schemas/chain), and writes the sealed log and
+// the chain heads in one Kafka transaction with the consumed offsets, so a
+// session has exactly one chain across crashes, restarts and rebalances.
+package sealer
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/schemas/chain"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// StageName labels the sealer's metrics, logs and rejections.
+const StageName = "sealer"
+
+// Config configures the sealer stage.
+type Config struct {
+	Topics pipeline.Topics
+	// Partitions is the partition count of the pipeline's topics.
+	Partitions int32
+	// MaxEventBytes bounds one decided event (default
+	// envelope.DefaultMaxEventBytes plus room for the decision).
+	MaxEventBytes int
+}
+
+// HeadRecord is the value of a record on the chain-heads topic: the
+// session's chain head, plus the sequence window the sealer uses to drop
+// retried events. An export of the topic is a valid `aegisctl verify
+// --heads` file.
+type HeadRecord struct {
+	chain.Head
+	Window pipeline.Window `json:"window"`
+}
+
+// Stage is the sealer stage.
+type Stage struct {
+	cfg     Config
+	metrics *pipeline.Metrics
+	log     *slog.Logger
+}
+
+// New returns the sealer stage. reg and log may be nil.
+func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) *Stage {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxEventBytes <= 0 {
+		cfg.MaxEventBytes = envelope.DefaultMaxEventBytes + 64<<10
+	}
+	return &Stage{cfg: cfg, metrics: pipeline.NewMetrics(reg, StageName), log: log.With("stage", StageName)}
+}
+
+// TransactConfig returns the runtime configuration of the stage's topics;
+// the caller sets brokers, group and transactional ID.
+func (s *Stage) TransactConfig() stream.TransactConfig {
+	t := s.cfg.Topics
+	return stream.TransactConfig{Input: t.Decided, State: t.ChainHeads, Outputs: []string{t.Sealed, t.Rejected}, Partitions: s.cfg.Partitions}
+}
+
+// NewProcessor returns the processor of one decided partition.
+func (s *Stage) NewProcessor(partition int32) stream.Processor {
+	return &processor{stage: s, partition: partition, heads: make(map[string]*HeadRecord)}
+}
+
+type processor struct {
+	stage     *Stage
+	partition int32
+	heads     map[string]*HeadRecord
+	buf       []byte
+}
+
+func (p *processor) Restore(key, value []byte) error {
+	var h HeadRecord
+	if err := json.Unmarshal(value, &h); err != nil {
+		return fmt.Errorf("sealer: head of %q on partition %d: %w", key, p.partition, err)
+	}
+	if h.Seq != h.Window.Last || len(h.Hash) != len(chain.Genesis) {
+		return fmt.Errorf("sealer: head of %q on partition %d is inconsistent (seq %d, window %d)", key, p.partition, h.Seq, h.Window.Last)
+	}
+	p.heads[string(key)] = &h
+	return nil
+}
+
+func (p *processor) Process(_ context.Context, batch []*stream.Record, emit func(stream.Output)) error {
+	s := p.stage
+	t := s.cfg.Topics
+	dec := envelope.Decoder{Sealed: true, MaxBytes: s.cfg.MaxEventBytes}
+	var touched []string
+	seen := make(map[string]bool)
+	reject := func(rec *stream.Record, ev *envelope.Event, reason, detail string, expected uint64) {
+		r := pipeline.NewRejection(StageName, rec, reason, detail)
+		if ev != nil {
+			r.WithEvent(ev)
+		}
+		r.Expected = expected
+		s.metrics.Rejected.WithLabelValues(reason).Inc()
+		emit(r.Output(t.Rejected, rec))
+	}
+	for _, rec := range batch {
+		ev, err := dec.Decode(rec.Value)
+		if err != nil {
+			reject(rec, nil, envelope.Code(err), err.Error(), 0)
+			continue
+		}
+		if reason, detail := pipeline.CheckKey(rec, ev, s.cfg.Partitions); reason != "" {
+			reject(rec, ev, reason, detail, 0)
+			continue
+		}
+		switch {
+		case ev.Type == envelope.ToolCallProposed && ev.Decision == nil:
+			reject(rec, ev, pipeline.ReasonMissingDecision, "a proposal must be decided before it is sealed", 0)
+			continue
+		case ev.Type != envelope.ToolCallProposed && ev.Decision != nil:
+			reject(rec, ev, pipeline.ReasonUnexpectedDecision, "only proposals carry decisions", 0)
+			continue
+		}
+		key := string(rec.Key)
+		h := p.heads[key]
+		var digest string
+		if digest, p.buf, err = pipeline.ContentDigest(ev, p.buf); err != nil {
+			return fmt.Errorf("sealer: content digest of %s/%d: %w", key, ev.Seq, err)
+		}
+		var window pipeline.Window
+		var head *chain.Head
+		if h != nil {
+			window, head = h.Window, &h.Head
+		}
+		switch verdict, detail := window.Check(ev.Seq, digest); verdict {
+		case pipeline.Duplicate:
+			s.metrics.Duplicates.Inc()
+			continue
+		case pipeline.Accept:
+		default:
+			reject(rec, ev, verdict.Reason(), detail, window.Last+1)
+			continue
+		}
+		next, err := chain.Link(head, ev)
+		if err != nil {
+			return fmt.Errorf("sealer: %w", err)
+		}
+		window.Add(ev.Seq, digest)
+		p.heads[key] = &HeadRecord{Head: next, Window: window}
+		if !seen[key] {
+			seen[key] = true
+			touched = append(touched, key)
+		}
+		if p.buf, err = ev.AppendCanonical(p.buf[:0], true); err != nil {
+			return fmt.Errorf("sealer: encode %s seq %d: %w", key, ev.Seq, err)
+		}
+		emit(stream.Output{Topic: t.Sealed, Partition: rec.Partition, Key: rec.Key, Value: append([]byte(nil), p.buf...)})
+		s.metrics.Accepted.Inc()
+	}
+	for _, key := range touched {
+		v, err := json.Marshal(p.heads[key])
+		if err != nil {
+			return fmt.Errorf("sealer: encode head of %s: %w", key, err)
+		}
+		emit(stream.Output{Topic: t.ChainHeads, Partition: p.partition, Key: []byte(key), Value: v})
+	}
+	return nil
+}
