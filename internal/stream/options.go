@@ -63,8 +63,6 @@ func (k kgoLogger) Level() kgo.LogLevel {
 	switch {
 	case k.l.Enabled(ctx, slog.LevelDebug):
 		return kgo.LogLevelDebug
-	case k.l.Enabled(ctx, slog.LevelInfo):
-		return kgo.LogLevelInfo
 	case k.l.Enabled(ctx, slog.LevelWarn):
 		return kgo.LogLevelWarn
 	case k.l.Enabled(ctx, slog.LevelError):
@@ -80,9 +78,9 @@ func (k kgoLogger) Log(level kgo.LogLevel, msg string, keyvals ...any) {
 		lvl = slog.LevelError
 	case kgo.LogLevelWarn:
 		lvl = slog.LevelWarn
-	case kgo.LogLevelInfo:
-		lvl = slog.LevelInfo
 	default:
+		// The client's info messages (joins, assignments, metadata
+		// refreshes) are routine: they are debug output for operators.
 		lvl = slog.LevelDebug
 	}
 	k.l.Log(context.Background(), lvl, msg, keyvals...)
