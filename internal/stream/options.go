@@ -33,8 +33,9 @@ func buildOptions(defaultStage string, opts []Option) options {
 }
 
 // WithLogger sets the logger, overriding the default that discards
-// everything. Client library messages are logged at their own level under
-// the "kafka" group; this package's own messages carry a "stage" attribute.
+// everything. Client library messages are logged under the "kafka" group,
+// its routine info messages at debug level; this package's own messages
+// carry a "stage" attribute.
 func WithLogger(l *slog.Logger) Option {
 	return func(o *options) { o.logger = l }
 }
