@@ -57,26 +57,63 @@ type object struct{ o ast.Object }
 
 func newObject(n int) object { return object{ast.NewObjectWithCapacity(n)} }
 
-func (o object) str(k, v string) { o.o.Insert(ast.InternedTerm(k), ast.StringTerm(v)) }
+// keyTerms holds one immutable term per field name the builders write, so
+// that building an input does not allocate its keys. Never modified after
+// package initialisation.
+var keyTerms = func() map[string]*ast.Term {
+	m := make(map[string]*ast.Term)
+	for _, k := range []string{
+		// envelope.Event, envelope.Decision, envelope.Constraints
+		"v", "tenant_id", "session_id", "seq", "ts_unix_ms", "event_type", "manifest",
+		"payload", "decision", "prev_hash", "hash", "outcome", "reason", "constraints",
+		"max_output_bytes", "timeout_ms", "policy_revision", "manifest_digest", "input_digest",
+		// session.Snapshot and its parts
+		"last_seq", "first_ts_ms", "last_ts_ms", "events", "steps", "model_calls",
+		"tool_calls", "tainted", "taint_sources", "sanitizer_keys", "handoff", "state",
+		"from", "to", "approvals", "tool_name", "args_digest", "requested_seq",
+		"requested_ts_ms", "calls", "recent_tools", "consecutive_errors", "loop",
+		"detected", "terminated",
+		// manifest.Manifest
+		"schema", "name", "version", "publisher", "permissions", "tools", "net", "domains",
+		"exec", "allowed_bins", "approval_required", "budgets", "max_steps", "max_tool_calls",
+		"max_wall_time_ms", "max_identical_calls", "sandbox", "required", "image",
+		"integrity", "tree_sha256", "signature",
+		// payload keys the default policy reads
+		"call_id", "args", "domain", "url", "bin", "path",
+	} {
+		m[k] = ast.StringTerm(k)
+	}
+	return m
+}()
+
+// keyTerm returns the term for an object key, shared when it is a known key.
+func keyTerm(k string) *ast.Term {
+	if t, ok := keyTerms[k]; ok {
+		return t
+	}
+	return ast.StringTerm(k)
+}
+
+func (o object) str(k, v string) { o.o.Insert(keyTerm(k), ast.StringTerm(v)) }
 func (o object) strOmit(k, v string) {
 	if v != "" {
 		o.str(k, v)
 	}
 }
-func (o object) i64(k string, v int64) { o.o.Insert(ast.InternedTerm(k), intTerm(v)) }
+func (o object) i64(k string, v int64) { o.o.Insert(keyTerm(k), intTerm(v)) }
 func (o object) i64Omit(k string, v int64) {
 	if v != 0 {
 		o.i64(k, v)
 	}
 }
-func (o object) u64(k string, v uint64) { o.o.Insert(ast.InternedTerm(k), uintTerm(v)) }
+func (o object) u64(k string, v uint64) { o.o.Insert(keyTerm(k), uintTerm(v)) }
 func (o object) u64Omit(k string, v uint64) {
 	if v != 0 {
 		o.u64(k, v)
 	}
 }
-func (o object) boolean(k string, v bool)  { o.o.Insert(ast.InternedTerm(k), ast.InternedTerm(v)) }
-func (o object) val(k string, v ast.Value) { o.o.Insert(ast.InternedTerm(k), ast.NewTerm(v)) }
+func (o object) boolean(k string, v bool)  { o.o.Insert(keyTerm(k), ast.InternedTerm(v)) }
+func (o object) val(k string, v ast.Value) { o.o.Insert(keyTerm(k), ast.NewTerm(v)) }
 
 func intTerm(v int64) *ast.Term {
 	if v >= 0 && v <= 512 {
@@ -349,7 +386,7 @@ func (p *jsonParser) object(depth int) (ast.Value, error) {
 		if err != nil {
 			return nil, err
 		}
-		key := ast.StringTerm(k)
+		key := keyTerm(k)
 		if obj.Get(key) != nil {
 			return nil, p.errorf("duplicate object key %q", k)
 		}

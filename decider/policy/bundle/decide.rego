@@ -3,26 +3,40 @@
 # the rule order and every reason code are described in docs/policy.md.
 #
 # Shape: cheap guards first (manifest, event type, proposal shape), then the
-# set of violated rules, of which the lowest-numbered one decides. Every
-# violation rule reads only the input and the per-manifest index, so the
-# whole evaluation is a handful of set lookups and comparisons.
+# set of violated rules, of which the lowest-numbered one decides. Whatever
+# depends on the manifest alone (declared tools and their classes, domain
+# patterns, budgets) comes precomputed in the per-manifest index, so a
+# decision is a handful of lookups and comparisons.
 package aegis.decide
 
-import data.aegis.lists
 import data.aegis.manifest
+import data.aegis.tools
 
-# decision is the only rule the engine queries.
+# decision is the only rule the engine queries. The engine passes the
+# per-manifest index as input.manifest_index; without it (opa eval, unit
+# tests) the index is derived here from input.manifest, so the rules below
+# can read input.manifest_index directly.
 decision := {"outcome": "deny", "reason": "MANIFEST_UNKNOWN"} if {
 	not manifest_present
-} else := {"outcome": "allow", "reason": "OK", "constraints": constraints} if {
+} else := d if {
+	is_object(input.manifest_index)
+	d := checked
+} else := d if {
+	d := checked with input.manifest_index as manifest.build(input.manifest)
+}
+
+# checked is the decision for an event under a known manifest, in rule
+# order; the first match wins.
+checked := {"outcome": "allow", "reason": "OK", "constraints": input.manifest_index.constraints} if {
 	input.event.event_type != "TOOL_CALL_PROPOSED"
 } else := {"outcome": "deny", "reason": "INVALID_PROPOSAL"} if {
 	not valid_proposal
 } else := {"outcome": "deny", "reason": reasons[min(violations)]} if {
 	count(violations) > 0
 } else := {"outcome": "require_approval", "reason": "APPROVAL_REQUIRED"} if {
-	approval_needed
-} else := {"outcome": "allow", "reason": "OK", "constraints": constraints}
+	cls.approval
+	not approved
+} else := {"outcome": "allow", "reason": "OK", "constraints": input.manifest_index.constraints}
 
 # reasons maps a rule's priority to its reason code; the lowest violated
 # priority wins.
@@ -35,194 +49,151 @@ reasons := {
 	6: "EXEC_DENY",
 }
 
-violations contains 1 if not declared
+# Each violation rule reads the input and the index directly: no helper
+# rule stands between a check and the data it compares, which keeps the
+# number of rule evaluations per decision small.
 
-violations contains 2 if egress_denied
+# 1. The tool is not declared. (cls is undefined then.)
+violations contains 1 if not cls
 
-violations contains 3 if budget_exceeded
+# 2. A destination the manifest does not allow, or a network tool without
+# a destination.
+violations contains 2 if {
+	some h in destinations
+	not domain_allowed(h)
+}
 
-violations contains 4 if loop_detected
+violations contains 2 if {
+	cls.network
+	count(destinations) == 0
+}
 
-violations contains 5 if tainted_to_high_risk
+# 3. A budget is used up: steps, tool calls, or wall time since the
+# session's first event (once there is one). The three comparisons share
+# one rule body: each yields a boolean, and any true one is a violation.
+violations contains 3 if {
+	s := input.snapshot
+	b := input.manifest_index.budgets
+	true in [
+		s.steps >= b.max_steps,
+		s.tool_calls >= b.max_tool_calls,
+		[s.events > 0, input.event.ts_unix_ms - s.first_ts_ms >= b.max_wall_time_ms] == [true, true],
+	]
+}
 
-violations contains 6 if exec_denied
+# 4. A loop: the sticky flag; the (max_identical_calls+1)-th identical call;
+# no progress (too many failed results in a row); a repeated tool-name
+# sequence.
+violations contains 4 if {
+	s := input.snapshot
+	true in [
+		s.loop.detected == true,
+		object.get(s, ["calls", input.call_digest], 0) >= input.manifest_index.budgets.max_identical_calls,
+		s.consecutive_errors >= tools.max_consecutive_errors,
+	]
+}
 
-# --- input accessors -------------------------------------------------------
+violations contains 4 if repeated_sequence
 
-# idx is the per-manifest index (package aegis.manifest): supplied by the
-# engine, derived here when absent.
-idx := input.manifest_index if {
-	is_object(input.manifest_index)
-} else := manifest.build(input.manifest)
+# 5. Untrusted content in the context and a high-risk tool.
+violations contains 5 if {
+	input.snapshot.tainted == true
+	cls.high_risk
+}
 
-tool := input.event.payload.tool_name
+# 6. An exec-like tool whose binary is not listed verbatim in
+# permissions.exec.allowed_bins (no basename or case folding: "/tmp/ls"
+# does not pass for "ls").
+violations contains 6 if {
+	cls.exec
+	not bin_allowed
+}
 
-ltool := lower(tool)
-
-# Rules test membership through helper rules ("not declared" rather than
-# "not idx.tools[tool]"): a negated expression over an undefined argument
-# would make the whole rule body undefined instead of true.
-declared if idx.tools[tool]
+# Negated checks go through helper rules ("not bin_allowed" rather than
+# "not input.manifest_index.bins[input.event.payload.args.bin]"): a negated expression over
+# an undefined argument would make the whole body undefined instead of true.
 
 manifest_present if is_object(input.manifest)
+
+tool := input.event.payload.tool_name
 
 valid_proposal if {
 	is_string(tool)
 	tool != ""
 }
 
-# args is the proposal's argument object, {} when absent or not an object.
-args := a if {
-	a := input.event.payload.args
-	is_object(a)
-} else := {}
+# cls is the classification of the proposed tool (network, exec, high_risk,
+# approval); undefined when the tool is not declared.
+cls := input.manifest_index.tools[tool]
 
-snapshot := s if {
-	s := input.snapshot
-	is_object(s)
-} else := {}
-
-budgets := idx.budgets
-
-constraints := {
-	"max_output_bytes": budgets.max_output_bytes,
-	"timeout_ms": budgets.timeout_ms,
-}
+bin_allowed if input.manifest_index.bins[input.event.payload.args.bin]
 
 # --- 2. egress -------------------------------------------------------------
 
 # destinations holds the normalised host of every destination the call
 # names. A present but unusable value (not a string, not a host name, a URL
 # without a parsable authority) contributes "", which no pattern matches.
-destinations contains normalize_host(args.domain)
+destinations contains domain_host(input.event.payload.args.domain)
 
-destinations contains url_host(args.url)
+destinations contains url_host(input.event.payload.args.url)
 
-egress_denied if {
-	some h in destinations
-	not domain_allowed(h)
-}
-
-egress_denied if {
-	network_tool
-	count(destinations) == 0
-}
-
-network_tool if {
-	some p in lists.network_tool_prefixes
-	startswith(ltool, p)
-}
-
-domain_allowed(h) if idx.domains[h]
+domain_allowed(h) if input.manifest_index.domains[h]
 
 # A suffix entry ".example.com" (from "*.example.com") matches strict
-# sub-domains only: normalize_host never yields an empty label, so a host
-# ending in ".example.com" has at least one label before it.
+# sub-domains only: hosts never have an empty label, so a host ending in
+# ".example.com" has at least one label before it.
 domain_allowed(h) if {
 	h != ""
-	some s in idx.suffixes
+	some s in input.manifest_index.suffixes
 	endswith(h, s)
 }
 
-# normalize_host lower-cases h, drops one trailing dot and returns the result
-# when it is a DNS-style host name (letters, digits, "-", "_", non-empty
-# dot-separated labels) or a bracketed IP literal; otherwise "".
-normalize_host(h) := n if {
-	is_string(h)
-	n := trim_suffix(lower(h), ".")
-	regex.match(`^(?:[a-z0-9_-]+(?:\.[a-z0-9_-]+)*|\[[0-9a-f:.]+\])$`, n)
+# A host is a DNS-style name (letters, digits, "-", "_", non-empty
+# dot-separated labels, one optional trailing dot) or a bracketed IP
+# literal. The same host expression appears in both patterns below.
+
+# domain_host returns the normalised form of an args.domain value (lower
+# case, one trailing dot dropped), or "" when it is not a host.
+domain_host(d) := trim_suffix(lower(d), ".") if {
+	is_string(d)
+	regex.match(`^(?:(?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?|\[[0-9A-Fa-f:.]+\])$`, d)
 } else := ""
 
 # url_host returns the normalised host of an absolute URL with an authority
 # ("scheme://[userinfo@]host[:port][/?#...]"), or "" for anything else. The
 # authority ends at the first "/", "?", "#" or "\", so that parsers which
 # treat "\" as a path separator agree on the host.
-url_host(u) := normalize_host(m[0][1]) if {
+url_host(u) := trim_suffix(lower(m[0][1]), ".") if {
 	is_string(u)
 	m := regex.find_all_string_submatch_n(
-		`^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#\\@]*@)?(\[[^\]/?#\\@]*\]|[^/?#\\@:\[\]]*)(?::[0-9]*)?(?:[/?#].*)?$`,
+		`^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#\\@]*@)?((?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?(?:[/?#].*)?$`,
 		u, 1,
 	)
 	count(m) == 1
 } else := ""
 
-# --- 3. budgets ------------------------------------------------------------
-
-budget_exceeded if snapshot.steps >= budgets.max_steps
-
-budget_exceeded if snapshot.tool_calls >= budgets.max_tool_calls
-
-budget_exceeded if {
-	snapshot.events > 0
-	input.event.ts_unix_ms - snapshot.first_ts_ms >= budgets.max_wall_time_ms
-}
-
 # --- 4. loops --------------------------------------------------------------
-
-# A loop, once detected, stays detected for the rest of the session.
-loop_detected if snapshot.loop.detected == true
-
-# The (max_identical_calls+1)-th proposal of the same tool with the same
-# canonical arguments.
-loop_detected if snapshot.calls[input.call_digest] >= budgets.max_identical_calls
-
-loop_detected if repeated_sequence
-
-# No progress: too many failed tool results in a row.
-loop_detected if snapshot.consecutive_errors >= lists.max_consecutive_errors
 
 # repeated_sequence: with this proposal appended, the session's recent tool
 # names end in two identical back-to-back runs of length L (3..7).
 repeated_sequence if {
-	recent := snapshot.recent_tools
-	is_array(recent)
+	recent := input.snapshot.recent_tools
 	n := count(recent) + 1
 	n >= 6
 	s := array.concat(recent, [tool])
-	some l in lists.sequence_lengths
+	some l in tools.sequence_lengths
 	n >= 2 * l
 	s[n - 1 - l] == tool
 	array.slice(s, n - 2 * l, n - l) == array.slice(s, n - l, n)
 }
 
-# --- 5. taint --------------------------------------------------------------
-
-tainted_to_high_risk if {
-	snapshot.tainted == true
-	high_risk
-}
-
-high_risk if lists.high_risk_tools[ltool]
-
-high_risk if exec_like
-
-# --- 6. exec ---------------------------------------------------------------
-
-exec_like if lists.exec_tools[ltool]
-
-exec_like if startswith(ltool, lists.exec_prefix)
-
-# The binary must be listed verbatim in permissions.exec.allowed_bins: no
-# basename or case folding, so "/tmp/ls" does not pass for "ls".
-exec_denied if {
-	exec_like
-	not bin_allowed
-}
-
-bin_allowed if idx.bins[args.bin]
-
 # --- 7. approvals ----------------------------------------------------------
-
-approval_needed if {
-	idx.approval_required[ltool]
-	not approved
-}
 
 # approved: an approval for this call_id was granted for the same tool and
 # the same canonical arguments.
 approved if {
 	input.call_digest != ""
-	a := snapshot.approvals[input.event.payload.call_id]
+	a := input.snapshot.approvals[input.event.payload.call_id]
 	a.state == "approved"
 	a.tool_name == tool
 	a.args_digest == input.call_digest

@@ -166,8 +166,12 @@ test_priority_order if {
 test_index_is_build if {
 	idx := mf.index with input as {"manifest": fixture_manifest}
 	idx == mf.build(fixture_manifest)
-	idx.suffixes == {".example.org"}
-	idx.approval_required == {"send_email"}
+	idx.suffixes == [".example.org"]
+	idx.tools.send_email.approval
+	not idx.tools.search.approval
+	idx.tools.EXEC.exec
+	idx.tools.EXEC.high_risk
+	idx.tools.http_get.network
 	idx.budgets.max_tool_calls == 5
 	idx.budgets.max_steps == 24
 	every tool in ["search", "http_get", "exec", "send_email", "rm"] {

@@ -1,14 +1,19 @@
 # Package aegis.manifest derives, from a capability manifest, the lookup
-# structures the decision rules need: sets instead of lists, normalised domain
-# patterns, budgets with their defaults applied.
+# structures the decision rules need: the declared tools with their
+# classification, normalised domain patterns, the allowed binaries, budgets
+# with their defaults applied and the constraints of an allow. The index is
+# plain JSON (objects keyed by name instead of sets), so it can be passed in
+# any input encoding.
 #
-# The engine evaluates data.aegis.manifest.index once per manifest, caches the
-# value and passes it to every decision as input.manifest_index. The
-# decision rules fall back to build(input.manifest) when that field is absent
-# (opa eval, unit tests), so both paths run the same Rego.
+# The engine evaluates data.aegis.manifest.index once per manifest, caches
+# the value and passes it to every decision as input.manifest_index. The
+# decision rules fall back to build(input.manifest) when that field is
+# absent (opa eval, unit tests), so both paths run the same Rego.
 package aegis.manifest
 
-# Budget defaults; a budget that is absent or 0 in the manifest takes these.
+import data.aegis.tools
+
+# budget_defaults: a budget that is absent or 0 in the manifest takes these.
 budget_defaults := {
 	"max_steps": 24,
 	"max_tool_calls": 12,
@@ -21,18 +26,33 @@ budget_defaults := {
 index := build(input.manifest)
 
 build(m) := {
-	"tools": {t | some t in strings_at(m, ["permissions", "tools"])},
-	"approval_required": {lower(t) | some t in strings_at(m, ["permissions", "approval_required"])},
-	"domains": {normalize_pattern(d) |
+	"tools": {t: classify(t, approval) | some t in strings_at(m, ["permissions", "tools"])},
+	"domains": {normalize_pattern(d): true |
 		some d in strings_at(m, ["permissions", "net", "domains"])
 		not startswith(d, "*.")
 	},
-	"suffixes": {concat("", [".", normalize_pattern(substring(d, 2, -1))]) |
+	"suffixes": [concat("", [".", normalize_pattern(substring(d, 2, -1))]) |
 		some d in strings_at(m, ["permissions", "net", "domains"])
 		startswith(d, "*.")
+	],
+	"bins": {b: true | some b in strings_at(m, ["permissions", "exec", "allowed_bins"])},
+	"budgets": budgets,
+	"constraints": {
+		"max_output_bytes": budgets.max_output_bytes,
+		"timeout_ms": budgets.timeout_ms,
 	},
-	"bins": {b | some b in strings_at(m, ["permissions", "exec", "allowed_bins"])},
-	"budgets": {k: budget(m, k, d) | some k, d in budget_defaults},
+} if {
+	approval := {lower(t) | some t in strings_at(m, ["permissions", "approval_required"])}
+	budgets := {k: budget(m, k, d) | some k, d in budget_defaults}
+}
+
+# classify returns the classes of a declared tool; approval is the
+# lower-cased approval_required set.
+classify(t, approval) := {
+	"network": tools.network(t),
+	"exec": tools.exec(t),
+	"high_risk": tools.high_risk(t),
+	"approval": lower(t) in approval,
 }
 
 # strings_at returns the string elements of the array at path in m, or an
@@ -43,8 +63,9 @@ array_or_empty(x) := x if is_array(x)
 
 else := []
 
-# budget returns the manifest's value for budget k, or d when it is absent or 0.
-# A negative value is kept, so that every check against it fails closed.
+# budget returns the manifest's value for budget k, or d when it is absent
+# or 0. A negative value is kept, so that every check against it fails
+# closed.
 budget(m, k, d) := v if {
 	v := object.get(m, ["permissions", "budgets", k], 0)
 	is_number(v)
