@@ -67,11 +67,7 @@ func NewStage(engine *Engine, cfg StageConfig, reg prometheus.Registerer, log *s
 			Name: "aegis_decider_decisions_total", Help: "Decisions made, by outcome and reason.",
 		}, []string{"outcome", "reason"})}
 	if reg != nil {
-		if err := reg.Register(s.outcome); err != nil {
-			if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
-				s.outcome = are.ExistingCollector.(*prometheus.CounterVec)
-			}
-		}
+		s.outcome = pipeline.Register(reg, s.outcome)
 	}
 	return s
 }
@@ -103,8 +99,11 @@ type processor struct {
 
 func (p *processor) Restore(key, value []byte) error {
 	var st deciderState
-	if err := json.Unmarshal(value, &st); err != nil || st.Snapshot == nil {
-		return fmt.Errorf("decider: state of %q on partition %d: %v", key, p.partition, err)
+	if err := json.Unmarshal(value, &st); err != nil {
+		return fmt.Errorf("decider: state of %q on partition %d: %w", key, p.partition, err)
+	}
+	if st.Snapshot == nil || string(key) != st.Snapshot.TenantID+"/"+st.Snapshot.SessionID || st.Window.Last != st.Snapshot.LastSeq {
+		return fmt.Errorf("decider: state of %q on partition %d is inconsistent", key, p.partition)
 	}
 	p.sessions[string(key)] = &st
 	return nil

@@ -130,7 +130,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	for _, name := range targets {
 		t, err := d.newStage(name, brokers)
 		if err != nil {
-			ln.Close()
+			_ = ln.Close()
 			return err
 		}
 		stages = append(stages, stage{name, t})

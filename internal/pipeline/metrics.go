@@ -1,6 +1,10 @@
 package pipeline
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"errors"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Metrics are the record-level counters every pipeline stage keeps.
 type Metrics struct {
@@ -27,18 +31,19 @@ func NewMetrics(reg prometheus.Registerer, stage string) *Metrics {
 		}),
 	}
 	if reg != nil {
-		m.Rejected = register(reg, m.Rejected)
-		m.Duplicates = register(reg, m.Duplicates)
-		m.Accepted = register(reg, m.Accepted)
+		m.Rejected = Register(reg, m.Rejected)
+		m.Duplicates = Register(reg, m.Duplicates)
+		m.Accepted = Register(reg, m.Accepted)
 	}
 	return m
 }
 
-// register registers c on reg, reusing an identical collector that is
+// Register registers c on reg, reusing an identical collector that is
 // already registered (a stage restarted in the same process).
-func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+func Register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
 	if err := reg.Register(c); err != nil {
-		if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
 			if existing, ok := are.ExistingCollector.(C); ok {
 				return existing
 			}

@@ -333,7 +333,6 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) 
 		kgo.TransactionalID(t.cfg.TransactionalID),
 		kgo.TransactionTimeout(t.cfg.TransactionTimeout),
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
-		kgo.RequireStableFetchOffsets(),
 		kgo.KeepControlRecords(),
 		kgo.FetchMaxWait(t.cfg.FetchMaxWait),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),

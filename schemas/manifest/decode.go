@@ -170,7 +170,7 @@ func (d *decoder) value(path string, v reflect.Value) error {
 		i, err := strconv.ParseInt(string(n), 10, 64)
 		if err != nil {
 			d.add(path, CodeOutOfRange, "%s is out of the 64-bit integer range", n)
-			return nil
+			return nil //nolint:nilerr // recorded as a field error by d.add
 		}
 		v.SetInt(i)
 	default:
