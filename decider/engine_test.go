@@ -1,0 +1,147 @@
+package decider
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+
+	"aegis.dev/aegis/decider/policy"
+	"aegis.dev/aegis/decider/session"
+	"aegis.dev/aegis/schemas/envelope"
+	"aegis.dev/aegis/schemas/manifest"
+)
+
+func newEngine(tb testing.TB, bundle *policy.Bundle) *Engine {
+	tb.Helper()
+	pe, err := policy.New(bundle)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	reg, err := manifest.LoadDir("testdata/manifests")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return NewEngine(pe, reg)
+}
+
+func proposal(tenant string, seq uint64, tool, args string) *envelope.Event {
+	return &envelope.Event{V: 1, TenantID: tenant, SessionID: "s", Seq: seq, TsUnixMs: 1767225600000 + int64(seq), Type: envelope.ToolCallProposed,
+		Payload: json.RawMessage(fmt.Sprintf(`{"args":%s,"call_id":"c%d","tool_name":%q}`, args, seq, tool))}
+}
+
+func TestStepDecidesAndApplies(t *testing.T) {
+	e := newEngine(t, policy.Default())
+	snap := session.New("acme", "s")
+	ctx := context.Background()
+	var reasons []string
+	for seq := uint64(1); seq <= 6; seq++ {
+		ev := proposal("acme", seq, "search", fmt.Sprintf(`{"q":%d}`, seq))
+		if err := e.Step(ctx, snap, ev); err != nil {
+			t.Fatal(err)
+		}
+		reasons = append(reasons, ev.Decision.Reason)
+	}
+	// max_tool_calls is 4 in the test manifest: 4 pass, the 5th and 6th do not.
+	if want := "[OK OK OK OK BUDGET_EXCEEDED BUDGET_EXCEEDED]"; fmt.Sprint(reasons) != want {
+		t.Fatalf("reasons %v, want %s", reasons, want)
+	}
+	if snap.ToolCalls != 6 || snap.LastSeq != 6 {
+		t.Fatalf("snapshot %+v", snap)
+	}
+}
+
+func TestDecisionRecordsItsInputs(t *testing.T) {
+	e := newEngine(t, policy.Default())
+	ctx := context.Background()
+	ev := proposal("acme", 1, "search", `{"q":1}`)
+	d1, err := e.Decide(ctx, session.New("acme", "s"), ev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, _ := manifest.Load("testdata/manifests/acme/default.json")
+	if d1.PolicyRevision != policy.Default().Revision || d1.ManifestDigest != m.Digest() || len(d1.InputDigest) != len("sha256:")+64 {
+		t.Fatalf("decision %+v", d1)
+	}
+	d2, _ := e.Decide(ctx, session.New("acme", "s"), proposal("acme", 1, "search", `{ "q" : 1.0 }`))
+	if *d1 != *d2 {
+		t.Fatalf("same canonical input, different decisions:\n%+v\n%+v", d1, d2)
+	}
+	snap := session.New("acme", "s")
+	snap.ModelCalls = 1
+	d3, _ := e.Decide(ctx, snap, ev)
+	if d3.InputDigest == d1.InputDigest {
+		t.Fatal("input digest ignores the snapshot")
+	}
+	// The digest ignores decision and chain fields of a recorded event.
+	rec := *ev
+	rec.Decision, rec.PrevHash, rec.Hash = d1, "ab", "cd"
+	if dig, _ := InputDigest(session.New("acme", "s"), &rec, d1.ManifestDigest); dig != d1.InputDigest {
+		t.Fatal("input digest of a recorded proposal differs")
+	}
+}
+
+func TestDenyByDefault(t *testing.T) {
+	ctx := context.Background()
+	bad, err := policy.LoadDir("testdata/badpolicy")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct {
+		name   string
+		engine *Engine
+		tenant string
+		reason string
+	}{
+		{"no manifest for the tenant", newEngine(t, policy.Default()), "globex", envelope.ReasonManifestUnknown},
+		{"undeclared tool", newEngine(t, policy.Default()), "acme", envelope.ReasonPermissionUndeclared},
+		{"evaluation error", newEngine(t, bad), "acme", envelope.ReasonPolicyError},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			tool := "search"
+			if tc.reason == envelope.ReasonPermissionUndeclared {
+				tool = "format_disk"
+			}
+			d, err := tc.engine.Decide(ctx, session.New(tc.tenant, "s"), proposal(tc.tenant, 1, tool, `{}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if d.Outcome != envelope.Deny || d.Reason != tc.reason || d.Constraints != (envelope.Constraints{}) {
+				t.Fatalf("decision %+v", d)
+			}
+		})
+	}
+	// No registry at all: every proposal is MANIFEST_UNKNOWN.
+	pe, _ := policy.New(policy.Default())
+	d, err := NewEngine(pe, nil).Decide(ctx, session.New("acme", "s"), proposal("acme", 1, "search", `{}`))
+	if err != nil || d.Reason != envelope.ReasonManifestUnknown {
+		t.Fatalf("%+v %v", d, err)
+	}
+}
+
+func TestDecideRejectsNonProposals(t *testing.T) {
+	e := newEngine(t, policy.Default())
+	ev := proposal("acme", 1, "search", `{}`)
+	ev.Type = envelope.ModelCallStarted
+	if _, err := e.Decide(context.Background(), session.New("acme", "s"), ev); err == nil {
+		t.Fatal("decided a non-proposal")
+	}
+}
+
+func TestCancelledContextIsNotADecision(t *testing.T) {
+	e := newEngine(t, policy.Default())
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	snap := session.New("acme", "s")
+	ev := proposal("acme", 1, "search", `{}`)
+	if err := e.Step(ctx, snap, ev); err == nil {
+		if ev.Decision.Reason == envelope.ReasonPolicyError {
+			t.Fatal("a cancelled evaluation was recorded as POLICY_ERROR")
+		}
+		return
+	}
+	if ev.Decision != nil || snap.Events != 0 {
+		t.Fatal("failed step changed the event or the snapshot")
+	}
+}

@@ -1,0 +1,94 @@
+package decider
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+
+	"aegis.dev/aegis/decider/policy"
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
+)
+
+var topics = pipeline.NewTopics("aegis.")
+
+func rec(seq uint64, tool string) *stream.Record {
+	key := []byte("acme/s")
+	v := fmt.Sprintf(`{"tenant_id":"acme","session_id":"s","seq":%d,"ts_unix_ms":%d,"event_type":"TOOL_CALL_PROPOSED","payload":{"tool_name":"search","call_id":"c%d","args":{"q":%q}}}`, seq, 1000+seq, seq, tool)
+	return &stream.Record{Topic: topics.Events, Partition: stream.Partition(key, 3), Key: key, Value: []byte(v)}
+}
+
+func process(tb testing.TB, p stream.Processor, recs ...*stream.Record) map[string][]stream.Output {
+	tb.Helper()
+	out := map[string][]stream.Output{}
+	if err := p.Process(context.Background(), recs, func(o stream.Output) { out[o.Topic] = append(out[o.Topic], o) }); err != nil {
+		tb.Fatal(err)
+	}
+	return out
+}
+
+// TestStateRestoreContinuesSession guards the decider's checkpointing: a
+// processor restored from the state it emitted decides exactly as one that
+// never stopped.
+func TestStateRestoreContinuesSession(t *testing.T) {
+	stage := NewStage(newEngine(t, policy.Default()), StageConfig{Topics: topics, Partitions: 3}, nil, nil)
+	// Queries: the third "a" is the 3rd identical call (LOOP_DETECTED),
+	// which then sticks; max_tool_calls 4 exceeds the budget first later.
+	tools := []string{"a", "b", "a", "a", "c", "d", "e"}
+	var recs []*stream.Record
+	for i, tool := range tools {
+		recs = append(recs, rec(uint64(i+1), tool))
+	}
+
+	straight := process(t, stage.NewProcessor(0), recs...)
+
+	first := stage.NewProcessor(0)
+	out1 := process(t, first, recs[:3]...)
+	if len(out1[topics.DeciderState]) != 1 {
+		t.Fatalf("%d state records for one session", len(out1[topics.DeciderState]))
+	}
+	second := stage.NewProcessor(0)
+	st := out1[topics.DeciderState][0]
+	if err := second.Restore(st.Key, st.Value); err != nil {
+		t.Fatal(err)
+	}
+	out2 := process(t, second, append([]*stream.Record{recs[1]}, recs[3:]...)...) // a retry, then the rest
+
+	joined := append(append([]stream.Output(nil), out1[topics.Decisions]...), out2[topics.Decisions]...)
+	if len(joined) != len(straight[topics.Decisions]) {
+		t.Fatalf("%d replies after restore, %d straight", len(joined), len(straight[topics.Decisions]))
+	}
+	for i := range joined {
+		if string(joined[i].Value) != string(straight[topics.Decisions][i].Value) {
+			t.Fatalf("reply %d differs:\n%s\n%s", i, joined[i].Value, straight[topics.Decisions][i].Value)
+		}
+	}
+	var reasons []string
+	for _, o := range straight[topics.Decisions] {
+		var r Reply
+		_ = json.Unmarshal(o.Value, &r)
+		reasons = append(reasons, r.Reason)
+	}
+	if want := "[OK OK OK LOOP_DETECTED BUDGET_EXCEEDED BUDGET_EXCEEDED BUDGET_EXCEEDED]"; fmt.Sprint(reasons) != want {
+		t.Fatalf("reasons %v, want %s", reasons, want)
+	}
+	if len(out2[topics.Rejected]) != 0 {
+		t.Fatalf("retry after restore was rejected: %s", out2[topics.Rejected][0].Value)
+	}
+}
+
+func TestRestoreRejectsInconsistentState(t *testing.T) {
+	pe, _ := policy.New(policy.Default())
+	p := NewStage(NewEngine(pe, nil), StageConfig{Topics: topics, Partitions: 3}, nil, nil).NewProcessor(0)
+	for name, v := range map[string]string{
+		"not json":      `{`,
+		"no snapshot":   `{"window":{"last_seq":1}}`,
+		"other session": `{"window":{"last_seq":0},"snapshot":{"tenant_id":"acme","session_id":"x"}}`,
+		"window ahead":  `{"window":{"last_seq":3},"snapshot":{"tenant_id":"acme","session_id":"s","last_seq":2}}`,
+	} {
+		if err := p.Restore([]byte("acme/s"), []byte(v)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

@@ -1,0 +1,135 @@
+package pipeline
+
+import (
+	"encoding/json"
+	"testing"
+
+	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+func TestWindow(t *testing.T) {
+	var w Window
+	steps := []struct {
+		name   string
+		seq    uint64
+		digest string
+		want   Verdict
+		add    bool
+	}{
+		{"first must be 1", 2, "b", Gap, false},
+		{"first", 1, "a", Accept, true},
+		{"retry of 1", 1, "a", Duplicate, false},
+		{"conflict on 1", 1, "x", Conflict, false},
+		{"next", 2, "b", Accept, true},
+		{"gap", 4, "d", Gap, false},
+		{"retry of 2", 2, "b", Duplicate, false},
+	}
+	for _, s := range steps {
+		got, detail := w.Check(s.seq, s.digest)
+		if got != s.want {
+			t.Fatalf("%s: got %v (%s), want %v", s.name, got, detail, s.want)
+		}
+		if (got == Accept || got == Duplicate) != (detail == "") {
+			t.Fatalf("%s: detail %q", s.name, detail)
+		}
+		if s.add {
+			w.Add(s.seq, s.digest)
+		}
+	}
+	for seq := uint64(3); seq <= 3+WindowSize; seq++ {
+		w.Add(seq, "z")
+	}
+	if len(w.Recent) != WindowSize || w.Recent[0].Seq != 4 || w.Last != 3+WindowSize {
+		t.Fatalf("window %+v", w)
+	}
+	if v, _ := w.Check(2, "b"); v != Stale {
+		t.Fatalf("seq older than the window: %v", v)
+	}
+	for v, r := range map[Verdict]string{Conflict: ReasonSeqConflict, Gap: ReasonSeqGap, Stale: ReasonSeqStale, Accept: "", Duplicate: ""} {
+		if v.Reason() != r {
+			t.Errorf("%v.Reason() = %q", v, v.Reason())
+		}
+	}
+}
+
+func TestCheckKey(t *testing.T) {
+	ev := &envelope.Event{TenantID: "acme", SessionID: "s1"}
+	right := stream.Partition([]byte("acme/s1"), 6)
+	cases := []struct {
+		name string
+		rec  stream.Record
+		want string
+	}{
+		{"ok", stream.Record{Key: []byte("acme/s1"), Partition: right}, ""},
+		{"no key", stream.Record{Partition: right}, ReasonKeyMismatch},
+		{"other session", stream.Record{Key: []byte("acme/s2"), Partition: right}, ReasonKeyMismatch},
+		{"tenant only", stream.Record{Key: []byte("acme"), Partition: right}, ReasonKeyMismatch},
+		{"wrong partition", stream.Record{Key: []byte("acme/s1"), Partition: (right + 1) % 6}, ReasonWrongPartition},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			if got, _ := CheckKey(&tc.rec, ev, 6); got != tc.want {
+				t.Fatalf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+func TestContentDigestIgnoresPipelineFields(t *testing.T) {
+	a := &envelope.Event{V: 1, TenantID: "t", SessionID: "s", Seq: 1, TsUnixMs: 1, Type: envelope.ToolCallProposed, Payload: json.RawMessage(`{"b":1,"a":2}`)}
+	b := *a
+	b.Decision = &envelope.Decision{Outcome: envelope.Deny, Reason: "X"}
+	b.PrevHash, b.Hash = "p", "h"
+	da, _, err := ContentDigest(a, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db, _, _ := ContentDigest(&b, nil)
+	c := *a
+	c.TsUnixMs = 2
+	dc, _, _ := ContentDigest(&c, nil)
+	if da != db || da == dc || len(da) != 32 {
+		t.Fatalf("digests %s %s %s", da, db, dc)
+	}
+}
+
+func TestRejectionKeepsOriginal(t *testing.T) {
+	rec := &stream.Record{Topic: "aegis.events", Partition: 2, Offset: 9, Key: []byte("k"), Value: []byte("\xff\x00bin")}
+	out := NewRejection("decider", rec, "INVALID_UTF8", "bad").Output("aegis.rejected", rec)
+	var r Rejection
+	if err := json.Unmarshal(out.Value, &r); err != nil {
+		t.Fatal(err)
+	}
+	if string(r.OriginalBase64) != "\xff\x00bin" || r.Original != "" || r.Offset != 9 || out.Partition != 2 || string(out.Key) != "k" {
+		t.Fatalf("%+v %+v", r, out)
+	}
+	rec.Value = []byte(`{"x":1}`)
+	out = NewRejection("decider", rec, "R", "d").Output("aegis.rejected", rec)
+	_ = json.Unmarshal(out.Value, &r)
+	if r.Original != `{"x":1}` {
+		t.Fatalf("%+v", r)
+	}
+}
+
+func TestTopicSpecs(t *testing.T) {
+	specs := NewTopics("x.").Specs(4, 1<<20)
+	if len(specs) != 7 {
+		t.Fatalf("%d specs", len(specs))
+	}
+	compact := 0
+	for _, s := range specs {
+		if s.Partitions != 4 || s.Configs["max.message.bytes"] != "2162688" {
+			t.Fatalf("%+v", s)
+		}
+		if s.Cleanup == stream.CleanupCompact {
+			compact++
+		}
+	}
+	if compact != 2 {
+		t.Fatalf("%d compacted topics", compact)
+	}
+	if ValidatePrefix("ok.prefix-1_") != nil || ValidatePrefix("bad/prefix") == nil {
+		t.Fatal("prefix validation")
+	}
+}

@@ -1,0 +1,123 @@
+package sealer
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/schemas/chain"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+const partitions = 4
+
+var topics = pipeline.NewTopics("aegis.")
+
+func decided(session string, seq uint64, typ envelope.Type, extra string) *stream.Record {
+	key := "acme/" + session
+	v := fmt.Sprintf(`{"tenant_id":"acme","session_id":%q,"seq":%d,"ts_unix_ms":%d,"event_type":%q,"payload":{"tool_name":"t","call_id":"c%d"}%s}`, session, seq, 1000+seq, typ, seq, extra)
+	return &stream.Record{Topic: topics.Decided, Partition: stream.Partition([]byte(key), partitions), Key: []byte(key), Value: []byte(v)}
+}
+
+const decision = `,"decision":{"outcome":"allow","reason":"OK","constraints":{},"policy_revision":"p","manifest_digest":"m","input_digest":"i"}`
+
+func run(tb testing.TB, p stream.Processor, recs ...*stream.Record) []stream.Output {
+	tb.Helper()
+	var out []stream.Output
+	if err := p.Process(context.Background(), recs, func(o stream.Output) { out = append(out, o) }); err != nil {
+		tb.Fatal(err)
+	}
+	return out
+}
+
+func byTopic(outs []stream.Output, topic string) []stream.Output {
+	var r []stream.Output
+	for _, o := range outs {
+		if o.Topic == topic {
+			r = append(r, o)
+		}
+	}
+	return r
+}
+
+func reasons(tb testing.TB, outs []stream.Output) []string {
+	var r []string
+	for _, o := range byTopic(outs, topics.Rejected) {
+		var rej pipeline.Rejection
+		if err := json.Unmarshal(o.Value, &rej); err != nil {
+			tb.Fatal(err)
+		}
+		r = append(r, rej.Reason)
+	}
+	return r
+}
+
+func TestSealerChainsAndRejects(t *testing.T) {
+	st := New(Config{Topics: topics, Partitions: partitions}, nil, nil)
+	p := st.NewProcessor(0)
+	outs := run(t, p,
+		decided("s1", 1, envelope.ModelCallStarted, ""),
+		decided("s1", 2, envelope.ToolCallProposed, decision),
+		decided("s1", 2, envelope.ToolCallProposed, decision), // retry: dropped
+		decided("s1", 2, envelope.ModelCallStarted, ""),       // same seq, other content
+		decided("s1", 5, envelope.ModelCallStarted, ""),       // gap
+		decided("s1", 3, envelope.ToolCallProposed, ""),       // undecided proposal
+		decided("s1", 3, envelope.ModelCallStarted, decision), // decision on a non-proposal
+		decided("s2", 1, envelope.ModelCallStarted, ""),
+	)
+	sealed := byTopic(outs, topics.Sealed)
+	if len(sealed) != 3 {
+		t.Fatalf("%d sealed", len(sealed))
+	}
+	v := chain.NewVerifier()
+	for _, o := range sealed {
+		ev, err := envelope.Decoder{Sealed: true}.Decode(o.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f := v.Add(ev); f != nil {
+			t.Fatal(f)
+		}
+	}
+	want := []string{pipeline.ReasonSeqConflict, pipeline.ReasonSeqGap, pipeline.ReasonMissingDecision, pipeline.ReasonUnexpectedDecision}
+	if got := reasons(t, outs); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("rejections %v, want %v", got, want)
+	}
+	heads := byTopic(outs, topics.ChainHeads)
+	if len(heads) != 2 {
+		t.Fatalf("%d head records for 2 sessions", len(heads))
+	}
+
+	// A fresh processor restored from the heads continues the chains.
+	p2 := st.NewProcessor(0)
+	for _, h := range heads {
+		if err := p2.Restore(h.Key, h.Value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	outs = run(t, p2, decided("s1", 2, envelope.ToolCallProposed, decision), decided("s1", 3, envelope.Termination, ""))
+	sealed = byTopic(outs, topics.Sealed)
+	if len(sealed) != 1 || len(reasons(t, outs)) != 0 {
+		t.Fatalf("after restore: %d sealed, rejections %v", len(sealed), reasons(t, outs))
+	}
+	ev, _ := envelope.Decoder{Sealed: true}.Decode(sealed[0].Value)
+	if f := v.Add(ev); f != nil {
+		t.Fatalf("chain broken across restore: %v", f)
+	}
+}
+
+func TestSealerRestoreRejectsInconsistentHeads(t *testing.T) {
+	p := New(Config{Topics: topics, Partitions: partitions}, nil, nil).NewProcessor(0)
+	for name, v := range map[string]string{
+		"not json":       `{`,
+		"window behind":  `{"tenant_id":"acme","session_id":"s","seq":3,"hash":"` + chain.Genesis + `","window":{"last_seq":2}}`,
+		"truncated hash": `{"tenant_id":"acme","session_id":"s","seq":1,"hash":"ab","window":{"last_seq":1}}`,
+	} {
+		if err := p.Restore([]byte("acme/s"), []byte(v)); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}
