@@ -82,13 +82,20 @@ func Default() *Bundle {
 }
 
 // LoadDir reads every *.rego file under dir (recursively) into a Bundle.
-// Paths are relative to dir and slash-separated. A directory without any
+// Paths are relative to dir and slash-separated. Entries whose name starts
+// with "." (.git, editor files) are skipped; other files are ignored. A directory without any
 // policy file (only tests, or nothing) is an error wrapping ErrBundle.
 func LoadDir(dir string) (*Bundle, error) {
 	files := make(map[string]string)
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err
+		}
+		if path != dir && strings.HasPrefix(d.Name(), ".") {
+			if d.IsDir() {
+				return filepath.SkipDir
+			}
+			return nil
 		}
 		if d.IsDir() || !strings.HasSuffix(d.Name(), ".rego") {
 			return nil

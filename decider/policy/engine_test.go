@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"aegis.dev/aegis/decider/session"
 	"aegis.dev/aegis/schemas/envelope"
@@ -558,4 +559,66 @@ func TestEvalConcurrent(t *testing.T) {
 			t.Error(err)
 		}
 	}
+}
+
+// egressHosts are destinations tried by TestEgressMatchesManifestAllows.
+var egressHosts = []string{
+	"api.example.com", "API.EXAMPLE.COM", "api.example.com.", "api.example.com..",
+	"docs.example.net", "DOCS.example.net.", "a.example.org", "a.b.example.org",
+	"example.org", ".example.org", "a..example.org", "badexample.org",
+	"example.org.evil.com", "evil.com", "", ".", "a_b.example.org", "-.example.org",
+	"x.example.org:443", "x.example.org/", "\u212a.example.org", "\u212aexample.org",
+	"ex\u0430mple.org", "a.example.org\x00", " a.example.org", "a.example.org ",
+	"[::1]", "127.0.0.1", "localhost", "LOCALHOST.", "localhost.localdomain", "*.example.org", "a.*.example.org", "xn--80ak6aa92e.example.org",
+}
+
+// egressManifest declares valid domain entries only (testManifest also has
+// one that validation would reject, to show the policy normalises it).
+func egressManifest() *manifest.Manifest {
+	m := testManifest()
+	m.Permissions.Net.Domains = []string{"api.example.com", "*.example.org", "docs.example.net", "localhost"}
+	return m
+}
+
+// TestEgressMatchesManifestAllows: for args.domain, the default bundle
+// allows exactly the hosts manifest.Net.Allows allows, so the Go and Rego
+// statements of the matching rules cannot drift apart.
+func TestEgressMatchesManifestAllows(t *testing.T) {
+	e := newEngine(t)
+	m := egressManifest()
+	for _, h := range egressHosts {
+		t.Run(fmt.Sprintf("%q", h), func(t *testing.T) {
+			checkEgress(t, e, m, h)
+		})
+	}
+}
+
+func checkEgress(tb testing.TB, e *Engine, m *manifest.Manifest, host string) {
+	tb.Helper()
+	args, err := json.Marshal(map[string]string{"domain": host})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ev := proposal("http_get", string(args))
+	got, err := e.Eval(context.Background(), Input{Event: ev, Snapshot: snapshot(), Manifest: m, CallDigest: callDigest(tb, ev)})
+	if err != nil {
+		tb.Fatalf("Eval: %v", err)
+	}
+	if allowed := got.Outcome == envelope.Allow; allowed != m.Permissions.Net.Allows(host) {
+		tb.Errorf("domain %q: policy %+v, manifest.Net.Allows %v", host, got, !allowed)
+	}
+}
+
+func FuzzEgressMatchesManifestAllows(f *testing.F) {
+	for _, h := range egressHosts {
+		f.Add(h)
+	}
+	e := newEngine(f)
+	m := egressManifest()
+	f.Fuzz(func(t *testing.T, host string) {
+		if !utf8.ValidString(host) {
+			return // encoding/json would replace the invalid bytes
+		}
+		checkEgress(t, e, m, host)
+	})
 }

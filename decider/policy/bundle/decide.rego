@@ -148,15 +148,18 @@ domain_allowed(h) if {
 	endswith(h, s)
 }
 
-# A host is a DNS-style name (letters, digits, "-", "_", non-empty
-# dot-separated labels, one optional trailing dot) or a bracketed IP
-# literal. The same host expression appears in both patterns below.
+# A host is a DNS-style name: non-empty dot-separated labels of ASCII
+# letters, digits, "-" and "_", with one optional trailing dot. The check
+# runs before lower-casing, so no Unicode case mapping (the Kelvin sign
+# lower-cases to "k") can turn a non-ASCII name into an allowed one. These
+# are the semantics of manifest.Net.Allows (docs/manifest.md). The same
+# host expression appears in both patterns below.
 
 # domain_host returns the normalised form of an args.domain value (lower
 # case, one trailing dot dropped), or "" when it is not a host.
 domain_host(d) := trim_suffix(lower(d), ".") if {
 	is_string(d)
-	regex.match(`^(?:(?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?|\[[0-9A-Fa-f:.]+\])$`, d)
+	regex.match(`^(?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?$`, d)
 } else := ""
 
 # url_host returns the normalised host of an absolute URL with an authority
@@ -166,7 +169,7 @@ domain_host(d) := trim_suffix(lower(d), ".") if {
 url_host(u) := trim_suffix(lower(m[0][1]), ".") if {
 	is_string(u)
 	m := regex.find_all_string_submatch_n(
-		`^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#\\@]*@)?((?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?(?:[/?#].*)?$`,
+		`^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#\\@]*@)?((?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?)(?::[0-9]*)?(?:[/?#].*)?$`,
 		u, 1,
 	)
 	count(m) == 1
