@@ -119,6 +119,7 @@ func BenchmarkEvalFastParallel(b *testing.B) {
 			_, _ = e.Eval(ctx, in)
 		}
 	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "decisions/s")
 }
 
 // BenchmarkBuildInput is the cost of the typed ast input alone.

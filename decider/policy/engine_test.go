@@ -622,3 +622,30 @@ func FuzzEgressMatchesManifestAllows(f *testing.F) {
 		checkEgress(t, e, m, host)
 	})
 }
+
+// TestDocsExampleBundle: the custom bundle shown in docs/policy.md compiles
+// and decides as described there.
+func TestDocsExampleBundle(t *testing.T) {
+	e, err := New(operatorBundle(`# Allow only read-only tools of declared agents, nothing else.
+decision := {"outcome": "allow", "reason": "OK",
+             "constraints": {"max_output_bytes": 65536, "timeout_ms": 5000}} if {
+	input.manifest != null
+	input.event.payload.tool_name in {"search", "read_file"}
+	input.event.payload.tool_name in input.manifest.permissions.tools
+} else := {"outcome": "deny", "reason": "PERMISSION_UNDECLARED"}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		tool string
+		want Result
+	}{
+		{"search", Result{Outcome: envelope.Allow, Reason: envelope.ReasonOK, Constraints: envelope.Constraints{MaxOutputBytes: 65536, TimeoutMs: 5000}}},
+		{"exec", deny(envelope.ReasonPermissionUndeclared)},
+	} {
+		got, err := e.Eval(context.Background(), Input{Event: proposal(tc.tool, `{}`), Manifest: testManifest()})
+		if err != nil || got != tc.want {
+			t.Errorf("%s: %+v, %v; want %+v", tc.tool, got, err, tc.want)
+		}
+	}
+}

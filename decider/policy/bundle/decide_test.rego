@@ -179,3 +179,26 @@ test_index_is_build if {
 		decision_for(inp) == decision_for(object.union(inp, {"manifest_index": idx}))
 	}
 }
+
+# The smallest input the default bundle decides: the example of
+# docs/policy.md (no index, a manifest with tools only, a bare snapshot).
+test_minimal_input if {
+	d := decide.decision with input as {
+		"event": {"event_type": "TOOL_CALL_PROPOSED", "ts_unix_ms": 2000,
+		          "payload": {"tool_name": "rm", "call_id": "c1", "args": {}}},
+		"snapshot": {"events": 0, "steps": 0, "tool_calls": 0, "first_ts_ms": 0,
+		             "tainted": false, "consecutive_errors": 0, "loop": {"detected": false}},
+		"manifest": {"permissions": {"tools": ["search"]}},
+		"call_digest": "d1",
+	}
+	d.reason == "PERMISSION_UNDECLARED"
+	s := decide.decision with input as {
+		"event": {"event_type": "TOOL_CALL_PROPOSED", "ts_unix_ms": 2000,
+		          "payload": {"tool_name": "search", "call_id": "c1", "args": {}}},
+		"snapshot": {"events": 0, "steps": 0, "tool_calls": 0, "first_ts_ms": 0,
+		             "tainted": false, "consecutive_errors": 0, "loop": {"detected": false}},
+		"manifest": {"permissions": {"tools": ["search"]}},
+		"call_digest": "d1",
+	}
+	s.outcome == "allow"
+}
