@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kerr"
@@ -83,8 +84,27 @@ func EnsureTopics(ctx context.Context, brokers []string, specs []TopicSpec) erro
 			return fmt.Errorf("stream: create topic %s: %w: %w", s.Name, ErrBroker, err)
 		}
 	}
-	return checkTopics(ctx, adm, specs)
+	// A broker acknowledges CreateTopics before its metadata cache (and
+	// that of other brokers) shows the new topics: a KRaft broker applies
+	// the controller's records asynchronously. Until they propagate the
+	// check sees them missing, so it is retried for a bounded time.
+	deadline := time.Now().Add(topicPropagation)
+	for {
+		err := checkTopics(ctx, adm, specs)
+		if err == nil || !errors.Is(err, ErrTopicMissing) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
+
+// topicPropagation bounds how long EnsureTopics waits for topics it created
+// to appear in metadata.
+const topicPropagation = 30 * time.Second
 
 // checkTopics verifies that every spec'd topic exists with its partition
 // count and cleanup policy.
