@@ -335,6 +335,12 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) 
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.KeepControlRecords(),
 		kgo.FetchMaxWait(t.cfg.FetchMaxWait),
+		// With transactions v2 (Kafka 4), a produce right after a
+		// commit can fail CONCURRENT_TRANSACTIONS while the broker
+		// still writes the previous markers. The client retries such
+		// batches only after a metadata refresh, which MetadataMinAge
+		// (default 5s) rate-limits: each hit would stall the stage 5s.
+		kgo.MetadataMinAge(transactMetadataMinAge),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.ProducerBatchMaxBytes(t.maxRecordBytes()),
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
@@ -477,6 +483,10 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) 
 		}
 	}
 }
+
+// transactMetadataMinAge bounds how long a retriable produce error (such as
+// CONCURRENT_TRANSACTIONS) holds a transaction's batches back.
+const transactMetadataMinAge = 100 * time.Millisecond
 
 // defaultFetchMaxWait is the Java consumer's fetch.max.wait.ms.
 const defaultFetchMaxWait = 500 * time.Millisecond
