@@ -12,6 +12,7 @@ import (
 	"os"
 	"slices"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
@@ -60,6 +61,12 @@ type Config struct {
 	Policy string `yaml:"policy"`
 	// MaxEventBytes bounds one event (default 1 MiB).
 	MaxEventBytes int `yaml:"max_event_bytes"`
+	// SessionTimeout is the consumer group session timeout of the stages
+	// (default 45s): how long the partitions of a crashed instance stay
+	// unowned before the group hands them to a live one. The broker
+	// bounds it (group.min.session.timeout.ms, 6s by default). Members
+	// heartbeat every third of it, at most every 3s.
+	SessionTimeout time.Duration `yaml:"session_timeout"`
 	// Dev relaxes security for local development and says so loudly.
 	Dev bool `yaml:"dev"`
 	// LogLevel is debug, info, warn or error (default info).
@@ -73,15 +80,16 @@ func Defaults() Config {
 		host = "aegisd"
 	}
 	return Config{
-		Target:        TargetAll,
-		DataDir:       "./data",
-		KafkaAddr:     "127.0.0.1:9092",
-		HTTPAddr:      "127.0.0.1:8080",
-		TopicPrefix:   pipeline.DefaultTopicPrefix,
-		Partitions:    pipeline.DefaultPartitions,
-		Instance:      host,
-		MaxEventBytes: envelope.DefaultMaxEventBytes,
-		LogLevel:      "info",
+		Target:         TargetAll,
+		DataDir:        "./data",
+		KafkaAddr:      "127.0.0.1:9092",
+		HTTPAddr:       "127.0.0.1:8080",
+		TopicPrefix:    pipeline.DefaultTopicPrefix,
+		Partitions:     pipeline.DefaultPartitions,
+		Instance:       host,
+		MaxEventBytes:  envelope.DefaultMaxEventBytes,
+		SessionTimeout: 45 * time.Second,
+		LogLevel:       "info",
 	}
 }
 
@@ -114,6 +122,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Manifests, "manifests", c.Manifests, "manifest registry directory laid out as DIR/TENANT/NAME.json")
 	fs.StringVar(&c.Policy, "policy", c.Policy, "policy bundle directory (default: the built-in bundle)")
 	fs.IntVar(&c.MaxEventBytes, "max-event-bytes", c.MaxEventBytes, "largest accepted event in bytes")
+	fs.DurationVar(&c.SessionTimeout, "session-timeout", c.SessionTimeout, "consumer group session timeout: how long a crashed instance's partitions wait before moving")
 	fs.BoolVar(&c.Dev, "dev", c.Dev, "development mode: relaxed security, loudly announced")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 }
@@ -189,6 +198,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxEventBytes < 1024 || c.MaxEventBytes > 64<<20 {
 		errs = append(errs, fmt.Errorf("max-event-bytes %d: must be 1024..%d", c.MaxEventBytes, 64<<20))
+	}
+	if c.SessionTimeout < time.Second || c.SessionTimeout > 30*time.Minute {
+		errs = append(errs, fmt.Errorf("session-timeout %s: must be 1s..30m", c.SessionTimeout))
 	}
 	if len(c.Brokers) == 0 && c.DataDir == "" {
 		errs = append(errs, errors.New("data-dir: required for the embedded broker"))

@@ -209,6 +209,8 @@ func (d *Daemon) newStage(name string, brokers []string) (*stream.Transactor, er
 	tc.MaxRecordBytes = pipeline.MaxRecordBytes(cfg.MaxEventBytes)
 	tc.Group = cfg.TopicPrefix + name
 	tc.TransactionalID = cfg.TopicPrefix + name + "-" + cfg.Instance
+	tc.SessionTimeout = cfg.SessionTimeout
+	tc.HeartbeatInterval = min(3*time.Second, cfg.SessionTimeout/3)
 	t, err := stream.NewTransactor(tc, newProcessor, stream.WithLogger(d.log), stream.WithRegisterer(d.reg), stream.WithStage(name))
 	if err != nil {
 		return nil, fmt.Errorf("aegisd: %s: %w", name, err)
@@ -272,6 +274,6 @@ func (c Config) redacted() map[string]any {
 		"target": c.Target, "brokers": c.Brokers, "data_dir": c.DataDir, "kafka_addr": c.KafkaAddr,
 		"http_addr": c.HTTPAddr, "topic_prefix": c.TopicPrefix, "partitions": c.Partitions,
 		"instance": c.Instance, "manifests": c.Manifests, "policy": c.Policy,
-		"max_event_bytes": c.MaxEventBytes, "dev": c.Dev,
+		"max_event_bytes": c.MaxEventBytes, "session_timeout": c.SessionTimeout.String(), "dev": c.Dev,
 	}
 }
