@@ -173,8 +173,9 @@ func (e *Engine) Revision() string { return e.revision }
 // reason POLICY_ERROR together with an error wrapping ErrEval, ErrUndefined
 // or ErrMalformed. A payload that cannot be read as policy input (invalid
 // JSON, duplicate keys, nesting deeper than 64) is a deny with reason
-// INVALID_PROPOSAL and an error wrapping ErrInput. Eval never allows when
-// in.Manifest is nil, whatever the policy says.
+// INVALID_PROPOSAL and an error wrapping ErrInput; a nil in.Event is a
+// POLICY_ERROR deny wrapping ErrInput. Eval never allows when in.Manifest
+// is nil, whatever the policy says.
 //
 // Evaluation is deterministic: time.now_ns returns the event's timestamp.
 // Cancelling ctx aborts the evaluation with an error.
