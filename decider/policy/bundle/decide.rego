@@ -31,6 +31,8 @@ checked := {"outcome": "allow", "reason": "OK", "constraints": input.manifest_in
 	input.event.event_type != "TOOL_CALL_PROPOSED"
 } else := {"outcome": "deny", "reason": "INVALID_PROPOSAL"} if {
 	not valid_proposal
+} else := {"outcome": "deny", "reason": "POLICY_ERROR"} if {
+	not complete_state
 } else := {"outcome": "deny", "reason": reasons[min(violations)]} if {
 	count(violations) > 0
 } else := {"outcome": "require_approval", "reason": "APPROVAL_REQUIRED"} if {
@@ -120,6 +122,21 @@ tool := input.event.payload.tool_name
 valid_proposal if {
 	is_string(tool)
 	tool != ""
+}
+
+# complete_state: the event and snapshot carry every field the violation
+# rules compare. The engine always supplies them; a hand-made input that
+# lacks one is denied rather than letting a check pass for want of data.
+complete_state if {
+	is_number(input.event.ts_unix_ms)
+	s := input.snapshot
+	is_number(s.events)
+	is_number(s.steps)
+	is_number(s.tool_calls)
+	is_number(s.first_ts_ms)
+	is_number(s.consecutive_errors)
+	is_boolean(s.tainted)
+	is_boolean(s.loop.detected)
 }
 
 # cls is the classification of the proposed tool (network, exec, high_risk,

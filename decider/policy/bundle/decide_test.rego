@@ -202,3 +202,14 @@ test_minimal_input if {
 	}
 	s.outcome == "allow"
 }
+
+# A snapshot without a field the rules compare fails closed. (object.union
+# merges nested objects, so the snapshot is removed before it is replaced.)
+test_incomplete_snapshot_denied if {
+	every field in ["events", "steps", "tool_calls", "first_ts_ms", "consecutive_errors", "tainted", "loop"] {
+		inp := input_for("search", {})
+		partial := object.remove(inp.snapshot, [field])
+		reason_for(object.union(object.remove(inp, ["snapshot"]), {"snapshot": partial})) == "POLICY_ERROR"
+	}
+	reason_for(object.remove(input_for("search", {}), ["snapshot"])) == "POLICY_ERROR"
+}
