@@ -61,6 +61,11 @@ type Config struct {
 	Policy string `yaml:"policy"`
 	// MaxEventBytes bounds one event (default 1 MiB).
 	MaxEventBytes int `yaml:"max_event_bytes"`
+	// MaxBatch caps the records one stage handles in one transaction
+	// (default 5000). Larger batches amortize the transaction commit;
+	// the batch is whatever arrived since the last commit, so light load
+	// still commits small batches at once.
+	MaxBatch int `yaml:"max_batch"`
 	// SessionTimeout is the consumer group session timeout of the stages
 	// (default 45s): how long the partitions of a crashed instance stay
 	// unowned before the group hands them to a live one. The broker
@@ -89,6 +94,7 @@ func Defaults() Config {
 		Instance:       host,
 		MaxEventBytes:  envelope.DefaultMaxEventBytes,
 		SessionTimeout: 45 * time.Second,
+		MaxBatch:       5000,
 		LogLevel:       "info",
 	}
 }
@@ -123,6 +129,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Policy, "policy", c.Policy, "policy bundle directory (default: the built-in bundle)")
 	fs.IntVar(&c.MaxEventBytes, "max-event-bytes", c.MaxEventBytes, "largest accepted event in bytes")
 	fs.DurationVar(&c.SessionTimeout, "session-timeout", c.SessionTimeout, "consumer group session timeout: how long a crashed instance's partitions wait before moving")
+	fs.IntVar(&c.MaxBatch, "max-batch", c.MaxBatch, "most records a stage handles in one transaction")
 	fs.BoolVar(&c.Dev, "dev", c.Dev, "development mode: relaxed security, loudly announced")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 }
@@ -201,6 +208,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SessionTimeout < time.Second || c.SessionTimeout > 30*time.Minute {
 		errs = append(errs, fmt.Errorf("session-timeout %s: must be 1s..30m", c.SessionTimeout))
+	}
+	if c.MaxBatch < 1 || c.MaxBatch > 100000 {
+		errs = append(errs, fmt.Errorf("max-batch %d: must be 1..100000", c.MaxBatch))
 	}
 	if len(c.Brokers) == 0 && c.DataDir == "" {
 		errs = append(errs, errors.New("data-dir: required for the embedded broker"))

@@ -207,6 +207,7 @@ func (d *Daemon) newStage(name string, brokers []string) (*stream.Transactor, er
 	}
 	tc.Brokers = brokers
 	tc.MaxRecordBytes = pipeline.MaxRecordBytes(cfg.MaxEventBytes)
+	tc.MaxBatch = cfg.MaxBatch
 	tc.Group = cfg.TopicPrefix + name
 	tc.TransactionalID = cfg.TopicPrefix + name + "-" + cfg.Instance
 	tc.SessionTimeout = cfg.SessionTimeout
@@ -274,6 +275,6 @@ func (c Config) redacted() map[string]any {
 		"target": c.Target, "brokers": c.Brokers, "data_dir": c.DataDir, "kafka_addr": c.KafkaAddr,
 		"http_addr": c.HTTPAddr, "topic_prefix": c.TopicPrefix, "partitions": c.Partitions,
 		"instance": c.Instance, "manifests": c.Manifests, "policy": c.Policy,
-		"max_event_bytes": c.MaxEventBytes, "session_timeout": c.SessionTimeout.String(), "dev": c.Dev,
+		"max_event_bytes": c.MaxEventBytes, "max_batch": c.MaxBatch, "session_timeout": c.SessionTimeout.String(), "dev": c.Dev,
 	}
 }
