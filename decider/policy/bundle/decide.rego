@@ -19,7 +19,9 @@ import data.aegis.tools
 decision := {"outcome": "deny", "reason": "MANIFEST_UNKNOWN"} if {
 	not manifest_present
 } else := d if {
-	is_object(input.manifest_index)
+	# A reference, not is_object(): a builtin call would copy the whole
+	# index into its argument on every evaluation.
+	input.manifest_index.budgets
 	d := checked
 } else := d if {
 	d := checked with input.manifest_index as manifest.build(input.manifest)
@@ -115,7 +117,10 @@ violations contains 6 if {
 # "not input.manifest_index.bins[input.event.payload.args.bin]"): a negated expression over
 # an undefined argument would make the whole body undefined instead of true.
 
-manifest_present if is_object(input.manifest)
+# A manifest is an object with permissions. Referencing the field, rather
+# than calling is_object(input.manifest), avoids handing the whole manifest
+# to a builtin (which copies it) on every evaluation.
+manifest_present if input.manifest.permissions
 
 tool := input.event.payload.tool_name
 
