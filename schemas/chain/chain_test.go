@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
@@ -342,5 +343,22 @@ func BenchmarkLink(b *testing.B) {
 		if _, err := Link(head, e); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestVectorsCheckedByAnotherLanguage runs the stand-alone Python checker
+// on the golden vectors: the chain format can be re-implemented from
+// docs/chain.md without Aegis' code.
+func TestVectorsCheckedByAnotherLanguage(t *testing.T) {
+	py, err := exec.LookPath("python3")
+	if err != nil {
+		t.Fatalf("python3 is required for the cross-language vector check: %v", err)
+	}
+	out, err := exec.Command(py, filepath.Join(vectorsDir, "check_vectors.py"), filepath.Join(vectorsDir, "vectors.ndjson")).CombinedOutput()
+	if err != nil {
+		t.Fatalf("check_vectors.py: %v\n%s", err, out)
+	}
+	if !bytes.Contains(out, []byte("7 vectors OK")) {
+		t.Fatalf("unexpected output: %s", out)
 	}
 }
