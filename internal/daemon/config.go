@@ -8,6 +8,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"slices"
@@ -136,7 +137,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 
 // Load builds the configuration from args: defaults, then the YAML file
 // named by --config (if any), then the flags, which override the file.
-func Load(args []string, stderr *os.File) (Config, error) {
+func Load(args []string, stderr io.Writer) (Config, error) {
 	probe := flag.NewFlagSet("aegisd", flag.ContinueOnError)
 	probe.SetOutput(stderr)
 	cfg := Defaults()

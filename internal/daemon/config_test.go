@@ -1,0 +1,71 @@
+package daemon
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestLoadFileThenFlags(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "aegis.yaml")
+	yaml := "target: decider\nbrokers: [k1:9092, k2:9092]\npartitions: 12\ninstance: from-file\nmanifests: /etc/aegis/m\nmax_batch: 200\n"
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load([]string{"--config", path, "--instance", "from-flag", "--partitions", "3"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Target != "decider" || strings.Join(cfg.Brokers, ",") != "k1:9092,k2:9092" || cfg.Manifests != "/etc/aegis/m" || cfg.MaxBatch != 200 {
+		t.Fatalf("file values lost: %+v", cfg)
+	}
+	if cfg.Instance != "from-flag" || cfg.Partitions != 3 {
+		t.Fatalf("flags did not override the file: %+v", cfg)
+	}
+	if cfg.HTTPAddr != "127.0.0.1:8080" || cfg.DataDir != "./data" {
+		t.Fatalf("defaults lost: %+v", cfg)
+	}
+}
+
+func TestLoadRejects(t *testing.T) {
+	dir := t.TempDir()
+	unknown := filepath.Join(dir, "unknown.yaml")
+	_ = os.WriteFile(unknown, []byte("partitons: 3\n"), 0o600)
+	cases := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"unknown stage", []string{"--target", "decider,frobnicator"}, `unknown stage`},
+		{"zero partitions", []string{"--partitions", "0"}, "partitions 0"},
+		{"bad prefix", []string{"--topic-prefix", "a/b"}, "topic prefix"},
+		{"bad log level", []string{"--log-level", "loud"}, "log-level"},
+		{"tiny events", []string{"--max-event-bytes", "10"}, "max-event-bytes"},
+		{"unknown yaml key", []string{"--config", unknown}, "partitons"},
+		{"missing file", []string{"--config", filepath.Join(dir, "nope.yaml")}, "no such file"},
+		{"unknown flag", []string{"--brokerz", "x"}, "not defined"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(tc.args, io.Discard)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}
+
+func TestTargetsKeepStartOrder(t *testing.T) {
+	cfg := Defaults()
+	cfg.Target = "sealer, decider,sealer"
+	got, err := cfg.Targets()
+	if err != nil || strings.Join(got, ",") != "decider,sealer" {
+		t.Fatalf("%v %v", got, err)
+	}
+	cfg.Target = "all"
+	if got, _ := cfg.Targets(); strings.Join(got, ",") != strings.Join(Stages, ",") {
+		t.Fatalf("all = %v", got)
+	}
+}
