@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -261,4 +262,79 @@ func httpGet(tb testing.TB, url string) string {
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return string(b)
+}
+
+// TestEmbeddedSurvivesRestart guards the embedded mode's persistence: the
+// broker's data dir keeps topics, records, offsets and stage state, so
+// sessions continue their chains after aegisd restarts.
+func TestEmbeddedSurvivesRestart(t *testing.T) {
+	cfg := embeddedConfig(t)
+	topics := pipeline.NewTopics(pipeline.DefaultTopicPrefix)
+	publish := func(brokers []string, from, to uint64) {
+		p, err := stream.NewProducer(stream.ProducerConfig{Brokers: brokers})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer p.Close()
+		var msgs []stream.Message
+		for seq := from; seq <= to; seq++ {
+			for _, sid := range []string{"a", "b"} {
+				msgs = append(msgs, msg(topics.Events, "acme/"+sid, event("acme", sid, seq, envelope.ToolCallProposed, fmt.Sprintf(`{"tool_name":"search","call_id":"c%d","args":{"q":%d}}`, seq, seq))))
+			}
+		}
+		if err := p.Produce(context.Background(), msgs...); err != nil {
+			t.Fatal(err)
+		}
+	}
+	runOnce := func(from, to uint64, wantSealed int) []*stream.Record {
+		d := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- d.Run(ctx) }()
+		defer func() {
+			cancel()
+			if err := <-done; err != nil {
+				t.Errorf("daemon: %v", err)
+			}
+		}()
+		if d.Brokers() == nil {
+			t.Fatalf("daemon did not start")
+		}
+		publish(d.Brokers(), from, to)
+		return collect(t, d.Brokers(), topics.Sealed, wantSealed)
+	}
+	cfg.KafkaAddr = freeAddr(t) // the same address across restarts
+	first := runOnce(1, 3, 6)
+	if len(first) != 6 {
+		t.Fatalf("first run sealed %d", len(first))
+	}
+	all := runOnce(4, 6, 12)
+	if len(all) != 12 {
+		t.Fatalf("after restart the sealed topic holds %d records, want 12", len(all))
+	}
+	v := chain.NewVerifier()
+	for _, r := range all {
+		ev, err := envelope.Decoder{Sealed: true}.Decode(r.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if f := v.Add(ev); f != nil {
+			t.Fatalf("chain broken across the restart: %v", f)
+		}
+		// The decider's state survived: with max_tool_calls 4, the 5th
+		// and 6th proposals of each session exceed the budget.
+		if want := ev.Seq > 4; (ev.Decision.Reason == envelope.ReasonBudgetExceeded) != want {
+			t.Fatalf("%s seq %d: %s", ev.SessionID, ev.Seq, ev.Decision.Reason)
+		}
+	}
+}
+
+func freeAddr(tb testing.TB) string {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
 }
