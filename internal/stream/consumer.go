@@ -68,6 +68,9 @@ type ConsumerConfig struct {
 // goroutine; Close may be called from any.
 type Consumer struct {
 	cl *kgo.Client
+	// next is, per topic and partition, the offset after the last record
+	// polled, control records (transaction markers) included.
+	next map[string]map[int32]int64
 }
 
 // NewConsumer returns a Consumer; it connects lazily.
@@ -84,6 +87,9 @@ func NewConsumer(cfg ConsumerConfig, opts ...Option) (*Consumer, error) {
 	kopts := []kgo.Opt{
 		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.WithLogger(kgoLogger{o.logger.With("stage", o.stage).WithGroup("kafka")}),
+		// Markers are fetched so that Position moves past them; Poll
+		// never returns them.
+		kgo.KeepControlRecords(),
 	}
 	if cfg.ReadUncommitted {
 		kopts = append(kopts, kgo.FetchIsolationLevel(kgo.ReadUncommitted()))
@@ -108,7 +114,7 @@ func NewConsumer(cfg ConsumerConfig, opts ...Option) (*Consumer, error) {
 		if err != nil {
 			return nil, fmt.Errorf("stream: consumer: %w: %w", ErrConfig, err)
 		}
-		return &Consumer{cl: cl}, nil
+		return &Consumer{cl: cl, next: map[string]map[int32]int64{}}, nil
 	}
 	kopts = append(kopts, kgo.ConsumeTopics(cfg.Topics...), kgo.ConsumeResetOffset(cfg.Start.offset()))
 	if cfg.Group != "" {
@@ -118,7 +124,7 @@ func NewConsumer(cfg ConsumerConfig, opts ...Option) (*Consumer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stream: consumer: %w: %w", ErrConfig, err)
 	}
-	return &Consumer{cl: cl}, nil
+	return &Consumer{cl: cl, next: map[string]map[int32]int64{}}, nil
 }
 
 // Poll blocks until records are available or ctx is done, and returns them
@@ -138,7 +144,17 @@ func (c *Consumer) Poll(ctx context.Context) ([]*Record, error) {
 		errs = append(errs, fmt.Errorf("%s/%d: %w", topic, p, err))
 	})
 	recs := make([]*Record, 0, fetches.NumRecords())
-	fetches.EachRecord(func(r *kgo.Record) { recs = append(recs, fromKgo(r)) })
+	fetches.EachRecord(func(r *kgo.Record) {
+		pos := c.next[r.Topic]
+		if pos == nil {
+			pos = map[int32]int64{}
+			c.next[r.Topic] = pos
+		}
+		pos[r.Partition] = r.Offset + 1
+		if !r.Attrs.IsControl() {
+			recs = append(recs, fromKgo(r))
+		}
+	})
 	if len(errs) > 0 {
 		return recs, fmt.Errorf("stream: poll: %w: %w", ErrBroker, errors.Join(errs...))
 	}
@@ -146,6 +162,16 @@ func (c *Consumer) Poll(ctx context.Context) ([]*Record, error) {
 		return nil, ctx.Err()
 	}
 	return recs, nil
+}
+
+// Position returns the offset after the last record Poll fetched from the
+// partition, transaction markers included, or -1 before the first. A reader
+// is done with a partition once Position reaches EndOffsets.
+func (c *Consumer) Position(topic string, partition int32) int64 {
+	if off, ok := c.next[topic][partition]; ok {
+		return off
+	}
+	return -1
 }
 
 // Commit commits, for a group Consumer, the offsets just past the given

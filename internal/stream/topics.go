@@ -209,3 +209,27 @@ func newAdmin(brokers []string, extra ...kgo.Opt) (*kadm.Client, func(), error) 
 	}
 	return kadm.NewClient(cl), cl.Close, nil
 }
+
+// EndOffsets returns, per partition of topic, the offset a read_committed
+// reader reaches when it has read everything committed so far (the last
+// stable offset). Exports use it to know when they are done.
+func EndOffsets(ctx context.Context, brokers []string, topic string) (map[int32]int64, error) {
+	adm, closeAdm, err := newAdmin(brokers)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAdm()
+	ends, err := adm.ListCommittedOffsets(ctx, topic)
+	if err != nil {
+		return nil, fmt.Errorf("stream: end offsets of %s: %w: %w", topic, ErrBroker, err)
+	}
+	if err := ends.Error(); err != nil {
+		return nil, fmt.Errorf("stream: end offsets of %s: %w: %w", topic, ErrTopicMissing, err)
+	}
+	out := map[int32]int64{}
+	ends.Each(func(o kadm.ListedOffset) { out[o.Partition] = o.Offset })
+	if len(out) == 0 {
+		return nil, fmt.Errorf("stream: end offsets of %s: no partitions: %w", topic, ErrTopicMissing)
+	}
+	return out, nil
+}

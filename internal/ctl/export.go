@@ -1,0 +1,121 @@
+package ctl
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
+)
+
+// exportTopics maps the names `aegisctl export --topic` accepts to topics.
+func exportTopics(t pipeline.Topics) map[string]string {
+	return map[string]string{
+		"events": t.Events, "decided": t.Decided, "decisions": t.Decisions, "sealed": t.Sealed,
+		"rejected": t.Rejected, "decider-state": t.DeciderState, "chain-heads": t.ChainHeads,
+	}
+}
+
+func runExport(ctx context.Context, env IO, args []string) int {
+	fs := newFlags(env, "export", "--brokers HOST:PORT [--topic sealed] [--topic-prefix aegis.] [--latest-per-key] > records.ndjson")
+	brokers := fs.String("brokers", "", "comma-separated Kafka seed brokers (required)")
+	prefix := fs.String("topic-prefix", pipeline.DefaultTopicPrefix, "prefix of the pipeline's topic names")
+	topic := fs.String("topic", "sealed", "which topic: events, decided, decisions, sealed, rejected, decider-state, chain-heads")
+	latest := fs.Bool("latest-per-key", false, "print only the latest value of each key (for the compacted state topics, e.g. chain-heads for verify --heads)")
+	timeout := fs.Duration("timeout", 5*time.Minute, "give up when the export takes longer")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if *brokers == "" || fs.NArg() > 0 {
+		fs.Usage()
+		return ExitUsage
+	}
+	name, ok := exportTopics(pipeline.NewTopics(*prefix))[*topic]
+	if !ok {
+		return fail(env, ExitUsage, "export: unknown topic %q", *topic)
+	}
+	ctx, cancel := context.WithTimeout(ctx, *timeout)
+	defer cancel()
+	n, err := Export(ctx, strings.Split(*brokers, ","), name, *latest, env)
+	if err != nil {
+		return fail(env, ExitRuntime, "export %s: %v", name, err)
+	}
+	fmt.Fprintf(env.Stderr, "aegisctl: exported %d records from %s\n", n, name)
+	return ExitOK
+}
+
+// Export writes the value of every committed record of topic, one per line,
+// partition by partition in offset order, up to the end offsets observed
+// when it starts; memory stays bounded whatever the topic's size. With
+// latestPerKey it writes only the last value of each key (keys in the order
+// first seen), which holds one value per key in memory.
+func Export(ctx context.Context, brokers []string, topic string, latestPerKey bool, env IO) (int, error) {
+	ends, err := stream.EndOffsets(ctx, brokers, topic)
+	if err != nil {
+		return 0, err
+	}
+	w := bufio.NewWriterSize(env.Stdout, 256<<10)
+	n := 0
+	write := func(v []byte) error {
+		n++
+		if _, err := w.Write(v); err != nil {
+			return err
+		}
+		return w.WriteByte('\n')
+	}
+	var keys []string
+	latest := map[string][]byte{}
+	for p := int32(0); p < int32(len(ends)); p++ {
+		end := ends[p]
+		if end <= 0 {
+			continue
+		}
+		err := readPartition(ctx, brokers, topic, p, end, func(r *stream.Record) error {
+			if !latestPerKey {
+				return write(r.Value)
+			}
+			if _, seen := latest[string(r.Key)]; !seen {
+				keys = append(keys, string(r.Key))
+			}
+			latest[string(r.Key)] = r.Value
+			return nil
+		})
+		if err != nil {
+			return n, err
+		}
+	}
+	for _, k := range keys {
+		if err := write(latest[k]); err != nil {
+			return n, err
+		}
+	}
+	return n, w.Flush()
+}
+
+// readPartition calls fn with every committed record of one partition below
+// end, in offset order.
+func readPartition(ctx context.Context, brokers []string, topic string, p int32, end int64, fn func(*stream.Record) error) error {
+	c, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: brokers, Start: stream.FromOffsets(map[string]map[int32]int64{topic: {p: 0}})})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	for c.Position(topic, p) < end {
+		recs, err := c.Poll(ctx)
+		if err != nil {
+			return err
+		}
+		for _, r := range recs {
+			if r.Offset >= end {
+				continue
+			}
+			if err := fn(r); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,83 @@
+// Package loadtest simulates agent fleets publishing to Aegis. It is the
+// publisher side of the project and the only package that uses kafka-go, the
+// way many agent runtimes publish: a plain Kafka client with the murmur2
+// balancer, knowing nothing of Aegis beyond the envelope and the key.
+package loadtest
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	kafka "github.com/segmentio/kafka-go"
+)
+
+// Publisher writes events to the events topic with kafka-go, keyed by
+// "<tenant_id>/<session_id>" and partitioned by kafka-go's Murmur2Balancer,
+// which places keys exactly like the Java client and franz-go.
+type Publisher struct {
+	w *kafka.Writer
+}
+
+// PublisherConfig configures a Publisher.
+type PublisherConfig struct {
+	Brokers []string
+	Topic   string
+	// BatchTimeout is how long a partial batch waits (default 5ms; kafka-go's
+	// own default of 1s would dominate latency figures).
+	BatchTimeout time.Duration
+	// Async returns from Publish without waiting for acknowledgements.
+	Async bool
+	// Completion, with Async, receives each batch's messages and error.
+	Completion func(msgs []kafka.Message, err error)
+}
+
+// NewPublisher returns a Publisher. It acknowledges with acks=all
+// (kafka-go's default is none, which would hide loss).
+func NewPublisher(cfg PublisherConfig) *Publisher {
+	bt := cfg.BatchTimeout
+	if bt <= 0 {
+		bt = 5 * time.Millisecond
+	}
+	return &Publisher{w: &kafka.Writer{
+		Addr:         kafka.TCP(cfg.Brokers...),
+		Topic:        cfg.Topic,
+		Balancer:     &kafka.Murmur2Balancer{},
+		RequiredAcks: kafka.RequireAll,
+		BatchTimeout: bt,
+		BatchSize:    1000,
+		Async:        cfg.Async,
+		Completion:   cfg.Completion,
+	}}
+}
+
+// Message is one event to publish.
+type Message struct {
+	Key   []byte
+	Value []byte
+}
+
+// Publish writes msgs; without Async it returns once all are acknowledged.
+func (p *Publisher) Publish(ctx context.Context, msgs ...Message) error {
+	km := make([]kafka.Message, len(msgs))
+	for i, m := range msgs {
+		km[i] = kafka.Message{Key: m.Key, Value: m.Value}
+	}
+	if err := p.w.WriteMessages(ctx, km...); err != nil {
+		return fmt.Errorf("loadtest: publish: %w", err)
+	}
+	return nil
+}
+
+// Close flushes pending messages and closes the writer.
+func (p *Publisher) Close() error { return p.w.Close() }
+
+// Partition returns the partition kafka-go's Murmur2Balancer picks for key
+// among n partitions.
+func Partition(key []byte, n int) int {
+	parts := make([]int, n)
+	for i := range parts {
+		parts[i] = i
+	}
+	return (&kafka.Murmur2Balancer{}).Balance(kafka.Message{Key: key}, parts...)
+}
