@@ -61,8 +61,8 @@ func TestOrdinaryClientToVerifiedExport(t *testing.T) {
 
 	pub := NewPublisher(PublisherConfig{Brokers: brokers, Topic: topics.Events})
 	var msgs []Message
-	const sessions, perSession = 12, 8
-	for s := 0; s < sessions; s++ {
+	const sessions, perSession = 13, 8 // 12 via kafka-go, 1 via aegisctl publish
+	for s := 0; s < sessions-1; s++ {
 		sid := fmt.Sprintf("s%d", s)
 		for seq := 1; seq <= perSession; seq++ {
 			typ, payload := "MODEL_CALL_STARTED", `{"model":"m"}`
@@ -78,6 +78,15 @@ func TestOrdinaryClientToVerifiedExport(t *testing.T) {
 	}
 	if err := pub.Close(); err != nil {
 		t.Fatal(err)
+	}
+	// One more session through `aegisctl publish`.
+	var nd strings.Builder
+	for seq := 1; seq <= perSession; seq++ {
+		fmt.Fprintf(&nd, `{"tenant_id":"default","session_id":"via-ctl","seq":%d,"ts_unix_ms":%d,"event_type":"MODEL_CALL_STARTED"}`+"\n", seq, 1767225600000+int64(seq))
+	}
+	var pubOut bytes.Buffer
+	if code := ctl.Main(ctx, ctl.IO{Stdin: strings.NewReader(nd.String()), Stdout: &pubOut, Stderr: &pubOut}, []string{"publish", "--brokers", strings.Join(brokers, ",")}); code != 0 {
+		t.Fatalf("aegisctl publish: exit %d: %s", code, pubOut.String())
 	}
 
 	dir := t.TempDir()

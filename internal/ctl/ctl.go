@@ -42,6 +42,7 @@ func commands() map[string]command {
 		"seal":   {"unsealed events NDJSON on stdin -> sealed NDJSON on stdout", runSeal},
 		"verify": {"verify a sealed NDJSON file (--file)", runVerify},
 		"policy": {"policy bundle tools: 'policy test DIR'", runPolicy},
+		"publish": {"publish NDJSON events from stdin to the events topic, keyed and partitioned as the pipeline requires", runPublish},
 		"export": {"write the records of a pipeline topic as NDJSON (e.g. aegis.sealed for verify --file)", runExport},
 	}
 }
