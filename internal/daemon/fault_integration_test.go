@@ -59,9 +59,11 @@ func TestCrashRecoveryIntegration(t *testing.T) {
 		pubc <- publish(ctx, t, e.brokers, w, 4, 350*time.Millisecond, 0)
 	}()
 
-	// Kill a random stage every 1.5–4 s while publishing, then once more
-	// each while the backlog drains; restart it after 0–1 s.
+	// Kill the decider and the sealer in turn, at random moments 1.5–4 s
+	// apart, while publishing, then once more each while the backlog
+	// drains; restart the killed one after 0–1 s.
 	kills := map[string]int{}
+	turn := rng.IntN(2)
 	kill := func(stage string) {
 		procs[stage].kill()
 		kills[stage]++
@@ -73,7 +75,7 @@ func TestCrashRecoveryIntegration(t *testing.T) {
 		if !publishing.Load() {
 			break
 		}
-		kill([]string{"decider", "sealer"}[rng.IntN(2)])
+		kill([]string{"decider", "sealer"}[(turn+sum(kills))%2])
 	}
 	pub := <-pubc
 	t.Logf("published %d events in %s", len(pub.accepted), time.Since(start).Round(100*time.Millisecond))
@@ -82,7 +84,7 @@ func TestCrashRecoveryIntegration(t *testing.T) {
 		kill(stage)
 	}
 	t.Logf("kills: %v", kills)
-	if kills["decider"] < 2 || kills["sealer"] < 2 {
+	if kills["decider"] < 3 || kills["sealer"] < 3 {
 		t.Fatalf("only %v kills: the test did not exercise crash recovery", kills)
 	}
 
@@ -256,6 +258,14 @@ func commitsSince(tb testing.TB, log string, t time.Time) int {
 		if !ts.Before(t.Truncate(time.Millisecond)) {
 			n++
 		}
+	}
+	return n
+}
+
+func sum(m map[string]int) int {
+	n := 0
+	for _, v := range m {
+		n += v
 	}
 	return n
 }
