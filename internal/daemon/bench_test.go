@@ -160,12 +160,16 @@ func benchFloor(b *testing.B, brokers []string, topic string) {
 		b.Fatal(err)
 	}
 	defer p.Close()
+	// Warm up: leaders elected, metadata cached, connections open.
+	if err := p.Produce(ctx, stream.Message{Topic: topic, Key: []byte("warm-up"), Value: []byte("{}")}); err != nil {
+		b.Fatal(err)
+	}
 	seqs := make([]uint64, benchSessions)
 	b.ResetTimer()
 	start := time.Now()
 	var wg sync.WaitGroup
 	wg.Add(1)
-	go func() { defer wg.Done(); drain(ctx, b, brokers, topic, b.N, nil) }()
+	go func() { defer wg.Done(); drain(ctx, b, brokers, topic, b.N+1, nil) }()
 	for i := 0; i < b.N; i++ {
 		key, v, _ := benchEvent(i, seqs)
 		p.ProduceAsync(ctx, stream.Message{Topic: topic, Key: []byte(key), Value: v}, nil)

@@ -486,7 +486,7 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) 
 
 // transactMetadataMinAge bounds how long a retriable produce error (such as
 // CONCURRENT_TRANSACTIONS) holds a transaction's batches back.
-const transactMetadataMinAge = 100 * time.Millisecond
+const transactMetadataMinAge = 25 * time.Millisecond
 
 // defaultFetchMaxWait is the Java consumer's fetch.max.wait.ms.
 const defaultFetchMaxWait = 500 * time.Millisecond
