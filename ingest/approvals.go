@@ -1,0 +1,340 @@
+package ingest
+
+import (
+	"context"
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"aegis.dev/aegis/decider"
+	"aegis.dev/aegis/decider/session"
+	"aegis.dev/aegis/schemas/canon"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// Approval states as the API reports them.
+const (
+	ApprovalPending  = "pending"
+	ApprovalApproved = "approved"
+	ApprovalDenied   = "denied"
+	ApprovalExpired  = "expired"
+)
+
+// approverExpiry is the approver recorded when an approval expires unanswered.
+const approverExpiry = "aegis:expiry"
+
+// Claims are what an approval token binds: the exact proposal (tenant,
+// session, call, tool, argument digest) and the expiry. The token is
+// "apv1.<base64url(canonical JSON of Claims)>.<base64url(HMAC-SHA256(secret,
+// SHA-256(canonical JSON of Claims)))>", so it cannot be altered or minted
+// without the server secret.
+type Claims struct {
+	ID         string `json:"id"`
+	TenantID   string `json:"tenant_id"`
+	SessionID  string `json:"session_id"`
+	CallID     string `json:"call_id"`
+	ToolName   string `json:"tool_name"`
+	ArgsDigest string `json:"args_digest"`
+	// ExpiresMs is the expiry in ms since the Unix epoch.
+	ExpiresMs int64 `json:"expires_ms"`
+}
+
+// Approval is an approval request as GET /v1/approvals lists it.
+type Approval struct {
+	Token        string `json:"token"`
+	ID           string `json:"id"`
+	TenantID     string `json:"tenant_id"`
+	SessionID    string `json:"session_id"`
+	CallID       string `json:"call_id"`
+	ToolName     string `json:"tool_name"`
+	ArgsDigest   string `json:"args_digest"`
+	RequestedSeq uint64 `json:"requested_seq"`
+	ExpiresMs    int64  `json:"expires_ms"`
+	State        string `json:"state"`
+	Approver     string `json:"approver,omitempty"`
+	Reason       string `json:"reason,omitempty"`
+	// DecidedSeq is the seq of the APPROVAL_DECIDED event, once recorded.
+	DecidedSeq uint64 `json:"decided_seq,omitempty"`
+}
+
+type approvalEntry struct {
+	Approval
+	args     json.RawMessage
+	manifest string
+	busy     bool          // an APPROVAL_DECIDED is being recorded
+	done     chan struct{} // closed once decided
+}
+
+// approvals is the gateway's registry of approval requests. Tokens are
+// verified by HMAC; single use is enforced here (a token leaves the
+// pending state exactly once) and again by the pipeline, whose reducer
+// settles an approval only once.
+type approvals struct {
+	secret []byte
+	mu     sync.Mutex
+	byID   map[string]*approvalEntry
+}
+
+func newApprovals(secret []byte) *approvals {
+	return &approvals{secret: secret, byID: make(map[string]*approvalEntry)}
+}
+
+func (a *approvals) sign(c Claims) string {
+	b, _ := json.Marshal(c)
+	b, _ = canon.Append(nil, b)
+	digest := sha256.Sum256(b)
+	mac := hmac.New(sha256.New, a.secret)
+	mac.Write(digest[:])
+	return "apv1." + base64.RawURLEncoding.EncodeToString(b) + "." + base64.RawURLEncoding.EncodeToString(mac.Sum(nil))
+}
+
+// verify returns the claims of a token this server signed.
+func (a *approvals) verify(token string) (Claims, bool) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 || parts[0] != "apv1" {
+		return Claims{}, false
+	}
+	body, err1 := base64.RawURLEncoding.DecodeString(parts[1])
+	sig, err2 := base64.RawURLEncoding.DecodeString(parts[2])
+	if err1 != nil || err2 != nil {
+		return Claims{}, false
+	}
+	digest := sha256.Sum256(body)
+	mac := hmac.New(sha256.New, a.secret)
+	mac.Write(digest[:])
+	if !hmac.Equal(sig, mac.Sum(nil)) {
+		return Claims{}, false
+	}
+	var c Claims
+	if json.Unmarshal(body, &c) != nil {
+		return Claims{}, false
+	}
+	return c, true
+}
+
+// open registers the approval a require_approval reply asks for, or
+// returns the one already open for the same call and arguments.
+func (a *approvals) open(rep *decider.Reply, args json.RawMessage, manifest string, expires time.Time) (*approvalEntry, error) {
+	digest, err := session.CallDigest(rep.ToolName, args)
+	if err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, e := range a.byID {
+		if e.State == ApprovalPending && e.TenantID == rep.TenantID && e.SessionID == rep.SessionID && e.CallID == rep.CallID && e.ArgsDigest == digest && e.ToolName == rep.ToolName {
+			return e, nil
+		}
+	}
+	var id [16]byte
+	_, _ = rand.Read(id[:])
+	c := Claims{ID: hex.EncodeToString(id[:]), TenantID: rep.TenantID, SessionID: rep.SessionID, CallID: rep.CallID,
+		ToolName: rep.ToolName, ArgsDigest: digest, ExpiresMs: expires.UnixMilli()}
+	e := &approvalEntry{Approval: Approval{Token: a.sign(c), ID: c.ID, TenantID: c.TenantID, SessionID: c.SessionID, CallID: c.CallID,
+		ToolName: c.ToolName, ArgsDigest: digest, RequestedSeq: rep.Seq, ExpiresMs: c.ExpiresMs, State: ApprovalPending},
+		args: args, manifest: manifest, done: make(chan struct{})}
+	a.byID[c.ID] = e
+	return e, nil
+}
+
+// list returns the approvals of tenant ("" = all) in state ("" = all),
+// oldest request first.
+func (a *approvals) list(tenant, state string) []Approval {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := []Approval{}
+	for _, e := range a.byID {
+		if (tenant == "" || e.TenantID == tenant) && (state == "" || e.State == state) {
+			out = append(out, e.Approval)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].ExpiresMs != out[j].ExpiresMs {
+			return out[i].ExpiresMs < out[j].ExpiresMs
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
+
+// ApprovalDecision is the body of POST /v1/approvals/{token}. ToolName and
+// Args, when given, must match what the token is bound to (a guard for
+// approvers who approve a call they were shown).
+type ApprovalDecision struct {
+	Decision string          `json:"decision"` // "allow" or "deny"
+	Reason   string          `json:"reason,omitempty"`
+	ToolName string          `json:"tool_name,omitempty"`
+	Args     json.RawMessage `json:"args,omitempty"`
+}
+
+// settle records the decision on an approval: it publishes APPROVAL_DECIDED
+// (payload call_id, decision, approver, reason, tool_name, args_digest,
+// approval_id, expires_ms) with a gateway-assigned seq, and waits until the
+// decider accepted it. An approval past its expiry is recorded as a deny
+// with reason APPROVAL_EXPIRED whatever was asked.
+func (s *Server) settle(ctx context.Context, e *approvalEntry, allow bool, approver, reason string) (Approval, error) {
+	a := s.appr
+	a.mu.Lock()
+	if e.State != ApprovalPending || e.busy {
+		a.mu.Unlock()
+		return Approval{}, errf(http.StatusConflict, CodeApprovalNotPending, "approval %s is %s", e.ID, e.State)
+	}
+	e.busy = true
+	a.mu.Unlock()
+
+	now := s.now()
+	state := ApprovalDenied
+	if allow {
+		state = ApprovalApproved
+	}
+	if now.UnixMilli() >= e.ExpiresMs {
+		state, allow, reason = ApprovalExpired, false, envelope.ReasonApprovalExpired
+	}
+	decision := "deny"
+	if allow {
+		decision = "allow"
+	}
+	payload, _ := json.Marshal(map[string]any{"call_id": e.CallID, "decision": decision, "approver": approver, "reason": reason,
+		"tool_name": e.ToolName, "args_digest": e.ArgsDigest, "approval_id": e.ID, "expires_ms": e.ExpiresMs})
+	payload, _ = canon.Append(nil, payload)
+	ev := &envelope.Event{V: envelope.Version, TenantID: e.TenantID, SessionID: e.SessionID, TsUnixMs: now.UnixMilli(),
+		Type: envelope.ApprovalDecided, Payload: payload}
+	s.setHint(string(ev.Key()), e.RequestedSeq)
+	wctx, cancel := context.WithTimeout(ctx, s.cfg.ProposalTimeout)
+	defer cancel()
+	v, err := s.submit(wctx, ev, true, "approval")
+	if err == nil && v.Rejection != nil {
+		err = errf(rejectionStatus(v.Rejection.Reason), v.Rejection.Reason, "APPROVAL_DECIDED rejected: %s", v.Rejection.Detail)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e.busy = false
+	if err != nil {
+		if err == errWaitTimeout {
+			err = errf(http.StatusGatewayTimeout, CodeDecisionTimeout, "APPROVAL_DECIDED published at seq %d, not yet confirmed by the pipeline", ev.Seq)
+		}
+		return Approval{}, err
+	}
+	e.State, e.Approver, e.Reason, e.DecidedSeq = state, approver, reason, ev.Seq
+	close(e.done)
+	return e.Approval, nil
+}
+
+// expireApprovals denies every pending approval past its expiry, and
+// forgets decided ones an expiry period after they expired.
+func (s *Server) expireApprovals(ctx context.Context) {
+	now := s.now().UnixMilli()
+	ttl := s.cfg.ApprovalTTL.Milliseconds()
+	a := s.appr
+	a.mu.Lock()
+	var due []*approvalEntry
+	for id, e := range a.byID {
+		switch {
+		case e.State == ApprovalPending && !e.busy && now >= e.ExpiresMs:
+			due = append(due, e)
+		case e.State != ApprovalPending && now >= e.ExpiresMs+ttl:
+			delete(a.byID, id)
+		}
+	}
+	a.mu.Unlock()
+	for _, e := range due {
+		if _, err := s.settle(ctx, e, false, approverExpiry, envelope.ReasonApprovalExpired); err != nil && ctx.Err() == nil {
+			s.log.Warn("approval expiry not recorded yet; retrying", "approval", e.ID, "err", err)
+		}
+	}
+}
+
+// handleListApprovals is GET /v1/approvals?state=pending|approved|denied|expired|all
+// (default pending): the caller's tenant's approvals known to this gateway.
+func (s *Server) handleListApprovals(w http.ResponseWriter, r *http.Request, p Principal) {
+	state := r.URL.Query().Get("state")
+	switch state {
+	case "":
+		state = ApprovalPending
+	case "all":
+		state = ""
+	case ApprovalPending, ApprovalApproved, ApprovalDenied, ApprovalExpired:
+	default:
+		writeError(w, errf(http.StatusBadRequest, CodeMalformedRequest, "state %q: want pending, approved, denied, expired or all", state))
+		return
+	}
+	tenant := p.Tenant
+	if tenant == "" {
+		tenant = r.URL.Query().Get("tenant_id")
+	} else if _, err := tenantOf(r, p); err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"approvals": s.appr.list(tenant, state)})
+}
+
+// handleDecideApproval is POST /v1/approvals/{token}.
+func (s *Server) handleDecideApproval(w http.ResponseWriter, r *http.Request, p Principal) {
+	_, body, err := s.readBody(w, r, mediaJSON)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	var req ApprovalDecision
+	if err := decodeStrict(body, &req); err != nil || (req.Decision != "allow" && req.Decision != "deny") {
+		writeError(w, errf(http.StatusBadRequest, CodeMalformedRequest, `body must be {"decision":"allow"|"deny","reason":…}`))
+		return
+	}
+	claims, ok := s.appr.verify(r.PathValue("token"))
+	if !ok {
+		writeError(w, errf(http.StatusNotFound, CodeApprovalInvalid, "not an approval token of this server"))
+		return
+	}
+	if p.Tenant != "" && claims.TenantID != p.Tenant {
+		writeError(w, errf(http.StatusForbidden, CodeTenantMismatch, "the approval belongs to another tenant"))
+		return
+	}
+	if req.ToolName != "" && req.ToolName != claims.ToolName {
+		writeError(w, errf(http.StatusConflict, CodeApprovalMismatch, "the token is bound to tool %q", claims.ToolName))
+		return
+	}
+	if len(req.Args) > 0 {
+		d, err := session.CallDigest(claims.ToolName, req.Args)
+		if err != nil || d != claims.ArgsDigest {
+			writeError(w, errf(http.StatusConflict, CodeApprovalMismatch, "the token is bound to other arguments"))
+			return
+		}
+	}
+	s.appr.mu.Lock()
+	e := s.appr.byID[claims.ID]
+	s.appr.mu.Unlock()
+	if e == nil || e.ArgsDigest != claims.ArgsDigest {
+		writeError(w, errf(http.StatusConflict, CodeApprovalNotPending, "the approval is not pending on this gateway"))
+		return
+	}
+	got, err := s.settle(r.Context(), e, req.Decision == "allow", p.ID, req.Reason)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if got.State == ApprovalExpired {
+		writeJSON(w, http.StatusGone, struct {
+			ErrorBody
+			Approval Approval `json:"approval"`
+		}{ErrorBody{ErrorDetail{Code: CodeApprovalExpired, Message: "the approval expired and was denied"}}, got})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"approval": got})
+}
+
+func decodeStrict(body []byte, v any) error {
+	if _, err := canon.Append(nil, body); err != nil {
+		return err
+	}
+	dec := json.NewDecoder(strings.NewReader(string(body)))
+	dec.DisallowUnknownFields()
+	return dec.Decode(v)
+}

@@ -1,0 +1,132 @@
+// Package ingest is the HTTP gateway of Aegis: agents and operators that do
+// not speak Kafka publish events, ask for decisions, wait for the decision
+// of a proposal, settle approvals and read the audit store over HTTP. Every
+// write goes through the pipeline (aegis.events → decider → sealer); nothing
+// bypasses the decider or the sealer. docs/api.md is the user's reference
+// and schemas/openapi.yaml the machine-readable contract.
+//
+// A Server is mounted on aegisd's HTTP listener (Routes) and runs its
+// background work (the shared reply tail, approval expiry) in Run.
+package ingest
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"time"
+)
+
+// Config is the operator configuration of the gateway. aegisd embeds it in
+// its own Config (flags and YAML keys as named below); --http-addr,
+// --max-event-bytes and --dev belong to aegisd and are passed to New.
+type Config struct {
+	// APIKeys is a JSON file of API keys, stored hashed (see KeyFile).
+	// Required unless dev mode.
+	APIKeys string `yaml:"api_keys"`
+	// TLSCert and TLSKey, when both set, serve HTTPS (TLS 1.2 or later).
+	TLSCert string `yaml:"tls_cert"`
+	TLSKey  string `yaml:"tls_key"`
+	// TLSClientCA, when set, requires a client certificate signed by one of
+	// its PEM certificates (mTLS). A key file entry with client_cn then
+	// authenticates a client by its certificate's common name.
+	TLSClientCA string `yaml:"tls_client_ca"`
+	// ApprovalSecretFile holds the HMAC secret of approval tokens (at least
+	// 32 bytes; never logged). Required unless dev mode, where a random
+	// per-process secret is used.
+	ApprovalSecretFile string `yaml:"approval_secret_file"`
+	// ApprovalTTL is how long an approval stays open before it is denied
+	// with APPROVAL_EXPIRED (default 10m).
+	ApprovalTTL time.Duration `yaml:"approval_ttl"`
+	// ProposalTimeout is how long POST /v1/sessions/{session}/proposals
+	// waits for the decision by default (default 10s; a request may ask for
+	// less or more with ?timeout_ms=, up to 60s).
+	ProposalTimeout time.Duration `yaml:"proposal_timeout"`
+	// RateLimit is the sustained events per second one tenant may send
+	// (default 20000); RateBurst the bucket size (default 40000). Zero
+	// RateLimit disables rate limiting.
+	RateLimit float64 `yaml:"rate_limit"`
+	RateBurst int     `yaml:"rate_burst"`
+	// MaxBodyBytes bounds one request body (default 16 MiB); each event in
+	// it is bounded by aegisd's --max-event-bytes.
+	MaxBodyBytes int64 `yaml:"max_body_bytes"`
+	// MaxBatchEvents bounds the events of one request (default 5000).
+	MaxBatchEvents int `yaml:"max_batch_events"`
+}
+
+// Defaults returns the configuration with every default applied.
+func Defaults() Config {
+	return Config{
+		ApprovalTTL:     10 * time.Minute,
+		ProposalTimeout: 10 * time.Second,
+		RateLimit:       20000,
+		RateBurst:       40000,
+		MaxBodyBytes:    16 << 20,
+		MaxBatchEvents:  5000,
+	}
+}
+
+// RegisterFlags binds every field to a flag on fs, with the field's current
+// value as the default.
+func (c *Config) RegisterFlags(fs *flag.FlagSet) {
+	fs.StringVar(&c.APIKeys, "api-keys", c.APIKeys, "JSON file of hashed API keys (tenant, role); required unless --dev")
+	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM certificate of the HTTP listener (with --tls-key: serve HTTPS)")
+	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM private key of the HTTP listener")
+	fs.StringVar(&c.TLSClientCA, "tls-client-ca", c.TLSClientCA, "PEM CA bundle: require client certificates signed by it (mTLS)")
+	fs.StringVar(&c.ApprovalSecretFile, "approval-secret-file", c.ApprovalSecretFile, "file holding the HMAC secret of approval tokens (>= 32 bytes); required unless --dev")
+	fs.DurationVar(&c.ApprovalTTL, "approval-ttl", c.ApprovalTTL, "how long an approval stays open before it is denied")
+	fs.DurationVar(&c.ProposalTimeout, "proposal-timeout", c.ProposalTimeout, "default wait of a synchronous proposal for its decision")
+	fs.Float64Var(&c.RateLimit, "rate-limit", c.RateLimit, "events per second per tenant (0: unlimited)")
+	fs.IntVar(&c.RateBurst, "rate-burst", c.RateBurst, "burst of the per-tenant rate limit, in events")
+	fs.Int64Var(&c.MaxBodyBytes, "max-body-bytes", c.MaxBodyBytes, "largest HTTP request body in bytes")
+	fs.IntVar(&c.MaxBatchEvents, "max-batch-events", c.MaxBatchEvents, "most events in one POST /v1/events")
+}
+
+// Validate checks the configuration; dev is aegisd's --dev.
+func (c *Config) Validate(dev bool) error {
+	var errs []error
+	if !dev && c.APIKeys == "" {
+		errs = append(errs, errors.New("api-keys: required unless --dev"))
+	}
+	if !dev && c.ApprovalSecretFile == "" {
+		errs = append(errs, errors.New("approval-secret-file: required unless --dev"))
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		errs = append(errs, errors.New("tls-cert and tls-key: set both or neither"))
+	}
+	if c.TLSClientCA != "" && c.TLSCert == "" {
+		errs = append(errs, errors.New("tls-client-ca: needs tls-cert and tls-key"))
+	}
+	if c.ApprovalTTL < time.Second || c.ApprovalTTL > 7*24*time.Hour {
+		errs = append(errs, fmt.Errorf("approval-ttl %s: must be 1s..168h", c.ApprovalTTL))
+	}
+	if c.ProposalTimeout < 10*time.Millisecond || c.ProposalTimeout > maxProposalWait {
+		errs = append(errs, fmt.Errorf("proposal-timeout %s: must be 10ms..%s", c.ProposalTimeout, maxProposalWait))
+	}
+	if c.RateLimit < 0 {
+		errs = append(errs, fmt.Errorf("rate-limit %g: must be >= 0", c.RateLimit))
+	}
+	if c.RateLimit > 0 && c.RateBurst < 1 {
+		errs = append(errs, fmt.Errorf("rate-burst %d: must be >= 1", c.RateBurst))
+	}
+	if c.MaxBodyBytes < 1024 {
+		errs = append(errs, fmt.Errorf("max-body-bytes %d: must be >= 1024", c.MaxBodyBytes))
+	}
+	if c.MaxBatchEvents < 1 || c.MaxBatchEvents > 100000 {
+		errs = append(errs, fmt.Errorf("max-batch-events %d: must be 1..100000", c.MaxBatchEvents))
+	}
+	return errors.Join(errs...)
+}
+
+// Redacted returns the configuration as log attributes: file paths only,
+// never key hashes or the approval secret.
+func (c Config) Redacted() map[string]any {
+	return map[string]any{
+		"api_keys": c.APIKeys, "tls_cert": c.TLSCert, "tls_client_ca": c.TLSClientCA,
+		"approval_secret_file": c.ApprovalSecretFile != "", "approval_ttl": c.ApprovalTTL.String(),
+		"proposal_timeout": c.ProposalTimeout.String(), "rate_limit": c.RateLimit, "rate_burst": c.RateBurst,
+		"max_body_bytes": c.MaxBodyBytes, "max_batch_events": c.MaxBatchEvents,
+	}
+}
+
+// maxProposalWait bounds any wait of a synchronous proposal.
+const maxProposalWait = 60 * time.Second

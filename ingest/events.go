@@ -1,0 +1,242 @@
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"mime"
+	"net/http"
+
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// EventResult is the outcome of one event of a POST /v1/events request,
+// in request order.
+type EventResult struct {
+	Index int `json:"index"`
+	// Status is "accepted" (durably written to aegis.events; for a
+	// gateway-assigned seq: accepted by the decider), "rejected" (invalid,
+	// or refused by the pipeline), "not_published" (valid, but the request
+	// failed as a whole) or "failed" (Kafka did not acknowledge it: retry).
+	Status    string       `json:"status"`
+	TenantID  string       `json:"tenant_id,omitempty"`
+	SessionID string       `json:"session_id,omitempty"`
+	Seq       uint64       `json:"seq,omitempty"`
+	Error     *ErrorDetail `json:"error,omitempty"`
+}
+
+// EventsResponse is the body of POST /v1/events (with Error on failure).
+type EventsResponse struct {
+	Error    *ErrorDetail  `json:"error,omitempty"`
+	Accepted int           `json:"accepted"`
+	Results  []EventResult `json:"results"`
+}
+
+const (
+	mediaJSON   = "application/json"
+	mediaNDJSON = "application/x-ndjson"
+)
+
+// readBody reads the request body up to the configured limit and checks
+// its media type against allowed.
+func (s *Server) readBody(w http.ResponseWriter, r *http.Request, allowed ...string) (string, []byte, error) {
+	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	ok := false
+	for _, a := range allowed {
+		ok = ok || (err == nil && mt == a)
+	}
+	if !ok {
+		return "", nil, errf(http.StatusUnsupportedMediaType, CodeUnsupportedMedia, "Content-Type %q: want one of %v", r.Header.Get("Content-Type"), allowed)
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return "", nil, errf(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "request body exceeds %d bytes", s.cfg.MaxBodyBytes)
+		}
+		return "", nil, errf(http.StatusBadRequest, CodeMalformedRequest, "read body: %v", err)
+	}
+	return mt, body, nil
+}
+
+// splitEvents splits a body into its events: one JSON object, a JSON
+// array of objects, or NDJSON (one object per non-blank line).
+func splitEvents(mt string, body []byte) ([][]byte, error) {
+	if mt == mediaNDJSON {
+		var out [][]byte
+		for line := range bytes.SplitSeq(body, []byte("\n")) {
+			if line = bytes.TrimSpace(line); len(line) > 0 {
+				out = append(out, line)
+			}
+		}
+		if len(out) == 0 {
+			return nil, errf(http.StatusBadRequest, CodeMalformedRequest, "empty body")
+		}
+		return out, nil
+	}
+	trimmed := bytes.TrimSpace(body)
+	if len(trimmed) == 0 {
+		return nil, errf(http.StatusBadRequest, CodeMalformedRequest, "empty body")
+	}
+	if trimmed[0] != '[' {
+		return [][]byte{trimmed}, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader(trimmed))
+	if _, err := dec.Token(); err != nil {
+		return nil, errf(http.StatusBadRequest, envelope.CodeInvalidJSON, "%v", err)
+	}
+	var out [][]byte
+	for dec.More() {
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			return nil, errf(http.StatusBadRequest, envelope.CodeInvalidJSON, "array element %d: %v", len(out), err)
+		}
+		out = append(out, raw)
+	}
+	if _, err := dec.Token(); err != nil {
+		return nil, errf(http.StatusBadRequest, envelope.CodeInvalidJSON, "%v", err)
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return nil, errf(http.StatusBadRequest, envelope.CodeInvalidJSON, "trailing data after the JSON array")
+	}
+	if len(out) == 0 {
+		return nil, errf(http.StatusBadRequest, CodeMalformedRequest, "empty array")
+	}
+	return out, nil
+}
+
+// handleEvents is POST /v1/events. Validation is all or nothing: if any
+// event is invalid or foreign, nothing is published and the response
+// carries every event's result. Otherwise every event is published; the
+// answer is 202 once Kafka acknowledged all of them. Later pipeline
+// rejections (sequence rule) land on aegis.rejected.
+func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p Principal) {
+	mt, body, err := s.readBody(w, r, mediaJSON, mediaNDJSON)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	raws, err := splitEvents(mt, body)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	if len(raws) > s.cfg.MaxBatchEvents {
+		writeError(w, errf(http.StatusRequestEntityTooLarge, CodeTooManyEvents, "%d events, limit is %d per request", len(raws), s.cfg.MaxBatchEvents))
+		return
+	}
+	resp := EventsResponse{Results: make([]EventResult, len(raws))}
+	evs := make([]*envelope.Event, len(raws))
+	assign := make([]bool, len(raws))
+	status, tenants := 0, make(map[string]int)
+	for i, raw := range raws {
+		res := &resp.Results[i]
+		res.Index = i
+		ev, as, err := s.decodeClient(raw)
+		if err == nil && p.Tenant != "" && ev.TenantID != p.Tenant {
+			err = errf(http.StatusForbidden, CodeTenantMismatch, "credentials of tenant %q may not write tenant %q", p.Tenant, ev.TenantID)
+		}
+		if err != nil {
+			st, d := eventError(err)
+			res.Status, res.Error = "rejected", &d
+			if status == 0 {
+				status, resp.Error = st, &d
+			}
+			continue
+		}
+		evs[i], assign[i] = ev, as
+		res.TenantID, res.SessionID, res.Seq = ev.TenantID, ev.SessionID, ev.Seq
+		if as {
+			res.Seq = 0
+		}
+		tenants[ev.TenantID]++
+	}
+	if status != 0 {
+		s.metrics.events.WithLabelValues("invalid").Add(float64(len(raws)))
+		for i := range resp.Results {
+			if resp.Results[i].Status == "" {
+				resp.Results[i].Status = "not_published"
+			}
+		}
+		writeJSON(w, status, resp)
+		return
+	}
+	for t, n := range tenants {
+		if err := s.admit(t, n); err != nil {
+			writeError(w, err)
+			return
+		}
+	}
+
+	// Client-sequenced events go out together; events whose seq the
+	// gateway assigns follow one by one, in request order.
+	var keys, values [][]byte
+	var idx []int
+	for i, ev := range evs {
+		if !assign[i] {
+			keys, values, idx = append(keys, ev.Key()), append(values, raws[i]), append(idx, i)
+		}
+	}
+	failed := false
+	for j, err := range s.publishAll(r.Context(), keys, values) {
+		res := &resp.Results[idx[j]]
+		if err != nil {
+			failed = true
+			_, d := eventError(brokerError(err))
+			res.Status, res.Error = "failed", &d
+			continue
+		}
+		res.Status = "accepted"
+		resp.Accepted++
+	}
+	for i, ev := range evs {
+		if !assign[i] {
+			continue
+		}
+		res := &resp.Results[i]
+		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.ProposalTimeout)
+		v, err := s.submit(ctx, ev, true, "event")
+		cancel()
+		switch {
+		case errors.Is(err, errWaitTimeout):
+			failed = true
+			res.Status, res.Seq = "failed", ev.Seq
+			res.Error = &ErrorDetail{Code: CodeDecisionTimeout, Message: "published, but the pipeline did not confirm it in time"}
+		case err != nil:
+			failed = true
+			_, d := eventError(err)
+			res.Status, res.Error = "failed", &d
+		case v.Rejection != nil:
+			failed = true
+			res.Status, res.Error = "rejected", &rejectionError(v.Rejection).Error
+		default:
+			res.Status, res.Seq = "accepted", ev.Seq
+			resp.Accepted++
+		}
+	}
+	s.metrics.events.WithLabelValues("accepted").Add(float64(resp.Accepted))
+	if failed {
+		s.metrics.events.WithLabelValues("failed").Add(float64(len(raws) - resp.Accepted))
+		for _, res := range resp.Results {
+			if res.Error != nil {
+				e := *res.Error
+				resp.Error = &e
+				break
+			}
+		}
+		st := http.StatusServiceUnavailable
+		if resp.Error != nil && resp.Error.Code == CodeDecisionTimeout {
+			st = http.StatusGatewayTimeout
+		} else if resp.Error != nil && rejectionStatus(resp.Error.Code) == http.StatusConflict {
+			st = http.StatusConflict
+		}
+		if st == http.StatusServiceUnavailable {
+			w.Header().Set("Retry-After", "1")
+		}
+		writeJSON(w, st, resp)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, resp)
+}

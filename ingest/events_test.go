@@ -1,0 +1,164 @@
+package ingest
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// quickStartEvent is the reference implementation's quick-start request
+// (issue 5, "Compatibility check"), byte for byte.
+const quickStartEvent = `{"tenant_id":"acme","session_id":"sess-001","seq":0,"ts_unix_ms":1700000000000,"event_type":"TOOL_CALL_PROPOSED","payload":{"tool_name":"read_file","call_id":"c1","args":{}}}`
+
+func ev(tenant, session string, seq int, typ, payload string) string {
+	return fmt.Sprintf(`{"tenant_id":%q,"session_id":%q,"seq":%d,"ts_unix_ms":%d,"event_type":%q,"payload":%s}`,
+		tenant, session, seq, 1767225600000+seq, typ, payload)
+}
+
+func TestQuickStartRequestWorksAsWritten(t *testing.T) {
+	h := newHarness(t, harnessOpts{dev: true})
+	var resp EventsResponse
+	r := h.do(t, "POST", "/v1/events", "", "application/json", quickStartEvent, &resp)
+	if r.StatusCode != http.StatusAccepted || resp.Accepted != 1 {
+		t.Fatalf("status %d, body %+v", r.StatusCode, resp)
+	}
+	// seq 0 asks the gateway to assign the session's next seq: 1 for a new session.
+	if got := resp.Results[0]; got.Status != "accepted" || got.Seq != 1 {
+		t.Fatalf("result %+v, want accepted at seq 1", got)
+	}
+	// The same request again is the session's second event.
+	r = h.do(t, "POST", "/v1/events", "", "application/json", quickStartEvent, &resp)
+	if r.StatusCode != http.StatusAccepted || resp.Results[0].Seq != 2 {
+		t.Fatalf("second: status %d, body %+v", r.StatusCode, resp)
+	}
+}
+
+func TestEventsAuthAndTenants(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	for _, tc := range []struct {
+		name, key, body string
+		status          int
+		code            string
+	}{
+		{"no key", "", ev("acme", "a1", 1, "MODEL_CALL_STARTED", `{}`), 401, CodeUnauthenticated},
+		{"unknown key", "nope", ev("acme", "a1", 1, "MODEL_CALL_STARTED", `{}`), 401, CodeUnauthenticated},
+		{"auditor may not write", "acme-auditor", ev("acme", "a1", 1, "MODEL_CALL_STARTED", `{}`), 403, CodeForbidden},
+		{"agent writes into another tenant", "acme-agent", ev("globex", "a1", 1, "MODEL_CALL_STARTED", `{}`), 403, CodeTenantMismatch},
+		{"batch with one foreign event", "globex-agent", "[" + ev("globex", "a1", 1, "MODEL_CALL_STARTED", `{}`) + "," + ev("acme", "a1", 1, "MODEL_CALL_STARTED", `{}`) + "]", 403, CodeTenantMismatch},
+		{"agent of its tenant", "acme-agent", ev("acme", "a1", 1, "MODEL_CALL_STARTED", `{}`), 202, ""},
+		{"operator of its tenant", "acme-operator", ev("acme", "a1", 2, "MODEL_CALL_STARTED", `{}`), 202, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var resp EventsResponse
+			r := h.do(t, "POST", "/v1/events", tc.key, "application/json", tc.body, &resp)
+			if r.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d (%+v)", r.StatusCode, tc.status, resp)
+			}
+			if tc.code != "" && (resp.Error == nil || resp.Error.Code != tc.code) {
+				t.Fatalf("error %+v, want %s", resp.Error, tc.code)
+			}
+			if tc.code == "" && resp.Accepted != 1 {
+				t.Fatalf("accepted %d, want 1", resp.Accepted)
+			}
+		})
+	}
+}
+
+func TestEventsBadInput(t *testing.T) {
+	h := newHarness(t, harnessOpts{dev: true, cfg: func(c *Config) { c.MaxBodyBytes = 3 << 20; c.MaxBatchEvents = 10 }})
+	good := ev("acme", "b1", 1, "MODEL_CALL_STARTED", `{}`)
+	big := ev("acme", "b1", 1, "MODEL_CALL_STARTED", `{"blob":"`+strings.Repeat("x", 1<<20)+`"}`)
+	for _, tc := range []struct {
+		name, ctype, body string
+		status            int
+		code              string
+	}{
+		{"malformed", "application/json", `{"tenant_id":`, 400, "INVALID_JSON"},
+		{"trailing garbage", "application/json", good + `garbage`, 400, "INVALID_JSON"},
+		{"two objects", "application/json", good + good, 400, "INVALID_JSON"},
+		{"array trailing garbage", "application/json", "[" + good + "]x", 400, "INVALID_JSON"},
+		{"empty", "application/json", "", 400, CodeMalformedRequest},
+		{"not an object", "application/json", `42`, 400, "INVALID_JSON"},
+		{"wrong type", "application/json", strings.Replace(good, `"seq":1`, `"seq":"1"`, 1), 400, "INVALID_FIELD"},
+		{"unknown event type", "application/json", ev("acme", "b1", 1, "TOOL_CALL_MAYBE", `{}`), 400, "UNKNOWN_EVENT_TYPE"},
+		{"missing tenant", "application/json", strings.Replace(good, `"tenant_id":"acme",`, ``, 1), 400, "MISSING_FIELD"},
+		{"forged decision", "application/json", strings.Replace(good, `"payload"`, `"decision":{},"payload"`, 1), 400, "UNKNOWN_FIELD"},
+		{"duplicate key", "application/json", strings.Replace(good, `"seq":1`, `"seq":1,"seq":2`, 1), 400, "DUPLICATE_KEY"},
+		{"event over 1 MiB", "application/json", big, 413, "TOO_LARGE"},
+		{"body over the limit", "application/json", "[" + big + "," + big + "," + big + "]", 413, CodeBodyTooLarge},
+		{"too many events", "application/x-ndjson", strings.Repeat(good+"\n", 11), 413, CodeTooManyEvents},
+		{"text/plain", "text/plain", good, 415, CodeUnsupportedMedia},
+		{"no content type", "", good, 415, CodeUnsupportedMedia},
+		{"form", "application/x-www-form-urlencoded", good, 415, CodeUnsupportedMedia},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var resp errResp
+			r := h.do(t, "POST", "/v1/events", "", tc.ctype, tc.body, &resp)
+			if r.StatusCode != tc.status || resp.Error.Code != tc.code {
+				t.Fatalf("got %d %s, want %d %s (%+v)", r.StatusCode, resp.Error.Code, tc.status, tc.code, resp.Error)
+			}
+		})
+	}
+	// Nothing above was published: the session's first event still takes seq 1.
+	var resp EventsResponse
+	if r := h.do(t, "POST", "/v1/events", "", "application/json", good, &resp); r.StatusCode != 202 {
+		t.Fatalf("after the probes: %d %+v", r.StatusCode, resp)
+	}
+}
+
+func TestEventsBatchShapes(t *testing.T) {
+	h := newHarness(t, harnessOpts{dev: true})
+	e := func(seq int) string { return ev("acme", "shape", seq, "MODEL_CALL_STARTED", `{"model":"m"}`) }
+	for _, tc := range []struct {
+		name, ctype, body string
+		n                 int
+	}{
+		{"single", "application/json; charset=utf-8", e(1), 1},
+		{"array", "application/json", "[" + e(2) + ",\n " + e(3) + "]", 2},
+		{"ndjson with blank lines", "application/x-ndjson", e(4) + "\n\n" + e(5) + "\r\n" + e(6) + "\n", 3},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var resp EventsResponse
+			r := h.do(t, "POST", "/v1/events", "", tc.ctype, tc.body, &resp)
+			if r.StatusCode != 202 || resp.Accepted != tc.n || len(resp.Results) != tc.n {
+				t.Fatalf("status %d, body %+v", r.StatusCode, resp)
+			}
+			for i, res := range resp.Results {
+				if res.Index != i || res.Status != "accepted" || res.SessionID != "shape" {
+					t.Fatalf("result %d: %+v", i, res)
+				}
+			}
+		})
+	}
+	// A batch with one invalid event publishes nothing and reports each.
+	var resp EventsResponse
+	r := h.do(t, "POST", "/v1/events", "", "application/json", "["+e(7)+`,{"nope":1}]`, &resp)
+	if r.StatusCode != 400 || resp.Results[0].Status != "not_published" || resp.Results[1].Status != "rejected" || resp.Accepted != 0 {
+		t.Fatalf("status %d, body %+v", r.StatusCode, resp)
+	}
+}
+
+func TestRateLimitRetryAfter(t *testing.T) {
+	h := newHarness(t, harnessOpts{cfg: func(c *Config) { c.RateLimit, c.RateBurst = 0.5, 2 }})
+	h.clock.set(h.clock.now())
+	for seq := 1; seq <= 2; seq++ {
+		if r := h.do(t, "POST", "/v1/events", "acme-agent", "application/json", ev("acme", "rl", seq, "MODEL_CALL_STARTED", `{}`), nil); r.StatusCode != 202 {
+			t.Fatalf("event %d: %d", seq, r.StatusCode)
+		}
+	}
+	var resp errResp
+	r := h.do(t, "POST", "/v1/events", "acme-agent", "application/json", ev("acme", "rl", 3, "MODEL_CALL_STARTED", `{}`), &resp)
+	if r.StatusCode != 429 || resp.Error.Code != CodeRateLimited || r.Header.Get("Retry-After") != "2" {
+		t.Fatalf("got %d %s Retry-After %q, want 429 RATE_LIMITED 2", r.StatusCode, resp.Error.Code, r.Header.Get("Retry-After"))
+	}
+	// Another tenant has its own bucket.
+	if r := h.do(t, "POST", "/v1/events", "globex-agent", "application/json", ev("globex", "rl", 1, "MODEL_CALL_STARTED", `{}`), nil); r.StatusCode != 202 {
+		t.Fatalf("globex: %d", r.StatusCode)
+	}
+	h.clock.set(h.clock.now().Add(2 * time.Second))
+	if r := h.do(t, "POST", "/v1/events", "acme-agent", "application/json", ev("acme", "rl", 3, "MODEL_CALL_STARTED", `{}`), nil); r.StatusCode != 202 {
+		t.Fatalf("after refill: %d", r.StatusCode)
+	}
+}

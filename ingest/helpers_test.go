@@ -1,0 +1,196 @@
+package ingest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"aegis.dev/aegis/decider"
+	"aegis.dev/aegis/decider/policy"
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/schemas/manifest"
+)
+
+// Test credentials: key → entry.
+var testKeys = map[string]KeyEntry{
+	"acme-agent":    {ID: "acme-agent", Tenant: "acme", Role: RoleAgent},
+	"acme-operator": {ID: "acme-operator", Tenant: "acme", Role: RoleOperator},
+	"acme-auditor":  {ID: "acme-auditor", Tenant: "acme", Role: RoleAuditor},
+	"globex-agent":  {ID: "globex-agent", Tenant: "globex", Role: RoleAgent},
+	"globex-op":     {ID: "globex-op", Tenant: "globex", Role: RoleOperator},
+}
+
+// clock is a settable test clock.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.t.IsZero() {
+		return time.Now()
+	}
+	return c.t
+}
+
+func (c *clock) set(t time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = t
+}
+
+type harness struct {
+	srv     *Server
+	url     string
+	brokers []string
+	topics  pipeline.Topics
+	clock   *clock
+}
+
+type harnessOpts struct {
+	dev       bool
+	noDecider bool
+	cfg       func(*Config)
+}
+
+// newHarness runs an embedded broker, the decider stage (unless
+// noDecider) and a gateway behind an httptest server, until the test ends.
+func newHarness(tb testing.TB, o harnessOpts) *harness {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	emb, err := stream.StartEmbedded(ctx, stream.EmbeddedConfig{Addr: "127.0.0.1:0", Partitions: 3})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	topics := pipeline.NewTopics("aegis.")
+	if err := stream.EnsureTopics(ctx, emb.Brokers(), topics.Specs(3, 1<<20)); err != nil {
+		tb.Fatal(err)
+	}
+	pe, err := policy.New(policy.Default())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	reg, err := manifest.LoadDir("testdata/manifests")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	eng := decider.NewEngine(pe, reg)
+	var wg sync.WaitGroup
+	var tr *stream.Transactor
+	if !o.noDecider {
+		st := decider.NewStage(eng, decider.StageConfig{Topics: topics, Partitions: 3}, nil, nil)
+		tc := st.TransactConfig()
+		tc.Brokers, tc.Group, tc.TransactionalID = emb.Brokers(), "aegis.decider", "aegis.decider-test"
+		tc.SessionTimeout, tc.HeartbeatInterval = 6*time.Second, time.Second
+		if tr, err = stream.NewTransactor(tc, st.NewProcessor); err != nil {
+			tb.Fatal(err)
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := tr.Run(ctx); err != nil {
+				tb.Errorf("decider: %v", err)
+			}
+		}()
+	}
+	cfg := Defaults()
+	if !o.dev {
+		dir := tb.TempDir()
+		var f KeyFile
+		for key, e := range testKeys {
+			e.SHA256 = HashKey(key)
+			f.Keys = append(f.Keys, e)
+		}
+		b, _ := json.Marshal(f)
+		cfg.APIKeys = filepath.Join(dir, "keys.json")
+		cfg.ApprovalSecretFile = filepath.Join(dir, "secret")
+		if err := os.WriteFile(cfg.APIKeys, b, 0o600); err != nil {
+			tb.Fatal(err)
+		}
+		if err := os.WriteFile(cfg.ApprovalSecretFile, bytes.Repeat([]byte("s"), 32), 0o600); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	if o.cfg != nil {
+		o.cfg(&cfg)
+	}
+	clk := &clock{}
+	srv, err := New(cfg, Env{Brokers: emb.Brokers(), Topics: topics, Dev: o.dev, Engine: eng},
+		WithClock(clk.now), WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	sctx, scancel := context.WithCancel(context.Background())
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if err := srv.Run(sctx); err != nil {
+			tb.Errorf("ingest: %v", err)
+		}
+	}()
+	mux := http.NewServeMux()
+	srv.Routes(mux)
+	hs := httptest.NewServer(mux)
+	tb.Cleanup(func() {
+		hs.Close()
+		scancel()
+		cancel()
+		wg.Wait()
+		emb.Close()
+	})
+	deadline := time.Now().Add(30 * time.Second)
+	for (!srv.Ready() || (tr != nil && !tr.Ready())) && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if !srv.Ready() || (tr != nil && !tr.Ready()) {
+		tb.Fatal("pipeline did not become ready")
+	}
+	return &harness{srv: srv, url: hs.URL, brokers: emb.Brokers(), topics: topics, clock: clk}
+}
+
+// do sends a request and decodes the JSON response into out (if not nil).
+func (h *harness) do(tb testing.TB, method, path, key, contentType, body string, out any) *http.Response {
+	tb.Helper()
+	req, err := http.NewRequest(method, h.url+path, bytes.NewBufferString(body))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if contentType != "" {
+		req.Header.Set("Content-Type", contentType)
+	}
+	if key != "" {
+		req.Header.Set("Authorization", "Bearer "+key)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(resp.Body)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			tb.Fatalf("%s %s: %d %s: %v", method, path, resp.StatusCode, raw, err)
+		}
+	}
+	return resp
+}
+
+// errorCode returns the error code of a response body.
+type errResp struct {
+	Error ErrorDetail `json:"error"`
+}

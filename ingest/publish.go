@@ -1,0 +1,164 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/schemas/canon"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// publishAll writes values (already validated events) to the events topic
+// and returns, per value, nil once Kafka acknowledged it (acks=all,
+// idempotent producer) or the failure. Values of one session keep their
+// order.
+func (s *Server) publishAll(ctx context.Context, keys, values [][]byte) []error {
+	errs := make([]error, len(values))
+	var wg sync.WaitGroup
+	wg.Add(len(values))
+	for i := range values {
+		s.prod.ProduceAsync(ctx, stream.Message{Topic: s.env.Topics.Events, Key: keys[i], Value: values[i]}, func(_ *stream.Record, err error) {
+			errs[i] = err
+			wg.Done()
+		})
+	}
+	wg.Wait()
+	return errs
+}
+
+// maxAssignAttempts bounds how often a server-assigned seq is retried after
+// the decider reported that another event took it.
+const maxAssignAttempts = 8
+
+// errWaitTimeout reports that the record was published (and acknowledged)
+// but no verdict arrived in time.
+var errWaitTimeout = errors.New("ingest: no verdict before the deadline")
+
+// submit publishes ev and waits until the decider accepted or rejected it.
+// With assign, ev.Seq is chosen by the gateway (the seq allocation rule of
+// docs/api.md): the session's next seq as far as the gateway knows, and on
+// a SEQ_CONFLICT, SEQ_STALE or SEQ_GAP rejection the seq the decider
+// expected, up to maxAssignAttempts times. Without assign, ev is published
+// as it is. The value published is ev's canonical form.
+//
+// The returned verdict is the decision reply (proposals), the accepted
+// event (others) or the rejection. An error is errWaitTimeout (the record
+// is in Kafka, its verdict will come later), a broker failure (503) or
+// ctx's error.
+func (s *Server) submit(ctx context.Context, ev *envelope.Event, assign bool, kind string) (verdict, error) {
+	key := string(ev.Key())
+	if assign {
+		ev.Seq = s.hint(key) + 1
+	}
+	callID := ""
+	if ev.Type == envelope.ToolCallProposed {
+		tc, _ := ev.ToolCall()
+		callID = tc.CallID
+	}
+	for attempt := 1; ; attempt++ {
+		value, err := ev.AppendCanonical(nil, false)
+		if err != nil {
+			return verdict{}, fmt.Errorf("ingest: encode %s/%d: %w", key, ev.Seq, err)
+		}
+		w := &waiter{k: seqKey{key, ev.Seq}, published: value, canonical: value, callID: callID,
+			proposal: ev.Type == envelope.ToolCallProposed, ch: make(chan verdict, 1)}
+		unregister := s.replies.register(w)
+		start := s.now()
+		if errs := s.publishAll(ctx, [][]byte{[]byte(key)}, [][]byte{value}); errs[0] != nil {
+			unregister()
+			return verdict{}, brokerError(errs[0])
+		}
+		var v verdict
+		select {
+		case v = <-w.ch:
+			unregister()
+		case <-ctx.Done():
+			unregister()
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				s.metrics.timeouts.Inc()
+				return verdict{}, errWaitTimeout
+			}
+			return verdict{}, ctx.Err()
+		}
+		s.metrics.waits.WithLabelValues(kind).Observe(s.now().Sub(start).Seconds())
+		if rj := v.Rejection; rj != nil {
+			if assign && rj.Expected > 0 && attempt < maxAssignAttempts && rejectionStatus(rj.Reason) == http.StatusConflict {
+				s.setHint(key, rj.Expected-1)
+				ev.Seq = rj.Expected
+				continue
+			}
+			return v, nil
+		}
+		s.setHint(key, ev.Seq)
+		return v, nil
+	}
+}
+
+func brokerError(err error) error {
+	return &apiError{Status: http.StatusServiceUnavailable, Code: CodeBrokerUnavailable, Message: err.Error(), RetryAfter: time.Second}
+}
+
+// decodeClient decodes one event a client sent. A seq of 0 or an absent
+// seq asks the gateway to assign it (assign is then true and ev.Seq is a
+// placeholder).
+func (s *Server) decodeClient(raw []byte) (ev *envelope.Event, assign bool, err error) {
+	ev, err = s.dec.Decode(raw)
+	if err == nil {
+		return ev, false, nil
+	}
+	var e *envelope.Error
+	if !errors.As(err, &e) || e.Field != "seq" {
+		return nil, false, err
+	}
+	fixed, ferr := s.normalize(raw, func(m map[string]json.RawMessage) error {
+		if v, ok := m["seq"]; ok && string(v) != "0" {
+			return err
+		}
+		m["seq"] = json.RawMessage("1")
+		return nil
+	})
+	if ferr != nil {
+		return nil, false, ferr
+	}
+	if ev, err = s.dec.Decode(fixed); err != nil {
+		return nil, false, err
+	}
+	return ev, true, nil
+}
+
+// normalize rewrites the top-level members of a JSON object with fix.
+// The document first passes the strict canonical gate (duplicate keys,
+// invalid UTF-8, unsafe numbers, trailing data are errors with the
+// decoder's codes), so the map cannot hide anything.
+func (s *Server) normalize(raw []byte, fix func(map[string]json.RawMessage) error) ([]byte, error) {
+	if len(raw) > s.env.MaxEventBytes {
+		return nil, &envelope.Error{Code: envelope.CodeTooLarge, Msg: fmt.Sprintf("event is %d bytes, limit is %d", len(raw), s.env.MaxEventBytes)}
+	}
+	if _, err := canon.Append(nil, raw); err != nil {
+		_, derr := s.dec.Decode(raw)
+		if derr == nil {
+			derr = err
+		}
+		return nil, derr
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil || m == nil {
+		return nil, &envelope.Error{Code: envelope.CodeInvalidJSON, Msg: "an event must be a JSON object"}
+	}
+	if err := fix(m); err != nil {
+		return nil, err
+	}
+	return json.Marshal(m)
+}
+
+// rejected builds the error response of a pipeline rejection.
+func rejected(rj *pipeline.Rejection) (int, *ErrorBody) {
+	return rejectionStatus(rj.Reason), rejectionError(rj)
+}

@@ -1,0 +1,285 @@
+package ingest
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"aegis.dev/aegis/decider"
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// Env is what the program running the gateway provides: where the
+// pipeline is and how it is configured.
+type Env struct {
+	// Brokers are the Kafka seed brokers.
+	Brokers []string
+	// Topics are the pipeline's topics.
+	Topics pipeline.Topics
+	// MaxEventBytes bounds one event (aegisd's --max-event-bytes; 0 means
+	// envelope.DefaultMaxEventBytes).
+	MaxEventBytes int
+	// Dev disables authentication (every caller is an operator of every
+	// tenant) and allows caller-supplied manifests. The caller announces it.
+	Dev bool
+	// Engine answers stateless decisions with the server's policy and
+	// manifest registry.
+	Engine *decider.Engine
+}
+
+// Option sets a program-level dependency of a Server.
+type Option func(*Server)
+
+// WithLogger sets the logger (default: discard).
+func WithLogger(l *slog.Logger) Option { return func(s *Server) { s.log = l } }
+
+// WithRegisterer registers the gateway's metrics on reg (default: none).
+func WithRegisterer(reg prometheus.Registerer) Option { return func(s *Server) { s.reg = reg } }
+
+// WithClock sets the wall clock used for rate limits, approval expiry and
+// the timestamps of server-originated events (default time.Now).
+func WithClock(now func() time.Time) Option { return func(s *Server) { s.now = now } }
+
+// Server is the HTTP gateway. Create it with New, mount Routes on a mux,
+// and keep Run running while the mux serves: Run owns the producer, the
+// shared reply tail and approval expiry.
+type Server struct {
+	cfg     Config
+	env     Env
+	log     *slog.Logger
+	reg     prometheus.Registerer
+	now     func() time.Time
+	keys    *Keys
+	secret  []byte
+	limit   *limiter
+	dec     envelope.Decoder
+	replies *replies
+	prod    *stream.Producer
+	appr    *approvals
+	metrics *metrics
+
+	hintMu sync.Mutex
+	hints  map[string]uint64 // session key -> highest seq seen accepted
+}
+
+// New returns a gateway for cfg (which must be valid for env.Dev). It loads
+// the API keys and the approval secret, and creates the producer (which
+// connects lazily).
+func New(cfg Config, env Env, opts ...Option) (*Server, error) {
+	if err := cfg.Validate(env.Dev); err != nil {
+		return nil, err
+	}
+	if env.Engine == nil || len(env.Brokers) == 0 {
+		return nil, errors.New("ingest: Env needs Engine and Brokers")
+	}
+	if env.MaxEventBytes <= 0 {
+		env.MaxEventBytes = envelope.DefaultMaxEventBytes
+	}
+	s := &Server{cfg: cfg, env: env, log: slog.New(slog.DiscardHandler), now: time.Now,
+		dec: envelope.Decoder{MaxBytes: env.MaxEventBytes}, replies: newReplies(env.Topics),
+		hints: make(map[string]uint64)}
+	for _, o := range opts {
+		o(s)
+	}
+	s.log = s.log.With("component", "ingest")
+	s.metrics = newMetrics(s.reg)
+	if cfg.RateLimit > 0 {
+		s.limit = newLimiter(cfg.RateLimit, cfg.RateBurst)
+	}
+	var err error
+	if cfg.APIKeys != "" {
+		if s.keys, err = LoadKeys(cfg.APIKeys); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.ApprovalSecretFile != "" {
+		if s.secret, err = os.ReadFile(cfg.ApprovalSecretFile); err != nil {
+			return nil, fmt.Errorf("ingest: approval secret: %w", err)
+		}
+		if len(s.secret) < 32 {
+			return nil, fmt.Errorf("ingest: approval secret %s: %d bytes, need at least 32", cfg.ApprovalSecretFile, len(s.secret))
+		}
+	} else {
+		s.secret = make([]byte, 32)
+		_, _ = rand.Read(s.secret)
+	}
+	s.appr = newApprovals(s.secret)
+	s.prod, err = stream.NewProducer(stream.ProducerConfig{Brokers: env.Brokers, MaxRecordBytes: pipeline.MaxRecordBytes(env.MaxEventBytes)},
+		stream.WithLogger(s.log), stream.WithRegisterer(s.reg), stream.WithStage("ingest"))
+	if err != nil {
+		return nil, fmt.Errorf("ingest: producer: %w", err)
+	}
+	return s, nil
+}
+
+// TLSConfig returns the listener's TLS configuration, or nil when the
+// configuration serves plain HTTP.
+func (c *Config) TLSConfig() (*tls.Config, error) {
+	if c.TLSCert == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(c.TLSCert, c.TLSKey)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: tls: %w", err)
+	}
+	tc := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if c.TLSClientCA != "" {
+		pem, err := os.ReadFile(c.TLSClientCA)
+		if err != nil {
+			return nil, fmt.Errorf("ingest: tls client ca: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("ingest: tls client ca %s: no PEM certificate", c.TLSClientCA)
+		}
+		tc.ClientCAs, tc.ClientAuth = pool, tls.RequireAndVerifyClientCert
+	}
+	return tc, nil
+}
+
+// Ready reports whether the reply tail reaches the brokers.
+func (s *Server) Ready() bool { return s.replies.ready.Load() }
+
+// Run tails the decisions, decided and rejected topics for waiting
+// requests and expires approvals, until ctx is cancelled; then it flushes
+// and closes the producer. Stop the HTTP server before cancelling ctx, so
+// that no handler is left waiting (shutdown order: ingest stops accepting
+// first).
+func (s *Server) Run(ctx context.Context) error {
+	t := s.env.Topics
+	c, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: s.env.Brokers, Topics: []string{t.Decisions, t.Decided, t.Rejected},
+		Start: stream.FromTime(s.now().Add(-5 * time.Second))}, stream.WithLogger(s.log), stream.WithStage("ingest-replies"))
+	if err != nil {
+		return fmt.Errorf("ingest: reply tail: %w", err)
+	}
+	defer func() {
+		c.Close()
+		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		defer cancel()
+		_ = s.prod.Flush(fctx)
+		s.prod.Close()
+	}()
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		tick := time.NewTicker(time.Second)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+				s.expireApprovals(ctx)
+			}
+		}
+	}()
+	err = s.replies.run(ctx, c)
+	wg.Wait()
+	if err != nil {
+		return fmt.Errorf("ingest: reply tail: %w", err)
+	}
+	return nil
+}
+
+// Routes registers the API's endpoints on mux. /healthz, /readyz and
+// /metrics stay with the program.
+func (s *Server) Routes(mux *http.ServeMux) {
+	mux.Handle("POST /v1/events", s.authed(s.handleEvents, RoleAgent, RoleOperator))
+	mux.Handle("POST /v1/policy/decide", s.authed(s.handleDecide, RoleAgent, RoleOperator, RoleAuditor))
+	mux.Handle("POST /v1/sessions/{session}/proposals", s.authed(s.handleProposal, RoleAgent, RoleOperator))
+	mux.Handle("GET /v1/approvals", s.authed(s.handleListApprovals, RoleOperator))
+	mux.Handle("POST /v1/approvals/{token}", s.authed(s.handleDecideApproval, RoleOperator))
+}
+
+type principalKey struct{}
+
+// authed authenticates the request, checks the role and passes the
+// principal in the request context.
+func (s *Server) authed(h func(http.ResponseWriter, *http.Request, Principal), roles ...Role) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var p Principal
+		switch {
+		case s.env.Dev:
+			p = Principal{ID: "dev", Role: RoleOperator}
+		case s.keys == nil:
+			writeError(w, errf(http.StatusUnauthorized, CodeUnauthenticated, "no credentials are configured"))
+			return
+		default:
+			var ok bool
+			if p, ok = s.keys.Authenticate(r); !ok {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="aegis"`)
+				writeError(w, errf(http.StatusUnauthorized, CodeUnauthenticated, "missing or unknown API key"))
+				return
+			}
+		}
+		if !p.can(roles...) {
+			writeError(w, errf(http.StatusForbidden, CodeForbidden, "role %s may not call %s %s", p.Role, r.Method, r.URL.Path))
+			return
+		}
+		h(w, r, p)
+	})
+}
+
+// tenantOf resolves the tenant a session-scoped request acts on: the
+// principal's; in dev mode the tenant_id query parameter, else "default".
+// A tenant_id parameter naming another tenant than the credentials' is
+// refused.
+func tenantOf(r *http.Request, p Principal) (string, error) {
+	q := r.URL.Query().Get("tenant_id")
+	if p.Tenant == "" {
+		if q == "" {
+			return "default", nil
+		}
+		return q, nil
+	}
+	if q != "" && q != p.Tenant {
+		return "", errf(http.StatusForbidden, CodeTenantMismatch, "credentials of tenant %q may not act on tenant %q", p.Tenant, q)
+	}
+	return p.Tenant, nil
+}
+
+// admit charges n events of tenant to its rate limit.
+func (s *Server) admit(tenant string, n int) error {
+	if wait := s.limit.take(tenant, n, s.now()); wait > 0 {
+		s.metrics.rateLimited.Inc()
+		e := errf(http.StatusTooManyRequests, CodeRateLimited, "tenant %q is over its rate limit of %g events/s", tenant, s.cfg.RateLimit)
+		e.RetryAfter = wait
+		return e
+	}
+	return nil
+}
+
+// hint returns the highest seq the gateway saw accepted for a session.
+func (s *Server) hint(key string) uint64 {
+	s.hintMu.Lock()
+	defer s.hintMu.Unlock()
+	return s.hints[key]
+}
+
+// maxHints bounds the seq hints; when full they are dropped (hints only
+// save a round trip).
+const maxHints = 1 << 16
+
+func (s *Server) setHint(key string, seq uint64) {
+	s.hintMu.Lock()
+	defer s.hintMu.Unlock()
+	if len(s.hints) >= maxHints {
+		clear(s.hints)
+	}
+	if seq > s.hints[key] {
+		s.hints[key] = seq
+	}
+}
