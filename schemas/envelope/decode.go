@@ -1,8 +1,6 @@
 package envelope
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -86,32 +84,87 @@ func (d Decoder) Decode(data []byte) (*Event, error) {
 	}
 	// The canonicalizer is the strict gate: it rejects invalid UTF-8,
 	// duplicate keys, unsafe integers and trailing data anywhere in the
-	// document, which encoding/json would silently accept.
-	if _, err := canon.Append(nil, data); err != nil {
+	// document. The fields are then read from the canonical form.
+	c, err := canon.Append(make([]byte, 0, len(data)), data)
+	if err != nil {
 		return nil, canonError("", err)
 	}
+	if c[0] != '{' {
+		return nil, &Error{Code: CodeInvalidJSON, Msg: "an event must be a JSON object, got JSON " + jsonKind(c)}
+	}
 	var w wireEvent
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&w); err != nil {
-		return nil, jsonError(err)
+	if err := members(c, w.set); err != nil {
+		return nil, scanError(err)
 	}
 	return w.event(d.Sealed)
 }
 
-// wireEvent mirrors Event with pointers so that absent and zero differ.
+// wireFields are the members an envelope may have on the wire.
+var wireFields = []string{"v", "tenant_id", "session_id", "seq", "ts_unix_ms", "event_type", "manifest", "payload", "decision", "prev_hash", "hash"}
+
+// wireEvent collects the members of an event; nil means absent (or null).
 type wireEvent struct {
-	V         *int            `json:"v"`
-	TenantID  *string         `json:"tenant_id"`
-	SessionID *string         `json:"session_id"`
-	Seq       *uint64         `json:"seq"`
-	TsUnixMs  *int64          `json:"ts_unix_ms"`
-	Type      *Type           `json:"event_type"`
-	Manifest  *string         `json:"manifest"`
-	Payload   json.RawMessage `json:"payload"`
-	Decision  *Decision       `json:"decision"`
-	PrevHash  *string         `json:"prev_hash"`
-	Hash      *string         `json:"hash"`
+	V         *int64
+	TenantID  *string
+	SessionID *string
+	Seq       *int64
+	TsUnixMs  *int64
+	Type      *string
+	Manifest  *string
+	Payload   []byte
+	Decision  []byte
+	PrevHash  *string
+	Hash      *string
+}
+
+func (w *wireEvent) set(key, val []byte) error {
+	if string(val) == "null" {
+		switch string(key) {
+		case "v", "tenant_id", "session_id", "seq", "ts_unix_ms", "event_type", "manifest", "payload", "decision", "prev_hash", "hash":
+			return nil
+		}
+	}
+	var err error
+	setStr := func(dst **string, field string) {
+		var s string
+		if s, err = str(field, val); err == nil {
+			*dst = &s
+		}
+	}
+	setInt := func(dst **int64, field string) {
+		var n int64
+		if n, err = integer(field, val); err == nil {
+			*dst = &n
+		}
+	}
+	switch string(key) {
+	case "v":
+		setInt(&w.V, "v")
+	case "tenant_id":
+		setStr(&w.TenantID, "tenant_id")
+	case "session_id":
+		setStr(&w.SessionID, "session_id")
+	case "seq":
+		setInt(&w.Seq, "seq")
+	case "ts_unix_ms":
+		setInt(&w.TsUnixMs, "ts_unix_ms")
+	case "event_type":
+		setStr(&w.Type, "event_type")
+	case "manifest":
+		setStr(&w.Manifest, "manifest")
+	case "payload":
+		w.Payload = val
+	case "decision":
+		w.Decision = val
+	case "prev_hash":
+		setStr(&w.PrevHash, "prev_hash")
+	case "hash":
+		setStr(&w.Hash, "hash")
+	default:
+		name, _ := str("", append(append([]byte{'"'}, key...), '"'))
+		return &Error{Code: CodeUnknownField, Field: name, Msg: "not part of the envelope"}
+	}
+	return err
 }
 
 func (w *wireEvent) event(sealed bool) (*Event, error) {
@@ -132,7 +185,7 @@ func (w *wireEvent) event(sealed bool) (*Event, error) {
 	if *w.Seq < 1 {
 		return nil, &Error{Code: CodeInvalidField, Field: "seq", Msg: "must be >= 1"}
 	}
-	e.Seq = *w.Seq
+	e.Seq = uint64(*w.Seq)
 	if w.TsUnixMs == nil {
 		return nil, missing("ts_unix_ms")
 	}
@@ -143,22 +196,21 @@ func (w *wireEvent) event(sealed bool) (*Event, error) {
 	if w.Type == nil {
 		return nil, missing("event_type")
 	}
-	if !w.Type.Known() {
-		return nil, &Error{Code: CodeUnknownEventType, Field: "event_type", Msg: fmt.Sprintf("unknown event type %q", string(*w.Type))}
+	if t := Type(*w.Type); !t.Known() {
+		return nil, &Error{Code: CodeUnknownEventType, Field: "event_type", Msg: fmt.Sprintf("unknown event type %q", *w.Type)}
 	}
-	e.Type = *w.Type
+	e.Type = Type(*w.Type)
 	if w.Manifest != nil {
 		if err := manifestRef(*w.Manifest); err != nil {
 			return nil, err
 		}
 		e.Manifest = *w.Manifest
 	}
-	payload := []byte(w.Payload)
-	if len(payload) == 0 || string(payload) == "null" {
-		payload = []byte("{}")
-	}
-	if e.Payload, err = canon.Append(nil, payload); err != nil {
-		return nil, canonError("payload", err)
+	// The payload is a member of the canonical document: canonical already.
+	if len(w.Payload) == 0 {
+		e.Payload = []byte("{}")
+	} else {
+		e.Payload = append(make([]byte, 0, len(w.Payload)), w.Payload...)
 	}
 	if err := checkPayload(e.Type, e.Payload); err != nil {
 		return nil, err
@@ -174,7 +226,11 @@ func (w *wireEvent) event(sealed bool) (*Event, error) {
 		}
 		return e, nil
 	}
-	e.Decision = w.Decision
+	if w.Decision != nil {
+		if e.Decision, err = decodeDecision(w.Decision); err != nil {
+			return nil, err
+		}
+	}
 	if w.PrevHash != nil {
 		e.PrevHash = *w.PrevHash
 	}
@@ -182,6 +238,70 @@ func (w *wireEvent) event(sealed bool) (*Event, error) {
 		e.Hash = *w.Hash
 	}
 	return e, nil
+}
+
+// decodeDecision reads a canonical decision object.
+func decodeDecision(v []byte) (*Decision, error) {
+	if v[0] != '{' {
+		return nil, &Error{Code: CodeInvalidField, Field: "decision", Msg: "expected an object, got JSON " + jsonKind(v)}
+	}
+	d := &Decision{}
+	err := members(v, func(key, val []byte) error {
+		var err error
+		switch string(key) {
+		case "outcome":
+			var s string
+			if s, err = str("decision.outcome", val); err == nil {
+				switch o := Outcome(s); o {
+				case Allow, Deny, RequireApproval:
+					d.Outcome = o
+				default:
+					err = &Error{Code: CodeInvalidField, Field: "decision.outcome", Msg: fmt.Sprintf("unknown outcome %q", s)}
+				}
+			}
+		case "reason":
+			d.Reason, err = str("decision.reason", val)
+		case "policy_revision":
+			d.PolicyRevision, err = str("decision.policy_revision", val)
+		case "manifest_digest":
+			d.ManifestDigest, err = str("decision.manifest_digest", val)
+		case "input_digest":
+			d.InputDigest, err = str("decision.input_digest", val)
+		case "constraints":
+			if val[0] != '{' {
+				return &Error{Code: CodeInvalidField, Field: "decision.constraints", Msg: "expected an object, got JSON " + jsonKind(val)}
+			}
+			err = members(val, func(k, cv []byte) error {
+				var err error
+				switch string(k) {
+				case "max_output_bytes":
+					d.Constraints.MaxOutputBytes, err = integer("decision.constraints.max_output_bytes", cv)
+				case "timeout_ms":
+					d.Constraints.TimeoutMs, err = integer("decision.constraints.timeout_ms", cv)
+				default:
+					err = &Error{Code: CodeUnknownField, Field: "decision.constraints." + string(k), Msg: "not part of the decision"}
+				}
+				return err
+			})
+		default:
+			err = &Error{Code: CodeUnknownField, Field: "decision." + string(key), Msg: "not part of the decision"}
+		}
+		return err
+	})
+	if err != nil {
+		return nil, scanError(err)
+	}
+	return d, nil
+}
+
+// scanError passes *Error through and reports anything else (which the
+// canonicalizer should have made impossible) as invalid JSON.
+func scanError(err error) error {
+	var e *Error
+	if errors.As(err, &e) {
+		return e
+	}
+	return &Error{Code: CodeInvalidJSON, Msg: err.Error(), Err: err}
 }
 
 func missing(field string) error {
@@ -247,26 +367,4 @@ func canonError(field string, err error) error {
 		code = CodeNumberOutOfRange
 	}
 	return &Error{Code: code, Field: field, Msg: err.Error(), Err: err}
-}
-
-func jsonError(err error) error {
-	var te *json.UnmarshalTypeError
-	if errors.As(err, &te) {
-		if te.Field == "" {
-			return &Error{Code: CodeInvalidJSON, Msg: "an event must be a JSON object, got JSON " + te.Value, Err: err}
-		}
-		return &Error{Code: CodeInvalidField, Field: te.Field, Msg: fmt.Sprintf("expected %s, got JSON %s", te.Type, te.Value), Err: err}
-	}
-	const unknown = "json: unknown field "
-	if msg := err.Error(); len(msg) > len(unknown) && msg[:len(unknown)] == unknown {
-		return &Error{Code: CodeUnknownField, Field: trimQuotes(msg[len(unknown):]), Msg: "not part of the envelope", Err: err}
-	}
-	return &Error{Code: CodeInvalidJSON, Msg: err.Error(), Err: err}
-}
-
-func trimQuotes(s string) string {
-	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
-		return s[1 : len(s)-1]
-	}
-	return s
 }

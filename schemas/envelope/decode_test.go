@@ -168,3 +168,13 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func BenchmarkDecode(b *testing.B) {
+	in := []byte(`{"tenant_id":"acme","session_id":"s-42","seq":7,"ts_unix_ms":1767225600123,"event_type":"TOOL_CALL_PROPOSED","payload":{"tool_name":"web_fetch","call_id":"c-7","args":{"url":"https://api.example.com/v1/items?limit=10","domain":"api.example.com","timeout":2.5}}}`)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Decode(in); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -67,13 +67,22 @@ func checkPayload(t Type, payload json.RawMessage) error {
 	if len(rules) == 0 {
 		return nil
 	}
-	var fields map[string]json.RawMessage
-	if err := json.Unmarshal(payload, &fields); err != nil {
-		return &Error{Code: CodeInvalidField, Field: "payload", Msg: err.Error(), Err: err}
+	var found [8][]byte // raw values of rules[i]; no event type has more rules
+	err := members(payload, func(key, val []byte) error {
+		for i := range rules {
+			if rules[i].name == string(key) {
+				found[i] = val
+				return nil
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return scanError(err)
 	}
-	for _, r := range rules {
-		raw, ok := fields[r.name]
-		if !ok || string(raw) == "null" {
+	for i, r := range rules {
+		raw := found[i]
+		if raw == nil || string(raw) == "null" {
 			if r.required {
 				return missing("payload." + r.name)
 			}
@@ -85,12 +94,10 @@ func checkPayload(t Type, payload json.RawMessage) error {
 		if r.kind == kString && r.required && string(raw) == `""` {
 			return &Error{Code: CodeInvalidField, Field: "payload." + r.name, Msg: "must not be empty"}
 		}
-	}
-	if t == ApprovalDecided {
-		var d string
-		_ = json.Unmarshal(fields["decision"], &d)
-		if d != "allow" && d != "deny" {
-			return &Error{Code: CodeInvalidField, Field: "payload.decision", Msg: fmt.Sprintf(`must be "allow" or "deny", got %q`, d)}
+		if t == ApprovalDecided && r.name == "decision" {
+			if d := string(raw); d != `"allow"` && d != `"deny"` {
+				return &Error{Code: CodeInvalidField, Field: "payload.decision", Msg: fmt.Sprintf(`must be "allow" or "deny", got %s`, d)}
+			}
 		}
 	}
 	return nil
@@ -118,4 +125,12 @@ func (e *Event) ToolCall() (ToolCall, error) {
 		return tc, fmt.Errorf("event %s/%s/%d: tool call payload: %w", e.TenantID, e.SessionID, e.Seq, err)
 	}
 	return tc, nil
+}
+
+func init() {
+	for t, rules := range payloadRules {
+		if len(rules) > 8 {
+			panic("envelope: too many payload rules for " + string(t))
+		}
+	}
 }

@@ -52,8 +52,8 @@ func TestJSONSchemaMatchesDecoder(t *testing.T) {
 		t.Fatalf("required %v", schema.Required)
 	}
 	wire := map[string]bool{}
-	for _, f := range reflect.VisibleFields(reflect.TypeOf(wireEvent{})) {
-		wire[f.Tag.Get("json")] = true
+	for _, f := range wireFields {
+		wire[f] = true
 	}
 	for name := range schema.Properties {
 		if !wire[name] {
