@@ -47,7 +47,8 @@ func (s *Server) handleDecide(w http.ResponseWriter, r *http.Request, p Principa
 		return
 	}
 	if err := s.completeDecideRequest(req, tenant, p); err != nil {
-		writeError(w, err)
+		st, detail := eventError(err)
+		writeJSON(w, st, ErrorBody{Error: detail})
 		return
 	}
 	body, _ = json.Marshal(req)

@@ -16,8 +16,10 @@ import (
 
 	"aegis.dev/aegis/decider"
 	"aegis.dev/aegis/decider/policy"
+	"aegis.dev/aegis/internal/ctl"
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/schemas/envelope"
 	"aegis.dev/aegis/schemas/manifest"
 )
 
@@ -193,4 +195,10 @@ func (h *harness) do(tb testing.TB, method, path, key, contentType, body string,
 // errorCode returns the error code of a response body.
 type errResp struct {
 	Error ErrorDetail `json:"error"`
+}
+
+// ctlDecide answers a decide request the way `aegisctl decide` does, with
+// the harness's engine.
+func ctlDecide(h *harness, body []byte) (*envelope.Decision, error) {
+	return ctl.DecideOne(context.Background(), h.srv.env.Engine, body, true)
 }

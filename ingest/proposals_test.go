@@ -1,0 +1,221 @@
+package ingest
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+func proposal(tool, call, args string) string {
+	return `{"payload":{"tool_name":"` + tool + `","call_id":"` + call + `","args":` + args + `}}`
+}
+
+func TestProposalDecisions(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	path := "/v1/sessions/p1/proposals"
+	for _, tc := range []struct {
+		name, key, body string
+		status          int
+		code            string
+		seq             uint64
+		outcome         envelope.Outcome
+		reason          string
+	}{
+		{"allowed, seq assigned", "acme-agent", proposal("read_file", "c1", `{"path":"/a"}`), 200, "", 1, envelope.Allow, "OK"},
+		{"undeclared", "acme-agent", proposal("exec", "c2", `{}`), 200, "", 2, envelope.Deny, "PERMISSION_UNDECLARED"},
+		{"client seq", "acme-agent", `{"seq":3,"ts_unix_ms":1767225600000,` + proposal("search", "c3", `{}`)[1:], 200, "", 3, envelope.Allow, "OK"},
+		{"seq conflict", "acme-agent", `{"seq":3,"ts_unix_ms":1767225600000,` + proposal("search", "c4", `{}`)[1:], 409, "SEQ_CONFLICT", 0, "", ""},
+		{"seq gap", "acme-agent", `{"seq":9,` + proposal("search", "c5", `{}`)[1:], 409, "SEQ_GAP", 0, "", ""},
+		{"exact retry gets the same decision", "acme-agent", `{"seq":3,"ts_unix_ms":1767225600000,` + proposal("search", "c3", `{}`)[1:], 200, "", 3, envelope.Allow, "OK"},
+		{"session of the path only", "acme-agent", `{"session_id":"other",` + proposal("search", "c6", `{}`)[1:], 400, CodeMalformedRequest, 0, "", ""},
+		{"foreign tenant in body", "acme-agent", `{"tenant_id":"globex",` + proposal("search", "c6", `{}`)[1:], 403, CodeTenantMismatch, 0, "", ""},
+		{"not a proposal", "acme-agent", `{"event_type":"TOOL_RESULT","payload":{}}`, 400, CodeMalformedRequest, 0, "", ""},
+		{"auditor may not propose", "acme-auditor", proposal("search", "c7", `{}`), 403, CodeForbidden, 0, "", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out struct {
+				ProposalResponse
+				Error ErrorDetail `json:"error"`
+			}
+			r := h.do(t, "POST", path, tc.key, "application/json", tc.body, &out)
+			if r.StatusCode != tc.status || out.Error.Code != tc.code || out.Seq != tc.seq || out.Outcome != tc.outcome || out.Reason != tc.reason {
+				t.Fatalf("got %d %q seq %d %s/%s, want %d %q seq %d %s/%s", r.StatusCode, out.Error.Code, out.Seq, out.Outcome, out.Reason,
+					tc.status, tc.code, tc.seq, tc.outcome, tc.reason)
+			}
+			if tc.code == "SEQ_CONFLICT" && out.Error.ExpectedSeq != 4 {
+				t.Fatalf("expected_seq %d, want 4", out.Error.ExpectedSeq)
+			}
+		})
+	}
+	// Tenants do not share sessions: globex's p1 is a new session.
+	var out ProposalResponse
+	if r := h.do(t, "POST", path, "globex-agent", "application/json", proposal("read_file", "c1", `{}`), &out); r.StatusCode != 200 || out.TenantID != "globex" || out.Seq != 1 {
+		t.Fatalf("globex: %d %+v", r.StatusCode, out)
+	}
+}
+
+func TestProposalTimeoutStillRecorded(t *testing.T) {
+	h := newHarness(t, harnessOpts{noDecider: true})
+	var out TimeoutResponse
+	r := h.do(t, "POST", "/v1/sessions/t1/proposals?timeout_ms=300", "acme-agent", "application/json", `{"seq":1,`+proposal("read_file", "c1", `{}`)[1:], &out)
+	if r.StatusCode != 504 || out.Error.Code != CodeDecisionTimeout || !out.Recorded || out.Seq != 1 {
+		t.Fatalf("got %d %+v", r.StatusCode, out)
+	}
+	c, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: h.brokers, Topics: []string{h.topics.Events}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	recs, err := c.Poll(ctx)
+	if err != nil || len(recs) != 1 || string(recs[0].Key) != "acme/t1" {
+		t.Fatalf("events topic: %v %d records", err, len(recs))
+	}
+	if _, err := envelope.Decode(recs[0].Value); err != nil {
+		t.Fatalf("recorded proposal: %v", err)
+	}
+}
+
+// requireApproval proposes send_email and returns the approval token.
+func requireApproval(t *testing.T, h *harness, key, session, call, args string) ProposalResponse {
+	t.Helper()
+	var out ProposalResponse
+	r := h.do(t, "POST", "/v1/sessions/"+session+"/proposals", key, "application/json", proposal("send_email", call, args), &out)
+	if r.StatusCode != 200 || out.Outcome != envelope.RequireApproval || out.Approval == nil || out.Approval.State != ApprovalPending {
+		t.Fatalf("got %d %+v", r.StatusCode, out)
+	}
+	return out
+}
+
+func TestApprovalTokens(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	args := `{"to":"a@example.com"}`
+	p := requireApproval(t, h, "acme-agent", "ap1", "m1", args)
+	token := p.Approval.Token
+	allow := `{"decision":"allow","reason":"looks fine"}`
+
+	// The token names its claims; altering them breaks the MAC.
+	parts := strings.Split(token, ".")
+	claims, _ := base64.RawURLEncoding.DecodeString(parts[1])
+	forged := parts[0] + "." + base64.RawURLEncoding.EncodeToString([]byte(strings.Replace(string(claims), p.Approval.ArgsDigest, strings.Repeat("0", 64), 1))) + "." + parts[2]
+
+	var list struct {
+		Approvals []Approval `json:"approvals"`
+	}
+	if h.do(t, "GET", "/v1/approvals?state=pending", "acme-operator", "", "", &list); len(list.Approvals) != 1 || list.Approvals[0].Token != token {
+		t.Fatalf("acme pending: %+v", list)
+	}
+	if h.do(t, "GET", "/v1/approvals", "globex-op", "", "", &list); len(list.Approvals) != 0 {
+		t.Fatalf("globex sees acme's approvals: %+v", list)
+	}
+	for _, tc := range []struct {
+		name, key, token, body string
+		status                 int
+		code                   string
+	}{
+		{"agent may not approve", "acme-agent", token, allow, 403, CodeForbidden},
+		{"auditor may not list or approve", "acme-auditor", token, allow, 403, CodeForbidden},
+		{"another tenant's operator", "globex-op", token, allow, 403, CodeTenantMismatch},
+		{"forged claims", "acme-operator", forged, allow, 404, CodeApprovalInvalid},
+		{"garbage token", "acme-operator", "apv1.x.y", allow, 404, CodeApprovalInvalid},
+		{"other args", "acme-operator", token, `{"decision":"allow","args":{"to":"b@example.com"}}`, 409, CodeApprovalMismatch},
+		{"other tool", "acme-operator", token, `{"decision":"allow","tool_name":"search"}`, 409, CodeApprovalMismatch},
+		{"bad decision", "acme-operator", token, `{"decision":"maybe"}`, 400, CodeMalformedRequest},
+		{"approve", "acme-operator", token, `{"decision":"allow","reason":"ok","tool_name":"send_email","args":` + args + `}`, 200, ""},
+		{"replay", "acme-operator", token, allow, 409, CodeApprovalNotPending},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out struct {
+				Error    ErrorDetail `json:"error"`
+				Approval Approval    `json:"approval"`
+			}
+			r := h.do(t, "POST", "/v1/approvals/"+tc.token, tc.key, "application/json", tc.body, &out)
+			if r.StatusCode != tc.status || out.Error.Code != tc.code {
+				t.Fatalf("got %d %q, want %d %q", r.StatusCode, out.Error.Code, tc.status, tc.code)
+			}
+			if tc.code == "" && (out.Approval.State != ApprovalApproved || out.Approval.Approver != "acme-operator" || out.Approval.DecidedSeq != 2) {
+				t.Fatalf("approval %+v", out.Approval)
+			}
+		})
+	}
+	// The approved call passes; other arguments need a new approval.
+	var out ProposalResponse
+	if h.do(t, "POST", "/v1/sessions/ap1/proposals", "acme-agent", "application/json", proposal("send_email", "m1", args), &out); out.Outcome != envelope.Allow || out.Seq != 3 {
+		t.Fatalf("approved call: %+v", out)
+	}
+	if h.do(t, "POST", "/v1/sessions/ap1/proposals", "acme-agent", "application/json", proposal("send_email", "m1", `{"to":"b@example.com"}`), &out); out.Outcome != envelope.RequireApproval {
+		t.Fatalf("other args: %+v", out)
+	}
+}
+
+func TestApprovalExpiry(t *testing.T) {
+	h := newHarness(t, harnessOpts{cfg: func(c *Config) { c.ApprovalTTL = time.Minute }})
+	start := time.Now()
+	h.clock.set(start)
+	late := requireApproval(t, h, "acme-agent", "ex1", "m1", `{}`)
+	swept := requireApproval(t, h, "acme-agent", "ex2", "m1", `{}`)
+	h.clock.set(start.Add(90 * time.Second))
+
+	var out struct {
+		Error    ErrorDetail `json:"error"`
+		Approval Approval    `json:"approval"`
+	}
+	r := h.do(t, "POST", "/v1/approvals/"+late.Approval.Token, "acme-operator", "application/json", `{"decision":"allow"}`, &out)
+	if r.StatusCode != 410 || out.Error.Code != CodeApprovalExpired || out.Approval.State != ApprovalExpired {
+		t.Fatalf("late approval: %d %+v", r.StatusCode, out)
+	}
+	h.srv.expireApprovals(context.Background())
+	var list struct {
+		Approvals []Approval `json:"approvals"`
+	}
+	h.do(t, "GET", "/v1/approvals?state=expired", "acme-operator", "", "", &list)
+	if len(list.Approvals) != 2 || list.Approvals[1].ID != swept.Approval.ID || list.Approvals[1].Approver != approverExpiry {
+		t.Fatalf("expired: %+v", list)
+	}
+	// The expiry is in the log: the same call is denied approval again, not allowed.
+	var p ProposalResponse
+	if h.do(t, "POST", "/v1/sessions/ex1/proposals", "acme-agent", "application/json", proposal("send_email", "m1", `{}`), &p); p.Outcome != envelope.RequireApproval || p.Seq != 3 {
+		t.Fatalf("after expiry: %+v", p)
+	}
+}
+
+func TestProposalWaitsForApproval(t *testing.T) {
+	h := newHarness(t, harnessOpts{})
+	type result struct {
+		status int
+		out    ProposalResponse
+	}
+	done := make(chan result, 1)
+	go func() {
+		var out ProposalResponse
+		r := h.do(t, "POST", "/v1/sessions/w1/proposals?approval_wait_ms=20000", "acme-agent", "application/json", proposal("send_email", "m1", `{"to":"x"}`), &out)
+		done <- result{r.StatusCode, out}
+	}()
+	var list struct {
+		Approvals []Approval `json:"approvals"`
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(list.Approvals) == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+		h.do(t, "GET", "/v1/approvals", "acme-operator", "", "", &list)
+	}
+	if len(list.Approvals) != 1 {
+		t.Fatal("no pending approval appeared")
+	}
+	if r := h.do(t, "POST", "/v1/approvals/"+list.Approvals[0].Token, "acme-operator", "application/json", `{"decision":"allow"}`, nil); r.StatusCode != 200 {
+		t.Fatalf("approve: %d", r.StatusCode)
+	}
+	res := <-done
+	// seq 1 the proposal, 2 the APPROVAL_DECIDED, 3 the same call proposed again.
+	if res.status != 200 || res.out.Outcome != envelope.Allow || res.out.Seq != 3 || res.out.Approval != nil {
+		b, _ := json.Marshal(res.out)
+		t.Fatalf("waiting caller: %d %s", res.status, b)
+	}
+}
