@@ -17,6 +17,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"aegis.dev/aegis/ingest"
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/schemas/envelope"
 )
@@ -77,6 +78,9 @@ type Config struct {
 	Dev bool `yaml:"dev"`
 	// LogLevel is debug, info, warn or error (default info).
 	LogLevel string `yaml:"log_level"`
+	// Ingest configures the HTTP API served on HTTPAddr (API keys, TLS,
+	// approvals, rate limits); its keys sit at the top level of the file.
+	Ingest ingest.Config `yaml:",inline"`
 }
 
 // Defaults returns the configuration with every default applied.
@@ -97,6 +101,7 @@ func Defaults() Config {
 		SessionTimeout: 45 * time.Second,
 		MaxBatch:       5000,
 		LogLevel:       "info",
+		Ingest:         ingest.Defaults(),
 	}
 }
 
@@ -133,6 +138,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxBatch, "max-batch", c.MaxBatch, "most records a stage handles in one transaction")
 	fs.BoolVar(&c.Dev, "dev", c.Dev, "development mode: relaxed security, loudly announced")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	c.Ingest.RegisterFlags(fs)
 }
 
 // Load builds the configuration from args: defaults, then the YAML file
@@ -219,6 +225,9 @@ func (c *Config) Validate() error {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		errs = append(errs, fmt.Errorf("log-level %q: %w", c.LogLevel, err))
+	}
+	if err := c.Ingest.Validate(c.Dev); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }
