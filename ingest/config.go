@@ -21,7 +21,7 @@ import (
 // --max-event-bytes and --dev belong to aegisd and are passed to New.
 type Config struct {
 	// APIKeys is a JSON file of API keys, stored hashed (see KeyFile).
-	// Required unless dev mode.
+	// Without it (and outside dev mode) the API is not served.
 	APIKeys string `yaml:"api_keys"`
 	// TLSCert and TLSKey, when both set, serve HTTPS (TLS 1.2 or later).
 	TLSCert string `yaml:"tls_cert"`
@@ -31,8 +31,8 @@ type Config struct {
 	// authenticates a client by its certificate's common name.
 	TLSClientCA string `yaml:"tls_client_ca"`
 	// ApprovalSecretFile holds the HMAC secret of approval tokens (at least
-	// 32 bytes; never logged). Required unless dev mode, where a random
-	// per-process secret is used.
+	// 32 bytes; never logged). Required with APIKeys; in dev mode without
+	// it, a random per-process secret is used.
 	ApprovalSecretFile string `yaml:"approval_secret_file"`
 	// ApprovalTTL is how long an approval stays open before it is denied
 	// with APPROVAL_EXPIRED (default 10m).
@@ -68,11 +68,11 @@ func Defaults() Config {
 // RegisterFlags binds every field to a flag on fs, with the field's current
 // value as the default.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.APIKeys, "api-keys", c.APIKeys, "JSON file of hashed API keys (tenant, role); required unless --dev")
+	fs.StringVar(&c.APIKeys, "api-keys", c.APIKeys, "JSON file of hashed API keys (tenant, role); without it the HTTP API is served only with --dev")
 	fs.StringVar(&c.TLSCert, "tls-cert", c.TLSCert, "PEM certificate of the HTTP listener (with --tls-key: serve HTTPS)")
 	fs.StringVar(&c.TLSKey, "tls-key", c.TLSKey, "PEM private key of the HTTP listener")
 	fs.StringVar(&c.TLSClientCA, "tls-client-ca", c.TLSClientCA, "PEM CA bundle: require client certificates signed by it (mTLS)")
-	fs.StringVar(&c.ApprovalSecretFile, "approval-secret-file", c.ApprovalSecretFile, "file holding the HMAC secret of approval tokens (>= 32 bytes); required unless --dev")
+	fs.StringVar(&c.ApprovalSecretFile, "approval-secret-file", c.ApprovalSecretFile, "file holding the HMAC secret of approval tokens (>= 32 bytes); required with --api-keys")
 	fs.DurationVar(&c.ApprovalTTL, "approval-ttl", c.ApprovalTTL, "how long an approval stays open before it is denied")
 	fs.DurationVar(&c.ProposalTimeout, "proposal-timeout", c.ProposalTimeout, "default wait of a synchronous proposal for its decision")
 	fs.Float64Var(&c.RateLimit, "rate-limit", c.RateLimit, "events per second per tenant (0: unlimited)")
@@ -81,14 +81,15 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxBatchEvents, "max-batch-events", c.MaxBatchEvents, "most events in one POST /v1/events")
 }
 
+// Enabled reports whether the API is served: in dev mode (without
+// authentication) or with API keys.
+func (c *Config) Enabled(dev bool) bool { return dev || c.APIKeys != "" }
+
 // Validate checks the configuration; dev is aegisd's --dev.
 func (c *Config) Validate(dev bool) error {
 	var errs []error
-	if !dev && c.APIKeys == "" {
-		errs = append(errs, errors.New("api-keys: required unless --dev"))
-	}
-	if !dev && c.ApprovalSecretFile == "" {
-		errs = append(errs, errors.New("approval-secret-file: required unless --dev"))
+	if !dev && c.APIKeys != "" && c.ApprovalSecretFile == "" {
+		errs = append(errs, errors.New("approval-secret-file: required with api-keys unless --dev"))
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		errs = append(errs, errors.New("tls-cert and tls-key: set both or neither"))

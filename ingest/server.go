@@ -81,6 +81,9 @@ func New(cfg Config, env Env, opts ...Option) (*Server, error) {
 	if err := cfg.Validate(env.Dev); err != nil {
 		return nil, err
 	}
+	if !cfg.Enabled(env.Dev) {
+		return nil, errors.New("ingest: the API needs api-keys or dev mode")
+	}
 	if env.Engine == nil || len(env.Brokers) == 0 {
 		return nil, errors.New("ingest: Env needs Engine and Brokers")
 	}

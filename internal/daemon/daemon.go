@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +18,7 @@ import (
 
 	"aegis.dev/aegis/decider"
 	"aegis.dev/aegis/decider/policy"
+	"aegis.dev/aegis/ingest"
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/schemas/manifest"
@@ -116,11 +118,15 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return fmt.Errorf("aegisd: topics: %w", err)
 	}
 
-	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	api, err := d.newIngest(brokers)
 	if err != nil {
-		return fmt.Errorf("aegisd: http listener: %w", err)
+		return err
 	}
-	srv := &http.Server{Handler: d.handler(), ReadHeaderTimeout: 10 * time.Second}
+	ln, err := d.listen()
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: d.handler(api), ReadHeaderTimeout: 10 * time.Second}
 
 	type stage struct {
 		name string
@@ -145,7 +151,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, len(stages)+1)
+	errc := make(chan error, len(stages)+2)
+	apiCtx, apiStop := context.WithCancel(context.WithoutCancel(runCtx))
+	apiDone := make(chan struct{})
+	go func() {
+		defer close(apiDone)
+		if api == nil {
+			return
+		}
+		if err := api.Run(apiCtx); err != nil {
+			errc <- fmt.Errorf("aegisd: ingest: %w", err)
+		}
+	}()
 	go func() {
 		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("aegisd: http: %w", err)
@@ -176,6 +193,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	shutdownCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer stop()
 	_ = srv.Shutdown(shutdownCtx)
+	apiStop()
+	<-apiDone
 	for i := range stages {
 		stageCtx[i]()
 		<-done[i]
@@ -249,15 +268,18 @@ func (d *Daemon) engine() (*decider.Engine, error) {
 	return decider.NewEngine(pe, reg), nil
 }
 
-func (d *Daemon) handler() http.Handler {
+func (d *Daemon) handler(api *ingest.Server) http.Handler {
 	mux := http.NewServeMux()
+	if api != nil {
+		api.Routes(mux)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		_, _ = w.Write([]byte(`{"status":"ok"}` + "\n"))
 	})
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		if !d.Ready() {
+		if !d.Ready() || (api != nil && !api.Ready()) {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			_, _ = w.Write([]byte(`{"status":"catching up"}` + "\n"))
 			return
@@ -276,5 +298,46 @@ func (c Config) redacted() map[string]any {
 		"http_addr": c.HTTPAddr, "topic_prefix": c.TopicPrefix, "partitions": c.Partitions,
 		"instance": c.Instance, "manifests": c.Manifests, "policy": c.Policy,
 		"max_event_bytes": c.MaxEventBytes, "max_batch": c.MaxBatch, "session_timeout": c.SessionTimeout.String(), "dev": c.Dev,
+		"ingest": c.Ingest.Redacted(),
 	}
+}
+
+// newIngest builds the HTTP API when it is enabled (--dev or --api-keys);
+// nil otherwise. It decides with the same policy and manifests as the
+// decider stage.
+func (d *Daemon) newIngest(brokers []string) (*ingest.Server, error) {
+	if !d.cfg.Ingest.Enabled(d.cfg.Dev) {
+		d.log.Info("HTTP API disabled: no --api-keys (only /healthz, /readyz and /metrics are served)")
+		return nil, nil
+	}
+	if d.cfg.Dev {
+		d.log.Warn("DEVELOPMENT MODE: the HTTP API runs WITHOUT AUTHENTICATION; any caller may act as any tenant")
+	}
+	eng, err := d.engine()
+	if err != nil {
+		return nil, err
+	}
+	api, err := ingest.New(d.cfg.Ingest, ingest.Env{Brokers: brokers, Topics: d.topics, MaxEventBytes: d.cfg.MaxEventBytes, Dev: d.cfg.Dev, Engine: eng},
+		ingest.WithLogger(d.log), ingest.WithRegisterer(d.reg))
+	if err != nil {
+		return nil, fmt.Errorf("aegisd: ingest: %w", err)
+	}
+	return api, nil
+}
+
+// listen opens the HTTP listener, with TLS when configured.
+func (d *Daemon) listen() (net.Listener, error) {
+	ln, err := net.Listen("tcp", d.cfg.HTTPAddr)
+	if err != nil {
+		return nil, fmt.Errorf("aegisd: http listener: %w", err)
+	}
+	tc, err := d.cfg.Ingest.TLSConfig()
+	if err != nil {
+		_ = ln.Close()
+		return nil, err
+	}
+	if tc != nil {
+		ln = tls.NewListener(ln, tc)
+	}
+	return ln, nil
 }

@@ -1,0 +1,71 @@
+package daemon
+
+import (
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestReferenceRequestsAgainstDevDaemon sends the reference
+// implementation's quick-start requests, unchanged, to aegisd --dev.
+func TestReferenceRequestsAgainstDevDaemon(t *testing.T) {
+	cfg := embeddedConfig(t)
+	cfg.Dev = true
+	d := startDaemon(t, cfg)
+	base := "http://" + d.HTTPAddr()
+	get := func(path string) (int, string) {
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	post := func(path, body string) (int, string) {
+		resp, err := http.Post(base+path, "application/json", strings.NewReader(body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b)
+	}
+	if code, body := get("/healthz"); code != 200 {
+		t.Fatalf("healthz: %d %s", code, body)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for code, _ := get("/readyz"); code != 200; code, _ = get("/readyz") {
+		if time.Now().After(deadline) {
+			t.Fatal("readyz never answered 200")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	code, body := post("/v1/events", `{"tenant_id":"acme","session_id":"sess-001","seq":0,"ts_unix_ms":1700000000000,"event_type":"TOOL_CALL_PROPOSED","payload":{"tool_name":"read_file","call_id":"c1","args":{}}}`)
+	if code != 202 || !strings.Contains(body, `"status":"accepted"`) {
+		t.Fatalf("events: %d %s", code, body)
+	}
+	code, body = post("/v1/policy/decide", `{"event":{"event_type":"TOOL_CALL_PROPOSED","payload":{"tool_name":"read_file","call_id":"c1","args":{}}},"snapshot":{"steps_consumed":3,"tool_calls_consumed":2,"wall_time_ms":5000},"manifest":{"schema":"aegis.dev/manifest/v0.1","name":"my-skill","version":"0.1.0","publisher":"acme","permissions":{"tools":["read_file"],"budgets":{"max_steps":24,"max_tool_calls":12,"max_wall_time_ms":120000}},"sandbox":{"required":false},"integrity":{}}}`)
+	if code != 200 || !strings.Contains(body, `"outcome":"allow"`) {
+		t.Fatalf("decide: %d %s", code, body)
+	}
+	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, "aegis_ingest_events_total") {
+		t.Fatalf("metrics: %d", code)
+	}
+}
+
+// TestAPIDisabledWithoutKeys: outside dev mode and without --api-keys only
+// the operational endpoints are served.
+func TestAPIDisabledWithoutKeys(t *testing.T) {
+	d := startDaemon(t, embeddedConfig(t))
+	resp, err := http.Post("http://"+d.HTTPAddr()+"/v1/events", "application/json", strings.NewReader(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("status %d, want 404", resp.StatusCode)
+	}
+}
