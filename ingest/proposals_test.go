@@ -1,13 +1,17 @@
 package ingest
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"aegis.dev/aegis/internal/ctl"
 	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/schemas/envelope"
 )
@@ -209,8 +213,23 @@ func TestProposalWaitsForApproval(t *testing.T) {
 	if len(list.Approvals) != 1 {
 		t.Fatal("no pending approval appeared")
 	}
-	if r := h.do(t, "POST", "/v1/approvals/"+list.Approvals[0].Token, "acme-operator", "application/json", `{"decision":"allow"}`, nil); r.StatusCode != 200 {
-		t.Fatalf("approve: %d", r.StatusCode)
+	// The operator approves with aegisctl.
+	keyFile := filepath.Join(t.TempDir(), "key")
+	if err := os.WriteFile(keyFile, []byte("acme-operator\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	code := ctl.Main(context.Background(), ctl.IO{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr},
+		[]string{"approve", list.Approvals[0].Token, "--allow", "--reason", "ticket 42", "--server", h.url, "--api-key-file", keyFile})
+	if code != ctl.ExitOK || !strings.Contains(stdout.String(), `"approver":"acme-operator"`) || !strings.Contains(stdout.String(), `"reason":"ticket 42"`) {
+		t.Fatalf("aegisctl approve: exit %d, stdout %s, stderr %s", code, stdout.String(), stderr.String())
+	}
+	// A second use of the token fails with the server's code.
+	stderr.Reset()
+	code = ctl.Main(context.Background(), ctl.IO{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr},
+		[]string{"approve", list.Approvals[0].Token, "--deny", "--server", h.url, "--api-key-file", keyFile})
+	if code != ctl.ExitFailed || !strings.Contains(stderr.String(), CodeApprovalNotPending) {
+		t.Fatalf("replayed aegisctl approve: exit %d, stderr %s", code, stderr.String())
 	}
 	res := <-done
 	// seq 1 the proposal, 2 the APPROVAL_DECIDED, 3 the same call proposed again.

@@ -37,13 +37,14 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"canon":  {"JSON on stdin -> RFC 8785 canonical JSON on stdout", runCanon},
-		"decide": {"decide a request {event, snapshot, manifest} from stdin, or a whole event log (--events)", runDecide},
-		"seal":   {"unsealed events NDJSON on stdin -> sealed NDJSON on stdout", runSeal},
-		"verify": {"verify a sealed NDJSON file (--file)", runVerify},
-		"policy": {"policy bundle tools: 'policy test DIR'", runPolicy},
+		"canon":   {"JSON on stdin -> RFC 8785 canonical JSON on stdout", runCanon},
+		"decide":  {"decide a request {event, snapshot, manifest} from stdin, or a whole event log (--events)", runDecide},
+		"seal":    {"unsealed events NDJSON on stdin -> sealed NDJSON on stdout", runSeal},
+		"verify":  {"verify a sealed NDJSON file (--file)", runVerify},
+		"policy":  {"policy bundle tools: 'policy test DIR'", runPolicy},
+		"approve": {"settle an approval through aegisd: 'approve TOKEN --allow|--deny [--reason TEXT]'", runApprove},
 		"publish": {"publish NDJSON events from stdin to the events topic, keyed and partitioned as the pipeline requires", runPublish},
-		"export": {"write the records of a pipeline topic as NDJSON (e.g. aegis.sealed for verify --file)", runExport},
+		"export":  {"write the records of a pipeline topic as NDJSON (e.g. aegis.sealed for verify --file)", runExport},
 	}
 }
 
