@@ -1,0 +1,402 @@
+// Package chstore is the ClickHouse audit store, the only package that
+// imports clickhouse-go. It speaks the native protocol (the HTTP mode of
+// clickhouse-go does not work with ClickHouse 18.16) and applies the
+// migrations of schemas/clickhouse.
+//
+// Deduplication is at merge time: every table is a ReplacingMergeTree keyed
+// by the row's identity, so a redelivered row is a second identical copy
+// until a background merge collapses it. Queries that must count each row
+// once read with FINAL (docs/audit-queries.md); Events passes copies
+// adjacently. docs/store.md explains the choice.
+package chstore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/ClickHouse/clickhouse-go/v2"
+	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
+
+	"aegis.dev/aegis/projector"
+	"aegis.dev/aegis/schemas/chain"
+	chschema "aegis.dev/aegis/schemas/clickhouse"
+)
+
+var (
+	_ projector.Store      = (*Store)(nil)
+	_ projector.HeadReader = (*Store)(nil)
+	_ projector.Querier    = (*Store)(nil)
+)
+
+// Store is a ClickHouse audit store. It is safe for concurrent use.
+type Store struct {
+	conn     driver.Conn
+	database string
+}
+
+// Config locates the server.
+type Config struct {
+	// Addr is host:port of the native protocol.
+	Addr string
+	// Database is created if it does not exist.
+	Database string
+	// User and Password authenticate (default user "default", no
+	// password).
+	User, Password string
+	// DialTimeout bounds connecting (default 5s).
+	DialTimeout time.Duration
+}
+
+// ParseURL parses clickhouse://[user[:password]@]HOST:PORT/DB.
+func ParseURL(raw string) (Config, error) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "clickhouse" || u.Host == "" {
+		return Config{}, fmt.Errorf("chstore: %q is not clickhouse://HOST:PORT/DB: %w", raw, projector.ErrStore)
+	}
+	cfg := Config{Addr: u.Host, Database: strings.Trim(u.Path, "/")}
+	if cfg.Database == "" || strings.Contains(cfg.Database, "/") {
+		return Config{}, fmt.Errorf("chstore: %q names no database: %w", raw, projector.ErrStore)
+	}
+	if u.Port() == "" {
+		cfg.Addr += ":9000"
+	}
+	if u.User != nil {
+		cfg.User = u.User.Username()
+		cfg.Password, _ = u.User.Password()
+	}
+	return cfg, nil
+}
+
+// Open connects, creates the database if needed and applies the pending
+// migrations.
+func Open(ctx context.Context, cfg Config) (*Store, error) {
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 5 * time.Second
+	}
+	for _, c := range cfg.Database {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+			return nil, fmt.Errorf("chstore: database %q: only letters, digits and _: %w", cfg.Database, projector.ErrStore)
+		}
+	}
+	opts := func(db string) *clickhouse.Options {
+		return &clickhouse.Options{
+			Addr:        []string{cfg.Addr},
+			Auth:        clickhouse.Auth{Database: db, Username: cfg.User, Password: cfg.Password},
+			DialTimeout: cfg.DialTimeout,
+			Protocol:    clickhouse.Native,
+		}
+	}
+	boot, err := clickhouse.Open(opts("default"))
+	if err != nil {
+		return nil, wrap("connect", err)
+	}
+	err = boot.Exec(ctx, "CREATE DATABASE IF NOT EXISTS "+cfg.Database)
+	_ = boot.Close()
+	if err != nil {
+		return nil, wrap("create database", err)
+	}
+	conn, err := clickhouse.Open(opts(cfg.Database))
+	if err != nil {
+		return nil, wrap("connect", err)
+	}
+	s := &Store{conn: conn, database: cfg.Database}
+	if err := s.migrate(ctx); err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes the connections.
+func (s *Store) Close() error { return s.conn.Close() }
+
+func wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("chstore: %s: %w", op, err)
+	}
+	return fmt.Errorf("chstore: %s: %w: %w", op, projector.ErrStore, err)
+}
+
+// SchemaVersion returns the highest applied migration.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v uint32
+	err := s.conn.QueryRow(ctx, "SELECT max(version) FROM schema_version").Scan(&v)
+	return int(v), wrap("schema version", err)
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	bootstrap, migrations, err := projector.Migrations(chschema.Files())
+	if err != nil {
+		return err
+	}
+	for _, stmt := range bootstrap {
+		if err := s.conn.Exec(ctx, stmt); err != nil {
+			return wrap("migrate: schema_version", err)
+		}
+	}
+	have, err := s.SchemaVersion(ctx)
+	if err != nil {
+		return err
+	}
+	for _, m := range migrations {
+		if m.Version <= have {
+			continue
+		}
+		for _, stmt := range m.Statements {
+			if err := s.conn.Exec(ctx, stmt); err != nil {
+				return wrap("migrate: "+m.Name, err)
+			}
+		}
+		b, err := s.conn.PrepareBatch(ctx, "INSERT INTO schema_version (version, name, applied_unix_ms)")
+		if err != nil {
+			return wrap("migrate: "+m.Name, err)
+		}
+		if err := b.Append(uint32(m.Version), m.Name, time.Now().UnixMilli()); err != nil {
+			_ = b.Abort()
+			return wrap("migrate: "+m.Name, err)
+		}
+		if err := b.Send(); err != nil {
+			return wrap("migrate: "+m.Name, err)
+		}
+	}
+	return nil
+}
+
+func b8(b bool) uint8 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Write inserts each table's rows as one block (events first, heads last).
+// A failed insert leaves the earlier tables written; the caller writes the
+// whole batch again, which the ReplacingMergeTree tables absorb.
+func (s *Store) Write(ctx context.Context, b *projector.Batch) error {
+	insert := func(table, cols string, n int, row func(i int) ([]any, error)) error {
+		if n == 0 {
+			return nil
+		}
+		batch, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+table+" ("+cols+")")
+		if err != nil {
+			return wrap("write "+table, err)
+		}
+		defer func() { _ = batch.Abort() }()
+		for i := range n {
+			vals, err := row(i)
+			if err != nil {
+				return err
+			}
+			if err := batch.Append(vals...); err != nil {
+				return wrap("write "+table, err)
+			}
+		}
+		return wrap("write "+table, batch.Send())
+	}
+	err := insert("audit_events", "tenant_id, session_id, seq, ts_unix_ms, event_date, v, event_type, manifest, tool_name, call_id, outcome, reason, policy_revision, payload, decision, prev_hash, hash, kafka_partition, kafka_offset",
+		len(b.Events), func(i int) ([]any, error) {
+			r := &b.Events[i]
+			e := r.Event
+			dec, err := projector.DecisionJSON(e)
+			return []any{e.TenantID, e.SessionID, e.Seq, e.TsUnixMs, projector.Date(e.TsUnixMs), uint8(e.V), string(e.Type), e.Manifest,
+				r.ToolName, r.CallID, r.Outcome, r.Reason, r.PolicyRevision, string(e.Payload), dec, e.PrevHash, e.Hash,
+				r.Partition, r.Offset}, err
+		})
+	if err != nil {
+		return err
+	}
+	err = insert("decisions", "tenant_id, session_id, seq, ts_unix_ms, event_date, manifest, tool_name, call_id, outcome, reason, max_output_bytes, timeout_ms, policy_revision, manifest_digest, input_digest, tainted, hash",
+		len(b.Decisions), func(i int) ([]any, error) {
+			d := &b.Decisions[i]
+			return []any{d.TenantID, d.SessionID, d.Seq, d.TsUnixMs, projector.Date(d.TsUnixMs), d.Manifest, d.ToolName, d.CallID,
+				string(d.Outcome), d.Reason, d.Constraints.MaxOutputBytes, d.Constraints.TimeoutMs, d.PolicyRevision,
+				d.ManifestDigest, d.InputDigest, b8(d.Tainted), d.Hash}, nil
+		})
+	if err != nil {
+		return err
+	}
+	err = insert("session_snapshots", "tenant_id, session_id, last_seq, first_ts_unix_ms, last_ts_unix_ms, first_event_date, manifest, events, steps, model_calls, tool_calls, tainted, loop_detected, terminated, pending_approvals, handoff_state, snapshot, snapshot_hash",
+		len(b.Snapshots), func(i int) ([]any, error) {
+			r := &b.Snapshots[i]
+			sn := r.Snapshot
+			return []any{sn.TenantID, sn.SessionID, sn.LastSeq, sn.FirstTsMs, sn.LastTsMs, projector.Date(sn.FirstTsMs), sn.Manifest,
+				sn.Events, sn.Steps, sn.ModelCalls, sn.ToolCalls, b8(sn.Tainted), b8(sn.Loop.Detected), b8(sn.Terminated),
+				r.PendingApprovals(), sn.Handoff.State, r.JSON, r.Hash}, nil
+		})
+	if err != nil {
+		return err
+	}
+	err = insert("rejected_records", "tenant_id, session_id, seq, event_date, rejected_unix_ms, stage, reason, detail, expected_seq, source_topic, source_partition, source_offset, record_key, original, original_base64",
+		len(b.Rejected), func(i int) ([]any, error) {
+			r := &b.Rejected[i]
+			return []any{r.TenantID, r.SessionID, r.Seq, projector.Date(r.RejectedUnixMs), r.RejectedUnixMs, r.Stage, r.Reason,
+				r.Detail, r.Expected, r.Topic, r.Partition, r.Offset, r.Key, r.Original, projector.Base64(r.OriginalBase64)}, nil
+		})
+	if err != nil {
+		return err
+	}
+	return insert("chain_heads", "tenant_id, session_id, seq, hash", len(b.Heads), func(i int) ([]any, error) {
+		h := &b.Heads[i]
+		return []any{h.TenantID, h.SessionID, h.Seq, h.Hash}, nil
+	})
+}
+
+// where builds the WHERE clause of f over audit_events-like columns.
+func where(f projector.Filter) (string, []any) {
+	var conds []string
+	var args []any
+	if f.TenantID != "" {
+		conds, args = append(conds, "tenant_id = ?"), append(args, f.TenantID)
+	}
+	if f.SessionID != "" {
+		conds, args = append(conds, "session_id = ?"), append(args, f.SessionID)
+	}
+	if f.SinceUnixMs > 0 {
+		conds = append(conds, "(tenant_id, session_id) IN (SELECT tenant_id, session_id FROM audit_events WHERE ts_unix_ms >= ?)")
+		args = append(args, f.SinceUnixMs)
+	}
+	if len(f.Sessions) > 0 {
+		vals := make([]string, len(f.Sessions))
+		for i, k := range f.Sessions {
+			vals[i] = "(?, ?)"
+			args = append(args, k.TenantID, k.SessionID)
+		}
+		conds = append(conds, "(tenant_id, session_id) IN ("+strings.Join(vals, ", ")+")")
+	}
+	if len(conds) == 0 {
+		return "", nil
+	}
+	return " WHERE " + strings.Join(conds, " AND "), args
+}
+
+// Events scans audit_events without FINAL, so that a second, different row
+// with the same key (an inserted forgery not yet merged away) reaches the
+// verifier; copies share a seq and so come out adjacent.
+func (s *Store) Events(ctx context.Context, f projector.Filter, fn func(*projector.EventRow) error) error {
+	w, args := where(f)
+	rows, err := s.conn.Query(ctx, `SELECT v, tenant_id, session_id, seq, ts_unix_ms, event_type, manifest, payload,
+	decision, prev_hash, hash, tool_name, call_id, outcome, reason, policy_revision, kafka_partition, kafka_offset
+FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
+	if err != nil {
+		return wrap("events", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var e projector.StoredEvent
+		var v uint8
+		if err := rows.Scan(&v, &e.TenantID, &e.SessionID, &e.Seq, &e.TsUnixMs, &e.EventType, &e.Manifest, &e.Payload,
+			&e.Decision, &e.PrevHash, &e.Hash, &e.ToolName, &e.CallID, &e.Outcome, &e.Reason, &e.PolicyRevision,
+			&e.Partition, &e.Offset); err != nil {
+			return wrap("events", err)
+		}
+		e.V = int(v)
+		if err := fn(e.Row()); err != nil {
+			return err
+		}
+	}
+	return wrap("events", rows.Err())
+}
+
+// Heads returns the latest stored chain head of each session (see
+// projector.HeadReader).
+func (s *Store) Heads(ctx context.Context, f projector.Filter) ([]chain.Head, error) {
+	f.Sessions = nil
+	w, args := where(f)
+	rows, err := s.conn.Query(ctx, "SELECT tenant_id, session_id, max(seq), argMax(hash, seq) FROM chain_heads"+w+
+		" GROUP BY tenant_id, session_id ORDER BY tenant_id, session_id", args...)
+	if err != nil {
+		return nil, wrap("heads", err)
+	}
+	defer rows.Close()
+	var out []chain.Head
+	for rows.Next() {
+		var h chain.Head
+		if err := rows.Scan(&h.TenantID, &h.SessionID, &h.Seq, &h.Hash); err != nil {
+			return nil, wrap("heads", err)
+		}
+		out = append(out, h)
+	}
+	return out, wrap("heads", rows.Err())
+}
+
+// Query runs one statement with readonly=1 (see projector.Querier).
+func (s *Store) Query(ctx context.Context, query string) ([]string, [][]any, error) {
+	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"readonly": 1}))
+	rows, err := s.conn.Query(ctx, query)
+	if err != nil {
+		return nil, nil, wrap("query", err)
+	}
+	defer rows.Close()
+	cols := rows.Columns()
+	types := rows.ColumnTypes()
+	var out [][]any
+	for rows.Next() {
+		ptrs := make([]any, len(types))
+		for i, t := range types {
+			ptrs[i] = reflect.New(t.ScanType()).Interface()
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			return nil, nil, wrap("query", err)
+		}
+		vals := make([]any, len(ptrs))
+		for i, p := range ptrs {
+			vals[i] = plain(types[i].DatabaseTypeName(), reflect.ValueOf(p).Elem().Interface())
+		}
+		out = append(out, vals)
+	}
+	return cols, out, wrap("query", rows.Err())
+}
+
+// plain maps driver values to the kinds Querier promises; Date columns
+// become "YYYY-MM-DD" strings, as in the SQLite store.
+func plain(dbType string, v any) any {
+	switch x := v.(type) {
+	case uint8:
+		return int64(x)
+	case uint16:
+		return int64(x)
+	case uint32:
+		return int64(x)
+	case uint64:
+		if x <= 1<<63-1 {
+			return int64(x)
+		}
+		return x
+	case int8:
+		return int64(x)
+	case int16:
+		return int64(x)
+	case int32:
+		return int64(x)
+	case float32:
+		return float64(x)
+	case time.Time:
+		if dbType == "Date" {
+			return x.UTC().Format(time.DateOnly)
+		}
+		return x.UTC()
+	case *string:
+		if x == nil {
+			return nil
+		}
+		return *x
+	}
+	return v
+}
+
+// Database returns the database the store uses.
+func (s *Store) Database() string { return s.database }
+
+// DropDatabase drops the store's database: for tests and benchmarks that
+// create throwaway databases.
+func (s *Store) DropDatabase(ctx context.Context) error {
+	return wrap("drop database", s.conn.Exec(ctx, "DROP DATABASE IF EXISTS "+s.database))
+}

@@ -1,0 +1,81 @@
+package chstore_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"aegis.dev/aegis/projector/chstore"
+	"aegis.dev/aegis/projector/storetest"
+)
+
+var dbSeq atomic.Int64
+
+// openFresh opens a store on a new database named after the one in
+// AEGIS_TEST_CLICKHOUSE, dropped when the test ends.
+func openFresh(t testing.TB) *chstore.Store {
+	t.Helper()
+	cfg, err := chstore.ParseURL(storetest.ServiceAddr(t, "AEGIS_TEST_CLICKHOUSE"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Database = fmt.Sprintf("%s_%d_%d", cfg.Database, time.Now().UnixNano(), dbSeq.Add(1))
+	ctx := context.Background()
+	s, err := chstore.Open(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = s.DropDatabase(context.Background())
+		_ = s.Close()
+	})
+	return s
+}
+
+func TestIntegrationStoreSuite(t *testing.T) {
+	storetest.Run(t, storetest.Dialect{Final: "FINAL"}, func(t testing.TB) storetest.Store { return openFresh(t) })
+}
+
+func TestIntegrationMigrationsAreIdempotent(t *testing.T) {
+	s := openFresh(t)
+	cfg, _ := chstore.ParseURL(storetest.ServiceAddr(t, "AEGIS_TEST_CLICKHOUSE"))
+	cfg.Database = s.Database()
+	again, err := chstore.Open(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer again.Close()
+	v, err := again.SchemaVersion(context.Background())
+	if err != nil || v != 1 {
+		t.Errorf("schema version %d, %v; want 1", v, err)
+	}
+}
+
+func TestParseURL(t *testing.T) {
+	cases := []struct {
+		name, url, want string
+		ok             bool
+	}{
+		{"host port db", "clickhouse://127.0.0.1:19000/aegis", "127.0.0.1:19000 aegis  ", true},
+		{"default port", "clickhouse://ch.internal/audit", "ch.internal:9000 audit  ", true},
+		{"credentials", "clickhouse://auditor:s3cret@ch:9000/audit", "ch:9000 audit auditor s3cret", true},
+		{"no database", "clickhouse://127.0.0.1:19000/", "", false},
+		{"nested path", "clickhouse://127.0.0.1:19000/a/b", "", false},
+		{"wrong scheme", "http://127.0.0.1:18123/aegis", "", false},
+		{"sqlite url", "sqlite:/tmp/x.db", "", false},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			cfg, err := chstore.ParseURL(c.url)
+			if (err == nil) != c.ok {
+				t.Fatalf("err %v, want ok=%v", err, c.ok)
+			}
+			if got := strings.Join([]string{cfg.Addr, cfg.Database, cfg.User, cfg.Password}, " "); c.ok && got != c.want {
+				t.Errorf("got %q, want %q", got, c.want)
+			}
+		})
+	}
+}

@@ -1,0 +1,479 @@
+// Package projector is the projector stage: it copies the sealed audit log
+// and what goes with it (rejections, chain heads) from Kafka into an audit
+// store, and folds each session's events into its latest snapshot.
+//
+// # Delivery
+//
+// The projector reads aegis.sealed, aegis.rejected and aegis.chain-heads
+// read_committed in one consumer group, so instances share the partitions.
+// It buffers records and writes them to the Store as one Batch when
+// Config.BatchSize records are buffered or Config.FlushInterval has passed
+// since the first of them, whichever comes first. It does not poll while a
+// write is pending (backpressure: Kafka holds the records, nothing is
+// dropped), retries a failed write forever with exponential backoff, and
+// commits the batch's offsets only after the write succeeded. A crash
+// between write and commit redelivers the batch; stores make that
+// invisible (Store.Write is idempotent, docs/store.md).
+//
+// # Snapshots
+//
+// Session snapshots are decider/session.Snapshot folded over the sealed
+// events. The projector keeps recent sessions' snapshots in memory; for a
+// session it has not seen, or one whose next event is not the one after its
+// cached state (another instance wrote it meanwhile), it rebuilds the state
+// from the session's stored events. Each decision row records whether the
+// session was tainted before the proposal.
+//
+// # Shutdown
+//
+// Cancelling Run's context stops polling; the buffered records are written
+// and committed within Config.DrainTimeout, then the consumer leaves the
+// group. In aegisd the projector starts last and stops last, after the
+// stages that feed it.
+package projector
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"aegis.dev/aegis/decider/session"
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/schemas/chain"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// StageName is the projector's stage label and default group suffix.
+const StageName = "projector"
+
+// Rejection reasons of records the projector cannot project. They are
+// written to rejected_records with stage "projector", never skipped.
+const (
+	// ReasonBadHead: a chain-heads record is not a JSON head.
+	ReasonBadHead = "BAD_HEAD_RECORD"
+	// ReasonBadRejection: a rejected-topic record is not a JSON rejection.
+	ReasonBadRejection = "BAD_REJECTION_RECORD"
+	// ReasonBadSealed: a sealed record does not decode or does not follow
+	// its session's previous event (the decoder's code is in the detail).
+	ReasonBadSealed = "BAD_SEALED_RECORD"
+)
+
+// ErrHistory reports that the store lacks the events a session's snapshot
+// must be rebuilt from (its offsets were committed but its rows are gone).
+// Retrying cannot help; Run returns it.
+var ErrHistory = errors.New("projector_history_missing")
+
+// Config is the operator configuration of a projector.
+type Config struct {
+	// Brokers are the seed brokers.
+	Brokers []string
+	// Group is the consumer group (aegisd: "<prefix>projector").
+	Group string
+	// Topics names the topics read: Sealed, Rejected and ChainHeads.
+	Topics pipeline.Topics
+	// BatchSize is the number of buffered records that triggers a write
+	// (default 5000).
+	BatchSize int
+	// FlushInterval bounds how long a record waits in the buffer (default
+	// 1s).
+	FlushInterval time.Duration
+	// RetryBackoff is the first wait after a failed write, doubling up to
+	// MaxRetryBackoff (defaults 100ms and 10s).
+	RetryBackoff    time.Duration
+	MaxRetryBackoff time.Duration
+	// DrainTimeout bounds the final write on shutdown (default 30s).
+	DrainTimeout time.Duration
+	// MaxEventBytes bounds one sealed record (default 1 MiB plus 64 KiB
+	// for the decision and chain fields).
+	MaxEventBytes int
+	// CachedSessions bounds the snapshots kept in memory (default
+	// 100,000); beyond it, some are dropped and rebuilt when needed.
+	CachedSessions int
+}
+
+func (c *Config) defaults() error {
+	if len(c.Brokers) == 0 || c.Group == "" || c.Topics.Sealed == "" {
+		return fmt.Errorf("projector: brokers, group and topics are required: %w", stream.ErrConfig)
+	}
+	set := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	if c.BatchSize <= 0 {
+		c.BatchSize = 5000
+	}
+	set(&c.FlushInterval, time.Second)
+	set(&c.RetryBackoff, 100*time.Millisecond)
+	set(&c.MaxRetryBackoff, 10*time.Second)
+	set(&c.DrainTimeout, 30*time.Second)
+	if c.MaxEventBytes <= 0 {
+		c.MaxEventBytes = envelope.DefaultMaxEventBytes + 64<<10
+	}
+	if c.CachedSessions <= 0 {
+		c.CachedSessions = 100000
+	}
+	return nil
+}
+
+// Projector is the projector stage. Create it with New, run it with Run.
+type Projector struct {
+	cfg     Config
+	store   Store
+	log     *slog.Logger
+	metrics *metrics
+	opts    []stream.Option
+	ready   atomic.Bool
+
+	snaps map[SessionKey]*session.Snapshot
+}
+
+// New returns a projector writing to store. reg and log may be nil.
+func New(cfg Config, store Store, reg prometheus.Registerer, log *slog.Logger) (*Projector, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	opts := []stream.Option{stream.WithLogger(log), stream.WithStage(StageName)}
+	if reg != nil {
+		opts = append(opts, stream.WithRegisterer(reg))
+	}
+	return &Projector{cfg: cfg, store: store, log: log.With("stage", StageName), metrics: newMetrics(reg), opts: opts,
+		snaps: make(map[SessionKey]*session.Snapshot)}, nil
+}
+
+// Ready reports whether the projector has caught up once: it has polled
+// its topics and found nothing left to write. It stays true afterwards.
+func (p *Projector) Ready() bool { return p.ready.Load() }
+
+// Run consumes and writes until ctx is cancelled, then drains (see the
+// package documentation) and returns nil. It returns an error only for an
+// invalid configuration or ErrHistory. Run must not be called twice at once.
+func (p *Projector) Run(ctx context.Context) error {
+	t := p.cfg.Topics
+	cons, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: p.cfg.Brokers, Group: p.cfg.Group,
+		Topics: []string{t.Sealed, t.Rejected, t.ChainHeads}, Start: stream.FromBeginning()}, p.opts...)
+	if err != nil {
+		return fmt.Errorf("projector: %w", err)
+	}
+	defer cons.Close()
+	p.snaps = make(map[SessionKey]*session.Snapshot)
+	var buf []*stream.Record
+	var first time.Time
+	for {
+		pollCtx, cancel := ctx, context.CancelFunc(func() {})
+		if len(buf) > 0 {
+			pollCtx, cancel = context.WithDeadline(ctx, first.Add(p.cfg.FlushInterval))
+		} else {
+			pollCtx, cancel = context.WithTimeout(ctx, p.cfg.FlushInterval)
+		}
+		recs, err := cons.Poll(pollCtx)
+		cancel()
+		if ctx.Err() != nil {
+			buf = append(buf, recs...)
+			return p.drain(ctx, cons, buf)
+		}
+		switch {
+		case err == nil:
+		case errors.Is(err, context.DeadlineExceeded):
+			if len(buf) == 0 {
+				p.ready.Store(true)
+			}
+		default:
+			p.log.Warn("poll failed; retrying", "err", err)
+		}
+		if len(recs) > 0 && len(buf) == 0 {
+			first = time.Now()
+		}
+		buf = append(buf, recs...)
+		if len(buf) == 0 || len(buf) < p.cfg.BatchSize && time.Since(first) < p.cfg.FlushInterval {
+			continue
+		}
+		if err := p.flush(ctx, cons, buf); err != nil {
+			if ctx.Err() != nil {
+				return p.drain(ctx, cons, buf)
+			}
+			return err
+		}
+		buf = buf[:0]
+	}
+}
+
+// drain writes and commits what is buffered after ctx was cancelled.
+func (p *Projector) drain(ctx context.Context, cons *stream.Consumer, buf []*stream.Record) error {
+	if len(buf) == 0 {
+		return nil
+	}
+	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.DrainTimeout)
+	defer cancel()
+	if err := p.flush(dctx, cons, buf); err != nil {
+		if errors.Is(err, ErrHistory) {
+			return err
+		}
+		p.log.Warn("shutdown: buffered records not written; they will be read again", "records", len(buf), "err", err)
+	}
+	return nil
+}
+
+// flush writes buf as one batch, retrying until it succeeds or ctx is
+// done, then commits its offsets.
+func (p *Projector) flush(ctx context.Context, cons *stream.Consumer, buf []*stream.Record) error {
+	start := time.Now()
+	b, err := p.build(ctx, buf)
+	if err != nil {
+		return err
+	}
+	backoff := p.cfg.RetryBackoff
+	for {
+		err := p.store.Write(ctx, b)
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			p.dropCache()
+			return fmt.Errorf("projector: write: %w", ctx.Err())
+		}
+		p.metrics.retries.Inc()
+		p.log.Warn("store write failed; retrying", "rows", b.Len(), "backoff", backoff, "err", err)
+		select {
+		case <-ctx.Done():
+			p.dropCache()
+			return fmt.Errorf("projector: write: %w", ctx.Err())
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, p.cfg.MaxRetryBackoff)
+	}
+	p.metrics.observe(b, len(buf), time.Since(start))
+	if err := cons.Commit(ctx, buf...); err != nil {
+		// The rows are stored; the records will be read again by this
+		// instance or the partition's new owner, and deduplicated.
+		p.log.Warn("offset commit failed; records will be redelivered", "records", len(buf), "err", err)
+	}
+	return nil
+}
+
+// dropCache forgets every cached snapshot: after a write that never
+// succeeded, the cache is ahead of the store.
+func (p *Projector) dropCache() { clear(p.snaps) }
+
+// build turns buffered records into the rows of one batch.
+func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, error) {
+	t := p.cfg.Topics
+	b := &Batch{}
+	dec := envelope.Decoder{Sealed: true, MaxBytes: p.cfg.MaxEventBytes}
+	type sealed struct {
+		ev  *envelope.Event
+		rec *stream.Record
+	}
+	var events []sealed
+	reject := func(rec *stream.Record, reason, detail string) {
+		r := pipeline.NewRejection(StageName, rec, reason, detail)
+		b.Rejected = append(b.Rejected, RejectedRow{Rejection: *r, RejectedUnixMs: rec.Timestamp.UnixMilli()})
+	}
+	for _, rec := range buf {
+		switch rec.Topic {
+		case t.Sealed:
+			ev, err := dec.Decode(rec.Value)
+			if err != nil || ev.Hash == "" {
+				reject(rec, ReasonBadSealed, fmt.Sprintf("%s: %v", envelope.Code(err), err))
+				continue
+			}
+			events = append(events, sealed{ev, rec})
+		case t.Rejected:
+			var r pipeline.Rejection
+			if err := json.Unmarshal(rec.Value, &r); err != nil {
+				reject(rec, ReasonBadRejection, err.Error())
+				continue
+			}
+			b.Rejected = append(b.Rejected, RejectedRow{Rejection: r, RejectedUnixMs: rec.Timestamp.UnixMilli()})
+		case t.ChainHeads:
+			if rec.Value == nil {
+				continue // a tombstone: nothing to record
+			}
+			var h chain.Head
+			if err := json.Unmarshal(rec.Value, &h); err != nil || h.TenantID == "" || h.SessionID == "" || h.Seq == 0 {
+				reject(rec, ReasonBadHead, fmt.Sprintf("not a chain head: %v", err))
+				continue
+			}
+			b.Heads = append(b.Heads, h)
+		}
+	}
+	// Sessions whose cached state does not end right before their first
+	// event here are rebuilt from the store, in one query.
+	firstSeq := map[SessionKey]uint64{}
+	var load []SessionKey
+	for _, s := range events {
+		k := SessionKey{s.ev.TenantID, s.ev.SessionID}
+		if _, ok := firstSeq[k]; ok {
+			continue
+		}
+		firstSeq[k] = s.ev.Seq
+		if sn := p.snaps[k]; sn == nil || sn.LastSeq+1 < s.ev.Seq {
+			load = append(load, k)
+		}
+	}
+	if err := p.rebuild(ctx, load, firstSeq); err != nil {
+		return nil, err
+	}
+	dirty := map[SessionKey]bool{}
+	var order []SessionKey
+	for _, s := range events {
+		ev := s.ev
+		k := SessionKey{ev.TenantID, ev.SessionID}
+		sn := p.snaps[k]
+		if sn.LastSeq+1 < ev.Seq {
+			// Another instance wrote this session meanwhile (a
+			// rebalance inside the batch): rebuild it.
+			if err := p.rebuild(ctx, []SessionKey{k}, map[SessionKey]uint64{k: ev.Seq}); err != nil {
+				return nil, err
+			}
+			sn = p.snaps[k]
+		}
+		if ev.Seq <= sn.LastSeq {
+			continue // already written by this instance: a redelivery
+		}
+		if ev.Decision != nil {
+			tc, _ := ev.ToolCall()
+			b.Decisions = append(b.Decisions, DecisionRow{TenantID: ev.TenantID, SessionID: ev.SessionID, Seq: ev.Seq,
+				TsUnixMs: ev.TsUnixMs, Manifest: sessionManifest(sn, ev), ToolName: tc.ToolName, CallID: tc.CallID,
+				Decision: *ev.Decision, Tainted: sn.Tainted, Hash: ev.Hash})
+		}
+		if err := sn.Apply(ev); err != nil {
+			// The sealer never writes such a record; keep it visible.
+			reject(s.rec, ReasonBadSealed, err.Error())
+			continue
+		}
+		b.Events = append(b.Events, NewEventRow(ev, s.rec.Partition, s.rec.Offset))
+		if !dirty[k] {
+			dirty[k] = true
+			order = append(order, k)
+		}
+	}
+	for _, k := range order {
+		r, err := NewSnapshotRow(p.snaps[k])
+		if err != nil {
+			return nil, err
+		}
+		b.Snapshots = append(b.Snapshots, r)
+	}
+	p.evict()
+	return b, nil
+}
+
+// sessionManifest is the manifest the session runs under: named by its
+// first event.
+func sessionManifest(sn *session.Snapshot, ev *envelope.Event) string {
+	if sn.LastSeq == 0 {
+		return ev.Manifest
+	}
+	return sn.Manifest
+}
+
+// rebuild sets the cached snapshot of each session in keys to its state
+// after its stored events with seq < before[k].
+func (p *Projector) rebuild(ctx context.Context, keys []SessionKey, before map[SessionKey]uint64) error {
+	if len(keys) == 0 {
+		return nil
+	}
+	p.metrics.rebuilds.Add(float64(len(keys)))
+	fresh := make(map[SessionKey]*session.Snapshot, len(keys))
+	for _, k := range keys {
+		fresh[k] = session.New(k.TenantID, k.SessionID)
+	}
+	const chunk = 500
+	for i := 0; i < len(keys); i += chunk {
+		part := keys[i:min(i+chunk, len(keys))]
+		err := p.store.Events(ctx, Filter{Sessions: part}, func(r *EventRow) error {
+			k := SessionKey{r.Event.TenantID, r.Event.SessionID}
+			sn := fresh[k]
+			if sn == nil || r.Event.Seq >= before[k] || r.Event.Seq <= sn.LastSeq {
+				return nil
+			}
+			if r.Invalid != nil {
+				return fmt.Errorf("projector: rebuild %s/%s seq %d: %w: %w", k.TenantID, k.SessionID, r.Event.Seq, ErrHistory, r.Invalid)
+			}
+			if err := sn.Apply(r.Event); err != nil {
+				return fmt.Errorf("projector: rebuild %s/%s: %w: %w", k.TenantID, k.SessionID, ErrHistory, err)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+	}
+	for _, k := range keys {
+		if sn := fresh[k]; sn.LastSeq+1 != before[k] {
+			return fmt.Errorf("projector: rebuild %s/%s: store holds seq 1..%d, next consumed seq is %d: %w",
+				k.TenantID, k.SessionID, sn.LastSeq, before[k], ErrHistory)
+		}
+		p.snaps[k] = fresh[k]
+	}
+	return nil
+}
+
+// evict keeps the snapshot cache within CachedSessions.
+func (p *Projector) evict() {
+	for k := range p.snaps {
+		if len(p.snaps) <= p.cfg.CachedSessions {
+			return
+		}
+		delete(p.snaps, k)
+	}
+}
+
+type metrics struct {
+	rows     *prometheus.CounterVec
+	records  prometheus.Counter
+	retries  prometheus.Counter
+	rebuilds prometheus.Counter
+	flush    prometheus.Histogram
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		rows: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "aegis_projector_rows_written_total",
+			Help: "Rows written to the audit store, by table (redeliveries included)."}, []string{"table"}),
+		records: prometheus.NewCounter(prometheus.CounterOpts{Name: "aegis_projector_records_total",
+			Help: "Kafka records projected and committed."}),
+		retries: prometheus.NewCounter(prometheus.CounterOpts{Name: "aegis_projector_write_retries_total",
+			Help: "Store writes that failed and were retried."}),
+		rebuilds: prometheus.NewCounter(prometheus.CounterOpts{Name: "aegis_projector_snapshot_rebuilds_total",
+			Help: "Session snapshots rebuilt from stored events."}),
+		flush: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "aegis_projector_flush_seconds",
+			Help: "Time to build and write one batch.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
+	}
+	if reg == nil {
+		return m
+	}
+	for _, c := range []*prometheus.Collector{ptr[prometheus.Collector](m.rows), ptr[prometheus.Collector](m.records),
+		ptr[prometheus.Collector](m.retries), ptr[prometheus.Collector](m.rebuilds), ptr[prometheus.Collector](m.flush)} {
+		if err := reg.Register(*c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if errors.As(err, &are) {
+				*c = are.ExistingCollector
+			}
+		}
+	}
+	return m
+}
+
+func ptr[T any](v T) *T { return &v }
+
+func (m *metrics) observe(b *Batch, records int, d time.Duration) {
+	m.rows.WithLabelValues("audit_events").Add(float64(len(b.Events)))
+	m.rows.WithLabelValues("decisions").Add(float64(len(b.Decisions)))
+	m.rows.WithLabelValues("session_snapshots").Add(float64(len(b.Snapshots)))
+	m.rows.WithLabelValues("rejected_records").Add(float64(len(b.Rejected)))
+	m.rows.WithLabelValues("chain_heads").Add(float64(len(b.Heads)))
+	m.records.Add(float64(records))
+	m.flush.Observe(d.Seconds())
+}

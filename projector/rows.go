@@ -1,0 +1,244 @@
+package projector
+
+import (
+	"bytes"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"aegis.dev/aegis/decider/session"
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/schemas/canon"
+	"aegis.dev/aegis/schemas/chain"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// SessionKey names a session.
+type SessionKey struct {
+	TenantID  string
+	SessionID string
+}
+
+// EventRow is one row of audit_events: a sealed record plus the columns
+// auditors filter on. Event carries everything the chain hashes, so the
+// sealed record is rebuilt from the row alone (docs/store.md).
+type EventRow struct {
+	Event *envelope.Event
+	// Filter columns, derived from Event by NewEventRow. Verification
+	// checks that they still agree with Event (ColumnsMatch).
+	ToolName       string
+	CallID         string
+	Outcome        string
+	Reason         string
+	PolicyRevision string
+	// Where the record was read from (informational; not part of the
+	// row's identity).
+	Partition int32
+	Offset    int64
+	// Invalid is set by stores when the stored columns do not rebuild a
+	// record (a decision column that is not a canonical decision); Event
+	// then holds what could be read.
+	Invalid error
+}
+
+// NewEventRow derives the row of a sealed event.
+func NewEventRow(ev *envelope.Event, partition int32, offset int64) EventRow {
+	r := EventRow{Event: ev, Partition: partition, Offset: offset}
+	r.ToolName, r.CallID, r.Outcome, r.Reason, r.PolicyRevision = filterColumns(ev)
+	return r
+}
+
+func filterColumns(ev *envelope.Event) (tool, callID, outcome, reason, revision string) {
+	var p struct {
+		ToolName json.RawMessage `json:"tool_name"`
+		CallID   json.RawMessage `json:"call_id"`
+	}
+	if json.Unmarshal(ev.Payload, &p) == nil {
+		tool, callID = jsonString(p.ToolName), jsonString(p.CallID)
+	}
+	if d := ev.Decision; d != nil {
+		outcome, reason, revision = string(d.Outcome), d.Reason, d.PolicyRevision
+	}
+	return tool, callID, outcome, reason, revision
+}
+
+// jsonString returns the value of a JSON string, or "" for anything else:
+// free-form payloads may carry a non-string tool_name.
+func jsonString(raw json.RawMessage) string {
+	var s string
+	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
+		return ""
+	}
+	return s
+}
+
+// ColumnsMatch reports whether the filter columns agree with the event, and
+// names the first column that does not.
+func (r *EventRow) ColumnsMatch() (string, bool) {
+	tool, callID, outcome, reason, revision := filterColumns(r.Event)
+	for _, c := range [...]struct{ name, got, want string }{
+		{"tool_name", r.ToolName, tool},
+		{"call_id", r.CallID, callID},
+		{"outcome", r.Outcome, outcome},
+		{"reason", r.Reason, reason},
+		{"policy_revision", r.PolicyRevision, revision},
+	} {
+		if c.got != c.want {
+			return c.name, false
+		}
+	}
+	return "", true
+}
+
+// DecisionJSON returns the decision column: the RFC 8785 canonical JSON of
+// the event's decision, or "" when it has none.
+func DecisionJSON(ev *envelope.Event) (string, error) {
+	if ev.Decision == nil {
+		return "", nil
+	}
+	raw, err := json.Marshal(ev.Decision)
+	if err == nil {
+		raw, err = canon.Append(nil, raw)
+	}
+	if err != nil {
+		return "", fmt.Errorf("projector: decision of %s/%s/%d: %w", ev.TenantID, ev.SessionID, ev.Seq, err)
+	}
+	return string(raw), nil
+}
+
+// ParseDecision is the inverse of DecisionJSON, for stores rebuilding a
+// record: "" is no decision. It fails if s is not exactly the canonical
+// JSON of a decision (an edited or extended decision column).
+func ParseDecision(s string) (*envelope.Decision, error) {
+	if s == "" {
+		return nil, nil
+	}
+	dec := json.NewDecoder(bytes.NewReader([]byte(s)))
+	dec.DisallowUnknownFields()
+	var d envelope.Decision
+	if err := dec.Decode(&d); err != nil {
+		return nil, fmt.Errorf("decision column: %w", err)
+	}
+	back, err := DecisionJSON(&envelope.Event{Type: envelope.ToolCallProposed, Decision: &d})
+	if err != nil {
+		return nil, err
+	}
+	if back != s {
+		return nil, fmt.Errorf("decision column is not canonical JSON of a decision")
+	}
+	return &d, nil
+}
+
+// StoredEvent holds the audit_events columns a sealed record is rebuilt
+// from, as stores read them.
+type StoredEvent struct {
+	V                   int
+	TenantID, SessionID string
+	Seq                 uint64
+	TsUnixMs            int64
+	EventType           string
+	Manifest            string
+	Payload             string
+	Decision            string
+	PrevHash, Hash      string
+	ToolName, CallID    string
+	Outcome, Reason     string
+	PolicyRevision      string
+	Partition           int32
+	Offset              int64
+}
+
+// Row rebuilds the sealed record of a stored row exactly as the sealer
+// hashed it (docs/chain.md): empty optional members stay absent. A decision
+// column that does not parse back to the same canonical JSON sets Invalid.
+func (s *StoredEvent) Row() *EventRow {
+	ev := &envelope.Event{V: s.V, TenantID: s.TenantID, SessionID: s.SessionID, Seq: s.Seq, TsUnixMs: s.TsUnixMs,
+		Type: envelope.Type(s.EventType), Manifest: s.Manifest, Payload: []byte(s.Payload), PrevHash: s.PrevHash, Hash: s.Hash}
+	r := &EventRow{Event: ev, ToolName: s.ToolName, CallID: s.CallID, Outcome: s.Outcome, Reason: s.Reason,
+		PolicyRevision: s.PolicyRevision, Partition: s.Partition, Offset: s.Offset}
+	ev.Decision, r.Invalid = ParseDecision(s.Decision)
+	return r
+}
+
+// DecisionRow is one row of the decisions table.
+type DecisionRow struct {
+	TenantID, SessionID string
+	Seq                 uint64
+	TsUnixMs            int64
+	Manifest            string
+	ToolName, CallID    string
+	envelope.Decision
+	// Tainted is the session's taint state before the proposal.
+	Tainted bool
+	Hash    string
+}
+
+// SnapshotRow is one row of session_snapshots: a session's latest state.
+type SnapshotRow struct {
+	Snapshot *session.Snapshot
+	// JSON is the snapshot's canonical JSON and Hash its "sha256:" digest.
+	JSON string
+	Hash string
+}
+
+// NewSnapshotRow captures s.
+func NewSnapshotRow(s *session.Snapshot) (SnapshotRow, error) {
+	b, err := s.Canonical()
+	if err != nil {
+		return SnapshotRow{}, fmt.Errorf("projector: snapshot of %s/%s: %w", s.TenantID, s.SessionID, err)
+	}
+	h, err := s.Hash()
+	if err != nil {
+		return SnapshotRow{}, fmt.Errorf("projector: snapshot of %s/%s: %w", s.TenantID, s.SessionID, err)
+	}
+	return SnapshotRow{Snapshot: s.Clone(), JSON: string(b), Hash: h}, nil
+}
+
+// PendingApprovals counts the snapshot's approvals still pending.
+func (r *SnapshotRow) PendingApprovals() uint32 {
+	var n uint32
+	for _, a := range r.Snapshot.Approvals {
+		if a.State == session.ApprovalPending {
+			n++
+		}
+	}
+	return n
+}
+
+// RejectedRow is one row of rejected_records.
+type RejectedRow struct {
+	pipeline.Rejection
+	// RejectedUnixMs is the Kafka timestamp of the rejection record.
+	RejectedUnixMs int64
+}
+
+// Date returns the UTC calendar day of a millisecond timestamp, the
+// event_date column (and what tables are partitioned by).
+func Date(unixMs int64) time.Time {
+	t := time.UnixMilli(unixMs).UTC()
+	return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
+}
+
+// Batch is one store write: rows of every table, produced from a run of
+// consumed records. Stores write it idempotently (Store.Write).
+type Batch struct {
+	Events    []EventRow
+	Decisions []DecisionRow
+	Snapshots []SnapshotRow
+	Rejected  []RejectedRow
+	Heads     []chain.Head
+}
+
+// Len is the number of rows in b.
+func (b *Batch) Len() int {
+	return len(b.Events) + len(b.Decisions) + len(b.Snapshots) + len(b.Rejected) + len(b.Heads)
+}
+
+// Base64 is the original_base64 column: standard base64, "" for none.
+func Base64(b []byte) string {
+	if len(b) == 0 {
+		return ""
+	}
+	return base64.StdEncoding.EncodeToString(b)
+}

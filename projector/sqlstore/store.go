@@ -1,0 +1,350 @@
+// Package sqlstore is the embedded audit store: pure-Go SQLite
+// (modernc.org/sqlite), the only package that imports it. It holds the same
+// logical tables as the ClickHouse store (schemas/sqlite, docs/store.md) and
+// is what the embedded aegisd writes by default.
+//
+// Deduplication is on write: every table's primary key is the row's
+// identity, events, decisions and rejections are inserted with ON CONFLICT
+// DO NOTHING, and snapshots and heads are replaced only by a later seq. A
+// Batch is written in one transaction.
+package sqlstore
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+
+	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+
+	"aegis.dev/aegis/projector"
+	"aegis.dev/aegis/schemas/chain"
+	sqlschema "aegis.dev/aegis/schemas/sqlite"
+)
+
+var (
+	_ projector.Store      = (*Store)(nil)
+	_ projector.HeadReader = (*Store)(nil)
+	_ projector.Querier    = (*Store)(nil)
+)
+
+// Store is a SQLite audit store. It is safe for concurrent use; writes are
+// serialized by SQLite.
+type Store struct {
+	db *sql.DB
+}
+
+// Open opens (creating if needed) the database file at path and applies
+// the pending migrations of schemas/sqlite.
+func Open(ctx context.Context, path string) (*Store, error) {
+	if path == "" {
+		return nil, fmt.Errorf("sqlstore: empty path: %w", projector.ErrStore)
+	}
+	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() +
+		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: open %s: %w: %w", path, projector.ErrStore, err)
+	}
+	s := &Store{db: db}
+	if err := s.migrate(ctx); err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Close closes the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+func wrap(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("sqlstore: %s: %w", op, err)
+	}
+	return fmt.Errorf("sqlstore: %s: %w: %w", op, projector.ErrStore, err)
+}
+
+// SchemaVersion returns the highest applied migration.
+func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
+	var v sql.NullInt64
+	err := s.db.QueryRowContext(ctx, "SELECT max(version) FROM schema_version").Scan(&v)
+	return int(v.Int64), wrap("schema version", err)
+}
+
+func (s *Store) migrate(ctx context.Context) error {
+	bootstrap, migrations, err := projector.Migrations(sqlschema.Files())
+	if err != nil {
+		return err
+	}
+	for _, stmt := range bootstrap {
+		if _, err := s.db.ExecContext(ctx, stmt); err != nil {
+			return wrap("migrate: schema_version", err)
+		}
+	}
+	have, err := s.SchemaVersion(ctx)
+	if err != nil {
+		return err
+	}
+	for _, m := range migrations {
+		if m.Version <= have {
+			continue
+		}
+		tx, err := s.db.BeginTx(ctx, nil)
+		if err != nil {
+			return wrap("migrate", err)
+		}
+		for _, stmt := range m.Statements {
+			if _, err := tx.ExecContext(ctx, stmt); err != nil {
+				_ = tx.Rollback()
+				return wrap("migrate: "+m.Name, err)
+			}
+		}
+		if _, err := tx.ExecContext(ctx, "INSERT INTO schema_version (version, name, applied_unix_ms) VALUES (?, ?, ?) ON CONFLICT (version) DO NOTHING",
+			m.Version, m.Name, time.Now().UnixMilli()); err != nil {
+			_ = tx.Rollback()
+			return wrap("migrate: "+m.Name, err)
+		}
+		if err := tx.Commit(); err != nil {
+			return wrap("migrate: "+m.Name, err)
+		}
+	}
+	return nil
+}
+
+const (
+	insertEvent = `INSERT INTO audit_events (tenant_id, session_id, seq, ts_unix_ms, event_date, v, event_type, manifest,
+	tool_name, call_id, outcome, reason, policy_revision, payload, decision, prev_hash, hash, kafka_partition, kafka_offset)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`
+	insertDecision = `INSERT INTO decisions (tenant_id, session_id, seq, ts_unix_ms, event_date, manifest, tool_name, call_id,
+	outcome, reason, max_output_bytes, timeout_ms, policy_revision, manifest_digest, input_digest, tainted, hash)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`
+	upsertSnapshot = `INSERT INTO session_snapshots (tenant_id, session_id, last_seq, first_ts_unix_ms, last_ts_unix_ms,
+	first_event_date, manifest, events, steps, model_calls, tool_calls, tainted, loop_detected, terminated,
+	pending_approvals, handoff_state, snapshot, snapshot_hash)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (tenant_id, session_id) DO UPDATE SET last_seq = excluded.last_seq,
+	first_ts_unix_ms = excluded.first_ts_unix_ms, last_ts_unix_ms = excluded.last_ts_unix_ms,
+	first_event_date = excluded.first_event_date, manifest = excluded.manifest, events = excluded.events,
+	steps = excluded.steps, model_calls = excluded.model_calls, tool_calls = excluded.tool_calls,
+	tainted = excluded.tainted, loop_detected = excluded.loop_detected, terminated = excluded.terminated,
+	pending_approvals = excluded.pending_approvals, handoff_state = excluded.handoff_state,
+	snapshot = excluded.snapshot, snapshot_hash = excluded.snapshot_hash
+WHERE excluded.last_seq > session_snapshots.last_seq`
+	insertRejected = `INSERT INTO rejected_records (tenant_id, session_id, seq, event_date, rejected_unix_ms, stage, reason,
+	detail, expected_seq, source_topic, source_partition, source_offset, record_key, original, original_base64)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`
+	upsertHead = `INSERT INTO chain_heads (tenant_id, session_id, seq, hash) VALUES (?, ?, ?, ?)
+ON CONFLICT (tenant_id, session_id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash
+WHERE excluded.seq > chain_heads.seq`
+)
+
+func day(unixMs int64) string { return projector.Date(unixMs).Format(time.DateOnly) }
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// Write stores b in one transaction (see the package doc for why it is
+// idempotent).
+func (s *Store) Write(ctx context.Context, b *projector.Batch) error {
+	tx, err := s.db.BeginTx(ctx, nil)
+	if err != nil {
+		return wrap("write", err)
+	}
+	if err := write(ctx, tx, b); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	return wrap("write: commit", tx.Commit())
+}
+
+func write(ctx context.Context, tx *sql.Tx, b *projector.Batch) error {
+	each := func(table, query string, n int, args func(i int) ([]any, error)) error {
+		if n == 0 {
+			return nil
+		}
+		st, err := tx.PrepareContext(ctx, query)
+		if err != nil {
+			return wrap("write "+table, err)
+		}
+		defer st.Close()
+		for i := range n {
+			a, err := args(i)
+			if err != nil {
+				return err
+			}
+			if _, err := st.ExecContext(ctx, a...); err != nil {
+				return wrap("write "+table, err)
+			}
+		}
+		return nil
+	}
+	err := each("audit_events", insertEvent, len(b.Events), func(i int) ([]any, error) {
+		r := &b.Events[i]
+		e := r.Event
+		dec, err := projector.DecisionJSON(e)
+		return []any{e.TenantID, e.SessionID, int64(e.Seq), e.TsUnixMs, day(e.TsUnixMs), e.V, string(e.Type), e.Manifest,
+			r.ToolName, r.CallID, r.Outcome, r.Reason, r.PolicyRevision, string(e.Payload), dec, e.PrevHash, e.Hash,
+			r.Partition, r.Offset}, err
+	})
+	if err != nil {
+		return err
+	}
+	err = each("decisions", insertDecision, len(b.Decisions), func(i int) ([]any, error) {
+		d := &b.Decisions[i]
+		return []any{d.TenantID, d.SessionID, int64(d.Seq), d.TsUnixMs, day(d.TsUnixMs), d.Manifest, d.ToolName, d.CallID,
+			string(d.Outcome), d.Reason, d.Constraints.MaxOutputBytes, d.Constraints.TimeoutMs, d.PolicyRevision,
+			d.ManifestDigest, d.InputDigest, boolInt(d.Tainted), d.Hash}, nil
+	})
+	if err != nil {
+		return err
+	}
+	err = each("session_snapshots", upsertSnapshot, len(b.Snapshots), func(i int) ([]any, error) {
+		r := &b.Snapshots[i]
+		sn := r.Snapshot
+		return []any{sn.TenantID, sn.SessionID, int64(sn.LastSeq), sn.FirstTsMs, sn.LastTsMs, day(sn.FirstTsMs), sn.Manifest,
+			sn.Events, sn.Steps, sn.ModelCalls, sn.ToolCalls, boolInt(sn.Tainted), boolInt(sn.Loop.Detected),
+			boolInt(sn.Terminated), r.PendingApprovals(), sn.Handoff.State, r.JSON, r.Hash}, nil
+	})
+	if err != nil {
+		return err
+	}
+	err = each("rejected_records", insertRejected, len(b.Rejected), func(i int) ([]any, error) {
+		r := &b.Rejected[i]
+		return []any{r.TenantID, r.SessionID, int64(r.Seq), day(r.RejectedUnixMs), r.RejectedUnixMs, r.Stage, r.Reason,
+			r.Detail, int64(r.Expected), r.Topic, r.Partition, r.Offset, r.Key, r.Original, projector.Base64(r.OriginalBase64)}, nil
+	})
+	if err != nil {
+		return err
+	}
+	return each("chain_heads", upsertHead, len(b.Heads), func(i int) ([]any, error) {
+		h := &b.Heads[i]
+		return []any{h.TenantID, h.SessionID, int64(h.Seq), h.Hash}, nil
+	})
+}
+
+// where builds the WHERE clause of f over audit_events-like columns.
+func where(f projector.Filter) (string, []any) {
+	var conds []string
+	var args []any
+	if f.TenantID != "" {
+		conds, args = append(conds, "tenant_id = ?"), append(args, f.TenantID)
+	}
+	if f.SessionID != "" {
+		conds, args = append(conds, "session_id = ?"), append(args, f.SessionID)
+	}
+	if f.SinceUnixMs > 0 {
+		conds = append(conds, "(tenant_id, session_id) IN (SELECT tenant_id, session_id FROM audit_events WHERE ts_unix_ms >= ?)")
+		args = append(args, f.SinceUnixMs)
+	}
+	if len(f.Sessions) > 0 {
+		vals := make([]string, len(f.Sessions))
+		for i, k := range f.Sessions {
+			vals[i] = "(?, ?)"
+			args = append(args, k.TenantID, k.SessionID)
+		}
+		conds = append(conds, "(tenant_id, session_id) IN (VALUES "+strings.Join(vals, ", ")+")")
+	}
+	if len(conds) == 0 {
+		return "", nil
+	}
+	return " WHERE " + strings.Join(conds, " AND "), args
+}
+
+// Events scans audit_events (see projector.Store).
+func (s *Store) Events(ctx context.Context, f projector.Filter, fn func(*projector.EventRow) error) error {
+	w, args := where(f)
+	rows, err := s.db.QueryContext(ctx, `SELECT v, tenant_id, session_id, seq, ts_unix_ms, event_type, manifest, payload,
+	decision, prev_hash, hash, tool_name, call_id, outcome, reason, policy_revision, kafka_partition, kafka_offset
+FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
+	if err != nil {
+		return wrap("events", err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var e projector.StoredEvent
+		var seq int64
+		if err := rows.Scan(&e.V, &e.TenantID, &e.SessionID, &seq, &e.TsUnixMs, &e.EventType, &e.Manifest, &e.Payload,
+			&e.Decision, &e.PrevHash, &e.Hash, &e.ToolName, &e.CallID, &e.Outcome, &e.Reason, &e.PolicyRevision,
+			&e.Partition, &e.Offset); err != nil {
+			return wrap("events", err)
+		}
+		e.Seq = uint64(seq)
+		if err := fn(e.Row()); err != nil {
+			return err
+		}
+	}
+	return wrap("events", rows.Err())
+}
+
+// Heads returns the stored chain heads (see projector.HeadReader).
+func (s *Store) Heads(ctx context.Context, f projector.Filter) ([]chain.Head, error) {
+	f.Sessions = nil
+	w, args := where(f)
+	rows, err := s.db.QueryContext(ctx, "SELECT tenant_id, session_id, seq, hash FROM chain_heads"+w+" ORDER BY tenant_id, session_id", args...)
+	if err != nil {
+		return nil, wrap("heads", err)
+	}
+	defer rows.Close()
+	var out []chain.Head
+	for rows.Next() {
+		var h chain.Head
+		var seq int64
+		if err := rows.Scan(&h.TenantID, &h.SessionID, &seq, &h.Hash); err != nil {
+			return nil, wrap("heads", err)
+		}
+		h.Seq = uint64(seq)
+		out = append(out, h)
+	}
+	return out, wrap("heads", rows.Err())
+}
+
+// Query runs one read-only statement (see projector.Querier). It runs in a
+// read-only transaction, so a statement that writes fails.
+func (s *Store) Query(ctx context.Context, query string) ([]string, [][]any, error) {
+	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return nil, nil, wrap("query", err)
+	}
+	defer func() { _ = tx.Rollback() }()
+	if _, err := tx.ExecContext(ctx, "PRAGMA query_only = 1"); err != nil {
+		return nil, nil, wrap("query", err)
+	}
+	defer func() { _, _ = tx.ExecContext(context.WithoutCancel(ctx), "PRAGMA query_only = 0") }()
+	rows, err := tx.QueryContext(ctx, query)
+	if err != nil {
+		return nil, nil, wrap("query", err)
+	}
+	defer rows.Close()
+	cols, err := rows.Columns()
+	if err != nil {
+		return nil, nil, wrap("query", err)
+	}
+	var out [][]any
+	for rows.Next() {
+		vals := make([]any, len(cols))
+		ptrs := make([]any, len(cols))
+		for i := range vals {
+			ptrs[i] = &vals[i]
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			return nil, nil, wrap("query", err)
+		}
+		for i, v := range vals {
+			if b, ok := v.([]byte); ok {
+				vals[i] = string(b)
+			}
+		}
+		out = append(out, vals)
+	}
+	return cols, out, wrap("query", rows.Err())
+}

@@ -1,0 +1,381 @@
+// Package storetest is the test suite every audit store passes (the
+// watermill pub/sub test suite pattern): Run exercises a store through the
+// projector.Store, HeadReader and Querier contracts, with the golden chain
+// vectors of schemas/testdata/chain.
+package storetest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"testing"
+
+	"aegis.dev/aegis/decider/session"
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/projector"
+	"aegis.dev/aegis/schemas/chain"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// Store is what the suite tests: a projector store that also serves heads
+// and SQL.
+type Store interface {
+	projector.Store
+	projector.HeadReader
+	projector.Querier
+}
+
+// Dialect tells the suite how the store's SQL differs.
+type Dialect struct {
+	// Final is appended to a table name to read each row once ("FINAL"
+	// for ReplacingMergeTree tables, "" for stores that deduplicate on
+	// write).
+	Final string
+}
+
+// Run runs the suite. open returns an empty store that the suite may
+// write; it is called once per subtest and must register its own cleanup.
+func Run(t *testing.T, d Dialect, open func(t testing.TB) Store) {
+	t.Run("RoundTripRebuildsSealedRecords", func(t *testing.T) { testRoundTrip(t, open(t)) })
+	t.Run("RedeliveryIsInvisible", func(t *testing.T) { testRedelivery(t, d, open(t)) })
+	t.Run("SnapshotsAndHeadsOnlyMoveForward", func(t *testing.T) { testForward(t, d, open(t)) })
+	t.Run("Filters", func(t *testing.T) { testFilters(t, open(t)) })
+	t.Run("QueryTypesAndReadOnly", func(t *testing.T) { testQuery(t, open(t)) })
+}
+
+// Vectors returns the sealed records of schemas/testdata/chain/vectors.ndjson.
+func Vectors(t testing.TB) []*envelope.Event {
+	t.Helper()
+	_, file, _, _ := runtime.Caller(0)
+	f, err := os.Open(filepath.Join(filepath.Dir(file), "..", "..", "schemas", "testdata", "chain", "vectors.ndjson"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var out []*envelope.Event
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	dec := envelope.Decoder{Sealed: true}
+	for sc.Scan() {
+		var v struct {
+			Record json.RawMessage `json:"record"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &v); err != nil {
+			t.Fatal(err)
+		}
+		ev, err := dec.Decode(v.Record)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, ev)
+	}
+	if len(out) == 0 {
+		t.Fatal("no vectors")
+	}
+	return out
+}
+
+// BatchOf builds the rows the projector would write for sealed events
+// (each session's events in order, from its first): events, decisions,
+// the final snapshot of each session and its head.
+func BatchOf(t testing.TB, events []*envelope.Event) *projector.Batch {
+	t.Helper()
+	b := &projector.Batch{}
+	snaps := map[projector.SessionKey]*session.Snapshot{}
+	var order []projector.SessionKey
+	for i, ev := range events {
+		k := projector.SessionKey{TenantID: ev.TenantID, SessionID: ev.SessionID}
+		s := snaps[k]
+		if s == nil {
+			s = session.New(ev.TenantID, ev.SessionID)
+			snaps[k] = s
+			order = append(order, k)
+		}
+		b.Events = append(b.Events, projector.NewEventRow(ev, 0, int64(i)))
+		if ev.Decision != nil {
+			tc, _ := ev.ToolCall()
+			b.Decisions = append(b.Decisions, projector.DecisionRow{TenantID: ev.TenantID, SessionID: ev.SessionID, Seq: ev.Seq,
+				TsUnixMs: ev.TsUnixMs, Manifest: s.Manifest, ToolName: tc.ToolName, CallID: tc.CallID, Decision: *ev.Decision,
+				Tainted: s.Tainted, Hash: ev.Hash})
+		}
+		if err := s.Apply(ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, k := range order {
+		r, err := projector.NewSnapshotRow(snaps[k])
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.Snapshots = append(b.Snapshots, r)
+		b.Heads = append(b.Heads, chain.Head{TenantID: k.TenantID, SessionID: k.SessionID, Seq: snaps[k].LastSeq, Hash: lastHash(events, k)})
+	}
+	return b
+}
+
+func lastHash(events []*envelope.Event, k projector.SessionKey) string {
+	h := ""
+	for _, ev := range events {
+		if ev.TenantID == k.TenantID && ev.SessionID == k.SessionID {
+			h = ev.Hash
+		}
+	}
+	return h
+}
+
+func rejection() projector.RejectedRow {
+	return projector.RejectedRow{RejectedUnixMs: 1767225600000, Rejection: pipeline.Rejection{V: 1, Stage: "decider", Reason: "SEQ_GAP",
+		Detail: "expected seq 3", TenantID: "acme", SessionID: "sess-1", Seq: 5, Expected: 3, Topic: "aegis.events",
+		Partition: 2, Offset: 41, Key: "acme/sess-1", OriginalBase64: []byte{0xff, 0x00}}}
+}
+
+func all(t testing.TB, s Store, f projector.Filter) []*projector.EventRow {
+	t.Helper()
+	var out []*projector.EventRow
+	if err := s.Events(context.Background(), f, func(r *projector.EventRow) error { out = append(out, r); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+func count(t testing.TB, s Store, query string) int64 {
+	t.Helper()
+	_, rows, err := s.Query(context.Background(), query)
+	if err != nil {
+		t.Fatalf("%s: %v", query, err)
+	}
+	if len(rows) != 1 || len(rows[0]) != 1 {
+		t.Fatalf("%s: %d rows", query, len(rows))
+	}
+	n, ok := rows[0][0].(int64)
+	if !ok {
+		t.Fatalf("%s: %T %v, want int64", query, rows[0][0], rows[0][0])
+	}
+	return n
+}
+
+func testRoundTrip(t *testing.T, s Store) {
+	ctx := context.Background()
+	vec := Vectors(t)
+	if err := s.Write(ctx, BatchOf(t, vec)); err != nil {
+		t.Fatal(err)
+	}
+	rows := all(t, s, projector.Filter{})
+	if len(rows) != len(vec) {
+		t.Fatalf("read %d rows, wrote %d", len(rows), len(vec))
+	}
+	want := map[string][]byte{}
+	for _, ev := range vec {
+		b, err := ev.AppendCanonical(nil, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[ev.Hash] = b
+	}
+	v := chain.NewVerifier()
+	for _, r := range rows {
+		if r.Invalid != nil {
+			t.Fatalf("seq %d: %v", r.Event.Seq, r.Invalid)
+		}
+		if col, ok := r.ColumnsMatch(); !ok {
+			t.Errorf("%s/%d: column %s disagrees with the record", r.Event.SessionID, r.Event.Seq, col)
+		}
+		got, err := r.Event.AppendCanonical(nil, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, want[r.Event.Hash]) {
+			t.Errorf("rebuilt record differs:\n got %s\nwant %s", got, want[r.Event.Hash])
+		}
+		if f := v.Add(r.Event); f != nil {
+			t.Errorf("rebuilt chain fails: %v", f)
+		}
+	}
+	heads, err := s.Heads(ctx, projector.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fs := v.CheckHeads(heads); len(fs) != 0 || len(heads) != len(v.Heads()) {
+		t.Errorf("heads %v: failures %v", heads, fs)
+	}
+}
+
+func testRedelivery(t *testing.T, d Dialect, s Store) {
+	ctx := context.Background()
+	b := BatchOf(t, Vectors(t))
+	b.Rejected = []projector.RejectedRow{rejection()}
+	for range 3 {
+		if err := s.Write(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for table, want := range map[string]int{"audit_events": len(b.Events), "decisions": len(b.Decisions),
+		"session_snapshots": len(b.Snapshots), "rejected_records": 1, "chain_heads": len(b.Heads)} {
+		if got := count(t, s, fmt.Sprintf("SELECT count(*) FROM %s %s", table, d.Final)); got != int64(want) {
+			t.Errorf("%s: %d rows visible after 3 writes, want %d", table, got, want)
+		}
+	}
+	_, rows, err := s.Query(ctx, "SELECT original_base64, source_offset, expected_seq FROM rejected_records "+d.Final)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(rows) != "[[/wA= 41 3]]" {
+		t.Errorf("rejected row %v", rows)
+	}
+}
+
+func testForward(t *testing.T, d Dialect, s Store) {
+	ctx := context.Background()
+	vec := Vectors(t)
+	var first []*envelope.Event
+	for _, ev := range vec {
+		if ev.TenantID == vec[0].TenantID && ev.SessionID == vec[0].SessionID {
+			first = append(first, ev)
+		}
+	}
+	if len(first) < 2 {
+		t.Fatal("the first vector session needs two events")
+	}
+	full := BatchOf(t, first)
+	older := BatchOf(t, first[:1])
+	for _, b := range []*projector.Batch{full, {Snapshots: older.Snapshots, Heads: older.Heads}} {
+		if err := s.Write(ctx, b); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, rows, err := s.Query(ctx, "SELECT last_seq, events, snapshot_hash FROM session_snapshots "+d.Final)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprint([][]any{{int64(len(first)), int64(len(first)), full.Snapshots[0].Hash}})
+	if fmt.Sprint(rows) != want {
+		t.Errorf("snapshot after an older write: %v, want %v", rows, want)
+	}
+	heads, err := s.Heads(ctx, projector.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(heads) != 1 || heads[0] != full.Heads[0] {
+		t.Errorf("heads after an older write: %v, want %v", heads, full.Heads)
+	}
+}
+
+func testFilters(t *testing.T, s Store) {
+	ctx := context.Background()
+	vec := Vectors(t)
+	if err := s.Write(ctx, BatchOf(t, vec)); err != nil {
+		t.Fatal(err)
+	}
+	keys := func(rows []*projector.EventRow) []string {
+		var out []string
+		for _, r := range rows {
+			k := r.Event.TenantID + "/" + r.Event.SessionID
+			if !slices.Contains(out, k) {
+				out = append(out, k)
+			}
+		}
+		return out
+	}
+	last := vec[len(vec)-1]
+	var maxTs int64
+	for _, ev := range vec {
+		maxTs = max(maxTs, ev.TsUnixMs)
+	}
+	cases := []struct {
+		name string
+		f    projector.Filter
+		want int // events
+	}{
+		{"all", projector.Filter{}, len(vec)},
+		{"tenant", projector.Filter{TenantID: vec[0].TenantID}, countIf(vec, func(e *envelope.Event) bool { return e.TenantID == vec[0].TenantID })},
+		{"session", projector.Filter{TenantID: last.TenantID, SessionID: last.SessionID}, countIf(vec, func(e *envelope.Event) bool {
+			return e.TenantID == last.TenantID && e.SessionID == last.SessionID
+		})},
+		{"sessions", projector.Filter{Sessions: []projector.SessionKey{{TenantID: last.TenantID, SessionID: last.SessionID}, {TenantID: "none", SessionID: "x"}}},
+			countIf(vec, func(e *envelope.Event) bool { return e.TenantID == last.TenantID && e.SessionID == last.SessionID })},
+		{"since keeps whole sessions", projector.Filter{SinceUnixMs: maxTs}, countIf(vec, func(e *envelope.Event) bool {
+			for _, o := range vec {
+				if o.TsUnixMs == maxTs && o.TenantID == e.TenantID && o.SessionID == e.SessionID {
+					return true
+				}
+			}
+			return false
+		})},
+		{"nothing", projector.Filter{TenantID: "nobody"}, 0},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			rows := all(t, s, c.f)
+			if len(rows) != c.want {
+				t.Errorf("%d rows (sessions %v), want %d", len(rows), keys(rows), c.want)
+			}
+			for i := 1; i < len(rows); i++ {
+				a, b := rows[i-1].Event, rows[i].Event
+				if a.TenantID > b.TenantID || a.TenantID == b.TenantID && (a.SessionID > b.SessionID || a.SessionID == b.SessionID && a.Seq >= b.Seq) {
+					t.Errorf("rows out of order at %d", i)
+				}
+			}
+		})
+	}
+}
+
+func countIf(vec []*envelope.Event, pred func(*envelope.Event) bool) int {
+	n := 0
+	for _, e := range vec {
+		if pred(e) {
+			n++
+		}
+	}
+	return n
+}
+
+func testQuery(t *testing.T, s Store) {
+	ctx := context.Background()
+	if err := s.Write(ctx, BatchOf(t, Vectors(t))); err != nil {
+		t.Fatal(err)
+	}
+	cols, rows, err := s.Query(ctx, "SELECT tenant_id, seq, event_date FROM audit_events WHERE seq = 1 ORDER BY tenant_id, session_id LIMIT 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(cols) != "[tenant_id seq event_date]" || len(rows) != 1 {
+		t.Fatalf("columns %v rows %v", cols, rows)
+	}
+	if _, ok := rows[0][0].(string); !ok {
+		t.Errorf("tenant_id is %T", rows[0][0])
+	}
+	if rows[0][1] != int64(1) {
+		t.Errorf("seq is %T %v, want int64 1", rows[0][1], rows[0][1])
+	}
+	if d, ok := rows[0][2].(string); !ok || len(d) != len("2006-01-02") {
+		t.Errorf("event_date is %T %v, want YYYY-MM-DD", rows[0][2], rows[0][2])
+	}
+	if _, _, err := s.Query(ctx, "INSERT INTO chain_heads (tenant_id, session_id, seq, hash) VALUES ('x', 'y', 1, 'z')"); err == nil {
+		t.Error("Query ran a write")
+	}
+	if _, _, err := s.Query(ctx, "SELECT no_such_column FROM audit_events"); err == nil {
+		t.Error("Query accepted a bad column")
+	}
+}
+
+// ServiceAddr returns the value of the environment variable naming a real
+// service (AEGIS_TEST_CLICKHOUSE, AEGIS_TEST_KAFKA) for an integration
+// test. Under -short the test is skipped; otherwise a missing variable fails
+// it, so `make test` cannot pass without the services it promises.
+func ServiceAddr(t testing.TB, env string) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skipf("integration test: needs %s; skipped under -short", env)
+	}
+	v := os.Getenv(env)
+	if v == "" {
+		t.Fatalf("integration test: %s is not set (make test sets it and starts the service; use -short to skip)", env)
+	}
+	return v
+}
