@@ -200,14 +200,27 @@ func (s *Server) Run(ctx context.Context) error {
 // Routes registers the API's endpoints on mux. /healthz, /readyz and
 // /metrics stay with the program.
 func (s *Server) Routes(mux *http.ServeMux) {
-	mux.Handle("POST /v1/events", s.authed(s.handleEvents, RoleAgent, RoleOperator))
-	mux.Handle("POST /v1/policy/decide", s.authed(s.handleDecide, RoleAgent, RoleOperator, RoleAuditor))
-	mux.Handle("POST /v1/sessions/{session}/proposals", s.authed(s.handleProposal, RoleAgent, RoleOperator))
-	mux.Handle("GET /v1/approvals", s.authed(s.handleListApprovals, RoleOperator))
-	mux.Handle("POST /v1/approvals/{token}", s.authed(s.handleDecideApproval, RoleOperator))
+	for _, rt := range s.routes() {
+		mux.Handle(rt.method+" "+rt.path, s.authed(rt.h, rt.roles...))
+	}
 }
 
-type principalKey struct{}
+type route struct {
+	method, path string
+	h            func(http.ResponseWriter, *http.Request, Principal)
+	roles        []Role
+}
+
+// routes is the API's endpoint table (docs/api.md has the role matrix).
+func (s *Server) routes() []route {
+	return []route{
+		{"POST", "/v1/events", s.handleEvents, []Role{RoleAgent, RoleOperator}},
+		{"POST", "/v1/policy/decide", s.handleDecide, []Role{RoleAgent, RoleOperator, RoleAuditor}},
+		{"POST", "/v1/sessions/{session}/proposals", s.handleProposal, []Role{RoleAgent, RoleOperator}},
+		{"GET", "/v1/approvals", s.handleListApprovals, []Role{RoleOperator}},
+		{"POST", "/v1/approvals/{token}", s.handleDecideApproval, []Role{RoleOperator}},
+	}
+}
 
 // authed authenticates the request, checks the role and passes the
 // principal in the request context.
