@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -19,6 +20,7 @@ import (
 
 	"aegis.dev/aegis/ingest"
 	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/projector/stores"
 	"aegis.dev/aegis/schemas/envelope"
 )
 
@@ -27,10 +29,13 @@ const (
 	TargetAll     = "all"
 	TargetDecider = "decider"
 	TargetSealer  = "sealer"
+	// TargetProjector writes the audit store (--store); it starts last
+	// and drains last.
+	TargetProjector = "projector"
 )
 
 // Stages lists, in start order, every stage "all" runs.
-var Stages = []string{TargetDecider, TargetSealer}
+var Stages = []string{TargetDecider, TargetSealer, TargetProjector}
 
 // Config is the operator configuration of aegisd. It is read from an
 // optional YAML file (--config) and then from flags, which override the
@@ -78,6 +83,9 @@ type Config struct {
 	Dev bool `yaml:"dev"`
 	// LogLevel is debug, info, warn or error (default info).
 	LogLevel string `yaml:"log_level"`
+	// Store is the audit store the projector writes: sqlite:PATH or
+	// clickhouse://HOST:PORT/DB (default: sqlite:<data-dir>/audit.db).
+	Store string `yaml:"store"`
 	// Ingest configures the HTTP API served on HTTPAddr (API keys, TLS,
 	// approvals, rate limits); its keys sit at the top level of the file.
 	Ingest ingest.Config `yaml:",inline"`
@@ -138,6 +146,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxBatch, "max-batch", c.MaxBatch, "most records a stage handles in one transaction")
 	fs.BoolVar(&c.Dev, "dev", c.Dev, "development mode: relaxed security, loudly announced")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.StringVar(&c.Store, "store", c.Store, "audit store of the projector: sqlite:PATH or clickhouse://HOST:PORT/DB (default sqlite:DATA-DIR/audit.db)")
 	c.Ingest.RegisterFlags(fs)
 }
 
@@ -195,6 +204,14 @@ func (c *Config) Targets() ([]string, error) {
 	return out, nil
 }
 
+// StoreURL is Store, or the embedded default under DataDir.
+func (c *Config) StoreURL() string {
+	if c.Store != "" {
+		return c.Store
+	}
+	return "sqlite:" + filepath.Join(c.DataDir, "audit.db")
+}
+
 // Validate checks the configuration.
 func (c *Config) Validate() error {
 	var errs []error
@@ -225,6 +242,9 @@ func (c *Config) Validate() error {
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {
 		errs = append(errs, fmt.Errorf("log-level %q: %w", c.LogLevel, err))
+	}
+	if _, err := stores.Parse(c.StoreURL()); err != nil {
+		errs = append(errs, fmt.Errorf("store: %w", err))
 	}
 	if err := c.Ingest.Validate(c.Dev); err != nil {
 		errs = append(errs, err)

@@ -34,7 +34,7 @@ type Daemon struct {
 
 	mu          sync.Mutex
 	brokers     []string
-	transactors map[string]*stream.Transactor
+	transactors map[string]stageRunner
 	httpAddr    net.Addr
 	started     chan struct{}
 	startOnce   sync.Once
@@ -46,7 +46,7 @@ func New(cfg Config, log *slog.Logger) *Daemon {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return &Daemon{cfg: cfg, log: log, reg: reg, topics: pipeline.NewTopics(cfg.TopicPrefix),
-		transactors: make(map[string]*stream.Transactor), started: make(chan struct{})}
+		transactors: make(map[string]stageRunner), started: make(chan struct{})}
 }
 
 // Brokers returns the brokers the stages use, once Run has started them
@@ -130,7 +130,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	type stage struct {
 		name string
-		t    *stream.Transactor
+		t    stageRunner
 	}
 	var stages []stage
 	for _, name := range targets {
@@ -206,8 +206,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 // markStarted releases Brokers and HTTPAddr callers, once.
 func (d *Daemon) markStarted() { d.startOnce.Do(func() { close(d.started) }) }
 
-func (d *Daemon) newStage(name string, brokers []string) (*stream.Transactor, error) {
+func (d *Daemon) newStage(name string, brokers []string) (stageRunner, error) {
 	cfg := d.cfg
+	if name == TargetProjector {
+		return d.newProjector(brokers)
+	}
 	var tc stream.TransactConfig
 	var newProcessor func(int32) stream.Processor
 	switch name {
@@ -297,7 +300,7 @@ func (c Config) redacted() map[string]any {
 		"target": c.Target, "brokers": c.Brokers, "data_dir": c.DataDir, "kafka_addr": c.KafkaAddr,
 		"http_addr": c.HTTPAddr, "topic_prefix": c.TopicPrefix, "partitions": c.Partitions,
 		"instance": c.Instance, "manifests": c.Manifests, "policy": c.Policy,
-		"max_event_bytes": c.MaxEventBytes, "max_batch": c.MaxBatch, "session_timeout": c.SessionTimeout.String(), "dev": c.Dev,
+		"store": redactURL(c.StoreURL()), "max_event_bytes": c.MaxEventBytes, "max_batch": c.MaxBatch, "session_timeout": c.SessionTimeout.String(), "dev": c.Dev,
 		"ingest": c.Ingest.Redacted(),
 	}
 }

@@ -57,7 +57,7 @@ func TestIntegrationMigrationsAreIdempotent(t *testing.T) {
 func TestParseURL(t *testing.T) {
 	cases := []struct {
 		name, url, want string
-		ok             bool
+		ok              bool
 	}{
 		{"host port db", "clickhouse://127.0.0.1:19000/aegis", "127.0.0.1:19000 aegis  ", true},
 		{"default port", "clickhouse://ch.internal/audit", "ch.internal:9000 audit  ", true},

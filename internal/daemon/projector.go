@@ -1,0 +1,60 @@
+package daemon
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+
+	"aegis.dev/aegis/projector"
+	"aegis.dev/aegis/projector/stores"
+)
+
+// stageRunner is what aegisd runs as a stage: a transactional stage
+// (stream.Transactor) or the projector.
+type stageRunner interface {
+	Run(ctx context.Context) error
+	Ready() bool
+}
+
+// projectorStage runs the projector and closes its store when it stops.
+type projectorStage struct {
+	p     *projector.Projector
+	store stores.Store
+}
+
+func (s *projectorStage) Ready() bool { return s.p.Ready() }
+
+func (s *projectorStage) Run(ctx context.Context) error {
+	defer s.store.Close()
+	return s.p.Run(ctx)
+}
+
+// newProjector opens the audit store (creating its schema) and builds the
+// projector stage on it.
+func (d *Daemon) newProjector(brokers []string) (stageRunner, error) {
+	cfg := d.cfg
+	st, err := stores.Open(context.Background(), cfg.StoreURL())
+	if err != nil {
+		return nil, fmt.Errorf("aegisd: projector: %w", err)
+	}
+	p, err := projector.New(projector.Config{Brokers: brokers, Group: cfg.TopicPrefix + TargetProjector, Topics: d.topics,
+		BatchSize: cfg.MaxBatch, MaxEventBytes: cfg.MaxEventBytes + 64<<10}, st, d.reg, d.log)
+	if err != nil {
+		_ = st.Close()
+		return nil, fmt.Errorf("aegisd: projector: %w", err)
+	}
+	d.log.Info("audit store opened", "store", redactURL(cfg.StoreURL()))
+	return &projectorStage{p: p, store: st}, nil
+}
+
+// redactURL hides the password of a store URL.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), "REDACTED")
+	}
+	return u.String()
+}
