@@ -4,11 +4,25 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"hash/maphash"
 	"os"
+	"runtime"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
 
+	"aegis.dev/aegis/projector"
+	"aegis.dev/aegis/projector/stores"
 	"aegis.dev/aegis/schemas/chain"
 	"aegis.dev/aegis/schemas/envelope"
 )
+
+// ReasonColumnMismatch is the failure reason, beyond the chain's own, for a
+// stored row whose filter columns (tool_name, call_id, outcome, reason,
+// policy_revision) disagree with the payload and decision the chain hashes:
+// someone edited what auditors filter on.
+const ReasonColumnMismatch = "COLUMN_MISMATCH"
 
 // VerifyReport is what `aegisctl verify --json` prints.
 type VerifyReport struct {
@@ -18,21 +32,80 @@ type VerifyReport struct {
 	Failures []chain.Failure `json:"failures"`
 }
 
-func runVerify(_ context.Context, env IO, args []string) int {
-	fs := newFlags(env, "verify", "--file FILE [--heads FILE] [--json]")
-	file := fs.String("file", "", "sealed NDJSON to verify (required)")
-	headsFile := fs.String("heads", "", "NDJSON of expected chain heads {tenant_id, session_id, seq, hash}: detects truncated or missing sessions")
+func runVerify(ctx context.Context, env IO, args []string) int {
+	fs := newFlags(env, "verify", "(--file FILE [--heads FILE] | --store URL [--tenant T] [--session S] [--since T]) [--json]")
+	file := fs.String("file", "", "sealed NDJSON to verify")
+	headsFile := fs.String("heads", "", "with --file: NDJSON of expected chain heads {tenant_id, session_id, seq, hash}: detects truncated or missing sessions")
+	store := fs.String("store", "", "audit store to verify: sqlite:PATH or clickhouse://HOST:PORT/DB (checks heads against the stored chain heads)")
+	tenant := fs.String("tenant", "", "with --store: only this tenant")
+	sessionID := fs.String("session", "", "with --store: only this session")
+	since := fs.String("since", "", "with --store: only sessions with an event at or after this time (RFC 3339, Unix ms, or a duration such as 24h before now)")
 	asJSON := fs.Bool("json", false, "print a JSON report instead of text")
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
-	if *file == "" {
+	var rep VerifyReport
+	switch {
+	case *file != "" && *store == "":
+		if *tenant != "" || *sessionID != "" || *since != "" {
+			return fail(env, ExitUsage, "verify: --tenant, --session and --since apply to --store only")
+		}
+		var code int
+		if rep, code = verifyFile(env, *file, *headsFile); code != ExitOK {
+			return code
+		}
+	case *store != "" && *file == "" && *headsFile == "":
+		f := projector.Filter{TenantID: *tenant, SessionID: *sessionID}
+		if *since != "" {
+			ms, err := parseSince(*since, time.Now())
+			if err != nil {
+				return fail(env, ExitUsage, "verify: --since: %v", err)
+			}
+			f.SinceUnixMs = ms
+		}
+		st, err := stores.Open(ctx, *store)
+		if err != nil {
+			return fail(env, ExitRuntime, "verify: %v", err)
+		}
+		defer st.Close()
+		if rep, err = VerifyStore(ctx, st, f, 0); err != nil {
+			return fail(env, ExitRuntime, "verify: %v", err)
+		}
+	default:
 		fs.Usage()
 		return ExitUsage
 	}
-	f, err := os.Open(*file)
+	return printVerify(env, rep, *asJSON)
+}
+
+// printVerify prints rep and returns the exit code: the same output for
+// files and stores.
+func printVerify(env IO, rep VerifyReport, asJSON bool) int {
+	if rep.Failures == nil {
+		rep.Failures = []chain.Failure{}
+	}
+	if asJSON {
+		if code := writeJSON(env, rep); code != ExitOK {
+			return code
+		}
+	} else if rep.OK {
+		fmt.Fprintf(env.Stdout, "OK: %d events in %d sessions verified\n", rep.Events, rep.Sessions)
+	} else {
+		for _, f := range rep.Failures {
+			fmt.Fprintf(env.Stderr, "FAIL %s/%s seq %d: %s: %s\n", f.TenantID, f.SessionID, f.Seq, f.Reason, f.Detail)
+		}
+		fmt.Fprintf(env.Stderr, "verification failed: %d session(s) bad, %d events read\n", len(rep.Failures), rep.Events)
+	}
+	if !rep.OK {
+		return ExitFailed
+	}
+	return ExitOK
+}
+
+func verifyFile(env IO, file, headsFile string) (VerifyReport, int) {
+	f, err := os.Open(file)
 	if err != nil {
-		return fail(env, ExitRuntime, "verify: %v", err)
+		return VerifyReport{}, fail(env, ExitRuntime, "verify: %v", err)
 	}
 	defer f.Close()
 	v := chain.NewVerifier()
@@ -48,36 +121,184 @@ func runVerify(_ context.Context, env IO, args []string) int {
 		return nil
 	})
 	if err != nil {
-		return fail(env, ExitRuntime, "verify: %s: %v", *file, err)
+		return VerifyReport{}, fail(env, ExitRuntime, "verify: %s: %v", file, err)
 	}
-	if *headsFile != "" {
-		heads, err := readHeads(*headsFile)
+	if headsFile != "" {
+		heads, err := readHeads(headsFile)
 		if err != nil {
-			return fail(env, ExitRuntime, "verify: %v", err)
+			return VerifyReport{}, fail(env, ExitRuntime, "verify: %v", err)
 		}
 		v.CheckHeads(heads)
 	}
 	failures := append(malformed, v.Failures()...)
-	rep := VerifyReport{OK: len(failures) == 0, Events: v.Events(), Sessions: len(v.Heads()), Failures: failures}
-	if rep.Failures == nil {
-		rep.Failures = []chain.Failure{}
+	return VerifyReport{OK: len(failures) == 0, Events: v.Events(), Sessions: len(v.Heads()), Failures: failures}, ExitOK
+}
+
+// parseSince reads --since: RFC 3339, Unix milliseconds, or a duration
+// before now.
+func parseSince(s string, now time.Time) (int64, error) {
+	if t, err := time.Parse(time.RFC3339, s); err == nil {
+		return t.UnixMilli(), nil
 	}
-	if *asJSON {
-		if code := writeJSON(env, rep); code != ExitOK {
-			return code
+	if ms, err := strconv.ParseInt(s, 10, 64); err == nil && ms > 0 {
+		return ms, nil
+	}
+	if d, err := time.ParseDuration(s); err == nil && d > 0 {
+		return now.Add(-d).UnixMilli(), nil
+	}
+	return 0, fmt.Errorf("%q is neither RFC 3339, Unix milliseconds nor a positive duration", s)
+}
+
+// AuditStore is what VerifyStore reads.
+type AuditStore interface {
+	projector.Store
+	projector.HeadReader
+}
+
+// VerifyStore recomputes every hash of the stored sessions selected by f
+// from their rows (docs/chain.md), checks the filter columns against the
+// hashed payload and decision, and compares each session with its stored
+// chain head. Sessions are verified in parallel by workers goroutines (0:
+// one per CPU); each session's first failure is reported, sorted by tenant
+// and session. Identical copies of a row (a ClickHouse redelivery not yet
+// merged) count once; a different row with the same seq fails SEQ_ORDER.
+func VerifyStore(ctx context.Context, st AuditStore, f projector.Filter, workers int) (VerifyReport, error) {
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	type worker struct {
+		in       chan []*projector.EventRow
+		v        *chain.Verifier
+		extra    []chain.Failure
+		last     map[projector.SessionKey]*projector.EventRow
+		failedAt map[projector.SessionKey]bool
+	}
+	ws := make([]*worker, workers)
+	var wg sync.WaitGroup
+	for i := range ws {
+		w := &worker{in: make(chan []*projector.EventRow, 4), v: chain.NewVerifier(),
+			last: map[projector.SessionKey]*projector.EventRow{}, failedAt: map[projector.SessionKey]bool{}}
+		ws[i] = w
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for rows := range w.in {
+				for _, r := range rows {
+					k := projector.SessionKey{TenantID: r.Event.TenantID, SessionID: r.Event.SessionID}
+					if prev := w.last[k]; prev != nil && prev.Event.Seq == r.Event.Seq && sameRow(prev, r) {
+						continue // an identical copy
+					}
+					w.last[k] = r
+					if w.failedAt[k] {
+						continue
+					}
+					switch col, ok := r.ColumnsMatch(); {
+					case r.Invalid != nil:
+						w.failedAt[k] = true
+						w.extra = append(w.extra, chain.Failure{TenantID: k.TenantID, SessionID: k.SessionID, Seq: r.Event.Seq,
+							Reason: chain.ReasonMalformed, Detail: r.Invalid.Error()})
+						continue
+					case !ok:
+						w.failedAt[k] = true
+						w.extra = append(w.extra, chain.Failure{TenantID: k.TenantID, SessionID: k.SessionID, Seq: r.Event.Seq,
+							Reason: ReasonColumnMismatch, Detail: "column " + col + " disagrees with the hashed payload and decision"})
+						continue
+					}
+					if w.v.Add(r.Event) != nil {
+						w.failedAt[k] = true
+					}
+				}
+			}
+		}()
+	}
+	seed := maphash.MakeSeed()
+	route := func(tenant, session string) int {
+		var h maphash.Hash
+		h.SetSeed(seed)
+		h.WriteString(tenant)
+		h.WriteByte('/')
+		h.WriteString(session)
+		return int(h.Sum64() % uint64(workers))
+	}
+	const chunk = 256
+	pending := make([][]*projector.EventRow, workers)
+	err := st.Events(ctx, f, func(r *projector.EventRow) error {
+		i := route(r.Event.TenantID, r.Event.SessionID)
+		pending[i] = append(pending[i], r)
+		if len(pending[i]) == chunk {
+			select {
+			case ws[i].in <- pending[i]:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			pending[i] = make([]*projector.EventRow, 0, chunk)
 		}
-	} else if rep.OK {
-		fmt.Fprintf(env.Stdout, "OK: %d events in %d sessions verified\n", rep.Events, rep.Sessions)
-	} else {
-		for _, f := range failures {
-			fmt.Fprintf(env.Stderr, "FAIL %s/%s seq %d: %s: %s\n", f.TenantID, f.SessionID, f.Seq, f.Reason, f.Detail)
+		return nil
+	})
+	for i, w := range ws {
+		if err == nil && len(pending[i]) > 0 {
+			w.in <- pending[i]
 		}
-		fmt.Fprintf(env.Stderr, "verification failed: %d session(s) bad, %d events read\n", len(failures), rep.Events)
+		close(w.in)
 	}
-	if !rep.OK {
-		return ExitFailed
+	wg.Wait()
+	if err != nil {
+		return VerifyReport{}, err
 	}
-	return ExitOK
+	heads, err := st.Heads(ctx, f)
+	if err != nil {
+		return VerifyReport{}, err
+	}
+	byWorker := make([][]chain.Head, workers)
+	for _, h := range heads {
+		i := route(h.TenantID, h.SessionID)
+		byWorker[i] = append(byWorker[i], h)
+	}
+	var rep VerifyReport
+	for i, w := range ws {
+		// Sessions that failed a column check never reached the
+		// verifier; keep CheckHeads from calling them missing.
+		w.v.CheckHeads(filterHeads(byWorker[i], w.failedAt))
+		rep.Failures = append(rep.Failures, w.extra...)
+		rep.Failures = append(rep.Failures, w.v.Failures()...)
+		rep.Events += w.v.Events()
+		rep.Sessions += len(w.last)
+	}
+	sort.SliceStable(rep.Failures, func(i, j int) bool {
+		a, b := rep.Failures[i], rep.Failures[j]
+		if a.TenantID != b.TenantID {
+			return a.TenantID < b.TenantID
+		}
+		return a.SessionID < b.SessionID
+	})
+	rep.OK = len(rep.Failures) == 0
+	return rep, nil
+}
+
+// filterHeads drops the heads of sessions that already failed.
+func filterHeads(heads []chain.Head, failed map[projector.SessionKey]bool) []chain.Head {
+	out := heads[:0]
+	for _, h := range heads {
+		if !failed[projector.SessionKey{TenantID: h.TenantID, SessionID: h.SessionID}] {
+			out = append(out, h)
+		}
+	}
+	return out
+}
+
+// sameRow reports whether two rows hold the same record and columns.
+func sameRow(a, b *projector.EventRow) bool {
+	x, y := a.Event, b.Event
+	if x.V != y.V || x.TsUnixMs != y.TsUnixMs || x.Type != y.Type || x.Manifest != y.Manifest ||
+		string(x.Payload) != string(y.Payload) || x.PrevHash != y.PrevHash || x.Hash != y.Hash ||
+		a.ToolName != b.ToolName || a.CallID != b.CallID || a.Outcome != b.Outcome || a.Reason != b.Reason ||
+		a.PolicyRevision != b.PolicyRevision || (a.Invalid == nil) != (b.Invalid == nil) {
+		return false
+	}
+	if (x.Decision == nil) != (y.Decision == nil) {
+		return false
+	}
+	return x.Decision == nil || *x.Decision == *y.Decision
 }
 
 func readHeads(path string) ([]chain.Head, error) {

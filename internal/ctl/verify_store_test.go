@@ -1,0 +1,259 @@
+package ctl
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"aegis.dev/aegis/projector"
+	"aegis.dev/aegis/projector/stores"
+	"aegis.dev/aegis/projector/storetest"
+	"aegis.dev/aegis/schemas/chain"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+var chDB atomic.Int64
+
+// storeURLs returns a constructor of empty stores per backend: SQLite
+// always, ClickHouse for integration runs.
+func sqliteURL(t testing.TB) string {
+	return "sqlite:" + filepath.Join(t.TempDir(), "audit.db")
+}
+
+func clickhouseURL(t testing.TB) string {
+	t.Helper()
+	base := storetest.ServiceAddr(t, "AEGIS_TEST_CLICKHOUSE")
+	url := fmt.Sprintf("%s_ctl_%d_%d", base, time.Now().UnixNano(), chDB.Add(1))
+	t.Cleanup(func() {
+		st, err := stores.Open(context.Background(), url)
+		if err == nil {
+			_ = st.(interface{ DropDatabase(context.Context) error }).DropDatabase(context.Background())
+			_ = st.Close()
+		}
+	})
+	return url
+}
+
+func writeStore(t testing.TB, url string, b *projector.Batch) {
+	t.Helper()
+	st, err := stores.Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.Write(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func cloneEvent(e *envelope.Event) *envelope.Event {
+	c := *e
+	if e.Decision != nil {
+		d := *e.Decision
+		c.Decision = &d
+	}
+	return &c
+}
+
+// tamperCases edit the golden vectors the way an attacker with write access
+// to the store would; each names the reason verify must report and the seq
+// of the first bad record of the first vector session.
+func tamperCases(t testing.TB) []struct {
+	name   string
+	edit   func(b *projector.Batch)
+	reason string
+} {
+	vec := storetest.Vectors(t)
+	first := vec[0]
+	var idx []int // positions of the first session's events
+	for i, e := range vec {
+		if e.TenantID == first.TenantID && e.SessionID == first.SessionID {
+			idx = append(idx, i)
+		}
+	}
+	if len(idx) < 3 {
+		t.Fatalf("first vector session has %d events, need 3", len(idx))
+	}
+	lastI := idx[len(idx)-1]
+	without := func(b *projector.Batch, drop func(i int) bool) {
+		var keep []projector.EventRow
+		for i, r := range b.Events {
+			if !drop(i) {
+				keep = append(keep, r)
+			}
+		}
+		b.Events = keep
+	}
+	return []struct {
+		name   string
+		edit   func(b *projector.Batch)
+		reason string
+	}{
+		{"edited payload", func(b *projector.Batch) {
+			e := cloneEvent(b.Events[1].Event)
+			e.Payload = json.RawMessage(`{"call_id":"m1","model":"gpt-y"}`)
+			b.Events[1].Event = e
+		}, chain.ReasonHashMismatch},
+		{"edited decision", func(b *projector.Batch) {
+			for i, r := range b.Events {
+				if r.Event.Decision != nil {
+					e := cloneEvent(r.Event)
+					e.Decision.Outcome = envelope.Deny
+					e.Decision.Reason = envelope.ReasonEgressDeny
+					b.Events[i] = projector.NewEventRow(e, 0, 0)
+					return
+				}
+			}
+			panic("no decision in the vectors")
+		}, chain.ReasonHashMismatch},
+		{"edited filter column only", func(b *projector.Batch) { b.Events[0].ToolName = "shell" }, ReasonColumnMismatch},
+		{"edited and re-hashed tail", func(b *projector.Batch) {
+			e := cloneEvent(b.Events[lastI].Event)
+			e.TsUnixMs++
+			h, _ := chain.Hash(e)
+			e.Hash = h
+			b.Events[lastI].Event = e
+		}, chain.ReasonHeadMismatch},
+		{"deleted middle record", func(b *projector.Batch) { without(b, func(i int) bool { return i == idx[1] }) }, chain.ReasonSeqGap},
+		{"deleted tail", func(b *projector.Batch) { without(b, func(i int) bool { return i == lastI }) }, chain.ReasonTruncated},
+		{"deleted session", func(b *projector.Batch) {
+			without(b, func(i int) bool { return slices.Contains(idx, i) })
+		}, chain.ReasonMissingSession},
+		{"inserted record", func(b *projector.Batch) {
+			last := b.Events[lastI].Event
+			e := &envelope.Event{V: 1, TenantID: last.TenantID, SessionID: last.SessionID, Seq: last.Seq + 1, TsUnixMs: last.TsUnixMs + 1,
+				Type: envelope.ErrorRaised, Payload: json.RawMessage(`{}`)}
+			if _, err := chain.Link(&chain.Head{TenantID: last.TenantID, SessionID: last.SessionID, Seq: last.Seq, Hash: last.Hash}, e); err != nil {
+				panic(err)
+			}
+			b.Events = append(b.Events, projector.NewEventRow(e, 0, 0))
+		}, chain.ReasonHeadMismatch},
+		{"reordered records", func(b *projector.Batch) {
+			x, y := cloneEvent(b.Events[0].Event), cloneEvent(b.Events[1].Event)
+			x.Seq, y.Seq = y.Seq, x.Seq
+			b.Events[0].Event, b.Events[1].Event = x, y
+		}, chain.ReasonHashMismatch},
+		{"spliced into another tenant", func(b *projector.Batch) {
+			e := cloneEvent(b.Events[1].Event)
+			e.TenantID = "mallory"
+			b.Events[1].Event = e
+		}, chain.ReasonSeqGap},
+	}
+}
+
+func testVerifyStore(t *testing.T, newURL func(testing.TB) string) {
+	t.Run("intact", func(t *testing.T) {
+		url := newURL(t)
+		b := storetest.BatchOf(t, storetest.Vectors(t))
+		writeStore(t, url, b)
+		writeStore(t, url, b) // a redelivery changes nothing
+		code, out, stderr := run(t, "", "verify", "--store", url)
+		if code != ExitOK || !strings.Contains(out, fmt.Sprintf("OK: %d events in %d sessions", len(b.Events), len(b.Heads))) {
+			t.Fatalf("code %d out %q stderr %q", code, out, stderr)
+		}
+	})
+	for _, c := range tamperCases(t) {
+		t.Run(c.name, func(t *testing.T) {
+			url := newURL(t)
+			vec := storetest.Vectors(t)
+			b := storetest.BatchOf(t, vec)
+			c.edit(b)
+			writeStore(t, url, b)
+			code, out, stderr := run(t, "", "verify", "--store", url, "--json")
+			var rep VerifyReport
+			if err := json.Unmarshal([]byte(out), &rep); err != nil {
+				t.Fatalf("code %d out %q stderr %q: %v", code, out, stderr, err)
+			}
+			if code != ExitFailed || rep.OK || len(rep.Failures) == 0 {
+				t.Fatalf("tampering not detected: code %d report %+v", code, rep)
+			}
+			f := rep.Failures[0]
+			if f.Reason != c.reason || f.TenantID != vec[0].TenantID || f.SessionID != vec[0].SessionID {
+				t.Errorf("first failure %+v, want reason %s in %s/%s", f, c.reason, vec[0].TenantID, vec[0].SessionID)
+			}
+			// Text mode names the record and the reason on stderr.
+			code, _, stderr = run(t, "", "verify", "--store", url)
+			if code != ExitFailed || !strings.Contains(stderr, "FAIL "+f.TenantID+"/"+f.SessionID) || !strings.Contains(stderr, c.reason) {
+				t.Errorf("text mode: code %d stderr %q", code, stderr)
+			}
+		})
+	}
+	t.Run("filters", func(t *testing.T) {
+		url := newURL(t)
+		vec := storetest.Vectors(t)
+		b := storetest.BatchOf(t, vec)
+		tamperCases(t)[0].edit(b) // breaks the first session only
+		writeStore(t, url, b)
+		var other *envelope.Event
+		for _, e := range vec {
+			if e.TenantID != vec[0].TenantID {
+				other = e
+			}
+		}
+		cases := []struct {
+			name string
+			args []string
+			code int
+		}{
+			{"broken tenant", []string{"--tenant", vec[0].TenantID}, ExitFailed},
+			{"broken session", []string{"--tenant", vec[0].TenantID, "--session", vec[0].SessionID}, ExitFailed},
+			{"intact session", []string{"--tenant", other.TenantID, "--session", other.SessionID}, ExitOK},
+			{"since the future", []string{"--since", "2100-01-01T00:00:00Z"}, ExitOK},
+			{"since the epoch", []string{"--since", "1"}, ExitFailed},
+			{"bad since", []string{"--since", "yesterday"}, ExitUsage},
+		}
+		for _, c := range cases {
+			t.Run(c.name, func(t *testing.T) {
+				if code, out, stderr := run(t, "", append([]string{"verify", "--store", url}, c.args...)...); code != c.code {
+					t.Errorf("code %d, want %d; out %q stderr %q", code, c.code, out, stderr)
+				}
+			})
+		}
+	})
+}
+
+func TestVerifyStoreSQLite(t *testing.T) { testVerifyStore(t, sqliteURL) }
+
+func TestIntegrationVerifyStoreClickHouse(t *testing.T) { testVerifyStore(t, clickhouseURL) }
+
+func TestVerifyUsage(t *testing.T) {
+	cases := [][]string{
+		{"verify"},
+		{"verify", "--file", "x", "--store", "sqlite:y"},
+		{"verify", "--store", "sqlite:y", "--heads", "h"},
+		{"verify", "--file", "x", "--tenant", "t"},
+	}
+	for _, args := range cases {
+		if code, _, _ := run(t, "", args...); code != ExitUsage {
+			t.Errorf("%v: exit %d, want %d", args, code, ExitUsage)
+		}
+	}
+}
+
+func TestParseSince(t *testing.T) {
+	now := time.Date(2026, 1, 2, 0, 0, 0, 0, time.UTC)
+	cases := []struct {
+		in   string
+		want int64
+		ok   bool
+	}{
+		{"2026-01-01T00:00:00Z", 1767225600000, true},
+		{"1767225600000", 1767225600000, true},
+		{"24h", 1767225600000, true},
+		{"-1h", 0, false},
+		{"0", 0, false},
+		{"soon", 0, false},
+	}
+	for _, c := range cases {
+		got, err := parseSince(c.in, now)
+		if (err == nil) != c.ok || got != c.want {
+			t.Errorf("parseSince(%q) = %d, %v; want %d ok=%v", c.in, got, err, c.want, c.ok)
+		}
+	}
+}
