@@ -64,6 +64,7 @@ type harness struct {
 type harnessOpts struct {
 	dev       bool
 	noDecider bool
+	store     Store
 	cfg       func(*Config)
 }
 
@@ -130,7 +131,7 @@ func newHarness(tb testing.TB, o harnessOpts) *harness {
 	}
 	clk := &clock{}
 	srv, err := New(cfg, Env{Brokers: emb.Brokers(), Topics: topics, Dev: o.dev, Engine: eng},
-		WithClock(clk.now), WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))))
+		WithClock(clk.now), WithLogger(slog.New(slog.NewTextHandler(io.Discard, nil))), WithStore(o.store))
 	if err != nil {
 		tb.Fatal(err)
 	}

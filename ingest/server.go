@@ -61,6 +61,7 @@ type Server struct {
 	log     *slog.Logger
 	reg     prometheus.Registerer
 	now     func() time.Time
+	store   Store
 	keys    *Keys
 	secret  []byte
 	limit   *limiter
@@ -219,6 +220,9 @@ func (s *Server) routes() []route {
 		{"POST", "/v1/sessions/{session}/proposals", s.handleProposal, []Role{RoleAgent, RoleOperator}},
 		{"GET", "/v1/approvals", s.handleListApprovals, []Role{RoleOperator}},
 		{"POST", "/v1/approvals/{token}", s.handleDecideApproval, []Role{RoleOperator}},
+		{"GET", "/v1/sessions/{session}", s.handleSnapshot, []Role{RoleOperator, RoleAuditor}},
+		{"GET", "/v1/sessions/{session}/events", s.handleSessionEvents, []Role{RoleOperator, RoleAuditor}},
+		{"GET", "/v1/sessions/{session}/verify", s.handleVerify, []Role{RoleOperator, RoleAuditor}},
 	}
 }
 

@@ -1,0 +1,211 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strconv"
+
+	"aegis.dev/aegis/decider/session"
+	"aegis.dev/aegis/projector"
+	"aegis.dev/aegis/schemas/chain"
+)
+
+// Store is what the session endpoints read: the audit store's sealed
+// events (projector.Store satisfies it). A store that also implements
+// projector.HeadReader lets verify check each chain against the sealer's
+// head, which catches a truncated tail.
+type Store interface {
+	Events(ctx context.Context, f projector.Filter, fn func(*projector.EventRow) error) error
+}
+
+// WithStore sets the audit store read by the session endpoints (default:
+// none; they answer 501 STORE_NOT_CONFIGURED).
+func WithStore(st Store) Option { return func(s *Server) { s.store = st } }
+
+// Page bounds of GET /v1/sessions/{session}/events.
+const (
+	defaultPageSize = 100
+	maxPageSize     = 1000
+)
+
+// EventsPage is a page of a session's sealed events.
+type EventsPage struct {
+	Events []json.RawMessage `json:"events"`
+	// NextCursor, when not empty, is the after_seq of the next page; empty
+	// means this page ends the session's stored events.
+	NextCursor string `json:"next_cursor"`
+}
+
+// VerifyResult is the body of GET /v1/sessions/{session}/verify.
+type VerifyResult struct {
+	Valid    bool            `json:"valid"`
+	Events   int64           `json:"events"`
+	Head     *chain.Head     `json:"head,omitempty"`
+	Failures []chain.Failure `json:"failures"`
+}
+
+var errStop = errors.New("ingest: page full")
+
+// sessionScope resolves the (tenant, session) a read acts on.
+func (s *Server) sessionScope(r *http.Request, p Principal) (projector.Filter, error) {
+	if s.store == nil {
+		return projector.Filter{}, errf(http.StatusNotImplemented, CodeNoStore, "session reads need the audit store")
+	}
+	tenant, err := tenantOf(r, p)
+	if err != nil {
+		return projector.Filter{}, err
+	}
+	return projector.Filter{TenantID: tenant, SessionID: r.PathValue("session")}, nil
+}
+
+func storeError(err error) error {
+	return &apiError{Status: http.StatusServiceUnavailable, Code: CodeStoreUnavailable, Message: err.Error()}
+}
+
+// scan calls fn with the session's rows in seq order, once per seq (stores
+// that deduplicate at merge time may repeat a row).
+func (s *Server) scan(ctx context.Context, f projector.Filter, fn func(*projector.EventRow) error) error {
+	var last uint64
+	return s.store.Events(ctx, f, func(row *projector.EventRow) error {
+		if row.Event.Seq == last && last != 0 {
+			return nil
+		}
+		last = row.Event.Seq
+		return fn(row)
+	})
+}
+
+// handleSnapshot is GET /v1/sessions/{session}: the session snapshot after
+// its stored events, rebuilt by the decider's reducer from the sealed log.
+func (s *Server) handleSnapshot(w http.ResponseWriter, r *http.Request, p Principal) {
+	f, err := s.sessionScope(r, p)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	snap := session.New(f.TenantID, f.SessionID)
+	err = s.scan(r.Context(), f, func(row *projector.EventRow) error {
+		if err := snap.Apply(row.Event); err != nil {
+			return errf(http.StatusConflict, chain.ReasonMalformed, "stored seq %d does not apply: %v (run verify)", row.Event.Seq, err)
+		}
+		return nil
+	})
+	var ae *apiError
+	switch {
+	case errors.As(err, &ae):
+		writeError(w, err)
+		return
+	case err != nil:
+		writeError(w, storeError(err))
+		return
+	case snap.Events == 0:
+		writeError(w, errf(http.StatusNotFound, CodeNotFound, "no stored events for session %q", f.SessionID))
+		return
+	}
+	hash, err := snap.Hash()
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"snapshot": snap, "snapshot_hash": hash})
+}
+
+// handleSessionEvents is GET /v1/sessions/{session}/events?after_seq=N&limit=M:
+// the sealed records with seq > after_seq, in seq order, at most limit
+// (default 100, at most 1000). A page is never cut silently: next_cursor
+// is set whenever more records follow.
+func (s *Server) handleSessionEvents(w http.ResponseWriter, r *http.Request, p Principal) {
+	f, err := s.sessionScope(r, p)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	q := r.URL.Query()
+	var after uint64
+	if v := q.Get("after_seq"); v != "" {
+		if after, err = strconv.ParseUint(v, 10, 64); err != nil {
+			writeError(w, errf(http.StatusBadRequest, CodeMalformedRequest, "after_seq %q: want a seq", v))
+			return
+		}
+	}
+	limit := defaultPageSize
+	if v := q.Get("limit"); v != "" {
+		if limit, err = strconv.Atoi(v); err != nil || limit < 1 || limit > maxPageSize {
+			writeError(w, errf(http.StatusBadRequest, CodeMalformedRequest, "limit %q: want 1..%d", v, maxPageSize))
+			return
+		}
+	}
+	page := EventsPage{Events: []json.RawMessage{}}
+	var lastSeq uint64
+	err = s.scan(r.Context(), f, func(row *projector.EventRow) error {
+		if row.Event.Seq <= after {
+			return nil
+		}
+		if len(page.Events) == limit {
+			page.NextCursor = strconv.FormatUint(lastSeq, 10)
+			return errStop
+		}
+		b, err := row.Event.AppendCanonical(nil, true)
+		if err != nil {
+			return err
+		}
+		page.Events, lastSeq = append(page.Events, b), row.Event.Seq
+		return nil
+	})
+	if err != nil && !errors.Is(err, errStop) {
+		writeError(w, storeError(err))
+		return
+	}
+	writeJSON(w, http.StatusOK, page)
+}
+
+// handleVerify is GET /v1/sessions/{session}/verify: every stored record
+// of the session re-hashed and re-linked (chain.Verifier trusts nothing),
+// the filter columns checked against the records, and, when the store
+// keeps chain heads, the last record checked against the sealer's head.
+func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request, p Principal) {
+	f, err := s.sessionScope(r, p)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	v := chain.NewVerifier()
+	var extra []chain.Failure
+	err = s.store.Events(r.Context(), f, func(row *projector.EventRow) error {
+		switch col, ok := row.ColumnsMatch(); {
+		case row.Invalid != nil:
+			extra = append(extra, chain.Failure{TenantID: f.TenantID, SessionID: f.SessionID, Seq: row.Event.Seq, Reason: chain.ReasonMalformed, Detail: row.Invalid.Error()})
+		case !ok:
+			extra = append(extra, chain.Failure{TenantID: f.TenantID, SessionID: f.SessionID, Seq: row.Event.Seq, Reason: chain.ReasonMalformed, Detail: "column " + col + " disagrees with the record"})
+		}
+		v.Add(row.Event)
+		return nil
+	})
+	if err != nil {
+		writeError(w, storeError(err))
+		return
+	}
+	if hr, ok := s.store.(projector.HeadReader); ok {
+		heads, err := hr.Heads(r.Context(), f)
+		if err != nil {
+			writeError(w, storeError(err))
+			return
+		}
+		v.CheckHeads(heads)
+	}
+	res := VerifyResult{Events: v.Events(), Failures: append(v.Failures(), extra...)}
+	if res.Events == 0 && len(res.Failures) == 0 {
+		writeError(w, errf(http.StatusNotFound, CodeNotFound, "no stored events for session %q", f.SessionID))
+		return
+	}
+	if hs := v.Heads(); len(hs) == 1 {
+		res.Head = &hs[0]
+	}
+	if res.Failures == nil {
+		res.Failures = []chain.Failure{}
+	}
+	res.Valid = len(res.Failures) == 0
+	writeJSON(w, http.StatusOK, res)
+}

@@ -1,0 +1,171 @@
+package ingest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	"aegis.dev/aegis/projector"
+	"aegis.dev/aegis/projector/sqlstore"
+	"aegis.dev/aegis/schemas/chain"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// sealedStore returns a SQLite audit store holding sealed sessions:
+// acme/s1 with n events, acme/tampered whose seq 2 payload was edited after
+// sealing, acme/truncated whose head says one more record than stored, and
+// globex/s1.
+func sealedStore(tb testing.TB, n int) *sqlstore.Store {
+	tb.Helper()
+	ctx := context.Background()
+	st, err := sqlstore.Open(ctx, filepath.Join(tb.TempDir(), "audit.db"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = st.Close() })
+	var b projector.Batch
+	seal := func(tenant, sess string, count int, edit func(*envelope.Event)) {
+		var head *chain.Head
+		for seq := 1; seq <= count; seq++ {
+			e, err := envelope.Decode([]byte(ev(tenant, sess, seq, "MODEL_CALL_STARTED", fmt.Sprintf(`{"model":"m%d"}`, seq))))
+			if err != nil {
+				tb.Fatal(err)
+			}
+			h, err := chain.Link(head, e)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			head = &h
+			if edit != nil && seq == 2 {
+				edit(e)
+			}
+			b.Events = append(b.Events, projector.NewEventRow(e, 0, int64(seq)))
+		}
+		b.Heads = append(b.Heads, *head)
+	}
+	seal("acme", "s1", n, nil)
+	seal("globex", "s1", 2, nil)
+	seal("acme", "tampered", 3, func(e *envelope.Event) { e.Payload = json.RawMessage(`{"model":"evil"}`) })
+	seal("acme", "truncated", 3, nil)
+	b.Heads[len(b.Heads)-1].Seq, b.Heads[len(b.Heads)-1].Hash = 4, "ff"
+	if err := st.Write(ctx, &b); err != nil {
+		tb.Fatal(err)
+	}
+	return st
+}
+
+func TestSessionReadsPaginateWithoutCap(t *testing.T) {
+	h := newHarness(t, harnessOpts{noDecider: true, store: sealedStore(t, 25)})
+	var seqs []uint64
+	cursor, pages := "", 0
+	for {
+		var page EventsPage
+		path := "/v1/sessions/s1/events?limit=10"
+		if cursor != "" {
+			path += "&after_seq=" + cursor
+		}
+		if r := h.do(t, "GET", path, "acme-auditor", "", "", &page); r.StatusCode != 200 {
+			t.Fatalf("%s: %d", path, r.StatusCode)
+		}
+		pages++
+		for _, raw := range page.Events {
+			e, err := envelope.Decoder{Sealed: true}.Decode(raw)
+			if err != nil || e.TenantID != "acme" || e.Hash == "" {
+				t.Fatalf("record %s: %v", raw, err)
+			}
+			seqs = append(seqs, e.Seq)
+		}
+		if page.NextCursor == "" {
+			break
+		}
+		cursor = page.NextCursor
+	}
+	if pages != 3 || len(seqs) != 25 || seqs[0] != 1 || seqs[24] != 25 {
+		t.Fatalf("%d pages, seqs %v", pages, seqs)
+	}
+	for i := range seqs {
+		if seqs[i] != uint64(i+1) {
+			t.Fatalf("seqs %v", seqs)
+		}
+	}
+	// An exact multiple of the limit ends without an empty extra page.
+	var page EventsPage
+	h.do(t, "GET", "/v1/sessions/s1/events?limit=5&after_seq=20", "acme-auditor", "", "", &page)
+	if len(page.Events) != 5 || page.NextCursor != "" {
+		t.Fatalf("last page: %d events, cursor %q", len(page.Events), page.NextCursor)
+	}
+	var e errResp
+	if r := h.do(t, "GET", "/v1/sessions/s1/events?limit=5000", "acme-auditor", "", "", &e); r.StatusCode != 400 {
+		t.Fatalf("limit 5000: %d", r.StatusCode)
+	}
+}
+
+func TestSessionReadsAreTenantScoped(t *testing.T) {
+	h := newHarness(t, harnessOpts{noDecider: true, store: sealedStore(t, 3)})
+	for _, tc := range []struct {
+		name, key, path string
+		status          int
+		code            string
+		events          int64
+	}{
+		{"auditor snapshot", "acme-auditor", "/v1/sessions/s1", 200, "", 3},
+		{"operator snapshot", "acme-operator", "/v1/sessions/s1", 200, "", 3},
+		{"globex sees its own s1", "globex-op", "/v1/sessions/s1", 200, "", 2},
+		{"agent may not read", "acme-agent", "/v1/sessions/s1", 403, CodeForbidden, 0},
+		{"naming another tenant", "globex-op", "/v1/sessions/s1?tenant_id=acme", 403, CodeTenantMismatch, 0},
+		{"another tenant's session", "globex-op", "/v1/sessions/tampered", 404, CodeNotFound, 0},
+		{"events of another tenant", "globex-op", "/v1/sessions/truncated/verify", 404, CodeNotFound, 0},
+		{"unknown session", "acme-auditor", "/v1/sessions/nope/verify", 404, CodeNotFound, 0},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var out struct {
+				Error    ErrorDetail `json:"error"`
+				Snapshot struct {
+					TenantID string `json:"tenant_id"`
+					Events   int64  `json:"events"`
+				} `json:"snapshot"`
+			}
+			r := h.do(t, "GET", tc.path, tc.key, "", "", &out)
+			if r.StatusCode != tc.status || out.Error.Code != tc.code || out.Snapshot.Events != tc.events {
+				t.Fatalf("got %d %q events %d, want %d %q %d", r.StatusCode, out.Error.Code, out.Snapshot.Events, tc.status, tc.code, tc.events)
+			}
+		})
+	}
+}
+
+func TestSessionVerify(t *testing.T) {
+	h := newHarness(t, harnessOpts{noDecider: true, store: sealedStore(t, 4)})
+	for _, tc := range []struct {
+		session string
+		valid   bool
+		reason  string
+	}{
+		{"s1", true, ""},
+		{"tampered", false, chain.ReasonHashMismatch},
+		{"truncated", false, chain.ReasonTruncated},
+	} {
+		t.Run(tc.session, func(t *testing.T) {
+			var res VerifyResult
+			if r := h.do(t, "GET", "/v1/sessions/"+tc.session+"/verify", "acme-auditor", "", "", &res); r.StatusCode != 200 {
+				t.Fatalf("status %d", r.StatusCode)
+			}
+			if res.Valid != tc.valid || (tc.reason != "" && (len(res.Failures) == 0 || res.Failures[0].Reason != tc.reason)) {
+				t.Fatalf("%+v, want valid=%v %s", res, tc.valid, tc.reason)
+			}
+			if tc.valid && (res.Head == nil || strconv.FormatUint(res.Head.Seq, 10) != "4") {
+				t.Fatalf("head %+v", res.Head)
+			}
+		})
+	}
+}
+
+func TestSessionReadsWithoutStore(t *testing.T) {
+	h := newHarness(t, harnessOpts{dev: true, noDecider: true})
+	var e errResp
+	if r := h.do(t, "GET", "/v1/sessions/s1", "", "", "", &e); r.StatusCode != 501 || e.Error.Code != CodeNoStore {
+		t.Fatalf("got %d %s", r.StatusCode, e.Error.Code)
+	}
+}
