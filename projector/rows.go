@@ -1,7 +1,6 @@
 package projector
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -114,10 +113,10 @@ func ParseDecision(s string) (*envelope.Decision, error) {
 	if s == "" {
 		return nil, nil
 	}
-	dec := json.NewDecoder(bytes.NewReader([]byte(s)))
-	dec.DisallowUnknownFields()
+	// Unknown members need no strict decoder: re-encoding drops them, and
+	// the comparison below fails.
 	var d envelope.Decision
-	if err := dec.Decode(&d); err != nil {
+	if err := json.Unmarshal([]byte(s), &d); err != nil {
 		return nil, fmt.Errorf("decision column: %w", err)
 	}
 	back, err := DecisionJSON(&envelope.Event{Type: envelope.ToolCallProposed, Decision: &d})

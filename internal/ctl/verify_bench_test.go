@@ -1,0 +1,79 @@
+package ctl
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"testing"
+	"time"
+
+	"aegis.dev/aegis/projector"
+	"aegis.dev/aegis/projector/stores"
+	"aegis.dev/aegis/schemas/chain"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// benchBatch is sessions×perSession sealed events shaped like agent traffic:
+// model calls, proposals with decisions, tool results (~300-byte records).
+func benchBatch(tb testing.TB, sessions, perSession int) *projector.Batch {
+	tb.Helper()
+	b := &projector.Batch{}
+	for s := range sessions {
+		var head *chain.Head
+		for i := range perSession {
+			e := &envelope.Event{V: 1, TenantID: fmt.Sprintf("tenant-%d", s%10), SessionID: fmt.Sprintf("session-%06d", s),
+				Seq: uint64(i + 1), TsUnixMs: day0 + int64(i)*1000, Manifest: "support-bot@1.0.0"}
+			switch i % 3 {
+			case 0:
+				e.Type, e.Payload = envelope.ModelCallStarted, json.RawMessage(`{"call_id":"m1","model":"gpt-x"}`)
+			case 1:
+				e.Type = envelope.ToolCallProposed
+				e.Payload = json.RawMessage(fmt.Sprintf(`{"args":{"url":"https://api.example.com/v1/items/%d"},"call_id":"c%d","tool_name":"web_fetch"}`, i, i))
+				e.Decision = &envelope.Decision{Outcome: envelope.Allow, Reason: envelope.ReasonOK, Constraints: envelope.Constraints{MaxOutputBytes: 1 << 20, TimeoutMs: 30000},
+					PolicyRevision: "sha256:4f2a", ManifestDigest: "sha256:9c1d", InputDigest: "sha256:77e0"}
+			default:
+				e.Type, e.Payload = envelope.ToolResult, json.RawMessage(fmt.Sprintf(`{"call_id":"c%d","output_bytes":512,"tool_name":"web_fetch"}`, i-1))
+			}
+			h, err := chain.Link(head, e)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			head = &h
+			b.Events = append(b.Events, projector.NewEventRow(e, 0, int64(len(b.Events))))
+		}
+		b.Heads = append(b.Heads, *head)
+	}
+	return b
+}
+
+func benchVerifyStore(b *testing.B, url string) {
+	const sessions, per = 2000, 50
+	batch := benchBatch(b, sessions, per)
+	st, err := stores.Open(context.Background(), url)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	for i := 0; i < len(batch.Events); i += 5000 {
+		part := &projector.Batch{Events: batch.Events[i:min(i+5000, len(batch.Events))]}
+		if err := st.Write(context.Background(), part); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := st.Write(context.Background(), &projector.Batch{Heads: batch.Heads}); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	start := time.Now()
+	for b.Loop() {
+		rep, err := VerifyStore(context.Background(), st, projector.Filter{}, 0)
+		if err != nil || !rep.OK || rep.Events != sessions*per {
+			b.Fatalf("%+v %v", rep, err)
+		}
+	}
+	b.ReportMetric(float64(b.N)*sessions*per/time.Since(start).Seconds(), "events/s")
+}
+
+func BenchmarkVerifyStoreSQLite(b *testing.B) { benchVerifyStore(b, sqliteURL(b)) }
+
+func BenchmarkIntegrationVerifyStoreClickHouse(b *testing.B) { benchVerifyStore(b, clickhouseURL(b)) }
