@@ -1,0 +1,260 @@
+package projector_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"aegis.dev/aegis/decider/session"
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/projector"
+	"aegis.dev/aegis/projector/sqlstore"
+	"aegis.dev/aegis/schemas/chain"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// kafka is an embedded broker with the pipeline's topics under a prefix.
+type kafka struct {
+	brokers []string
+	topics  pipeline.Topics
+	prefix  string
+}
+
+func startKafka(tb testing.TB, partitions int32) kafka {
+	tb.Helper()
+	emb, err := stream.StartEmbedded(context.Background(), stream.EmbeddedConfig{Addr: "127.0.0.1:0", DataDir: tb.TempDir(), Partitions: partitions})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(emb.Close)
+	return newTopics(tb, emb.Brokers(), partitions, fmt.Sprintf("ptest%d.", time.Now().UnixNano()))
+}
+
+func newTopics(tb testing.TB, brokers []string, partitions int32, prefix string) kafka {
+	tb.Helper()
+	t := pipeline.NewTopics(prefix)
+	if err := stream.EnsureTopics(context.Background(), brokers, t.Specs(partitions, envelope.DefaultMaxEventBytes)); err != nil {
+		tb.Fatal(err)
+	}
+	return kafka{brokers: brokers, topics: t, prefix: prefix}
+}
+
+// sealedSessions seals sessions×perSession events shaped like agent
+// traffic (proposals with decisions, tool results that taint).
+func sealedSessions(tb testing.TB, tenant string, sessions, from, to int) []*envelope.Event {
+	tb.Helper()
+	var out []*envelope.Event
+	for s := range sessions {
+		var head *chain.Head
+		for i := 1; i <= to; i++ {
+			e := &envelope.Event{V: 1, TenantID: tenant, SessionID: fmt.Sprintf("s%05d", s), Seq: uint64(i), TsUnixMs: 1767225600000 + int64(i)*1000}
+			switch i % 4 {
+			case 1:
+				e.Type, e.Payload = envelope.ModelCallStarted, json.RawMessage(`{"call_id":"m","model":"gpt-x"}`)
+			case 2:
+				e.Type, e.Payload = envelope.ToolCallProposed, json.RawMessage(fmt.Sprintf(`{"args":{},"call_id":"c%d","tool_name":"web_fetch"}`, i))
+				e.Decision = &envelope.Decision{Outcome: envelope.Deny, Reason: envelope.ReasonEgressDeny, PolicyRevision: "sha256:p", ManifestDigest: "sha256:m", InputDigest: "sha256:i"}
+			case 3:
+				e.Type, e.Payload = envelope.ToolResult, json.RawMessage(`{"call_id":"c","tool_name":"web_fetch"}`)
+			default:
+				e.Type, e.Payload = envelope.MemoryWrite, json.RawMessage(`{"key":"k"}`)
+			}
+			h, err := chain.Link(head, e)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			head = &h
+			if i >= from {
+				out = append(out, e)
+			}
+		}
+	}
+	return out
+}
+
+// produce writes sealed events and their heads as the sealer would.
+func produce(tb testing.TB, k kafka, events []*envelope.Event) {
+	tb.Helper()
+	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: k.brokers, Linger: 5 * time.Millisecond})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer p.Close()
+	ctx := context.Background()
+	var msgs []stream.Message
+	heads := map[string]chain.Head{}
+	var order []string
+	for _, e := range events {
+		v, err := e.AppendCanonical(nil, true)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		msgs = append(msgs, stream.Message{Topic: k.topics.Sealed, Key: e.Key(), Value: v})
+		if _, ok := heads[string(e.Key())]; !ok {
+			order = append(order, string(e.Key()))
+		}
+		heads[string(e.Key())] = chain.Head{TenantID: e.TenantID, SessionID: e.SessionID, Seq: e.Seq, Hash: e.Hash}
+		if len(msgs) == 5000 {
+			if err := p.Produce(ctx, msgs...); err != nil {
+				tb.Fatal(err)
+			}
+			msgs = msgs[:0]
+		}
+	}
+	for _, key := range order {
+		v, _ := json.Marshal(heads[key])
+		msgs = append(msgs, stream.Message{Topic: k.topics.ChainHeads, Key: []byte(key), Value: v})
+	}
+	if err := p.Produce(ctx, msgs...); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// runProjector runs a projector until the test ends or stop is called.
+func runProjector(tb testing.TB, k kafka, group string, st projector.Store) (stop func()) {
+	tb.Helper()
+	p, err := projector.New(projector.Config{Brokers: k.brokers, Group: group, Topics: k.topics, BatchSize: 700,
+		FlushInterval: 100 * time.Millisecond, RetryBackoff: 10 * time.Millisecond}, st, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	var stopped bool
+	stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			tb.Errorf("projector: %v", err)
+		}
+	}
+	tb.Cleanup(stop)
+	return stop
+}
+
+func queryInt(tb testing.TB, q projector.Querier, sql string) int64 {
+	tb.Helper()
+	_, rows, err := q.Query(context.Background(), sql)
+	if err != nil {
+		tb.Fatalf("%s: %v", sql, err)
+	}
+	return rows[0][0].(int64)
+}
+
+func waitFor(tb testing.TB, what string, timeout time.Duration, cond func() bool) {
+	tb.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			tb.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// snapshotHash folds the events of one session as the decider does.
+func snapshotHash(tb testing.TB, events []*envelope.Event, tenant, sessionID string) string {
+	s := session.New(tenant, sessionID)
+	for _, e := range events {
+		if e.TenantID == tenant && e.SessionID == sessionID {
+			if err := s.Apply(e); err != nil {
+				tb.Fatal(err)
+			}
+		}
+	}
+	h, err := s.Hash()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return h
+}
+
+// TestProjectorExactlyOnceSQLite: every sealed record lands once; a second
+// group re-reading everything (a full redelivery) changes nothing; a
+// restarted projector rebuilds snapshots from the store and continues them
+// exactly; undecodable records land in rejected_records, never skipped.
+func TestProjectorExactlyOnceSQLite(t *testing.T) {
+	k := startKafka(t, 3)
+	st, err := sqlstore.Open(context.Background(), filepath.Join(t.TempDir(), "audit.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	const sessions = 40
+	first := sealedSessions(t, "acme", sessions, 1, 30)
+	produce(t, k, first)
+	bad := stream.Message{Topic: k.topics.Sealed, Key: []byte("acme/zz"), Value: []byte(`{"not":"sealed"}`)}
+	rej, _ := json.Marshal(pipeline.Rejection{V: 1, Stage: "decider", Reason: "SEQ_GAP", TenantID: "acme", SessionID: "s00001", Seq: 99, Topic: k.topics.Events, Offset: 7})
+	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: k.brokers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Produce(context.Background(), bad, stream.Message{Topic: k.topics.Rejected, Key: []byte("acme/s00001"), Value: rej}); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+
+	stop := runProjector(t, k, k.prefix+"projector", st)
+	waitFor(t, "the first 1200 events", 30*time.Second, func() bool {
+		return queryInt(t, st, "SELECT count(*) FROM audit_events") == int64(len(first))
+	})
+	waitFor(t, "rejections", 10*time.Second, func() bool { return queryInt(t, st, "SELECT count(*) FROM rejected_records") == 2 })
+	stop()
+
+	// A second group reads everything again: nothing visible changes.
+	stop2 := runProjector(t, k, k.prefix+"projector-replay", st)
+	time.Sleep(2 * time.Second)
+	stop2()
+
+	// The first group resumes with new events: snapshots continue from the
+	// stored history.
+	all := sealedSessions(t, "acme", sessions, 1, 45)
+	produce(t, k, sealedSessions(t, "acme", sessions, 31, 45))
+	runProjector(t, k, k.prefix+"projector", st)
+	waitFor(t, "all events", 30*time.Second, func() bool {
+		return queryInt(t, st, "SELECT count(*) FROM audit_events") == int64(len(all))
+	})
+	waitFor(t, "snapshots", 10*time.Second, func() bool {
+		return queryInt(t, st, "SELECT count(*) FROM session_snapshots WHERE last_seq = 45") == sessions
+	})
+	checks := map[string]int64{
+		"SELECT count(*) FROM audit_events":                                                                int64(len(all)),
+		"SELECT count(*) FROM decisions":                                                                   int64(sessions * 11),
+		"SELECT count(*) FROM decisions WHERE tainted = 1":                                                 int64(sessions * 10),
+		"SELECT count(*) FROM chain_heads WHERE seq = 45":                                                  sessions,
+		"SELECT count(*) FROM rejected_records WHERE stage = 'projector' AND reason = 'BAD_SEALED_RECORD'": 1,
+		"SELECT count(*) FROM rejected_records WHERE stage = 'decider'":                                    1,
+	}
+	for q, want := range checks {
+		if got := queryInt(t, st, q); got != want {
+			t.Errorf("%s = %d, want %d", q, got, want)
+		}
+	}
+	_, rows, err := st.Query(context.Background(), "SELECT snapshot_hash FROM session_snapshots WHERE session_id = 's00007'")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := snapshotHash(t, all, "acme", "s00007"); len(rows) != 1 || rows[0][0] != want {
+		t.Errorf("snapshot after a restart: %v, want %s", rows, want)
+	}
+}
+
+// TestMain lets the integration test run this binary as an aegisd
+// subprocess (see childEnv).
+func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(runChild(os.Args[1:]))
+	}
+	os.Exit(m.Run())
+}
