@@ -8,6 +8,7 @@ import (
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"sort"
 	"strings"
@@ -218,7 +219,7 @@ func (s *Server) settle(ctx context.Context, e *approvalEntry, allow bool, appro
 	defer a.mu.Unlock()
 	e.busy = false
 	if err != nil {
-		if err == errWaitTimeout {
+		if errors.Is(err, errWaitTimeout) {
 			err = errf(http.StatusGatewayTimeout, CodeDecisionTimeout, "APPROVAL_DECIDED published at seq %d, not yet confirmed by the pipeline", ev.Seq)
 		}
 		return Approval{}, err

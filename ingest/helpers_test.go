@@ -163,8 +163,14 @@ func newHarness(tb testing.TB, o harnessOpts) *harness {
 	return &harness{srv: srv, url: hs.URL, brokers: emb.Brokers(), topics: topics, clock: clk}
 }
 
+// result is a finished response: status and headers (the body is read).
+type result struct {
+	StatusCode int
+	Header     http.Header
+}
+
 // do sends a request and decodes the JSON response into out (if not nil).
-func (h *harness) do(tb testing.TB, method, path, key, contentType, body string, out any) *http.Response {
+func (h *harness) do(tb testing.TB, method, path, key, contentType, body string, out any) result {
 	tb.Helper()
 	req, err := http.NewRequest(method, h.url+path, bytes.NewBufferString(body))
 	if err != nil {
@@ -190,7 +196,7 @@ func (h *harness) do(tb testing.TB, method, path, key, contentType, body string,
 			tb.Fatalf("%s %s: %d %s: %v", method, path, resp.StatusCode, raw, err)
 		}
 	}
-	return resp
+	return result{resp.StatusCode, resp.Header}
 }
 
 // errorCode returns the error code of a response body.

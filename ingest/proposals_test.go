@@ -196,15 +196,15 @@ func TestApprovalExpiry(t *testing.T) {
 
 func TestProposalWaitsForApproval(t *testing.T) {
 	h := newHarness(t, harnessOpts{})
-	type result struct {
+	type waited struct {
 		status int
 		out    ProposalResponse
 	}
-	done := make(chan result, 1)
+	done := make(chan waited, 1)
 	go func() {
 		var out ProposalResponse
 		r := h.do(t, "POST", "/v1/sessions/w1/proposals?approval_wait_ms=20000", "acme-agent", "application/json", proposal("send_email", "m1", `{"to":"x"}`), &out)
-		done <- result{r.StatusCode, out}
+		done <- waited{r.StatusCode, out}
 	}()
 	var list struct {
 		Approvals []Approval `json:"approvals"`

@@ -99,18 +99,18 @@ func (r *replies) unregister(w *waiter) {
 	}
 }
 
-// run tails the topics until ctx is done. It starts from start (the
-// server's start time less a margin, so that a reply committed while the
-// consumer was still resolving offsets is not missed).
+// run tails the topics of c until ctx is done, and then returns ctx's
+// error; it returns earlier only on an error the client does not retry.
 func (r *replies) run(ctx context.Context, c *stream.Consumer) error {
-	for ctx.Err() == nil {
+	for {
 		// A bounded poll: an idle tail still reports itself healthy.
 		pctx, cancel := context.WithTimeout(ctx, time.Second)
 		recs, err := c.Poll(pctx)
 		cancel()
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		switch {
-		case ctx.Err() != nil:
-			return nil
 		case err == nil || errors.Is(err, context.DeadlineExceeded):
 			r.ready.Store(true)
 		case errors.Is(err, stream.ErrBroker):
@@ -122,7 +122,6 @@ func (r *replies) run(ctx context.Context, c *stream.Consumer) error {
 			r.dispatch(rec)
 		}
 	}
-	return nil
 }
 
 type sessionFields struct {

@@ -192,7 +192,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}()
 	err = s.replies.run(ctx, c)
 	wg.Wait()
-	if err != nil {
+	if err != nil && ctx.Err() == nil {
 		return fmt.Errorf("ingest: reply tail: %w", err)
 	}
 	return nil
