@@ -34,6 +34,7 @@ const quickStartDecide = `{
   }`
 
 func TestDecideQuickStartRequest(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{dev: true, noDecider: true})
 	var d envelope.Decision
 	r := h.do(t, "POST", "/v1/policy/decide", "", "application/json", quickStartDecide, &d)
@@ -46,6 +47,7 @@ func TestDecideQuickStartRequest(t *testing.T) {
 }
 
 func TestDecideRolesAndManifests(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{noDecider: true})
 	undeclared := `{"event":{"tenant_id":"acme","session_id":"d","seq":1,"ts_unix_ms":1767225600000,"event_type":"TOOL_CALL_PROPOSED","payload":{"tool_name":"exec","call_id":"c1","args":{}}}}`
 	for _, tc := range []struct {
@@ -80,6 +82,7 @@ func TestDecideRolesAndManifests(t *testing.T) {
 }
 
 func TestDecideSameAsAegisctl(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{dev: true, noDecider: true})
 	req := `{"event":{"tenant_id":"acme","session_id":"x","seq":3,"ts_unix_ms":1767225600000,"event_type":"TOOL_CALL_PROPOSED","payload":{"tool_name":"search","call_id":"c9","args":{"q":1}}},` +
 		`"snapshot":{"tenant_id":"acme","session_id":"x","last_seq":2,"first_ts_ms":1767225500000,"last_ts_ms":1767225500000,"events":2,"steps":2,"tool_calls":2,"tainted":false,"handoff":{},"consecutive_errors":0,"loop":{"detected":false},"terminated":false}}`

@@ -18,6 +18,7 @@ func ev(tenant, session string, seq int, typ, payload string) string {
 }
 
 func TestQuickStartRequestWorksAsWritten(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{dev: true})
 	var resp EventsResponse
 	r := h.do(t, "POST", "/v1/events", "", "application/json", quickStartEvent, &resp)
@@ -36,6 +37,7 @@ func TestQuickStartRequestWorksAsWritten(t *testing.T) {
 }
 
 func TestEventsAuthAndTenants(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{})
 	for _, tc := range []struct {
 		name, key, body string
@@ -67,6 +69,7 @@ func TestEventsAuthAndTenants(t *testing.T) {
 }
 
 func TestEventsBadInput(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{dev: true, cfg: func(c *Config) { c.MaxBodyBytes = 3 << 20; c.MaxBatchEvents = 10 }})
 	good := ev("acme", "b1", 1, "MODEL_CALL_STARTED", `{}`)
 	big := ev("acme", "b1", 1, "MODEL_CALL_STARTED", `{"blob":"`+strings.Repeat("x", 1<<20)+`"}`)
@@ -109,6 +112,7 @@ func TestEventsBadInput(t *testing.T) {
 }
 
 func TestEventsBatchShapes(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{dev: true})
 	e := func(seq int) string { return ev("acme", "shape", seq, "MODEL_CALL_STARTED", `{"model":"m"}`) }
 	for _, tc := range []struct {
@@ -141,6 +145,7 @@ func TestEventsBatchShapes(t *testing.T) {
 }
 
 func TestRateLimitRetryAfter(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{cfg: func(c *Config) { c.RateLimit, c.RateBurst = 0.5, 2 }})
 	h.clock.set(h.clock.now())
 	for seq := 1; seq <= 2; seq++ {

@@ -73,7 +73,9 @@ type harnessOpts struct {
 func newHarness(tb testing.TB, o harnessOpts) *harness {
 	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	emb, err := stream.StartEmbedded(ctx, stream.EmbeddedConfig{Addr: "127.0.0.1:0", Partitions: 3})
+	// The broker outlives ctx: the stages must finish or abort their open
+	// transactions against it while they stop; Cleanup closes it last.
+	emb, err := stream.StartEmbedded(context.Background(), stream.EmbeddedConfig{Addr: "127.0.0.1:0", Partitions: 3})
 	if err != nil {
 		tb.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 )
 
 func TestInProcessProposeAndRecord(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -56,6 +57,7 @@ func TestInProcessProposeAndRecord(t *testing.T) {
 }
 
 func TestInProcessDecisionTimeout(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{noDecider: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()

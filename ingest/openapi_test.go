@@ -10,6 +10,7 @@ import (
 // TestOpenAPIDocumentsEveryRoute guards schemas/openapi.yaml against
 // drifting from the routes the server registers.
 func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
+	t.Parallel()
 	raw, err := os.ReadFile("../schemas/openapi.yaml")
 	if err != nil {
 		t.Fatal(err)

@@ -21,6 +21,7 @@ func proposal(tool, call, args string) string {
 }
 
 func TestProposalDecisions(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{})
 	path := "/v1/sessions/p1/proposals"
 	for _, tc := range []struct {
@@ -65,6 +66,7 @@ func TestProposalDecisions(t *testing.T) {
 }
 
 func TestProposalTimeoutStillRecorded(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{noDecider: true})
 	var out TimeoutResponse
 	r := h.do(t, "POST", "/v1/sessions/t1/proposals?timeout_ms=300", "acme-agent", "application/json", `{"seq":1,`+proposal("read_file", "c1", `{}`)[1:], &out)
@@ -99,6 +101,7 @@ func requireApproval(t *testing.T, h *harness, key, session, call, args string) 
 }
 
 func TestApprovalTokens(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{})
 	args := `{"to":"a@example.com"}`
 	p := requireApproval(t, h, "acme-agent", "ap1", "m1", args)
@@ -160,6 +163,7 @@ func TestApprovalTokens(t *testing.T) {
 }
 
 func TestApprovalExpiry(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{cfg: func(c *Config) { c.ApprovalTTL = time.Minute }})
 	start := time.Now()
 	h.clock.set(start)
@@ -195,6 +199,7 @@ func TestApprovalExpiry(t *testing.T) {
 }
 
 func TestProposalWaitsForApproval(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{})
 	type waited struct {
 		status int

@@ -58,6 +58,7 @@ func sealedStore(tb testing.TB, n int) *sqlstore.Store {
 }
 
 func TestSessionReadsPaginateWithoutCap(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{noDecider: true, store: sealedStore(t, 25)})
 	var seqs []uint64
 	cursor, pages := "", 0
@@ -104,6 +105,7 @@ func TestSessionReadsPaginateWithoutCap(t *testing.T) {
 }
 
 func TestSessionReadsAreTenantScoped(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{noDecider: true, store: sealedStore(t, 3)})
 	for _, tc := range []struct {
 		name, key, path string
@@ -137,6 +139,7 @@ func TestSessionReadsAreTenantScoped(t *testing.T) {
 }
 
 func TestSessionVerify(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{noDecider: true, store: sealedStore(t, 4)})
 	for _, tc := range []struct {
 		session string
@@ -163,6 +166,7 @@ func TestSessionVerify(t *testing.T) {
 }
 
 func TestSessionReadsWithoutStore(t *testing.T) {
+	t.Parallel()
 	h := newHarness(t, harnessOpts{dev: true, noDecider: true})
 	var e errResp
 	if r := h.do(t, "GET", "/v1/sessions/s1", "", "", "", &e); r.StatusCode != 501 || e.Error.Code != CodeNoStore {
