@@ -21,6 +21,7 @@ import (
 	"aegis.dev/aegis/ingest"
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/projector/stores"
 	"aegis.dev/aegis/schemas/manifest"
 	"aegis.dev/aegis/sealer"
 )
@@ -37,6 +38,7 @@ type Daemon struct {
 	transactors map[string]stageRunner
 	httpAddr    net.Addr
 	started     chan struct{}
+	readStore   stores.Store // the audit store the HTTP API reads, if any
 	startOnce   sync.Once
 }
 
@@ -195,6 +197,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	_ = srv.Shutdown(shutdownCtx)
 	apiStop()
 	<-apiDone
+	if d.readStore != nil {
+		_ = d.readStore.Close()
+	}
 	for i := range stages {
 		stageCtx[i]()
 		<-done[i]
@@ -320,11 +325,19 @@ func (d *Daemon) newIngest(brokers []string) (*ingest.Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	api, err := ingest.New(d.cfg.Ingest, ingest.Env{Brokers: brokers, Topics: d.topics, MaxEventBytes: d.cfg.MaxEventBytes, Dev: d.cfg.Dev, Engine: eng},
-		ingest.WithLogger(d.log), ingest.WithRegisterer(d.reg))
+	// The session endpoints read the audit store the projector writes
+	// (this process's or another's) through a handle of their own.
+	st, err := stores.Open(context.Background(), d.cfg.StoreURL())
 	if err != nil {
+		return nil, fmt.Errorf("aegisd: ingest: audit store: %w", err)
+	}
+	api, err := ingest.New(d.cfg.Ingest, ingest.Env{Brokers: brokers, Topics: d.topics, MaxEventBytes: d.cfg.MaxEventBytes, Dev: d.cfg.Dev, Engine: eng},
+		ingest.WithLogger(d.log), ingest.WithRegisterer(d.reg), ingest.WithStore(st))
+	if err != nil {
+		_ = st.Close()
 		return nil, fmt.Errorf("aegisd: ingest: %w", err)
 	}
+	d.readStore = st
 	return api, nil
 }
 

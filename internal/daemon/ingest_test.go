@@ -54,6 +54,25 @@ func TestReferenceRequestsAgainstDevDaemon(t *testing.T) {
 	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, "aegis_ingest_events_total") {
 		t.Fatalf("metrics: %d", code)
 	}
+	// The accepted event goes all the way: sealed, projected into the
+	// embedded store, and served back by the session endpoints.
+	deadline = time.Now().Add(30 * time.Second)
+	for {
+		code, body = get("/v1/sessions/sess-001/events?tenant_id=acme")
+		if code == 200 && strings.Contains(body, `"hash"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("session events never served: %d %s", code, body)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if code, body := get("/v1/sessions/sess-001/verify?tenant_id=acme"); code != 200 || !strings.Contains(body, `"valid":true`) {
+		t.Fatalf("verify: %d %s", code, body)
+	}
+	if code, body := get("/v1/sessions/sess-001?tenant_id=acme"); code != 200 || !strings.Contains(body, `"tool_calls":1`) {
+		t.Fatalf("snapshot: %d %s", code, body)
+	}
 }
 
 // TestAPIDisabledWithoutKeys: outside dev mode and without --api-keys only
