@@ -1,0 +1,315 @@
+package mcpproxy
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"aegis.dev/aegis/ingest"
+	"aegis.dev/aegis/schemas/canon"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// MetaCallID is the key of the tools/call params._meta member that sets
+// the Aegis call_id of a call. Without it the call_id is derived from the
+// tool name and arguments ("mcp-" and 24 hex digits of their SHA-256), so
+// the same call retried after an approval is the approved call.
+const MetaCallID = "aegis.dev/call_id"
+
+// session is one MCP session: one upstream session and one Aegis session
+// (tenant, session id). Requests are handled concurrently; the events of
+// the session are published one at a time (mu), so the gateway's seq
+// allocation never races with itself.
+type session struct {
+	p        *Proxy
+	tenant   string
+	id       string // the Aegis session id
+	up       upstream
+	ids      idSource
+	mu       sync.Mutex
+	lastUsed atomic.Int64 // unix ms, for idle expiry
+	closed   sync.Once
+}
+
+func (s *session) touch() { s.lastUsed.Store(s.p.now().UnixMilli()) }
+
+func (s *session) close() {
+	s.closed.Do(func() { _ = s.up.close() })
+}
+
+// handle answers one message from the client: the response to a request,
+// or nil for a notification or a response.
+func (s *session) handle(ctx context.Context, m *message) *message {
+	s.touch()
+	switch {
+	case m.isNotification():
+		if err := s.up.send(ctx, m); err != nil {
+			s.p.log.Warn("notification not delivered upstream", "session", s.id, "method", m.Method, "err", err)
+		}
+		s.p.metrics.requests.WithLabelValues(m.Method, "notification").Inc()
+		return nil
+	case m.isResponse():
+		// The proxy relays no server requests, so no response is awaited.
+		return nil
+	}
+	var resp *message
+	switch m.Method {
+	case "tools/call":
+		resp = s.callTool(ctx, m)
+	case "tools/list":
+		resp = s.listTools(ctx, m)
+	default:
+		resp = s.forwardAudited(ctx, m)
+	}
+	outcome := "ok"
+	if resp.Error != nil {
+		outcome = "error"
+	}
+	s.p.metrics.requests.WithLabelValues(m.Method, outcome).Inc()
+	return resp
+}
+
+// forward sends req upstream under a fresh id and returns the response
+// with the client's id. A transport failure is a CodeInternalError
+// response and the error.
+func (s *session) forward(ctx context.Context, req *message) (*message, error) {
+	up := *req
+	up.ID = s.ids.next()
+	resp, err := s.up.roundTrip(ctx, &up)
+	if err != nil {
+		return errorResponse(req.ID, CodeInternalError, "upstream MCP server: "+err.Error(), nil), err
+	}
+	resp.ID = req.ID
+	return resp, nil
+}
+
+// record publishes an event of the session and waits until the decider
+// accepted it. The client's cancellation does not cut the audit short:
+// the wait is bounded by the decision timeout only.
+func (s *session) record(ctx context.Context, typ envelope.Type, payload any) error {
+	raw, err := json.Marshal(payload)
+	if err != nil {
+		return fmt.Errorf("mcpproxy: encode %s: %w", typ, err)
+	}
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.p.cfg.DecisionTimeout)
+	defer cancel()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, err = s.p.pipe.Record(rctx, &envelope.Event{TenantID: s.tenant, SessionID: s.id, Type: typ, Manifest: s.p.cfg.Manifest, Payload: raw})
+	if err != nil {
+		return fmt.Errorf("mcpproxy: record %s: %w", typ, err)
+	}
+	return nil
+}
+
+// auditFailed is the response when an audit record could not be written:
+// the upstream's answer is withheld, since nothing may pass unrecorded.
+func auditFailed(id json.RawMessage, err error) *message {
+	return errorResponse(id, CodeInternalError, "aegis: the audit record could not be written; the response is withheld: "+err.Error(), nil)
+}
+
+// forwardAudited forwards a request other than tools/call and tools/list
+// and records it (docs/mcp-proxy.md, "Audit"): resources/read and
+// prompts/get bring outside content into the agent's context and are
+// recorded as MEMORY_READ (which taints the session, as any unsanitized
+// read does); ping is not recorded; every other method is recorded as
+// CHECKPOINT_CREATED, a marker without effect on session state.
+func (s *session) forwardAudited(ctx context.Context, req *message) *message {
+	resp, _ := s.forward(ctx, req)
+	if req.Method == "ping" {
+		return resp
+	}
+	payload := map[string]any{"source": "mcp", "mcp_method": req.Method, "is_error": resp.Error != nil}
+	if resp.Error != nil {
+		payload["error_code"] = resp.Error.Code
+	}
+	typ := envelope.CheckpointCreated
+	var p struct {
+		URI        string `json:"uri"`
+		Name       string `json:"name"`
+		ClientInfo any    `json:"clientInfo"`
+		Protocol   string `json:"protocolVersion"`
+	}
+	_ = json.Unmarshal(req.Params, &p)
+	switch req.Method {
+	case "resources/read":
+		typ, payload["key"] = envelope.MemoryRead, p.URI
+	case "prompts/get":
+		typ, payload["key"] = envelope.MemoryRead, "prompt:"+p.Name
+	case "initialize":
+		payload["checkpoint_id"] = "mcp:initialize"
+		payload["client_info"], payload["protocol_version"] = p.ClientInfo, p.Protocol
+	default:
+		payload["checkpoint_id"] = "mcp:" + req.Method
+	}
+	if err := s.record(ctx, typ, payload); err != nil {
+		return auditFailed(req.ID, err)
+	}
+	return resp
+}
+
+// listTools forwards tools/list and keeps only the tools the session's
+// manifest declares (permissions.tools, exact match). Without a resolvable
+// manifest no tool is listed: deny by default. The listing is recorded
+// like any other method (CHECKPOINT_CREATED), with the names it hid.
+func (s *session) listTools(ctx context.Context, req *message) *message {
+	resp, err := s.forward(ctx, req)
+	if err != nil || resp.Error != nil {
+		return resp
+	}
+	var result map[string]json.RawMessage
+	if err := json.Unmarshal(resp.Result, &result); err != nil {
+		return errorResponse(req.ID, CodeInternalError, "upstream tools/list result is not an object", nil)
+	}
+	var tools []json.RawMessage
+	if err := json.Unmarshal(result["tools"], &tools); err != nil && len(result["tools"]) > 0 {
+		return errorResponse(req.ID, CodeInternalError, "upstream tools/list result has no tools array", nil)
+	}
+	declared := s.p.declared(s.tenant)
+	kept, hidden := make([]json.RawMessage, 0, len(tools)), []string{}
+	for _, t := range tools {
+		var named struct {
+			Name string `json:"name"`
+		}
+		_ = json.Unmarshal(t, &named)
+		if declared[named.Name] {
+			kept = append(kept, t)
+		} else {
+			hidden = append(hidden, named.Name)
+		}
+	}
+	result["tools"], _ = json.Marshal(kept)
+	resp.Result, _ = json.Marshal(result)
+	if err := s.record(ctx, envelope.CheckpointCreated, map[string]any{"source": "mcp", "mcp_method": req.Method,
+		"checkpoint_id": "mcp:tools/list", "is_error": false, "listed": len(kept), "hidden": hidden}); err != nil {
+		return auditFailed(req.ID, err)
+	}
+	return resp
+}
+
+// callTool is the guarded path: propose, and forward only on allow.
+func (s *session) callTool(ctx context.Context, req *message) *message {
+	var params struct {
+		Name      string                     `json:"name"`
+		Arguments json.RawMessage            `json:"arguments"`
+		Meta      map[string]json.RawMessage `json:"_meta"`
+	}
+	if err := json.Unmarshal(req.Params, &params); err != nil || params.Name == "" {
+		return errorResponse(req.ID, CodeInvalidParams, "tools/call needs params.name", nil)
+	}
+	args := params.Arguments
+	if len(args) == 0 || string(args) == "null" {
+		args = json.RawMessage("{}")
+	}
+	if args[0] != '{' {
+		return errorResponse(req.ID, CodeInvalidParams, "tools/call params.arguments must be an object", nil)
+	}
+	callID, err := callIDOf(params.Name, args, params.Meta)
+	if err != nil {
+		return errorResponse(req.ID, CodeInvalidParams, err.Error(), nil)
+	}
+	payload, err := json.Marshal(map[string]any{"tool_name": params.Name, "call_id": callID, "args": args, "source": "mcp"})
+	if err != nil {
+		return errorResponse(req.ID, CodeInvalidParams, "tools/call arguments: "+err.Error(), nil)
+	}
+	dec, err := s.propose(ctx, payload)
+	data := map[string]any{"tenant_id": s.tenant, "session_id": s.id, "call_id": callID, "tool_name": params.Name}
+	switch {
+	case errors.Is(err, ingest.ErrDecisionTimeout):
+		s.p.metrics.calls.WithLabelValues("timeout").Inc()
+		data["outcome"], data["reason"] = "deny", ingest.CodeDecisionTimeout
+		return errorResponse(req.ID, CodeDenied, "aegis: no decision in time (DECISION_TIMEOUT); the call was not forwarded", data)
+	case err != nil:
+		s.p.metrics.calls.WithLabelValues("error").Inc()
+		return errorResponse(req.ID, CodeInternalError, "aegis: the proposal could not be recorded; the call was not forwarded: "+err.Error(), nil)
+	}
+	s.p.metrics.calls.WithLabelValues(string(dec.Outcome)).Inc()
+	data["seq"], data["outcome"], data["reason"] = dec.Seq, dec.Outcome, dec.Reason
+	data["policy_revision"], data["manifest_digest"] = dec.PolicyRevision, dec.ManifestDigest
+	switch dec.Outcome {
+	case envelope.Allow:
+	case envelope.RequireApproval:
+		if a := dec.Approval; a != nil {
+			data["approval"] = map[string]any{"token": a.Token, "id": a.ID, "expires_ms": a.ExpiresMs, "state": a.State}
+		}
+		return errorResponse(req.ID, CodeApprovalRequired, "aegis: approval required ("+dec.Reason+"); settle the approval token, then call again", data)
+	default:
+		return errorResponse(req.ID, CodeDenied, "aegis: tool call denied: "+dec.Reason, data)
+	}
+
+	fctx := ctx
+	if ms := dec.Constraints.TimeoutMs; ms > 0 {
+		var cancel context.CancelFunc
+		fctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
+		defer cancel()
+	}
+	resp, ferr := s.forward(fctx, req)
+	ref := map[string]any{"tool_name": params.Name, "call_id": callID, "source": "mcp"}
+	if err := s.record(ctx, envelope.ToolCallExecuted, ref); err != nil {
+		return auditFailed(req.ID, err)
+	}
+	if ferr != nil || resp.Error != nil {
+		raised := map[string]any{"tool_name": params.Name, "call_id": callID, "source": "mcp"}
+		if ferr != nil {
+			raised["code"], raised["message"] = "UPSTREAM_UNAVAILABLE", ferr.Error()
+		} else {
+			raised["code"], raised["message"], raised["rpc_code"] = "UPSTREAM_ERROR", resp.Error.Message, resp.Error.Code
+		}
+		if err := s.record(ctx, envelope.ErrorRaised, raised); err != nil {
+			return auditFailed(req.ID, err)
+		}
+		return resp
+	}
+	var result struct {
+		IsError bool `json:"isError"`
+	}
+	_ = json.Unmarshal(resp.Result, &result)
+	if err := s.record(ctx, envelope.ToolResult, map[string]any{"tool_name": params.Name, "call_id": callID, "source": "mcp",
+		"is_error": result.IsError, "output_bytes": len(resp.Result)}); err != nil {
+		return auditFailed(req.ID, err)
+	}
+	return resp
+}
+
+// propose publishes the proposal and waits for its decision.
+func (s *session) propose(ctx context.Context, payload json.RawMessage) (*ingest.ProposalResponse, error) {
+	pctx, cancel := context.WithTimeout(ctx, s.p.cfg.DecisionTimeout)
+	defer cancel()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.p.pipe.Propose(pctx, &envelope.Event{TenantID: s.tenant, SessionID: s.id, Type: envelope.ToolCallProposed,
+		Manifest: s.p.cfg.Manifest, Payload: payload})
+}
+
+// callIDOf returns the call's Aegis call_id: params._meta[MetaCallID] when
+// set, else derived from the tool name and canonical arguments.
+func callIDOf(tool string, args json.RawMessage, meta map[string]json.RawMessage) (string, error) {
+	if raw, ok := meta[MetaCallID]; ok {
+		var id string
+		if err := json.Unmarshal(raw, &id); err != nil || id == "" {
+			return "", fmt.Errorf("tools/call params._meta[%q] must be a non-empty string", MetaCallID)
+		}
+		return id, nil
+	}
+	b, err := json.Marshal(map[string]json.RawMessage{"tool_name": json.RawMessage(strconvQuote(tool)), "args": args})
+	if err != nil {
+		return "", fmt.Errorf("tools/call arguments: %w", err)
+	}
+	c, err := canon.Append(nil, b)
+	if err != nil {
+		return "", fmt.Errorf("tools/call arguments: %w", err)
+	}
+	sum := sha256.Sum256(c)
+	return "mcp-" + hex.EncodeToString(sum[:12]), nil
+}
+
+func strconvQuote(s string) string {
+	b, _ := json.Marshal(s)
+	return string(b)
+}

@@ -1,0 +1,272 @@
+package mcpproxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+
+	"aegis.dev/aegis/ingest"
+)
+
+// Streamable HTTP headers.
+const (
+	headerSession  = "Mcp-Session-Id"
+	headerProtocol = "MCP-Protocol-Version"
+)
+
+// Handler serves the Streamable HTTP transport on one endpoint:
+//
+//   - POST a JSON-RPC message (Accept must admit application/json). An
+//     initialize request without Mcp-Session-Id opens a session: the
+//     response carries its Mcp-Session-Id, which every later message must
+//     send (400 without it, 404 for an unknown or expired session). A
+//     request is answered 200 with one JSON message; a notification or a
+//     response is answered 202 without body.
+//   - DELETE with Mcp-Session-Id ends the session (204).
+//   - GET is 405: the proxy opens no server-initiated stream.
+//
+// With WithKeys, every request needs an agent or operator API key, and a
+// session is reachable only with a key of the tenant that opened it.
+// Requests whose Origin names another host than the request's are refused
+// (403), against DNS rebinding.
+func (p *Proxy) Handler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if o := r.Header.Get("Origin"); o != "" {
+			if u, err := url.Parse(o); err != nil || u.Host != r.Host {
+				httpError(w, http.StatusForbidden, "origin %q is not allowed", o)
+				return
+			}
+		}
+		tenant := p.cfg.Tenant
+		if p.keys != nil {
+			pr, ok := p.keys.Authenticate(r)
+			if !ok {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="aegis"`)
+				httpError(w, http.StatusUnauthorized, "missing or unknown API key")
+				return
+			}
+			if pr.Role != ingest.RoleAgent && pr.Role != ingest.RoleOperator {
+				httpError(w, http.StatusForbidden, "role %s may not use the MCP proxy", pr.Role)
+				return
+			}
+			tenant = pr.Tenant
+		}
+		switch r.Method {
+		case http.MethodPost:
+			p.post(w, r, tenant)
+		case http.MethodDelete:
+			s := p.lookup(w, r, tenant)
+			if s == nil {
+				return
+			}
+			p.mu.Lock()
+			delete(p.sessions, r.Header.Get(headerSession))
+			p.metrics.sessions.Set(float64(len(p.sessions)))
+			p.mu.Unlock()
+			s.close()
+			w.WriteHeader(http.StatusNoContent)
+		default:
+			w.Header().Set("Allow", "POST, DELETE")
+			httpError(w, http.StatusMethodNotAllowed, "the MCP proxy accepts POST and DELETE")
+		}
+	})
+}
+
+func (p *Proxy) post(w http.ResponseWriter, r *http.Request, tenant string) {
+	if ct, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type")); ct != "application/json" {
+		httpError(w, http.StatusUnsupportedMediaType, "Content-Type must be application/json")
+		return
+	}
+	if a := r.Header.Get("Accept"); a != "" && !strings.Contains(a, "application/json") && !strings.Contains(a, "*/*") {
+		httpError(w, http.StatusNotAcceptable, "Accept must include application/json")
+		return
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, p.cfg.MaxMessageBytes))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			httpError(w, http.StatusRequestEntityTooLarge, "message larger than %d bytes", p.cfg.MaxMessageBytes)
+			return
+		}
+		httpError(w, http.StatusBadRequest, "read body: %v", err)
+		return
+	}
+	m, perr := parseMessage(body)
+	if perr != nil {
+		writeMessage(w, http.StatusBadRequest, errorResponse(nil, perr.Code, perr.Message, nil))
+		return
+	}
+	var s *session
+	if m.Method == "initialize" && r.Header.Get(headerSession) == "" {
+		if s, err = p.open(tenant); err != nil {
+			p.log.Error("MCP session not opened", "err", err)
+			writeMessage(w, http.StatusServiceUnavailable, errorResponse(m.ID, CodeInternalError, "upstream MCP server: "+err.Error(), nil))
+			return
+		}
+	} else if s = p.lookup(w, r, tenant); s == nil {
+		return
+	}
+	resp := s.handle(r.Context(), m)
+	if m.Method == "initialize" {
+		if resp != nil && resp.Error != nil && r.Header.Get(headerSession) == "" {
+			p.drop(s)
+		} else {
+			w.Header().Set(headerSession, strings.TrimPrefix(s.id, "mcp-"))
+		}
+	}
+	if resp == nil {
+		w.WriteHeader(http.StatusAccepted)
+		return
+	}
+	writeMessage(w, http.StatusOK, resp)
+}
+
+// open creates a session of tenant, within MaxSessions.
+func (p *Proxy) open(tenant string) (*session, error) {
+	id := randomHex(16)
+	p.mu.Lock()
+	full := len(p.sessions) >= p.cfg.MaxSessions
+	p.mu.Unlock()
+	if full {
+		return nil, fmt.Errorf("mcpproxy: %d sessions open, the limit", p.cfg.MaxSessions)
+	}
+	s, err := p.newSession(tenant, "mcp-"+id)
+	if err != nil {
+		return nil, err
+	}
+	p.mu.Lock()
+	p.sessions[id] = s
+	p.metrics.sessions.Set(float64(len(p.sessions)))
+	p.mu.Unlock()
+	p.log.Info("MCP session opened", "tenant", tenant, "session", s.id)
+	return s, nil
+}
+
+func (p *Proxy) drop(s *session) {
+	p.mu.Lock()
+	delete(p.sessions, strings.TrimPrefix(s.id, "mcp-"))
+	p.metrics.sessions.Set(float64(len(p.sessions)))
+	p.mu.Unlock()
+	s.close()
+}
+
+// lookup returns the request's session, or writes the error and returns nil.
+func (p *Proxy) lookup(w http.ResponseWriter, r *http.Request, tenant string) *session {
+	id := r.Header.Get(headerSession)
+	if id == "" {
+		httpError(w, http.StatusBadRequest, "%s header required (send initialize first)", headerSession)
+		return nil
+	}
+	p.mu.Lock()
+	s := p.sessions[id]
+	p.mu.Unlock()
+	if s == nil || s.tenant != tenant {
+		httpError(w, http.StatusNotFound, "unknown or expired session; initialize a new one")
+		return nil
+	}
+	return s
+}
+
+func writeMessage(w http.ResponseWriter, status int, m *message) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(encode(m), '\n'))
+}
+
+// httpError answers a transport-level error as a JSON-RPC error without id.
+func httpError(w http.ResponseWriter, status int, format string, args ...any) {
+	writeMessage(w, status, errorResponse(nil, CodeInvalidRequest, fmt.Sprintf(format, args...), nil))
+}
+
+// ServeStdio serves one MCP session on newline-delimited JSON-RPC: it
+// reads messages from in, handles requests concurrently and writes each
+// response to out as one line. It returns when in ends (after every
+// request in flight is answered) or ctx is cancelled; the upstream session
+// is closed either way. The session is Config.Tenant's, with Aegis session
+// id Config.Session (default: "mcp-" and random hex digits).
+func (p *Proxy) ServeStdio(ctx context.Context, in io.Reader, out io.Writer) error {
+	id := p.cfg.Session
+	if id == "" {
+		id = "mcp-" + randomHex(16)
+	}
+	s, err := p.newSession(p.cfg.Tenant, id)
+	if err != nil {
+		return err
+	}
+	defer s.close()
+	select {
+	case <-p.ready:
+	default:
+		close(p.ready)
+	}
+	p.log.Info("MCP stdio session", "tenant", s.tenant, "session", s.id, "upstream", p.upstreamName())
+	var wmu sync.Mutex
+	write := func(m *message) error {
+		wmu.Lock()
+		defer wmu.Unlock()
+		_, err := out.Write(append(encode(m), '\n'))
+		return err
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	lines := make(chan []byte)
+	readErr := make(chan error, 1)
+	go func() {
+		br := bufio.NewReaderSize(in, 64<<10)
+		for {
+			line, err := br.ReadBytes('\n')
+			if len(bytes.TrimSpace(line)) > 0 {
+				select {
+				case lines <- line:
+				case <-ctx.Done():
+					return
+				}
+			}
+			if err != nil {
+				if errors.Is(err, io.EOF) {
+					err = nil
+				}
+				readErr <- err
+				return
+			}
+		}
+	}()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case err := <-readErr:
+			if err != nil {
+				return fmt.Errorf("mcpproxy: stdin: %w", err)
+			}
+			return nil
+		case line := <-lines:
+			if int64(len(line)) > p.cfg.MaxMessageBytes {
+				_ = write(errorResponse(nil, CodeInvalidRequest, fmt.Sprintf("message larger than %d bytes", p.cfg.MaxMessageBytes), nil))
+				continue
+			}
+			m, perr := parseMessage(line)
+			if perr != nil {
+				_ = write(errorResponse(nil, perr.Code, perr.Message, nil))
+				continue
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if resp := s.handle(ctx, m); resp != nil {
+					if err := write(resp); err != nil {
+						p.log.Warn("stdout write failed", "err", err)
+					}
+				}
+			}()
+		}
+	}
+}

@@ -1,0 +1,319 @@
+package mcpproxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// upstream is one MCP session with the upstream server. Each downstream
+// session gets its own (a stdio server process, or an HTTP session), so
+// upstream state never mixes sessions. Implementations are safe for
+// concurrent use.
+type upstream interface {
+	// roundTrip sends request req and returns the upstream's response.
+	// The proxy assigns req.ID (unique per upstream); the response's ID is
+	// the same.
+	roundTrip(ctx context.Context, req *message) (*message, error)
+	// send sends a notification (no response is expected).
+	send(ctx context.Context, msg *message) error
+	// close ends the session and releases its resources.
+	close() error
+}
+
+// errUpstreamClosed reports a request to an upstream that has gone away.
+var errUpstreamClosed = errors.New("mcpproxy: upstream closed")
+
+// stdioUpstream is an MCP server subprocess speaking newline-delimited
+// JSON-RPC on its stdin and stdout.
+type stdioUpstream struct {
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	done  chan struct{} // closed when stdout ends
+
+	wmu sync.Mutex // serializes writes to stdin
+
+	mu      sync.Mutex
+	pending map[string]chan *message
+	err     error // why the upstream closed
+}
+
+// dialStdio starts argv as the upstream server. Its stderr goes to
+// stderr (nil: discarded). The process outlives no one: close ends it.
+func dialStdio(argv []string, stderr io.Writer) (*stdioUpstream, error) {
+	if len(argv) == 0 {
+		return nil, errors.New("mcpproxy: empty upstream command")
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stderr = stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		return nil, fmt.Errorf("mcpproxy: upstream %s: %w", argv[0], err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, fmt.Errorf("mcpproxy: upstream %s: %w", argv[0], err)
+	}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("mcpproxy: start upstream %s: %w", argv[0], err)
+	}
+	u := &stdioUpstream{cmd: cmd, stdin: stdin, done: make(chan struct{}), pending: make(map[string]chan *message)}
+	go u.read(stdout)
+	return u, nil
+}
+
+// read dispatches the server's messages until its stdout ends. Requests
+// from the server (sampling, roots, elicitation) are answered with
+// CodeMethodNotFound: the proxy does not relay server-initiated requests.
+// Server notifications are dropped.
+func (u *stdioUpstream) read(stdout io.Reader) {
+	defer close(u.done)
+	r := bufio.NewReaderSize(stdout, 64<<10)
+	var readErr error
+	for {
+		line, err := r.ReadBytes('\n')
+		if len(bytes.TrimSpace(line)) > 0 {
+			if m, perr := parseMessage(line); perr == nil {
+				switch {
+				case m.isResponse():
+					u.mu.Lock()
+					ch := u.pending[string(m.ID)]
+					delete(u.pending, string(m.ID))
+					u.mu.Unlock()
+					if ch != nil {
+						ch <- m
+					}
+				case m.isRequest():
+					_ = u.write(errorResponse(m.ID, CodeMethodNotFound, "the Aegis MCP proxy does not relay server requests", nil))
+				}
+			}
+		}
+		if err != nil {
+			readErr = err
+			break
+		}
+	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.err = fmt.Errorf("%w: stdout: %w", errUpstreamClosed, readErr)
+	for id, ch := range u.pending {
+		close(ch)
+		delete(u.pending, id)
+	}
+}
+
+func (u *stdioUpstream) write(m *message) error {
+	b := append(encode(m), '\n')
+	u.wmu.Lock()
+	defer u.wmu.Unlock()
+	if _, err := u.stdin.Write(b); err != nil {
+		return fmt.Errorf("%w: stdin: %w", errUpstreamClosed, err)
+	}
+	return nil
+}
+
+func (u *stdioUpstream) roundTrip(ctx context.Context, req *message) (*message, error) {
+	ch := make(chan *message, 1)
+	u.mu.Lock()
+	if u.err != nil {
+		err := u.err
+		u.mu.Unlock()
+		return nil, err
+	}
+	u.pending[string(req.ID)] = ch
+	u.mu.Unlock()
+	forget := func() {
+		u.mu.Lock()
+		delete(u.pending, string(req.ID))
+		u.mu.Unlock()
+	}
+	if err := u.write(req); err != nil {
+		forget()
+		return nil, err
+	}
+	select {
+	case m, ok := <-ch:
+		if !ok {
+			u.mu.Lock()
+			defer u.mu.Unlock()
+			return nil, u.err
+		}
+		return m, nil
+	case <-ctx.Done():
+		forget()
+		return nil, ctx.Err()
+	}
+}
+
+func (u *stdioUpstream) send(_ context.Context, msg *message) error { return u.write(msg) }
+
+// close closes the server's stdin (the MCP stdio shutdown), waits up to
+// two seconds for it to exit, and kills it otherwise.
+func (u *stdioUpstream) close() error {
+	_ = u.stdin.Close()
+	select {
+	case <-u.done:
+	case <-time.After(2 * time.Second):
+		_ = u.cmd.Process.Kill()
+	}
+	_ = u.cmd.Wait()
+	return nil
+}
+
+// httpUpstream is an MCP server behind the Streamable HTTP transport: every
+// message is a POST to one endpoint; the session is the Mcp-Session-Id the
+// server assigned in its answer to initialize.
+type httpUpstream struct {
+	url    string
+	client *http.Client
+
+	session  atomic.Pointer[string] // Mcp-Session-Id, once assigned
+	protocol atomic.Pointer[string] // negotiated MCP-Protocol-Version
+}
+
+func newHTTPUpstream(url string, client *http.Client) *httpUpstream {
+	return &httpUpstream{url: url, client: client}
+}
+
+func (u *httpUpstream) post(ctx context.Context, m *message) (*http.Response, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.url, bytes.NewReader(encode(m)))
+	if err != nil {
+		return nil, fmt.Errorf("mcpproxy: upstream request: %w", err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	if s := u.session.Load(); s != nil {
+		req.Header.Set(headerSession, *s)
+	}
+	if v := u.protocol.Load(); v != nil {
+		req.Header.Set(headerProtocol, *v)
+	}
+	resp, err := u.client.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", errUpstreamClosed, err)
+	}
+	return resp, nil
+}
+
+func (u *httpUpstream) roundTrip(ctx context.Context, req *message) (*message, error) {
+	resp, err := u.post(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
+		return nil, fmt.Errorf("%w: %s answered %s: %s", errUpstreamClosed, u.url, resp.Status, bytes.TrimSpace(b))
+	}
+	if req.Method == "initialize" {
+		if s := resp.Header.Get(headerSession); s != "" {
+			u.session.Store(&s)
+		}
+	}
+	var m *message
+	ct, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	switch ct {
+	case "text/event-stream":
+		m, err = readSSEResponse(resp.Body, req.ID)
+	default:
+		b, rerr := io.ReadAll(resp.Body)
+		if rerr != nil {
+			return nil, fmt.Errorf("%w: read: %w", errUpstreamClosed, rerr)
+		}
+		var perr *rpcError
+		if m, perr = parseMessage(b); perr != nil {
+			err = fmt.Errorf("mcpproxy: upstream response: %w", perr)
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	if req.Method == "initialize" && m.Error == nil {
+		var r struct {
+			ProtocolVersion string `json:"protocolVersion"`
+		}
+		if json.Unmarshal(m.Result, &r) == nil && r.ProtocolVersion != "" {
+			u.protocol.Store(&r.ProtocolVersion)
+		}
+	}
+	return m, nil
+}
+
+// readSSEResponse reads server-sent events until the response to id.
+// Other messages on the stream (server notifications and requests) are
+// dropped: the proxy does not relay server-initiated messages.
+func readSSEResponse(body io.Reader, id json.RawMessage) (*message, error) {
+	r := bufio.NewReaderSize(body, 64<<10)
+	var data bytes.Buffer
+	for {
+		line, err := r.ReadString('\n')
+		line = strings.TrimRight(line, "\r\n")
+		switch {
+		case strings.HasPrefix(line, "data:"):
+			data.WriteString(strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " "))
+			data.WriteByte('\n')
+		case line == "" && data.Len() > 0:
+			if m, perr := parseMessage(data.Bytes()); perr == nil && m.isResponse() && string(m.ID) == string(id) {
+				return m, nil
+			}
+			data.Reset()
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: the event stream ended without the response", errUpstreamClosed)
+		}
+	}
+}
+
+func (u *httpUpstream) send(ctx context.Context, msg *message) error {
+	resp, err := u.post(ctx, msg)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode/100 != 2 {
+		return fmt.Errorf("%w: %s answered %s", errUpstreamClosed, u.url, resp.Status)
+	}
+	return nil
+}
+
+// close ends the HTTP session with DELETE (a server may refuse with 405;
+// either way the proxy forgets it).
+func (u *httpUpstream) close() error {
+	s := u.session.Load()
+	if s == nil {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, u.url, nil)
+	if err != nil {
+		return err
+	}
+	req.Header.Set(headerSession, *s)
+	resp, err := u.client.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	return nil
+}
+
+// idSource numbers the requests the proxy sends upstream.
+type idSource struct{ n atomic.Int64 }
+
+func (s *idSource) next() json.RawMessage {
+	return json.RawMessage(strconv.FormatInt(s.n.Add(1), 10))
+}
