@@ -173,13 +173,9 @@ func (st *stack) sealed(tb testing.TB, tenant, session string, want int) []*enve
 func newProxy(tb testing.TB, edit func(*Config), opts ...Option) *Proxy {
 	tb.Helper()
 	st := pipelineStack(tb)
-	exe, err := os.Executable()
-	if err != nil {
-		tb.Fatal(err)
-	}
 	tb.Setenv(fakeStdioEnv, "1")
 	cfg := Defaults()
-	cfg.Tenant, cfg.UpstreamCmd, cfg.Addr = "acme", exe, "127.0.0.1:0"
+	cfg.Tenant, cfg.UpstreamCmd, cfg.Addr = "acme", testExecutable(tb), "127.0.0.1:0"
 	if edit != nil {
 		edit(&cfg)
 	}
@@ -189,6 +185,17 @@ func newProxy(tb testing.TB, edit func(*Config), opts ...Option) *Proxy {
 	}
 	tb.Cleanup(p.closeAll)
 	return p
+}
+
+// testExecutable is the test binary: with fakeStdioEnv set it is the
+// fake MCP server.
+func testExecutable(tb testing.TB) string {
+	tb.Helper()
+	exe, err := os.Executable()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return exe
 }
 
 // client is a Streamable HTTP MCP client of one session.

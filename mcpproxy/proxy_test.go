@@ -89,7 +89,7 @@ func TestToolCallsThroughThePipeline(t *testing.T) {
 	// per call its proposal and what followed.
 	wantTypes := []envelope.Type{
 		envelope.CheckpointCreated, envelope.CheckpointCreated,
-		envelope.ToolCallProposed,                                                  // send_email
+		envelope.ToolCallProposed,                                                 // send_email
 		envelope.ToolCallProposed, envelope.ToolCallExecuted, envelope.ToolResult, // echo
 		envelope.ToolCallProposed,                                                  // rm_rf
 		envelope.ToolCallProposed, envelope.ToolCallExecuted, envelope.ErrorRaised, // fail
@@ -107,7 +107,7 @@ func TestToolCallsThroughThePipeline(t *testing.T) {
 		t.Fatalf("sealed types\n got %v\nwant %v", got, wantTypes)
 	}
 	var last struct {
-		IsError bool `json:"is_error"`
+		IsError bool   `json:"is_error"`
 		Tool    string `json:"tool_name"`
 	}
 	if err := json.Unmarshal(evs[len(evs)-1].Payload, &last); err != nil || !last.IsError || last.Tool != "echo" {
