@@ -20,6 +20,7 @@ import (
 
 	"aegis.dev/aegis/ingest"
 	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/mcpproxy"
 	"aegis.dev/aegis/projector/stores"
 	"aegis.dev/aegis/schemas/envelope"
 )
@@ -32,6 +33,11 @@ const (
 	// TargetProjector writes the audit store (--store); it starts last
 	// and drains last.
 	TargetProjector = "projector"
+	// TargetMCPProxy is the MCP proxy (package mcpproxy, --mcp-* flags).
+	// It is not part of "all": run it with "all,mcp-proxy", or alone
+	// against brokers where the stages run. It starts first and stops
+	// first, like the HTTP API.
+	TargetMCPProxy = "mcp-proxy"
 )
 
 // Stages lists, in start order, every stage "all" runs.
@@ -89,6 +95,8 @@ type Config struct {
 	// Ingest configures the HTTP API served on HTTPAddr (API keys, TLS,
 	// approvals, rate limits); its keys sit at the top level of the file.
 	Ingest ingest.Config `yaml:",inline"`
+	// MCP configures the MCP proxy target (--mcp-* flags, mcp_* keys).
+	MCP mcpproxy.Config `yaml:",inline"`
 }
 
 // Defaults returns the configuration with every default applied.
@@ -110,13 +118,14 @@ func Defaults() Config {
 		MaxBatch:       5000,
 		LogLevel:       "info",
 		Ingest:         ingest.Defaults(),
+		MCP:            mcpproxy.Defaults(),
 	}
 }
 
 // RegisterFlags binds every field to a flag on fs, with the field's current
 // value as the default.
 func (c *Config) RegisterFlags(fs *flag.FlagSet) {
-	fs.StringVar(&c.Target, "target", c.Target, `stages to run: "all" or a comma-separated list of `+strings.Join(Stages, ","))
+	fs.StringVar(&c.Target, "target", c.Target, `stages to run: "all" or a comma-separated list of `+strings.Join(Stages, ",")+` (and mcp-proxy, which "all" does not include)`)
 	fs.Func("brokers", "comma-separated Kafka seed brokers (default: run the embedded broker)", func(s string) error {
 		c.Brokers = nil
 		for _, b := range strings.Split(s, ",") {
@@ -148,6 +157,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.Store, "store", c.Store, "audit store of the projector: sqlite:PATH or clickhouse://HOST:PORT/DB (default sqlite:DATA-DIR/audit.db)")
 	c.Ingest.RegisterFlags(fs)
+	c.MCP.RegisterFlags(fs)
 }
 
 // Load builds the configuration from args: defaults, then the YAML file
@@ -192,8 +202,16 @@ func (c *Config) Targets() ([]string, error) {
 	var out []string
 	for _, t := range strings.Split(c.Target, ",") {
 		t = strings.TrimSpace(t)
-		if !slices.Contains(Stages, t) {
-			return nil, fmt.Errorf("target %q: unknown stage (known: all, %s)", t, strings.Join(Stages, ", "))
+		if t == TargetAll {
+			for _, st := range Stages {
+				if !slices.Contains(out, st) {
+					out = append(out, st)
+				}
+			}
+			continue
+		}
+		if !slices.Contains(Stages, t) && t != TargetMCPProxy {
+			return nil, fmt.Errorf("target %q: unknown stage (known: all, %s, %s)", t, strings.Join(Stages, ", "), TargetMCPProxy)
 		}
 		if !slices.Contains(out, t) {
 			out = append(out, t)
@@ -248,6 +266,14 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Ingest.Validate(c.Dev); err != nil {
 		errs = append(errs, err)
+	}
+	if targets, _ := c.Targets(); slices.Contains(targets, TargetMCPProxy) {
+		if err := c.MCP.Validate(); err != nil {
+			errs = append(errs, err)
+		}
+		if !c.Ingest.Enabled(c.Dev) {
+			errs = append(errs, errors.New("target mcp-proxy: publishes through the HTTP gateway, which needs --api-keys or --dev"))
+		}
 	}
 	return errors.Join(errs...)
 }

@@ -136,7 +136,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	var stages []stage
 	for _, name := range targets {
-		t, err := d.newStage(name, brokers)
+		t, err := d.newStage(name, brokers, api)
 		if err != nil {
 			_ = ln.Close()
 			return err
@@ -190,6 +190,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case runErr = <-errc:
+		if errors.Is(runErr, errStdioEnded) {
+			d.log.Info("the MCP stdio session ended; stopping")
+			runErr = nil
+			break
+		}
 		d.log.Error("stopping after a failure", "err", runErr)
 	}
 	shutdownCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
@@ -211,10 +216,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 // markStarted releases Brokers and HTTPAddr callers, once.
 func (d *Daemon) markStarted() { d.startOnce.Do(func() { close(d.started) }) }
 
-func (d *Daemon) newStage(name string, brokers []string) (stageRunner, error) {
+func (d *Daemon) newStage(name string, brokers []string, api *ingest.Server) (stageRunner, error) {
 	cfg := d.cfg
-	if name == TargetProjector {
+	switch name {
+	case TargetProjector:
 		return d.newProjector(brokers)
+	case TargetMCPProxy:
+		return d.newMCPProxy(api)
 	}
 	var tc stream.TransactConfig
 	var newProcessor func(int32) stream.Processor
@@ -307,6 +315,7 @@ func (c Config) redacted() map[string]any {
 		"instance": c.Instance, "manifests": c.Manifests, "policy": c.Policy,
 		"store": redactURL(c.StoreURL()), "max_event_bytes": c.MaxEventBytes, "max_batch": c.MaxBatch, "session_timeout": c.SessionTimeout.String(), "dev": c.Dev,
 		"ingest": c.Ingest.Redacted(),
+		"mcp":    c.mcpRedacted(),
 	}
 }
 

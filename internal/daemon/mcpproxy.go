@@ -1,0 +1,75 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+
+	"aegis.dev/aegis/ingest"
+	"aegis.dev/aegis/mcpproxy"
+	"aegis.dev/aegis/schemas/manifest"
+)
+
+// errStdioEnded is returned by the MCP proxy target in stdio mode when the
+// agent closed its stdin: aegisd then stops as after a clean shutdown.
+var errStdioEnded = errors.New("aegisd: the MCP stdio session ended")
+
+// mcpStage runs the MCP proxy as an aegisd target.
+type mcpStage struct {
+	p     *mcpproxy.Proxy
+	stdio bool
+}
+
+func (s *mcpStage) Ready() bool { return s.p.Ready() }
+
+func (s *mcpStage) Run(ctx context.Context) error {
+	err := s.p.Run(ctx)
+	if err == nil && s.stdio && ctx.Err() == nil {
+		return errStdioEnded
+	}
+	return err
+}
+
+// newMCPProxy builds the MCP proxy on the HTTP gateway api (its in-process
+// Propose and Record), with the gateway's API keys for HTTP sessions and
+// the manifest registry for tools/list.
+func (d *Daemon) newMCPProxy(api *ingest.Server) (stageRunner, error) {
+	cfg := d.cfg
+	if api == nil {
+		return nil, errors.New("aegisd: mcp-proxy: needs the HTTP gateway (--api-keys or --dev)")
+	}
+	opts := []mcpproxy.Option{mcpproxy.WithLogger(d.log), mcpproxy.WithRegisterer(d.reg)}
+	if cfg.Ingest.APIKeys != "" {
+		keys, err := ingest.LoadKeys(cfg.Ingest.APIKeys)
+		if err != nil {
+			return nil, fmt.Errorf("aegisd: mcp-proxy: %w", err)
+		}
+		opts = append(opts, mcpproxy.WithKeys(keys))
+	}
+	var manifests mcpproxy.Manifests
+	if cfg.Manifests != "" {
+		reg, err := manifest.LoadDir(cfg.Manifests)
+		if err != nil {
+			return nil, fmt.Errorf("aegisd: mcp-proxy: manifests: %w", err)
+		}
+		manifests = reg
+	}
+	p, err := mcpproxy.New(cfg.MCP, api, manifests, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("aegisd: mcp-proxy: %w", err)
+	}
+	return &mcpStage{p: p, stdio: cfg.MCP.Stdio}, nil
+}
+
+// mcpRedacted returns the MCP proxy configuration as log attributes (the
+// upstream URL without a password), or nil when the target is off.
+func (c Config) mcpRedacted() map[string]any {
+	if targets, _ := c.Targets(); !slices.Contains(targets, TargetMCPProxy) {
+		return nil
+	}
+	m := c.MCP
+	return map[string]any{"upstream_cmd": m.UpstreamCmd, "upstream_url": redactURL(m.UpstreamURL), "addr": m.Addr, "path": m.Path,
+		"stdio": m.Stdio, "tenant": m.Tenant, "session": m.Session, "manifest": m.Manifest, "decision_timeout": m.DecisionTimeout.String(),
+		"max_sessions": m.MaxSessions, "idle_timeout": m.IdleTimeout.String()}
+}

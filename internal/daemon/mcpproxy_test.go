@@ -1,0 +1,127 @@
+package daemon
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fakeMCPServer is a minimal Streamable HTTP MCP server: initialize,
+// tools/list (search and rm_rf) and tools/call (echoes the tool name).
+func fakeMCPServer() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodPost {
+			w.WriteHeader(http.StatusMethodNotAllowed)
+			return
+		}
+		var m struct {
+			ID     json.RawMessage `json:"id"`
+			Method string          `json:"method"`
+			Params struct {
+				Name string `json:"name"`
+			} `json:"params"`
+		}
+		_ = json.NewDecoder(r.Body).Decode(&m)
+		if len(m.ID) == 0 {
+			w.WriteHeader(http.StatusAccepted)
+			return
+		}
+		var result any
+		switch m.Method {
+		case "initialize":
+			w.Header().Set("Mcp-Session-Id", "up-1")
+			result = map[string]any{"protocolVersion": "2025-06-18", "capabilities": map[string]any{}, "serverInfo": map[string]any{"name": "fake", "version": "1"}}
+		case "tools/list":
+			result = map[string]any{"tools": []map[string]any{{"name": "search", "inputSchema": map[string]any{}}, {"name": "rm_rf", "inputSchema": map[string]any{}}}}
+		default:
+			result = map[string]any{"content": []map[string]any{{"type": "text", "text": "ran " + m.Params.Name}}}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(map[string]any{"jsonrpc": "2.0", "id": m.ID, "result": result})
+	})
+}
+
+// TestMCPProxyTarget runs aegisd --dev --target all,mcp-proxy in front of
+// a Streamable HTTP MCP server and calls a declared and an undeclared tool.
+func TestMCPProxyTarget(t *testing.T) {
+	up := httptest.NewServer(fakeMCPServer())
+	defer up.Close()
+	cfg := embeddedConfig(t)
+	cfg.Dev, cfg.Target = true, "all,"+TargetMCPProxy
+	cfg.MCP.UpstreamURL, cfg.MCP.Addr, cfg.MCP.Tenant = up.URL, freeAddr(t), "acme"
+	d := startDaemon(t, cfg)
+	waitReady(t, d)
+	url := "http://" + cfg.MCP.Addr + "/mcp"
+	session := ""
+	post := func(body string) string {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		if session != "" {
+			req.Header.Set("Mcp-Session-Id", session)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if s := resp.Header.Get("Mcp-Session-Id"); s != "" {
+			session = s
+		}
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(post(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`), `"serverInfo"`) {
+		if time.Now().After(deadline) {
+			t.Fatal("initialize through aegisd never succeeded")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if got := post(`{"jsonrpc":"2.0","id":2,"method":"tools/list"}`); !strings.Contains(got, `"search"`) || strings.Contains(got, "rm_rf") {
+		t.Fatalf("tools/list: %s, want search only", got)
+	}
+	if got := post(`{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"search","arguments":{"q":"x"}}}`); !strings.Contains(got, "ran search") {
+		t.Fatalf("allowed call: %s", got)
+	}
+	if got := post(`{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"rm_rf","arguments":{}}}`); !strings.Contains(got, `"code":-32000`) || !strings.Contains(got, "PERMISSION_UNDECLARED") {
+		t.Fatalf("undeclared call: %s", got)
+	}
+	if got := httpGet(t, "http://"+d.HTTPAddr()+"/metrics"); !strings.Contains(got, `aegis_mcp_tool_calls_total{outcome="allow"} 1`) {
+		t.Fatal("metrics: no aegis_mcp_tool_calls_total for the allowed call")
+	}
+}
+
+func TestMCPProxyTargetConfig(t *testing.T) {
+	cases := []struct {
+		name string
+		edit func(*Config)
+		want string
+	}{
+		{"all plus proxy", func(c *Config) { c.Dev, c.Target, c.MCP.UpstreamCmd = true, "all,mcp-proxy", "server" }, ""},
+		{"proxy needs an upstream", func(c *Config) { c.Dev, c.Target = true, "mcp-proxy" }, "mcp-upstream"},
+		{"proxy needs the gateway", func(c *Config) { c.Target, c.MCP.UpstreamCmd = "mcp-proxy", "server" }, "--api-keys or --dev"},
+		{"upstream flags unused without the target", func(c *Config) {}, ""},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			c := Defaults()
+			tc.edit(&c)
+			err := c.Validate()
+			if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
+				t.Fatalf("Validate: %v, want %q", err, tc.want)
+			}
+		})
+	}
+	c := Defaults()
+	c.Target = "sealer,all,mcp-proxy"
+	got, err := c.Targets()
+	if err != nil || strings.Join(got, ",") != "mcp-proxy,decider,sealer,projector" {
+		t.Fatalf("Targets: %v %v, want the proxy first, then every stage in order", got, err)
+	}
+}
