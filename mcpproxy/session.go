@@ -161,6 +161,13 @@ func (s *session) forwardAudited(ctx context.Context, req *message) *message {
 func (s *session) listTools(ctx context.Context, req *message) *message {
 	resp, err := s.forward(ctx, req)
 	if err != nil || resp.Error != nil {
+		failed := map[string]any{"source": "mcp", "mcp_method": req.Method, "checkpoint_id": "mcp:tools/list", "is_error": true}
+		if resp.Error != nil {
+			failed["error_code"] = resp.Error.Code
+		}
+		if err := s.record(ctx, envelope.CheckpointCreated, failed); err != nil {
+			return auditFailed(req.ID, err)
+		}
 		return resp
 	}
 	var result map[string]json.RawMessage
