@@ -215,11 +215,14 @@ type Proxy struct {
 	metrics   *metrics
 	dial      func() (upstream, error)
 
-	mu       sync.Mutex
-	sessions map[string]*session // by Mcp-Session-Id
-	ln       net.Listener
-	ready    chan struct{}
+	mu        sync.Mutex
+	sessions  map[string]*session // by Mcp-Session-Id
+	ln        net.Listener
+	ready     chan struct{}
+	readyOnce sync.Once
 }
+
+func (p *Proxy) markReady() { p.readyOnce.Do(func() { close(p.ready) }) }
 
 // New returns a proxy for cfg (which must be valid) publishing through
 // pipe. manifests decides what tools/list shows; nil shows no tool.
@@ -304,7 +307,7 @@ func (p *Proxy) Addr() string {
 	return p.ln.Addr().String()
 }
 
-// Run serves until ctx is cancelled: on stdin and stdout with Config.Stdio
+// Run serves until ctx is cancelled (call it once): on stdin and stdout with Config.Stdio
 // (returning early when stdin ends), else over Streamable HTTP on
 // Config.Addr. On return every session is closed (stdio upstream servers
 // are stopped, HTTP upstream sessions deleted).
@@ -325,7 +328,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
-	close(p.ready)
+	p.markReady()
 	p.log.Info("MCP proxy listening", "addr", ln.Addr().String(), "path", p.cfg.Path, "upstream", p.upstreamName())
 	tick := time.NewTicker(min(p.cfg.IdleTimeout/4, time.Minute))
 	defer tick.Stop()

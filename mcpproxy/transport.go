@@ -202,11 +202,7 @@ func (p *Proxy) ServeStdio(ctx context.Context, in io.Reader, out io.Writer) err
 		return err
 	}
 	defer s.close()
-	select {
-	case <-p.ready:
-	default:
-		close(p.ready)
-	}
+	p.markReady()
 	p.log.Info("MCP stdio session", "tenant", s.tenant, "session", s.id, "upstream", p.upstreamName())
 	var wmu sync.Mutex
 	write := func(m *message) error {
