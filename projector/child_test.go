@@ -36,3 +36,5 @@ func runChild(args []string) int {
 	}
 	return 0
 }
+
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }

@@ -225,25 +225,36 @@ func (p *Projector) drain(ctx context.Context, cons *stream.Consumer, buf []*str
 }
 
 // flush writes buf as one batch, retrying until it succeeds or ctx is
-// done, then commits its offsets.
+// done, then commits its offsets. A failure to build the batch (reading a
+// session's history from the store) is retried like a failed write.
 func (p *Projector) flush(ctx context.Context, cons *stream.Consumer, buf []*stream.Record) error {
 	start := time.Now()
-	b, err := p.build(ctx, buf)
-	if err != nil {
-		return err
-	}
 	backoff := p.cfg.RetryBackoff
+	var b *Batch
 	for {
-		err := p.store.Write(ctx, b)
+		var err error
+		if b == nil {
+			b, err = p.build(ctx, buf)
+		}
 		if err == nil {
-			break
+			if err = p.store.Write(ctx, b); err == nil {
+				break
+			}
+		} else {
+			// The cache may hold part of this batch: start over from
+			// the store.
+			b = nil
+			p.dropCache()
+			if errors.Is(err, ErrHistory) {
+				return err
+			}
 		}
 		if ctx.Err() != nil {
 			p.dropCache()
 			return fmt.Errorf("projector: write: %w", ctx.Err())
 		}
 		p.metrics.retries.Inc()
-		p.log.Warn("store write failed; retrying", "rows", b.Len(), "backoff", backoff, "err", err)
+		p.log.Warn("store failed; retrying", "records", len(buf), "backoff", backoff, "err", err)
 		select {
 		case <-ctx.Done():
 			p.dropCache()
@@ -445,7 +456,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		records: prometheus.NewCounter(prometheus.CounterOpts{Name: "aegis_projector_records_total",
 			Help: "Kafka records projected and committed."}),
 		retries: prometheus.NewCounter(prometheus.CounterOpts{Name: "aegis_projector_write_retries_total",
-			Help: "Store writes that failed and were retried."}),
+			Help: "Batches whose store read or write failed and was retried."}),
 		rebuilds: prometheus.NewCounter(prometheus.CounterOpts{Name: "aegis_projector_snapshot_rebuilds_total",
 			Help: "Session snapshots rebuilt from stored events."}),
 		flush: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "aegis_projector_flush_seconds",
