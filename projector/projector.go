@@ -170,12 +170,13 @@ func (p *Projector) Run(ctx context.Context) error {
 	var buf []*stream.Record
 	var first time.Time
 	for {
-		pollCtx, cancel := ctx, context.CancelFunc(func() {})
+		// With records buffered, wait no longer than their flush time;
+		// otherwise wake up once per interval to notice being idle.
+		deadline := time.Now().Add(p.cfg.FlushInterval)
 		if len(buf) > 0 {
-			pollCtx, cancel = context.WithDeadline(ctx, first.Add(p.cfg.FlushInterval))
-		} else {
-			pollCtx, cancel = context.WithTimeout(ctx, p.cfg.FlushInterval)
+			deadline = first.Add(p.cfg.FlushInterval)
 		}
+		pollCtx, cancel := context.WithDeadline(ctx, deadline)
 		recs, err := cons.Poll(pollCtx)
 		cancel()
 		if ctx.Err() != nil {

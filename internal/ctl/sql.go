@@ -42,7 +42,7 @@ func runSQL(ctx context.Context, env IO, args []string) int {
 	if err != nil {
 		return fail(env, ExitRuntime, "sql: %v", err)
 	}
-	defer st.Close()
+	defer func() { _ = st.Close() }()
 	cols, rows, err := st.Query(ctx, query)
 	if err != nil {
 		return fail(env, ExitFailed, "sql: %v", err)

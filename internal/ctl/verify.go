@@ -67,7 +67,7 @@ func runVerify(ctx context.Context, env IO, args []string) int {
 		if err != nil {
 			return fail(env, ExitRuntime, "verify: %v", err)
 		}
-		defer st.Close()
+		defer func() { _ = st.Close() }()
 		if rep, err = VerifyStore(ctx, st, f, 0); err != nil {
 			return fail(env, ExitRuntime, "verify: %v", err)
 		}

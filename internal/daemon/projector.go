@@ -25,7 +25,7 @@ type projectorStage struct {
 func (s *projectorStage) Ready() bool { return s.p.Ready() }
 
 func (s *projectorStage) Run(ctx context.Context) error {
-	defer s.store.Close()
+	defer func() { _ = s.store.Close() }()
 	return s.p.Run(ctx)
 }
 

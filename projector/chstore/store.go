@@ -288,7 +288,7 @@ FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 	if err != nil {
 		return wrap("events", err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	for rows.Next() {
 		var e projector.StoredEvent
 		var v uint8
@@ -315,7 +315,7 @@ func (s *Store) Heads(ctx context.Context, f projector.Filter) ([]chain.Head, er
 	if err != nil {
 		return nil, wrap("heads", err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []chain.Head
 	for rows.Next() {
 		var h chain.Head
@@ -334,7 +334,7 @@ func (s *Store) Query(ctx context.Context, query string) ([]string, [][]any, err
 	if err != nil {
 		return nil, nil, wrap("query", err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	cols := rows.Columns()
 	types := rows.ColumnTypes()
 	var out [][]any

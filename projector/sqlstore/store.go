@@ -176,7 +176,7 @@ func write(ctx context.Context, tx *sql.Tx, b *projector.Batch) error {
 		if err != nil {
 			return wrap("write "+table, err)
 		}
-		defer st.Close()
+		defer func() { _ = st.Close() }()
 		for i := range n {
 			a, err := args(i)
 			if err != nil {
@@ -269,7 +269,7 @@ FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 	if err != nil {
 		return wrap("events", err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	for rows.Next() {
 		var e projector.StoredEvent
 		var seq int64
@@ -294,7 +294,7 @@ func (s *Store) Heads(ctx context.Context, f projector.Filter) ([]chain.Head, er
 	if err != nil {
 		return nil, wrap("heads", err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	var out []chain.Head
 	for rows.Next() {
 		var h chain.Head
@@ -324,7 +324,7 @@ func (s *Store) Query(ctx context.Context, query string) ([]string, [][]any, err
 	if err != nil {
 		return nil, nil, wrap("query", err)
 	}
-	defer rows.Close()
+	defer func() { _ = rows.Close() }()
 	cols, err := rows.Columns()
 	if err != nil {
 		return nil, nil, wrap("query", err)
