@@ -93,6 +93,9 @@ type Config struct {
 	// MaxEventBytes bounds one sealed record (default 1 MiB plus 64 KiB
 	// for the decision and chain fields).
 	MaxEventBytes int
+	// SessionTimeout is the consumer group session timeout (default 45s):
+	// how long a crashed projector keeps its partitions.
+	SessionTimeout time.Duration
 	// CachedSessions bounds the snapshots kept in memory (default
 	// 100,000); beyond it, some are dropped and rebuilt when needed.
 	CachedSessions int
@@ -161,7 +164,7 @@ func (p *Projector) Ready() bool { return p.ready.Load() }
 func (p *Projector) Run(ctx context.Context) error {
 	t := p.cfg.Topics
 	cons, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: p.cfg.Brokers, Group: p.cfg.Group,
-		Topics: []string{t.Sealed, t.Rejected, t.ChainHeads}, Start: stream.FromBeginning()}, p.opts...)
+		Topics: []string{t.Sealed, t.Rejected, t.ChainHeads}, Start: stream.FromBeginning(), SessionTimeout: p.cfg.SessionTimeout}, p.opts...)
 	if err != nil {
 		return fmt.Errorf("projector: %w", err)
 	}

@@ -54,6 +54,10 @@ type ConsumerConfig struct {
 	// consumer that stops before committing hands its records to the
 	// next owner again). FromOffsets is not allowed with a Group.
 	Group string
+	// SessionTimeout is the group session timeout: how long a crashed
+	// member keeps its partitions (default 45s, franz-go's). Members
+	// heartbeat every third of it, at most every 3s. Group only.
+	SessionTimeout time.Duration
 	// FetchMaxWait bounds how long the broker holds a fetch that has no
 	// data yet (default 500ms, the Java consumer's).
 	FetchMaxWait time.Duration
@@ -119,6 +123,9 @@ func NewConsumer(cfg ConsumerConfig, opts ...Option) (*Consumer, error) {
 	kopts = append(kopts, kgo.ConsumeTopics(cfg.Topics...), kgo.ConsumeResetOffset(cfg.Start.offset()))
 	if cfg.Group != "" {
 		kopts = append(kopts, kgo.ConsumerGroup(cfg.Group), kgo.DisableAutoCommit())
+		if cfg.SessionTimeout > 0 {
+			kopts = append(kopts, kgo.SessionTimeout(cfg.SessionTimeout), kgo.HeartbeatInterval(min(cfg.SessionTimeout/3, 3*time.Second)))
+		}
 	}
 	cl, err := kgo.NewClient(kopts...)
 	if err != nil {
