@@ -1,0 +1,466 @@
+package ctl
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"aegis.dev/aegis/decider/policy"
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/projector"
+	"aegis.dev/aegis/projector/stores"
+	"aegis.dev/aegis/replayer"
+	"aegis.dev/aegis/schemas/chain"
+	"aegis.dev/aegis/schemas/envelope"
+	"aegis.dev/aegis/schemas/manifest"
+)
+
+// replaySessionsPerScan bounds the sessions named in one store scan when a
+// selection resolves to explicit sessions (--until, --where, several
+// --session ids), keeping each query's parameter list small.
+const replaySessionsPerScan = 2000
+
+// replayOptions are the parsed flags of `aegisctl replay`.
+type replayOptions struct {
+	mode                   replayer.Mode
+	store, brokers, prefix string
+	tenant, where          string
+	sessions               []string
+	since, until           int64
+	policyDir, manifestDir string
+	archive, report        string
+	asJSON                 bool
+	workers                int
+}
+
+func runReplay(ctx context.Context, env IO, args []string) int {
+	fs := newFlags(env, "replay", "(--store URL | --brokers HOST:PORT) --mode verify|exact|what-if [selection] [--policy DIR] [--manifests DIR] [--policy-archive DIR] [--report FILE]")
+	var o replayOptions
+	mode := fs.String("mode", "", "verify (recompute the chain), exact (re-decide under the recorded revisions; must be identical) or what-if (re-decide under --policy/--manifests)")
+	fs.StringVar(&o.store, "store", "", "audit store: sqlite:PATH or clickhouse://HOST:PORT/DB")
+	fs.StringVar(&o.brokers, "brokers", "", "read the sealed topic instead of a store: comma-separated Kafka seed brokers")
+	fs.StringVar(&o.prefix, "topic-prefix", pipeline.DefaultTopicPrefix, "with --brokers: prefix of the pipeline's topic names")
+	fs.StringVar(&o.tenant, "tenant", "", "only this tenant")
+	sessions := fs.String("session", "", "only these sessions (comma-separated ids)")
+	since := fs.String("since", "", "only sessions with an event at or after this time (RFC 3339, Unix ms, or a duration before now)")
+	until := fs.String("until", "", "only sessions with an event before this time (same forms as --since)")
+	fs.StringVar(&o.where, "where", "", "with --store: only sessions with an event matching this SQL predicate on audit_events (run read-only)")
+	fs.StringVar(&o.policyDir, "policy", "", "what-if: the candidate policy bundle directory")
+	fs.StringVar(&o.manifestDir, "manifests", "", "what-if: candidate manifests, DIR/TENANT/NAME.json (default: the manifests the decisions recorded)")
+	fs.StringVar(&o.archive, "policy-archive", "", "archive of recorded bundles and manifests by digest (default for sqlite:PATH: <dir of PATH>/policy-archive)")
+	fs.StringVar(&o.report, "report", "", "write the JSON report (what-if: the DiffReport) to this file")
+	fs.BoolVar(&o.asJSON, "json", false, "print the JSON report on stdout instead of the summary")
+	fs.IntVar(&o.workers, "workers", 0, "sessions replayed at once (default: one per CPU)")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	o.mode = replayer.Mode(*mode)
+	if fs.NArg() > 0 || (o.store == "") == (o.brokers == "") {
+		fs.Usage()
+		return ExitUsage
+	}
+	switch o.mode {
+	case replayer.ModeVerify, replayer.ModeExact:
+		if o.policyDir != "" || o.manifestDir != "" {
+			return fail(env, ExitUsage, "replay: --policy and --manifests apply to --mode what-if")
+		}
+	case replayer.ModeWhatIf:
+		if o.policyDir == "" && o.manifestDir == "" {
+			return fail(env, ExitUsage, "replay: --mode what-if needs --policy DIR and/or --manifests DIR")
+		}
+	default:
+		return fail(env, ExitUsage, "replay: --mode must be verify, exact or what-if")
+	}
+	if o.brokers != "" && o.where != "" {
+		return fail(env, ExitUsage, "replay: --where applies to --store")
+	}
+	if strings.Contains(o.where, ";") {
+		return fail(env, ExitUsage, "replay: --where must be one predicate (no ';')")
+	}
+	now := time.Now()
+	for _, t := range []struct {
+		s   string
+		dst *int64
+	}{{*since, &o.since}, {*until, &o.until}} {
+		if t.s == "" {
+			continue
+		}
+		ms, err := parseSince(t.s, now)
+		if err != nil {
+			return fail(env, ExitUsage, "replay: %v", err)
+		}
+		*t.dst = ms
+	}
+	if *sessions != "" {
+		o.sessions = strings.Split(*sessions, ",")
+	}
+	if o.archive == "" && o.store != "" {
+		if k, err := stores.Parse(o.store); err == nil && k == stores.SQLite {
+			o.archive = filepath.Join(filepath.Dir(strings.TrimPrefix(o.store, "sqlite:")), "policy-archive")
+		}
+	}
+	return replay(ctx, env, o)
+}
+
+func replay(ctx context.Context, env IO, o replayOptions) int {
+	var (
+		st      stores.Store
+		filters []projector.Filter
+		src     replayer.Source
+		err     error
+	)
+	if o.store != "" {
+		if st, err = stores.Open(ctx, o.store); err != nil {
+			return fail(env, ExitRuntime, "replay: %v", err)
+		}
+		defer func() { _ = st.Close() }()
+		if filters, err = replayFilters(ctx, st, o); err != nil {
+			return fail(env, ExitFailed, "replay: selection: %v", err)
+		}
+		src = replayer.StoreSource(st, filters...)
+	} else {
+		src = kafkaSource(strings.Split(o.brokers, ","), pipeline.NewTopics(o.prefix).Sealed, o)
+	}
+	if o.mode == replayer.ModeVerify {
+		return replayVerify(ctx, env, o, st, filters, src)
+	}
+	cfg := replayer.Config{Mode: o.mode, Workers: o.workers, Progress: progress(env)}
+	if o.archive != "" {
+		cfg.Archive = &replayer.Archive{Dir: o.archive}
+	}
+	if o.policyDir != "" {
+		if cfg.Candidate, err = policy.LoadDir(o.policyDir); err != nil {
+			return fail(env, ExitRuntime, "replay: %v", err)
+		}
+	}
+	if o.manifestDir != "" {
+		if cfg.Manifests, err = manifest.LoadDir(o.manifestDir); err != nil {
+			return fail(env, ExitRuntime, "replay: %v", err)
+		}
+	}
+	if o.mode == replayer.ModeExact && st != nil {
+		hashes, err := snapshotHashes(ctx, st, o)
+		if err != nil {
+			return fail(env, ExitRuntime, "replay: %v", err)
+		}
+		cfg.SnapshotHash = func(t, s string) (uint64, string, bool) {
+			h, ok := hashes[projector.SessionKey{TenantID: t, SessionID: s}]
+			return h.seq, h.hash, ok
+		}
+	}
+	rep, err := replayer.Run(ctx, cfg, src)
+	clearProgress(env)
+	if err != nil {
+		// A missing revision, a damaged archive, a bad bundle or a store
+		// failure: the replay could not be carried out.
+		return fail(env, ExitRuntime, "replay: %v", err)
+	}
+	if o.report != "" {
+		if err := writeReportFile(o.report, rep); err != nil {
+			return fail(env, ExitRuntime, "replay: %v", err)
+		}
+	}
+	if o.asJSON {
+		if code := writeJSON(env, rep); code != ExitOK {
+			return code
+		}
+	} else {
+		printReplay(env, rep)
+	}
+	// What-if succeeds with changes (they are its result); only rows that
+	// could not be replayed fail it. Exact fails on any difference.
+	if len(rep.Differences) > 0 || (o.mode == replayer.ModeExact && !rep.Identical) {
+		return ExitFailed
+	}
+	return ExitOK
+}
+
+// replayVerify is --mode verify: the store through VerifyStore (the code of
+// `aegisctl verify --store`), the sealed topic through chain.Verifier.
+func replayVerify(ctx context.Context, env IO, o replayOptions, st stores.Store, filters []projector.Filter, src replayer.Source) int {
+	var total VerifyReport
+	if st != nil {
+		for _, f := range filters {
+			var as AuditStore = st
+			if len(f.Sessions) > 0 {
+				as = selectedHeads{st, f.Sessions}
+			}
+			rep, err := VerifyStore(ctx, as, f, o.workers)
+			if err != nil {
+				return fail(env, ExitRuntime, "replay: %v", err)
+			}
+			total.Events += rep.Events
+			total.Sessions += rep.Sessions
+			total.Failures = append(total.Failures, rep.Failures...)
+		}
+	} else {
+		v := chain.NewVerifier()
+		err := src(ctx, func(s *replayer.Session) error {
+			for _, ev := range s.Events {
+				_ = v.Add(ev) // failures are collected by the verifier
+			}
+			return nil
+		})
+		if err != nil {
+			return fail(env, ExitRuntime, "replay: %v", err)
+		}
+		total = VerifyReport{Events: v.Events(), Sessions: len(v.Heads()), Failures: v.Failures()}
+	}
+	total.OK = len(total.Failures) == 0
+	if o.report != "" {
+		if err := writeReportFile(o.report, total); err != nil {
+			return fail(env, ExitRuntime, "replay: %v", err)
+		}
+	}
+	return printVerify(env, total, o.asJSON)
+}
+
+// selectedHeads narrows the stored chain heads to explicitly selected
+// sessions, so that verifying a selection does not call the others missing.
+type selectedHeads struct {
+	stores.Store
+	keys []projector.SessionKey
+}
+
+func (s selectedHeads) Heads(ctx context.Context, f projector.Filter) ([]chain.Head, error) {
+	heads, err := s.Store.Heads(ctx, f)
+	if err != nil {
+		return nil, err
+	}
+	want := make(map[projector.SessionKey]bool, len(s.keys))
+	for _, k := range s.keys {
+		want[k] = true
+	}
+	out := heads[:0]
+	for _, h := range heads {
+		if want[projector.SessionKey{TenantID: h.TenantID, SessionID: h.SessionID}] {
+			out = append(out, h)
+		}
+	}
+	return out, nil
+}
+
+// replayFilters turns the selection flags into store scans. Tenant, one
+// session and --since map onto projector.Filter directly; --until, --where
+// and several sessions are resolved to explicit session keys by one
+// read-only query (the store's Querier runs in a read-only transaction on
+// SQLite and with readonly=1 on ClickHouse), scanned in chunks.
+func replayFilters(ctx context.Context, st stores.Store, o replayOptions) ([]projector.Filter, error) {
+	base := projector.Filter{TenantID: o.tenant, SinceUnixMs: o.since}
+	if len(o.sessions) == 1 {
+		base.SessionID = o.sessions[0]
+	}
+	if o.until == 0 && o.where == "" && len(o.sessions) <= 1 {
+		return []projector.Filter{base}, nil
+	}
+	var conds []string
+	if o.tenant != "" {
+		conds = append(conds, "tenant_id = "+sqlString(o.tenant))
+	}
+	if len(o.sessions) > 0 {
+		quoted := make([]string, len(o.sessions))
+		for i, s := range o.sessions {
+			quoted[i] = sqlString(s)
+		}
+		conds = append(conds, "session_id IN ("+strings.Join(quoted, ", ")+")")
+	}
+	if o.since > 0 {
+		conds = append(conds, fmt.Sprintf("ts_unix_ms >= %d", o.since))
+	}
+	if o.until > 0 {
+		conds = append(conds, fmt.Sprintf("ts_unix_ms < %d", o.until))
+	}
+	if o.where != "" {
+		conds = append(conds, "("+o.where+")")
+	}
+	q := "SELECT DISTINCT tenant_id, session_id FROM audit_events WHERE " + strings.Join(conds, " AND ") + " ORDER BY tenant_id, session_id"
+	_, rows, err := st.Query(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	var out []projector.Filter
+	for i := 0; i < len(rows); i += replaySessionsPerScan {
+		chunk := rows[i:min(i+replaySessionsPerScan, len(rows))]
+		f := projector.Filter{Sessions: make([]projector.SessionKey, len(chunk))}
+		for j, r := range chunk {
+			f.Sessions[j] = projector.SessionKey{TenantID: fmt.Sprint(r[0]), SessionID: fmt.Sprint(r[1])}
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}
+
+// sqlString quotes s as an SQL string literal (both stores accept ''
+// doubling; ClickHouse also treats a backslash as an escape).
+func sqlString(s string) string {
+	s = strings.ReplaceAll(s, `\`, `\\`)
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+type storedSnapshot struct {
+	seq  uint64
+	hash string
+}
+
+// snapshotHashes reads the stored snapshot hash of every session (of the
+// tenant): one string per session, for the final-snapshot comparison.
+func snapshotHashes(ctx context.Context, st stores.Store, o replayOptions) (map[projector.SessionKey]storedSnapshot, error) {
+	q := "SELECT tenant_id, session_id, last_seq, snapshot_hash FROM session_snapshots"
+	if k, _ := stores.Parse(o.store); k == stores.ClickHouse {
+		q += " FINAL"
+	}
+	if o.tenant != "" {
+		q += " WHERE tenant_id = " + sqlString(o.tenant)
+	}
+	_, rows, err := st.Query(ctx, q)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[projector.SessionKey]storedSnapshot, len(rows))
+	for _, r := range rows {
+		var seq uint64
+		if _, err := fmt.Sscan(fmt.Sprint(r[2]), &seq); err != nil {
+			return nil, fmt.Errorf("session_snapshots.last_seq %v: %w", r[2], err)
+		}
+		out[projector.SessionKey{TenantID: fmt.Sprint(r[0]), SessionID: fmt.Sprint(r[1])}] = storedSnapshot{seq, fmt.Sprint(r[3])}
+	}
+	return out, nil
+}
+
+// kafkaSource reads the sealed topic partition by partition up to the end
+// offsets seen at start. A session lives on one partition, so each
+// partition's sessions are assembled in memory (bounded by one partition)
+// and replayed before the next partition is read. Undecodable records are
+// reported as failures of the job.
+func kafkaSource(brokers []string, topic string, o replayOptions) replayer.Source {
+	return func(ctx context.Context, fn func(*replayer.Session) error) error {
+		ends, err := stream.EndOffsets(ctx, brokers, topic)
+		if err != nil {
+			return err
+		}
+		dec := envelope.Decoder{Sealed: true, MaxBytes: maxLine}
+		want := map[string]bool{}
+		for _, s := range o.sessions {
+			want[s] = true
+		}
+		for p := int32(0); p < int32(len(ends)); p++ {
+			if ends[p] <= 0 {
+				continue
+			}
+			var g replayer.Grouper
+			inRange := map[[2]string]bool{}
+			err := readPartition(ctx, brokers, topic, p, ends[p], func(r *stream.Record) error {
+				ev, err := dec.Decode(r.Value)
+				if err != nil {
+					return fmt.Errorf("%s partition %d offset %d: %w", topic, p, r.Offset, err)
+				}
+				if (o.tenant != "" && ev.TenantID != o.tenant) || (len(want) > 0 && !want[ev.SessionID]) {
+					return nil
+				}
+				if (o.since == 0 || ev.TsUnixMs >= o.since) && (o.until == 0 || ev.TsUnixMs < o.until) {
+					inRange[[2]string{ev.TenantID, ev.SessionID}] = true
+				}
+				g.Add(ev)
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			for _, s := range g.Sessions() {
+				if !inRange[[2]string{s.TenantID, s.SessionID}] {
+					continue
+				}
+				if err := fn(s); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+}
+
+// progress returns a progress callback that rewrites one line on stderr,
+// at most every 200ms, when stderr is a terminal; nil otherwise.
+func progress(env IO) func(sessions, events int64) {
+	f, ok := env.Stderr.(*os.File)
+	if !ok {
+		return nil
+	}
+	if fi, err := f.Stat(); err != nil || fi.Mode()&os.ModeCharDevice == 0 {
+		return nil
+	}
+	var mu sync.Mutex
+	start := time.Now()
+	var last time.Time
+	return func(sessions, events int64) {
+		mu.Lock()
+		defer mu.Unlock()
+		if now := time.Now(); now.Sub(last) >= 200*time.Millisecond {
+			last = now
+			rate := float64(events) / now.Sub(start).Seconds()
+			fmt.Fprintf(f, "\rreplay: %d sessions, %d events (%.0f events/s)", sessions, events, rate)
+		}
+	}
+}
+
+func clearProgress(env IO) {
+	if f, ok := env.Stderr.(*os.File); ok {
+		if fi, err := f.Stat(); err == nil && fi.Mode()&os.ModeCharDevice != 0 {
+			fmt.Fprint(f, "\r\033[K")
+		}
+	}
+}
+
+func writeReportFile(path string, v any) error {
+	b, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return os.WriteFile(path, append(b, '\n'), 0o644)
+}
+
+// printReplay prints the summary: totals, then each difference (exact) or
+// the changed decisions by reason, tool and tenant (what-if).
+func printReplay(env IO, rep *replayer.Report) {
+	w := env.Stdout
+	fmt.Fprintf(w, "%s replay: %d sessions, %d events, %d decisions in %.2fs\n", rep.Mode, rep.Sessions, rep.Events, rep.Decisions, rep.Seconds)
+	if rep.Mode == replayer.ModeExact {
+		if rep.Identical {
+			fmt.Fprintln(w, "identical: every decision and snapshot hash reproduced")
+			return
+		}
+		for _, d := range rep.Differences {
+			fmt.Fprintf(env.Stderr, "DIFF %s/%s seq %d %s: recorded %q, replayed %q\n", d.TenantID, d.SessionID, d.Seq, d.Field, d.Recorded, d.Replayed)
+		}
+		fmt.Fprintf(env.Stderr, "exact replay failed: %d difference(s)\n", len(rep.Differences))
+		return
+	}
+	fmt.Fprintf(w, "%d decision(s) changed\n", len(rep.Changes))
+	for _, d := range rep.Differences {
+		fmt.Fprintf(env.Stderr, "BAD %s/%s seq %d %s: %s\n", d.TenantID, d.SessionID, d.Seq, d.Field, d.Recorded)
+	}
+	for _, t := range []struct {
+		title string
+		m     map[string]int64
+	}{{"before->after", rep.Counts.ByReason}, {"tool", rep.Counts.ByTool}, {"tenant", rep.Counts.ByTenant}} {
+		if len(t.m) == 0 {
+			continue
+		}
+		keys := make([]string, 0, len(t.m))
+		for k := range t.m {
+			keys = append(keys, k)
+		}
+		sort.Slice(keys, func(i, j int) bool { return t.m[keys[i]] > t.m[keys[j]] || (t.m[keys[i]] == t.m[keys[j]] && keys[i] < keys[j]) })
+		fmt.Fprintf(w, "\n%-48s %10s\n", strings.ToUpper(t.title), "CHANGED")
+		for _, k := range keys {
+			fmt.Fprintf(w, "%-48s %10d\n", k, t.m[k])
+		}
+	}
+}
