@@ -297,7 +297,7 @@ func replayFilters(ctx context.Context, st stores.Store, o replayOptions) ([]pro
 	return out, nil
 }
 
-// sqlString quotes s as an SQL string literal (both stores accept ''
+// sqlString quotes s as an SQL string literal (both stores accept ”
 // doubling; ClickHouse also treats a backslash as an escape).
 func sqlString(s string) string {
 	s = strings.ReplaceAll(s, `\`, `\\`)
@@ -457,7 +457,9 @@ func printReplay(env IO, rep *replayer.Report) {
 		for k := range t.m {
 			keys = append(keys, k)
 		}
-		sort.Slice(keys, func(i, j int) bool { return t.m[keys[i]] > t.m[keys[j]] || (t.m[keys[i]] == t.m[keys[j]] && keys[i] < keys[j]) })
+		sort.Slice(keys, func(i, j int) bool {
+			return t.m[keys[i]] > t.m[keys[j]] || (t.m[keys[i]] == t.m[keys[j]] && keys[i] < keys[j])
+		})
 		fmt.Fprintf(w, "\n%-48s %10s\n", strings.ToUpper(t.title), "CHANGED")
 		for _, k := range keys {
 			fmt.Fprintf(w, "%-48s %10d\n", k, t.m[k])
