@@ -260,14 +260,15 @@ func replayFilters(ctx context.Context, st stores.Store, o replayOptions) ([]pro
 	if o.until == 0 && o.where == "" && len(o.sessions) <= 1 {
 		return []projector.Filter{base}, nil
 	}
+	kind, _ := stores.Parse(o.store)
 	var conds []string
 	if o.tenant != "" {
-		conds = append(conds, "tenant_id = "+sqlString(o.tenant))
+		conds = append(conds, "tenant_id = "+sqlString(kind, o.tenant))
 	}
 	if len(o.sessions) > 0 {
 		quoted := make([]string, len(o.sessions))
 		for i, s := range o.sessions {
-			quoted[i] = sqlString(s)
+			quoted[i] = sqlString(kind, s)
 		}
 		conds = append(conds, "session_id IN ("+strings.Join(quoted, ", ")+")")
 	}
@@ -297,10 +298,13 @@ func replayFilters(ctx context.Context, st stores.Store, o replayOptions) ([]pro
 	return out, nil
 }
 
-// sqlString quotes s as an SQL string literal (both stores accept ”
-// doubling; ClickHouse also treats a backslash as an escape).
-func sqlString(s string) string {
-	s = strings.ReplaceAll(s, `\`, `\\`)
+// sqlString quotes s as an SQL string literal of the store's dialect:
+// quotes doubled; on ClickHouse backslashes escaped too (SQLite has no
+// backslash escapes).
+func sqlString(kind stores.Kind, s string) string {
+	if kind == stores.ClickHouse {
+		s = strings.ReplaceAll(s, `\`, `\\`)
+	}
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
@@ -313,11 +317,12 @@ type storedSnapshot struct {
 // tenant): one string per session, for the final-snapshot comparison.
 func snapshotHashes(ctx context.Context, st stores.Store, o replayOptions) (map[projector.SessionKey]storedSnapshot, error) {
 	q := "SELECT tenant_id, session_id, last_seq, snapshot_hash FROM session_snapshots"
-	if k, _ := stores.Parse(o.store); k == stores.ClickHouse {
+	kind, _ := stores.Parse(o.store)
+	if kind == stores.ClickHouse {
 		q += " FINAL"
 	}
 	if o.tenant != "" {
-		q += " WHERE tenant_id = " + sqlString(o.tenant)
+		q += " WHERE tenant_id = " + sqlString(kind, o.tenant)
 	}
 	_, rows, err := st.Query(ctx, q)
 	if err != nil {

@@ -72,6 +72,10 @@ type Config struct {
 	Manifests string `yaml:"manifests"`
 	// Policy is a policy bundle directory (default: the built-in bundle).
 	Policy string `yaml:"policy"`
+	// Archive is the policy archive: the active bundle and every registry
+	// manifest are written there by digest at start, for exact replay
+	// (replayer.Archive; default <data-dir>/policy-archive).
+	Archive string `yaml:"archive"`
 	// MaxEventBytes bounds one event (default 1 MiB).
 	MaxEventBytes int `yaml:"max_event_bytes"`
 	// MaxBatch caps the records one stage handles in one transaction
@@ -150,6 +154,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Instance, "instance", c.Instance, "instance name, unique per running instance and stable across restarts")
 	fs.StringVar(&c.Manifests, "manifests", c.Manifests, "manifest registry directory laid out as DIR/TENANT/NAME.json")
 	fs.StringVar(&c.Policy, "policy", c.Policy, "policy bundle directory (default: the built-in bundle)")
+	fs.StringVar(&c.Archive, "archive", c.Archive, "policy archive directory: bundles and manifests by digest, for aegisctl replay (default <data-dir>/policy-archive)")
 	fs.IntVar(&c.MaxEventBytes, "max-event-bytes", c.MaxEventBytes, "largest accepted event in bytes")
 	fs.DurationVar(&c.SessionTimeout, "session-timeout", c.SessionTimeout, "consumer group session timeout: how long a crashed instance's partitions wait before moving")
 	fs.IntVar(&c.MaxBatch, "max-batch", c.MaxBatch, "most records a stage handles in one transaction")
@@ -220,6 +225,14 @@ func (c *Config) Targets() ([]string, error) {
 	// Keep the documented start order whatever the flag's order.
 	slices.SortFunc(out, func(a, b string) int { return slices.Index(Stages, a) - slices.Index(Stages, b) })
 	return out, nil
+}
+
+// ArchiveDir is Archive, or the default under DataDir.
+func (c *Config) ArchiveDir() string {
+	if c.Archive != "" {
+		return c.Archive
+	}
+	return filepath.Join(c.DataDir, "policy-archive")
 }
 
 // StoreURL is Store, or the embedded default under DataDir.

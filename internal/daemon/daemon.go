@@ -22,6 +22,7 @@ import (
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/projector/stores"
+	"aegis.dev/aegis/replayer"
 	"aegis.dev/aegis/schemas/manifest"
 	"aegis.dev/aegis/sealer"
 )
@@ -278,6 +279,17 @@ func (d *Daemon) engine() (*decider.Engine, error) {
 		d.log.Warn("no --manifests directory: every tool call will be denied MANIFEST_UNKNOWN")
 	}
 	d.log.Info("policy loaded", "revision", pe.Revision())
+	// The archive keeps what decisions name (policy_revision,
+	// manifest_digest), so that aegisctl replay --mode exact can load them.
+	archive := &replayer.Archive{Dir: d.cfg.ArchiveDir()}
+	if err := archive.PutBundle(bundle); err != nil {
+		return nil, fmt.Errorf("aegisd: archive: %w", err)
+	}
+	if reg != nil {
+		if err := archive.PutRegistry(reg); err != nil {
+			return nil, fmt.Errorf("aegisd: archive: %w", err)
+		}
+	}
 	if reg == nil {
 		return decider.NewEngine(pe, nil), nil
 	}
