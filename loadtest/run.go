@@ -1,0 +1,624 @@
+package loadtest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"io"
+	"math"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	hdr "github.com/HdrHistogram/hdrhistogram-go"
+	kafka "github.com/segmentio/kafka-go"
+
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/projector/stores"
+	"aegis.dev/aegis/schemas/chain"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// Config is one load-test run. Brokers are always needed: the outcome is
+// read from the sealed topic even when events go through the HTTP API.
+type Config struct {
+	Brokers     []string
+	TopicPrefix string // default pipeline.DefaultTopicPrefix
+	// HTTP, if set, publishes through POST {HTTP}/v1/events instead of
+	// Kafka, HTTPBatch events per request (default 100) over
+	// HTTPConcurrency connections (default 8); sessions are sharded over
+	// the connections so each session's events stay in order.
+	HTTP            string
+	APIKey          string
+	HTTPBatch       int
+	HTTPConcurrency int
+	// Rate is the target events/s (open loop), reached after Ramp (linear
+	// from 0) and held until Duration.
+	Rate     float64
+	Ramp     time.Duration
+	Duration time.Duration
+	// Sessions is how many agents run concurrently; each runs sessions
+	// back to back (about 40 events each).
+	Sessions int
+	Mix      Mix
+	// Store, if set (sqlite:PATH or clickhouse://…), is polled for the
+	// highest stored seq of every session: publish → queryable latency.
+	Store string
+	// DrainTimeout bounds the wait for the pipeline to catch up after the
+	// last publish, counted from the last progress (default 30s).
+	DrainTimeout time.Duration
+	// RunID prefixes every session ID (default: derived from the clock),
+	// so a run reads back only its own sessions.
+	RunID string
+	// FaultBadKey publishes the last event of the first FaultBadKey
+	// sessions under a wrong key, which the pipeline rejects
+	// (KEY_MISMATCH): a deliberately broken run that must report loss.
+	FaultBadKey int
+}
+
+// Progress is a live snapshot for the progress line.
+type Progress struct {
+	Elapsed   time.Duration
+	Scheduled int64
+	Published int64
+	Sealed    int64
+	Decided   int64
+	Failed    int64
+}
+
+// session is the run's record of one simulated session.
+type session struct {
+	id     string
+	key    string
+	events []event
+	sched  []int64 // scheduled send time (unix ns) by seq-1; 0 = not yet sent
+	acked  []bool
+	sealed []uint8 // sealed copies by seq-1
+	stored uint64  // highest seq seen in the store
+	badKey bool
+}
+
+// run is the shared state of one Run.
+type run struct {
+	cfg    Config
+	topics pipeline.Topics
+	start  time.Time
+
+	mu        sync.Mutex
+	sessions  map[string]*session // by key
+	hSealed   *hdr.Histogram
+	hDecision *hdr.Histogram
+	hAck      *hdr.Histogram
+	hStored   *hdr.Histogram
+	verifier  *chain.Verifier
+	reasons   map[string]int64 // observed on sealed proposals, "outcome/REASON"
+	expected  map[string]int64 // of acknowledged proposals
+	rejected  map[string]int64
+	mismatch  []string
+	lastSeal  time.Time
+	unexpect  int64
+	starts    map[string]map[int32]int64 // where the reader started
+	ends      chan map[string]map[int32]int64 // to the reader: read up to these, then return
+
+	scheduled, published, failed, sealedN, decided atomic.Int64
+	dupN, storedN                                  atomic.Int64
+}
+
+func newHist() *hdr.Histogram { return hdr.New(1, int64(10*time.Minute/time.Microsecond), 3) }
+
+func (c *Config) defaults() error {
+	if c.TopicPrefix == "" {
+		c.TopicPrefix = pipeline.DefaultTopicPrefix
+	}
+	if c.HTTPBatch <= 0 {
+		c.HTTPBatch = 100
+	}
+	if c.HTTPConcurrency <= 0 {
+		c.HTTPConcurrency = 8
+	}
+	if c.DrainTimeout <= 0 {
+		c.DrainTimeout = 30 * time.Second
+	}
+	if c.RunID == "" {
+		c.RunID = fmt.Sprintf("lt%x", time.Now().UnixNano())
+	}
+	if c.Mix.total() == 0 {
+		c.Mix = DefaultMix
+	}
+	switch {
+	case len(c.Brokers) == 0:
+		return fmt.Errorf("%w: brokers are required (the outcome is read from the sealed topic)", ErrConfig)
+	case c.Rate <= 0 || math.IsInf(c.Rate, 0) || math.IsNaN(c.Rate):
+		return fmt.Errorf("%w: rate must be positive", ErrConfig)
+	case c.Duration <= 0 || c.Ramp < 0 || c.Ramp > c.Duration:
+		return fmt.Errorf("%w: duration must be positive and ramp within it", ErrConfig)
+	case c.Sessions <= 0:
+		return fmt.Errorf("%w: sessions must be positive", ErrConfig)
+	}
+	return nil
+}
+
+// Sentinel errors of Run; the text is the stable code.
+var (
+	ErrConfig  = errors.New("loadtest_config")
+	ErrRuntime = errors.New("loadtest_runtime")
+)
+
+// Run executes one load test and returns its report. An error means the
+// run could not be carried out (configuration, broker, store); a run whose
+// outcome is wrong returns a Report with OK false and a nil error. progress,
+// if not nil, is called about every 500ms from one goroutine.
+func Run(ctx context.Context, cfg Config, progress func(Progress)) (*Report, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	r := &run{cfg: cfg, topics: pipeline.NewTopics(cfg.TopicPrefix), sessions: map[string]*session{},
+		hSealed: newHist(), hDecision: newHist(), hAck: newHist(), hStored: newHist(),
+		ends: make(chan map[string]map[int32]int64, 1), verifier: chain.NewVerifier(), reasons: map[string]int64{}, expected: map[string]int64{}, rejected: map[string]int64{}}
+
+	// Read from the current ends: only this run's records.
+	starts := map[string]map[int32]int64{}
+	for _, t := range []string{r.topics.Sealed, r.topics.Decisions, r.topics.Rejected} {
+		ends, err := stream.EndOffsets(ctx, cfg.Brokers, t)
+		if err != nil {
+			return nil, fmt.Errorf("%w: end offsets of %s: %w", ErrRuntime, t, err)
+		}
+		starts[t] = ends
+	}
+	r.starts = starts
+	cons, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: cfg.Brokers, Start: stream.FromOffsets(starts), FetchMaxWait: 50 * time.Millisecond})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrRuntime, err)
+	}
+	defer cons.Close()
+	readCtx, stopRead := context.WithCancel(ctx)
+	defer stopRead()
+	readErr := make(chan error, 1)
+	go func() { readErr <- r.read(readCtx, cons) }()
+
+	var storeDone chan struct{}
+	storeCtx, stopStore := context.WithCancel(ctx)
+	defer stopStore()
+	if cfg.Store != "" {
+		st, err := stores.Open(ctx, cfg.Store)
+		if err != nil {
+			return nil, fmt.Errorf("%w: store: %w", ErrRuntime, err)
+		}
+		defer st.Close()
+		storeDone = make(chan struct{})
+		go func() { defer close(storeDone); r.pollStore(storeCtx, st) }()
+	}
+
+	progCtx, stopProg := context.WithCancel(ctx)
+	progDone := make(chan struct{})
+	go func() {
+		defer close(progDone)
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-progCtx.Done():
+				return
+			case <-t.C:
+				if progress != nil {
+					progress(r.progress())
+				}
+			}
+		}
+	}()
+	defer func() { stopProg(); <-progDone }()
+
+	r.start = time.Now()
+	if err := r.publish(ctx); err != nil {
+		return nil, err
+	}
+	pubEnd := time.Since(r.start)
+
+	// Drain: wait until every acknowledged event is sealed (and stored),
+	// or nothing moved for DrainTimeout.
+	want := r.published.Load()
+	last, lastN := time.Now(), int64(-1)
+	for {
+		n := r.sealedN.Load() + r.storedN.Load()
+		done := r.sealedN.Load() >= want && (cfg.Store == "" || r.storedN.Load() >= want)
+		if done {
+			break
+		}
+		if n != lastN {
+			last, lastN = time.Now(), n
+		}
+		if time.Since(last) > cfg.DrainTimeout {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: %w", ErrRuntime, ctx.Err())
+		case err := <-readErr:
+			return nil, fmt.Errorf("%w: reading results: %w", ErrRuntime, err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	// Read everything committed so far, so late duplicates are counted too.
+	if err := r.catchUp(ctx, readErr); err != nil {
+		return nil, err
+	}
+	stopRead()
+	stopStore()
+	if storeDone != nil {
+		<-storeDone
+	}
+	return r.report(pubEnd), nil
+}
+
+// catchUp has the reader read the result topics up to their end offsets
+// as they are now, and waits for it to return.
+func (r *run) catchUp(ctx context.Context, readErr chan error) error {
+	ends := map[string]map[int32]int64{}
+	for _, t := range []string{r.topics.Sealed, r.topics.Decisions, r.topics.Rejected} {
+		e, err := stream.EndOffsets(ctx, r.cfg.Brokers, t)
+		if err != nil {
+			return fmt.Errorf("%w: end offsets of %s: %w", ErrRuntime, t, err)
+		}
+		ends[t] = e
+	}
+	r.ends <- ends
+	select {
+	case err := <-readErr:
+		if err != nil {
+			return fmt.Errorf("%w: reading results: %w", ErrRuntime, err)
+		}
+		return nil
+	case <-time.After(r.cfg.DrainTimeout):
+		return fmt.Errorf("%w: result topics not read to their end within %v", ErrRuntime, r.cfg.DrainTimeout)
+	}
+}
+
+func (r *run) progress() Progress {
+	return Progress{Elapsed: time.Since(r.start), Scheduled: r.scheduled.Load(), Published: r.published.Load(),
+		Sealed: r.sealedN.Load(), Decided: r.decided.Load(), Failed: r.failed.Load()}
+}
+
+// at returns the scheduled offset of event i from the start.
+func (r *run) at(i int64) time.Duration {
+	rate, ramp := r.cfg.Rate, r.cfg.Ramp.Seconds()
+	rampEvents := rate * ramp / 2
+	x := float64(i)
+	if x < rampEvents {
+		return time.Duration(math.Sqrt(2*x*ramp/rate) * float64(time.Second))
+	}
+	return time.Duration((ramp + (x-rampEvents)/rate) * float64(time.Second))
+}
+
+// agent is one simulated agent: it runs sessions back to back.
+type agent struct {
+	n, next, count int
+	cur            *session
+}
+
+// publish runs the open-loop schedule: event i is due at at(i); every
+// event is stamped with its due time, so a stalled publisher shows up as
+// latency instead of as a lower rate.
+func (r *run) publish(ctx context.Context) error {
+	var sink func([]pending)
+	var closeSink func() error
+	if r.cfg.HTTP != "" {
+		h := newHTTPSink(r)
+		sink, closeSink = h.send, h.close
+	} else {
+		pub := NewPublisher(PublisherConfig{Brokers: r.cfg.Brokers, Topic: r.topics.Events, Async: true, Completion: r.completion})
+		sink = func(ps []pending) {
+			msgs := make([]Message, len(ps))
+			for i, p := range ps {
+				msgs[i] = Message{Key: []byte(p.key), Value: p.value}
+			}
+			if err := pub.Publish(ctx, msgs...); err != nil {
+				r.failed.Add(int64(len(ps)))
+			}
+		}
+		closeSink = pub.Close
+	}
+	agents := make([]agent, r.cfg.Sessions)
+	for i := range agents {
+		agents[i].n = i
+	}
+	var i int64
+	var batch []pending
+	for {
+		now := time.Since(r.start)
+		if now >= r.cfg.Duration {
+			break
+		}
+		batch = batch[:0]
+		for ; r.at(i) <= now && r.at(i) < r.cfg.Duration; i++ {
+			batch = append(batch, r.nextEvent(&agents[i%int64(len(agents))], r.start.Add(r.at(i))))
+		}
+		if len(batch) > 0 {
+			r.scheduled.Add(int64(len(batch)))
+			sink(append([]pending(nil), batch...))
+		}
+		select {
+		case <-ctx.Done():
+			_ = closeSink()
+			return fmt.Errorf("%w: %w", ErrRuntime, ctx.Err())
+		case <-time.After(time.Until(r.start.Add(min(r.at(i), r.cfg.Duration)))):
+		}
+	}
+	if err := closeSink(); err != nil {
+		return fmt.Errorf("%w: closing the publisher: %w", ErrRuntime, err)
+	}
+	return nil
+}
+
+// pending is one event handed to a sink.
+type pending struct {
+	key   string
+	value []byte
+	sched time.Time
+}
+
+// nextEvent builds the agent's next event, starting a session when needed.
+func (r *run) nextEvent(a *agent, sched time.Time) pending {
+	if a.cur == nil || a.next == len(a.cur.events) {
+		sid := fmt.Sprintf("%s-a%d-s%d", r.cfg.RunID, a.n, a.count)
+		a.count++
+		h := fnv.New64a()
+		_, _ = io.WriteString(h, sid)
+		evs := script(r.cfg.Mix, h.Sum64(), sid)
+		s := &session{id: sid, key: Tenant + "/" + sid, events: evs,
+			sched: make([]int64, len(evs)), acked: make([]bool, len(evs)), sealed: make([]uint8, len(evs))}
+		r.mu.Lock()
+		s.badKey = len(r.sessions) < r.cfg.FaultBadKey
+		r.sessions[s.key] = s
+		r.mu.Unlock()
+		a.cur, a.next = s, 0
+	}
+	s := a.cur
+	ev := s.events[a.next]
+	a.next++
+	seq := a.next
+	manifest := ""
+	if seq == 1 {
+		manifest = `,"manifest":"` + Manifest + `"`
+	}
+	v := fmt.Appendf(nil, `{"tenant_id":%q,"session_id":%q,"seq":%d,"ts_unix_ms":%d,"event_type":%q%s,"payload":%s}`,
+		Tenant, s.id, seq, sched.UnixMilli(), ev.typ, manifest, ev.payload)
+	key := s.key
+	if s.badKey && seq == len(s.events) {
+		key += "-bad"
+	}
+	r.mu.Lock()
+	s.sched[seq-1] = sched.UnixNano()
+	r.mu.Unlock()
+	return pending{key: key, value: v, sched: sched}
+}
+
+// acked records the acknowledgement (or failure) of one event.
+func (r *run) acked(key string, value []byte, err error) {
+	if err != nil {
+		r.failed.Add(1)
+		return
+	}
+	seq := seqOf(value)
+	key = strings.TrimSuffix(key, "-bad")
+	now := time.Now().UnixNano()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.sessions[key]
+	if s == nil || seq < 1 || int(seq) > len(s.events) || s.acked[seq-1] {
+		return
+	}
+	s.acked[seq-1] = true
+	if w := s.events[seq-1].want; w != "" {
+		r.expected[w]++
+	}
+	_ = r.hAck.RecordValue(max(1, (now-s.sched[seq-1])/1e3))
+	r.published.Add(1)
+}
+
+func (r *run) completion(msgs []kafka.Message, err error) {
+	for _, m := range msgs {
+		r.acked(string(m.Key), m.Value, err)
+	}
+}
+
+// seqOf extracts "seq" from an event this package encoded.
+func seqOf(v []byte) uint64 {
+	const tag = `"seq":`
+	i := strings.Index(string(v), tag)
+	if i < 0 {
+		return 0
+	}
+	var n uint64
+	for _, c := range v[i+len(tag):] {
+		if c < '0' || c > '9' {
+			break
+		}
+		n = n*10 + uint64(c-'0')
+	}
+	return n
+}
+
+// decisionReply is the part of an aegis.decisions reply the run reads.
+type decisionReply struct {
+	SessionID string `json:"session_id"`
+	TenantID  string `json:"tenant_id"`
+	Seq       uint64 `json:"seq"`
+}
+
+// rejection is the part of an aegis.rejected record the run reads.
+type rejection struct {
+	Reason string `json:"reason"`
+	Key    string `json:"key"`
+}
+
+// read consumes the sealed, decisions and rejected topics from the run's
+// start offsets until ctx ends (an error) or, once end offsets arrive on
+// r.ends, until it has read up to them (nil).
+func (r *run) read(ctx context.Context, cons *stream.Consumer) error {
+	dec := envelope.Decoder{Sealed: true}
+	prefix := Tenant + "/" + r.cfg.RunID + "-"
+	var ends map[string]map[int32]int64
+	for {
+		if ends == nil {
+			select {
+			case ends = <-r.ends:
+			default:
+			}
+		}
+		if ends != nil && caughtUp(cons, r.starts, ends) {
+			return nil
+		}
+		pollCtx, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+		recs, err := cons.Poll(pollCtx)
+		cancel()
+		if err != nil && len(recs) == 0 {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, context.DeadlineExceeded) {
+				continue
+			}
+			return err
+		}
+		now := time.Now()
+		r.mu.Lock()
+		for _, rec := range recs {
+			switch rec.Topic {
+			case r.topics.Sealed:
+				r.onSealed(dec, rec, now)
+			case r.topics.Decisions:
+				if !strings.HasPrefix(string(rec.Key), prefix) {
+					continue
+				}
+				var d decisionReply
+				if json.Unmarshal(rec.Value, &d) != nil {
+					continue
+				}
+				if s := r.sessions[string(rec.Key)]; s != nil && d.Seq >= 1 && int(d.Seq) <= len(s.sched) && s.sched[d.Seq-1] != 0 {
+					_ = r.hDecision.RecordValue(max(1, (now.UnixNano()-s.sched[d.Seq-1])/1e3))
+					r.decided.Add(1)
+				}
+			case r.topics.Rejected:
+				var rj rejection
+				if json.Unmarshal(rec.Value, &rj) == nil && strings.HasPrefix(rj.Key, prefix) {
+					r.rejected[rj.Reason]++
+				}
+			}
+		}
+		r.mu.Unlock()
+	}
+}
+
+// caughtUp reports whether cons has read every partition from starts up
+// to ends.
+func caughtUp(cons *stream.Consumer, starts, ends map[string]map[int32]int64) bool {
+	for t, e := range ends {
+		for p, off := range e {
+			if off > starts[t][p] && cons.Position(t, p) < off {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// onSealed accounts one sealed record; r.mu is held.
+func (r *run) onSealed(dec envelope.Decoder, rec *stream.Record, now time.Time) {
+	s := r.sessions[string(rec.Key)]
+	if s == nil {
+		if strings.HasPrefix(string(rec.Key), Tenant+"/"+r.cfg.RunID+"-") {
+			r.unexpect++
+		}
+		return
+	}
+	ev, err := dec.Decode(rec.Value)
+	if err != nil || ev.Seq < 1 || int(ev.Seq) > len(s.events) {
+		r.unexpect++
+		return
+	}
+	i := ev.Seq - 1
+	s.sealed[i]++
+	if s.sealed[i] > 1 {
+		r.dupN.Add(1)
+	} else {
+		r.sealedN.Add(1)
+		r.lastSeal = now
+		if s.sched[i] != 0 {
+			_ = r.hSealed.RecordValue(max(1, (now.UnixNano()-s.sched[i])/1e3))
+		}
+	}
+	if f := r.verifier.Add(ev); f != nil && len(r.mismatch) < 20 {
+		r.mismatch = append(r.mismatch, fmt.Sprintf("chain %s seq %d: %s", s.id, f.Seq, f.Reason))
+	}
+	if want := s.events[i].want; want != "" && s.sealed[i] == 1 {
+		got := "none"
+		if ev.Decision != nil {
+			got = string(ev.Decision.Outcome) + "/" + ev.Decision.Reason
+		}
+		r.reasons[got]++
+		if got != want && len(r.mismatch) < 20 {
+			r.mismatch = append(r.mismatch, fmt.Sprintf("decision %s seq %d: got %s, want %s", s.id, ev.Seq, got, want))
+		}
+	}
+}
+
+// pollStore reads the highest stored seq of the run's sessions every
+// 100ms and records publish → queryable latency for every newly stored seq
+// (resolution: the poll interval).
+func (r *run) pollStore(ctx context.Context, st stores.Store) {
+	q := fmt.Sprintf("SELECT session_id, max(seq) FROM audit_events WHERE tenant_id = '%s' AND session_id LIKE '%s-%%' GROUP BY session_id", Tenant, r.cfg.RunID)
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		_, rows, err := st.Query(ctx, q)
+		if err != nil {
+			continue // the store may be busy; the drain timeout bounds the wait
+		}
+		now := time.Now().UnixNano()
+		r.mu.Lock()
+		for _, row := range rows {
+			sid, _ := row[0].(string)
+			top := toUint(row[1])
+			s := r.sessions[Tenant+"/"+sid]
+			if s == nil {
+				continue
+			}
+			for ; s.stored < top && int(s.stored) < len(s.sched); s.stored++ {
+				if at := s.sched[s.stored]; at != 0 {
+					_ = r.hStored.RecordValue(max(1, (now-at)/1e3))
+				}
+				r.storedN.Add(1)
+			}
+		}
+		r.mu.Unlock()
+	}
+}
+
+func toUint(v any) uint64 {
+	switch x := v.(type) {
+	case int64:
+		return uint64(max(x, 0))
+	case uint64:
+		return x
+	case int:
+		return uint64(max(x, 0))
+	case uint32:
+		return uint64(x)
+	case float64:
+		return uint64(max(x, 0))
+	case string:
+		var n uint64
+		_, _ = fmt.Sscan(x, &n)
+		return n
+	}
+	return 0
+}
