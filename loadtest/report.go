@@ -39,8 +39,8 @@ type Report struct {
 	PublishEPS    float64 `json:"publish_eps"`
 	SessionsRun   int     `json:"sessions_run"`
 
-	ChainsVerified int      `json:"chains_verified"`
-	ChainFailures  int      `json:"chain_failures"`
+	ChainsVerified int `json:"chains_verified"`
+	ChainFailures  int `json:"chain_failures"`
 	// Decisions maps "outcome/REASON" to the count expected from the mix
 	// and the count found on the sealed proposals.
 	DecisionsExpected map[string]int64 `json:"decisions_expected"`

@@ -101,7 +101,7 @@ type run struct {
 	mismatch  []string
 	lastSeal  time.Time
 	unexpect  int64
-	starts    map[string]map[int32]int64 // where the reader started
+	starts    map[string]map[int32]int64      // where the reader started
 	ends      chan map[string]map[int32]int64 // to the reader: read up to these, then return
 
 	scheduled, published, failed, sealedN, decided atomic.Int64

@@ -1,0 +1,226 @@
+package loadtest
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"aegis.dev/aegis/internal/daemon"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+func TestParseMix(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     Mix
+		err      bool
+	}{
+		{name: "empty is the default", in: "", want: DefaultMix},
+		{name: "override one kind", in: "denied=5", want: Mix{Model: 6, Tool: 6, Memory: 2, Sanitize: 1, Approval: 1, Handoff: 1, Denied: 5}},
+		{name: "several with spaces", in: "model=1, tool=0", want: Mix{Model: 1, Tool: 0, Memory: 2, Sanitize: 1, Approval: 1, Handoff: 1, Denied: 1}},
+		{name: "unknown kind", in: "llm=3", err: true},
+		{name: "negative weight", in: "tool=-1", err: true},
+		{name: "not a number", in: "tool=x", err: true},
+		{name: "all zero", in: "model=0,tool=0,memory=0,sanitize=0,approval=0,handoff=0,denied=0", err: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := ParseMix(tc.in)
+			if (err != nil) != tc.err {
+				t.Fatalf("err = %v, want error %v", err, tc.err)
+			}
+			if !tc.err && got != tc.want {
+				t.Fatalf("got %+v, want %+v", got, tc.want)
+			}
+		})
+	}
+}
+
+// TestScript checks the generated sessions: valid envelopes, every event
+// type of the mix present, a denial for each reason, no tool sequence the
+// loop detector would catch, and the same seed giving the same session.
+func TestScript(t *testing.T) {
+	seen := map[envelope.Type]int{}
+	wants := map[string]int{}
+	for seed := uint64(0); seed < 200; seed++ {
+		sid := fmt.Sprintf("s%d", seed)
+		evs := script(DefaultMix, seed, sid)
+		if evs[0].typ != envelope.SanitizedText || evs[len(evs)-1].typ != envelope.Termination {
+			t.Fatalf("seed %d: starts with %s, ends with %s", seed, evs[0].typ, evs[len(evs)-1].typ)
+		}
+		var tools []string
+		for i, ev := range evs {
+			v := fmt.Sprintf(`{"tenant_id":"default","session_id":%q,"seq":%d,"ts_unix_ms":1767225600000,"event_type":%q,"payload":%s}`, sid, i+1, ev.typ, ev.payload)
+			e, err := envelope.Decode([]byte(v))
+			if err != nil {
+				t.Fatalf("seed %d event %d: %v\n%s", seed, i+1, err, v)
+			}
+			seen[ev.typ]++
+			if ev.want != "" {
+				wants[ev.want]++
+				tc, err := e.ToolCall()
+				if err != nil {
+					t.Fatalf("seed %d event %d: %v", seed, i+1, err)
+				}
+				if repeats(tools, tc.ToolName) {
+					t.Fatalf("seed %d event %d: %s after %v repeats a sequence", seed, i+1, tc.ToolName, tools)
+				}
+				tools = append(tools, tc.ToolName)
+			}
+		}
+		if again := script(DefaultMix, seed, sid); fmt.Sprint(again) != fmt.Sprint(evs) {
+			t.Fatalf("seed %d: not deterministic", seed)
+		}
+	}
+	for _, typ := range []envelope.Type{envelope.ModelCallStarted, envelope.ToolCallProposed, envelope.ToolCallExecuted, envelope.ToolResult,
+		envelope.MemoryRead, envelope.MemoryWrite, envelope.SanitizedText, envelope.ApprovalRequested, envelope.ApprovalDecided,
+		envelope.HandoffRequested, envelope.ToolCallDenied, envelope.Termination} {
+		if seen[typ] == 0 {
+			t.Errorf("no %s in 200 sessions", typ)
+		}
+	}
+	for _, w := range []string{"allow/OK", "require_approval/APPROVAL_REQUIRED", "deny/PERMISSION_UNDECLARED", "deny/EGRESS_DENY", "deny/EXEC_DENY"} {
+		if wants[w] == 0 {
+			t.Errorf("no proposal expecting %s in 200 sessions", w)
+		}
+	}
+}
+
+func TestRepeats(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		tools []string
+		next  string
+		want  bool
+	}{
+		{name: "short history", tools: []string{"a", "a"}, next: "a", want: false},
+		{name: "length 3 twice", tools: []string{"a", "b", "c", "a", "b"}, next: "c", want: true},
+		{name: "same tool six times", tools: []string{"a", "a", "a", "a", "a"}, next: "a", want: true},
+		{name: "length 7 twice", tools: strings.Split("a b c d e f g a b c d e f", " "), next: "g", want: true},
+		{name: "no repetition", tools: []string{"a", "b", "c", "a", "b"}, next: "d", want: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := repeats(tc.tools, tc.next); got != tc.want {
+				t.Fatalf("repeats(%v, %s) = %v", tc.tools, tc.next, got)
+			}
+		})
+	}
+}
+
+// startDaemon runs an embedded aegisd (broker, stages, projector into
+// SQLite, HTTP API in dev mode) for the test.
+func startDaemon(t testing.TB) (brokers, httpURL, dataDir string) {
+	t.Helper()
+	cfg := daemon.Defaults()
+	cfg.DataDir = t.TempDir()
+	cfg.KafkaAddr, cfg.HTTPAddr = "127.0.0.1:0", "127.0.0.1:0"
+	cfg.Partitions = 4
+	cfg.Instance = "loadtest"
+	cfg.Manifests = "../deploy/manifests"
+	cfg.Dev = true
+	d := daemon.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("daemon: %v", err)
+		}
+	})
+	if d.Brokers() == nil {
+		t.Fatalf("daemon did not start: %v", <-done)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for !d.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatal("daemon not ready")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return strings.Join(d.Brokers(), ","), "http://" + d.HTTPAddr(), cfg.DataDir
+}
+
+// TestMainEmbedded runs the documented command against an embedded aegisd:
+// over Kafka with the store polled, over HTTP, and with a deliberately
+// broken publisher whose misplaced events must be reported lost.
+func TestMainEmbedded(t *testing.T) {
+	brokers, httpURL, dataDir := startDaemon(t)
+	for _, tc := range []struct {
+		name     string
+		args     []string
+		wantExit int
+		check    func(t *testing.T, rep *Report)
+	}{
+		{name: "kafka with store", args: []string{"--rate", "300", "--duration", "3s", "--sessions", "20", "--store", "sqlite:" + filepath.Join(dataDir, "audit.db")},
+			wantExit: ExitOK, check: func(t *testing.T, rep *Report) {
+				if rep.Mode != "kafka" || rep.EventsStored != rep.EventsPublished || rep.Latency["publish_stored"].Count != rep.EventsPublished {
+					t.Errorf("store: mode %s, stored %d, stored latencies %d, published %d", rep.Mode, rep.EventsStored, rep.Latency["publish_stored"].Count, rep.EventsPublished)
+				}
+			}},
+		{name: "http", args: []string{"--http", httpURL, "--http-batch", "20", "--rate", "300", "--duration", "2s", "--sessions", "20"},
+			wantExit: ExitOK, check: func(t *testing.T, rep *Report) {
+				if rep.Mode != "http" {
+					t.Errorf("mode %s", rep.Mode)
+				}
+			}},
+		{name: "bad keys are reported lost", args: []string{"--rate", "300", "--duration", "2s", "--sessions", "10", "--fault-bad-key", "4", "--drain-timeout", "3s"},
+			wantExit: ExitFailed, check: func(t *testing.T, rep *Report) {
+				if rep.Lost != 4 || rep.OK || rep.Rejected["KEY_MISMATCH"] != 4 {
+					t.Errorf("lost %d, ok %v, rejected %v; want 4 lost by KEY_MISMATCH", rep.Lost, rep.OK, rep.Rejected)
+				}
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			file := filepath.Join(t.TempDir(), "report.json")
+			var out, errOut bytes.Buffer
+			args := append([]string{"--brokers", brokers, "--report", file}, tc.args...)
+			if code := Main(context.Background(), args, &out, &errOut); code != tc.wantExit {
+				t.Fatalf("exit %d, want %d\n%s%s", code, tc.wantExit, out.String(), errOut.String())
+			}
+			raw, err := os.ReadFile(file)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var fields map[string]any
+			if err := json.Unmarshal(raw, &fields); err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range []string{"events_published", "events_sealed", "lost", "duplicated", "throughput_eps", "latency_ms"} {
+				if _, ok := fields[f]; !ok {
+					t.Errorf("report lacks %q", f)
+				}
+			}
+			var rep Report
+			if err := json.Unmarshal(raw, &rep); err != nil {
+				t.Fatal(err)
+			}
+			if rep.EventsPublished == 0 || rep.EventsPublished != rep.EventsScheduled || rep.Duplicated != 0 || rep.ChainFailures != 0 || !rep.DecisionsOK {
+				t.Errorf("published %d of %d scheduled, duplicated %d, chain failures %d, decisions ok %v",
+					rep.EventsPublished, rep.EventsScheduled, rep.Duplicated, rep.ChainFailures, rep.DecisionsOK)
+			}
+			if rep.EventsSealed+rep.Lost != rep.EventsPublished || rep.ChainsVerified != rep.SessionsRun {
+				t.Errorf("sealed %d + lost %d != published %d, or %d chains for %d sessions", rep.EventsSealed, rep.Lost, rep.EventsPublished, rep.ChainsVerified, rep.SessionsRun)
+			}
+			for _, k := range []string{"proposal_decision", "publish_sealed", "publish_ack"} {
+				p := rep.Latency[k]
+				if p.Count == 0 || p.P50 <= 0 || p.P50 > p.P90 || p.P90 > p.P99 || p.P99 > p.P999 || p.P999 > p.Max {
+					t.Errorf("latency %s: %+v", k, p)
+				}
+			}
+			if tc.check != nil {
+				tc.check(t, &rep)
+			}
+			if !strings.Contains(out.String(), "latency (ms)") {
+				t.Errorf("text report:\n%s", out.String())
+			}
+		})
+	}
+}
