@@ -270,8 +270,8 @@ func newRunner(cfg Config) (*runner, error) {
 		if cfg.Candidate == nil && cfg.Manifests == nil {
 			return nil, errors.New("replayer: what-if needs a candidate bundle or candidate manifests")
 		}
-		if cfg.Manifests == nil && cfg.Archive == nil {
-			return nil, fmt.Errorf("%w: what-if without candidate manifests reads the recorded ones from a policy archive", ErrMissingRevision)
+		if (cfg.Manifests == nil || cfg.Candidate == nil) && cfg.Archive == nil {
+			return nil, fmt.Errorf("%w: what-if reads the recorded policy or manifests it does not replace from a policy archive", ErrMissingRevision)
 		}
 		if cfg.Candidate != nil {
 			pe, err := policy.New(cfg.Candidate)

@@ -1,0 +1,287 @@
+package replayer_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"aegis.dev/aegis/decider"
+	"aegis.dev/aegis/decider/policy"
+	"aegis.dev/aegis/decider/session"
+	"aegis.dev/aegis/replayer"
+	"aegis.dev/aegis/schemas/envelope"
+	"aegis.dev/aegis/schemas/manifest"
+)
+
+func registry(tb testing.TB) *manifest.Registry {
+	tb.Helper()
+	reg, err := manifest.LoadDir("testdata/manifests")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return reg
+}
+
+// archive returns an archive holding the default bundle and the test
+// registry, as aegisd writes it at start.
+func archive(tb testing.TB) *replayer.Archive {
+	tb.Helper()
+	a := &replayer.Archive{Dir: tb.TempDir()}
+	if err := a.PutBundle(policy.Default()); err != nil {
+		tb.Fatal(err)
+	}
+	if err := a.PutRegistry(registry(tb)); err != nil {
+		tb.Fatal(err)
+	}
+	return a
+}
+
+// record decides n sessions with the default bundle, as the decider stage
+// does, and returns them with their decisions.
+func record(tb testing.TB, n int) []*replayer.Session {
+	tb.Helper()
+	pe, err := policy.New(policy.Default())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	eng := decider.NewEngine(pe, registry(tb))
+	var out []*replayer.Session
+	for i := range n {
+		sid := fmt.Sprintf("s%04d", i)
+		s := &replayer.Session{TenantID: "acme", SessionID: sid}
+		snap := session.New("acme", sid)
+		payloads := []struct {
+			typ     envelope.Type
+			payload string
+		}{
+			{envelope.ModelCallStarted, `{"model":"m"}`},
+			{envelope.ToolCallProposed, fmt.Sprintf(`{"tool_name":"search","call_id":"c2","args":{"q":"find-%s"}}`, sid)},
+			{envelope.ToolCallProposed, `{"tool_name":"send_email","call_id":"c3","args":{"to":"a@example.com"}}`},
+			{envelope.ToolResult, `{"tool_name":"search","call_id":"c2"}`},
+			{envelope.ToolCallProposed, `{"tool_name":"web_fetch","call_id":"c4","args":{"url":"https://api.example.com/v1"}}`},
+			{envelope.ToolCallProposed, `{"tool_name":"exec","call_id":"c5","args":{"bin":"rm"}}`},
+			{envelope.Termination, `{}`},
+		}
+		for j, p := range payloads {
+			ev, err := envelope.Decode(fmt.Appendf(nil, `{"tenant_id":"acme","session_id":%q,"seq":%d,"ts_unix_ms":%d,"event_type":%q,"payload":%s}`,
+				sid, j+1, 1767225600000+int64(i*100+j), p.typ, p.payload))
+			if err != nil {
+				tb.Fatal(err)
+			}
+			if err := eng.Step(context.Background(), snap, ev); err != nil {
+				tb.Fatal(err)
+			}
+			s.Events = append(s.Events, ev)
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+func TestArchive(t *testing.T) {
+	a := archive(t)
+	rev := policy.Default().Revision
+	b, err := a.Bundle(rev)
+	if err != nil || b.Revision != rev {
+		t.Fatalf("Bundle(%s) = %v, %v", rev, b, err)
+	}
+	m := registry(t).Manifests("acme")[0]
+	got, err := a.Manifest(m.Digest())
+	if err != nil || got.Digest() != m.Digest() {
+		t.Fatalf("Manifest(%s) = %v, %v", m.Digest(), got, err)
+	}
+	if err := a.PutBundle(policy.Default()); err != nil {
+		t.Fatalf("second PutBundle: %v", err)
+	}
+	if err := a.PutManifest(m); err != nil {
+		t.Fatalf("second PutManifest: %v", err)
+	}
+
+	missing := "sha256:" + fmt.Sprintf("%064x", 7)
+	for _, c := range []struct {
+		name string
+		load func() error
+		want error
+	}{
+		{"unknown revision", func() error { _, err := a.Bundle(missing); return err }, replayer.ErrMissingRevision},
+		{"unknown manifest", func() error { _, err := a.Manifest(missing); return err }, replayer.ErrMissingRevision},
+		{"revision naming a path", func() error { _, err := a.Bundle("sha256:../../etc"); return err }, replayer.ErrMissingRevision},
+		{"empty manifest digest", func() error { _, err := a.Manifest(""); return err }, replayer.ErrMissingRevision},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if err := c.load(); !errors.Is(err, c.want) {
+				t.Fatalf("got %v, want %v", err, c.want)
+			}
+		})
+	}
+
+	t.Run("edited bundle", func(t *testing.T) {
+		a := archive(t)
+		dir := filepath.Join(a.Dir, "policies", rev[len("sha256:"):])
+		if err := os.WriteFile(filepath.Join(dir, "extra.rego"), []byte("package aegis.decide\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Bundle(rev); !errors.Is(err, replayer.ErrArchive) {
+			t.Fatalf("got %v, want ErrArchive", err)
+		}
+	})
+	t.Run("edited manifest", func(t *testing.T) {
+		a := archive(t)
+		p := filepath.Join(a.Dir, "manifests", m.Digest()[len("sha256:"):]+".json")
+		other := registry(t).Manifests("acme")[0].Clone()
+		other.Version = "9.9.9"
+		b, err := other.MarshalJSON()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := a.Manifest(m.Digest()); !errors.Is(err, replayer.ErrArchive) {
+			t.Fatalf("got %v, want ErrArchive", err)
+		}
+	})
+}
+
+func TestExact(t *testing.T) {
+	ctx := context.Background()
+	cfg := replayer.Config{Mode: replayer.ModeExact, Archive: archive(t), Workers: 3}
+	rep, err := replayer.Run(ctx, cfg, replayer.EventsSource(record(t, 50)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rep.Identical || rep.Sessions != 50 || rep.Events != 350 || rep.Decisions != 200 {
+		t.Fatalf("report %+v", rep)
+	}
+
+	cases := []struct {
+		name  string
+		edit  func(s []*replayer.Session)
+		field string
+		seq   uint64
+	}{
+		{"reason", func(s []*replayer.Session) { s[3].Events[4].Decision.Reason = "EGRESS_DENY" }, "reason", 5},
+		{"outcome", func(s []*replayer.Session) { s[3].Events[5].Decision.Outcome = envelope.Allow }, "outcome", 6},
+		{"input digest", func(s []*replayer.Session) { s[3].Events[1].Decision.InputDigest = "sha256:" + fmt.Sprintf("%064x", 1) }, "input_digest", 2},
+		{"payload", func(s []*replayer.Session) { s[3].Events[1].Payload = []byte(`{"tool_name":"search","call_id":"c2","args":{"q":"x"}}`) }, "input_digest", 2},
+		{"earlier event", func(s []*replayer.Session) { s[3].Events[0].TsUnixMs -= 1 }, "input_digest", 2},
+		{"decision removed", func(s []*replayer.Session) { s[3].Events[1].Decision = nil }, "decision", 2},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			sessions := record(t, 5)
+			c.edit(sessions)
+			rep, err := replayer.Run(ctx, cfg, replayer.EventsSource(sessions))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Identical || len(rep.Differences) == 0 {
+				t.Fatalf("differences %+v", rep.Differences)
+			}
+			d := rep.Differences[0]
+			if d.SessionID != "s0003" || d.Seq != c.seq || d.Field != c.field {
+				t.Fatalf("difference %+v, want s0003 seq %d %s", d, c.seq, c.field)
+			}
+		})
+	}
+
+	t.Run("snapshot hash", func(t *testing.T) {
+		sessions := record(t, 2)
+		cfg := cfg
+		cfg.SnapshotHash = func(_, s string) (uint64, string, bool) {
+			if s == "s0001" {
+				return 7, "sha256:" + fmt.Sprintf("%064x", 2), true
+			}
+			return 0, "", false
+		}
+		rep, err := replayer.Run(ctx, cfg, replayer.EventsSource(sessions))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(rep.Differences) != 1 || rep.Differences[0].Field != "snapshot_hash" || rep.Differences[0].SessionID != "s0001" {
+			t.Fatalf("differences %+v", rep.Differences)
+		}
+	})
+
+	t.Run("missing revision", func(t *testing.T) {
+		cfg := cfg
+		cfg.Archive = &replayer.Archive{Dir: t.TempDir()}
+		if _, err := replayer.Run(ctx, cfg, replayer.EventsSource(record(t, 3))); !errors.Is(err, replayer.ErrMissingRevision) {
+			t.Fatalf("got %v, want ErrMissingRevision", err)
+		}
+	})
+}
+
+func TestWhatIf(t *testing.T) {
+	ctx := context.Background()
+	candidate := policy.Default()
+	files := map[string]string{"deny_search.rego": "package aegis.decide\n\nviolations contains 1 if input.event.payload.tool_name == \"search\"\n"}
+	for k, v := range candidate.Files {
+		files[k] = v
+	}
+	candidate = &policy.Bundle{Revision: policy.ComputeRevision(files), Files: files}
+
+	reg := registry(t)
+	noEmail := reg.Manifests("acme")[0].Clone()
+	noEmail.Permissions.ApprovalRequired = nil
+	candidateReg, err := manifest.NewRegistry(map[string][]*manifest.Manifest{"acme": {noEmail}}, map[string]*manifest.Manifest{"acme": noEmail})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	for _, c := range []struct {
+		name      string
+		cfg       replayer.Config
+		byReason  map[string]int64
+		tool      string
+		candidate bool
+	}{
+		{"candidate bundle", replayer.Config{Candidate: candidate, Archive: archive(t)},
+			map[string]int64{"OK->PERMISSION_UNDECLARED": 20}, "search", true},
+		{"candidate manifests", replayer.Config{Manifests: candidateReg, Archive: archive(t)},
+			map[string]int64{"APPROVAL_REQUIRED->OK": 20}, "send_email", false},
+		{"same policy", replayer.Config{Candidate: policy.Default(), Archive: archive(t)}, map[string]int64{}, "", true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			c.cfg.Mode = replayer.ModeWhatIf
+			rep, err := replayer.Run(ctx, c.cfg, replayer.EventsSource(record(t, 20)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if fmt.Sprint(rep.Counts.ByReason) != fmt.Sprint(c.byReason) {
+				t.Fatalf("by reason %v, want %v", rep.Counts.ByReason, c.byReason)
+			}
+			if c.tool != "" && rep.Counts.ByTool[c.tool] != 20 || rep.Counts.ByTenant["acme"] != int64(len(rep.Changes)) {
+				t.Fatalf("counts %+v", rep.Counts)
+			}
+			if (rep.Candidate != "") != c.candidate {
+				t.Fatalf("candidate revision %q", rep.Candidate)
+			}
+			for _, ch := range rep.Changes {
+				if ch.Tool != c.tool || ch.ArgsDigest == "" || ch.CallID == "" || ch.Before == nil || ch.After == nil {
+					t.Fatalf("change %+v", ch)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkExact replays recorded sessions from memory: the replay alone,
+// without a store read.
+func BenchmarkExact(b *testing.B) {
+	sessions := record(b, 500)
+	cfg := replayer.Config{Mode: replayer.ModeExact, Archive: archive(b)}
+	var events int64
+	b.ResetTimer()
+	for b.Loop() {
+		rep, err := replayer.Run(context.Background(), cfg, replayer.EventsSource(sessions))
+		if err != nil || !rep.Identical {
+			b.Fatalf("%v %+v", err, rep)
+		}
+		events += rep.Events
+	}
+	b.ReportMetric(float64(events)/b.Elapsed().Seconds(), "events/s")
+}
