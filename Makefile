@@ -9,7 +9,7 @@ GOLANGCI := $(shell $(GO) env GOPATH)/bin/golangci-lint
 export AEGIS_TEST_KAFKA ?= 127.0.0.1:19092
 export AEGIS_TEST_CLICKHOUSE ?= clickhouse://127.0.0.1:19000/aegis_test
 
-.PHONY: help build run test test-unit test-integration lint vet services services-stop bench fuzz clean
+.PHONY: help build run test test-unit test-integration lint vet services services-stop bench fuzz loadtest clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -57,6 +57,9 @@ fuzz: ## run every fuzz target for 30 s
 	@for pkg in ./schemas/canon ./schemas/envelope ./schemas/manifest; do \
 	  for f in $$($(GO) test -list 'Fuzz.*' $$pkg | grep ^Fuzz); do \
 	    $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 30s $$pkg || exit 1; done; done
+
+loadtest: build ## 30 s fleet load test against an embedded aegisd it starts (RATE, DURATION, SESSIONS; BROKERS= for real Kafka)
+	loadtest/run-stack.sh
 
 clean:
 	rm -rf $(BIN)
