@@ -166,7 +166,9 @@ func TestExact(t *testing.T) {
 		{"reason", func(s []*replayer.Session) { s[3].Events[4].Decision.Reason = "EGRESS_DENY" }, "reason", 5},
 		{"outcome", func(s []*replayer.Session) { s[3].Events[5].Decision.Outcome = envelope.Allow }, "outcome", 6},
 		{"input digest", func(s []*replayer.Session) { s[3].Events[1].Decision.InputDigest = "sha256:" + fmt.Sprintf("%064x", 1) }, "input_digest", 2},
-		{"payload", func(s []*replayer.Session) { s[3].Events[1].Payload = []byte(`{"tool_name":"search","call_id":"c2","args":{"q":"x"}}`) }, "input_digest", 2},
+		{"payload", func(s []*replayer.Session) {
+			s[3].Events[1].Payload = []byte(`{"tool_name":"search","call_id":"c2","args":{"q":"x"}}`)
+		}, "input_digest", 2},
 		{"earlier event", func(s []*replayer.Session) { s[3].Events[0].TsUnixMs -= 1 }, "input_digest", 2},
 		{"decision removed", func(s []*replayer.Session) { s[3].Events[1].Decision = nil }, "decision", 2},
 	}
