@@ -188,7 +188,7 @@ func Run(ctx context.Context, cfg Config, progress func(Progress)) (*Report, err
 		if err != nil {
 			return nil, fmt.Errorf("%w: store: %w", ErrRuntime, err)
 		}
-		defer st.Close()
+		defer func() { _ = st.Close() }()
 		storeDone = make(chan struct{})
 		go func() { defer close(storeDone); r.pollStore(storeCtx, st) }()
 	}
