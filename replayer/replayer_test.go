@@ -2,6 +2,7 @@ package replayer_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -286,4 +287,73 @@ func BenchmarkExact(b *testing.B) {
 		events += rep.Events
 	}
 	b.ReportMetric(float64(events)/b.Elapsed().Seconds(), "events/s")
+}
+
+// TestReportMatchesSchema holds the JSON of a what-if report to the
+// members schemas/diffreport.schema.json declares and requires.
+func TestReportMatchesSchema(t *testing.T) {
+	raw, err := os.ReadFile("../schemas/diffreport.schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	type object struct {
+		Required   []string                   `json:"required"`
+		Properties map[string]json.RawMessage `json:"properties"`
+		Items      *object                    `json:"items"`
+	}
+	var schema object
+	if err := json.Unmarshal(raw, &schema); err != nil {
+		t.Fatal(err)
+	}
+	var changes, differences object
+	_ = json.Unmarshal(schema.Properties["changes"], &changes)
+	_ = json.Unmarshal(schema.Properties["differences"], &differences)
+
+	candidate := map[string]string{"deny_search.rego": "package aegis.decide\n\nviolations contains 1 if input.event.payload.tool_name == \"search\"\n"}
+	for k, v := range policy.Default().Files {
+		candidate[k] = v
+	}
+	sessions := record(t, 2)
+	sessions[1].Events[1].Decision.Reason = "EXEC_DENY"
+	rep, err := replayer.Run(context.Background(), replayer.Config{Mode: replayer.ModeWhatIf, Archive: archive(t),
+		Candidate: &policy.Bundle{Revision: policy.ComputeRevision(candidate), Files: candidate}}, replayer.EventsSource(sessions))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exact, err := replayer.Run(context.Background(), replayer.Config{Mode: replayer.ModeExact, Archive: archive(t)}, replayer.EventsSource(sessions))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep.Differences = exact.Differences
+	if len(rep.Changes) == 0 || len(rep.Differences) == 0 {
+		t.Fatalf("want changes and differences: %+v", rep)
+	}
+	b, err := json.Marshal(rep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]json.RawMessage
+	if err := json.Unmarshal(b, &doc); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, got map[string]json.RawMessage, s object) {
+		for k := range got {
+			if _, ok := s.Properties[k]; !ok {
+				t.Errorf("%s: member %q not in the schema", what, k)
+			}
+		}
+		for _, k := range s.Required {
+			if _, ok := got[k]; !ok {
+				t.Errorf("%s: required member %q missing", what, k)
+			}
+		}
+	}
+	check("report", doc, schema)
+	for name, s := range map[string]*object{"changes": changes.Items, "differences": differences.Items} {
+		var items []map[string]json.RawMessage
+		if err := json.Unmarshal(doc[name], &items); err != nil {
+			t.Fatal(err)
+		}
+		check(name, items[0], *s)
+	}
 }
