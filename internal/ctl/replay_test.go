@@ -46,9 +46,10 @@ func replayEvents(n int) []byte {
 }
 
 // recordStore runs the embedded stack, publishes n sessions, waits until
-// the projector stored all of them, and stops the stack. It returns the
-// store URL; the policy archive is the stack's default, next to it.
-func recordStore(t *testing.T, n int) string {
+// the projector stored all of them, calls live with the broker address and
+// the stack's policy archive, and stops the stack. It returns the store URL;
+// the policy archive is the stack's default, next to it.
+func recordStore(t *testing.T, n int, live func(brokers, archive string)) string {
 	t.Helper()
 	cfg := daemon.Defaults()
 	cfg.DataDir = t.TempDir()
@@ -97,10 +98,12 @@ func recordStore(t *testing.T, n int) string {
 			break
 		}
 	}
-	stop()
 	if got != want {
+		stop()
 		t.Fatalf("store has events/snapshots/heads %s, want %s", got, want)
 	}
+	live(strings.Join(d.Brokers(), ","), cfg.ArchiveDir())
+	stop()
 	return url
 }
 
@@ -135,7 +138,26 @@ func denySearchBundle(t *testing.T) string {
 // search calls change), exact replay (identical), verify, a missing
 // revision (exit 3), then tamper with one row and see exact and verify fail.
 func TestReplayFlow(t *testing.T) {
-	url := recordStore(t, replaySessions)
+	url := recordStore(t, replaySessions, func(brokers, archive string) {
+		// The sealed topic is a source too: every session, or a time range.
+		for _, c := range []struct {
+			name     string
+			args     []string
+			sessions int
+		}{
+			{"exact", []string{"--mode", "exact"}, replaySessions},
+			{"exact since", []string{"--mode", "exact", "--since", "1767225600000", "--until", "1767225610000"}, 10},
+		} {
+			code, out, errOut := runCtl(t, append([]string{"replay", "--brokers", brokers, "--policy-archive", archive, "--json"}, c.args...)...)
+			if code != ctl.ExitOK || !strings.Contains(out, fmt.Sprintf(`"sessions":%d,`, c.sessions)) {
+				t.Errorf("%s from the sealed topic: exit %d\n%s%s", c.name, code, out, errOut)
+			}
+		}
+		code, out, errOut := runCtl(t, "replay", "--brokers", brokers, "--mode", "verify")
+		if code != ctl.ExitOK || !strings.Contains(out, fmt.Sprintf("%d events in %d sessions", 6*replaySessions, replaySessions)) {
+			t.Errorf("verify from the sealed topic: exit %d\n%s%s", code, out, errOut)
+		}
+	})
 
 	if code, out, errOut := runCtl(t, "replay", "--store", url, "--mode", "exact"); code != ctl.ExitOK || !strings.Contains(out, "identical") {
 		t.Fatalf("exact: exit %d\n%s%s", code, out, errOut)
