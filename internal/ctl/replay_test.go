@@ -217,6 +217,12 @@ func TestReplayFlow(t *testing.T) {
 	if code != ctl.ExitFailed || !strings.Contains(errOut, "DIFF acme/s00042 seq 2 input_digest") {
 		t.Fatalf("exact after tampering: exit %d\n%s%s", code, out, errOut)
 	}
+	for _, sel := range [][]string{{"--session", "s00041,s00043"}, {"--where", "session_id <> 's00042'"}} {
+		code, out, errOut = runCtl(t, append([]string{"replay", "--store", url, "--mode", "verify"}, sel...)...)
+		if code != ctl.ExitOK {
+			t.Fatalf("verify %v without the tampered session: exit %d\n%s%s", sel, code, out, errOut)
+		}
+	}
 	code, out, errOut = runCtl(t, "replay", "--store", url, "--mode", "verify")
 	if code != ctl.ExitFailed || !strings.Contains(errOut, "FAIL acme/s00042 seq 2: HASH_MISMATCH") {
 		t.Fatalf("verify after tampering: exit %d\n%s%s", code, out, errOut)
