@@ -13,7 +13,22 @@ import (
 func TestReferenceRequestsAgainstDevDaemon(t *testing.T) {
 	cfg := embeddedConfig(t)
 	cfg.Dev = true
-	d := startDaemon(t, cfg)
+	referenceRequests(t, startDaemon(t, cfg))
+}
+
+// TestReferenceRequestsIntegration runs the same requests through aegisd
+// --dev on real Kafka: HTTP API, pipeline, projector and session reads.
+func TestReferenceRequestsIntegration(t *testing.T) {
+	brokers := integrationBrokers(t)
+	cfg := embeddedConfig(t)
+	cfg.Dev = true
+	cfg.Brokers = brokers
+	cfg.TopicPrefix = "it-ref-" + randomSuffix(t) + "."
+	cfg.SessionTimeout = 6 * time.Second
+	referenceRequests(t, startDaemon(t, cfg))
+}
+
+func referenceRequests(t *testing.T, d *Daemon) {
 	base := "http://" + d.HTTPAddr()
 	get := func(path string) (int, string) {
 		resp, err := http.Get(base + path)
@@ -72,6 +87,11 @@ func TestReferenceRequestsAgainstDevDaemon(t *testing.T) {
 	}
 	if code, body := get("/v1/sessions/sess-001?tenant_id=acme"); code != 200 || !strings.Contains(body, `"tool_calls":1`) {
 		t.Fatalf("snapshot: %d %s", code, body)
+	}
+	// A synchronous proposal waits for its decision from the decider.
+	code, body = post("/v1/sessions/sess-002/proposals?tenant_id=acme", `{"tenant_id":"acme","payload":{"tool_name":"rm_rf","call_id":"c9","args":{}}}`)
+	if code != 200 || !strings.Contains(body, `"outcome":"deny"`) || !strings.Contains(body, `"seq":1`) {
+		t.Fatalf("proposal: %d %s", code, body)
 	}
 }
 
