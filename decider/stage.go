@@ -43,6 +43,25 @@ type StageConfig struct {
 	Partitions int32
 	// MaxEventBytes bounds one event (default envelope.DefaultMaxEventBytes).
 	MaxEventBytes int
+	// Shadow, if set, decides every proposal a second time, on the same
+	// snapshot, with a candidate policy. It never changes the outcome: a
+	// disagreement (other outcome or reason) is counted and written as a
+	// ShadowDiff to ShadowTopic, which must be co-partitioned with the
+	// events topic (docs/replay.md#shadow-mode).
+	Shadow      *Engine
+	ShadowTopic string
+}
+
+// ShadowDiff is the value of a record on the shadow topic: a proposal the
+// shadow policy would have decided differently.
+type ShadowDiff struct {
+	TenantID  string             `json:"tenant_id"`
+	SessionID string             `json:"session_id"`
+	Seq       uint64             `json:"seq"`
+	CallID    string             `json:"call_id"`
+	ToolName  string             `json:"tool_name"`
+	Active    *envelope.Decision `json:"active"`
+	Shadow    *envelope.Decision `json:"shadow"`
 }
 
 // Stage is the decider stage: for each owned partition of the events topic
@@ -54,6 +73,7 @@ type Stage struct {
 	cfg     StageConfig
 	metrics *pipeline.Metrics
 	outcome *prometheus.CounterVec
+	shadow  *prometheus.CounterVec
 	log     *slog.Logger
 }
 
@@ -69,6 +89,14 @@ func NewStage(engine *Engine, cfg StageConfig, reg prometheus.Registerer, log *s
 	if reg != nil {
 		s.outcome = pipeline.Register(reg, s.outcome)
 	}
+	if cfg.Shadow != nil {
+		s.shadow = prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "aegis_decider_shadow_disagreements_total", Help: "Proposals the shadow policy decided differently, by active and shadow reason.",
+		}, []string{"active_reason", "shadow_reason"})
+		if reg != nil {
+			s.shadow = pipeline.Register(reg, s.shadow)
+		}
+	}
 	return s
 }
 
@@ -76,7 +104,11 @@ func NewStage(engine *Engine, cfg StageConfig, reg prometheus.Registerer, log *s
 // the caller sets brokers, group and transactional ID.
 func (s *Stage) TransactConfig() stream.TransactConfig {
 	t := s.cfg.Topics
-	return stream.TransactConfig{Input: t.Events, State: t.DeciderState, Outputs: []string{t.Decided, t.Decisions, t.Rejected}, Partitions: s.cfg.Partitions}
+	outputs := []string{t.Decided, t.Decisions, t.Rejected}
+	if s.cfg.Shadow != nil {
+		outputs = append(outputs, s.cfg.ShadowTopic)
+	}
+	return stream.TransactConfig{Input: t.Events, State: t.DeciderState, Outputs: outputs, Partitions: s.cfg.Partitions}
 }
 
 // NewProcessor returns the processor of one events partition.
@@ -154,10 +186,23 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 			emit(r.Output(t.Rejected, rec))
 			continue
 		}
+		var shadow *envelope.Decision
+		if s.cfg.Shadow != nil && ev.Type == envelope.ToolCallProposed {
+			if shadow, err = s.cfg.Shadow.Decide(ctx, st.Snapshot, ev); err != nil {
+				return fmt.Errorf("decider: shadow %s seq %d: %w", key, ev.Seq, err)
+			}
+		}
 		if err := s.engine.Step(ctx, st.Snapshot, ev); err != nil {
 			// Every outcome failure is a decision; what is left is a
 			// cancelled context or a bug. Abort: the batch is retried.
 			return fmt.Errorf("decider: %s seq %d: %w", key, ev.Seq, err)
+		}
+		if shadow != nil && (shadow.Outcome != ev.Decision.Outcome || shadow.Reason != ev.Decision.Reason) {
+			r := NewReply(ev)
+			v, _ := json.Marshal(ShadowDiff{TenantID: r.TenantID, SessionID: r.SessionID, Seq: r.Seq, CallID: r.CallID, ToolName: r.ToolName,
+				Active: ev.Decision, Shadow: shadow})
+			emit(stream.Output{Topic: s.cfg.ShadowTopic, Partition: rec.Partition, Key: rec.Key, Value: v})
+			s.shadow.WithLabelValues(ev.Decision.Reason, shadow.Reason).Inc()
 		}
 		st.Window.Add(ev.Seq, digest)
 		p.sessions[key] = st

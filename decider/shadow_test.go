@@ -1,0 +1,71 @@
+package decider
+
+import (
+	"encoding/json"
+	"maps"
+	"slices"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"aegis.dev/aegis/decider/policy"
+	"aegis.dev/aegis/internal/stream"
+)
+
+// TestShadowPolicy: a shadow policy that denies one query sees every
+// proposal, disagrees on that one only, and changes nothing the active
+// policy decides.
+func TestShadowPolicy(t *testing.T) {
+	files := maps.Clone(policy.Default().Files)
+	files["shadow.rego"] = "package aegis.decide\n\nviolations contains 1 if input.event.payload.args.q == \"b\"\n"
+	candidate := &policy.Bundle{Revision: policy.ComputeRevision(files), Files: files}
+	const shadowTopic = "aegis.shadow-diffs"
+	reg := prometheus.NewRegistry()
+	shadowed := NewStage(newEngine(t, policy.Default()),
+		StageConfig{Topics: topics, Partitions: 3, Shadow: newEngine(t, candidate), ShadowTopic: shadowTopic}, reg, nil)
+	plain := NewStage(newEngine(t, policy.Default()), StageConfig{Topics: topics, Partitions: 3}, nil, nil)
+	if outs := shadowed.TransactConfig().Outputs; !slices.Contains(outs, shadowTopic) {
+		t.Fatalf("outputs %v lack the shadow topic", outs)
+	}
+
+	recs := []*stream.Record{rec(1, "a"), rec(2, "b"), rec(3, "c")}
+	got := process(t, shadowed.NewProcessor(0), recs...)
+	want := process(t, plain.NewProcessor(0), recs...)
+	for _, topic := range []string{topics.Decided, topics.Decisions, topics.DeciderState} {
+		if len(got[topic]) != len(want[topic]) {
+			t.Fatalf("%s: %d records with a shadow, %d without", topic, len(got[topic]), len(want[topic]))
+		}
+		for i := range got[topic] {
+			if string(got[topic][i].Value) != string(want[topic][i].Value) {
+				t.Fatalf("%s record %d changed by the shadow:\n%s\n%s", topic, i, got[topic][i].Value, want[topic][i].Value)
+			}
+		}
+	}
+	diffs := got[shadowTopic]
+	if len(diffs) != 1 {
+		t.Fatalf("%d shadow records, want 1", len(diffs))
+	}
+	var d ShadowDiff
+	if err := json.Unmarshal(diffs[0].Value, &d); err != nil {
+		t.Fatal(err)
+	}
+	if d.Seq != 2 || d.CallID != "c2" || d.Active.Reason != "OK" || d.Shadow.Reason != "PERMISSION_UNDECLARED" ||
+		d.Shadow.PolicyRevision != candidate.Revision || diffs[0].Partition != recs[1].Partition || string(diffs[0].Key) != string(recs[1].Key) {
+		t.Fatalf("shadow record %+v (partition %d)", d, diffs[0].Partition)
+	}
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var n float64
+	for _, f := range families {
+		if f.GetName() == "aegis_decider_shadow_disagreements_total" {
+			for _, m := range f.GetMetric() {
+				n += m.GetCounter().GetValue()
+			}
+		}
+	}
+	if n != 1 {
+		t.Fatalf("disagreement metric %v, want 1", n)
+	}
+}
