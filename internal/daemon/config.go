@@ -76,6 +76,10 @@ type Config struct {
 	// manifest are written there by digest at start, for exact replay
 	// (replayer.Archive; default <data-dir>/policy-archive).
 	Archive string `yaml:"archive"`
+	// ShadowPolicy is a candidate policy bundle directory evaluated beside
+	// the active one on every proposal, without affecting outcomes;
+	// disagreements go to <prefix>shadow-diffs (docs/replay.md#shadow-mode).
+	ShadowPolicy string `yaml:"shadow_policy"`
 	// MaxEventBytes bounds one event (default 1 MiB).
 	MaxEventBytes int `yaml:"max_event_bytes"`
 	// MaxBatch caps the records one stage handles in one transaction
@@ -154,6 +158,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Instance, "instance", c.Instance, "instance name, unique per running instance and stable across restarts")
 	fs.StringVar(&c.Manifests, "manifests", c.Manifests, "manifest registry directory laid out as DIR/TENANT/NAME.json")
 	fs.StringVar(&c.Policy, "policy", c.Policy, "policy bundle directory (default: the built-in bundle)")
+	fs.StringVar(&c.ShadowPolicy, "shadow-policy", c.ShadowPolicy, "candidate policy bundle directory decided beside the active one; disagreements are counted and written to <prefix>shadow-diffs, outcomes unchanged")
 	fs.StringVar(&c.Archive, "archive", c.Archive, "policy archive directory: bundles and manifests by digest, for aegisctl replay (default <data-dir>/policy-archive)")
 	fs.IntVar(&c.MaxEventBytes, "max-event-bytes", c.MaxEventBytes, "largest accepted event in bytes")
 	fs.DurationVar(&c.SessionTimeout, "session-timeout", c.SessionTimeout, "consumer group session timeout: how long a crashed instance's partitions wait before moving")

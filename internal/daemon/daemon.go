@@ -117,7 +117,13 @@ func (d *Daemon) Run(ctx context.Context) error {
 		brokers = emb.Brokers()
 		d.log.Info("embedded Kafka broker listening", "addr", emb.Addr(), "data_dir", filepath.Join(cfg.DataDir, "kafka"))
 	}
-	if err := stream.EnsureTopics(ctx, brokers, d.topics.Specs(cfg.Partitions, cfg.MaxEventBytes)); err != nil {
+	specs := d.topics.Specs(cfg.Partitions, cfg.MaxEventBytes)
+	if cfg.ShadowPolicy != "" {
+		// Co-partitioned with the events topic: the decider writes each
+		// disagreement to its event's partition.
+		specs = append(specs, stream.TopicSpec{Name: cfg.shadowTopic(), Partitions: cfg.Partitions, Cleanup: stream.CleanupDelete})
+	}
+	if err := stream.EnsureTopics(ctx, brokers, specs); err != nil {
 		return fmt.Errorf("aegisd: topics: %w", err)
 	}
 
@@ -233,7 +239,14 @@ func (d *Daemon) newStage(name string, brokers []string, api *ingest.Server) (st
 		if err != nil {
 			return nil, err
 		}
-		st := decider.NewStage(eng, decider.StageConfig{Topics: d.topics, Partitions: cfg.Partitions, MaxEventBytes: cfg.MaxEventBytes}, d.reg, d.log)
+		sc := decider.StageConfig{Topics: d.topics, Partitions: cfg.Partitions, MaxEventBytes: cfg.MaxEventBytes}
+		if cfg.ShadowPolicy != "" {
+			if sc.Shadow, err = d.shadowEngine(); err != nil {
+				return nil, err
+			}
+			sc.ShadowTopic = cfg.shadowTopic()
+		}
+		st := decider.NewStage(eng, sc, d.reg, d.log)
 		tc, newProcessor = st.TransactConfig(), st.NewProcessor
 	case TargetSealer:
 		st := sealer.New(sealer.Config{Topics: d.topics, Partitions: cfg.Partitions}, d.reg, d.log)
@@ -295,6 +308,31 @@ func (d *Daemon) engine() (*decider.Engine, error) {
 	}
 	return decider.NewEngine(pe, reg), nil
 }
+
+// shadowEngine builds the engine of --shadow-policy: the candidate bundle
+// with the same manifests as the active engine.
+func (d *Daemon) shadowEngine() (*decider.Engine, error) {
+	bundle, err := policy.LoadDir(d.cfg.ShadowPolicy)
+	if err != nil {
+		return nil, fmt.Errorf("aegisd: shadow policy: %w", err)
+	}
+	pe, err := policy.New(bundle)
+	if err != nil {
+		return nil, fmt.Errorf("aegisd: shadow policy: %w", err)
+	}
+	d.log.Info("shadow policy loaded", "revision", pe.Revision(), "topic", d.cfg.shadowTopic())
+	if d.cfg.Manifests == "" {
+		return decider.NewEngine(pe, nil), nil
+	}
+	reg, err := manifest.LoadDir(d.cfg.Manifests)
+	if err != nil {
+		return nil, fmt.Errorf("aegisd: manifests: %w", err)
+	}
+	return decider.NewEngine(pe, reg), nil
+}
+
+// shadowTopic receives the shadow policy's disagreements.
+func (c *Config) shadowTopic() string { return c.TopicPrefix + "shadow-diffs" }
 
 func (d *Daemon) handler(api *ingest.Server) http.Handler {
 	mux := http.NewServeMux()
