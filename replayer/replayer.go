@@ -254,7 +254,6 @@ type runner struct {
 	mu       sync.Mutex
 	policies map[string]*policy.Engine
 	engines  map[[2]string]*decider.Engine
-	registry *decider.Engine // candidate policy + candidate manifests
 
 	sessions, events atomic.Int64
 }
