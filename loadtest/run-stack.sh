@@ -5,10 +5,10 @@
 # run). It samples aegisd's resident memory every second and prints the
 # first and last sample after the report. Used by `make loadtest`.
 #
-#   RATE=5000 DURATION=30s SESSIONS=500 loadtest/run-stack.sh [extra aegis-loadtest flags]
+#   RATE=3000 DURATION=30s SESSIONS=500 loadtest/run-stack.sh [extra aegis-loadtest flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RATE=${RATE:-5000} DURATION=${DURATION:-30s} SESSIONS=${SESSIONS:-500}
+RATE=${RATE:-3000} DURATION=${DURATION:-30s} SESSIONS=${SESSIONS:-500}
 REPORT=${REPORT:-loadtest-report.json}
 KAFKA_ADDR=${KAFKA_ADDR:-127.0.0.1:19392} HTTP_ADDR=${HTTP_ADDR:-127.0.0.1:18380}
 data=$(mktemp -d)
@@ -40,7 +40,9 @@ code=0
 bin/aegis-loadtest --brokers "$BROKERS" --topic-prefix "$prefix" --rate "$RATE" --duration "$DURATION" \
   --sessions "$SESSIONS" --store "sqlite:$data/audit.db" --report "$REPORT" "$@" || code=$?
 if [[ -s "$data/rss" ]]; then
-  echo "aegisd RSS: first $(head -1 "$data/rss") kB, last $(tail -1 "$data/rss") kB, max $(sort -n "$data/rss" | tail -1) kB over $(wc -l <"$data/rss") samples"
+  n=$(wc -l <"$data/rss")
+  at() { sed -n "$(( ($1 * (n - 1)) / 4 + 1 ))p" "$data/rss"; }
+  echo "aegisd RSS (kB) at 0/25/50/75/100 % of the run: $(at 0) $(at 1) $(at 2) $(at 3) $(at 4); max $(sort -n "$data/rss" | tail -1); $n samples"
 fi
 echo "JSON report: $REPORT"
 exit $code
