@@ -138,6 +138,8 @@ func (c *Config) defaults() error {
 		return fmt.Errorf("%w: duration must be positive and ramp within it", ErrConfig)
 	case c.Sessions <= 0:
 		return fmt.Errorf("%w: sessions must be positive", ErrConfig)
+	case c.FaultBadKey > 0 && c.HTTP != "":
+		return fmt.Errorf("%w: the bad-key fault needs Kafka publishing (the gateway derives keys itself)", ErrConfig)
 	}
 	return nil
 }
