@@ -1,0 +1,135 @@
+package conformance_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"aegis.dev/aegis/conformance"
+	"aegis.dev/aegis/internal/ctl"
+	"aegis.dev/aegis/internal/daemon"
+)
+
+// decideLog replays through `aegisctl decide --events`.
+func decideLog(ctx context.Context, events, manifests string) ([]byte, error) {
+	var out, errb bytes.Buffer
+	if code := ctl.Main(ctx, ctl.IO{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb}, []string{"decide", "--events", events, "--manifests", manifests}); code != ctl.ExitOK {
+		return nil, fmt.Errorf("aegisctl decide exited %d: %s", code, errb.String())
+	}
+	return out.Bytes(), nil
+}
+
+// startEmbedded runs aegisd in-process (--dev, temp data dir, the packs'
+// manifests) and returns its base URL and audit store path.
+func startEmbedded(tb testing.TB, packs []*conformance.Pack, mutate func(*daemon.Config)) (string, string) {
+	tb.Helper()
+	dir := tb.TempDir()
+	mdir := filepath.Join(dir, "manifests")
+	if err := conformance.WriteManifests(mdir, packs); err != nil {
+		tb.Fatal(err)
+	}
+	cfg := daemon.Defaults()
+	cfg.DataDir = filepath.Join(dir, "data")
+	cfg.KafkaAddr = "127.0.0.1:0"
+	cfg.HTTPAddr = "127.0.0.1:0"
+	cfg.Partitions = 3
+	cfg.Instance = "conformance"
+	cfg.Manifests = mdir
+	cfg.Dev = true
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		tb.Fatal(err)
+	}
+	d := daemon.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	if d.Brokers() == nil {
+		cancel()
+		tb.Fatalf("aegisd did not start: %v", <-done)
+	}
+	tb.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			tb.Errorf("aegisd: %v", err)
+		}
+	})
+	base := "http://" + d.HTTPAddr()
+	waitReady(tb, base)
+	return base, strings.TrimPrefix(cfg.StoreURL(), "sqlite:")
+}
+
+func waitReady(tb testing.TB, base string) {
+	tb.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get(base + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("%s never became ready", base)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func failures(tb testing.TB, rep *conformance.Report) {
+	tb.Helper()
+	for _, c := range rep.Cases {
+		switch c.Status {
+		case conformance.StatusFail:
+			tb.Errorf("%s (%s): %s", c.ID, c.Requirement, c.Message)
+		case conformance.StatusSkip:
+			tb.Errorf("%s (%s) skipped: %s", c.ID, c.Requirement, c.Message)
+		}
+	}
+}
+
+// TestPacksEmbedded runs every shipped pack against the embedded stack.
+func TestPacksEmbedded(t *testing.T) {
+	packs, err := conformance.Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if only := os.Getenv("AEGIS_CONFORMANCE_CASES"); only != "" {
+		packs = filterCases(packs, only)
+	}
+	base, store := startEmbedded(t, packs, nil)
+	rep, err := conformance.Run(context.Background(), packs, conformance.Options{Target: base, StorePath: store, DecideLog: decideLog, Concurrency: 12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	failures(t, rep)
+	t.Logf("%d passed, %d failed, %d skipped in %d ms", rep.Passed, rep.Failed, rep.Skipped, rep.DurationMs)
+}
+
+func filterCases(packs []*conformance.Pack, prefix string) []*conformance.Pack {
+	var out []*conformance.Pack
+	for _, p := range packs {
+		q := *p
+		q.Cases = nil
+		for _, c := range p.Cases {
+			if strings.HasPrefix(c.ID, prefix) {
+				q.Cases = append(q.Cases, c)
+			}
+		}
+		if len(q.Cases) > 0 {
+			out = append(out, &q)
+		}
+	}
+	return out
+}

@@ -1,0 +1,315 @@
+// Package conformance runs the Aegis conformance packs: YAML files of cases,
+// each tied to a requirement of docs/requirements.md, that check a
+// deployment over its public HTTP API. A case is either a stateless decision
+// request (POST /v1/policy/decide) with the expected outcome and reason, or a
+// scenario: ordered steps that publish events and proposals, settle
+// approvals, read sessions back from the audit store, verify their chains,
+// replay them offline, and (when the runner owns the store) tamper with the
+// stored rows and expect verification to fail. docs/conformance.md is the
+// reference of the pack format and of the reports.
+package conformance
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// ErrPack reports a pack that cannot be loaded: bad YAML, an unknown field,
+// a case without an id or requirement, a duplicate id, or conflicting
+// manifests.
+var ErrPack = errors.New("conformance: invalid pack")
+
+// Pack is one YAML file of cases.
+type Pack struct {
+	// Name identifies the pack in reports (default: the file name).
+	Name string `yaml:"name" json:"name"`
+	// Description says what the pack covers.
+	Description string `yaml:"description" json:"description"`
+	// Definitions holds YAML anchors the cases refer to (manifests,
+	// snapshots); the runner does not read it.
+	Definitions any `yaml:"definitions,omitempty" json:"-"`
+	// Cases run in any order and concurrently: each case uses its own
+	// sessions.
+	Cases []*Case `yaml:"cases" json:"cases"`
+	// File is the file the pack was loaded from.
+	File string `yaml:"-" json:"-"`
+}
+
+// Case is one check. Exactly one of Decide and Scenario is set.
+type Case struct {
+	ID          string    `yaml:"id" json:"id"`
+	Requirement string    `yaml:"requirement" json:"requirement"`
+	Description string    `yaml:"description" json:"description"`
+	Decide      *Decide   `yaml:"decide,omitempty" json:"decide,omitempty"`
+	Scenario    *Scenario `yaml:"scenario,omitempty" json:"scenario,omitempty"`
+}
+
+// Decide is a stateless decision request and its expected answer.
+type Decide struct {
+	// Request is the body of POST /v1/policy/decide: {event, snapshot,
+	// manifest}.
+	Request map[string]any `yaml:"request" json:"request"`
+	// Expect is checked against the response; Status defaults to 200.
+	Expect Expect `yaml:"expect" json:"expect"`
+}
+
+// Scenario is an ordered list of steps against the pipeline.
+type Scenario struct {
+	// Manifests are the manifests the scenario runs under, by tenant and
+	// file name (<tenant>/<file>.json in the registry). The embedded run
+	// installs them; a live target must have them installed
+	// (conformance/manifests).
+	Manifests map[string]map[string]map[string]any `yaml:"manifests,omitempty" json:"manifests,omitempty"`
+	Steps     []*Step                              `yaml:"steps" json:"steps"`
+}
+
+// Step is one action of a scenario and its expectation. Exactly one action
+// field is set. Strings in a step may use templates: {{sid}} (a session id
+// unique to the case and the run), {{run}} (the run id) and {{NAME.PATH}}
+// (a value of the JSON response of the earlier step NAME, e.g.
+// {{p1.approval.token}}).
+type Step struct {
+	// Name names the step in reports and templates.
+	Name string `yaml:"name,omitempty" json:"name,omitempty"`
+	// Tenant is the tenant the step acts as (default "default"): its
+	// credential, and ?tenant_id= on session and approval paths.
+	Tenant string `yaml:"tenant,omitempty" json:"tenant,omitempty"`
+	// Session is the session of events, propose, snapshot, sealed, verify.
+	Session string `yaml:"session,omitempty" json:"session,omitempty"`
+
+	// Events publishes envelopes over POST /v1/events (one JSON array).
+	Events []*Event `yaml:"events,omitempty" json:"events,omitempty"`
+	// Propose publishes a proposal and waits for its decision (POST
+	// /v1/sessions/{session}/proposals).
+	Propose *Event `yaml:"propose,omitempty" json:"propose,omitempty"`
+	// Approve settles an approval (POST /v1/approvals/{token}).
+	Approve *Approve `yaml:"approve,omitempty" json:"approve,omitempty"`
+	// Snapshot reads GET /v1/sessions/{session}, Sealed its events, Verify
+	// its chain verification; these poll until Expect holds or the poll
+	// timeout passes (the audit store is written asynchronously).
+	Snapshot bool `yaml:"snapshot,omitempty" json:"snapshot,omitempty"`
+	Sealed   bool `yaml:"sealed,omitempty" json:"sealed,omitempty"`
+	Verify   bool `yaml:"verify,omitempty" json:"verify,omitempty"`
+	// HTTP is any request, for bad input and authorization checks.
+	HTTP *HTTP `yaml:"http,omitempty" json:"http,omitempty"`
+	// Tamper runs SQL statements on the audit store. Only a runner that
+	// owns the store (the embedded run) can; elsewhere the case is
+	// skipped.
+	Tamper []string `yaml:"tamper,omitempty" json:"tamper,omitempty"`
+	// Replay exports the sessions' sealed records and re-decides them
+	// twice with `aegisctl decide --events`; both runs must be identical
+	// and equal to the recorded decisions.
+	Replay []string `yaml:"replay,omitempty" json:"replay,omitempty"`
+
+	Expect Expect `yaml:"expect,omitempty" json:"expect,omitempty"`
+}
+
+// Event is an envelope in short form. Session and tenant come from the
+// step; TS defaults to 1767225600000 + 1000 × Seq.
+type Event struct {
+	Seq      uint64         `yaml:"seq,omitempty" json:"seq,omitempty"`
+	TS       int64          `yaml:"ts,omitempty" json:"ts,omitempty"`
+	Type     string         `yaml:"type,omitempty" json:"type,omitempty"`
+	Manifest string         `yaml:"manifest,omitempty" json:"manifest,omitempty"`
+	Payload  map[string]any `yaml:"payload,omitempty" json:"payload,omitempty"`
+}
+
+// Approve is the body of POST /v1/approvals/{token}.
+type Approve struct {
+	Token    string         `yaml:"token" json:"token"`
+	Decision string         `yaml:"decision" json:"decision"`
+	Reason   string         `yaml:"reason,omitempty" json:"reason,omitempty"`
+	ToolName string         `yaml:"tool_name,omitempty" json:"tool_name,omitempty"`
+	Args     map[string]any `yaml:"args,omitempty" json:"args,omitempty"`
+}
+
+// HTTP is a raw request. Body is sent as JSON unless Raw is set.
+type HTTP struct {
+	Method      string `yaml:"method" json:"method"`
+	Path        string `yaml:"path" json:"path"`
+	Body        any    `yaml:"body,omitempty" json:"body,omitempty"`
+	Raw         string `yaml:"raw,omitempty" json:"raw,omitempty"`
+	ContentType string `yaml:"content_type,omitempty" json:"content_type,omitempty"`
+}
+
+// Expect is what a response must show. Zero fields are not checked.
+type Expect struct {
+	// Status is the HTTP status (default 200 for decide, propose,
+	// snapshot, sealed, verify; 202 for events; 200 for approve).
+	Status int `yaml:"status,omitempty" json:"status,omitempty"`
+	// Outcome and Reason are the decision's fields.
+	Outcome string `yaml:"outcome,omitempty" json:"outcome,omitempty"`
+	Reason  string `yaml:"reason,omitempty" json:"reason,omitempty"`
+	// Code is the error code of an error response.
+	Code string `yaml:"code,omitempty" json:"code,omitempty"`
+	// Fields maps dotted paths of the JSON response (object keys and list
+	// indexes: "snapshot.loop.detected", "failures.0.reason") to the
+	// values they must equal.
+	Fields map[string]any `yaml:"fields,omitempty" json:"fields,omitempty"`
+}
+
+var idPattern = regexp.MustCompile(`^[A-Z][A-Z0-9]*(-[A-Z0-9]+)+$`)
+
+// Load reads every *.yaml file of dir in name order.
+func Load(dir string) ([]*Pack, error) {
+	return LoadFS(os.DirFS(dir), ".")
+}
+
+// LoadFS reads every *.yaml file of dir in fsys, in name order, and checks
+// the packs together: ids unique across packs, every case well formed, and
+// the manifests of all scenarios consistent (ManifestSet).
+func LoadFS(fsys fs.FS, dir string) ([]*Pack, error) {
+	names, err := fs.Glob(fsys, path.Join(dir, "*.yaml"))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrPack, err)
+	}
+	if len(names) == 0 {
+		return nil, fmt.Errorf("%w: no *.yaml pack in %s", ErrPack, dir)
+	}
+	sort.Strings(names)
+	var packs []*Pack
+	seen := make(map[string]string)
+	for _, name := range names {
+		b, err := fs.ReadFile(fsys, name)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrPack, err)
+		}
+		p, err := Parse(b)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		p.File = name
+		if p.Name == "" {
+			p.Name = strings.TrimSuffix(path.Base(name), ".yaml")
+		}
+		for _, c := range p.Cases {
+			if prev, dup := seen[c.ID]; dup {
+				return nil, fmt.Errorf("%w: %s: case %s already defined in %s", ErrPack, name, c.ID, prev)
+			}
+			seen[c.ID] = name
+		}
+		packs = append(packs, p)
+	}
+	if _, err := ManifestSet(packs); err != nil {
+		return nil, err
+	}
+	return packs, nil
+}
+
+// Parse decodes one pack strictly (unknown fields are errors) and checks
+// its cases.
+func Parse(b []byte) (*Pack, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	var p Pack
+	if err := dec.Decode(&p); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrPack, err)
+	}
+	if len(p.Cases) == 0 {
+		return nil, fmt.Errorf("%w: no cases", ErrPack)
+	}
+	for i, c := range p.Cases {
+		if err := c.check(); err != nil {
+			return nil, fmt.Errorf("%w: cases[%d] %s: %w", ErrPack, i, c.ID, err)
+		}
+	}
+	return &p, nil
+}
+
+func (c *Case) check() error {
+	switch {
+	case !idPattern.MatchString(c.ID):
+		return fmt.Errorf("id %q does not match %s", c.ID, idPattern)
+	case !idPattern.MatchString(c.Requirement):
+		return fmt.Errorf("requirement %q does not match %s", c.Requirement, idPattern)
+	case c.Description == "":
+		return errors.New("no description")
+	case (c.Decide == nil) == (c.Scenario == nil):
+		return errors.New("exactly one of decide and scenario must be set")
+	case c.Decide != nil && c.Decide.Request == nil:
+		return errors.New("decide without a request")
+	case c.Decide != nil && c.Decide.Expect.Outcome == "" && c.Decide.Expect.Code == "":
+		return errors.New("decide expects neither an outcome nor an error code")
+	}
+	if c.Scenario == nil {
+		return nil
+	}
+	if len(c.Scenario.Steps) == 0 {
+		return errors.New("scenario without steps")
+	}
+	for i, s := range c.Scenario.Steps {
+		n := 0
+		for _, set := range []bool{s.Events != nil, s.Propose != nil, s.Approve != nil, s.Snapshot, s.Sealed, s.Verify, s.HTTP != nil, s.Tamper != nil, s.Replay != nil} {
+			if set {
+				n++
+			}
+		}
+		if n != 1 {
+			return fmt.Errorf("steps[%d]: exactly one action (events, propose, approve, snapshot, sealed, verify, http, tamper, replay) must be set, got %d", i, n)
+		}
+		if (s.Events != nil || s.Propose != nil || s.Snapshot || s.Sealed || s.Verify) && s.Session == "" {
+			return fmt.Errorf("steps[%d]: no session", i)
+		}
+	}
+	return nil
+}
+
+// ManifestSet returns the manifests of every scenario of packs as
+// tenant/file.json → canonical-indented JSON, the registry a target needs.
+// Two scenarios that name the same file with different contents are an
+// error.
+func ManifestSet(packs []*Pack) (map[string][]byte, error) {
+	out := make(map[string][]byte)
+	for _, p := range packs {
+		for _, c := range p.Cases {
+			if c.Scenario == nil {
+				continue
+			}
+			for tenant, files := range c.Scenario.Manifests {
+				for file, m := range files {
+					b, err := json.MarshalIndent(m, "", "  ")
+					if err != nil {
+						return nil, fmt.Errorf("%w: %s: manifest %s/%s: %w", ErrPack, c.ID, tenant, file, err)
+					}
+					b = append(b, '\n')
+					key := tenant + "/" + file + ".json"
+					if prev, ok := out[key]; ok && !bytes.Equal(prev, b) {
+						return nil, fmt.Errorf("%w: %s: manifest %s differs from another scenario's", ErrPack, c.ID, key)
+					}
+					out[key] = b
+				}
+			}
+		}
+	}
+	return out, nil
+}
+
+// WriteManifests writes the manifests of packs as a registry under dir
+// (<dir>/<tenant>/<file>.json), as `aegisd --manifests dir` reads it.
+func WriteManifests(dir string, packs []*Pack) error {
+	set, err := ManifestSet(packs)
+	if err != nil {
+		return err
+	}
+	for key, b := range set {
+		p := filepath.Join(dir, filepath.FromSlash(key))
+		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
+			return fmt.Errorf("conformance: manifests: %w", err)
+		}
+		if err := os.WriteFile(p, b, 0o644); err != nil {
+			return fmt.Errorf("conformance: manifests: %w", err)
+		}
+	}
+	return nil
+}
