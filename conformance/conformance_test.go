@@ -29,7 +29,7 @@ func decideLog(ctx context.Context, events, manifests string) ([]byte, error) {
 
 // startEmbedded runs aegisd in-process (--dev, temp data dir, the packs'
 // manifests) and returns its base URL and audit store path.
-func startEmbedded(tb testing.TB, packs []*conformance.Pack, mutate func(*daemon.Config)) (string, string) {
+func startEmbedded(tb testing.TB, packs []*conformance.Pack, mutate func(*daemon.Config)) (string, string, map[string]string) {
 	tb.Helper()
 	dir := tb.TempDir()
 	mdir := filepath.Join(dir, "manifests")
@@ -43,7 +43,21 @@ func startEmbedded(tb testing.TB, packs []*conformance.Pack, mutate func(*daemon
 	cfg.Partitions = 3
 	cfg.Instance = "conformance"
 	cfg.Manifests = mdir
-	cfg.Dev = true
+	keyFile, keys, err := conformance.Credentials(packs)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cfg.Ingest.APIKeys = filepath.Join(dir, "keys.json")
+	if err := os.WriteFile(cfg.Ingest.APIKeys, keyFile, 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	cfg.Ingest.ApprovalSecretFile = filepath.Join(dir, "approval.secret")
+	if err := os.WriteFile(cfg.Ingest.ApprovalSecretFile, []byte("conformance-approval-secret-0123456789abcdef"), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	// Short enough for the expiry case to see an approval expire, long
+	// enough for the other approval cases to settle theirs.
+	cfg.Ingest.ApprovalTTL = 6 * time.Second
 	if mutate != nil {
 		mutate(&cfg)
 	}
@@ -66,7 +80,7 @@ func startEmbedded(tb testing.TB, packs []*conformance.Pack, mutate func(*daemon
 	})
 	base := "http://" + d.HTTPAddr()
 	waitReady(tb, base)
-	return base, strings.TrimPrefix(cfg.StoreURL(), "sqlite:")
+	return base, strings.TrimPrefix(cfg.StoreURL(), "sqlite:"), keys
 }
 
 func waitReady(tb testing.TB, base string) {
@@ -108,8 +122,8 @@ func TestPacksEmbedded(t *testing.T) {
 	if only := os.Getenv("AEGIS_CONFORMANCE_CASES"); only != "" {
 		packs = filterCases(packs, only)
 	}
-	base, store := startEmbedded(t, packs, nil)
-	rep, err := conformance.Run(context.Background(), packs, conformance.Options{Target: base, StorePath: store, DecideLog: decideLog, Concurrency: 12})
+	base, store, keys := startEmbedded(t, packs, nil)
+	rep, err := conformance.Run(context.Background(), packs, conformance.Options{Target: base, Keys: keys, StorePath: store, DecideLog: decideLog, Concurrency: 12})
 	if err != nil {
 		t.Fatal(err)
 	}

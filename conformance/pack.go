@@ -53,6 +53,10 @@ type Case struct {
 	Description string    `yaml:"description" json:"description"`
 	Decide      *Decide   `yaml:"decide,omitempty" json:"decide,omitempty"`
 	Scenario    *Scenario `yaml:"scenario,omitempty" json:"scenario,omitempty"`
+	// Requires names what the target must offer for the case to run:
+	// "auth" (per-tenant API keys: tenant isolation does not exist under
+	// aegisd --dev). A run without it reports the case as skipped.
+	Requires []string `yaml:"requires,omitempty" json:"requires,omitempty"`
 }
 
 // Decide is a stateless decision request and its expected answer.
@@ -159,6 +163,10 @@ type Expect struct {
 	Fields map[string]any `yaml:"fields,omitempty" json:"fields,omitempty"`
 }
 
+// RequireAuth is the Requires value of cases that need per-tenant
+// credentials.
+const RequireAuth = "auth"
+
 var idPattern = regexp.MustCompile(`^[A-Z][A-Z0-9]*(-[A-Z0-9]+)+$`)
 
 // Load reads every *.yaml file of dir in name order.
@@ -237,6 +245,8 @@ func (c *Case) check() error {
 		return errors.New("no description")
 	case (c.Decide == nil) == (c.Scenario == nil):
 		return errors.New("exactly one of decide and scenario must be set")
+	case len(c.Requires) > 1 || (len(c.Requires) == 1 && c.Requires[0] != RequireAuth):
+		return fmt.Errorf("requires %q: only %q is defined", c.Requires, RequireAuth)
 	case c.Decide != nil && c.Decide.Request == nil:
 		return errors.New("decide without a request")
 	case c.Decide != nil && c.Decide.Expect.Outcome == "" && c.Decide.Expect.Code == "":
@@ -312,4 +322,28 @@ func WriteManifests(dir string, packs []*Pack) error {
 		}
 	}
 	return nil
+}
+
+// Tenants returns every tenant the packs' scenario steps act as, plus
+// "default" (stateless decisions), sorted.
+func Tenants(packs []*Pack) []string {
+	set := map[string]bool{"default": true}
+	for _, p := range packs {
+		for _, c := range p.Cases {
+			if c.Scenario == nil {
+				continue
+			}
+			for _, s := range c.Scenario.Steps {
+				if s.Tenant != "" {
+					set[s.Tenant] = true
+				}
+			}
+		}
+	}
+	out := make([]string, 0, len(set))
+	for t := range set {
+		out = append(out, t)
+	}
+	sort.Strings(out)
+	return out
 }

@@ -152,6 +152,9 @@ func (r *runner) runCase(ctx context.Context, p *Pack, c *Case) CaseResult {
 }
 
 func (r *runner) skipReason(c *Case) string {
+	if len(c.Requires) > 0 && len(r.opts.Keys) == 0 {
+		return "needs per-tenant API keys (--api-key TENANT=KEY); tenants are not isolated under aegisd --dev"
+	}
 	if c.Scenario == nil {
 		return ""
 	}
@@ -172,7 +175,7 @@ func (cr *caseRun) decide(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("request: %w", err)
 	}
-	resp, err := cr.do(ctx, http.MethodPost, "/v1/policy/decide", "", "application/json", body)
+	resp, err := cr.do(ctx, http.MethodPost, "/v1/policy/decide", "default", "application/json", body)
 	if err != nil {
 		return err
 	}
@@ -235,14 +238,15 @@ func (cr *caseRun) step(ctx context.Context, s *Step) (*response, error) {
 		}
 		return resp, check(s.Expect, 200, resp)
 	case s.Approve != nil:
-		a := cr.expand(map[string]any{"decision": s.Approve.Decision, "reason": s.Approve.Reason, "tool_name": s.Approve.ToolName, "args": s.Approve.Args}).(map[string]any)
-		for _, k := range []string{"reason", "tool_name"} {
-			if a[k] == "" {
-				delete(a, k)
-			}
+		a := map[string]any{"decision": s.Approve.Decision}
+		if s.Approve.Reason != "" {
+			a["reason"] = cr.str(s.Approve.Reason)
 		}
-		if a["args"] == nil {
-			delete(a, "args")
+		if s.Approve.ToolName != "" {
+			a["tool_name"] = cr.str(s.Approve.ToolName)
+		}
+		if s.Approve.Args != nil {
+			a["args"] = cr.expand(s.Approve.Args)
 		}
 		body, err := json.Marshal(a)
 		if err != nil {
