@@ -89,6 +89,8 @@ type Step struct {
 	// Tenant is the tenant the step acts as (default "default"): its
 	// credential, and ?tenant_id= on session and approval paths.
 	Tenant string `yaml:"tenant,omitempty" json:"tenant,omitempty"`
+	// NoAuth sends the step's request without credentials.
+	NoAuth bool `yaml:"no_auth,omitempty" json:"no_auth,omitempty"`
 	// Session is the session of events, propose, snapshot, sealed, verify.
 	Session string `yaml:"session,omitempty" json:"session,omitempty"`
 

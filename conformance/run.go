@@ -124,8 +124,9 @@ type caseRun struct {
 	c     *Case
 	sid   string
 	vars  map[string]any
-	ev    []Evidence
-	where string
+	ev     []Evidence
+	where  string
+	noAuth bool
 }
 
 func (r *runner) runCase(ctx context.Context, p *Pack, c *Case) CaseResult {
@@ -211,6 +212,7 @@ func (cr *caseRun) step(ctx context.Context, s *Step) (*response, error) {
 	if tenant == "" {
 		tenant = "default"
 	}
+	cr.noAuth = s.NoAuth
 	session := cr.str(s.Session)
 	switch {
 	case s.Events != nil:
@@ -376,7 +378,7 @@ func (cr *caseRun) exchange(ctx context.Context, method, p, tenant, ct string, b
 	if !ok {
 		key = cr.r.opts.Keys[""]
 	}
-	if key != "" {
+	if key != "" && !cr.noAuth {
 		req.Header.Set("Authorization", "Bearer "+key)
 	}
 	hr, err := cr.r.opts.Client.Do(req)
