@@ -8,6 +8,7 @@ import (
 	"strconv"
 
 	"aegis.dev/aegis/decider/session"
+	"aegis.dev/aegis/internal/ctl"
 	"aegis.dev/aegis/projector"
 	"aegis.dev/aegis/schemas/chain"
 )
@@ -178,7 +179,7 @@ func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request, p Principa
 		case row.Invalid != nil:
 			extra = append(extra, chain.Failure{TenantID: f.TenantID, SessionID: f.SessionID, Seq: row.Event.Seq, Reason: chain.ReasonMalformed, Detail: row.Invalid.Error()})
 		case !ok:
-			extra = append(extra, chain.Failure{TenantID: f.TenantID, SessionID: f.SessionID, Seq: row.Event.Seq, Reason: chain.ReasonMalformed, Detail: "column " + col + " disagrees with the record"})
+			extra = append(extra, chain.Failure{TenantID: f.TenantID, SessionID: f.SessionID, Seq: row.Event.Seq, Reason: ctl.ReasonColumnMismatch, Detail: "column " + col + " disagrees with the record"})
 		}
 		_ = v.Add(row.Event) // failures are collected by v
 		return nil
