@@ -213,6 +213,10 @@ func (cr *caseRun) step(ctx context.Context, s *Step) (*response, error) {
 		tenant = "default"
 	}
 	cr.noAuth = s.NoAuth
+	want := s.Expect
+	if want.Fields != nil {
+		want.Fields, _ = cr.expand(want.Fields).(map[string]any)
+	}
 	session := cr.str(s.Session)
 	switch {
 	case s.Events != nil:
@@ -228,7 +232,7 @@ func (cr *caseRun) step(ctx context.Context, s *Step) (*response, error) {
 		if err != nil {
 			return nil, err
 		}
-		return resp, check(s.Expect, 202, resp)
+		return resp, check(want, 202, resp)
 	case s.Propose != nil:
 		body, err := json.Marshal(cr.envelope(tenant, session, s.Propose, false))
 		if err != nil {
@@ -238,7 +242,7 @@ func (cr *caseRun) step(ctx context.Context, s *Step) (*response, error) {
 		if err != nil {
 			return nil, err
 		}
-		return resp, check(s.Expect, 200, resp)
+		return resp, check(want, 200, resp)
 	case s.Approve != nil:
 		a := map[string]any{"decision": s.Approve.Decision}
 		if s.Approve.Reason != "" {
@@ -258,7 +262,7 @@ func (cr *caseRun) step(ctx context.Context, s *Step) (*response, error) {
 		if err != nil {
 			return nil, err
 		}
-		return resp, check(s.Expect, 200, resp)
+		return resp, check(want, 200, resp)
 	case s.Snapshot, s.Sealed, s.Verify:
 		p := "/v1/sessions/" + url.PathEscape(session)
 		switch {
@@ -271,7 +275,7 @@ func (cr *caseRun) step(ctx context.Context, s *Step) (*response, error) {
 		if s.Sealed {
 			p += "&limit=1000"
 		}
-		return cr.poll(ctx, http.MethodGet, p, tenant, s.Expect)
+		return cr.poll(ctx, http.MethodGet, p, tenant, want)
 	case s.HTTP != nil:
 		h := s.HTTP
 		var body []byte
@@ -292,7 +296,7 @@ func (cr *caseRun) step(ctx context.Context, s *Step) (*response, error) {
 		if err != nil {
 			return nil, err
 		}
-		return resp, check(s.Expect, 200, resp)
+		return resp, check(want, 200, resp)
 	case s.Tamper != nil:
 		return nil, cr.tamper(ctx, s.Tamper)
 	case s.Replay != nil:
