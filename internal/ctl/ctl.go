@@ -37,16 +37,17 @@ type command struct {
 
 func commands() map[string]command {
 	return map[string]command{
-		"canon":   {"JSON on stdin -> RFC 8785 canonical JSON on stdout", runCanon},
-		"decide":  {"decide a request {event, snapshot, manifest} from stdin, or a whole event log (--events)", runDecide},
-		"seal":    {"unsealed events NDJSON on stdin -> sealed NDJSON on stdout", runSeal},
-		"verify":  {"verify a sealed NDJSON file (--file) or an audit store (--store)", runVerify},
-		"sql":     {"run a SELECT against an audit store (--store) as a table, CSV or JSON", runSQL},
-		"policy":  {"policy bundle tools: 'policy test DIR'", runPolicy},
-		"approve": {"settle an approval through aegisd: 'approve TOKEN --allow|--deny [--reason TEXT]'", runApprove},
-		"publish": {"publish NDJSON events from stdin to the events topic, keyed and partitioned as the pipeline requires", runPublish},
-		"export":  {"write the records of a pipeline topic as NDJSON (e.g. aegis.sealed for verify --file)", runExport},
-		"replay":  {"replay recorded sessions: verify the chain, re-decide exactly, or what-if under a candidate policy", runReplay},
+		"canon":       {"JSON on stdin -> RFC 8785 canonical JSON on stdout", runCanon},
+		"decide":      {"decide a request {event, snapshot, manifest} from stdin, or a whole event log (--events)", runDecide},
+		"seal":        {"unsealed events NDJSON on stdin -> sealed NDJSON on stdout", runSeal},
+		"verify":      {"verify a sealed NDJSON file (--file) or an audit store (--store)", runVerify},
+		"sql":         {"run a SELECT against an audit store (--store) as a table, CSV or JSON", runSQL},
+		"policy":      {"policy bundle tools: 'policy test DIR'", runPolicy},
+		"approve":     {"settle an approval through aegisd: 'approve TOKEN --allow|--deny [--reason TEXT]'", runApprove},
+		"publish":     {"publish NDJSON events from stdin to the events topic, keyed and partitioned as the pipeline requires", runPublish},
+		"export":      {"write the records of a pipeline topic as NDJSON (e.g. aegis.sealed for verify --file)", runExport},
+		"conformance": {"run the conformance packs against aegisd: 'conformance run [--target URL]'", runConformance},
+		"replay":      {"replay recorded sessions: verify the chain, re-decide exactly, or what-if under a candidate policy", runReplay},
 	}
 }
 

@@ -1,0 +1,243 @@
+package ctl
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"aegis.dev/aegis/conformance"
+)
+
+// keyFlags collects --api-key values: KEY (every tenant) or TENANT=KEY.
+type keyFlags map[string]string
+
+func (k keyFlags) String() string { return fmt.Sprintf("%d keys", len(k)) }
+
+func (k keyFlags) Set(v string) error {
+	tenant, key, ok := strings.Cut(v, "=")
+	if !ok {
+		tenant, key = "", v
+	}
+	if key == "" {
+		return errors.New("empty API key")
+	}
+	k[tenant] = key
+	return nil
+}
+
+// runConformance is `aegisctl conformance run`.
+func runConformance(ctx context.Context, env IO, args []string) int {
+	if len(args) == 0 || args[0] != "run" {
+		return fail(env, ExitUsage, "conformance: usage: aegisctl conformance run [--target URL] [--api-key [TENANT=]KEY]... [--packs DIR] [--report FILE] [--junit FILE]")
+	}
+	fs := newFlags(env, "conformance run", "[--target URL] [--api-key [TENANT=]KEY]... [--packs DIR] [--report FILE] [--junit FILE] [--aegisd PATH]")
+	target := fs.String("target", "", "base URL of a running aegisd's HTTP API; empty: start an embedded aegisd (--aegisd) with its own data dir, keys and manifests")
+	keys := keyFlags{}
+	fs.Var(keys, "api-key", "API key for every tenant (KEY) or for one tenant (TENANT=KEY); repeatable. None: no credentials (aegisd --dev)")
+	packsDir := fs.String("packs", "", "directory of *.yaml packs (default: the packs built into aegisctl)")
+	report := fs.String("report", "", "write the JSON compliance report to FILE")
+	junit := fs.String("junit", "", "write JUnit XML to FILE")
+	aegisd := fs.String("aegisd", "", "aegisd binary for the embedded run (default: aegisd next to aegisctl, then on PATH)")
+	concurrency := fs.Int("concurrency", 8, "cases run at once")
+	if code, ok := parse(fs, args[1:]); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		return fail(env, ExitUsage, "conformance run: unexpected argument %q", fs.Arg(0))
+	}
+	var packs []*conformance.Pack
+	var err error
+	if *packsDir != "" {
+		packs, err = conformance.Load(*packsDir)
+	} else {
+		packs, err = conformance.Builtin()
+	}
+	if err != nil {
+		return fail(env, ExitUsage, "conformance run: %v", err)
+	}
+	opts := conformance.Options{Target: *target, Keys: keys, Concurrency: *concurrency, DecideLog: decideLogFunc(env)}
+	if *target == "" {
+		stop, err := startEmbeddedAegisd(ctx, env, *aegisd, packs, &opts)
+		if err != nil {
+			return fail(env, ExitRuntime, "conformance run: %v", err)
+		}
+		defer stop()
+	}
+	rep, err := conformance.Run(ctx, packs, opts)
+	if err != nil {
+		return fail(env, ExitRuntime, "conformance run: %v", err)
+	}
+	if *report != "" {
+		if err := writeFileWith(*report, rep.WriteJSON); err != nil {
+			return fail(env, ExitRuntime, "conformance run: %v", err)
+		}
+	}
+	if *junit != "" {
+		if err := writeFileWith(*junit, rep.WriteJUnit); err != nil {
+			return fail(env, ExitRuntime, "conformance run: %v", err)
+		}
+	}
+	for _, c := range rep.Cases {
+		if c.Status == conformance.StatusFail {
+			fmt.Fprintf(env.Stderr, "FAIL %s (%s): %s\n", c.ID, c.Requirement, c.Message)
+		}
+	}
+	fmt.Fprintf(env.Stdout, "conformance: %d passed, %d failed, %d skipped, %d requirements, %d ms\n",
+		rep.Passed, rep.Failed, rep.Skipped, len(rep.Requirements), rep.DurationMs)
+	if !rep.OK() {
+		return ExitFailed
+	}
+	return ExitOK
+}
+
+func writeFileWith(path string, write func(w io.Writer) error) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := write(f); err != nil {
+		_ = f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// decideLogFunc replays through `aegisctl decide --events`, in process.
+func decideLogFunc(env IO) conformance.DecideLogFunc {
+	return func(ctx context.Context, events, manifests string) ([]byte, error) {
+		var out, errb bytes.Buffer
+		code := runDecide(ctx, IO{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb}, []string{"--events", events, "--manifests", manifests})
+		if code != ExitOK {
+			return nil, fmt.Errorf("aegisctl decide --events exited %d: %s", code, strings.TrimSpace(errb.String()))
+		}
+		return out.Bytes(), nil
+	}
+}
+
+// startEmbeddedAegisd starts aegisd as a child process on loopback with a
+// temporary data dir, the packs' manifests, one operator key per tenant,
+// and a short approval TTL, and points opts at it (target, keys, store).
+func startEmbeddedAegisd(ctx context.Context, env IO, bin string, packs []*conformance.Pack, opts *conformance.Options) (func(), error) {
+	if bin == "" {
+		if self, err := os.Executable(); err == nil {
+			if p := filepath.Join(filepath.Dir(self), "aegisd"); fileExists(p) {
+				bin = p
+			}
+		}
+	}
+	if bin == "" {
+		p, err := exec.LookPath("aegisd")
+		if err != nil {
+			return nil, fmt.Errorf("no aegisd for the embedded run (build ./cmd/aegisd, pass --aegisd PATH, or --target URL): %w", err)
+		}
+		bin = p
+	}
+	dir, err := os.MkdirTemp("", "aegis-conformance-")
+	if err != nil {
+		return nil, err
+	}
+	cleanup := func() { _ = os.RemoveAll(dir) }
+	mdir := filepath.Join(dir, "manifests")
+	if err := conformance.WriteManifests(mdir, packs); err != nil {
+		cleanup()
+		return nil, err
+	}
+	keyFile, keys, err := conformance.Credentials(packs)
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	var secret [32]byte
+	if _, err := rand.Read(secret[:]); err != nil {
+		cleanup()
+		return nil, err
+	}
+	files := map[string][]byte{"keys.json": keyFile, "approval.secret": []byte(hex.EncodeToString(secret[:]))}
+	for name, b := range files {
+		if err := os.WriteFile(filepath.Join(dir, name), b, 0o600); err != nil {
+			cleanup()
+			return nil, err
+		}
+	}
+	addr, err := freeAddr()
+	if err != nil {
+		cleanup()
+		return nil, err
+	}
+	data := filepath.Join(dir, "data")
+	cmd := exec.CommandContext(ctx, bin, "--data-dir", data, "--kafka-addr", "127.0.0.1:0", "--http-addr", addr,
+		"--partitions", "3", "--instance", "conformance", "--manifests", mdir,
+		"--api-keys", filepath.Join(dir, "keys.json"), "--approval-secret-file", filepath.Join(dir, "approval.secret"),
+		"--approval-ttl", "6s", "--log-level", "warn")
+	cmd.Stderr = env.Stderr
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 30 * time.Second
+	if err := cmd.Start(); err != nil {
+		cleanup()
+		return nil, fmt.Errorf("start %s: %w", bin, err)
+	}
+	stop := func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+		cleanup()
+	}
+	base := "http://" + addr
+	if err := waitReady(ctx, base, 90*time.Second); err != nil {
+		stop()
+		return nil, err
+	}
+	opts.Target, opts.Keys, opts.StorePath = base, keys, filepath.Join(data, "audit.db")
+	return stop, nil
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir()
+}
+
+func freeAddr() (string, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return "", err
+	}
+	addr := l.Addr().String()
+	return addr, l.Close()
+}
+
+// waitReady polls GET /readyz until it answers 200.
+func waitReady(ctx context.Context, base string, limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	client := &http.Client{Timeout: 2 * time.Second}
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/readyz", nil)
+		if err != nil {
+			return err
+		}
+		if resp, err := client.Do(req); err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s/readyz did not answer 200 within %s", base, limit)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
