@@ -53,9 +53,9 @@ type Case struct {
 	Description string    `yaml:"description" json:"description"`
 	Decide      *Decide   `yaml:"decide,omitempty" json:"decide,omitempty"`
 	Scenario    *Scenario `yaml:"scenario,omitempty" json:"scenario,omitempty"`
-	// Requires names what the target must offer for the case to run:
-	// "auth" (per-tenant API keys: tenant isolation does not exist under
-	// aegisd --dev). A run without it reports the case as skipped.
+	// Requires names what the target must offer for the case to run
+	// (Options.Provides): RequireAuth, RequireShortApprovalTTL. A run
+	// without it reports the case as skipped.
 	Requires []string `yaml:"requires,omitempty" json:"requires,omitempty"`
 }
 
@@ -165,9 +165,24 @@ type Expect struct {
 	Fields map[string]any `yaml:"fields,omitempty" json:"fields,omitempty"`
 }
 
-// RequireAuth is the Requires value of cases that need per-tenant
-// credentials.
-const RequireAuth = "auth"
+// What a case may require of the target (Case.Requires, Options.Provides).
+const (
+	// RequireAuth: per-tenant API keys; tenants are not isolated under
+	// aegisd --dev.
+	RequireAuth = "auth"
+	// RequireShortApprovalTTL: aegisd runs with --approval-ttl of at most
+	// 10s, so that an approval expires while the case waits.
+	RequireShortApprovalTTL = "short-approval-ttl"
+)
+
+func knownRequirements(rs []string) bool {
+	for _, r := range rs {
+		if r != RequireAuth && r != RequireShortApprovalTTL {
+			return false
+		}
+	}
+	return true
+}
 
 var idPattern = regexp.MustCompile(`^[A-Z][A-Z0-9]*(-[A-Z0-9]+)+$`)
 
@@ -247,8 +262,8 @@ func (c *Case) check() error {
 		return errors.New("no description")
 	case (c.Decide == nil) == (c.Scenario == nil):
 		return errors.New("exactly one of decide and scenario must be set")
-	case len(c.Requires) > 1 || (len(c.Requires) == 1 && c.Requires[0] != RequireAuth):
-		return fmt.Errorf("requires %q: only %q is defined", c.Requires, RequireAuth)
+	case !knownRequirements(c.Requires):
+		return fmt.Errorf("requires %q: only %q and %q are defined", c.Requires, RequireAuth, RequireShortApprovalTTL)
 	case c.Decide != nil && c.Decide.Request == nil:
 		return errors.New("decide without a request")
 	case c.Decide != nil && c.Decide.Expect.Outcome == "" && c.Decide.Expect.Code == "":
@@ -313,6 +328,9 @@ func WriteManifests(dir string, packs []*Pack) error {
 	set, err := ManifestSet(packs)
 	if err != nil {
 		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("conformance: manifests: %w", err)
 	}
 	for key, b := range set {
 		p := filepath.Join(dir, filepath.FromSlash(key))

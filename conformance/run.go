@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -48,6 +49,10 @@ type Options struct {
 	// DecideLog replays exported sessions (replay steps). Nil: cases with
 	// replay steps are skipped.
 	DecideLog DecideLogFunc
+	// Provides lists what the target offers beyond the basics
+	// (RequireShortApprovalTTL, RequireAuth); RequireAuth is implied by
+	// Keys. Cases requiring anything else are skipped.
+	Provides []string
 	// RunID makes the run's session ids unique (default: the start time).
 	RunID string
 	// Concurrency bounds the cases in flight (default 8).
@@ -153,8 +158,13 @@ func (r *runner) runCase(ctx context.Context, p *Pack, c *Case) CaseResult {
 }
 
 func (r *runner) skipReason(c *Case) string {
-	if len(c.Requires) > 0 && len(r.opts.Keys) == 0 {
-		return "needs per-tenant API keys (--api-key TENANT=KEY); tenants are not isolated under aegisd --dev"
+	for _, req := range c.Requires {
+		switch {
+		case req == RequireAuth && len(r.opts.Keys) == 0:
+			return "needs per-tenant API keys (--api-key TENANT=KEY); tenants are not isolated under aegisd --dev"
+		case req != RequireAuth && !slices.Contains(r.opts.Provides, req):
+			return "needs a target that provides " + req + " (--provides " + req + ")"
+		}
 	}
 	if c.Scenario == nil {
 		return ""

@@ -51,6 +51,7 @@ func runConformance(ctx context.Context, env IO, args []string) int {
 	junit := fs.String("junit", "", "write JUnit XML to FILE")
 	aegisd := fs.String("aegisd", "", "aegisd binary for the embedded run (default: aegisd next to aegisctl, then on PATH)")
 	concurrency := fs.Int("concurrency", 8, "cases run at once")
+	provides := fs.String("provides", "", "comma-separated target capabilities cases may require: short-approval-ttl (aegisd --approval-ttl <= 10s); auth is implied by --api-key")
 	if code, ok := parse(fs, args[1:]); !ok {
 		return code
 	}
@@ -68,6 +69,11 @@ func runConformance(ctx context.Context, env IO, args []string) int {
 		return fail(env, ExitUsage, "conformance run: %v", err)
 	}
 	opts := conformance.Options{Target: *target, Keys: keys, Concurrency: *concurrency, DecideLog: decideLogFunc(env)}
+	for _, p := range strings.Split(*provides, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			opts.Provides = append(opts.Provides, p)
+		}
+	}
 	if *target == "" {
 		stop, err := startEmbeddedAegisd(ctx, env, *aegisd, packs, &opts)
 		if err != nil {
@@ -199,6 +205,7 @@ func startEmbeddedAegisd(ctx context.Context, env IO, bin string, packs []*confo
 		return nil, err
 	}
 	opts.Target, opts.Keys, opts.StorePath = base, keys, filepath.Join(data, "audit.db")
+	opts.Provides = append(opts.Provides, conformance.RequireShortApprovalTTL)
 	return stop, nil
 }
 
