@@ -86,7 +86,7 @@ func Run(ctx context.Context, packs []*Pack, opts Options) (*Report, error) {
 	if err != nil {
 		return nil, fmt.Errorf("conformance: %w", err)
 	}
-	defer os.RemoveAll(mdir)
+	defer func() { _ = os.RemoveAll(mdir) }()
 	if err := WriteManifests(mdir, packs); err != nil {
 		return nil, err
 	}
@@ -125,10 +125,10 @@ type runner struct {
 
 // caseRun is the state of one case: its session id and step responses.
 type caseRun struct {
-	r     *runner
-	c     *Case
-	sid   string
-	vars  map[string]any
+	r      *runner
+	c      *Case
+	sid    string
+	vars   map[string]any
 	ev     []Evidence
 	where  string
 	noAuth bool
@@ -551,7 +551,7 @@ func (cr *caseRun) tamper(ctx context.Context, stmts []string) error {
 	if err != nil {
 		return fmt.Errorf("tamper: open store: %w", err)
 	}
-	defer db.Close()
+	defer func() { _ = db.Close() }()
 	for _, s := range stmts {
 		q := cr.str(s)
 		res, err := db.ExecContext(ctx, q)
@@ -627,7 +627,7 @@ func (cr *caseRun) replay(ctx context.Context, tenant string, sessions []string)
 	if err != nil {
 		return fmt.Errorf("replay: %w", err)
 	}
-	defer os.RemoveAll(dir)
+	defer func() { _ = os.RemoveAll(dir) }()
 	file := filepath.Join(dir, "events.ndjson")
 	if err := os.WriteFile(file, log.Bytes(), 0o644); err != nil {
 		return fmt.Errorf("replay: %w", err)
