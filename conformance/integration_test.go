@@ -1,0 +1,56 @@
+package conformance_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"aegis.dev/aegis/conformance"
+	"aegis.dev/aegis/internal/daemon"
+)
+
+// requireEnv returns the environment variable name; under -short the test
+// is skipped, otherwise a missing variable fails it, so that a
+// misconfigured run never passes silently.
+func requireEnv(tb testing.TB, name, hint string) string {
+	tb.Helper()
+	if testing.Short() {
+		tb.Skip("integration test against real services; runs without -short (make test)")
+	}
+	v := os.Getenv(name)
+	if v == "" {
+		tb.Fatalf("%s is not set: %s", name, hint)
+	}
+	return v
+}
+
+// TestPacksIntegration runs every pack against aegisd on real Kafka
+// (AEGIS_TEST_KAFKA, topics under a unique prefix) with the audit store in
+// real ClickHouse (AEGIS_TEST_CLICKHOUSE). The runner does not own a
+// ClickHouse store, so the tamper cases are the embedded run's
+// (TestPacksEmbedded); every other case must pass.
+func TestPacksIntegration(t *testing.T) {
+	brokers := requireEnv(t, "AEGIS_TEST_KAFKA", "start Kafka with `deploy/kafka/kafka.sh start && deploy/kafka/kafka.sh wait` and set AEGIS_TEST_KAFKA=127.0.0.1:19092")
+	store := requireEnv(t, "AEGIS_TEST_CLICKHOUSE", "start ClickHouse with `deploy/clickhouse/clickhouse.sh start && deploy/clickhouse/clickhouse.sh wait` and set AEGIS_TEST_CLICKHOUSE=clickhouse://127.0.0.1:19000/aegis_test")
+	packs, err := conformance.Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := fmt.Sprintf("conformance-%d.", time.Now().UnixNano())
+	base, _, keys := startEmbedded(t, packs, func(c *daemon.Config) {
+		c.Brokers = strings.Split(brokers, ",")
+		c.TopicPrefix = prefix
+		c.Store = store
+		c.Instance = prefix + "it"
+	})
+	rep, err := conformance.Run(context.Background(), packs, conformance.Options{Target: base, Keys: keys,
+		Provides: []string{conformance.RequireShortApprovalTTL}, DecideLog: decideLog, Concurrency: 12})
+	if err != nil {
+		t.Fatal(err)
+	}
+	failures(t, rep, func(c conformance.CaseResult) bool { return strings.HasPrefix(c.ID, "TAMP-") && c.ID != "TAMP-BASE-001" })
+	t.Logf("%d passed, %d failed, %d skipped in %d ms", rep.Passed, rep.Failed, rep.Skipped, rep.DurationMs)
+}
