@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"testing"
 
@@ -58,5 +59,41 @@ func TestShippedManifestsMatchPacks(t *testing.T) {
 	}
 	for k := range got {
 		t.Errorf("manifests/%s is used by no pack", k)
+	}
+}
+
+// TestRequirementsDocumented: every requirement a shipped case names is in
+// docs/requirements.md, and every requirement listed there has a case.
+func TestRequirementsDocumented(t *testing.T) {
+	packs, err := conformance.Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	doc, err := os.ReadFile("../docs/requirements.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listed := make(map[string]bool)
+	for _, m := range regexp.MustCompile("(?m)^\\| `(REQ-[A-Z0-9-]+)` \\|").FindAllSubmatch(doc, -1) {
+		listed[string(m[1])] = true
+	}
+	used := make(map[string]bool)
+	n := 0
+	for _, p := range packs {
+		for _, c := range p.Cases {
+			used[c.Requirement] = true
+			n++
+			if !listed[c.Requirement] {
+				t.Errorf("%s: requirement %s is not in docs/requirements.md", c.ID, c.Requirement)
+			}
+		}
+	}
+	for id := range listed {
+		if !used[id] {
+			t.Errorf("docs/requirements.md lists %s, which no case checks", id)
+		}
+	}
+	if n < 120 {
+		t.Errorf("%d cases, want at least 120", n)
 	}
 }
