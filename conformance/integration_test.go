@@ -51,6 +51,8 @@ func TestPacksIntegration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	failures(t, rep, func(c conformance.CaseResult) bool { return strings.HasPrefix(c.ID, "TAMP-") && c.ID != "TAMP-BASE-001" })
+	failures(t, rep, func(c conformance.CaseResult) bool {
+		return strings.HasPrefix(c.ID, "TAMP-") && c.ID != "TAMP-BASE-001"
+	})
 	t.Logf("%d passed, %d failed, %d skipped in %d ms", rep.Passed, rep.Failed, rep.Skipped, rep.DurationMs)
 }
