@@ -249,32 +249,9 @@ func (s *Store) Write(ctx context.Context, b *projector.Batch) error {
 	})
 }
 
-// where builds the WHERE clause of f over audit_events-like columns.
+// where builds the WHERE clause of f (see projector.Filter.Where).
 func where(f projector.Filter) (string, []any) {
-	var conds []string
-	var args []any
-	if f.TenantID != "" {
-		conds, args = append(conds, "tenant_id = ?"), append(args, f.TenantID)
-	}
-	if f.SessionID != "" {
-		conds, args = append(conds, "session_id = ?"), append(args, f.SessionID)
-	}
-	if f.SinceUnixMs > 0 {
-		conds = append(conds, "(tenant_id, session_id) IN (SELECT tenant_id, session_id FROM audit_events WHERE ts_unix_ms >= ?)")
-		args = append(args, f.SinceUnixMs)
-	}
-	if len(f.Sessions) > 0 {
-		vals := make([]string, len(f.Sessions))
-		for i, k := range f.Sessions {
-			vals[i] = "(?, ?)"
-			args = append(args, k.TenantID, k.SessionID)
-		}
-		conds = append(conds, "(tenant_id, session_id) IN ("+strings.Join(vals, ", ")+")")
-	}
-	if len(conds) == 0 {
-		return "", nil
-	}
-	return " WHERE " + strings.Join(conds, " AND "), args
+	return f.Where(func(list string) string { return list })
 }
 
 // Events scans audit_events without FINAL, so that a second, different row
@@ -282,8 +259,7 @@ func where(f projector.Filter) (string, []any) {
 // verifier; copies share a seq and so come out adjacent.
 func (s *Store) Events(ctx context.Context, f projector.Filter, fn func(*projector.EventRow) error) error {
 	w, args := where(f)
-	rows, err := s.conn.Query(ctx, `SELECT v, tenant_id, session_id, seq, ts_unix_ms, event_type, manifest, payload,
-	decision, prev_hash, hash, tool_name, call_id, outcome, reason, policy_revision, kafka_partition, kafka_offset
+	rows, err := s.conn.Query(ctx, `SELECT `+projector.EventColumns+`
 FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 	if err != nil {
 		return wrap("events", err)

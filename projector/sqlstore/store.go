@@ -15,7 +15,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"strings"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
@@ -232,39 +231,15 @@ func write(ctx context.Context, tx *sql.Tx, b *projector.Batch) error {
 	})
 }
 
-// where builds the WHERE clause of f over audit_events-like columns.
+// where builds the WHERE clause of f (see projector.Filter.Where).
 func where(f projector.Filter) (string, []any) {
-	var conds []string
-	var args []any
-	if f.TenantID != "" {
-		conds, args = append(conds, "tenant_id = ?"), append(args, f.TenantID)
-	}
-	if f.SessionID != "" {
-		conds, args = append(conds, "session_id = ?"), append(args, f.SessionID)
-	}
-	if f.SinceUnixMs > 0 {
-		conds = append(conds, "(tenant_id, session_id) IN (SELECT tenant_id, session_id FROM audit_events WHERE ts_unix_ms >= ?)")
-		args = append(args, f.SinceUnixMs)
-	}
-	if len(f.Sessions) > 0 {
-		vals := make([]string, len(f.Sessions))
-		for i, k := range f.Sessions {
-			vals[i] = "(?, ?)"
-			args = append(args, k.TenantID, k.SessionID)
-		}
-		conds = append(conds, "(tenant_id, session_id) IN (VALUES "+strings.Join(vals, ", ")+")")
-	}
-	if len(conds) == 0 {
-		return "", nil
-	}
-	return " WHERE " + strings.Join(conds, " AND "), args
+	return f.Where(func(list string) string { return "VALUES " + list })
 }
 
 // Events scans audit_events (see projector.Store).
 func (s *Store) Events(ctx context.Context, f projector.Filter, fn func(*projector.EventRow) error) error {
 	w, args := where(f)
-	rows, err := s.db.QueryContext(ctx, `SELECT v, tenant_id, session_id, seq, ts_unix_ms, event_type, manifest, payload,
-	decision, prev_hash, hash, tool_name, call_id, outcome, reason, policy_revision, kafka_partition, kafka_offset
+	rows, err := s.db.QueryContext(ctx, `SELECT `+projector.EventColumns+`
 FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 	if err != nil {
 		return wrap("events", err)

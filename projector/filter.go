@@ -1,0 +1,40 @@
+package projector
+
+import "strings"
+
+// EventColumns is the column list, in order, of the audit_events rows both
+// stores read back into StoredEvent.
+const EventColumns = `v, tenant_id, session_id, seq, ts_unix_ms, event_type, manifest, payload,
+	decision, prev_hash, hash, tool_name, call_id, outcome, reason, policy_revision, kafka_partition, kafka_offset`
+
+// Where builds the WHERE clause (with a leading space, or empty) and its
+// arguments that select f over tables with tenant_id and session_id
+// columns, with ? placeholders. tuples turns the "(?, ?), …" list of
+// f.Sessions into the operand of IN: ClickHouse takes the list as it is,
+// SQLite needs it as a VALUES list.
+func (f Filter) Where(tuples func(list string) string) (string, []any) {
+	var conds []string
+	var args []any
+	if f.TenantID != "" {
+		conds, args = append(conds, "tenant_id = ?"), append(args, f.TenantID)
+	}
+	if f.SessionID != "" {
+		conds, args = append(conds, "session_id = ?"), append(args, f.SessionID)
+	}
+	if f.SinceUnixMs > 0 {
+		conds = append(conds, "(tenant_id, session_id) IN (SELECT tenant_id, session_id FROM audit_events WHERE ts_unix_ms >= ?)")
+		args = append(args, f.SinceUnixMs)
+	}
+	if len(f.Sessions) > 0 {
+		vals := make([]string, len(f.Sessions))
+		for i, k := range f.Sessions {
+			vals[i] = "(?, ?)"
+			args = append(args, k.TenantID, k.SessionID)
+		}
+		conds = append(conds, "(tenant_id, session_id) IN ("+tuples(strings.Join(vals, ", "))+")")
+	}
+	if len(conds) == 0 {
+		return "", nil
+	}
+	return " WHERE " + strings.Join(conds, " AND "), args
+}
