@@ -209,7 +209,10 @@ cmd_wait() {
 	local deadline=$((SECONDS + wait_timeout))
 	log "waiting up to ${wait_timeout}s for ${bootstrap}"
 	until port_open "${port}"; do
-		if [[ -f "${pid_file}" ]] && ! our_pid >/dev/null; then
+		# Only a process that is gone counts as exited: while the JVM starts,
+		# /proc/PID/cmdline can briefly read empty, which our_pid's check
+		# would mistake for a foreign process.
+		if [[ -f "${pid_file}" ]] && ! kill -0 "$(<"${pid_file}")" 2>/dev/null; then
 			wait_failed "the broker process exited"
 		fi
 		((SECONDS < deadline)) || wait_failed "nothing accepts connections on ${bootstrap} after ${wait_timeout}s"

@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -113,7 +114,12 @@ func TestSealerRebalanceIntegration(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	pubc := make(chan *published, 1)
-	go func() { pubc <- publish(ctx, t, e.brokers, w, 4, 250*time.Millisecond, 0) }()
+	var pubWG sync.WaitGroup
+	pubWG.Add(1)
+	go func() { defer pubWG.Done(); pubc <- publish(ctx, t, e.brokers, w, 4, 250*time.Millisecond, 0) }()
+	// A failing test returns early: stop the publisher before it does, so
+	// that nothing reports to a finished test.
+	defer func() { cancel(); pubWG.Wait() }()
 
 	time.Sleep(4 * time.Second)
 	s2 := e.start("sealer", "s2")
@@ -163,7 +169,15 @@ func TestBrokerRestartIntegration(t *testing.T) {
 	pubc := make(chan *published, 1)
 	// Sends time out after 2 s, so the outage fails some of them and the
 	// publisher retries them, as a client would.
-	go func() { pubc <- publish(ctx, t, e.brokers, w, 4, 330*time.Millisecond, 2*time.Second) }()
+	var pubWG sync.WaitGroup
+	pubWG.Add(1)
+	go func() {
+		defer pubWG.Done()
+		pubc <- publish(ctx, t, e.brokers, w, 4, 330*time.Millisecond, 2*time.Second)
+	}()
+	// A failing test returns early: stop the publisher before it does, so
+	// that nothing reports to a finished test.
+	defer func() { cancel(); pubWG.Wait() }()
 
 	time.Sleep(5 * time.Second)
 	restarted := time.Now()
@@ -203,7 +217,12 @@ func TestZombieSealerFencedIntegration(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	pubc := make(chan *published, 1)
-	go func() { pubc <- publish(ctx, t, e.brokers, w, 4, 200*time.Millisecond, 0) }()
+	var pubWG sync.WaitGroup
+	pubWG.Add(1)
+	go func() { defer pubWG.Done(); pubc <- publish(ctx, t, e.brokers, w, 4, 200*time.Millisecond, 0) }()
+	// A failing test returns early: stop the publisher before it does, so
+	// that nothing reports to a finished test.
+	defer func() { cancel(); pubWG.Wait() }()
 
 	// Freeze it while it works (most likely inside a transaction).
 	time.Sleep(3 * time.Second)
