@@ -150,7 +150,9 @@ cmd_wait() {
 	local deadline=$((SECONDS + wait_timeout))
 	log "waiting up to ${wait_timeout}s for SELECT 1 on http://127.0.0.1:${http_port}"
 	until select_one; do
-		if [[ -f "${pid_file}" ]] && ! our_pid >/dev/null; then
+		# Only a process that is gone counts as exited: /proc/PID/cmdline
+		# can read empty while the server starts.
+		if [[ -f "${pid_file}" ]] && ! kill -0 "$(<"${pid_file}")" 2>/dev/null; then
 			wait_failed "the server process exited"
 		fi
 		((SECONDS < deadline)) || wait_failed "no answer to SELECT 1 on 127.0.0.1:${http_port} after ${wait_timeout}s"
