@@ -95,6 +95,9 @@ type Config struct {
 	SessionTimeout time.Duration `yaml:"session_timeout"`
 	// Dev relaxes security for local development and says so loudly.
 	Dev bool `yaml:"dev"`
+	// Pprof serves Go's profiling endpoints under /debug/pprof/ on the HTTP
+	// listener (default off: they expose internals and cost CPU when used).
+	Pprof bool `yaml:"pprof"`
 	// LogLevel is debug, info, warn or error (default info).
 	LogLevel string `yaml:"log_level"`
 	// Store is the audit store the projector writes: sqlite:PATH or
@@ -163,6 +166,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxEventBytes, "max-event-bytes", c.MaxEventBytes, "largest accepted event in bytes")
 	fs.DurationVar(&c.SessionTimeout, "session-timeout", c.SessionTimeout, "consumer group session timeout: how long a crashed instance's partitions wait before moving")
 	fs.IntVar(&c.MaxBatch, "max-batch", c.MaxBatch, "most records a stage handles in one transaction")
+	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve /debug/pprof/ on the HTTP listener (for diagnosing memory and CPU)")
 	fs.BoolVar(&c.Dev, "dev", c.Dev, "development mode: relaxed security, loudly announced")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.Store, "store", c.Store, "audit store of the projector: sqlite:PATH or clickhouse://HOST:PORT/DB (default sqlite:DATA-DIR/audit.db)")

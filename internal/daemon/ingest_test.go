@@ -108,3 +108,21 @@ func TestAPIDisabledWithoutKeys(t *testing.T) {
 		t.Fatalf("status %d, want 404", resp.StatusCode)
 	}
 }
+
+// TestPprofOnlyWhenAsked: the profiling endpoints are off by default and
+// served with --pprof.
+func TestPprofOnlyWhenAsked(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		cfg := embeddedConfig(t)
+		cfg.Pprof = on
+		d := startDaemon(t, cfg)
+		resp, err := http.Get("http://" + d.HTTPAddr() + "/debug/pprof/heap")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if got := resp.StatusCode == http.StatusOK; got != on {
+			t.Fatalf("--pprof=%v: GET /debug/pprof/heap answered %d", on, resp.StatusCode)
+		}
+	}
+}
