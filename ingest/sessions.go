@@ -162,9 +162,10 @@ func (s *Server) handleSessionEvents(w http.ResponseWriter, r *http.Request, p P
 	writeJSON(w, http.StatusOK, page)
 }
 
-// handleVerify is GET /v1/sessions/{session}/verify: every stored record
-// of the session re-hashed and re-linked (chain.Verifier trusts nothing),
-// the filter columns checked against the records, and, when the store
+// handleVerify is GET /v1/sessions/{session}/verify: the session checked
+// exactly as `aegisctl verify --store` checks it (ctl.VerifyStore): every
+// stored record re-hashed and re-linked, the filter columns checked against
+// the records, identical redelivered copies tolerated, and, when the store
 // keeps chain heads, the last record checked against the sealer's head.
 func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request, p Principal) {
 	f, err := s.sessionScope(r, p)
@@ -172,37 +173,22 @@ func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request, p Principa
 		writeError(w, err)
 		return
 	}
-	v := chain.NewVerifier()
-	var extra []chain.Failure
-	err = s.store.Events(r.Context(), f, func(row *projector.EventRow) error {
-		switch col, ok := row.ColumnsMatch(); {
-		case row.Invalid != nil:
-			extra = append(extra, chain.Failure{TenantID: f.TenantID, SessionID: f.SessionID, Seq: row.Event.Seq, Reason: chain.ReasonMalformed, Detail: row.Invalid.Error()})
-		case !ok:
-			extra = append(extra, chain.Failure{TenantID: f.TenantID, SessionID: f.SessionID, Seq: row.Event.Seq, Reason: ctl.ReasonColumnMismatch, Detail: "column " + col + " disagrees with the record"})
-		}
-		_ = v.Add(row.Event) // failures are collected by v
-		return nil
-	})
+	src, ok := s.store.(ctl.ChainSource)
+	if !ok {
+		src = withoutHeads{s.store}
+	}
+	rep, err := ctl.VerifyStore(r.Context(), src, f, 1)
 	if err != nil {
 		writeError(w, storeError(err))
 		return
 	}
-	if hr, ok := s.store.(projector.HeadReader); ok {
-		heads, err := hr.Heads(r.Context(), f)
-		if err != nil {
-			writeError(w, storeError(err))
-			return
-		}
-		v.CheckHeads(heads)
-	}
-	res := VerifyResult{Events: v.Events(), Failures: append(v.Failures(), extra...)}
+	res := VerifyResult{Events: rep.Events, Failures: rep.Failures}
 	if res.Events == 0 && len(res.Failures) == 0 {
 		writeError(w, errf(http.StatusNotFound, CodeNotFound, "no stored events for session %q", f.SessionID))
 		return
 	}
-	if hs := v.Heads(); len(hs) == 1 {
-		res.Head = &hs[0]
+	if len(rep.Heads) == 1 {
+		res.Head = &rep.Heads[0]
 	}
 	if res.Failures == nil {
 		res.Failures = []chain.Failure{}
@@ -210,3 +196,9 @@ func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request, p Principa
 	res.Valid = len(res.Failures) == 0
 	writeJSON(w, http.StatusOK, res)
 }
+
+// withoutHeads serves a store that keeps no chain heads: verification then
+// checks the stored chain alone.
+type withoutHeads struct{ Store }
+
+func (withoutHeads) Heads(context.Context, projector.Filter) ([]chain.Head, error) { return nil, nil }

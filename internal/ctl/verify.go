@@ -30,6 +30,9 @@ type VerifyReport struct {
 	Events   int64           `json:"events"`
 	Sessions int             `json:"sessions"`
 	Failures []chain.Failure `json:"failures"`
+	// Heads are the verified heads of the sessions read (VerifyStore only;
+	// not printed).
+	Heads []chain.Head `json:"-"`
 }
 
 func runVerify(ctx context.Context, env IO, args []string) int {
@@ -149,9 +152,16 @@ func parseSince(s string, now time.Time) (int64, error) {
 	return 0, fmt.Errorf("%q is neither RFC 3339, Unix milliseconds nor a positive duration", s)
 }
 
-// AuditStore is what VerifyStore reads.
+// AuditStore is a store aegisctl writes results to and reads from.
 type AuditStore interface {
 	projector.Store
+	projector.HeadReader
+}
+
+// ChainSource is what VerifyStore reads: the stored events and, where the
+// store keeps them, the sealer's chain heads.
+type ChainSource interface {
+	Events(ctx context.Context, f projector.Filter, fn func(*projector.EventRow) error) error
 	projector.HeadReader
 }
 
@@ -162,7 +172,7 @@ type AuditStore interface {
 // one per CPU); each session's first failure is reported, sorted by tenant
 // and session. Identical copies of a row (a ClickHouse redelivery not yet
 // merged) count once; a different row with the same seq fails SEQ_ORDER.
-func VerifyStore(ctx context.Context, st AuditStore, f projector.Filter, workers int) (VerifyReport, error) {
+func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, workers int) (VerifyReport, error) {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
 	}
@@ -201,7 +211,7 @@ func VerifyStore(ctx context.Context, st AuditStore, f projector.Filter, workers
 					case !ok:
 						w.failedAt[k] = true
 						w.extra = append(w.extra, chain.Failure{TenantID: k.TenantID, SessionID: k.SessionID, Seq: r.Event.Seq,
-							Reason: ReasonColumnMismatch, Detail: "column " + col + " disagrees with the hashed payload and decision"})
+							Reason: ReasonColumnMismatch, Detail: "column " + col + " disagrees with the record"})
 						continue
 					}
 					if w.v.Add(r.Event) != nil {
@@ -263,6 +273,7 @@ func VerifyStore(ctx context.Context, st AuditStore, f projector.Filter, workers
 		rep.Failures = append(rep.Failures, w.v.Failures()...)
 		rep.Events += w.v.Events()
 		rep.Sessions += len(w.last)
+		rep.Heads = append(rep.Heads, w.v.Heads()...)
 	}
 	sort.SliceStable(rep.Failures, func(i, j int) bool {
 		a, b := rep.Failures[i], rep.Failures[j]
