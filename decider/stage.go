@@ -3,6 +3,7 @@ package decider
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 
@@ -10,6 +11,7 @@ import (
 
 	"aegis.dev/aegis/decider/session"
 	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/statecache"
 	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/schemas/envelope"
 )
@@ -50,6 +52,8 @@ type StageConfig struct {
 	// events topic (docs/replay.md#shadow-mode).
 	Shadow      *Engine
 	ShadowTopic string
+	// State bounds the session snapshots kept in memory.
+	State pipeline.StateConfig
 }
 
 // ShadowDiff is the value of a record on the shadow topic: a proposal the
@@ -72,6 +76,7 @@ type Stage struct {
 	engine  *Engine
 	cfg     StageConfig
 	metrics *pipeline.Metrics
+	state   *pipeline.StateMetrics
 	outcome *prometheus.CounterVec
 	shadow  *prometheus.CounterVec
 	log     *slog.Logger
@@ -82,7 +87,7 @@ func NewStage(engine *Engine, cfg StageConfig, reg prometheus.Registerer, log *s
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	s := &Stage{engine: engine, cfg: cfg, metrics: pipeline.NewMetrics(reg, StageName), log: log.With("stage", StageName),
+	s := &Stage{engine: engine, cfg: cfg, metrics: pipeline.NewMetrics(reg, StageName), state: pipeline.NewStateMetrics(reg, StageName), log: log.With("stage", StageName),
 		outcome: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "aegis_decider_decisions_total", Help: "Decisions made, by outcome and reason.",
 		}, []string{"outcome", "reason"})}
@@ -113,8 +118,28 @@ func (s *Stage) TransactConfig() stream.TransactConfig {
 
 // NewProcessor returns the processor of one events partition.
 func (s *Stage) NewProcessor(partition int32) stream.Processor {
-	return &processor{stage: s, partition: partition, sessions: make(map[string]*deciderState)}
+	return &processor{stage: s, partition: partition,
+		sessions: pipeline.NewStateCache(s.cfg.State, StageName, partition, s.cfg.Partitions, stateCodec)}
 }
+
+var stateCodec = statecache.Codec[deciderState]{
+	Encode: func(st *deciderState) ([]byte, error) { return json.Marshal(st) },
+	Decode: decodeState,
+}
+
+// decodeState parses and checks the state record of key.
+func decodeState(key string, value []byte) (*deciderState, error) {
+	var st deciderState
+	if err := json.Unmarshal(value, &st); err != nil {
+		return nil, err
+	}
+	if st.Snapshot == nil || key != st.Snapshot.TenantID+"/"+st.Snapshot.SessionID || st.Window.Last != st.Snapshot.LastSeq {
+		return nil, errInconsistent
+	}
+	return &st, nil
+}
+
+var errInconsistent = errors.New("inconsistent state record")
 
 // deciderState is the value of a record on the decider-state topic.
 type deciderState struct {
@@ -125,21 +150,21 @@ type deciderState struct {
 type processor struct {
 	stage     *Stage
 	partition int32
-	sessions  map[string]*deciderState
+	sessions  *statecache.Cache[deciderState]
+	counted   statecache.Stats
 	buf       []byte
 }
 
 func (p *processor) Restore(key, value []byte) error {
-	var st deciderState
-	if err := json.Unmarshal(value, &st); err != nil {
+	st, err := decodeState(string(key), value)
+	if err != nil {
 		return fmt.Errorf("decider: state of %q on partition %d: %w", key, p.partition, err)
 	}
-	if st.Snapshot == nil || string(key) != st.Snapshot.TenantID+"/"+st.Snapshot.SessionID || st.Window.Last != st.Snapshot.LastSeq {
-		return fmt.Errorf("decider: state of %q on partition %d is inconsistent", key, p.partition)
-	}
-	p.sessions[string(key)] = &st
-	return nil
+	return p.sessions.Put(string(key), st)
 }
+
+// Close releases the processor's spill file.
+func (p *processor) Close() error { return p.sessions.Close() }
 
 func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit func(stream.Output)) error {
 	s := p.stage
@@ -166,7 +191,10 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 			continue
 		}
 		key := string(rec.Key)
-		st := p.sessions[key]
+		st, err := p.sessions.Get(key)
+		if err != nil {
+			return fmt.Errorf("decider: %w", err)
+		}
 		if st == nil {
 			st = &deciderState{Snapshot: session.New(ev.TenantID, ev.SessionID)}
 		}
@@ -205,7 +233,9 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 			s.shadow.WithLabelValues(ev.Decision.Reason, shadow.Reason).Inc()
 		}
 		st.Window.Add(ev.Seq, digest)
-		p.sessions[key] = st
+		if err := p.sessions.Put(key, st); err != nil {
+			return fmt.Errorf("decider: %w", err)
+		}
 		if !seen[key] {
 			seen[key] = true
 			touched = append(touched, key)
@@ -223,8 +253,13 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 	}
 	// One state record per session touched by the batch: compaction keeps
 	// only the latest anyway.
+	defer func() { p.counted = s.state.CountState(p.sessions.Stats(), p.counted) }()
 	for _, key := range touched {
-		v, err := json.Marshal(p.sessions[key])
+		st, err := p.sessions.Get(key)
+		if err != nil {
+			return fmt.Errorf("decider: %w", err)
+		}
+		v, err := json.Marshal(st)
 		if err != nil {
 			return fmt.Errorf("decider: encode state of %s: %w", key, err)
 		}

@@ -4,7 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"aegis.dev/aegis/decider/policy"
 	"aegis.dev/aegis/internal/pipeline"
@@ -89,6 +92,49 @@ func TestRestoreRejectsInconsistentState(t *testing.T) {
 	} {
 		if err := p.Restore([]byte("acme/s"), []byte(v)); err == nil {
 			t.Errorf("%s: accepted", name)
+		}
+	}
+}
+
+// TestSpilledStateDecidesAlike runs many interleaved sessions through a
+// processor that may keep only two of them in memory and through one that
+// keeps all: every output (decided events, replies, state records) must be
+// byte-identical, so spilling is invisible to the log.
+func TestSpilledStateDecidesAlike(t *testing.T) {
+	eng := newEngine(t, policy.Default())
+	var recs []*stream.Record
+	tools := []string{"a", "b", "a", "a", "c", "d", "e"}
+	for i, tool := range tools {
+		for s := range 12 {
+			key := []byte(fmt.Sprintf("acme/s%d", s))
+			v := fmt.Sprintf(`{"tenant_id":"acme","session_id":"s%d","seq":%d,"ts_unix_ms":%d,"event_type":"TOOL_CALL_PROPOSED","payload":{"tool_name":"search","call_id":"c%d","args":{"q":%q}}}`, s, i+1, 1000+i, i, tool)
+			recs = append(recs, &stream.Record{Topic: topics.Events, Key: key, Value: []byte(v)})
+		}
+	}
+	run := func(sessions int) []stream.Output {
+		reg := prometheus.NewRegistry()
+		stage := NewStage(eng, StageConfig{Topics: topics, State: pipeline.StateConfig{Sessions: sessions, Dir: t.TempDir()}}, reg, nil)
+		p := stage.NewProcessor(0)
+		defer p.(io.Closer).Close()
+		var out []stream.Output
+		for i := 0; i < len(recs); i += 5 { // batches that straddle sessions
+			batch := process(t, p, recs[i:min(i+5, len(recs))]...)
+			for _, topic := range []string{topics.Decided, topics.Decisions, topics.DeciderState, topics.Rejected} {
+				out = append(out, batch[topic]...)
+			}
+		}
+		if sessions < 12 && p.(*processor).sessions.Stats().Loaded == 0 {
+			t.Fatalf("with room for %d sessions nothing was read back from the spill file", sessions)
+		}
+		return out
+	}
+	all, spilled := run(1000), run(2)
+	if len(all) != len(spilled) || len(all) != 3*len(recs) {
+		t.Fatalf("%d outputs with spilling, %d without, want %d", len(spilled), len(all), 3*len(recs))
+	}
+	for i := range all {
+		if all[i].Topic != spilled[i].Topic || string(all[i].Key) != string(spilled[i].Key) || string(all[i].Value) != string(spilled[i].Value) {
+			t.Fatalf("output %d differs:\n%s %s\n%s %s", i, all[i].Topic, all[i].Value, spilled[i].Topic, spilled[i].Value)
 		}
 	}
 }

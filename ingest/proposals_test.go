@@ -20,6 +20,27 @@ func proposal(tool, call, args string) string {
 	return `{"payload":{"tool_name":"` + tool + `","call_id":"` + call + `","args":` + args + `}}`
 }
 
+// TestReplyTailStartsOnFirstWait: a gateway that serves no waiting request
+// reads none of the reply topics; the first proposal starts the tail and
+// still gets its decision.
+func TestReplyTailStartsOnFirstWait(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	var out ProposalResponse
+	if r := h.do(t, "POST", "/v1/events", "acme-agent", "application/json", ev("acme", "t1", 1, "MODEL_CALL_STARTED", `{}`), nil); r.StatusCode != 202 {
+		t.Fatalf("event with a client seq: %d", r.StatusCode)
+	}
+	if h.srv.tailOpen.Load() {
+		t.Fatal("the reply tail runs before any request waited for a verdict")
+	}
+	if r := h.do(t, "POST", "/v1/sessions/t2/proposals", "acme-agent", "application/json", proposal("read_file", "c1", `{"path":"/a"}`), &out); r.StatusCode != 200 || out.Reason != "OK" {
+		t.Fatalf("first proposal: %d %+v", r.StatusCode, out)
+	}
+	if !h.srv.tailOpen.Load() || !h.srv.Ready() {
+		t.Fatalf("after a proposal: tail open %v, ready %v", h.srv.tailOpen.Load(), h.srv.Ready())
+	}
+}
+
 func TestProposalDecisions(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{})

@@ -69,6 +69,7 @@ func (s *Server) submit(ctx context.Context, ev *envelope.Event, assign bool, ki
 		}
 		w := &waiter{k: seqKey{key, ev.Seq}, published: value, canonical: value, callID: callID,
 			proposal: ev.Type == envelope.ToolCallProposed, ch: make(chan verdict, 1)}
+		s.startTail()
 		unregister := s.replies.register(w)
 		start := s.now()
 		if errs := s.publishAll(ctx, [][]byte{[]byte(key)}, [][]byte{value}); errs[0] != nil {

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,6 +38,9 @@ type Env struct {
 	// Engine answers stateless decisions with the server's policy and
 	// manifest registry.
 	Engine *decider.Engine
+	// Compression of the batches the gateway publishes (aegisd's
+	// --kafka-compression; "" is snappy).
+	Compression string
 }
 
 // Option sets a program-level dependency of a Server.
@@ -73,6 +77,11 @@ type Server struct {
 
 	hintMu sync.Mutex
 	hints  map[string]uint64 // session key -> highest seq seen accepted
+
+	tailOnce   sync.Once
+	tailWanted chan struct{} // closed by startTail
+	tailAsked  time.Time     // set before tailWanted is closed
+	tailOpen   atomic.Bool   // the tail's consumer exists
 }
 
 // New returns a gateway for cfg (which must be valid for env.Dev). It loads
@@ -93,7 +102,7 @@ func New(cfg Config, env Env, opts ...Option) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, env: env, log: slog.New(slog.DiscardHandler), now: time.Now,
 		dec: envelope.Decoder{MaxBytes: env.MaxEventBytes}, replies: newReplies(env.Topics),
-		hints: make(map[string]uint64)}
+		hints: make(map[string]uint64), tailWanted: make(chan struct{})}
 	for _, o := range opts {
 		o(s)
 	}
@@ -120,7 +129,7 @@ func New(cfg Config, env Env, opts ...Option) (*Server, error) {
 		_, _ = rand.Read(s.secret)
 	}
 	s.appr = newApprovals(s.secret)
-	s.prod, err = stream.NewProducer(stream.ProducerConfig{Brokers: env.Brokers, MaxRecordBytes: pipeline.MaxRecordBytes(env.MaxEventBytes)},
+	s.prod, err = stream.NewProducer(stream.ProducerConfig{Brokers: env.Brokers, MaxRecordBytes: pipeline.MaxRecordBytes(env.MaxEventBytes), Compression: env.Compression},
 		stream.WithLogger(s.log), stream.WithRegisterer(s.reg), stream.WithStage("ingest"))
 	if err != nil {
 		return nil, fmt.Errorf("ingest: producer: %w", err)
@@ -153,29 +162,48 @@ func (c *Config) TLSConfig() (*tls.Config, error) {
 	return tc, nil
 }
 
-// Ready reports whether the reply tail reaches the brokers.
-func (s *Server) Ready() bool { return s.replies.ready.Load() }
+// Ready reports whether the reply tail reaches the brokers; before the
+// first request that waits for a verdict there is no tail, and the gateway
+// is ready.
+func (s *Server) Ready() bool {
+	select {
+	case <-s.tailWanted:
+		return s.replies.ready.Load()
+	default:
+		return true
+	}
+}
+
+// startTail asks Run to start the reply tail; requests that wait for a
+// verdict call it before they register their waiter. The tail starts from
+// five seconds before it was asked for, so no verdict of a record published
+// after the waiter registered can be missed while it connects.
+func (s *Server) startTail() {
+	s.tailOnce.Do(func() {
+		s.tailAsked = s.now()
+		close(s.tailWanted)
+	})
+}
 
 // Run tails the decisions, decided and rejected topics for waiting
 // requests and expires approvals, until ctx is cancelled; then it flushes
-// and closes the producer. Stop the HTTP server before cancelling ctx, so
-// that no handler is left waiting (shutdown order: ingest stops accepting
-// first).
+// and closes the producer. The tail starts with the first request that
+// waits for a verdict (a synchronous proposal, an event with a
+// gateway-assigned seq): a process that serves none — a sealer or a
+// projector that only exposes /metrics — reads nothing. Stop the HTTP
+// server before cancelling ctx, so that no handler is left waiting
+// (shutdown order: ingest stops accepting first).
 func (s *Server) Run(ctx context.Context) error {
-	t := s.env.Topics
-	c, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: s.env.Brokers, Topics: []string{t.Decisions, t.Decided, t.Rejected},
-		Start: stream.FromTime(s.now().Add(-5 * time.Second))}, stream.WithLogger(s.log), stream.WithStage("ingest-replies"))
-	if err != nil {
-		return fmt.Errorf("ingest: reply tail: %w", err)
-	}
 	defer func() {
-		c.Close()
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		_ = s.prod.Flush(fctx)
 		s.prod.Close()
 	}()
+	ctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer stop() // before wg.Wait: ends the expiry loop on an early return
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -190,9 +218,21 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}
 	}()
-	err = s.replies.run(ctx, c)
-	wg.Wait()
-	if err != nil && ctx.Err() == nil {
+	select {
+	case <-ctx.Done():
+		return nil
+	case <-s.tailWanted:
+	}
+	t := s.env.Topics
+	c, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: s.env.Brokers, Topics: []string{t.Decisions, t.Decided, t.Rejected},
+		Start: stream.FromTime(s.tailAsked.Add(-5 * time.Second))}, stream.WithLogger(s.log), stream.WithStage("ingest-replies"))
+	if err != nil {
+		return fmt.Errorf("ingest: reply tail: %w", err)
+	}
+	defer c.Close()
+	s.tailOpen.Store(true)
+	s.log.Info("reply tail started")
+	if err := s.replies.run(ctx, c); err != nil && ctx.Err() == nil {
 		return fmt.Errorf("ingest: reply tail: %w", err)
 	}
 	return nil

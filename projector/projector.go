@@ -97,7 +97,7 @@ type Config struct {
 	// how long a crashed projector keeps its partitions.
 	SessionTimeout time.Duration
 	// CachedSessions bounds the snapshots kept in memory (default
-	// 100,000); beyond it, some are dropped and rebuilt when needed.
+	// 10,000); beyond it, some are dropped and rebuilt when needed.
 	CachedSessions int
 }
 
@@ -121,7 +121,7 @@ func (c *Config) defaults() error {
 		c.MaxEventBytes = envelope.DefaultMaxEventBytes + 64<<10
 	}
 	if c.CachedSessions <= 0 {
-		c.CachedSessions = 100000
+		c.CachedSessions = 10000
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/statecache"
 	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/schemas/chain"
 	"aegis.dev/aegis/schemas/envelope"
@@ -29,6 +30,8 @@ type Config struct {
 	// MaxEventBytes bounds one decided event (default
 	// envelope.DefaultMaxEventBytes plus room for the decision).
 	MaxEventBytes int
+	// State bounds the chain heads kept in memory.
+	State pipeline.StateConfig
 }
 
 // HeadRecord is the value of a record on the chain-heads topic: the
@@ -44,6 +47,7 @@ type HeadRecord struct {
 type Stage struct {
 	cfg     Config
 	metrics *pipeline.Metrics
+	state   *pipeline.StateMetrics
 	log     *slog.Logger
 }
 
@@ -55,7 +59,7 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) *Stage {
 	if cfg.MaxEventBytes <= 0 {
 		cfg.MaxEventBytes = envelope.DefaultMaxEventBytes + 64<<10
 	}
-	return &Stage{cfg: cfg, metrics: pipeline.NewMetrics(reg, StageName), log: log.With("stage", StageName)}
+	return &Stage{cfg: cfg, metrics: pipeline.NewMetrics(reg, StageName), state: pipeline.NewStateMetrics(reg, StageName), log: log.With("stage", StageName)}
 }
 
 // TransactConfig returns the runtime configuration of the stage's topics;
@@ -67,27 +71,45 @@ func (s *Stage) TransactConfig() stream.TransactConfig {
 
 // NewProcessor returns the processor of one decided partition.
 func (s *Stage) NewProcessor(partition int32) stream.Processor {
-	return &processor{stage: s, partition: partition, heads: make(map[string]*HeadRecord)}
+	return &processor{stage: s, partition: partition,
+		heads: pipeline.NewStateCache(s.cfg.State, StageName, partition, s.cfg.Partitions, headCodec)}
+}
+
+var headCodec = statecache.Codec[HeadRecord]{
+	Encode: func(h *HeadRecord) ([]byte, error) { return json.Marshal(h) },
+	Decode: decodeHead,
+}
+
+// decodeHead parses and checks the head record of key.
+func decodeHead(key string, value []byte) (*HeadRecord, error) {
+	var h HeadRecord
+	if err := json.Unmarshal(value, &h); err != nil {
+		return nil, err
+	}
+	if h.Seq != h.Window.Last || len(h.Hash) != len(chain.Genesis) || key != h.TenantID+"/"+h.SessionID {
+		return nil, fmt.Errorf("inconsistent head record (seq %d, window %d)", h.Seq, h.Window.Last)
+	}
+	return &h, nil
 }
 
 type processor struct {
 	stage     *Stage
 	partition int32
-	heads     map[string]*HeadRecord
+	heads     *statecache.Cache[HeadRecord]
+	counted   statecache.Stats
 	buf       []byte
 }
 
 func (p *processor) Restore(key, value []byte) error {
-	var h HeadRecord
-	if err := json.Unmarshal(value, &h); err != nil {
+	h, err := decodeHead(string(key), value)
+	if err != nil {
 		return fmt.Errorf("sealer: head of %q on partition %d: %w", key, p.partition, err)
 	}
-	if h.Seq != h.Window.Last || len(h.Hash) != len(chain.Genesis) {
-		return fmt.Errorf("sealer: head of %q on partition %d is inconsistent (seq %d, window %d)", key, p.partition, h.Seq, h.Window.Last)
-	}
-	p.heads[string(key)] = &h
-	return nil
+	return p.heads.Put(string(key), h)
 }
+
+// Close releases the processor's spill file.
+func (p *processor) Close() error { return p.heads.Close() }
 
 func (p *processor) Process(_ context.Context, batch []*stream.Record, emit func(stream.Output)) error {
 	s := p.stage
@@ -123,7 +145,10 @@ func (p *processor) Process(_ context.Context, batch []*stream.Record, emit func
 			continue
 		}
 		key := string(rec.Key)
-		h := p.heads[key]
+		h, err := p.heads.Get(key)
+		if err != nil {
+			return fmt.Errorf("sealer: %w", err)
+		}
 		var digest string
 		if digest, p.buf, err = pipeline.ContentDigest(ev, p.buf); err != nil {
 			return fmt.Errorf("sealer: content digest of %s/%d: %w", key, ev.Seq, err)
@@ -147,7 +172,9 @@ func (p *processor) Process(_ context.Context, batch []*stream.Record, emit func
 			return fmt.Errorf("sealer: %w", err)
 		}
 		window.Add(ev.Seq, digest)
-		p.heads[key] = &HeadRecord{Head: next, Window: window}
+		if err := p.heads.Put(key, &HeadRecord{Head: next, Window: window}); err != nil {
+			return fmt.Errorf("sealer: %w", err)
+		}
 		if !seen[key] {
 			seen[key] = true
 			touched = append(touched, key)
@@ -158,8 +185,13 @@ func (p *processor) Process(_ context.Context, batch []*stream.Record, emit func
 		emit(stream.Output{Topic: t.Sealed, Partition: rec.Partition, Key: rec.Key, Value: append([]byte(nil), p.buf...)})
 		s.metrics.Accepted.Inc()
 	}
+	defer func() { p.counted = s.state.CountState(p.heads.Stats(), p.counted) }()
 	for _, key := range touched {
-		v, err := json.Marshal(p.heads[key])
+		h, err := p.heads.Get(key)
+		if err != nil {
+			return fmt.Errorf("sealer: %w", err)
+		}
+		v, err := json.Marshal(h)
 		if err != nil {
 			return fmt.Errorf("sealer: encode head of %s: %w", key, err)
 		}

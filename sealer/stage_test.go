@@ -121,3 +121,46 @@ func TestSealerRestoreRejectsInconsistentHeads(t *testing.T) {
 		}
 	}
 }
+
+// TestSpilledHeadsSealAlike seals interleaved sessions (with retries and a
+// conflicting event) through a processor that may keep only two heads in
+// memory and through one that keeps all: the outputs must be identical.
+func TestSpilledHeadsSealAlike(t *testing.T) {
+	var recs []*stream.Record
+	for seq := uint64(1); seq <= 6; seq++ {
+		for s := range 10 {
+			r := decided(fmt.Sprint("s", s), seq, envelope.ModelCallStarted, "")
+			r.Partition = 0
+			recs = append(recs, r)
+			if s == 3 { // a retry of the previous event: dropped
+				recs = append(recs, r)
+			}
+		}
+	}
+	run := func(sessions int) ([]stream.Output, *processor) {
+		st := New(Config{Topics: topics, State: pipeline.StateConfig{Sessions: sessions, Dir: t.TempDir()}}, nil, nil)
+		p := st.NewProcessor(0).(*processor)
+		t.Cleanup(func() { p.Close() })
+		var out []stream.Output
+		for i := 0; i < len(recs); i += 7 {
+			out = append(out, run(t, p, recs[i:min(i+7, len(recs))]...)...)
+		}
+		return out, p
+	}
+	all, _ := run(1000)
+	spilled, p := run(2)
+	if p.heads.Stats().Loaded == 0 {
+		t.Fatal("nothing was read back from the spill file")
+	}
+	if n := len(byTopic(all, topics.Sealed)); n != 60 || len(reasons(t, all)) != 0 {
+		t.Fatalf("%d sealed, rejections %v; want 60 and none", n, reasons(t, all))
+	}
+	if len(all) != len(spilled) {
+		t.Fatalf("%d outputs with spilling, %d without", len(spilled), len(all))
+	}
+	for i := range all {
+		if all[i].Topic != spilled[i].Topic || string(all[i].Value) != string(spilled[i].Value) {
+			t.Fatalf("output %d differs:\n%s\n%s", i, all[i].Value, spilled[i].Value)
+		}
+	}
+}

@@ -20,6 +20,7 @@ import (
 
 	"aegis.dev/aegis/ingest"
 	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/mcpproxy"
 	"aegis.dev/aegis/projector/stores"
 	"aegis.dev/aegis/schemas/envelope"
@@ -87,6 +88,18 @@ type Config struct {
 	// the batch is whatever arrived since the last commit, so light load
 	// still commits small batches at once.
 	MaxBatch int `yaml:"max_batch"`
+	// StateSessions bounds the session states each stage instance keeps
+	// decoded in memory (default 10,000): the decider's snapshots, the
+	// sealer's chain heads, the projector's cached snapshots. The others
+	// are spilled to files under <data-dir>/state-spill (decider, sealer)
+	// or rebuilt from the store (projector) when their session comes
+	// back, so memory stays flat however many sessions a fleet opens
+	// (docs/pipeline.md#session-state-in-memory).
+	StateSessions int `yaml:"state_sessions"`
+	// KafkaCompression compresses the batches aegisd produces: none,
+	// snappy (default), lz4, zstd or gzip. On loopback or a fast LAN,
+	// none saves CPU on both aegisd and the brokers (docs/benchmarks.md).
+	KafkaCompression string `yaml:"kafka_compression"`
 	// SessionTimeout is the consumer group session timeout of the stages
 	// (default 45s): how long the partitions of a crashed instance stay
 	// unowned before the group hands them to a live one. The broker
@@ -117,19 +130,21 @@ func Defaults() Config {
 		host = "aegisd"
 	}
 	return Config{
-		Target:         TargetAll,
-		DataDir:        "./data",
-		KafkaAddr:      "127.0.0.1:9092",
-		HTTPAddr:       "127.0.0.1:8080",
-		TopicPrefix:    pipeline.DefaultTopicPrefix,
-		Partitions:     pipeline.DefaultPartitions,
-		Instance:       host,
-		MaxEventBytes:  envelope.DefaultMaxEventBytes,
-		SessionTimeout: 45 * time.Second,
-		MaxBatch:       5000,
-		LogLevel:       "info",
-		Ingest:         ingest.Defaults(),
-		MCP:            mcpproxy.Defaults(),
+		Target:           TargetAll,
+		DataDir:          "./data",
+		KafkaAddr:        "127.0.0.1:9092",
+		HTTPAddr:         "127.0.0.1:8080",
+		TopicPrefix:      pipeline.DefaultTopicPrefix,
+		Partitions:       pipeline.DefaultPartitions,
+		Instance:         host,
+		MaxEventBytes:    envelope.DefaultMaxEventBytes,
+		SessionTimeout:   45 * time.Second,
+		MaxBatch:         5000,
+		StateSessions:    pipeline.DefaultStateSessions,
+		KafkaCompression: "snappy",
+		LogLevel:         "info",
+		Ingest:           ingest.Defaults(),
+		MCP:              mcpproxy.Defaults(),
 	}
 }
 
@@ -166,6 +181,8 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxEventBytes, "max-event-bytes", c.MaxEventBytes, "largest accepted event in bytes")
 	fs.DurationVar(&c.SessionTimeout, "session-timeout", c.SessionTimeout, "consumer group session timeout: how long a crashed instance's partitions wait before moving")
 	fs.IntVar(&c.MaxBatch, "max-batch", c.MaxBatch, "most records a stage handles in one transaction")
+	fs.StringVar(&c.KafkaCompression, "kafka-compression", c.KafkaCompression, "compression of produced batches: "+strings.Join(stream.Compressions, ", "))
+	fs.IntVar(&c.StateSessions, "state-sessions", c.StateSessions, "most session states a stage keeps in memory; the others are spilled under DATA-DIR/state-spill and read back when needed")
 	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve /debug/pprof/ on the HTTP listener (for diagnosing memory and CPU)")
 	fs.BoolVar(&c.Dev, "dev", c.Dev, "development mode: relaxed security, loudly announced")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
@@ -244,6 +261,10 @@ func (c *Config) ArchiveDir() string {
 	return filepath.Join(c.DataDir, "policy-archive")
 }
 
+// SpillDir is where the stages spill session states that do not fit in
+// memory.
+func (c *Config) SpillDir() string { return filepath.Join(c.DataDir, "state-spill") }
+
 // StoreURL is Store, or the embedded default under DataDir.
 func (c *Config) StoreURL() string {
 	if c.Store != "" {
@@ -272,6 +293,12 @@ func (c *Config) Validate() error {
 	}
 	if c.SessionTimeout < time.Second || c.SessionTimeout > 30*time.Minute {
 		errs = append(errs, fmt.Errorf("session-timeout %s: must be 1s..30m", c.SessionTimeout))
+	}
+	if !slices.Contains(stream.Compressions, c.KafkaCompression) {
+		errs = append(errs, fmt.Errorf("kafka-compression %q: want one of %s", c.KafkaCompression, strings.Join(stream.Compressions, ", ")))
+	}
+	if c.StateSessions < 1 {
+		errs = append(errs, fmt.Errorf("state-sessions %d: must be at least 1", c.StateSessions))
 	}
 	if c.MaxBatch < 1 || c.MaxBatch > 100000 {
 		errs = append(errs, fmt.Errorf("max-batch %d: must be 1..100000", c.MaxBatch))

@@ -9,6 +9,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/pprof"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -234,13 +235,17 @@ func (d *Daemon) newStage(name string, brokers []string, api *ingest.Server) (st
 	}
 	var tc stream.TransactConfig
 	var newProcessor func(int32) stream.Processor
+	state := pipeline.StateConfig{Sessions: cfg.StateSessions, Dir: cfg.SpillDir()}
+	if err := os.MkdirAll(state.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("aegisd: %s: spill directory: %w", name, err)
+	}
 	switch name {
 	case TargetDecider:
 		eng, err := d.engine()
 		if err != nil {
 			return nil, err
 		}
-		sc := decider.StageConfig{Topics: d.topics, Partitions: cfg.Partitions, MaxEventBytes: cfg.MaxEventBytes}
+		sc := decider.StageConfig{Topics: d.topics, Partitions: cfg.Partitions, MaxEventBytes: cfg.MaxEventBytes, State: state}
 		if cfg.ShadowPolicy != "" {
 			if sc.Shadow, err = d.shadowEngine(); err != nil {
 				return nil, err
@@ -250,7 +255,7 @@ func (d *Daemon) newStage(name string, brokers []string, api *ingest.Server) (st
 		st := decider.NewStage(eng, sc, d.reg, d.log)
 		tc, newProcessor = st.TransactConfig(), st.NewProcessor
 	case TargetSealer:
-		st := sealer.New(sealer.Config{Topics: d.topics, Partitions: cfg.Partitions}, d.reg, d.log)
+		st := sealer.New(sealer.Config{Topics: d.topics, Partitions: cfg.Partitions, State: state}, d.reg, d.log)
 		tc, newProcessor = st.TransactConfig(), st.NewProcessor
 	default:
 		return nil, fmt.Errorf("aegisd: unknown stage %q", name)
@@ -258,6 +263,7 @@ func (d *Daemon) newStage(name string, brokers []string, api *ingest.Server) (st
 	tc.Brokers = brokers
 	tc.MaxRecordBytes = pipeline.MaxRecordBytes(cfg.MaxEventBytes)
 	tc.MaxBatch = cfg.MaxBatch
+	tc.Compression = cfg.KafkaCompression
 	tc.Group = cfg.TopicPrefix + name
 	tc.TransactionalID = cfg.TopicPrefix + name + "-" + cfg.Instance
 	tc.SessionTimeout = cfg.SessionTimeout
@@ -398,7 +404,8 @@ func (d *Daemon) newIngest(brokers []string) (*ingest.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("aegisd: ingest: audit store: %w", err)
 	}
-	api, err := ingest.New(d.cfg.Ingest, ingest.Env{Brokers: brokers, Topics: d.topics, MaxEventBytes: d.cfg.MaxEventBytes, Dev: d.cfg.Dev, Engine: eng},
+	api, err := ingest.New(d.cfg.Ingest, ingest.Env{Brokers: brokers, Topics: d.topics, MaxEventBytes: d.cfg.MaxEventBytes, Dev: d.cfg.Dev, Engine: eng,
+		Compression: d.cfg.KafkaCompression},
 		ingest.WithLogger(d.log), ingest.WithRegisterer(d.reg), ingest.WithStore(st))
 	if err != nil {
 		_ = st.Close()

@@ -80,6 +80,7 @@
 // With WithRegisterer, a Transactor registers, all labelled stage=<name>:
 // aegis_stream_records_consumed_total, aegis_stream_records_produced_total,
 // aegis_stream_batch_records, aegis_stream_handle_seconds,
+// aegis_stream_transaction_phase_seconds{phase=process|flush|end},
 // aegis_stream_transactions_total{result}, aegis_stream_restore_seconds and
 // aegis_stream_lag_records{partition}.
 package stream

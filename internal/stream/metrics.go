@@ -13,6 +13,7 @@ type metrics struct {
 	produced     prometheus.Counter
 	batchRecords prometheus.Histogram
 	handle       prometheus.Histogram
+	phase        *prometheus.HistogramVec
 	committed    prometheus.Counter
 	aborted      prometheus.Counter
 	restore      prometheus.Histogram
@@ -25,6 +26,7 @@ const (
 	metricProduced     = "aegis_stream_records_produced_total"
 	metricBatchRecords = "aegis_stream_batch_records"
 	metricHandle       = "aegis_stream_handle_seconds"
+	metricPhase        = "aegis_stream_transaction_phase_seconds"
 	metricTransactions = "aegis_stream_transactions_total"
 	metricRestore      = "aegis_stream_restore_seconds"
 	metricLag          = "aegis_stream_lag_records"
@@ -50,6 +52,10 @@ func newMetrics(reg prometheus.Registerer, stage string) (*metrics, error) {
 			Name: metricHandle, Help: "Time from a poll returning to its transaction ending.", ConstLabels: cl,
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
 		}),
+		phase: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: metricPhase, Help: "Time spent in each phase of a transaction: process (processors running), flush (outputs acknowledged), end (offsets committed and transaction ended).", ConstLabels: cl,
+			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10),
+		}, []string{"phase"}),
 		restore: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name: metricRestore, Help: "Time to restore the state of newly owned partitions.", ConstLabels: cl,
 			Buckets: prometheus.ExponentialBuckets(0.001, 4, 10),
@@ -70,6 +76,9 @@ func newMetrics(reg prometheus.Registerer, stage string) (*metrics, error) {
 			return nil, err
 		}
 		if m.handle, err = register(reg, m.handle); err != nil {
+			return nil, err
+		}
+		if m.phase, err = register(reg, m.phase); err != nil {
 			return nil, err
 		}
 		if txns, err = register(reg, txns); err != nil {

@@ -107,3 +107,29 @@ func (k kfakeLogger) Logf(level kfake.LogLevel, msg string, args ...any) {
 		k.l.Log(ctx, lvl, fmt.Sprintf(msg, args...))
 	}
 }
+
+// Compressions are the accepted values of a Compression setting.
+var Compressions = []string{"none", "snappy", "lz4", "zstd", "gzip"}
+
+// compression returns the producer option for name; "" keeps franz-go's
+// default (snappy).
+func compression(name string) (kgo.Opt, error) {
+	var c kgo.CompressionCodec
+	switch name {
+	case "":
+		return nil, nil
+	case "none":
+		c = kgo.NoCompression()
+	case "snappy":
+		c = kgo.SnappyCompression()
+	case "lz4":
+		c = kgo.Lz4Compression()
+	case "zstd":
+		c = kgo.ZstdCompression()
+	case "gzip":
+		c = kgo.GzipCompression()
+	default:
+		return nil, fmt.Errorf("stream: compression %q: want one of %v: %w", name, Compressions, ErrConfig)
+	}
+	return kgo.ProducerBatchCompression(c), nil
+}

@@ -24,6 +24,9 @@ type ProducerConfig struct {
 	// the producer sends (default 1,000,012, Kafka's default
 	// max.message.bytes). Topics must accept records of that size.
 	MaxRecordBytes int
+	// Compression of produced batches: none, snappy (default), lz4, zstd
+	// or gzip.
+	Compression string
 }
 
 // Producer writes Messages idempotently with acks=all, partitioned by the
@@ -47,6 +50,13 @@ func NewProducer(cfg ProducerConfig, opts ...Option) (*Producer, error) {
 	}
 	if cfg.MaxRecordBytes > 0 {
 		kopts = append(kopts, kgo.ProducerBatchMaxBytes(int32(cfg.MaxRecordBytes)))
+	}
+	c, err := compression(cfg.Compression)
+	if err != nil {
+		return nil, err
+	}
+	if c != nil {
+		kopts = append(kopts, c)
 	}
 	if cfg.MaxBufferedRecords > 0 {
 		kopts = append(kopts, kgo.MaxBufferedRecords(cfg.MaxBufferedRecords))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"maps"
 	"slices"
@@ -23,7 +24,9 @@ import (
 //
 // A Processor is used by one goroutine at a time; different partitions'
 // processors run concurrently. It must keep no state outside itself: after an
-// abort it is dropped and a fresh one is restored from committed state.
+// abort it is dropped and a fresh one is restored from committed state. A
+// Processor that holds resources (files) implements io.Closer; it is closed
+// when dropped.
 type Processor interface {
 	// Restore receives the latest value of one key of the state topic's
 	// partition (tombstoned keys are not passed), in the offset order of
@@ -92,6 +95,9 @@ type TransactConfig struct {
 	// HeartbeatInterval is how often the group member heartbeats, which
 	// bounds how fast it notices a rebalance (default 3s, franz-go's).
 	HeartbeatInterval time.Duration
+	// Compression of produced batches: none, snappy (default), lz4, zstd
+	// or gzip.
+	Compression string
 }
 
 func (c *TransactConfig) validate() error {
@@ -123,6 +129,9 @@ func (c *TransactConfig) validate() error {
 	}
 	if c.FetchMaxWait <= 0 {
 		c.FetchMaxWait = defaultFetchMaxWait
+	}
+	if _, err := compression(c.Compression); err != nil {
+		return err
 	}
 	if c.TransactionTimeout <= 0 {
 		c.TransactionTimeout = 40 * time.Second
@@ -359,6 +368,9 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) 
 	if t.cfg.HeartbeatInterval > 0 {
 		opts = append(opts, kgo.HeartbeatInterval(t.cfg.HeartbeatInterval))
 	}
+	if c, _ := compression(t.cfg.Compression); c != nil {
+		opts = append(opts, c)
+	}
 	s, err := kgo.NewGroupTransactSession(opts...)
 	if err != nil {
 		return fmt.Errorf("stream: transact session: %w: %w", ErrConfig, err)
@@ -378,6 +390,11 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) 
 	}
 
 	parts := map[int32]*owned{}
+	defer func() {
+		for _, o := range parts {
+			closeProc(o.proc)
+		}
+	}()
 	failures := 0
 	backoff := t.cfg.RetryBackoff
 	for {
@@ -535,6 +552,9 @@ func (t *Transactor) applyEvents(ctx context.Context, adm *kadm.Client, parts ma
 					added = append(added, p)
 				}
 			} else {
+				if o, ok := parts[p]; ok {
+					closeProc(o.proc)
+				}
 				delete(parts, p)
 				added = slices.DeleteFunc(added, func(q int32) bool { return q == p })
 			}
@@ -619,6 +639,14 @@ func (t *Transactor) restore(ctx context.Context, adm *kadm.Client, parts map[in
 	for _, p := range need {
 		procs[p] = t.newProc(p)
 	}
+	restored := false
+	defer func() {
+		if !restored {
+			for _, proc := range procs {
+				closeProc(proc)
+			}
+		}
+	}()
 	if t.cfg.State != "" {
 		states, err := readLatest(ctx, adm, t.cfg.Brokers, t.cfg.State, need, t.log)
 		if err != nil {
@@ -635,6 +663,7 @@ func (t *Transactor) restore(ctx context.Context, adm *kadm.Client, parts map[in
 	for p, proc := range procs {
 		parts[p].proc = proc
 	}
+	restored = true
 	t.m.restore.Observe(time.Since(start).Seconds())
 	t.viewMu.Lock()
 	for _, p := range need {
@@ -651,6 +680,7 @@ func (t *Transactor) restore(ctx context.Context, adm *kadm.Client, parts map[in
 // discard drops every processor: their state saw uncommitted input.
 func (t *Transactor) discard(parts map[int32]*owned) {
 	for _, o := range parts {
+		closeProc(o.proc)
 		o.proc = nil
 	}
 	t.viewMu.Lock()
@@ -658,6 +688,14 @@ func (t *Transactor) discard(parts map[int32]*owned) {
 	for p, v := range t.view {
 		v.restored = false
 		t.view[p] = v
+	}
+}
+
+// closeProc releases a dropped processor's resources if it holds any (it
+// implements io.Closer); nil is ignored.
+func closeProc(p Processor) {
+	if c, ok := p.(io.Closer); ok {
+		c.Close()
 	}
 }
 
@@ -683,6 +721,7 @@ func (t *Transactor) advance(next, ends map[int32]int64) {
 // processing error if a processor failed, and an error if the session must
 // be replaced (or, wrapping ErrFenced, Run must end).
 func (t *Transactor) transact(ctx context.Context, s *kgo.GroupTransactSession, parts map[int32]*owned, batches map[int32][]*Record) (committed bool, procErr, err error) {
+	began := time.Now()
 	if err := s.Begin(); err != nil {
 		return false, nil, classify("begin transaction", err)
 	}
@@ -723,6 +762,8 @@ func (t *Transactor) transact(ctx context.Context, s *kgo.GroupTransactSession, 
 		})
 	}
 	wg.Wait()
+	processed := time.Now()
+	t.m.phase.WithLabelValues("process").Observe(processed.Sub(began).Seconds())
 	t.m.consumed.Add(float64(records))
 	t.m.batchRecords.Observe(float64(records))
 
@@ -738,11 +779,14 @@ func (t *Transactor) transact(ctx context.Context, s *kgo.GroupTransactSession, 
 			procErr = err
 		}
 	}
+	flushed := time.Now()
+	t.m.phase.WithLabelValues("flush").Observe(flushed.Sub(processed).Seconds())
 	produceMu.Lock()
 	pErr := produceErr
 	produceMu.Unlock()
 	commit := procErr == nil && pErr == nil
 	ok, err := s.End(endCtx, kgo.TransactionEndTry(commit))
+	t.m.phase.WithLabelValues("end").Observe(time.Since(flushed).Seconds())
 	if ok {
 		t.m.committed.Inc()
 		t.m.produced.Add(float64(produced))

@@ -1,0 +1,272 @@
+// Package statecache holds the per-session state of one partition of a
+// transactional stage (the decider's snapshots, the sealer's chain heads)
+// within a memory bound.
+//
+// The authority for that state is the stage's compacted state topic; a
+// Cache is only a processor's working copy of it. The most recently used
+// sessions are kept decoded in memory (at most MaxHot of them); the others
+// are kept encoded in a spill file on local disk and decoded again when
+// their session comes back. Memory is therefore O(MaxHot × state size +
+// sessions × ~100 bytes of index), not O(sessions × state size): a
+// stage's memory stays flat while a fleet keeps opening new sessions.
+//
+// The spill file is created in Dir and unlinked at once, so it never
+// outlives the process (its blocks are freed when the Cache is closed or
+// the process exits, crash included) and no two caches share one. It is
+// rewritten without its dead records when they make up more than half of
+// it. A Cache is rebuilt from the state topic after every abort like any
+// other processor state, so it needs no durability of its own.
+//
+// A Cache is not safe for concurrent use; a processor is used by one
+// goroutine at a time.
+package statecache
+
+import (
+	"errors"
+	"fmt"
+	"os"
+)
+
+// Codec turns a state value into bytes and back.
+type Codec[T any] struct {
+	Encode func(v *T) ([]byte, error)
+	Decode func(key string, b []byte) (*T, error)
+}
+
+// Config configures a Cache.
+type Config struct {
+	// MaxHot bounds the decoded sessions kept in memory (minimum 1).
+	MaxHot int
+	// Dir is where the spill file is created (default os.TempDir()).
+	Dir string
+	// Name prefixes the spill file's name, for operators looking at open
+	// files (e.g. "decider-p3").
+	Name string
+}
+
+// minCompactBytes is the spill file size below which it is never
+// rewritten (a variable for tests).
+var minCompactBytes int64 = 64 << 20
+
+// Cache is a bounded LRU of decoded session states over a spill file.
+type Cache[T any] struct {
+	cfg   Config
+	codec Codec[T]
+
+	hot  map[string]*node[T]
+	head node[T] // sentinel: head.next is the most recently used
+	cold map[string]ref
+
+	file *os.File
+	size int64 // bytes written to file
+	live int64 // bytes of file referenced by cold
+
+	stats Stats
+}
+
+type node[T any] struct {
+	key        string
+	v          *T
+	prev, next *node[T]
+}
+
+type ref struct {
+	off int64
+	n   int32
+}
+
+// Stats counts a Cache's traffic.
+type Stats struct {
+	Spilled     int64 // states written to the spill file
+	Loaded      int64 // states read back from it
+	Compactions int64 // rewrites of the spill file
+}
+
+// New returns an empty Cache. The spill file is created at the first
+// eviction.
+func New[T any](cfg Config, codec Codec[T]) *Cache[T] {
+	if cfg.MaxHot < 1 {
+		cfg.MaxHot = 1
+	}
+	c := &Cache[T]{cfg: cfg, codec: codec, hot: make(map[string]*node[T]), cold: make(map[string]ref)}
+	c.head.prev, c.head.next = &c.head, &c.head
+	return c
+}
+
+// Len returns how many sessions are held decoded and spilled.
+func (c *Cache[T]) Len() (hot, spilled int) { return len(c.hot), len(c.cold) }
+
+// Stats returns the Cache's counters.
+func (c *Cache[T]) Stats() Stats { return c.stats }
+
+// Get returns the state of key, loading it from the spill file if it was
+// evicted; nil if the key is unknown. The returned value stays valid and may
+// be modified in place until the next Put or Get of another key; call Put
+// to keep it.
+func (c *Cache[T]) Get(key string) (*T, error) {
+	if n, ok := c.hot[key]; ok {
+		c.touch(n)
+		return n.v, nil
+	}
+	r, ok := c.cold[key]
+	if !ok {
+		return nil, nil
+	}
+	b := make([]byte, r.n)
+	if _, err := c.file.ReadAt(b, r.off); err != nil {
+		return nil, fmt.Errorf("statecache: read %q from spill file: %w", key, err)
+	}
+	v, err := c.codec.Decode(key, b)
+	if err != nil {
+		return nil, fmt.Errorf("statecache: decode spilled %q: %w", key, err)
+	}
+	delete(c.cold, key)
+	c.live -= int64(r.n)
+	c.stats.Loaded++
+	if err := c.insert(key, v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// Put stores v as the state of key and makes it the most recently used,
+// evicting the least recently used states beyond MaxHot to the spill file.
+func (c *Cache[T]) Put(key string, v *T) error {
+	if n, ok := c.hot[key]; ok {
+		n.v = v
+		c.touch(n)
+		return nil
+	}
+	if r, ok := c.cold[key]; ok {
+		delete(c.cold, key)
+		c.live -= int64(r.n)
+	}
+	return c.insert(key, v)
+}
+
+// Close releases the spill file; the Cache must not be used afterwards.
+func (c *Cache[T]) Close() error {
+	c.hot, c.cold = nil, nil
+	if c.file == nil {
+		return nil
+	}
+	err := c.file.Close()
+	c.file = nil
+	return err
+}
+
+func (c *Cache[T]) insert(key string, v *T) error {
+	n := &node[T]{key: key, v: v}
+	c.hot[key] = n
+	c.link(n)
+	for len(c.hot) > c.cfg.MaxHot {
+		if err := c.evict(c.head.prev); err != nil {
+			return err
+		}
+	}
+	return c.maybeCompact()
+}
+
+func (c *Cache[T]) evict(n *node[T]) error {
+	b, err := c.codec.Encode(n.v)
+	if err != nil {
+		return fmt.Errorf("statecache: encode %q: %w", n.key, err)
+	}
+	if err := c.append(n.key, b); err != nil {
+		return err
+	}
+	c.unlink(n)
+	delete(c.hot, n.key)
+	c.stats.Spilled++
+	return nil
+}
+
+func (c *Cache[T]) append(key string, b []byte) error {
+	if c.file == nil {
+		f, err := createUnlinked(c.cfg.Dir, c.cfg.Name)
+		if err != nil {
+			return err
+		}
+		c.file = f
+	}
+	if len(b) > 1<<31-1 {
+		return fmt.Errorf("statecache: state of %q is %d bytes: %w", key, len(b), errTooLarge)
+	}
+	if _, err := c.file.WriteAt(b, c.size); err != nil {
+		return fmt.Errorf("statecache: spill %q: %w", key, err)
+	}
+	c.cold[key] = ref{off: c.size, n: int32(len(b))}
+	c.size += int64(len(b))
+	c.live += int64(len(b))
+	return nil
+}
+
+var errTooLarge = errors.New("too large to spill")
+
+// maybeCompact rewrites the spill file with only its live records once
+// dead ones (states loaded back or replaced) are the majority.
+func (c *Cache[T]) maybeCompact() error {
+	if c.size < minCompactBytes || c.live*2 > c.size {
+		return nil
+	}
+	f, err := createUnlinked(c.cfg.Dir, c.cfg.Name)
+	if err != nil {
+		return err
+	}
+	var off int64
+	var buf []byte
+	for key, r := range c.cold {
+		if cap(buf) < int(r.n) {
+			buf = make([]byte, r.n)
+		}
+		buf = buf[:r.n]
+		if _, err := c.file.ReadAt(buf, r.off); err != nil {
+			f.Close()
+			return fmt.Errorf("statecache: compact: read %q: %w", key, err)
+		}
+		if _, err := f.WriteAt(buf, off); err != nil {
+			f.Close()
+			return fmt.Errorf("statecache: compact: write %q: %w", key, err)
+		}
+		c.cold[key] = ref{off: off, n: r.n}
+		off += int64(r.n)
+	}
+	old := c.file
+	c.file, c.size, c.live = f, off, off
+	c.stats.Compactions++
+	return old.Close()
+}
+
+func createUnlinked(dir, name string) (*os.File, error) {
+	if name == "" {
+		name = "state"
+	}
+	f, err := os.CreateTemp(dir, "aegis-"+name+"-*.spill")
+	if err != nil {
+		return nil, fmt.Errorf("statecache: create spill file: %w", err)
+	}
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("statecache: unlink spill file: %w", err)
+	}
+	return f, nil
+}
+
+func (c *Cache[T]) link(n *node[T]) {
+	n.prev, n.next = &c.head, c.head.next
+	c.head.next.prev = n
+	c.head.next = n
+}
+
+func (c *Cache[T]) unlink(n *node[T]) {
+	n.prev.next, n.next.prev = n.next, n.prev
+	n.prev, n.next = nil, nil
+}
+
+func (c *Cache[T]) touch(n *node[T]) {
+	if c.head.next == n {
+		return
+	}
+	c.unlink(n)
+	c.link(n)
+}

@@ -1,0 +1,151 @@
+package statecache
+
+import (
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"testing"
+)
+
+type state struct {
+	Key   string `json:"key"`
+	Count int    `json:"count"`
+	Pad   string `json:"pad"`
+}
+
+var codec = Codec[state]{
+	Encode: func(v *state) ([]byte, error) { return json.Marshal(v) },
+	Decode: func(key string, b []byte) (*state, error) {
+		var v state
+		if err := json.Unmarshal(b, &v); err != nil {
+			return nil, err
+		}
+		if v.Key != key {
+			return nil, fmt.Errorf("state of %q read for %q", v.Key, key)
+		}
+		return &v, nil
+	},
+}
+
+// TestAgainstMap drives a Cache and a plain map with the same random
+// get-modify-put traffic over many more keys than MaxHot, and checks that
+// every read agrees, while the decoded set stays within MaxHot.
+func TestAgainstMap(t *testing.T) {
+	defer func(v int64) { minCompactBytes = v }(minCompactBytes)
+	minCompactBytes = 4 << 10 // compact often
+	c := New(Config{MaxHot: 8, Dir: t.TempDir(), Name: "test"}, codec)
+	defer c.Close()
+	want := map[string]state{}
+	rng := rand.New(rand.NewPCG(1, 2))
+	for i := range 20000 {
+		key := fmt.Sprintf("tenant/s%d", rng.IntN(300))
+		got, err := c.Get(key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, known := want[key]
+		switch {
+		case got == nil && known:
+			t.Fatalf("op %d: %s lost (want %+v)", i, key, w)
+		case got != nil && !known:
+			t.Fatalf("op %d: %s appeared from nowhere: %+v", i, key, got)
+		case got != nil && *got != w:
+			t.Fatalf("op %d: %s = %+v, want %+v", i, key, *got, w)
+		}
+		if got == nil {
+			got = &state{Key: key, Pad: fmt.Sprintf("%0*d", rng.IntN(200), 0)}
+		}
+		got.Count++
+		if rng.IntN(4) > 0 { // sometimes read only
+			if err := c.Put(key, got); err != nil {
+				t.Fatal(err)
+			}
+			want[key] = *got
+		} else {
+			got.Count-- // keep the unsaved change out of both
+		}
+		if hot, _ := c.Len(); hot > 8 {
+			t.Fatalf("op %d: %d decoded states, MaxHot 8", i, hot)
+		}
+	}
+	hot, spilled := c.Len()
+	if hot+spilled != len(want) {
+		t.Fatalf("cache holds %d+%d sessions, want %d", hot, spilled, len(want))
+	}
+	st := c.Stats()
+	if st.Spilled == 0 || st.Loaded == 0 || st.Compactions == 0 {
+		t.Fatalf("traffic did not exercise spill, load and compaction: %+v", st)
+	}
+	for key, w := range want {
+		got, err := c.Get(key)
+		if err != nil || got == nil || *got != w {
+			t.Fatalf("final %s = %+v, %v; want %+v", key, got, err, w)
+		}
+	}
+	if c.size > 2*c.live+minCompactBytes {
+		t.Fatalf("spill file %d bytes for %d live", c.size, c.live)
+	}
+}
+
+func TestSpillFileIsUnlinked(t *testing.T) {
+	dir := t.TempDir()
+	c := New(Config{MaxHot: 1, Dir: dir}, codec)
+	for i := range 3 {
+		k := fmt.Sprint(i)
+		if err := c.Put(k, &state{Key: k}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, spilled := c.Len(); spilled != 2 {
+		t.Fatalf("spilled %d, want 2", spilled)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil || len(entries) != 0 {
+		t.Fatalf("spill dir holds %v (%v); the file must be unlinked", entries, err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDecodeErrorIsReported(t *testing.T) {
+	c := New(Config{MaxHot: 1, Dir: t.TempDir()}, Codec[state]{
+		Encode: codec.Encode,
+		Decode: func(string, []byte) (*state, error) { return nil, fmt.Errorf("corrupt") },
+	})
+	defer c.Close()
+	for _, k := range []string{"a", "b"} {
+		if err := c.Put(k, &state{Key: k}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if v, err := c.Get("a"); err == nil || v != nil {
+		t.Fatalf("Get of an undecodable spilled state = %v, %v; want an error", v, err)
+	}
+}
+
+// BenchmarkMiss is the cost of bringing an evicted session back: read from
+// the spill file (page cache), decode, and evict another one.
+func BenchmarkMiss(b *testing.B) {
+	c := New(Config{MaxHot: 100, Dir: b.TempDir()}, codec)
+	defer c.Close()
+	pad := fmt.Sprintf("%01000d", 0)
+	const keys = 10000
+	for i := range keys {
+		k := fmt.Sprint(i)
+		if err := c.Put(k, &state{Key: k, Pad: pad}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		k := fmt.Sprint(i % keys)
+		i += 101
+		v, err := c.Get(k)
+		if err != nil || v == nil {
+			b.Fatal(k, err)
+		}
+	}
+}
