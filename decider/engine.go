@@ -162,12 +162,11 @@ func InputDigest(snap *session.Snapshot, ev *envelope.Event, manifestDigest stri
 	if b, err = canon.AppendString(b, manifestDigest); err != nil {
 		return "", fmt.Errorf("decider: input digest: %w", err)
 	}
-	s, err := snap.Canonical()
-	if err != nil {
+	b = append(b, `,"snapshot":`...)
+	if b, err = snap.AppendCanonical(b); err != nil {
 		return "", fmt.Errorf("decider: input digest: %w", err)
 	}
-	b = append(b, `,"snapshot":`...)
-	b = append(append(b, s...), '}')
+	b = append(b, '}')
 	sum := sha256.Sum256(b)
 	return "sha256:" + hex.EncodeToString(sum[:]), nil
 }

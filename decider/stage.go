@@ -123,8 +123,23 @@ func (s *Stage) NewProcessor(partition int32) stream.Processor {
 }
 
 var stateCodec = statecache.Codec[deciderState]{
-	Encode: func(st *deciderState) ([]byte, error) { return json.Marshal(st) },
+	Encode: func(st *deciderState) ([]byte, error) { return st.appendJSON(nil) },
 	Decode: decodeState,
+}
+
+// appendJSON appends the state record's JSON (the snapshot in canonical
+// form, then the window) without reflection; decodeState reads it back.
+func (st *deciderState) appendJSON(b []byte) ([]byte, error) {
+	b = append(b, `{"snapshot":`...)
+	b, err := st.Snapshot.AppendCanonical(b)
+	if err != nil {
+		return b, err
+	}
+	b = append(b, `,"window":`...)
+	if b, err = st.Window.AppendJSON(b); err != nil {
+		return b, err
+	}
+	return append(b, '}'), nil
 }
 
 // decodeState parses and checks the state record of key.
@@ -259,7 +274,7 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 		if err != nil {
 			return fmt.Errorf("decider: %w", err)
 		}
-		v, err := json.Marshal(st)
+		v, err := st.appendJSON(nil)
 		if err != nil {
 			return fmt.Errorf("decider: encode state of %s: %w", key, err)
 		}

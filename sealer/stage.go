@@ -9,12 +9,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"strconv"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/statecache"
 	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/schemas/canon"
 	"aegis.dev/aegis/schemas/chain"
 	"aegis.dev/aegis/schemas/envelope"
 )
@@ -76,8 +78,32 @@ func (s *Stage) NewProcessor(partition int32) stream.Processor {
 }
 
 var headCodec = statecache.Codec[HeadRecord]{
-	Encode: func(h *HeadRecord) ([]byte, error) { return json.Marshal(h) },
+	Encode: func(h *HeadRecord) ([]byte, error) { return h.appendJSON(nil) },
 	Decode: decodeHead,
+}
+
+// appendJSON appends the head record's JSON (the fields and order of its
+// struct tags) without reflection: it is written once per touched session
+// and transaction.
+func (h *HeadRecord) appendJSON(b []byte) ([]byte, error) {
+	b = append(b, `{"tenant_id":`...)
+	b, err := canon.AppendString(b, h.TenantID)
+	if err == nil {
+		b = append(b, `,"session_id":`...)
+		b, err = canon.AppendString(b, h.SessionID)
+	}
+	if err != nil {
+		return b, fmt.Errorf("sealer: head of %s/%s: %w", h.TenantID, h.SessionID, err)
+	}
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendUint(b, h.Seq, 10)
+	b = append(b, `,"hash":"`...)
+	b = append(b, h.Hash...) // "sha256:" + hex, written by chain.Link
+	b = append(b, `","window":`...)
+	if b, err = h.Window.AppendJSON(b); err != nil {
+		return b, err
+	}
+	return append(b, '}'), nil
 }
 
 // decodeHead parses and checks the head record of key.
@@ -191,7 +217,7 @@ func (p *processor) Process(_ context.Context, batch []*stream.Record, emit func
 		if err != nil {
 			return fmt.Errorf("sealer: %w", err)
 		}
-		v, err := json.Marshal(h)
+		v, err := h.appendJSON(nil)
 		if err != nil {
 			return fmt.Errorf("sealer: encode head of %s: %w", key, err)
 		}

@@ -164,3 +164,30 @@ func TestSpilledHeadsSealAlike(t *testing.T) {
 		}
 	}
 }
+
+func TestHeadRecordJSONMatchesEncodingJSON(t *testing.T) {
+	p := New(Config{Topics: topics}, nil, nil).NewProcessor(0)
+	defer p.(*processor).Close()
+	var recs []*stream.Record
+	for seq := uint64(1); seq <= 20; seq++ {
+		recs = append(recs, decided("s.1:x-y_Z", seq, envelope.ModelCallStarted, ""))
+		recs[len(recs)-1].Partition = 0
+	}
+	outs := run(t, p, recs...)
+	heads := byTopic(outs, topics.ChainHeads)
+	if len(heads) != 1 {
+		t.Fatalf("%d head records for one session; rejections %v", len(heads), reasons(t, outs))
+	}
+	for _, o := range heads {
+		var h HeadRecord
+		if err := json.Unmarshal(o.Value, &h); err != nil {
+			t.Fatal(err)
+		}
+		if want, _ := json.Marshal(&h); string(o.Value) != string(want) {
+			t.Fatalf("head record %s, encoding/json %s", o.Value, want)
+		}
+		if h.Seq != 20 || h.SessionID != "s.1:x-y_Z" || len(h.Window.Recent) != pipeline.WindowSize {
+			t.Fatalf("head %+v", h)
+		}
+	}
+}

@@ -258,11 +258,7 @@ func (s *Snapshot) Clone() *Snapshot {
 
 // Canonical returns the RFC 8785 canonical JSON of s.
 func (s *Snapshot) Canonical() ([]byte, error) {
-	raw, err := json.Marshal(s)
-	if err != nil {
-		return nil, fmt.Errorf("session: marshal snapshot: %w", err)
-	}
-	return canon.Append(nil, raw)
+	return s.AppendCanonical(nil)
 }
 
 // Hash returns "sha256:<hex>" of the snapshot's canonical JSON.

@@ -2,6 +2,8 @@ package pipeline
 
 import (
 	"encoding/json"
+	"fmt"
+	"reflect"
 	"testing"
 
 	"aegis.dev/aegis/internal/stream"
@@ -131,5 +133,24 @@ func TestTopicSpecs(t *testing.T) {
 	}
 	if ValidatePrefix("ok.prefix-1_") != nil || ValidatePrefix("bad/prefix") == nil {
 		t.Fatal("prefix validation")
+	}
+}
+
+func TestWindowAppendJSONRoundTrips(t *testing.T) {
+	var w Window
+	for seq := uint64(1); seq <= WindowSize+3; seq++ {
+		b, err := w.AppendJSON(nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := json.Marshal(&w)
+		var got Window
+		if err := json.Unmarshal(b, &got); err != nil {
+			t.Fatalf("%s: %v", b, err)
+		}
+		if !reflect.DeepEqual(got, w) && len(w.Recent) > 0 || string(b) != string(want) {
+			t.Fatalf("AppendJSON %s, encoding/json %s", b, want)
+		}
+		w.Add(seq, fmt.Sprintf("sha256:%064x", seq))
 	}
 }

@@ -1,6 +1,11 @@
 package pipeline
 
-import "fmt"
+import (
+	"fmt"
+	"strconv"
+
+	"aegis.dev/aegis/schemas/canon"
+)
 
 // WindowSize is how many recent (seq, content digest) pairs a session keeps
 // to tell a retried event (dropped) from a conflicting one (rejected).
@@ -76,4 +81,30 @@ func (v Verdict) Reason() string {
 		return ReasonSeqStale
 	}
 	return ""
+}
+
+// AppendJSON appends the window's JSON form (the one its struct tags
+// describe) to b, without reflection: it is written once per touched
+// session and transaction.
+func (w *Window) AppendJSON(b []byte) ([]byte, error) {
+	b = append(b, `{"last_seq":`...)
+	b = strconv.AppendUint(b, w.Last, 10)
+	if len(w.Recent) > 0 {
+		b = append(b, `,"recent":[`...)
+		for i, r := range w.Recent {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"seq":`...)
+			b = strconv.AppendUint(b, r.Seq, 10)
+			b = append(b, `,"digest":`...)
+			var err error
+			if b, err = canon.AppendString(b, r.Digest); err != nil {
+				return b, fmt.Errorf("pipeline: window digest: %w", err)
+			}
+			b = append(b, '}')
+		}
+		b = append(b, ']')
+	}
+	return append(b, '}'), nil
 }

@@ -35,6 +35,7 @@ import (
 	"strconv"
 	"sync"
 	"unicode/utf8"
+	"unsafe"
 )
 
 // MaxSafeInteger is the largest integer n such that n and n+1 are both
@@ -147,6 +148,12 @@ func AppendString(dst []byte, s string) ([]byte, error) {
 		return dst, &Error{Offset: i, Err: ErrInvalidUTF8}
 	}
 	return appendQuoted(dst, s), nil
+}
+
+// CompareKeys orders two object member names as RFC 8785 sorts them: by
+// their UTF-16 code units. Both must be valid UTF-8.
+func CompareKeys(a, b string) int {
+	return compareKeys(unsafe.Slice(unsafe.StringData(a), len(a)), unsafe.Slice(unsafe.StringData(b), len(b)))
 }
 
 // AppendInt appends v as a canonical JSON number. It returns dst unchanged
