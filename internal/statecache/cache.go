@@ -6,16 +6,18 @@
 // Cache is only a processor's working copy of it. The most recently used
 // sessions are kept decoded in memory (at most MaxHot of them); the others
 // are kept encoded in a spill file on local disk and decoded again when
-// their session comes back. Memory is therefore O(MaxHot × state size +
-// sessions × ~100 bytes of index), not O(sessions × state size): a
-// stage's memory stays flat while a fleet keeps opening new sessions.
+// their session comes back. Where each spilled state lies is kept in an
+// on-disk hash table (index.go), not in memory. Memory is therefore
+// O(MaxHot × state size), whatever the number of sessions: a stage's memory
+// stays flat while a fleet keeps opening new sessions.
 //
-// The spill file is created in Dir and unlinked at once, so it never
-// outlives the process (its blocks are freed when the Cache is closed or
-// the process exits, crash included) and no two caches share one. It is
-// rewritten without its dead records when they make up more than half of
-// it. A Cache is rebuilt from the state topic after every abort like any
-// other processor state, so it needs no durability of its own.
+// The spill and index files are created in Dir and unlinked at once, so
+// they never outlive the process (their blocks are freed when the Cache is
+// closed or the process exits, crash included) and no two caches share
+// one. The spill file is rewritten without its dead records when they make
+// up more than half of it. A Cache is rebuilt from the state topic after
+// every abort like any other processor state, so it needs no durability of
+// its own.
 //
 // A Cache is not safe for concurrent use; a processor is used by one
 // goroutine at a time.
@@ -55,11 +57,10 @@ type Cache[T any] struct {
 
 	hot  map[string]*node[T]
 	head node[T] // sentinel: head.next is the most recently used
-	cold map[string]ref
+	cold index
 
 	file *os.File
 	size int64 // bytes written to file
-	live int64 // bytes of file referenced by cold
 
 	stats Stats
 }
@@ -88,13 +89,13 @@ func New[T any](cfg Config, codec Codec[T]) *Cache[T] {
 	if cfg.MaxHot < 1 {
 		cfg.MaxHot = 1
 	}
-	c := &Cache[T]{cfg: cfg, codec: codec, hot: make(map[string]*node[T]), cold: make(map[string]ref)}
+	c := &Cache[T]{cfg: cfg, codec: codec, hot: make(map[string]*node[T]), cold: index{cfg: cfg}}
 	c.head.prev, c.head.next = &c.head, &c.head
 	return c
 }
 
 // Len returns how many sessions are held decoded and spilled.
-func (c *Cache[T]) Len() (hot, spilled int) { return len(c.hot), len(c.cold) }
+func (c *Cache[T]) Len() (hot, spilled int) { return len(c.hot), int(c.cold.used) }
 
 // Stats returns the Cache's counters.
 func (c *Cache[T]) Stats() Stats { return c.stats }
@@ -108,9 +109,10 @@ func (c *Cache[T]) Get(key string) (*T, error) {
 		c.touch(n)
 		return n.v, nil
 	}
-	r, ok := c.cold[key]
-	if !ok {
-		return nil, nil
+	h := hashKey(key)
+	r, ok, err := c.cold.get(h)
+	if err != nil || !ok {
+		return nil, err
 	}
 	b := make([]byte, r.n)
 	if _, err := c.file.ReadAt(b, r.off); err != nil {
@@ -120,8 +122,9 @@ func (c *Cache[T]) Get(key string) (*T, error) {
 	if err != nil {
 		return nil, fmt.Errorf("statecache: decode spilled %q: %w", key, err)
 	}
-	delete(c.cold, key)
-	c.live -= int64(r.n)
+	if err := c.cold.remove(h); err != nil {
+		return nil, err
+	}
 	c.stats.Loaded++
 	if err := c.insert(key, v); err != nil {
 		return nil, err
@@ -137,21 +140,22 @@ func (c *Cache[T]) Put(key string, v *T) error {
 		c.touch(n)
 		return nil
 	}
-	if r, ok := c.cold[key]; ok {
-		delete(c.cold, key)
-		c.live -= int64(r.n)
+	if err := c.cold.remove(hashKey(key)); err != nil {
+		return err
 	}
 	return c.insert(key, v)
 }
 
 // Close releases the spill file; the Cache must not be used afterwards.
 func (c *Cache[T]) Close() error {
-	c.hot, c.cold = nil, nil
-	if c.file == nil {
-		return nil
+	c.hot = nil
+	err := c.cold.close()
+	if c.file != nil {
+		if cerr := c.file.Close(); err == nil {
+			err = cerr
+		}
+		c.file = nil
 	}
-	err := c.file.Close()
-	c.file = nil
 	return err
 }
 
@@ -195,9 +199,10 @@ func (c *Cache[T]) append(key string, b []byte) error {
 	if _, err := c.file.WriteAt(b, c.size); err != nil {
 		return fmt.Errorf("statecache: spill %q: %w", key, err)
 	}
-	c.cold[key] = ref{off: c.size, n: int32(len(b))}
+	if err := c.cold.put(hashKey(key), ref{off: c.size, n: int32(len(b))}); err != nil {
+		return err
+	}
 	c.size += int64(len(b))
-	c.live += int64(len(b))
 	return nil
 }
 
@@ -206,7 +211,7 @@ var errTooLarge = errors.New("too large to spill")
 // maybeCompact rewrites the spill file with only its live records once
 // dead ones (states loaded back or replaced) are the majority.
 func (c *Cache[T]) maybeCompact() error {
-	if c.size < minCompactBytes || c.live*2 > c.size {
+	if c.size < minCompactBytes || c.cold.live*2 > c.size {
 		return nil
 	}
 	f, err := createUnlinked(c.cfg.Dir, c.cfg.Name)
@@ -215,24 +220,30 @@ func (c *Cache[T]) maybeCompact() error {
 	}
 	var off int64
 	var buf []byte
-	for key, r := range c.cold {
-		if cap(buf) < int(r.n) {
-			buf = make([]byte, r.n)
+	err = c.cold.relocate(func(s slot) (ref, error) {
+		if cap(buf) < int(s.ref.n) {
+			buf = make([]byte, s.ref.n)
 		}
-		buf = buf[:r.n]
-		if _, err := c.file.ReadAt(buf, r.off); err != nil {
-			f.Close()
-			return fmt.Errorf("statecache: compact: read %q: %w", key, err)
+		buf = buf[:s.ref.n]
+		if _, err := c.file.ReadAt(buf, s.ref.off); err != nil {
+			return ref{}, fmt.Errorf("statecache: compact: read: %w", err)
 		}
 		if _, err := f.WriteAt(buf, off); err != nil {
-			f.Close()
-			return fmt.Errorf("statecache: compact: write %q: %w", key, err)
+			return ref{}, fmt.Errorf("statecache: compact: write: %w", err)
 		}
-		c.cold[key] = ref{off: off, n: r.n}
-		off += int64(r.n)
+		r := ref{off: off, n: s.ref.n}
+		off += int64(s.ref.n)
+		return r, nil
+	})
+	if err != nil {
+		// The index may point into either file now: this cache is
+		// unusable, and its processor is rebuilt from the state topic.
+		f.Close()
+		return err
 	}
 	old := c.file
-	c.file, c.size, c.live = f, off, off
+	c.file, c.size = f, off
+	c.cold.live = off
 	c.stats.Compactions++
 	return old.Close()
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"testing"
 )
 
@@ -83,8 +84,8 @@ func TestAgainstMap(t *testing.T) {
 			t.Fatalf("final %s = %+v, %v; want %+v", key, got, err, w)
 		}
 	}
-	if c.size > 2*c.live+minCompactBytes {
-		t.Fatalf("spill file %d bytes for %d live", c.size, c.live)
+	if c.size > 2*c.cold.live+minCompactBytes {
+		t.Fatalf("spill file %d bytes for %d live", c.size, c.cold.live)
 	}
 }
 
@@ -147,5 +148,48 @@ func BenchmarkMiss(b *testing.B) {
 		if err != nil || v == nil {
 			b.Fatal(k, err)
 		}
+	}
+}
+
+// TestSpilledSessionsCostNoMemory spills 100,000 sessions through a cache
+// that keeps 16 decoded: the Go heap must not grow with them (their
+// locations live in the on-disk index), and every one must come back.
+func TestSpilledSessionsCostNoMemory(t *testing.T) {
+	c := New(Config{MaxHot: 16, Dir: t.TempDir()}, codec)
+	defer c.Close()
+	heap := func() uint64 {
+		runtime.GC()
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m.HeapAlloc
+	}
+	const n = 100000
+	put := func(from, to int) {
+		for i := from; i < to; i++ {
+			k := fmt.Sprintf("tenant/session-%d", i)
+			if err := c.Put(k, &state{Key: k, Count: i}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	put(0, 1000)
+	before := heap()
+	put(1000, n)
+	after := heap()
+	if _, spilled := c.Len(); spilled != n-16 {
+		t.Fatalf("%d spilled, want %d", spilled, n-16)
+	}
+	if grew := int64(after) - int64(before); grew > 1<<20 {
+		t.Fatalf("heap grew %d bytes for %d spilled sessions; the index must not live in memory", grew, n-1000)
+	}
+	for i := 0; i < n; i += 997 {
+		k := fmt.Sprintf("tenant/session-%d", i)
+		v, err := c.Get(k)
+		if err != nil || v == nil || v.Count != i {
+			t.Fatalf("%s = %+v, %v", k, v, err)
+		}
+	}
+	if v, err := c.Get("tenant/never-seen"); v != nil || err != nil {
+		t.Fatalf("unknown key = %+v, %v", v, err)
 	}
 }
