@@ -1,6 +1,7 @@
 package decider
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -274,10 +275,10 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 		if err != nil {
 			return fmt.Errorf("decider: %w", err)
 		}
-		v, err := st.appendJSON(nil)
-		if err != nil {
+		if p.buf, err = st.appendJSON(p.buf[:0]); err != nil {
 			return fmt.Errorf("decider: encode state of %s: %w", key, err)
 		}
+		v := bytes.Clone(p.buf)
 		emit(stream.Output{Topic: t.DeciderState, Partition: p.partition, Key: []byte(key), Value: v})
 	}
 	return nil

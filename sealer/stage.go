@@ -5,6 +5,7 @@
 package sealer
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -217,10 +218,10 @@ func (p *processor) Process(_ context.Context, batch []*stream.Record, emit func
 		if err != nil {
 			return fmt.Errorf("sealer: %w", err)
 		}
-		v, err := h.appendJSON(nil)
-		if err != nil {
+		if p.buf, err = h.appendJSON(p.buf[:0]); err != nil {
 			return fmt.Errorf("sealer: encode head of %s: %w", key, err)
 		}
+		v := bytes.Clone(p.buf)
 		emit(stream.Output{Topic: t.ChainHeads, Partition: p.partition, Key: []byte(key), Value: v})
 	}
 	return nil
