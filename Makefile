@@ -9,7 +9,7 @@ GOLANGCI := $(shell $(GO) env GOPATH)/bin/golangci-lint
 export AEGIS_TEST_KAFKA ?= 127.0.0.1:19092
 export AEGIS_TEST_CLICKHOUSE ?= clickhouse://127.0.0.1:19000/aegis_test
 
-.PHONY: help build run test test-unit test-integration lint vet services services-stop bench fuzz loadtest clean
+.PHONY: help build run test test-unit test-integration lint vet services services-stop bench fuzz loadtest loadtest-smoke clean
 
 help: ## list targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -24,6 +24,7 @@ test: lint services ## everything: lint, hermetic tests, then real Kafka + Click
 	# One package at a time: some suites restart the shared broker or ClickHouse.
 	$(GO) test -count=1 -p 1 -timeout 30m -run Integration ./...
 	$(GO) test -count=1 -short -timeout 10m ./...
+	$(MAKE) loadtest-smoke
 
 test-unit: ## hermetic tests only (kfake, SQLite); no services needed
 	$(GO) test -count=1 -short ./...
@@ -60,6 +61,11 @@ fuzz: ## run every fuzz target for 30 s
 
 loadtest: build ## 30 s fleet load test against an embedded aegisd it starts (RATE, DURATION, SESSIONS; BROKERS= for real Kafka)
 	loadtest/run-stack.sh
+
+loadtest-smoke: build ## short load tests: embedded stack, then one process per stage on real Kafka + ClickHouse (needs `make services`)
+	RATE=1000 DURATION=5s SESSIONS=100 REPORT=$(BIN)/loadtest-smoke-embedded.json loadtest/run-stack.sh
+	BROKERS=$(AEGIS_TEST_KAFKA) SPLIT=1 STORE=$(AEGIS_TEST_CLICKHOUSE)_loadtest \
+	  RATE=2000 DURATION=10s SESSIONS=200 REPORT=$(BIN)/loadtest-smoke-kafka.json loadtest/run-stack.sh
 
 clean:
 	rm -rf $(BIN)

@@ -1,48 +1,101 @@
 #!/usr/bin/env bash
-# Runs aegis-loadtest against an aegisd this script starts and stops:
-# embedded by default (in-process broker, SQLite store under a temp data
-# dir), or on real Kafka with BROKERS=host:port (a unique topic prefix per
-# run). It samples aegisd's resident memory every second and prints the
-# first and last sample after the report. Used by `make loadtest`.
+# Runs aegis-loadtest against aegisd processes this script starts and stops:
+# embedded by default (one aegisd with the in-process broker and a SQLite
+# store under a temp data dir), or on real Kafka with BROKERS=host:port (a
+# unique topic prefix per run). With SPLIT=1 (real Kafka only) each stage
+# runs in its own aegisd (--target decider, sealer, projector), so that each
+# stage's memory is measured on its own. STORE=clickhouse://HOST:PORT/DB
+# points the projector (and the loadtest's queryable probe) at ClickHouse
+# instead of SQLite; STORE=none runs no projector at all (SPLIT=1) and skips
+# the queryable probe, to measure the decision path alone. STAGES="decider
+# sealer" overrides the processes SPLIT=1 starts; AEGISD_FLAGS adds flags to
+# every aegisd (e.g. "--kafka-compression none"). It samples each aegisd's
+# resident memory every second
+# and prints, after the report, the samples at 0/25/50/75/100 % of the run.
+# Used by `make loadtest` and `make loadtest-smoke`.
 #
 #   RATE=3000 DURATION=30s SESSIONS=500 loadtest/run-stack.sh [extra aegis-loadtest flags]
+#   BROKERS=127.0.0.1:19092 SPLIT=1 STORE=clickhouse://127.0.0.1:19000/lt RATE=5000 DURATION=10m loadtest/run-stack.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RATE=${RATE:-3000} DURATION=${DURATION:-30s} SESSIONS=${SESSIONS:-500}
 REPORT=${REPORT:-loadtest-report.json}
-KAFKA_ADDR=${KAFKA_ADDR:-127.0.0.1:19392} HTTP_ADDR=${HTTP_ADDR:-127.0.0.1:18380}
+KAFKA_ADDR=${KAFKA_ADDR:-127.0.0.1:19392} HTTP_PORT=${HTTP_PORT:-18380}
 data=$(mktemp -d)
 prefix="lt$(date +%s)."
-args=(--dev --data-dir "$data" --manifests deploy/manifests --http-addr "$HTTP_ADDR" --topic-prefix "$prefix" --instance loadtest)
-if [[ -n "${BROKERS:-}" ]]; then
-  args+=(--brokers "$BROKERS")
-else
-  BROKERS=$KAFKA_ADDR
-  args+=(--kafka-addr "$KAFKA_ADDR")
+STORE=${STORE:-sqlite:$data/audit.db}
+base=(--dev --data-dir "$data" --manifests deploy/manifests --topic-prefix "$prefix" --pprof)
+read -ra extra <<<"${AEGISD_FLAGS:-}"
+base+=("${extra[@]}")
+probe=()
+if [[ "$STORE" != none ]]; then
+  base+=(--store "$STORE")
+  probe=(--store "$STORE")
 fi
-bin/aegisd "${args[@]}" >"$data/aegisd.log" 2>&1 &
-pid=$!
-sampler=
+if [[ -n "${BROKERS:-}" ]]; then
+  base+=(--brokers "$BROKERS")
+else
+  [[ -n "${SPLIT:-}" ]] && { echo "SPLIT=1 needs BROKERS (the embedded broker lives in one process)" >&2; exit 2; }
+  BROKERS=$KAFKA_ADDR
+  base+=(--kafka-addr "$KAFKA_ADDR")
+fi
+if [[ -n "${STAGES:-}" ]]; then
+  read -ra stages <<<"$STAGES"
+elif [[ -n "${SPLIT:-}" && "$STORE" == none ]]; then
+  stages=(decider sealer)
+elif [[ -n "${SPLIT:-}" ]]; then
+  stages=(decider sealer projector)
+else
+  stages=(all)
+fi
+
+# ready reports whether aegisd on 127.0.0.1:$1 answers /readyz with 200 (plain
+# HTTP over bash's /dev/tcp: no curl needed).
+ready() {
+  local reply
+  reply="$(timeout 3 bash -c '
+    exec 3<>"/dev/tcp/127.0.0.1/$1" || exit 1
+    printf "GET /readyz HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n" >&3
+    head -c 12 <&3
+  ' _ "$1" 2>/dev/null)" || return 1
+  [[ "$reply" == "HTTP/1."?" 200" ]]
+}
+
+pids=() samplers=()
 cleanup() {
-  [[ -n "$sampler" ]] && kill "$sampler" 2>/dev/null || true
-  kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  for s in "${samplers[@]}"; do kill "$s" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
   rm -rf "$data"
 }
 trap cleanup EXIT
-for _ in $(seq 100); do
-  curl -fs "http://$HTTP_ADDR/readyz" >/dev/null 2>&1 && break
-  kill -0 "$pid" 2>/dev/null || { cat "$data/aegisd.log"; exit 3; }
-  sleep 0.2
+port=$HTTP_PORT
+for s in "${stages[@]}"; do
+  bin/aegisd "${base[@]}" --target "$s" --instance "loadtest-$s" --http-addr "127.0.0.1:$port" >"$data/aegisd-$s.log" 2>&1 &
+  pids+=($!)
+  ok=
+  for _ in $(seq 150); do
+    ready "$port" && { ok=1; break; }
+    kill -0 "${pids[-1]}" 2>/dev/null || break
+    sleep 0.2
+  done
+  [[ -n "$ok" ]] || { echo "aegisd --target $s did not become ready:" >&2; cat "$data/aegisd-$s.log" >&2; exit 3; }
+  pid=${pids[-1]}
+  ( while kill -0 "$pid" 2>/dev/null; do awk '/VmRSS/ {print $2}' "/proc/$pid/status" >>"$data/rss-$s"; sleep 1; done ) &
+  samplers+=($!)
+  port=$((port + 1))
 done
-( while kill -0 "$pid" 2>/dev/null; do awk '/VmRSS/ {print $2}' "/proc/$pid/status" >>"$data/rss"; sleep 1; done ) &
-sampler=$!
+
 code=0
 bin/aegis-loadtest --brokers "$BROKERS" --topic-prefix "$prefix" --rate "$RATE" --duration "$DURATION" \
-  --sessions "$SESSIONS" --store "sqlite:$data/audit.db" --report "$REPORT" "$@" || code=$?
-if [[ -s "$data/rss" ]]; then
-  n=$(wc -l <"$data/rss")
-  at() { sed -n "$(( ($1 * (n - 1)) / 4 + 1 ))p" "$data/rss"; }
-  echo "aegisd RSS (kB) at 0/25/50/75/100 % of the run: $(at 0) $(at 1) $(at 2) $(at 3) $(at 4); max $(sort -n "$data/rss" | tail -1); $n samples"
-fi
+  --sessions "$SESSIONS" "${probe[@]}" --report "$REPORT" "$@" || code=$?
+for s in "${stages[@]}"; do
+  f="$data/rss-$s"
+  [[ -s "$f" ]] || continue
+  n=$(wc -l <"$f")
+  at() { sed -n "$(( ($1 * (n - 1)) / 4 + 1 ))p" "$f"; }
+  echo "aegisd --target $s RSS (kB) at 0/25/50/75/100 % of the run: $(at 0) $(at 1) $(at 2) $(at 3) $(at 4); max $(sort -n "$f" | tail -1); $n samples"
+  cp "$f" "$REPORT.rss-$s"
+done
+echo "RSS samples (kB, one a second): $REPORT.rss-*"
 echo "JSON report: $REPORT"
 exit $code
