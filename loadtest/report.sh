@@ -44,7 +44,7 @@ step() { # name, env..., -- extra loadtest flags
   [[ "${1:-}" == -- ]] && shift
   note "== $name ($(date -u +%H:%M:%S), load average $(cut -d' ' -f1-3 /proc/loadavg))"
   env "${envs[@]}" REPORT="$OUT/$name.json" bash "$stack" "$@" >"$OUT/$name.log" 2>&1 || note "exit code $?"
-  grep -E '^  (published|throughput|latency|proposal_decision|publish_|result)|RSS' "$OUT/$name.log" | tee -a "$summary"
+  grep -E '^  (published|throughput|latency|proposal_decision|publish_|result)|RSS|CPU' "$OUT/$name.log" | tee -a "$summary"
 }
 
 note "== floors ($(date -u +%H:%M:%S), load average $(cut -d' ' -f1-3 /proc/loadavg))"

@@ -11,7 +11,9 @@
 # sealer" overrides the processes SPLIT=1 starts; AEGISD_FLAGS adds flags to
 # every aegisd (e.g. "--kafka-compression none"). It samples each aegisd's
 # resident memory every second
-# and prints, after the report, the samples at 0/25/50/75/100 % of the run.
+# and prints, after the report, the samples at 0/25/50/75/100 % of the run,
+# and the CPU each process (aegisd, the broker and ClickHouse if local, the
+# load tester itself) used during the run.
 # Used by `make loadtest` and `make loadtest-smoke`.
 #
 #   RATE=3000 DURATION=30s SESSIONS=500 loadtest/run-stack.sh [extra aegis-loadtest flags]
@@ -85,9 +87,31 @@ for s in "${stages[@]}"; do
   port=$((port + 1))
 done
 
+# cpu_ticks prints the CPU time (user + system, in clock ticks) of pid.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# The processes whose CPU time the run reports: each aegisd, and the
+# brokers and ClickHouse when they run on this machine.
+cpu_names=() cpu_pids=()
+for i in "${!stages[@]}"; do cpu_names+=("aegisd:${stages[$i]}"); cpu_pids+=("${pids[$i]}"); done
+for pat in kafka.Kafka clickhouse-server; do
+  for p in $(pgrep -f "$pat" || true); do cpu_names+=("$pat"); cpu_pids+=("$p"); done
+done
+cpu_before=()
+for p in "${cpu_pids[@]}"; do cpu_before+=("$(cpu_ticks "$p")"); done
+
 code=0
-bin/aegis-loadtest --brokers "$BROKERS" --topic-prefix "$prefix" --rate "$RATE" --duration "$DURATION" \
+start=$(date +%s.%N)
+TIMEFORMAT='aegis-loadtest CPU: %U s user + %S s system over %R s'
+time bin/aegis-loadtest --brokers "$BROKERS" --topic-prefix "$prefix" --rate "$RATE" --duration "$DURATION" \
   --sessions "$SESSIONS" "${probe[@]}" --report "$REPORT" "$@" || code=$?
+elapsed=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')
+hz=$(getconf CLK_TCK)
+line="CPU during the run (cores used on average over ${elapsed%.*} s):"
+for i in "${!cpu_pids[@]}"; do
+  d=$(( $(cpu_ticks "${cpu_pids[$i]}") - ${cpu_before[$i]} ))
+  line+=" ${cpu_names[$i]} $(awk -v d="$d" -v hz="$hz" -v t="$elapsed" 'BEGIN {printf "%.2f", d / hz / t}')"
+done
+echo "$line"
 for s in "${stages[@]}"; do
   f="$data/rss-$s"
   [[ -s "$f" ]] || continue
