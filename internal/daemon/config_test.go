@@ -46,6 +46,8 @@ func TestLoadRejects(t *testing.T) {
 		{"unknown yaml key", []string{"--config", unknown}, "partitons"},
 		{"missing file", []string{"--config", filepath.Join(dir, "nope.yaml")}, "no such file"},
 		{"unknown flag", []string{"--brokerz", "x"}, "not defined"},
+		{"unknown compression", []string{"--kafka-compression", "brotli"}, "kafka-compression"},
+		{"no state in memory", []string{"--state-sessions", "0"}, "state-sessions"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -150,6 +150,7 @@ type faultEnv struct {
 	brokers   []string
 	prefix    string
 	topics    pipeline.Topics
+	dir       string // process directories (data dir, log)
 
 	mu    sync.Mutex
 	procs []*stageProc
@@ -167,6 +168,10 @@ func newFaultEnv(t *testing.T, name string) *faultEnv {
 		seq:       map[string]int{},
 	}
 	e.topics = pipeline.NewTopics(e.prefix)
+	// Process directories live under one made before cleanup is
+	// registered: cleanups run last-in first-out, so the logs still exist
+	// when cleanup prints their tails.
+	e.dir = t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	// Created up front so that publishing can start before any stage.
@@ -234,7 +239,10 @@ func (e *faultEnv) start(stage, instance string, extra ...string) *stageProc {
 	e.seq[id]++
 	label := fmt.Sprintf("%s#%d", id, e.seq[id])
 	e.mu.Unlock()
-	dir := e.t.TempDir()
+	dir, err := os.MkdirTemp(e.dir, label)
+	if err != nil {
+		e.t.Fatal(err)
+	}
 	logPath := filepath.Join(dir, "aegisd.log")
 	logFile, err := os.Create(logPath)
 	if err != nil {
