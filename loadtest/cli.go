@@ -41,6 +41,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	sessions := fs.Int("sessions", 100, "concurrent simulated agents (each runs ~40-event sessions back to back)")
 	mix := fs.String("mix", "", "step weights, e.g. model=6,tool=6,memory=2,sanitize=1,approval=1,handoff=1,denied=1 (the default)")
 	store := fs.String("store", "", "audit store to poll for publish → queryable latency: sqlite:PATH or clickhouse://HOST:PORT/DB")
+	storeSample := fs.Int("store-sample", 10, "while publishing, poll the store for one session in this many (latency sample); after publishing, every session is checked")
 	drain := fs.Duration("drain-timeout", 30*time.Second, "after publishing, wait at most this long without progress for the pipeline to catch up")
 	report := fs.String("report", "", "write the JSON report to this file")
 	runID := fs.String("run-id", "", "session-id prefix of this run (default: unique per run)")
@@ -61,7 +62,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	cfg := Config{Brokers: strings.Split(*brokers, ","), TopicPrefix: *prefix, HTTP: *httpURL, APIKey: *apiKey,
 		HTTPBatch: *batch, HTTPConcurrency: *conc, Rate: *rate, Ramp: *ramp, Duration: *duration, Sessions: *sessions,
-		Mix: m, Store: *store, DrainTimeout: *drain, RunID: *runID, FaultBadKey: *badKey}
+		Mix: m, Store: *store, StoreSample: *storeSample, DrainTimeout: *drain, RunID: *runID, FaultBadKey: *badKey}
 	rep, err := Run(ctx, cfg, progressWriter(stderr))
 	if err != nil {
 		fmt.Fprintf(stderr, "aegis-loadtest: %v\n", err)

@@ -159,10 +159,19 @@ func TestMainEmbedded(t *testing.T) {
 		wantExit int
 		check    func(t *testing.T, rep *Report)
 	}{
-		{name: "kafka with store", args: []string{"--rate", "300", "--duration", "3s", "--sessions", "20", "--store", "sqlite:" + filepath.Join(dataDir, "audit.db")},
+		{name: "kafka with store", args: []string{"--rate", "300", "--duration", "3s", "--sessions", "20", "--store-sample", "1", "--store", "sqlite:" + filepath.Join(dataDir, "audit.db")},
 			wantExit: ExitOK, check: func(t *testing.T, rep *Report) {
 				if rep.Mode != "kafka" || rep.EventsStored != rep.EventsPublished || rep.Latency["publish_stored"].Count != rep.EventsPublished {
 					t.Errorf("store: mode %s, stored %d, stored latencies %d, published %d", rep.Mode, rep.EventsStored, rep.Latency["publish_stored"].Count, rep.EventsPublished)
+				}
+			}},
+		// Sampled: latency from a quarter of the sessions, the stored
+		// count still exact (every session is checked after publishing).
+		{name: "kafka with sampled store probe", args: []string{"--rate", "300", "--duration", "3s", "--sessions", "20", "--store-sample", "4", "--store", "sqlite:" + filepath.Join(dataDir, "audit.db")},
+			wantExit: ExitOK, check: func(t *testing.T, rep *Report) {
+				n := rep.Latency["publish_stored"].Count
+				if rep.EventsStored != rep.EventsPublished || n == 0 || n >= rep.EventsPublished {
+					t.Errorf("sampled store: stored %d of %d published, %d latencies (want a strict subset)", rep.EventsStored, rep.EventsPublished, n)
 				}
 			}},
 		{name: "http", args: []string{"--http", httpURL, "--http-batch", "20", "--rate", "300", "--duration", "2s", "--sessions", "20"},

@@ -48,6 +48,13 @@ type Config struct {
 	// Store, if set (sqlite:PATH or clickhouse://…), is polled for the
 	// highest stored seq of every session: publish → queryable latency.
 	Store string
+	// StoreSample: while publishing, the store is polled for one session
+	// in StoreSample (default 1: all), which is where publish → queryable
+	// latency comes from; once publishing ends every session is polled
+	// until it is fully stored, so the stored count stays exact. Polling
+	// all of a large fleet ten times a second is load on the store that
+	// the fleet itself would not cause.
+	StoreSample int
 	// DrainTimeout bounds the wait for the pipeline to catch up after the
 	// last publish, counted from the last progress (default 30s).
 	DrainTimeout time.Duration
@@ -72,14 +79,15 @@ type Progress struct {
 
 // session is the run's record of one simulated session.
 type session struct {
-	id     string
-	key    string
-	events []event
-	sched  []int64 // scheduled send time (unix ns) by seq-1; 0 = not yet sent
-	acked  []bool
-	sealed []uint8 // sealed copies by seq-1
-	stored uint64  // highest seq seen in the store
-	badKey bool
+	id      string
+	key     string
+	events  []event
+	sched   []int64 // scheduled send time (unix ns) by seq-1; 0 = not yet sent
+	acked   []bool
+	sealed  []uint8 // sealed copies by seq-1
+	stored  uint64  // highest seq seen in the store
+	sampled bool    // polled for publish → queryable latency while publishing
+	badKey  bool
 }
 
 // run is the shared state of one Run.
@@ -106,6 +114,7 @@ type run struct {
 
 	scheduled, published, failed, sealedN, decided atomic.Int64
 	dupN, storedN                                  atomic.Int64
+	publishDone                                    atomic.Bool
 }
 
 func newHist() *hdr.Histogram { return hdr.New(1, int64(10*time.Minute/time.Microsecond), 3) }
@@ -119,6 +128,9 @@ func (c *Config) defaults() error {
 	}
 	if c.HTTPConcurrency <= 0 {
 		c.HTTPConcurrency = 8
+	}
+	if c.StoreSample <= 0 {
+		c.StoreSample = 1
 	}
 	if c.DrainTimeout <= 0 {
 		c.DrainTimeout = 30 * time.Second
@@ -218,6 +230,7 @@ func Run(ctx context.Context, cfg Config, progress func(Progress)) (*Report, err
 	if err := r.publish(ctx); err != nil {
 		return nil, err
 	}
+	r.publishDone.Store(true)
 	pubEnd := time.Since(r.start)
 
 	// Drain: wait until every acknowledged event is sealed (and stored),
@@ -373,6 +386,7 @@ func (r *run) nextEvent(a *agent, sched time.Time) pending {
 		s := &session{id: sid, key: Tenant + "/" + sid, events: evs,
 			sched: make([]int64, len(evs)), acked: make([]bool, len(evs)), sealed: make([]uint8, len(evs))}
 		r.mu.Lock()
+		s.sampled = len(r.sessions)%r.cfg.StoreSample == 0
 		s.badKey = len(r.sessions) < r.cfg.FaultBadKey
 		r.sessions[s.key] = s
 		r.mu.Unlock()
@@ -569,10 +583,11 @@ func (r *run) onSealed(dec envelope.Decoder, rec *stream.Record, now time.Time) 
 }
 
 // pollStore reads, every 100ms, the highest stored seq of the run's sessions
-// that are not fully stored yet, and records publish → queryable latency for
-// every newly stored seq (resolution: the poll interval). Asking only for
-// unfinished sessions (a few hundred at a time) keeps the probe's cost flat
-// over a long run instead of rescanning everything the run ever stored.
+// that are not fully stored yet — while publishing only the sampled ones
+// (Config.StoreSample), afterwards all — and records publish → queryable
+// latency for every newly stored seq of a sampled session (resolution: the
+// poll interval). Asking only for unfinished sessions keeps the probe's cost
+// flat over a long run instead of rescanning everything the run stored.
 func (r *run) pollStore(ctx context.Context, st stores.Store) {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
@@ -584,9 +599,10 @@ func (r *run) pollStore(ctx context.Context, st stores.Store) {
 		case <-t.C:
 		}
 		var pending []string
+		all := r.publishDone.Load()
 		r.mu.Lock()
 		for _, s := range r.sessions {
-			if s.stored < uint64(len(s.sched)) && len(s.sched) > 0 && s.sched[s.stored] != 0 {
+			if (all || s.sampled) && s.stored < uint64(len(s.sched)) && len(s.sched) > 0 && s.sched[s.stored] != 0 {
 				pending = append(pending, "'"+s.id+"'")
 			}
 		}
@@ -615,7 +631,7 @@ func (r *run) recordStored(rows [][]any) {
 			continue
 		}
 		for ; s.stored < top && int(s.stored) < len(s.sched); s.stored++ {
-			if at := s.sched[s.stored]; at != 0 {
+			if at := s.sched[s.stored]; at != 0 && s.sampled {
 				_ = r.hStored.RecordValue(max(1, (now-at)/1e3))
 			}
 			r.storedN.Add(1)
