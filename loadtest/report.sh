@@ -4,7 +4,8 @@
 #
 #   1. floors: raw produce → consume on the same brokers (franz-go, kfake and
 #      real Kafka), SHA-256 of 300 bytes, one bare OPA evaluation;
-#   2. the embedded stack (what `make loadtest` runs);
+#   2. the embedded stack (what `make loadtest` runs), and at 5,000 events/s
+#      with and without the projector;
 #   3. real Kafka, decider + sealer only: the decision path at 5,000 events/s;
 #   4. real Kafka + ClickHouse, one process per stage: throughput at rising
 #      rates (RATES, default "10000 15000 20000");
@@ -53,6 +54,8 @@ go test -run '^$' -bench 'SHA256Only300B' -count 3 ./schemas/canon | grep -E '^B
 go test -run '^$' -bench 'EvalFast$' -count 3 ./decider/policy | grep -E '^Benchmark' | tee -a "$summary"
 
 step embedded-3000 RATE=3000 DURATION=30s SESSIONS=500
+step embedded-5000 RATE=5000 DURATION=60s SESSIONS=500
+step embedded-decision-5000 STAGES=decider,sealer STORE=none RATE=5000 DURATION=60s SESSIONS=500
 step kafka-decision-5000 BROKERS="$KAFKA" SPLIT=1 STORE=none RATE=5000 DURATION=60s SESSIONS=500
 for rate in $RATES; do
   step "kafka-clickhouse-$rate" BROKERS="$KAFKA" SPLIT=1 STORE="${CH}_loadtest" RATE="$rate" DURATION=60s SESSIONS=$((rate / 10))

@@ -7,8 +7,10 @@
 # stage's memory is measured on its own. STORE=clickhouse://HOST:PORT/DB
 # points the projector (and the loadtest's queryable probe) at ClickHouse
 # instead of SQLite; STORE=none runs no projector at all (SPLIT=1) and skips
-# the queryable probe, to measure the decision path alone. STAGES="decider
-# sealer" overrides the processes SPLIT=1 starts; AEGISD_FLAGS adds flags to
+# the queryable probe, to measure the decision path alone. STAGES lists the
+# aegisd processes to start by their --target values, overriding SPLIT
+# (e.g. STAGES="decider sealer" for two processes, STAGES=decider,sealer for
+# one with both stages); AEGISD_FLAGS adds flags to
 # every aegisd (e.g. "--kafka-compression none"). It samples each aegisd's
 # resident memory every second
 # and prints, after the report, the samples at 0/25/50/75/100 % of the run,
