@@ -40,11 +40,11 @@ func freePort(tb testing.TB) string {
 	return addr
 }
 
-// TestRunnerAgainstSeparateAegisd runs `aegisctl conformance run --target`
+// TestRunnerAgainstSeparateAegisdIntegration runs `aegisctl conformance run --target`
 // against aegisd started as its own process with --dev and the shipped
 // manifests (the documented precondition), then `aegisctl conformance run`
 // without a target, which starts aegisd itself.
-func TestRunnerAgainstSeparateAegisd(t *testing.T) {
+func TestRunnerAgainstSeparateAegisdIntegration(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and starts aegisd processes")
 	}
