@@ -109,8 +109,7 @@ func (c *Cache[T]) Get(key string) (*T, error) {
 		c.touch(n)
 		return n.v, nil
 	}
-	h := hashKey(key)
-	r, ok, err := c.cold.get(h)
+	i, r, ok, err := c.cold.find(hashKey(key))
 	if err != nil || !ok {
 		return nil, err
 	}
@@ -122,7 +121,7 @@ func (c *Cache[T]) Get(key string) (*T, error) {
 	if err != nil {
 		return nil, fmt.Errorf("statecache: decode spilled %q: %w", key, err)
 	}
-	if err := c.cold.remove(h); err != nil {
+	if err := c.cold.removeAt(i, r); err != nil {
 		return nil, err
 	}
 	c.stats.Loaded++

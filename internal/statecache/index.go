@@ -87,18 +87,17 @@ func (x *index) find(h keyHash) (i uint64, r ref, ok bool, err error) {
 	}
 }
 
-// get returns where h's state lies.
-func (x *index) get(h keyHash) (ref, bool, error) {
-	_, r, ok, err := x.find(h)
-	return r, ok, err
-}
-
 // remove deletes h if present.
 func (x *index) remove(h keyHash) error {
 	i, r, ok, err := x.find(h)
 	if err != nil || !ok {
 		return err
 	}
+	return x.removeAt(i, r)
+}
+
+// removeAt deletes the entry in slot i, which find returned with r.
+func (x *index) removeAt(i uint64, r ref) error {
 	if err := x.write(i, slot{ref: ref{n: deletedSlot}}); err != nil {
 		return err
 	}
