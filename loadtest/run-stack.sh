@@ -11,7 +11,8 @@
 # aegisd processes to start by their --target values, overriding SPLIT
 # (e.g. STAGES="decider sealer" for two processes, STAGES=decider,sealer for
 # one with both stages); AEGISD_FLAGS adds flags to
-# every aegisd (e.g. "--kafka-compression none"). It samples each aegisd's
+# every aegisd (e.g. "--kafka-compression none"); LOGS=DIR keeps each
+# aegisd's log there after the run. It samples each aegisd's
 # resident memory every second
 # and prints, after the report, the samples at 0/25/50/75/100 % of the run,
 # and the CPU each process (aegisd, the broker and ClickHouse if local, the
@@ -69,6 +70,7 @@ pids=() samplers=()
 cleanup() {
   for s in "${samplers[@]}"; do kill "$s" 2>/dev/null || true; done
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
+  if [[ -n "${LOGS:-}" ]]; then mkdir -p "$LOGS" && cp "$data"/aegisd-*.log "$LOGS"/ 2>/dev/null || true; fi
   rm -rf "$data"
 }
 trap cleanup EXIT

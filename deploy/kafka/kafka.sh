@@ -28,6 +28,9 @@
 #   KAFKA_HEAP_OPTS        JVM heap flags, default "-Xms256m -Xmx768m"
 #   KAFKA_WAIT_TIMEOUT     seconds `wait` allows, default 120
 #   KAFKA_STOP_TIMEOUT     seconds `stop` allows before SIGKILL, default 60
+#   KAFKA_EXTRA_PROPERTIES extra server.properties lines (newline-separated),
+#                          appended last so they override the defaults, e.g.
+#                          "add.partitions.to.txn.retry.backoff.ms=20"
 #
 # Everything it writes lives under <repo>/.cache/kafka/: libs/ (class path),
 # data/ (log.dirs and KRaft metadata), server.properties, kafka.log, kafka.pid.
@@ -158,6 +161,15 @@ share.coordinator.state.topic.min.isr=1
 # Tests create their topics explicitly and must not wait for rebalances.
 auto.create.topics.enable=false
 group.initial.rebalance.delay.ms=0
+
+# Transactions v2 (Kafka 4): a transaction's first produce to a partition
+# adds the partition on the broker, which answers CONCURRENT_TRANSACTIONS
+# internally while the previous transaction's markers are still being
+# written and retries after this backoff. The default (20 ms) is paid by
+# nearly every transaction of a stage that commits back to back; on one
+# broker the markers take about a millisecond (docs/pipeline.md#broker-settings).
+add.partitions.to.txn.retry.backoff.ms=2
+${KAFKA_EXTRA_PROPERTIES:-}
 EOF
 	mv "${config_file}.tmp" "${config_file}"
 }
