@@ -294,6 +294,26 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 		r := pipeline.NewRejection(StageName, rec, reason, detail)
 		b.Rejected = append(b.Rejected, RejectedRow{Rejection: *r, RejectedUnixMs: rec.Timestamp.UnixMilli()})
 	}
+	// The sealer writes a session's head after each of its transactions,
+	// so a batch usually holds several heads per session. Only the last
+	// usable one of each session is decoded and stored (the stores keep the
+	// highest seq anyway, and compaction drops the others from the topic):
+	// heads are read from the end, a tombstone or a malformed head (which
+	// is rejected) lets the one before it count.
+	headDone := map[string]bool{}
+	for i := len(buf) - 1; i >= 0; i-- {
+		rec := buf[i]
+		if rec.Topic != t.ChainHeads || rec.Value == nil || headDone[string(rec.Key)] {
+			continue
+		}
+		var h chain.Head
+		if err := json.Unmarshal(rec.Value, &h); err != nil || h.TenantID == "" || h.SessionID == "" || h.Seq == 0 {
+			reject(rec, ReasonBadHead, fmt.Sprintf("not a chain head: %v", err))
+			continue
+		}
+		headDone[string(rec.Key)] = true
+		b.Heads = append(b.Heads, h)
+	}
 	for _, rec := range buf {
 		switch rec.Topic {
 		case t.Sealed:
@@ -310,16 +330,6 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 				continue
 			}
 			b.Rejected = append(b.Rejected, RejectedRow{Rejection: r, RejectedUnixMs: rec.Timestamp.UnixMilli()})
-		case t.ChainHeads:
-			if rec.Value == nil {
-				continue // a tombstone: nothing to record
-			}
-			var h chain.Head
-			if err := json.Unmarshal(rec.Value, &h); err != nil || h.TenantID == "" || h.SessionID == "" || h.Seq == 0 {
-				reject(rec, ReasonBadHead, fmt.Sprintf("not a chain head: %v", err))
-				continue
-			}
-			b.Heads = append(b.Heads, h)
 		}
 	}
 	// Sessions whose cached state does not end right before their first

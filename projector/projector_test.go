@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"aegis.dev/aegis/decider/session"
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/stream"
@@ -250,6 +252,85 @@ func TestProjectorExactlyOnceSQLite(t *testing.T) {
 	}
 }
 
+// TestProjectorStoresLastHeadOfBatch: of several heads of a session in one
+// batch only the last is decoded and written; a tombstone records nothing
+// and a malformed head is rejected, and in both cases the head before it
+// counts.
+func TestProjectorStoresLastHeadOfBatch(t *testing.T) {
+	k := startKafka(t, 1)
+	st, err := sqlstore.Open(context.Background(), filepath.Join(t.TempDir(), "audit.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	head := func(sid string, seq uint64) stream.Message {
+		v, _ := json.Marshal(chain.Head{TenantID: "acme", SessionID: sid, Seq: seq, Hash: fmt.Sprintf("sha256:%064d", seq)})
+		return stream.Message{Topic: k.topics.ChainHeads, Key: []byte("acme/" + sid), Value: v}
+	}
+	msgs := []stream.Message{head("a", 1), head("a", 2), head("a", 3), head("b", 4), head("b", 5),
+		{Topic: k.topics.ChainHeads, Key: []byte("acme/b")}, // tombstone
+		head("c", 6), {Topic: k.topics.ChainHeads, Key: []byte("acme/c"), Value: []byte(`{"seq":"x"}`)}}
+	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: k.brokers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Produce(context.Background(), msgs...); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	reg := prometheus.NewRegistry()
+	pr, err := projector.New(projector.Config{Brokers: k.brokers, Group: k.prefix + "projector", Topics: k.topics, BatchSize: len(msgs),
+		FlushInterval: 5 * time.Second}, st, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- pr.Run(ctx) }()
+	waitFor(t, "the rejection", 20*time.Second, func() bool { return queryInt(t, st, "SELECT count(*) FROM rejected_records") == 1 })
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	heads, err := st.Heads(context.Background(), projector.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(heads); len(heads) != 3 || heads[0].SessionID != "a" || heads[0].Seq != 3 ||
+		heads[1].SessionID != "b" || heads[1].Seq != 5 || heads[2].SessionID != "c" || heads[2].Seq != 6 {
+		t.Errorf("heads = %s, want a@3, b@5 and c@6", got)
+	}
+	if got := queryInt(t, st, "SELECT count(*) FROM rejected_records WHERE reason = '"+projector.ReasonBadHead+"'"); got != 1 {
+		t.Errorf("bad head rejections = %d, want 1", got)
+	}
+	if written := rowsWritten(t, reg, "chain_heads"); written != 3 {
+		t.Errorf("chain_heads rows written = %v, want 3 (one per session)", written)
+	}
+}
+
+// rowsWritten returns the rows-written counter of table from reg.
+func rowsWritten(t *testing.T, reg *prometheus.Registry, table string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "aegis_projector_rows_written_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetValue() == table {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	t.Fatalf("no aegis_projector_rows_written_total{table=%q}", table)
+	return 0
+}
+
 // TestMain lets the integration test run this binary as an aegisd
 // subprocess (see childEnv).
 func TestMain(m *testing.M) {
@@ -257,4 +338,22 @@ func TestMain(m *testing.M) {
 		os.Exit(runChild(os.Args[1:]))
 	}
 	os.Exit(m.Run())
+}
+
+// TestEventRowToolColumns: tool_name and call_id columns come from the
+// payload's top-level members only, escaped keys included.
+func TestEventRowToolColumns(t *testing.T) {
+	for _, tc := range []struct{ payload, tool, callID string }{
+		{`{"model":"m","input_tokens":3}`, "", ""},
+		{`{"args":{"q":"x"},"call_id":"c1","tool_name":"search"}`, "search", "c1"},
+		{`{"tool\u005fname":"search","call\u005fid":"c2"}`, "search", "c2"},
+		{`{"args":{"tool_name":"nested","call_id":"n"}}`, "", ""},
+		{`{"tool_name":7,"call_id":"c3"}`, "", "c3"},
+		{`{"note":"a \"tool_name\" in a string"}`, "", ""},
+	} {
+		r := projector.NewEventRow(&envelope.Event{Type: envelope.ToolResult, Payload: json.RawMessage(tc.payload)}, 0, 0)
+		if r.ToolName != tc.tool || r.CallID != tc.callID {
+			t.Errorf("%s: tool_name %q call_id %q, want %q %q", tc.payload, r.ToolName, r.CallID, tc.tool, tc.callID)
+		}
+	}
 }

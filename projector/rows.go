@@ -1,6 +1,7 @@
 package projector
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -53,13 +54,22 @@ func filterColumns(ev *envelope.Event) (tool, callID, outcome, reason, revision 
 		ToolName json.RawMessage `json:"tool_name"`
 		CallID   json.RawMessage `json:"call_id"`
 	}
-	if json.Unmarshal(ev.Payload, &p) == nil {
+	if mayHaveToolFields(ev.Payload) && json.Unmarshal(ev.Payload, &p) == nil {
 		tool, callID = jsonString(p.ToolName), jsonString(p.CallID)
 	}
 	if d := ev.Decision; d != nil {
 		outcome, reason, revision = string(d.Outcome), d.Reason, d.PolicyRevision
 	}
 	return tool, callID, outcome, reason, revision
+}
+
+// mayHaveToolFields reports whether a payload can have a tool_name or
+// call_id member: without an escape sequence, such a key appears verbatim.
+// Most events (model calls, memory, ...) have neither, and decoding their
+// payload was most of the cost of their filter columns.
+func mayHaveToolFields(payload []byte) bool {
+	return bytes.Contains(payload, []byte(`"tool_name"`)) || bytes.Contains(payload, []byte(`"call_id"`)) ||
+		bytes.IndexByte(payload, '\\') >= 0
 }
 
 // jsonString returns the value of a JSON string, or "" for anything else:
