@@ -158,7 +158,7 @@ func TestIntegrationProjectorClickHouseExactlyOnce(t *testing.T) {
 	}()
 
 	args := []string{"--target", "projector", "--brokers", k.brokers[0], "--topic-prefix", k.prefix, "--partitions", "3",
-		"--store", chURL, "--data-dir", t.TempDir(), "--http-addr", "127.0.0.1:0", "--instance", "proj", "--max-batch", "2000",
+		"--store", chURL, "--data-dir", t.TempDir(), "--http-addr", "127.0.0.1:0", "--instance", "proj", "--store-batch", "2000",
 		"--log-level", "warn"}
 	raw := func() int64 { // rows stored, copies included; -1 while ClickHouse is down
 		_, rows, err := st.Query(context.Background(), "SELECT count(*) FROM audit_events")

@@ -88,6 +88,11 @@ type Config struct {
 	// the batch is whatever arrived since the last commit, so light load
 	// still commits small batches at once.
 	MaxBatch int `yaml:"max_batch"`
+	// StoreBatch is the number of records the projector buffers before it
+	// writes them to the audit store (default 20,000; a write also happens
+	// 1 s after the first buffered record). ClickHouse does best with few,
+	// large inserts: each insert makes parts that its merges then rewrite.
+	StoreBatch int `yaml:"store_batch"`
 	// StateSessions bounds the session states each stage instance keeps
 	// decoded in memory (default 10,000): the decider's snapshots, the
 	// sealer's chain heads, the projector's cached snapshots. The others
@@ -140,6 +145,7 @@ func Defaults() Config {
 		MaxEventBytes:    envelope.DefaultMaxEventBytes,
 		SessionTimeout:   45 * time.Second,
 		MaxBatch:         5000,
+		StoreBatch:       20000,
 		StateSessions:    pipeline.DefaultStateSessions,
 		KafkaCompression: "snappy",
 		LogLevel:         "info",
@@ -181,6 +187,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxEventBytes, "max-event-bytes", c.MaxEventBytes, "largest accepted event in bytes")
 	fs.DurationVar(&c.SessionTimeout, "session-timeout", c.SessionTimeout, "consumer group session timeout: how long a crashed instance's partitions wait before moving")
 	fs.IntVar(&c.MaxBatch, "max-batch", c.MaxBatch, "most records a stage handles in one transaction")
+	fs.IntVar(&c.StoreBatch, "store-batch", c.StoreBatch, "records the projector buffers before writing them to the audit store (it also writes 1 s after the first)")
 	fs.StringVar(&c.KafkaCompression, "kafka-compression", c.KafkaCompression, "compression of produced batches: "+strings.Join(stream.Compressions, ", "))
 	fs.IntVar(&c.StateSessions, "state-sessions", c.StateSessions, "most session states a stage keeps in memory; the others are spilled under DATA-DIR/state-spill and read back when needed")
 	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve /debug/pprof/ on the HTTP listener (for diagnosing memory and CPU)")
@@ -302,6 +309,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxBatch < 1 || c.MaxBatch > 100000 {
 		errs = append(errs, fmt.Errorf("max-batch %d: must be 1..100000", c.MaxBatch))
+	}
+	if c.StoreBatch < 1 || c.StoreBatch > 1000000 {
+		errs = append(errs, fmt.Errorf("store-batch %d: must be 1..1000000", c.StoreBatch))
 	}
 	if len(c.Brokers) == 0 && c.DataDir == "" {
 		errs = append(errs, errors.New("data-dir: required for the embedded broker"))

@@ -10,7 +10,7 @@ import (
 
 func TestLoadFileThenFlags(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "aegis.yaml")
-	yaml := "target: decider\nbrokers: [k1:9092, k2:9092]\npartitions: 12\ninstance: from-file\nmanifests: /etc/aegis/m\nmax_batch: 200\n"
+	yaml := "target: decider\nbrokers: [k1:9092, k2:9092]\npartitions: 12\ninstance: from-file\nmanifests: /etc/aegis/m\nmax_batch: 200\nstore_batch: 7000\n"
 	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -18,7 +18,7 @@ func TestLoadFileThenFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Target != "decider" || strings.Join(cfg.Brokers, ",") != "k1:9092,k2:9092" || cfg.Manifests != "/etc/aegis/m" || cfg.MaxBatch != 200 {
+	if cfg.Target != "decider" || strings.Join(cfg.Brokers, ",") != "k1:9092,k2:9092" || cfg.Manifests != "/etc/aegis/m" || cfg.MaxBatch != 200 || cfg.StoreBatch != 7000 {
 		t.Fatalf("file values lost: %+v", cfg)
 	}
 	if cfg.Instance != "from-flag" || cfg.Partitions != 3 {
@@ -48,6 +48,7 @@ func TestLoadRejects(t *testing.T) {
 		{"unknown flag", []string{"--brokerz", "x"}, "not defined"},
 		{"unknown compression", []string{"--kafka-compression", "brotli"}, "kafka-compression"},
 		{"no state in memory", []string{"--state-sessions", "0"}, "state-sessions"},
+		{"empty store batch", []string{"--store-batch", "0"}, "store-batch"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -38,7 +38,7 @@ func (d *Daemon) newProjector(brokers []string) (stageRunner, error) {
 		return nil, fmt.Errorf("aegisd: projector: %w", err)
 	}
 	p, err := projector.New(projector.Config{Brokers: brokers, Group: cfg.TopicPrefix + TargetProjector, Topics: d.topics,
-		BatchSize: cfg.MaxBatch, MaxEventBytes: cfg.MaxEventBytes + 64<<10, SessionTimeout: cfg.SessionTimeout,
+		BatchSize: cfg.StoreBatch, MaxEventBytes: cfg.MaxEventBytes + 64<<10, SessionTimeout: cfg.SessionTimeout,
 		CachedSessions: cfg.StateSessions}, st, d.reg, d.log)
 	if err != nil {
 		_ = st.Close()
