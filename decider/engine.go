@@ -66,12 +66,20 @@ func (e *Engine) Resolve(snap *session.Snapshot, ev *envelope.Event) *manifest.M
 // POLICY_ERROR) are returned as decisions; an error means the decision could
 // not be made at all and must not be treated as any outcome.
 func (e *Engine) Decide(ctx context.Context, snap *session.Snapshot, ev *envelope.Event) (*envelope.Decision, error) {
+	d, _, _, err := e.decideResolved(ctx, snap, ev, nil)
+	return d, err
+}
+
+// decideResolved is Decide; it also returns the proposal's tool call and
+// call digest, and takes bare, ev's canonical form without decision and
+// chain fields when the caller has it already (nil: encode it here).
+func (e *Engine) decideResolved(ctx context.Context, snap *session.Snapshot, ev *envelope.Event, bare []byte) (*envelope.Decision, envelope.ToolCall, string, error) {
 	m := e.Resolve(snap, ev)
 	var digest string
 	if m != nil {
 		digest = e.manifestDigest(m)
 	}
-	return e.decide(ctx, snap, ev, m, digest)
+	return e.decide(ctx, snap, ev, m, digest, bare)
 }
 
 // DecideWith is Decide with an explicit manifest (nil: none), for the
@@ -81,29 +89,31 @@ func (e *Engine) DecideWith(ctx context.Context, snap *session.Snapshot, ev *env
 	if m != nil {
 		digest = m.Digest()
 	}
-	return e.decide(ctx, snap, ev, m, digest)
+	d, _, _, err := e.decide(ctx, snap, ev, m, digest, nil)
+	return d, err
 }
 
-func (e *Engine) decide(ctx context.Context, snap *session.Snapshot, ev *envelope.Event, m *manifest.Manifest, manifestDigest string) (*envelope.Decision, error) {
+func (e *Engine) decide(ctx context.Context, snap *session.Snapshot, ev *envelope.Event, m *manifest.Manifest, manifestDigest string, bare []byte) (*envelope.Decision, envelope.ToolCall, string, error) {
+	var tc envelope.ToolCall
 	if ev.Type != envelope.ToolCallProposed {
-		return nil, fmt.Errorf("decider: %s/%s/%d: only %s events are decided, got %s", ev.TenantID, ev.SessionID, ev.Seq, envelope.ToolCallProposed, ev.Type)
+		return nil, tc, "", fmt.Errorf("decider: %s/%s/%d: only %s events are decided, got %s", ev.TenantID, ev.SessionID, ev.Seq, envelope.ToolCallProposed, ev.Type)
 	}
 	tc, err := ev.ToolCall()
 	if err != nil {
-		return nil, err
+		return nil, tc, "", err
 	}
 	callDigest, err := session.CallDigest(tc.ToolName, tc.Args)
 	if err != nil {
-		return nil, fmt.Errorf("decider: %s/%s/%d: %w", ev.TenantID, ev.SessionID, ev.Seq, err)
+		return nil, tc, "", fmt.Errorf("decider: %s/%s/%d: %w", ev.TenantID, ev.SessionID, ev.Seq, err)
 	}
 	d := &envelope.Decision{PolicyRevision: e.policy.Revision(), ManifestDigest: manifestDigest}
-	if d.InputDigest, err = InputDigest(snap, ev, d.ManifestDigest); err != nil {
-		return nil, err
+	if d.InputDigest, err = inputDigest(snap, ev, bare, d.ManifestDigest); err != nil {
+		return nil, tc, "", err
 	}
 	res, evalErr := e.policy.Eval(ctx, policy.Input{Event: ev, Snapshot: snap, Manifest: m, CallDigest: callDigest})
 	if evalErr != nil && ctx.Err() != nil {
 		// A cancelled evaluation says nothing about the policy.
-		return nil, fmt.Errorf("decider: %s/%s/%d: %w", ev.TenantID, ev.SessionID, ev.Seq, errors.Join(evalErr, ctx.Err()))
+		return nil, tc, "", fmt.Errorf("decider: %s/%s/%d: %w", ev.TenantID, ev.SessionID, ev.Seq, errors.Join(evalErr, ctx.Err()))
 	}
 	d.Outcome, d.Reason, d.Constraints = res.Outcome, res.Reason, res.Constraints
 	if m == nil && d.Outcome != envelope.Deny {
@@ -112,7 +122,7 @@ func (e *Engine) decide(ctx context.Context, snap *session.Snapshot, ev *envelop
 	if d.Outcome != envelope.Allow {
 		d.Constraints = envelope.Constraints{}
 	}
-	return d, nil
+	return d, tc, callDigest, nil
 }
 
 // manifestDigest returns m's digest, cached: only manifests from the
@@ -129,19 +139,28 @@ func (e *Engine) manifestDigest(m *manifest.Manifest) string {
 // Step decides ev when it is a proposal (setting ev.Decision) and folds it
 // into snap. On error neither ev nor snap is changed.
 func (e *Engine) Step(ctx context.Context, snap *session.Snapshot, ev *envelope.Event) error {
+	_, err := e.step(ctx, snap, ev, nil)
+	return err
+}
+
+// step is Step; it also returns the tool call of a decided proposal. bare,
+// when not nil, is ev's canonical form without decision and chain fields
+// (what pipeline.ContentDigest encodes), so that the input digest does not
+// encode the event again.
+func (e *Engine) step(ctx context.Context, snap *session.Snapshot, ev *envelope.Event, bare []byte) (envelope.ToolCall, error) {
 	if ev.Type == envelope.ToolCallProposed {
-		d, err := e.Decide(ctx, snap, ev)
+		d, tc, callDigest, err := e.decideResolved(ctx, snap, ev, bare)
 		if err != nil {
-			return err
+			return tc, err
 		}
 		ev.Decision = d
-		if err := snap.Apply(ev); err != nil {
+		if err := snap.ApplyProposal(ev, tc, callDigest); err != nil {
 			ev.Decision = nil
-			return err
+			return tc, err
 		}
-		return nil
+		return tc, nil
 	}
-	return snap.Apply(ev)
+	return envelope.ToolCall{}, snap.Apply(ev)
 }
 
 // InputDigest is the digest recorded in a decision: "sha256:<hex>" of the
@@ -150,13 +169,30 @@ func (e *Engine) Step(ctx context.Context, snap *session.Snapshot, ev *envelope.
 // none) and S the snapshot before the event. Two decisions with the same
 // input digest and policy revision must be identical.
 func InputDigest(snap *session.Snapshot, ev *envelope.Event, manifestDigest string) (string, error) {
-	bare := *ev
-	bare.Decision, bare.PrevHash, bare.Hash = nil, "", ""
-	b := make([]byte, 0, 1024)
-	b = append(b, `{"event":`...)
-	b, err := bare.AppendCanonical(b, false)
-	if err != nil {
-		return "", fmt.Errorf("decider: input digest: %w", err)
+	return inputDigest(snap, ev, nil, manifestDigest)
+}
+
+// digestBufs recycles the buffers input digests are computed over.
+var digestBufs = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// inputDigest is InputDigest; bare, when not nil, is E already encoded.
+func inputDigest(snap *session.Snapshot, ev *envelope.Event, bare []byte, manifestDigest string) (string, error) {
+	bp := digestBufs.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= 64<<10 {
+			digestBufs.Put(bp)
+		}
+	}()
+	b := append((*bp)[:0], `{"event":`...)
+	var err error
+	if bare != nil {
+		b = append(b, bare...)
+	} else {
+		e := *ev
+		e.Decision, e.PrevHash, e.Hash = nil, "", ""
+		if b, err = e.AppendCanonical(b, false); err != nil {
+			return "", fmt.Errorf("decider: input digest: %w", err)
+		}
 	}
 	b = append(b, `,"manifest_digest":`...)
 	if b, err = canon.AppendString(b, manifestDigest); err != nil {
@@ -167,6 +203,11 @@ func InputDigest(snap *session.Snapshot, ev *envelope.Event, manifestDigest stri
 		return "", fmt.Errorf("decider: input digest: %w", err)
 	}
 	b = append(b, '}')
+	*bp = b
 	sum := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(sum[:]), nil
+	const prefix = "sha256:"
+	var out [len(prefix) + 2*sha256.Size]byte
+	copy(out[:], prefix)
+	hex.Encode(out[len(prefix):], sum[:])
+	return string(out[:]), nil
 }

@@ -168,7 +168,15 @@ type processor struct {
 	partition int32
 	sessions  *statecache.Cache[deciderState]
 	counted   statecache.Stats
-	buf       []byte
+	// Scratch kept across batches: the event being processed in canonical
+	// form without decision (content digest, input digest and decided
+	// event are all made of it), an output being encoded, the sessions the
+	// batch touched.
+	bare    []byte
+	buf     []byte
+	seen    map[string]struct{}
+	touched [][]byte
+	values  valueArena
 }
 
 func (p *processor) Restore(key, value []byte) error {
@@ -186,8 +194,15 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 	s := p.stage
 	t := s.cfg.Topics
 	dec := envelope.Decoder{MaxBytes: s.cfg.MaxEventBytes}
-	var touched []string
-	seen := make(map[string]bool)
+	if p.seen == nil {
+		p.seen = make(map[string]struct{})
+	}
+	clear(p.seen)
+	touched := p.touched[:0]
+	defer func() {
+		clear(touched) // the record keys belong to the batch
+		p.touched = touched[:0]
+	}()
 	reject := func(rec *stream.Record, ev *envelope.Event, reason, detail string) {
 		r := pipeline.NewRejection(StageName, rec, reason, detail)
 		if ev != nil {
@@ -206,8 +221,9 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 			reject(rec, ev, reason, detail)
 			continue
 		}
-		key := string(rec.Key)
-		st, err := p.sessions.Get(key)
+		// CheckKey passed: the key is the event's "<tenant>/<session>".
+		key := rec.Key
+		st, err := p.sessions.GetBytes(key)
 		if err != nil {
 			return fmt.Errorf("decider: %w", err)
 		}
@@ -215,7 +231,7 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 			st = &deciderState{Snapshot: session.New(ev.TenantID, ev.SessionID)}
 		}
 		var digest string
-		if digest, p.buf, err = pipeline.ContentDigest(ev, p.buf); err != nil {
+		if digest, p.bare, err = pipeline.ContentDigest(ev, p.bare); err != nil {
 			return fmt.Errorf("decider: content digest of %s/%d: %w", key, ev.Seq, err)
 		}
 		switch verdict, detail := st.Window.Check(ev.Seq, digest); verdict {
@@ -232,11 +248,12 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 		}
 		var shadow *envelope.Decision
 		if s.cfg.Shadow != nil && ev.Type == envelope.ToolCallProposed {
-			if shadow, err = s.cfg.Shadow.Decide(ctx, st.Snapshot, ev); err != nil {
+			if shadow, _, _, err = s.cfg.Shadow.decideResolved(ctx, st.Snapshot, ev, p.bare); err != nil {
 				return fmt.Errorf("decider: shadow %s seq %d: %w", key, ev.Seq, err)
 			}
 		}
-		if err := s.engine.Step(ctx, st.Snapshot, ev); err != nil {
+		tc, err := s.engine.step(ctx, st.Snapshot, ev, p.bare)
+		if err != nil {
 			// Every outcome failure is a decision; what is left is a
 			// cancelled context or a bug. Abort: the batch is retried.
 			return fmt.Errorf("decider: %s seq %d: %w", key, ev.Seq, err)
@@ -249,20 +266,21 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 			s.shadow.WithLabelValues(ev.Decision.Reason, shadow.Reason).Inc()
 		}
 		st.Window.Add(ev.Seq, digest)
-		if err := p.sessions.Put(key, st); err != nil {
+		if err := p.sessions.PutBytes(key, st); err != nil {
 			return fmt.Errorf("decider: %w", err)
 		}
-		if !seen[key] {
-			seen[key] = true
+		if _, ok := p.seen[string(key)]; !ok {
+			p.seen[string(key)] = struct{}{}
 			touched = append(touched, key)
 		}
-		if p.buf, err = ev.AppendCanonical(p.buf[:0], false); err != nil {
+		if p.buf, err = p.appendDecided(p.buf[:0], ev); err != nil {
 			return fmt.Errorf("decider: encode %s seq %d: %w", key, ev.Seq, err)
 		}
-		emit(stream.Output{Topic: t.Decided, Partition: rec.Partition, Key: rec.Key, Value: append([]byte(nil), p.buf...)})
+		emit(stream.Output{Topic: t.Decided, Partition: rec.Partition, Key: rec.Key, Value: p.values.copy(p.buf)})
 		if ev.Decision != nil {
-			reply, _ := json.Marshal(NewReply(ev))
-			emit(stream.Output{Topic: t.Decisions, Partition: rec.Partition, Key: rec.Key, Value: reply})
+			reply := Reply{TenantID: ev.TenantID, SessionID: ev.SessionID, Seq: ev.Seq, CallID: tc.CallID, ToolName: tc.ToolName, Decision: *ev.Decision}
+			p.buf = reply.AppendJSON(p.buf[:0])
+			emit(stream.Output{Topic: t.Decisions, Partition: rec.Partition, Key: rec.Key, Value: p.values.copy(p.buf)})
 			s.outcome.WithLabelValues(string(ev.Decision.Outcome), ev.Decision.Reason).Inc()
 		}
 		s.metrics.Accepted.Inc()
@@ -271,15 +289,57 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 	// only the latest anyway.
 	defer func() { p.counted = s.state.CountState(p.sessions.Stats(), p.counted) }()
 	for _, key := range touched {
-		st, err := p.sessions.Get(key)
+		st, err := p.sessions.GetBytes(key)
 		if err != nil {
 			return fmt.Errorf("decider: %w", err)
 		}
 		if p.buf, err = st.appendJSON(p.buf[:0]); err != nil {
 			return fmt.Errorf("decider: encode state of %s: %w", key, err)
 		}
-		v := bytes.Clone(p.buf)
-		emit(stream.Output{Topic: t.DeciderState, Partition: p.partition, Key: []byte(key), Value: v})
+		emit(stream.Output{Topic: t.DeciderState, Partition: p.partition, Key: key, Value: p.values.copy(p.buf)})
 	}
 	return nil
+}
+
+// appendDecided appends the decided event's canonical form (without hash)
+// to b: ev.AppendCanonical(b, false), built from p.bare, the form without
+// decision that ContentDigest encoded, rather than encoding the event and
+// its payload again.
+func (p *processor) appendDecided(b []byte, ev *envelope.Event) ([]byte, error) {
+	if ev.PrevHash != "" {
+		return ev.AppendCanonical(b, false)
+	}
+	if ev.Decision == nil {
+		return append(b, p.bare...), nil
+	}
+	b = append(b, `{"decision":`...)
+	b, err := ev.Decision.AppendCanonical(b)
+	if err != nil {
+		return b, err
+	}
+	b = append(b, ',')
+	return append(b, p.bare[1:]...), nil
+}
+
+// valueChunk is the size of the blocks output values are copied into.
+const valueChunk = 32 << 10
+
+// valueArena copies output values into shared blocks, so that a batch's
+// hundreds of small values cost a few allocations. Each value is a
+// distinct, capacity-capped slice that is never written again; a block is
+// freed once none of its values is referenced.
+type valueArena struct {
+	block []byte
+}
+
+func (a *valueArena) copy(v []byte) []byte {
+	if len(v) > valueChunk/4 {
+		return bytes.Clone(v)
+	}
+	if len(v) > cap(a.block)-len(a.block) {
+		a.block = make([]byte, 0, valueChunk)
+	}
+	n := len(a.block)
+	a.block = append(a.block, v...)
+	return a.block[n:len(a.block):len(a.block)]
 }

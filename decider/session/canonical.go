@@ -80,7 +80,8 @@ func (s *Snapshot) appendCanonical(b []byte) ([]byte, error) {
 	sep := ""
 	if len(s.Approvals) > 0 {
 		b = append(b, `"approvals":{`...)
-		for i, k := range sortedKeys(s.Approvals) {
+		var scratch [16]string
+		for i, k := range sortedKeys(s.Approvals, scratch[:0]) {
 			a := s.Approvals[k]
 			if i > 0 {
 				b = append(b, ',')
@@ -102,7 +103,8 @@ func (s *Snapshot) appendCanonical(b []byte) ([]byte, error) {
 	if len(s.Calls) > 0 {
 		b = append(b, sep...)
 		b = append(b, `"calls":{`...)
-		for i, k := range sortedKeys(s.Calls) {
+		var scratch [16]string
+		for i, k := range sortedKeys(s.Calls, scratch[:0]) {
 			if i > 0 {
 				b = append(b, ',')
 			}
@@ -155,9 +157,9 @@ func (s *Snapshot) appendCanonical(b []byte) ([]byte, error) {
 	return b, err
 }
 
-// sortedKeys returns m's keys in RFC 8785 member order.
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
+// sortedKeys returns m's keys in RFC 8785 member order, appended to keys
+// (which a caller passes with room on its stack for small maps).
+func sortedKeys[V any](m map[string]V, keys []string) []string {
 	for k := range m {
 		keys = append(keys, k)
 	}

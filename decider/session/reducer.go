@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"sync"
 
 	"aegis.dev/aegis/schemas/canon"
 	"aegis.dev/aegis/schemas/envelope"
@@ -54,6 +55,23 @@ func New(tenantID, sessionID string) *Snapshot {
 // and the sticky loop flag depend on it. Apply is deterministic: it reads
 // nothing but s and e. On error s is unchanged.
 func (s *Snapshot) Apply(e *envelope.Event) error {
+	return s.apply(e, nil, "")
+}
+
+// ApplyProposal is Apply for a TOOL_CALL_PROPOSED event whose tool call
+// the caller has already read: tc must be what e.ToolCall() returns and
+// callDigest what CallDigest(tc.ToolName, tc.Args) returns. It spares the
+// decider reading and hashing each proposal twice.
+func (s *Snapshot) ApplyProposal(e *envelope.Event, tc envelope.ToolCall, callDigest string) error {
+	if e.Type != envelope.ToolCallProposed {
+		return s.Apply(e)
+	}
+	return s.apply(e, &tc, callDigest)
+}
+
+// apply is Apply; known, when not nil, is the tool call of a proposal e
+// and callDigest its digest.
+func (s *Snapshot) apply(e *envelope.Event, known *envelope.ToolCall, callDigest string) error {
 	if e.TenantID != s.TenantID || e.SessionID != s.SessionID {
 		return fmt.Errorf("%w: %s/%s is not %s/%s", ErrWrongSession, e.TenantID, e.SessionID, s.TenantID, s.SessionID)
 	}
@@ -64,22 +82,26 @@ func (s *Snapshot) Apply(e *envelope.Event) error {
 		return fmt.Errorf("%w: %s/%s seq %d, expected %d", ErrSeqGap, s.TenantID, s.SessionID, e.Seq, s.LastSeq+1)
 	}
 	var tc envelope.ToolCall
-	var callDigest string
 	if e.Type == envelope.ToolCallProposed {
 		if e.Decision == nil {
 			return fmt.Errorf("%w: %s/%s seq %d", ErrNoDecision, s.TenantID, s.SessionID, e.Seq)
 		}
-		var err error
-		if tc, err = e.ToolCall(); err != nil {
-			return err
-		}
-		if callDigest, err = CallDigest(tc.ToolName, tc.Args); err != nil {
-			return fmt.Errorf("session: %s/%s seq %d: %w", s.TenantID, s.SessionID, e.Seq, err)
+		if known != nil {
+			tc = *known
+		} else {
+			var err error
+			if tc, err = e.ToolCall(); err != nil {
+				return err
+			}
+			if callDigest, err = CallDigest(tc.ToolName, tc.Args); err != nil {
+				return fmt.Errorf("session: %s/%s seq %d: %w", s.TenantID, s.SessionID, e.Seq, err)
+			}
 		}
 	}
 	var p payload
 	if len(e.Payload) > 0 && e.Type != envelope.ToolCallProposed {
-		if err := json.Unmarshal(e.Payload, &p); err != nil {
+		var err error
+		if p, err = decodePayload(e.Payload); err != nil {
 			return fmt.Errorf("session: %s/%s seq %d: payload: %w", s.TenantID, s.SessionID, e.Seq, err)
 		}
 	}
@@ -214,12 +236,55 @@ type payload struct {
 	ToAgent      string `json:"to_agent"`
 }
 
+var payloadNames = []string{"tool_name", "call_id", "is_error", "sanitizer_key", "key", "decision", "from_agent", "to_agent"}
+
+// decodePayload reads a payload exactly as json.Unmarshal into a payload
+// does, without reflection when the payload allows (envelope.FlatMembers):
+// every non-proposal event is read here.
+func decodePayload(data []byte) (payload, error) {
+	var vals [8][]byte
+	if envelope.FlatMembers(data, payloadNames, vals[:]) {
+		var p payload
+		strs := [...]*string{&p.ToolName, &p.CallID, nil, &p.SanitizerKey, &p.Key, &p.Decision, &p.FromAgent, &p.ToAgent}
+		ok := true
+		for i, v := range vals {
+			switch {
+			case v == nil:
+			case strs[i] != nil:
+				*strs[i], ok = envelope.FlatString(v)
+			case string(v) == "true":
+				p.IsError = true
+			case string(v) == "false":
+			default:
+				ok = false
+			}
+			if !ok {
+				break
+			}
+		}
+		if ok {
+			return p, nil
+		}
+	}
+	var p payload
+	err := json.Unmarshal(data, &p)
+	return p, err
+}
+
+// callDigestBufs recycles the buffers CallDigest hashes.
+var callDigestBufs = sync.Pool{New: func() any { return new([]byte) }}
+
 // CallDigest identifies a tool call by its name and canonical arguments:
 // lowercase hex SHA-256 of the RFC 8785 form of {"args":ARGS,"tool_name":NAME}
 // (ARGS is {} when absent).
 func CallDigest(toolName string, args json.RawMessage) (string, error) {
-	b := make([]byte, 0, 64+len(args)+len(toolName))
-	b = append(b, `{"args":`...)
+	bp := callDigestBufs.Get().(*[]byte)
+	defer func() {
+		if cap(*bp) <= 64<<10 {
+			callDigestBufs.Put(bp)
+		}
+	}()
+	b := append((*bp)[:0], `{"args":`...)
 	var err error
 	if len(args) == 0 || string(args) == "null" {
 		b = append(b, "{}"...)
@@ -231,8 +296,11 @@ func CallDigest(toolName string, args json.RawMessage) (string, error) {
 		return "", fmt.Errorf("call digest: tool_name: %w", err)
 	}
 	b = append(b, '}')
+	*bp = b
 	sum := sha256.Sum256(b)
-	return hex.EncodeToString(sum[:]), nil
+	var h [2 * sha256.Size]byte
+	hex.Encode(h[:], sum[:])
+	return string(h[:]), nil
 }
 
 // Clone returns a deep copy of s.

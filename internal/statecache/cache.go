@@ -131,6 +131,27 @@ func (c *Cache[T]) Get(key string) (*T, error) {
 	return v, nil
 }
 
+// GetBytes is Get with the key as bytes: a state held in memory is found
+// without converting the key to a string.
+func (c *Cache[T]) GetBytes(key []byte) (*T, error) {
+	if n, ok := c.hot[string(key)]; ok {
+		c.touch(n)
+		return n.v, nil
+	}
+	return c.Get(string(key))
+}
+
+// PutBytes is Put with the key as bytes: the key is converted to a string
+// only when the state is not held in memory yet.
+func (c *Cache[T]) PutBytes(key []byte, v *T) error {
+	if n, ok := c.hot[string(key)]; ok {
+		n.v = v
+		c.touch(n)
+		return nil
+	}
+	return c.Put(string(key), v)
+}
+
 // Put stores v as the state of key and makes it the most recently used,
 // evicting the least recently used states beyond MaxHot to the spill file.
 func (c *Cache[T]) Put(key string, v *T) error {

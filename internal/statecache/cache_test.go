@@ -193,3 +193,38 @@ func TestSpilledSessionsCostNoMemory(t *testing.T) {
 		t.Fatalf("unknown key = %+v, %v", v, err)
 	}
 }
+
+// TestBytesKeys checks that GetBytes and PutBytes see the same states as
+// Get and Put, hot or spilled, and that a key buffer reused by the caller
+// after PutBytes does not change what is stored.
+func TestBytesKeys(t *testing.T) {
+	c := New(Config{MaxHot: 2, Dir: t.TempDir()}, codec)
+	defer c.Close()
+	buf := make([]byte, 0, 8)
+	for i := range 6 {
+		buf = fmt.Appendf(buf[:0], "k%d", i)
+		if err := c.PutBytes(buf, &state{Key: string(buf), Count: i}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 6 {
+		buf = fmt.Appendf(buf[:0], "k%d", i)
+		v, err := c.GetBytes(buf)
+		if err != nil || v == nil || v.Count != i {
+			t.Fatalf("GetBytes(k%d) = %+v, %v", i, v, err)
+		}
+		v.Count += 10
+		if err := c.PutBytes(buf, v); err != nil {
+			t.Fatal(err)
+		}
+		if w, err := c.Get(fmt.Sprintf("k%d", i)); err != nil || w.Count != i+10 {
+			t.Fatalf("Get(k%d) = %+v, %v", i, w, err)
+		}
+	}
+	if v, err := c.GetBytes([]byte("absent")); v != nil || err != nil {
+		t.Fatalf("GetBytes(absent) = %+v, %v", v, err)
+	}
+	if c.Stats().Loaded == 0 {
+		t.Fatal("nothing was read back from the spill file")
+	}
+}

@@ -76,6 +76,13 @@ func (e *Event) AppendCanonical(dst []byte, withHash bool) ([]byte, error) {
 	return append(dst, '}'), nil
 }
 
+// AppendCanonical appends the RFC 8785 canonical JSON form of d to dst: the
+// "decision" member's value in the event's canonical form. An event e
+// without chain fields encodes as '{"decision":', d, ',' and then the
+// encoding of e without its decision from its second byte on; the decider
+// writes decided events that way.
+func (d *Decision) AppendCanonical(dst []byte) ([]byte, error) { return d.appendCanonical(dst) }
+
 func (d *Decision) appendCanonical(dst []byte) ([]byte, error) {
 	var err error
 	dst = append(dst, `{"constraints":{`...)

@@ -102,19 +102,19 @@ func (d Decoder) Decode(data []byte) (*Event, error) {
 // wireFields are the members an envelope may have on the wire.
 var wireFields = []string{"v", "tenant_id", "session_id", "seq", "ts_unix_ms", "event_type", "manifest", "payload", "decision", "prev_hash", "hash"}
 
-// wireEvent collects the members of an event; nil means absent (or null).
+// wireEvent collects the members of an event. A scalar member is present
+// when its has flag is set (absent and null are alike); Payload and Decision
+// are nil when absent. Values are held inline, not behind pointers, so that
+// reading an event allocates only the strings it keeps.
 type wireEvent struct {
-	V         *int64
-	TenantID  *string
-	SessionID *string
-	Seq       *int64
-	TsUnixMs  *int64
-	Type      *string
-	Manifest  *string
-	Payload   []byte
-	Decision  []byte
-	PrevHash  *string
-	Hash      *string
+	V, Seq, TsUnixMs                 int64
+	TenantID, SessionID, Manifest    string
+	PrevHash, Hash                   string
+	Type                             Type
+	Payload, Decision                []byte
+	hasV, hasSeq, hasTs, hasTenant   bool
+	hasSession, hasType, hasManifest bool
+	hasPrevHash, hasHash             bool
 }
 
 func (w *wireEvent) set(key, val []byte) error {
@@ -125,41 +125,40 @@ func (w *wireEvent) set(key, val []byte) error {
 		}
 	}
 	var err error
-	setStr := func(dst **string, field string) {
-		var s string
-		if s, err = str(field, val); err == nil {
-			*dst = &s
+	setStr := func(dst *string, has *bool, field string) {
+		if *dst, err = str(field, val); err == nil {
+			*has = true
 		}
 	}
-	setInt := func(dst **int64, field string) {
-		var n int64
-		if n, err = integer(field, val); err == nil {
-			*dst = &n
+	setInt := func(dst *int64, has *bool, field string) {
+		if *dst, err = integer(field, val); err == nil {
+			*has = true
 		}
 	}
 	switch string(key) {
 	case "v":
-		setInt(&w.V, "v")
+		setInt(&w.V, &w.hasV, "v")
 	case "tenant_id":
-		setStr(&w.TenantID, "tenant_id")
+		setStr(&w.TenantID, &w.hasTenant, "tenant_id")
 	case "session_id":
-		setStr(&w.SessionID, "session_id")
+		setStr(&w.SessionID, &w.hasSession, "session_id")
 	case "seq":
-		setInt(&w.Seq, "seq")
+		setInt(&w.Seq, &w.hasSeq, "seq")
 	case "ts_unix_ms":
-		setInt(&w.TsUnixMs, "ts_unix_ms")
+		setInt(&w.TsUnixMs, &w.hasTs, "ts_unix_ms")
 	case "event_type":
-		setStr(&w.Type, "event_type")
+		w.Type, err = eventType(val)
+		w.hasType = err == nil
 	case "manifest":
-		setStr(&w.Manifest, "manifest")
+		setStr(&w.Manifest, &w.hasManifest, "manifest")
 	case "payload":
 		w.Payload = val
 	case "decision":
 		w.Decision = val
 	case "prev_hash":
-		setStr(&w.PrevHash, "prev_hash")
+		setStr(&w.PrevHash, &w.hasPrevHash, "prev_hash")
 	case "hash":
-		setStr(&w.Hash, "hash")
+		setStr(&w.Hash, &w.hasHash, "hash")
 	default:
 		name, _ := str("", append(append([]byte{'"'}, key...), '"'))
 		return &Error{Code: CodeUnknownField, Field: name, Msg: "not part of the envelope"}
@@ -167,50 +166,68 @@ func (w *wireEvent) set(key, val []byte) error {
 	return err
 }
 
+// eventType reads the event_type member. A known type is returned as its
+// constant, without allocating; anything else is returned as read, for
+// the caller to reject.
+func eventType(val []byte) (Type, error) {
+	if len(val) > 2 && val[0] == '"' {
+		raw := val[1 : len(val)-1]
+		for _, t := range Types {
+			if string(t) == string(raw) {
+				return t, nil
+			}
+		}
+	}
+	s, err := str("event_type", val)
+	return Type(s), err
+}
+
 func (w *wireEvent) event(sealed bool) (*Event, error) {
 	e := &Event{V: Version}
-	if w.V != nil && *w.V != Version {
-		return nil, &Error{Code: CodeUnsupportedVersion, Field: "v", Msg: fmt.Sprintf("schema version %d is not supported (want %d)", *w.V, Version)}
+	if w.hasV && w.V != Version {
+		return nil, &Error{Code: CodeUnsupportedVersion, Field: "v", Msg: fmt.Sprintf("schema version %d is not supported (want %d)", w.V, Version)}
 	}
 	var err error
-	if e.TenantID, err = id("tenant_id", w.TenantID); err != nil {
+	if e.TenantID, err = id("tenant_id", w.TenantID, w.hasTenant); err != nil {
 		return nil, err
 	}
-	if e.SessionID, err = id("session_id", w.SessionID); err != nil {
+	if e.SessionID, err = id("session_id", w.SessionID, w.hasSession); err != nil {
 		return nil, err
 	}
-	if w.Seq == nil {
+	if !w.hasSeq {
 		return nil, missing("seq")
 	}
-	if *w.Seq < 1 {
+	if w.Seq < 1 {
 		return nil, &Error{Code: CodeInvalidField, Field: "seq", Msg: "must be >= 1"}
 	}
-	e.Seq = uint64(*w.Seq)
-	if w.TsUnixMs == nil {
+	e.Seq = uint64(w.Seq)
+	if !w.hasTs {
 		return nil, missing("ts_unix_ms")
 	}
-	if *w.TsUnixMs <= 0 {
+	if w.TsUnixMs <= 0 {
 		return nil, &Error{Code: CodeInvalidField, Field: "ts_unix_ms", Msg: "must be > 0 (milliseconds since the Unix epoch)"}
 	}
-	e.TsUnixMs = *w.TsUnixMs
-	if w.Type == nil {
+	e.TsUnixMs = w.TsUnixMs
+	if !w.hasType {
 		return nil, missing("event_type")
 	}
-	if t := Type(*w.Type); !t.Known() {
-		return nil, &Error{Code: CodeUnknownEventType, Field: "event_type", Msg: fmt.Sprintf("unknown event type %q", *w.Type)}
+	if !w.Type.Known() {
+		return nil, &Error{Code: CodeUnknownEventType, Field: "event_type", Msg: fmt.Sprintf("unknown event type %q", string(w.Type))}
 	}
-	e.Type = Type(*w.Type)
-	if w.Manifest != nil {
-		if err := manifestRef(*w.Manifest); err != nil {
+	e.Type = w.Type
+	if w.hasManifest {
+		if err := manifestRef(w.Manifest); err != nil {
 			return nil, err
 		}
-		e.Manifest = *w.Manifest
+		e.Manifest = w.Manifest
 	}
-	// The payload is a member of the canonical document: canonical already.
+	// The payload is a member of the canonical document, canonical
+	// already; it keeps sharing that document's memory, which the caller
+	// never sees, with its capacity capped so that appending copies.
 	if len(w.Payload) == 0 {
 		e.Payload = []byte("{}")
 	} else {
-		e.Payload = append(make([]byte, 0, len(w.Payload)), w.Payload...)
+		e.Payload = w.Payload[:len(w.Payload):len(w.Payload)]
 	}
 	if err := checkPayload(e.Type, e.Payload); err != nil {
 		return nil, err
@@ -219,9 +236,9 @@ func (w *wireEvent) event(sealed bool) (*Event, error) {
 		switch {
 		case w.Decision != nil:
 			return nil, &Error{Code: CodeUnknownField, Field: "decision", Msg: "set by the decider; clients may not send it"}
-		case w.PrevHash != nil:
+		case w.hasPrevHash:
 			return nil, &Error{Code: CodeUnknownField, Field: "prev_hash", Msg: "set by the sealer; clients may not send it"}
-		case w.Hash != nil:
+		case w.hasHash:
 			return nil, &Error{Code: CodeUnknownField, Field: "hash", Msg: "set by the sealer; clients may not send it"}
 		}
 		return e, nil
@@ -231,12 +248,7 @@ func (w *wireEvent) event(sealed bool) (*Event, error) {
 			return nil, err
 		}
 	}
-	if w.PrevHash != nil {
-		e.PrevHash = *w.PrevHash
-	}
-	if w.Hash != nil {
-		e.Hash = *w.Hash
-	}
+	e.PrevHash, e.Hash = w.PrevHash, w.Hash
 	return e, nil
 }
 
@@ -311,11 +323,10 @@ func missing(field string) error {
 // id validates tenant_id and session_id: 1..MaxIDLen characters of
 // [A-Za-z0-9._:@-]. The slash is excluded because "<tenant>/<session>" is the
 // Kafka record key.
-func id(field string, v *string) (string, error) {
-	if v == nil {
+func id(field string, s string, present bool) (string, error) {
+	if !present {
 		return "", missing(field)
 	}
-	s := *v
 	if s == "" || len(s) > MaxIDLen {
 		return "", &Error{Code: CodeInvalidField, Field: field, Msg: fmt.Sprintf("must be 1..%d characters", MaxIDLen)}
 	}

@@ -120,11 +120,47 @@ func (k kind) matches(raw json.RawMessage) bool {
 // decoded event has already been validated, so this only fails on events
 // built by hand.
 func (e *Event) ToolCall() (ToolCall, error) {
+	if tc, ok := flatToolCall(e.Payload); ok {
+		return tc, nil
+	}
 	var tc ToolCall
 	if err := json.Unmarshal(e.Payload, &tc); err != nil {
 		return tc, fmt.Errorf("event %s/%s/%d: tool call payload: %w", e.TenantID, e.SessionID, e.Seq, err)
 	}
 	return tc, nil
+}
+
+var toolCallNames = []string{"tool_name", "call_id", "args"}
+
+// flatToolCall reads a tool call payload without reflection when that gives
+// exactly what json.Unmarshal would (see FlatMembers): it is read once or
+// more per decided proposal.
+func flatToolCall(payload []byte) (ToolCall, bool) {
+	var vals [3][]byte
+	var tc ToolCall
+	if !FlatMembers(payload, toolCallNames, vals[:]) {
+		return tc, false
+	}
+	var ok bool
+	if vals[0] != nil {
+		if tc.ToolName, ok = FlatString(vals[0]); !ok {
+			return tc, false
+		}
+	}
+	if vals[1] != nil {
+		if tc.CallID, ok = FlatString(vals[1]); !ok {
+			return tc, false
+		}
+	}
+	if v := vals[2]; v != nil {
+		// Only an object or array is certain to end where the member
+		// scanner says (a number could carry trailing white space).
+		if v[0] != '{' && v[0] != '[' {
+			return tc, false
+		}
+		tc.Args = append(json.RawMessage(nil), v...)
+	}
+	return tc, true
 }
 
 func init() {
