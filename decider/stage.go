@@ -253,6 +253,12 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 			}
 		}
 		tc, err := s.engine.step(ctx, st.Snapshot, ev, p.bare)
+		if errors.Is(err, session.ErrPayload) {
+			// Bad input, not a failure of the stage: retrying the batch
+			// would fail the same way forever. The session is unchanged.
+			reject(rec, ev, envelope.CodeInvalidField, err.Error())
+			continue
+		}
 		if err != nil {
 			// Every outcome failure is a decision; what is left is a
 			// cancelled context or a bug. Abort: the batch is retried.

@@ -138,3 +138,31 @@ func TestSpilledStateDecidesAlike(t *testing.T) {
 		}
 	}
 }
+
+// TestMistypedPayloadFieldIsRejected: a payload field the envelope does not
+// check for the event's type but the reducer reads (here is_error on a model
+// call) must not stop the stage: the event is rejected INVALID_FIELD, the
+// session is unchanged, and the corrected event is then accepted.
+func TestMistypedPayloadFieldIsRejected(t *testing.T) {
+	stage := NewStage(newEngine(t, policy.Default()), StageConfig{Topics: topics, Partitions: 3}, nil, nil)
+	p := stage.NewProcessor(0)
+	ev := func(payload string) *stream.Record {
+		key := []byte("acme/s")
+		v := fmt.Sprintf(`{"tenant_id":"acme","session_id":"s","seq":1,"ts_unix_ms":1000,"event_type":"MODEL_CALL_STARTED","payload":%s}`, payload)
+		return &stream.Record{Topic: topics.Events, Partition: stream.Partition(key, 3), Key: key, Value: []byte(v)}
+	}
+	for _, bad := range []string{`{"is_error":"x"}`, `{"key":5}`, `{"tool_name":["a"]}`} {
+		out := process(t, p, ev(bad))
+		if len(out[topics.Rejected]) != 1 || len(out[topics.Decided]) != 0 || len(out[topics.DeciderState]) != 0 {
+			t.Fatalf("%s: outputs %v, want one rejection only", bad, out)
+		}
+		var r pipeline.Rejection
+		if err := json.Unmarshal(out[topics.Rejected][0].Value, &r); err != nil || r.Reason != "INVALID_FIELD" || r.Seq != 1 {
+			t.Fatalf("%s: rejection %s (%v), want INVALID_FIELD for seq 1", bad, out[topics.Rejected][0].Value, err)
+		}
+	}
+	out := process(t, p, ev(`{"model":"m"}`))
+	if len(out[topics.Decided]) != 1 || len(out[topics.Rejected]) != 0 {
+		t.Fatalf("corrected event: outputs %v, want it decided", out)
+	}
+}

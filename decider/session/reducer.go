@@ -43,6 +43,10 @@ var (
 	ErrSeqDuplicate = errors.New("session: seq already applied")
 	ErrWrongSession = errors.New("session: event belongs to another session")
 	ErrNoDecision   = errors.New("session: proposal applied without a decision")
+	// ErrPayload: a payload field the reducer reads has the wrong JSON
+	// type (one that envelope validation does not check for this event
+	// type, e.g. a string is_error on a model call).
+	ErrPayload = errors.New("session: payload field of the wrong type")
 )
 
 // New returns the snapshot of a session before its first event.
@@ -102,7 +106,7 @@ func (s *Snapshot) apply(e *envelope.Event, known *envelope.ToolCall, callDigest
 	if len(e.Payload) > 0 && e.Type != envelope.ToolCallProposed {
 		var err error
 		if p, err = decodePayload(e.Payload); err != nil {
-			return fmt.Errorf("session: %s/%s seq %d: payload: %w", s.TenantID, s.SessionID, e.Seq, err)
+			return fmt.Errorf("%w: %s/%s seq %d: %w", ErrPayload, s.TenantID, s.SessionID, e.Seq, err)
 		}
 	}
 
