@@ -5,8 +5,8 @@
 # Shape: cheap guards first (manifest, event type, proposal shape), then the
 # set of violated rules, of which the lowest-numbered one decides. Whatever
 # depends on the manifest alone (declared tools and their classes, domain
-# patterns, budgets) comes precomputed in the per-manifest index, so a
-# decision is a handful of lookups and comparisons.
+# patterns, budgets, the allow decision) comes precomputed in the
+# per-manifest index, so a decision is a handful of lookups and comparisons.
 package aegis.decide
 
 import data.aegis.manifest
@@ -16,11 +16,13 @@ import data.aegis.tools
 # per-manifest index as input.manifest_index; without it (opa eval, unit
 # tests) the index is derived here from input.manifest, so the rules below
 # can read input.manifest_index directly.
+#
+# A manifest is an object with permissions. The guards reference fields
+# rather than calling is_object(): a builtin call would copy the whole
+# manifest or index into its argument on every evaluation.
 decision := {"outcome": "deny", "reason": "MANIFEST_UNKNOWN"} if {
-	not manifest_present
+	not input.manifest.permissions
 } else := d if {
-	# A reference, not is_object(): a builtin call would copy the whole
-	# index into its argument on every evaluation.
 	input.manifest_index.budgets
 	d := checked
 } else := d if {
@@ -28,22 +30,27 @@ decision := {"outcome": "deny", "reason": "MANIFEST_UNKNOWN"} if {
 }
 
 # checked is the decision for an event under a known manifest, in rule
-# order; the first match wins.
-checked := {"outcome": "allow", "reason": "OK", "constraints": input.manifest_index.constraints} if {
+# order; the first match wins. A declared tool (cls defined) is a non-empty
+# string, so the proposal-shape check runs only for undeclared ones. The
+# allow decision, constraints included, is part of the index.
+checked := input.manifest_index.allow if {
 	input.event.event_type != "TOOL_CALL_PROPOSED"
 } else := {"outcome": "deny", "reason": "INVALID_PROPOSAL"} if {
+	not cls
 	not valid_proposal
 } else := {"outcome": "deny", "reason": "POLICY_ERROR"} if {
 	not complete_state
-} else := {"outcome": "deny", "reason": reasons[min(violations)]} if {
-	count(violations) > 0
+} else := {"outcome": "deny", "reason": r} if {
+	r := reasons[min(violations)]
 } else := {"outcome": "require_approval", "reason": "APPROVAL_REQUIRED"} if {
 	cls.approval
 	not approved
-} else := {"outcome": "allow", "reason": "OK", "constraints": input.manifest_index.constraints}
+} else := input.manifest_index.allow
 
 # reasons maps a rule's priority to its reason code; the lowest violated
-# priority wins.
+# priority wins (min of the empty set is undefined). Another file of the
+# bundle can add its own members to violations, e.g.
+# `violations contains 1 if input.event.payload.tool_name == "search"`.
 reasons := {
 	1: "PERMISSION_UNDECLARED",
 	2: "EGRESS_DENY",
@@ -53,51 +60,139 @@ reasons := {
 	6: "EXEC_DENY",
 }
 
-# Each violation rule reads the input and the index directly: no helper
-# rule stands between a check and the data it compares, which keeps the
-# number of rule evaluations per decision small.
+# The violation rules are written for OPA's evaluator: each reads the input
+# and the index directly (a helper rule costs an evaluation of its own),
+# puts its cheapest and most selective expression first, and bodies that
+# compare an input field with a constant (`input.snapshot.tainted == true`)
+# are skipped by OPA's rule index without being evaluated.
 
 # 1. The tool is not declared. (cls is undefined then.)
 violations contains 1 if not cls
 
 # 2. A destination the manifest does not allow, or a network tool without
-# a destination.
+# a destination. The host of args.domain or args.url is normalised (lower
+# case, one trailing dot dropped); an exact entry is one lookup, suffix
+# patterns are tried only when it misses. A present but unusable value (not
+# a string, not a host name, a URL without a parsable authority) is the
+# host "", which no suffix matches and no exact entry either unless the
+# manifest lists "" or ".".
+#
+# A host is a DNS-style name: non-empty dot-separated labels of ASCII
+# letters, digits, "-" and "_", with one optional trailing dot. The check
+# runs before lower-casing, so no Unicode case mapping (the Kelvin sign
+# lower-cases to "k") can turn a non-ASCII name into an allowed one. These
+# are the semantics of manifest.Net.Allows (docs/manifest.md). The same
+# host expression appears in both patterns below.
 violations contains 2 if {
-	some h in destinations
-	not domain_allowed(h)
+	d := input.event.payload.args.domain
+	is_string(d)
+	regex.match(`^(?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?$`, d)
+	h := trim_suffix(lower(d), ".")
+	not input.manifest_index.domains[h]
+	not suffix_allowed(h)
+}
+
+violations contains 2 if {
+	d := input.event.payload.args.domain
+	not domain_usable(d)
+	not input.manifest_index.domains[""]
+}
+
+# args.url must be an absolute URL with an authority
+# ("scheme://[userinfo@]host[:port][/?#...]"). The authority ends at the
+# first "/", "?", "#" or "\", so that parsers which treat "\" as a path
+# separator agree on the host. A string that is not such a URL matches the
+# second alternative, which captures nothing: its host is "".
+violations contains 2 if {
+	u := input.event.payload.args.url
+	is_string(u)
+	m := regex.find_all_string_submatch_n(
+		`^(?:[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#\\@]*@)?((?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+)\.?(?::[0-9]*)?(?:[/?#].*)?|[\s\S]*)$`,
+		u, 1,
+	)
+	h := lower(m[0][1])
+	not input.manifest_index.domains[h]
+	not suffix_allowed(h)
+}
+
+violations contains 2 if {
+	u := input.event.payload.args.url
+	not is_string(u)
+	not input.manifest_index.domains[""]
+}
+
+# A network tool without args.domain and args.url. A present but false
+# value is a destination too, but one that only an exact "" entry allows:
+# without such an entry the rules above deny it anyway, so the common case
+# can test the values themselves instead of their presence.
+violations contains 2 if {
+	cls.network
+	not input.event.payload.args.domain
+	not input.event.payload.args.url
+	not input.manifest_index.domains[""]
 }
 
 violations contains 2 if {
 	cls.network
-	count(destinations) == 0
+	input.manifest_index.domains[""]
+	not has_destination
 }
 
 # 3. A budget is used up: steps, tool calls, or wall time since the
-# session's first event (once there is one). The three comparisons share
-# one rule body: each yields a boolean, and any true one is a violation.
+# session's first event (once there is one).
+violations contains 3 if input.snapshot.steps >= input.manifest_index.budgets.max_steps
+
+violations contains 3 if input.snapshot.tool_calls >= input.manifest_index.budgets.max_tool_calls
+
 violations contains 3 if {
-	s := input.snapshot
-	b := input.manifest_index.budgets
-	true in [
-		s.steps >= b.max_steps,
-		s.tool_calls >= b.max_tool_calls,
-		[s.events > 0, input.event.ts_unix_ms - s.first_ts_ms >= b.max_wall_time_ms] == [true, true],
-	]
+	input.snapshot.events > 0
+	input.event.ts_unix_ms - input.snapshot.first_ts_ms >= input.manifest_index.budgets.max_wall_time_ms
 }
 
 # 4. A loop: the sticky flag; the (max_identical_calls+1)-th identical call;
 # no progress (too many failed results in a row); a repeated tool-name
-# sequence.
+# sequence. The first three need input.call_digest to be present (a
+# hand-made input without it skips them, as it always has).
 violations contains 4 if {
-	s := input.snapshot
-	true in [
-		s.loop.detected == true,
-		object.get(s, ["calls", input.call_digest], 0) >= input.manifest_index.budgets.max_identical_calls,
-		s.consecutive_errors >= tools.max_consecutive_errors,
-	]
+	input.snapshot.loop.detected == true
+	_ = input.call_digest
 }
 
-violations contains 4 if repeated_sequence
+violations contains 4 if {
+	input.snapshot.calls[input.call_digest] >= input.manifest_index.budgets.max_identical_calls
+}
+
+# A call not counted yet has been seen 0 times: a loop only when
+# max_identical_calls is negative (the index marks that case).
+violations contains 4 if {
+	input.manifest_index.identical_calls_exhausted == true
+	d := input.call_digest
+	not call_counted(d)
+}
+
+violations contains 4 if {
+	input.snapshot.consecutive_errors >= input.manifest_index.loops.max_consecutive_errors
+	_ = input.call_digest
+}
+
+# Repeated sequence: with this proposal appended, the session's recent tool
+# names end in two identical back-to-back runs of length L, for some L in
+# tools.sequence_lengths. Rather than trying every L, the rule visits the
+# positions i that hold the proposed tool name (the last name of the first
+# run, L = n - 1 - i) and compares the runs for those only.
+violations contains 4 if {
+	recent := input.snapshot.recent_tools
+	n := count(recent) + 1
+	n >= 6
+	t := input.event.payload.tool_name
+	s := array.concat(recent, [t])
+	some i
+	s[i] == t
+	l := (n - 1) - i
+	l in input.manifest_index.loops.sequence_lengths
+	n >= 2 * l
+	array.slice(s, n - 2 * l, n - l) == array.slice(s, n - l, n)
+}
 
 # 5. Untrusted content in the context and a high-risk tool.
 violations contains 5 if {
@@ -113,20 +208,15 @@ violations contains 6 if {
 	not bin_allowed
 }
 
-# Negated checks go through helper rules ("not bin_allowed" rather than
-# "not input.manifest_index.bins[input.event.payload.args.bin]"): a negated expression over
-# an undefined argument would make the whole body undefined instead of true.
-
-# A manifest is an object with permissions. Referencing the field, rather
-# than calling is_object(input.manifest), avoids handing the whole manifest
-# to a builtin (which copies it) on every evaluation.
-manifest_present if input.manifest.permissions
-
-tool := input.event.payload.tool_name
+# Negated checks over a nested reference go through helper rules ("not
+# bin_allowed" rather than "not input.manifest_index.bins[input.event.payload.args.bin]"):
+# the inner reference is evaluated outside the negation, so an undefined
+# argument would make the whole body undefined instead of true.
 
 valid_proposal if {
-	is_string(tool)
-	tool != ""
+	t := input.event.payload.tool_name
+	is_string(t)
+	t != ""
 }
 
 # complete_state: the event and snapshot carry every field the violation
@@ -146,70 +236,28 @@ complete_state if {
 
 # cls is the classification of the proposed tool (network, exec, high_risk,
 # approval); undefined when the tool is not declared.
-cls := input.manifest_index.tools[tool]
+cls := input.manifest_index.tools[input.event.payload.tool_name]
 
 bin_allowed if input.manifest_index.bins[input.event.payload.args.bin]
 
-# --- 2. egress -------------------------------------------------------------
+call_counted(d) if _ = input.snapshot.calls[d]
 
-# destinations holds the normalised host of every destination the call
-# names. A present but unusable value (not a string, not a host name, a URL
-# without a parsable authority) contributes "", which no pattern matches.
-destinations contains domain_host(input.event.payload.args.domain)
+has_destination if _ = input.event.payload.args.domain
 
-destinations contains url_host(input.event.payload.args.url)
+has_destination if _ = input.event.payload.args.url
 
-domain_allowed(h) if input.manifest_index.domains[h]
+domain_usable(d) if {
+	is_string(d)
+	regex.match(`^(?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?$`, d)
+}
 
 # A suffix entry ".example.com" (from "*.example.com") matches strict
 # sub-domains only: hosts never have an empty label, so a host ending in
 # ".example.com" has at least one label before it.
-domain_allowed(h) if {
+suffix_allowed(h) if {
 	h != ""
 	some s in input.manifest_index.suffixes
 	endswith(h, s)
-}
-
-# A host is a DNS-style name: non-empty dot-separated labels of ASCII
-# letters, digits, "-" and "_", with one optional trailing dot. The check
-# runs before lower-casing, so no Unicode case mapping (the Kelvin sign
-# lower-cases to "k") can turn a non-ASCII name into an allowed one. These
-# are the semantics of manifest.Net.Allows (docs/manifest.md). The same
-# host expression appears in both patterns below.
-
-# domain_host returns the normalised form of an args.domain value (lower
-# case, one trailing dot dropped), or "" when it is not a host.
-domain_host(d) := trim_suffix(lower(d), ".") if {
-	is_string(d)
-	regex.match(`^(?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?$`, d)
-} else := ""
-
-# url_host returns the normalised host of an absolute URL with an authority
-# ("scheme://[userinfo@]host[:port][/?#...]"), or "" for anything else. The
-# authority ends at the first "/", "?", "#" or "\", so that parsers which
-# treat "\" as a path separator agree on the host.
-url_host(u) := trim_suffix(lower(m[0][1]), ".") if {
-	is_string(u)
-	m := regex.find_all_string_submatch_n(
-		`^[A-Za-z][A-Za-z0-9+.-]*://(?:[^/?#\\@]*@)?((?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?)(?::[0-9]*)?(?:[/?#].*)?$`,
-		u, 1,
-	)
-	count(m) == 1
-} else := ""
-
-# --- 4. loops --------------------------------------------------------------
-
-# repeated_sequence: with this proposal appended, the session's recent tool
-# names end in two identical back-to-back runs of length L (3..7).
-repeated_sequence if {
-	recent := input.snapshot.recent_tools
-	n := count(recent) + 1
-	n >= 6
-	s := array.concat(recent, [tool])
-	some l in tools.sequence_lengths
-	n >= 2 * l
-	s[n - 1 - l] == tool
-	array.slice(s, n - 2 * l, n - l) == array.slice(s, n - l, n)
 }
 
 # --- 7. approvals ----------------------------------------------------------
@@ -220,6 +268,6 @@ approved if {
 	input.call_digest != ""
 	a := input.snapshot.approvals[input.event.payload.call_id]
 	a.state == "approved"
-	a.tool_name == tool
+	a.tool_name == input.event.payload.tool_name
 	a.args_digest == input.call_digest
 }

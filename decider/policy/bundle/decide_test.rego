@@ -213,3 +213,49 @@ test_incomplete_snapshot_denied if {
 	}
 	reason_for(object.remove(input_for("search", {}), ["snapshot"])) == "POLICY_ERROR"
 }
+
+# The sequence rule looks at every earlier position holding the proposed
+# name, not only the first one it finds.
+test_loop_sequence_several_candidates if {
+	# with "search" appended: [search, search, a, search] [search, a, search]... L = 3
+	reason_for(with_snapshot("search", {}, {"recent_tools": ["search", "search", "a", "search", "search", "a"]})) == "LOOP_DETECTED"
+	reason_for(with_snapshot("search", {}, {"recent_tools": ["search", "search", "a", "search", "b", "a"]})) == "OK"
+}
+
+# A negative max_identical_calls is kept (not replaced by the default), so
+# even a call never seen before is a loop.
+test_loop_negative_identical_calls if {
+	m := object.union(fixture_manifest, {"permissions": {"budgets": {"max_identical_calls": -1}}})
+	inp := object.union(input_for("search", {}), {"manifest": m})
+	reason_for(inp) == "LOOP_DETECTED"
+	reason_for(object.union(inp, {"snapshot": {"calls": {"other": 1}}})) == "LOOP_DETECTED"
+}
+
+# A tool named "" is never a proposal, even when the manifest declares it.
+test_empty_tool_declared_is_invalid if {
+	m := object.union(fixture_manifest, {"permissions": {"tools": ["", "search"]}})
+	reason_for(object.union(input_for("", {}), {"manifest": m})) == "INVALID_PROPOSAL"
+}
+
+# An unusable destination is the host "": denied, unless the manifest lists
+# "" or "." as an exact entry. A network tool needs a destination either way.
+empty_host_manifest := object.union(fixture_manifest, {"permissions": {"net": {"domains": ["."]}}})
+
+empty_host_input(args) := object.union(input_for("http_get", args), {"manifest": empty_host_manifest})
+
+test_egress_empty_host if {
+	reason_for(empty_host_input({"url": 5})) == "OK"
+	reason_for(empty_host_input({"domain": false})) == "OK"
+	reason_for(empty_host_input({"url": "api.example.com"})) == "OK"
+	reason_for(empty_host_input({})) == "EGRESS_DENY"
+	reason_for(input_for("http_get", {"url": 5})) == "EGRESS_DENY"
+	reason_for(input_for("http_get", {"domain": false})) == "EGRESS_DENY"
+}
+
+# A URL host with its one trailing dot, in upper case, through userinfo and
+# a port.
+test_egress_url_host_forms if {
+	reason_for(input_for("http_get", {"url": "HTTPS://user@API.EXAMPLE.COM.:8443/x"})) == "OK"
+	reason_for(input_for("http_get", {"url": "https://api.example.com../"})) == "EGRESS_DENY"
+	reason_for(input_for("http_get", {"url": "https://api.example.com\nx"})) == "EGRESS_DENY"
+}

@@ -26,7 +26,10 @@ budget_defaults := {
 index := build(input.manifest)
 
 build(m) := {
-	"tools": {t: classify(t, approval) | some t in strings_at(m, ["permissions", "tools"])},
+	"tools": {t: classify(t, approval) |
+		some t in strings_at(m, ["permissions", "tools"])
+		t != ""
+	},
 	"domains": {normalize_pattern(d): true |
 		some d in strings_at(m, ["permissions", "net", "domains"])
 		not startswith(d, "*.")
@@ -37,13 +40,20 @@ build(m) := {
 	],
 	"bins": {b: true | some b in strings_at(m, ["permissions", "exec", "allowed_bins"])},
 	"budgets": budgets,
-	"constraints": {
-		"max_output_bytes": budgets.max_output_bytes,
-		"timeout_ms": budgets.timeout_ms,
+	"constraints": constraints,
+	"allow": {"outcome": "allow", "reason": "OK", "constraints": constraints},
+	"identical_calls_exhausted": budgets.max_identical_calls <= 0,
+	"loops": {
+		"max_consecutive_errors": tools.max_consecutive_errors,
+		"sequence_lengths": tools.sequence_lengths,
 	},
 } if {
 	approval := {lower(t) | some t in strings_at(m, ["permissions", "approval_required"])}
 	budgets := {k: budget(m, k, d) | some k, d in budget_defaults}
+	constraints := {
+		"max_output_bytes": budgets.max_output_bytes,
+		"timeout_ms": budgets.timeout_ms,
+	}
 }
 
 # classify returns the classes of a declared tool; approval is the
