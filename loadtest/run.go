@@ -108,6 +108,7 @@ type run struct {
 	rejected  map[string]int64
 	mismatch  []string
 	lastSeal  time.Time
+	steadyN   int64 // distinct events sealed in the steady window (steadyFrom to the end of publishing)
 	unexpect  int64
 	starts    map[string]map[int32]int64      // where the reader started
 	ends      chan map[string]map[int32]int64 // to the reader: read up to these, then return
@@ -542,6 +543,10 @@ func caughtUp(cons *stream.Consumer, starts, ends map[string]map[int32]int64) bo
 	return true
 }
 
+// steadyFrom is the start of the steady window: the second half of the
+// publishing phase, after any ramp.
+func (r *run) steadyFrom() time.Duration { return max(r.cfg.Ramp, r.cfg.Duration/2) }
+
 // onSealed accounts one sealed record; r.mu is held.
 func (r *run) onSealed(dec envelope.Decoder, rec *stream.Record, now time.Time) {
 	s := r.sessions[string(rec.Key)]
@@ -563,6 +568,9 @@ func (r *run) onSealed(dec envelope.Decoder, rec *stream.Record, now time.Time) 
 	} else {
 		r.sealedN.Add(1)
 		r.lastSeal = now
+		if at := now.Sub(r.start); at >= r.steadyFrom() && at < r.cfg.Duration {
+			r.steadyN++
+		}
 		if s.sched[i] != 0 {
 			_ = r.hSealed.RecordValue(max(1, (now.UnixNano()-s.sched[i])/1e3))
 		}
