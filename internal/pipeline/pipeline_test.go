@@ -137,6 +137,14 @@ func TestTopicSpecs(t *testing.T) {
 }
 
 func TestWindowAppendJSONRoundTrips(t *testing.T) {
+	for _, format := range []string{"sha256:%064x", "%032x", "%032X", `a"b\\%d`, "é%d"} {
+		windowRoundTrips(t, format)
+	}
+}
+
+// windowRoundTrips checks AppendJSON against encoding/json for a window
+// whose digests are format applied to their seq.
+func windowRoundTrips(t *testing.T, format string) {
 	var w Window
 	for seq := uint64(1); seq <= WindowSize+3; seq++ {
 		b, err := w.AppendJSON(nil)
@@ -151,6 +159,6 @@ func TestWindowAppendJSONRoundTrips(t *testing.T) {
 		if !reflect.DeepEqual(got, w) && len(w.Recent) > 0 || string(b) != string(want) {
 			t.Fatalf("AppendJSON %s, encoding/json %s", b, want)
 		}
-		w.Add(seq, fmt.Sprintf("sha256:%064x", seq))
+		w.Add(seq, fmt.Sprintf(format, seq))
 	}
 }

@@ -98,13 +98,32 @@ func (w *Window) AppendJSON(b []byte) ([]byte, error) {
 			b = append(b, `{"seq":`...)
 			b = strconv.AppendUint(b, r.Seq, 10)
 			b = append(b, `,"digest":`...)
-			var err error
-			if b, err = canon.AppendString(b, r.Digest); err != nil {
-				return b, fmt.Errorf("pipeline: window digest: %w", err)
+			if plainDigest(r.Digest) {
+				// What ContentDigest makes: no escaping or UTF-8
+				// check needed, and state records carry 16 of them.
+				b = append(b, '"')
+				b = append(b, r.Digest...)
+				b = append(b, '"')
+			} else {
+				var err error
+				if b, err = canon.AppendString(b, r.Digest); err != nil {
+					return b, fmt.Errorf("pipeline: window digest: %w", err)
+				}
 			}
 			b = append(b, '}')
 		}
 		b = append(b, ']')
 	}
 	return append(b, '}'), nil
+}
+
+// plainDigest reports whether d is lower-case hex, which JSON and RFC 8785
+// write verbatim between quotes.
+func plainDigest(d string) bool {
+	for i := 0; i < len(d); i++ {
+		if c := d[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
