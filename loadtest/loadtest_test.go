@@ -240,3 +240,24 @@ func TestMainEmbedded(t *testing.T) {
 		})
 	}
 }
+
+// TestEventJSON: the hand-written envelope is what fmt made before, and
+// decodes.
+func TestEventJSON(t *testing.T) {
+	for seq, ev := range script(DefaultMix, 7, "run-a1-s2") {
+		seq++
+		manifest := ""
+		if seq == 1 {
+			manifest = `,"manifest":"` + Manifest + `"`
+		}
+		want := fmt.Sprintf(`{"tenant_id":%q,"session_id":%q,"seq":%d,"ts_unix_ms":%d,"event_type":%q%s,"payload":%s}`,
+			Tenant, "run-a1-s2", seq, 1767225600000+int64(seq), ev.typ, manifest, ev.payload)
+		got := eventJSON("run-a1-s2", seq, 1767225600000+int64(seq), ev.typ, seq == 1, ev.payload)
+		if string(got) != want {
+			t.Fatalf("seq %d:\n got %s\nwant %s", seq, got, want)
+		}
+		if _, err := envelope.Decode(got); err != nil {
+			t.Fatalf("seq %d: %v", seq, err)
+		}
+	}
+}

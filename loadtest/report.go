@@ -41,8 +41,8 @@ type Report struct {
 	// publishing phase (after any ramp): the rate the pipeline sustains,
 	// free of the start-up and of the final drain that ThroughputEPS
 	// includes. It equals the target rate when the pipeline keeps up.
-	SteadyEPS float64 `json:"steady_eps"`
-	SessionsRun   int     `json:"sessions_run"`
+	SteadyEPS   float64 `json:"steady_eps"`
+	SessionsRun int     `json:"sessions_run"`
 
 	ChainsVerified int `json:"chains_verified"`
 	ChainFailures  int `json:"chain_failures"`
