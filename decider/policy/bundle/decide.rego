@@ -151,8 +151,8 @@ violations contains 3 if {
 
 # 4. A loop: the sticky flag; the (max_identical_calls+1)-th identical call;
 # no progress (too many failed results in a row); a repeated tool-name
-# sequence. The first three need input.call_digest to be present (a
-# hand-made input without it skips them, as it always has).
+# sequence. The first three read input.call_digest (an input without it
+# is denied POLICY_ERROR by complete_state before they count).
 violations contains 4 if {
 	input.snapshot.loop.detected == true
 	_ = input.call_digest
@@ -219,10 +219,13 @@ valid_proposal if {
 	t != ""
 }
 
-# complete_state: the event and snapshot carry every field the violation
-# rules compare. The engine always supplies them; a hand-made input that
-# lacks one is denied rather than letting a check pass for want of data.
+# complete_state: the input carries every field the violation rules
+# compare, call_digest included (the identical-call, sticky-loop and
+# no-progress checks read it). The engine always supplies them; a hand-made
+# input that lacks one is denied rather than letting a check pass for want
+# of data.
 complete_state if {
+	is_string(input.call_digest)
 	is_number(input.event.ts_unix_ms)
 	s := input.snapshot
 	is_number(s.events)

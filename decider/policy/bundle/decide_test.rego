@@ -214,6 +214,13 @@ test_incomplete_snapshot_denied if {
 	reason_for(object.remove(input_for("search", {}), ["snapshot"])) == "POLICY_ERROR"
 }
 
+# Without call_digest the loop checks could not count identical calls: a
+# hand-made input that lacks it (or has a non-string one) fails closed.
+test_missing_call_digest_denied if {
+	reason_for(object.remove(input_for("search", {}), ["call_digest"])) == "POLICY_ERROR"
+	reason_for(object.union(input_for("search", {}), {"call_digest": 7})) == "POLICY_ERROR"
+}
+
 # The sequence rule looks at every earlier position holding the proposed
 # name, not only the first one it finds.
 test_loop_sequence_several_candidates if {
