@@ -46,7 +46,6 @@ import (
 	"aegis.dev/aegis/decider/session"
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/stream"
-	"aegis.dev/aegis/schemas/chain"
 	"aegis.dev/aegis/schemas/envelope"
 )
 
@@ -306,8 +305,8 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 		if rec.Topic != t.ChainHeads || rec.Value == nil || headDone[string(rec.Key)] {
 			continue
 		}
-		var h chain.Head
-		if err := json.Unmarshal(rec.Value, &h); err != nil || h.TenantID == "" || h.SessionID == "" || h.Seq == 0 {
+		h, err := decodeHead(rec.Value)
+		if err != nil || h.TenantID == "" || h.SessionID == "" || h.Seq == 0 {
 			reject(rec, ReasonBadHead, fmt.Sprintf("not a chain head: %v", err))
 			continue
 		}

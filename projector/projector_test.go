@@ -341,7 +341,8 @@ func TestMain(m *testing.M) {
 }
 
 // TestEventRowToolColumns: tool_name and call_id columns come from the
-// payload's top-level members only, escaped keys included.
+// payload's top-level members only, read as encoding/json reads them
+// (escaped and case-folded names included).
 func TestEventRowToolColumns(t *testing.T) {
 	for _, tc := range []struct{ payload, tool, callID string }{
 		{`{"model":"m","input_tokens":3}`, "", ""},
@@ -350,6 +351,7 @@ func TestEventRowToolColumns(t *testing.T) {
 		{`{"args":{"tool_name":"nested","call_id":"n"}}`, "", ""},
 		{`{"tool_name":7,"call_id":"c3"}`, "", "c3"},
 		{`{"note":"a \"tool_name\" in a string"}`, "", ""},
+		{`{"Tool_Name":"search","CALL_ID":"c4"}`, "search", "c4"}, // encoding/json matches names case-insensitively
 	} {
 		r := projector.NewEventRow(&envelope.Event{Type: envelope.ToolResult, Payload: json.RawMessage(tc.payload)}, 0, 0)
 		if r.ToolName != tc.tool || r.CallID != tc.callID {

@@ -1,10 +1,10 @@
 package projector
 
 import (
-	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"time"
 
 	"aegis.dev/aegis/decider/session"
@@ -54,7 +54,11 @@ func filterColumns(ev *envelope.Event) (tool, callID, outcome, reason, revision 
 		ToolName json.RawMessage `json:"tool_name"`
 		CallID   json.RawMessage `json:"call_id"`
 	}
-	if mayHaveToolFields(ev.Payload) && json.Unmarshal(ev.Payload, &p) == nil {
+	var vals [2][]byte
+	if envelope.FlatMembers(ev.Payload, toolFieldNames, vals[:]) {
+		p.ToolName, p.CallID = vals[0], vals[1]
+		tool, callID = jsonString(p.ToolName), jsonString(p.CallID)
+	} else if json.Unmarshal(ev.Payload, &p) == nil {
 		tool, callID = jsonString(p.ToolName), jsonString(p.CallID)
 	}
 	if d := ev.Decision; d != nil {
@@ -63,23 +67,53 @@ func filterColumns(ev *envelope.Event) (tool, callID, outcome, reason, revision 
 	return tool, callID, outcome, reason, revision
 }
 
-// mayHaveToolFields reports whether a payload can have a tool_name or
-// call_id member: without an escape sequence, such a key appears verbatim.
-// Most events (model calls, memory, ...) have neither, and decoding their
-// payload was most of the cost of their filter columns.
-func mayHaveToolFields(payload []byte) bool {
-	return bytes.Contains(payload, []byte(`"tool_name"`)) || bytes.Contains(payload, []byte(`"call_id"`)) ||
-		bytes.IndexByte(payload, '\\') >= 0
-}
+var toolFieldNames = []string{"tool_name", "call_id"}
 
 // jsonString returns the value of a JSON string, or "" for anything else:
 // free-form payloads may carry a non-string tool_name.
 func jsonString(raw json.RawMessage) string {
+	if s, ok := envelope.FlatString(raw); ok {
+		return s
+	}
 	var s string
 	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
 		return ""
 	}
 	return s
+}
+
+var headNames = []string{"tenant_id", "session_id", "seq", "hash"}
+
+// decodeHead reads the chain head from a record of the chain-heads topic
+// (the sealer's state record: the head and its sequence window) exactly as
+// json.Unmarshal into a chain.Head would, without reflection when the
+// record allows (envelope.FlatMembers).
+func decodeHead(data []byte) (chain.Head, error) {
+	var vals [4][]byte
+	if envelope.FlatMembers(data, headNames, vals[:]) {
+		var h chain.Head
+		ok := true
+		for i, dst := range [...]*string{&h.TenantID, &h.SessionID, nil, &h.Hash} {
+			if vals[i] == nil || dst == nil {
+				continue
+			}
+			*dst, ok = envelope.FlatString(vals[i])
+			if !ok {
+				break
+			}
+		}
+		if ok && vals[2] != nil {
+			var err error
+			h.Seq, err = strconv.ParseUint(string(vals[2]), 10, 64)
+			ok = err == nil
+		}
+		if ok {
+			return h, nil
+		}
+	}
+	var h chain.Head
+	err := json.Unmarshal(data, &h)
+	return h, err
 }
 
 // ColumnsMatch reports whether the filter columns agree with the event, and
