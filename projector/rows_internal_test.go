@@ -25,16 +25,7 @@ func TestDecodeHeadMatchesUnmarshal(t *testing.T) {
 		`{}`, `[]`, `null`, ``, `{"seq":1}`, `{ "seq" : 1 }`,
 	}
 	for range 20000 {
-		b := []byte{'{'}
-		for i := range r.IntN(6) {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, names[r.IntN(len(names))]...)
-			b = append(b, ':')
-			b = append(b, values[r.IntN(len(values))]...)
-		}
-		docs = append(docs, string(append(b, '}')))
+		docs = append(docs, string(randomObject(r, names, values, 6)))
 	}
 	for _, d := range docs {
 		got, gotErr := decodeHead([]byte(d))
@@ -53,16 +44,7 @@ func TestFilterColumnsMatchUnmarshal(t *testing.T) {
 	names := []string{`"tool_name"`, `"call_id"`, `"Tool_Name"`, `"call\u005fid"`, `"args"`, `"q"`}
 	values := []string{`"search"`, `"c1"`, `"a\"b"`, `"\u00e9"`, `7`, `null`, `{"tool_name":"n"}`, `[]`, `""`}
 	for i := range 20000 {
-		b := []byte{'{'}
-		for j := range r.IntN(5) {
-			if j > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, names[r.IntN(len(names))]...)
-			b = append(b, ':')
-			b = append(b, values[r.IntN(len(values))]...)
-		}
-		b = append(b, '}')
+		b := randomObject(r, names, values, 5)
 		var p struct {
 			ToolName json.RawMessage `json:"tool_name"`
 			CallID   json.RawMessage `json:"call_id"`
@@ -77,4 +59,20 @@ func TestFilterColumnsMatchUnmarshal(t *testing.T) {
 			t.Fatalf("%d %s: got %q %q, want %q %q", i, b, tool, callID, wantTool, wantCall)
 		}
 	}
+}
+
+// randomObject returns a JSON object of fewer than maxMembers members, each
+// a random name and value from the given raw JSON snippets (which may make
+// it invalid JSON on purpose).
+func randomObject(r *rand.Rand, names, values []string, maxMembers int) []byte {
+	b := []byte{'{'}
+	for i := range r.IntN(maxMembers) {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, names[r.IntN(len(names))]...)
+		b = append(b, ':')
+		b = append(b, values[r.IntN(len(values))]...)
+	}
+	return append(b, '}')
 }
