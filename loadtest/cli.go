@@ -48,6 +48,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	report := fs.String("report", "", "write the JSON report to this file")
 	runID := fs.String("run-id", "", "session-id prefix of this run (default: unique per run)")
 	cpuProfile := fs.String("cpuprofile", "", "write the load tester's own CPU profile to this file (go tool pprof)")
+	batchTimeout := fs.Duration("batch-timeout", 5*time.Millisecond, "Kafka publishing: how long a partition's partial batch waits before it is sent (kafka-go's BatchTimeout)")
 	badKey := fs.Int("fault-bad-key", 0, "publish the last event of this many sessions under a wrong key (Kafka only), to check that loss is reported")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -65,7 +66,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	cfg := Config{Brokers: strings.Split(*brokers, ","), TopicPrefix: *prefix, HTTP: *httpURL, APIKey: *apiKey,
 		HTTPBatch: *batch, HTTPConcurrency: *conc, Rate: *rate, Ramp: *ramp, Duration: *duration, Sessions: *sessions,
-		Mix: m, Store: *store, StoreSample: *storeSample, DrainTimeout: *drain, RunID: *runID, FaultBadKey: *badKey}
+		Mix: m, Store: *store, StoreSample: *storeSample, DrainTimeout: *drain, RunID: *runID, FaultBadKey: *badKey, BatchTimeout: *batchTimeout}
 	if os.Getenv("GOGC") == "" {
 		// The load tester shares the machine with the system it measures:
 		// trading memory for GC work leaves that CPU to the pipeline

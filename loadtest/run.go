@@ -33,9 +33,12 @@ type Config struct {
 	// Kafka, HTTPBatch events per request (default 100) over
 	// HTTPConcurrency connections (default 8); sessions are sharded over
 	// the connections so each session's events stay in order.
-	HTTP            string
-	APIKey          string
-	HTTPBatch       int
+	HTTP      string
+	APIKey    string
+	HTTPBatch int
+	// BatchTimeout is how long the Kafka publisher lets a partition's
+	// partial batch wait (default 5ms).
+	BatchTimeout    time.Duration
 	HTTPConcurrency int
 	// Rate is the target events/s (open loop), reached after Ramp (linear
 	// from 0) and held until Duration.
@@ -326,7 +329,7 @@ func (r *run) publish(ctx context.Context) error {
 		h := newHTTPSink(r)
 		sink, closeSink = h.send, h.close
 	} else {
-		pub := NewPublisher(PublisherConfig{Brokers: r.cfg.Brokers, Topic: r.topics.Events, Async: true, Completion: r.completion})
+		pub := NewPublisher(PublisherConfig{Brokers: r.cfg.Brokers, Topic: r.topics.Events, Async: true, Completion: r.completion, BatchTimeout: r.cfg.BatchTimeout})
 		sink = func(ps []pending) {
 			msgs := make([]Message, len(ps))
 			for i, p := range ps {

@@ -26,6 +26,8 @@
 #   KAFKA_PORT             broker (client) port, default 19092
 #   KAFKA_CONTROLLER_PORT  KRaft controller port, default 19093
 #   KAFKA_HEAP_OPTS        JVM heap flags, default "-Xms256m -Xmx768m"
+#   KAFKA_GC_OPTS          JVM garbage collector flags, default G1 with the
+#                          pause goal of Kafka's own start scripts
 #   KAFKA_WAIT_TIMEOUT     seconds `wait` allows, default 120
 #   KAFKA_STOP_TIMEOUT     seconds `stop` allows before SIGKILL, default 60
 #   KAFKA_EXTRA_PROPERTIES extra server.properties lines (newline-separated),
@@ -49,6 +51,7 @@ pid_file="${cache_dir}/kafka.pid"
 port="${KAFKA_PORT:-19092}"
 controller_port="${KAFKA_CONTROLLER_PORT:-19093}"
 heap_opts="${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}"
+gc_opts="${KAFKA_GC_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent}"
 wait_timeout="${KAFKA_WAIT_TIMEOUT:-120}"
 stop_timeout="${KAFKA_STOP_TIMEOUT:-60}"
 bootstrap="127.0.0.1:${port}"
@@ -208,8 +211,8 @@ cmd_start() {
 	log "starting broker on ${bootstrap} (controller 127.0.0.1:${controller_port}), log ${log_file}"
 	# setsid detaches the broker from the caller's process group so that a
 	# CI step ending does not take it down with a stray signal.
-	# shellcheck disable=SC2086 # heap_opts is a list of JVM flags.
-	setsid nohup java ${heap_opts} -XX:+UseG1GC -Djava.awt.headless=true \
+	# shellcheck disable=SC2086 # heap_opts and gc_opts are lists of JVM flags.
+	setsid nohup java ${heap_opts} ${gc_opts} -Djava.awt.headless=true \
 		-Dlog4j2.configurationFile="${script_dir}/log4j2.xml" \
 		-cp "${libs_dir}/*" kafka.Kafka "${config_file}" \
 		>>"${log_file}" 2>&1 </dev/null &

@@ -88,6 +88,12 @@ type Config struct {
 	// the batch is whatever arrived since the last commit, so light load
 	// still commits small batches at once.
 	MaxBatch int `yaml:"max_batch"`
+	// SealerBatchWait lets the broker hold the sealer's fetches until this
+	// long has passed or 1 MiB is waiting (default 20ms; 0: return as soon
+	// as anything arrives). Fewer, larger sealer transactions leave the
+	// broker more time for the decider, whose replies agents wait on
+	// (docs/pipeline.md#batching). Kafka's floor is 10ms.
+	SealerBatchWait time.Duration `yaml:"sealer_batch_wait"`
 	// StoreBatch is the number of records the projector buffers before it
 	// writes them to the audit store (default 20,000; a write also happens
 	// 1 s after the first buffered record). ClickHouse does best with few,
@@ -145,6 +151,7 @@ func Defaults() Config {
 		MaxEventBytes:    envelope.DefaultMaxEventBytes,
 		SessionTimeout:   45 * time.Second,
 		MaxBatch:         5000,
+		SealerBatchWait:  20 * time.Millisecond,
 		StoreBatch:       20000,
 		StateSessions:    pipeline.DefaultStateSessions,
 		KafkaCompression: "snappy",
@@ -187,6 +194,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxEventBytes, "max-event-bytes", c.MaxEventBytes, "largest accepted event in bytes")
 	fs.DurationVar(&c.SessionTimeout, "session-timeout", c.SessionTimeout, "consumer group session timeout: how long a crashed instance's partitions wait before moving")
 	fs.IntVar(&c.MaxBatch, "max-batch", c.MaxBatch, "most records a stage handles in one transaction")
+	fs.DurationVar(&c.SealerBatchWait, "sealer-batch-wait", c.SealerBatchWait, "how long the broker may hold the sealer's fetches to gather a larger batch (0 or 10ms..1s)")
 	fs.IntVar(&c.StoreBatch, "store-batch", c.StoreBatch, "records the projector buffers before writing them to the audit store (it also writes 1 s after the first)")
 	fs.StringVar(&c.KafkaCompression, "kafka-compression", c.KafkaCompression, "compression of produced batches: "+strings.Join(stream.Compressions, ", "))
 	fs.IntVar(&c.StateSessions, "state-sessions", c.StateSessions, "most session states a stage keeps in memory; the others are spilled under DATA-DIR/state-spill and read back when needed")
@@ -309,6 +317,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxBatch < 1 || c.MaxBatch > 100000 {
 		errs = append(errs, fmt.Errorf("max-batch %d: must be 1..100000", c.MaxBatch))
+	}
+	if c.SealerBatchWait != 0 && (c.SealerBatchWait < 10*time.Millisecond || c.SealerBatchWait > time.Second) {
+		errs = append(errs, fmt.Errorf("sealer-batch-wait %s: must be 0 or 10ms..1s", c.SealerBatchWait))
 	}
 	if c.StoreBatch < 1 || c.StoreBatch > 1000000 {
 		errs = append(errs, fmt.Errorf("store-batch %d: must be 1..1000000", c.StoreBatch))

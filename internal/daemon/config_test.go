@@ -6,11 +6,12 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestLoadFileThenFlags(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "aegis.yaml")
-	yaml := "target: decider\nbrokers: [k1:9092, k2:9092]\npartitions: 12\ninstance: from-file\nmanifests: /etc/aegis/m\nmax_batch: 200\nstore_batch: 7000\n"
+	yaml := "target: decider\nbrokers: [k1:9092, k2:9092]\npartitions: 12\ninstance: from-file\nmanifests: /etc/aegis/m\nmax_batch: 200\nstore_batch: 7000\nsealer_batch_wait: 50ms\n"
 	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -18,7 +19,7 @@ func TestLoadFileThenFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Target != "decider" || strings.Join(cfg.Brokers, ",") != "k1:9092,k2:9092" || cfg.Manifests != "/etc/aegis/m" || cfg.MaxBatch != 200 || cfg.StoreBatch != 7000 {
+	if cfg.Target != "decider" || strings.Join(cfg.Brokers, ",") != "k1:9092,k2:9092" || cfg.Manifests != "/etc/aegis/m" || cfg.MaxBatch != 200 || cfg.StoreBatch != 7000 || cfg.SealerBatchWait != 50*time.Millisecond {
 		t.Fatalf("file values lost: %+v", cfg)
 	}
 	if cfg.Instance != "from-flag" || cfg.Partitions != 3 {
@@ -49,6 +50,8 @@ func TestLoadRejects(t *testing.T) {
 		{"unknown compression", []string{"--kafka-compression", "brotli"}, "kafka-compression"},
 		{"no state in memory", []string{"--state-sessions", "0"}, "state-sessions"},
 		{"empty store batch", []string{"--store-batch", "0"}, "store-batch"},
+		{"sealer batch wait below Kafka's floor", []string{"--sealer-batch-wait", "5ms"}, "sealer-batch-wait"},
+		{"sealer batch wait too long", []string{"--sealer-batch-wait", "2s"}, "sealer-batch-wait"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -257,6 +257,7 @@ func (d *Daemon) newStage(name string, brokers []string, api *ingest.Server) (st
 	case TargetSealer:
 		st := sealer.New(sealer.Config{Topics: d.topics, Partitions: cfg.Partitions, State: state}, d.reg, d.log)
 		tc, newProcessor = st.TransactConfig(), st.NewProcessor
+		tc.BatchWait = cfg.SealerBatchWait
 	default:
 		return nil, fmt.Errorf("aegisd: unknown stage %q", name)
 	}

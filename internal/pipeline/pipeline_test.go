@@ -162,3 +162,16 @@ func windowRoundTrips(t *testing.T, format string) {
 		w.Add(seq, fmt.Sprintf(format, seq))
 	}
 }
+
+func TestPlainDigestEveryByte(t *testing.T) {
+	for i := range 256 {
+		c := byte(i)
+		want := c >= '0' && c <= '9' || c >= 'a' && c <= 'f'
+		if got := plainDigest("0123456789abcdef" + string([]byte{c}) + "fedcba"); got != want {
+			t.Errorf("byte %#x: plain %v, want %v", c, got, want)
+		}
+	}
+	if !plainDigest("") {
+		t.Error("empty digest")
+	}
+}

@@ -120,10 +120,20 @@ func (w *Window) AppendJSON(b []byte) ([]byte, error) {
 // plainDigest reports whether d is lower-case hex, which JSON and RFC 8785
 // write verbatim between quotes.
 func plainDigest(d string) bool {
+	var bad byte
 	for i := 0; i < len(d); i++ {
-		if c := d[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
+		bad |= notLowerHex[d[i]]
+	}
+	return bad == 0
+}
+
+// notLowerHex is 1 for every byte that is not 0-9 or a-f: one load and an
+// OR per byte, with no branch for the CPU to mispredict.
+var notLowerHex = func() (t [256]byte) {
+	for i := range t {
+		if (i < '0' || i > '9') && (i < 'a' || i > 'f') {
+			t[i] = 1
 		}
 	}
-	return true
-}
+	return t
+}()

@@ -306,6 +306,7 @@ func TestTransactConfigValidation(t *testing.T) {
 		{"state is input", func(c *TransactConfig) { c.State = "in" }},
 		{"state is output", func(c *TransactConfig) { c.Outputs = []string{"st"} }},
 		{"negative batch", func(c *TransactConfig) { c.MaxBatch = -1 }},
+		{"batch wait below the broker's floor", func(c *TransactConfig) { c.BatchWait = 5 * time.Millisecond }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -356,3 +357,42 @@ func (f failingRestore) Restore(_, _ []byte) error {
 }
 
 func (failingRestore) Process(context.Context, []*Record, func(Output)) error { return nil }
+
+// TestTransactBatchWaitGathersBatches trickles records in one every 10ms:
+// without BatchWait nearly each gets its own transaction, with it the
+// broker holds the fetches and a transaction carries about BatchWait's
+// worth. Slowness only makes transactions fewer, so the bounds hold on a
+// loaded machine.
+func TestTransactBatchWaitGathersBatches(t *testing.T) {
+	const n = 40
+	run := func(t *testing.T, wait time.Duration) float64 {
+		e := startBroker(t)
+		tp := newTopology(t, e, 2)
+		cfg := tp.config(e, "txn-"+wait.String())
+		cfg.BatchWait = wait
+		tr, err := NewTransactor(cfg, tp.counters(nil), WithRegisterer(prometheus.NewRegistry()), WithLogger(testLogger()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := runAsync(t, tr)
+		waitFor(t, "ready", 20*time.Second, tr.Ready)
+		want := map[string]int{}
+		for range n {
+			produceInputs(t, e, tp.input, 2, 1, want)
+			time.Sleep(10 * time.Millisecond)
+		}
+		out := readAtLeast(t, e, tp.output, n, 20*time.Second, 300*time.Millisecond)
+		if err := stop(); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		checkExactlyOnce(t, out, want, tp.partitions)
+		return metricValue(tr.m.committed)
+	}
+	if got := run(t, 0); got < n/4 {
+		t.Errorf("without BatchWait: %v transactions for %d records 10ms apart, want at least %d", got, n, n/4)
+	}
+	// 40 records over at least 400ms, 200ms per transaction at most.
+	if got := run(t, 200*time.Millisecond); got > 5 {
+		t.Errorf("with BatchWait 200ms: %v transactions, want at most 5", got)
+	}
+}
