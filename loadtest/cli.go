@@ -40,6 +40,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	rate := fs.Float64("rate", 1000, "target events/s (open loop)")
 	ramp := fs.Duration("ramp", 0, "ramp linearly from 0 to --rate over this long")
 	duration := fs.Duration("duration", 30*time.Second, "how long to publish")
+	warmup := fs.Duration("warmup", 0, "leave events due in this first part of the run out of the latencies (still published and checked)")
 	sessions := fs.Int("sessions", 100, "concurrent simulated agents (each runs ~40-event sessions back to back)")
 	mix := fs.String("mix", "", "step weights, e.g. model=6,tool=6,memory=2,sanitize=1,approval=1,handoff=1,denied=1 (the default)")
 	store := fs.String("store", "", "audit store to poll for publish → queryable latency: sqlite:PATH or clickhouse://HOST:PORT/DB")
@@ -65,7 +66,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return ExitUsage
 	}
 	cfg := Config{Brokers: strings.Split(*brokers, ","), TopicPrefix: *prefix, HTTP: *httpURL, APIKey: *apiKey,
-		HTTPBatch: *batch, HTTPConcurrency: *conc, Rate: *rate, Ramp: *ramp, Duration: *duration, Sessions: *sessions,
+		HTTPBatch: *batch, HTTPConcurrency: *conc, Rate: *rate, Ramp: *ramp, Duration: *duration, Warmup: *warmup, Sessions: *sessions,
 		Mix: m, Store: *store, StoreSample: *storeSample, DrainTimeout: *drain, RunID: *runID, FaultBadKey: *badKey, BatchTimeout: *batchTimeout}
 	if os.Getenv("GOGC") == "" {
 		// The load tester shares the machine with the system it measures:

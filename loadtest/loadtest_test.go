@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -181,6 +182,18 @@ func TestMainEmbedded(t *testing.T) {
 					t.Errorf("sampled store: stored %d of %d published, %d latencies (want a strict subset)", rep.EventsStored, rep.EventsPublished, n)
 				}
 			}},
+		// Warm-up: events due in the first second are published, sealed
+		// and checked but left out of every latency.
+		{name: "kafka with warm-up", args: []string{"--rate", "300", "--duration", "2s", "--warmup", "1s", "--sessions", "20"},
+			wantExit: ExitOK, check: func(t *testing.T, rep *Report) {
+				if rep.WarmupS != 1 || rep.EventsSealed != rep.EventsPublished {
+					t.Errorf("warm-up %v s, sealed %d of %d", rep.WarmupS, rep.EventsSealed, rep.EventsPublished)
+				}
+				// 600 events over 2s, the first 300 due in the warm-up.
+				if n := rep.Latency["publish_sealed"].Count; n < 250 || n > 350 || rep.Latency["publish_ack"].Count != n {
+					t.Errorf("latencies of %d sealed / %d acknowledged events, want the ~300 due after the warm-up", n, rep.Latency["publish_ack"].Count)
+				}
+			}},
 		{name: "http", args: []string{"--http", httpURL, "--http-batch", "20", "--rate", "300", "--duration", "2s", "--sessions", "20"},
 			wantExit: ExitOK, check: func(t *testing.T, rep *Report) {
 				if rep.Mode != "http" {
@@ -258,6 +271,15 @@ func TestEventJSON(t *testing.T) {
 		}
 		if _, err := envelope.Decode(got); err != nil {
 			t.Fatalf("seq %d: %v", seq, err)
+		}
+	}
+}
+
+func TestWarmupMustEndBeforeTheRun(t *testing.T) {
+	for _, w := range []time.Duration{-time.Second, 2 * time.Second, 3 * time.Second} {
+		cfg := Config{Brokers: []string{"127.0.0.1:1"}, Rate: 100, Duration: 2 * time.Second, Sessions: 1, Warmup: w}
+		if _, err := Run(context.Background(), cfg, nil); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "warm-up") {
+			t.Errorf("warm-up %v: %v, want a warm-up ErrConfig", w, err)
 		}
 	}
 }

@@ -16,7 +16,10 @@ type Report struct {
 	Mode       string  `json:"mode"` // "kafka" or "http"
 	TargetRate float64 `json:"target_rate_eps"`
 	DurationS  float64 `json:"duration_s"`
-	Sessions   int     `json:"sessions"`
+	// WarmupS: events due in the first WarmupS seconds are not in the
+	// latencies (they are in every count and check).
+	WarmupS  float64 `json:"warmup_s,omitempty"`
+	Sessions int     `json:"sessions"`
 
 	EventsScheduled int64 `json:"events_scheduled"`
 	// EventsPublished counts events acknowledged by Kafka (or by a 202).
@@ -80,7 +83,7 @@ func percentiles(h *hdr.Histogram) Percentiles {
 func (r *run) report(pubEnd time.Duration) *Report {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	rep := &Report{RunID: r.cfg.RunID, Mode: "kafka", TargetRate: r.cfg.Rate, DurationS: r.cfg.Duration.Seconds(), Sessions: r.cfg.Sessions,
+	rep := &Report{RunID: r.cfg.RunID, Mode: "kafka", TargetRate: r.cfg.Rate, DurationS: r.cfg.Duration.Seconds(), WarmupS: r.cfg.Warmup.Seconds(), Sessions: r.cfg.Sessions,
 		EventsScheduled: r.scheduled.Load(), EventsPublished: r.published.Load(), PublishFailed: r.failed.Load(),
 		EventsSealed: r.sealedN.Load(), Duplicated: r.dupN.Load(), Unexpected: r.unexpect, SessionsRun: len(r.sessions),
 		DecisionsExpected: maps.Clone(r.expected), DecisionsSealed: maps.Clone(r.reasons), Rejected: maps.Clone(r.rejected),
@@ -150,6 +153,9 @@ func (rep *Report) WriteText(w io.Writer) {
 		fmt.Fprintf(w, " %s %d/%d", k, rep.DecisionsSealed[k], rep.DecisionsExpected[k])
 	}
 	fmt.Fprintln(w)
+	if rep.WarmupS > 0 {
+		fmt.Fprintf(w, "  latencies of events due after the first %gs (warm-up)\n", rep.WarmupS)
+	}
 	fmt.Fprintf(w, "  %-18s %9s %9s %9s %9s %9s %9s\n", "latency (ms)", "count", "p50", "p90", "p99", "p99.9", "max")
 	for _, k := range slices.Sorted(maps.Keys(rep.Latency)) {
 		p := rep.Latency[k]

@@ -12,7 +12,8 @@
 # (e.g. STAGES="decider sealer" for two processes, STAGES=decider,sealer for
 # one with both stages); AEGISD_FLAGS adds flags to
 # every aegisd (e.g. "--kafka-compression none"); LOGS=DIR keeps each
-# aegisd's log there after the run. It samples each aegisd's
+# aegisd's log there after the run; on deploy/kafka/kafka.sh's broker the
+# run's topics are deleted afterwards unless KEEP_TOPICS=1. It samples each aegisd's
 # resident memory every second
 # and prints, after the report, the samples at 0/25/50/75/100 % of the run,
 # and the CPU each process (aegisd, the broker and ClickHouse if local, the
@@ -37,7 +38,9 @@ if [[ "$STORE" != none ]]; then
   base+=(--store "$STORE")
   probe=(--store "$STORE")
 fi
+real_kafka=
 if [[ -n "${BROKERS:-}" ]]; then
+  real_kafka=1
   base+=(--brokers "$BROKERS")
 else
   [[ -n "${SPLIT:-}" ]] && { echo "SPLIT=1 needs BROKERS (the embedded broker lives in one process)" >&2; exit 2; }
@@ -72,6 +75,13 @@ cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null || true; done
   if [[ -n "${LOGS:-}" ]]; then mkdir -p "$LOGS" && cp "$data"/aegisd-*.log "$LOGS"/ 2>/dev/null || true; fi
   rm -rf "$data"
+  # Each run creates its own topics (a fresh prefix); on the broker of
+  # deploy/kafka/kafka.sh they are deleted afterwards, or a day of load
+  # tests fills the disk (20,000 events/s leave ~5 GB a minute).
+  # KEEP_TOPICS=1 keeps them.
+  if [[ -n "$real_kafka" && -z "${KEEP_TOPICS:-}" && "$BROKERS" == 127.0.0.1:* && -d .cache/kafka/libs ]]; then
+    KAFKA_PORT=${BROKERS##*:} deploy/kafka/kafka.sh topics --delete --topic "${prefix//./\\.}.*" >/dev/null 2>&1 || true
+  fi
 }
 trap cleanup EXIT
 port=$HTTP_PORT

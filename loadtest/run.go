@@ -45,6 +45,11 @@ type Config struct {
 	Rate     float64
 	Ramp     time.Duration
 	Duration time.Duration
+	// Warmup excludes events due in the run's first Warmup from the
+	// latency histograms (they are still published and checked): the
+	// first writes to a run's freshly created topics and the processes'
+	// first requests take up to a few hundred milliseconds once.
+	Warmup time.Duration
 	// Sessions is how many agents run concurrently; each runs sessions
 	// back to back (about 40 events each).
 	Sessions int
@@ -153,6 +158,8 @@ func (c *Config) defaults() error {
 		return fmt.Errorf("%w: rate must be positive", ErrConfig)
 	case c.Duration <= 0 || c.Ramp < 0 || c.Ramp > c.Duration:
 		return fmt.Errorf("%w: duration must be positive and ramp within it", ErrConfig)
+	case c.Warmup < 0 || c.Warmup >= c.Duration:
+		return fmt.Errorf("%w: warm-up must be shorter than the duration", ErrConfig)
 	case c.Sessions <= 0:
 		return fmt.Errorf("%w: sessions must be positive", ErrConfig)
 	case c.FaultBadKey > 0 && c.HTTP != "":
@@ -454,7 +461,9 @@ func (r *run) acked(key string, value []byte, err error) {
 	if w := s.events[seq-1].want; w != "" {
 		r.expected[w]++
 	}
-	_ = r.hAck.RecordValue(max(1, (now-s.sched[seq-1])/1e3))
+	if r.measured(s.sched[seq-1]) {
+		_ = r.hAck.RecordValue(max(1, (now-s.sched[seq-1])/1e3))
+	}
 	r.published.Add(1)
 }
 
@@ -538,7 +547,9 @@ func (r *run) read(ctx context.Context, cons *stream.Consumer) error {
 					continue
 				}
 				if s := r.sessions[string(rec.Key)]; s != nil && d.Seq >= 1 && int(d.Seq) <= len(s.sched) && s.sched[d.Seq-1] != 0 {
-					_ = r.hDecision.RecordValue(max(1, (now.UnixNano()-s.sched[d.Seq-1])/1e3))
+					if r.measured(s.sched[d.Seq-1]) {
+						_ = r.hDecision.RecordValue(max(1, (now.UnixNano()-s.sched[d.Seq-1])/1e3))
+					}
 					r.decided.Add(1)
 				}
 			case r.topics.Rejected:
@@ -567,6 +578,12 @@ func caughtUp(cons *stream.Consumer, starts, ends map[string]map[int32]int64) bo
 
 // steadyFrom is the start of the steady window: the second half of the
 // publishing phase, after any ramp.
+// measured reports whether an event due at sched (Unix ns) counts in the
+// latency histograms: it is due after the warm-up.
+func (r *run) measured(sched int64) bool {
+	return r.cfg.Warmup == 0 || sched >= r.start.Add(r.cfg.Warmup).UnixNano()
+}
+
 func (r *run) steadyFrom() time.Duration { return max(r.cfg.Ramp, r.cfg.Duration/2) }
 
 // onSealed accounts one sealed record; r.mu is held.
@@ -593,7 +610,7 @@ func (r *run) onSealed(dec envelope.Decoder, rec *stream.Record, now time.Time) 
 		if at := now.Sub(r.start); at >= r.steadyFrom() && at < r.cfg.Duration {
 			r.steadyN++
 		}
-		if s.sched[i] != 0 {
+		if s.sched[i] != 0 && r.measured(s.sched[i]) {
 			_ = r.hSealed.RecordValue(max(1, (now.UnixNano()-s.sched[i])/1e3))
 		}
 	}
@@ -661,7 +678,7 @@ func (r *run) recordStored(rows [][]any) {
 			continue
 		}
 		for ; s.stored < top && int(s.stored) < len(s.sched); s.stored++ {
-			if at := s.sched[s.stored]; at != 0 && s.sampled {
+			if at := s.sched[s.stored]; at != 0 && s.sampled && r.measured(at) {
 				_ = r.hStored.RecordValue(max(1, (now-at)/1e3))
 			}
 			r.storedN.Add(1)
