@@ -33,13 +33,13 @@ type Config struct {
 	// Kafka, HTTPBatch events per request (default 100) over
 	// HTTPConcurrency connections (default 8); sessions are sharded over
 	// the connections so each session's events stay in order.
-	HTTP      string
-	APIKey    string
-	HTTPBatch int
+	HTTP            string
+	APIKey          string
+	HTTPBatch       int
+	HTTPConcurrency int
 	// BatchTimeout is how long the Kafka publisher lets a partition's
 	// partial batch wait (default 5ms).
-	BatchTimeout    time.Duration
-	HTTPConcurrency int
+	BatchTimeout time.Duration
 	// Rate is the target events/s (open loop), reached after Ramp (linear
 	// from 0) and held until Duration.
 	Rate     float64
