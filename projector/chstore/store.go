@@ -52,6 +52,9 @@ type Config struct {
 	DialTimeout time.Duration
 }
 
+// readTimeout bounds how long a request waits for the server's next packet.
+const readTimeout = 30 * time.Second
+
 // ParseURL parses clickhouse://[user[:password]@]HOST:PORT/DB.
 func ParseURL(raw string) (Config, error) {
 	u, err := url.Parse(raw)
@@ -88,6 +91,12 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			Addr:        []string{cfg.Addr},
 			Auth:        clickhouse.Auth{Database: db, Username: cfg.User, Password: cfg.Password},
 			DialTimeout: cfg.DialTimeout,
+			// clickhouse-go waits 5 minutes for a reply by default: a
+			// write whose connection died with a restarting server would
+			// hold the projector that long before its retry. The server
+			// sends progress packets while a query runs, so 30 s of
+			// silence means the connection is gone.
+			ReadTimeout: readTimeout,
 			Protocol:    clickhouse.Native,
 		}
 	}
