@@ -356,11 +356,6 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) 
 		kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 		kgo.KeepControlRecords(),
 		kgo.FetchMaxWait(t.cfg.FetchMaxWait),
-	}
-	if t.cfg.BatchWait > 0 {
-		opts = append(opts, kgo.FetchMaxWait(t.cfg.BatchWait), kgo.FetchMinBytes(batchWaitBytes))
-	}
-	opts = append(opts,
 		// With transactions v2 (Kafka 4), a produce right after a
 		// commit can fail CONCURRENT_TRANSACTIONS while the broker
 		// still writes the previous markers. The client retries such
@@ -378,7 +373,11 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) 
 		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 			t.pushEvent(false, m[t.cfg.Input])
 		}),
-	)
+	}
+	if t.cfg.BatchWait > 0 {
+		// Later options win: the batch wait replaces FetchMaxWait.
+		opts = append(opts, kgo.FetchMaxWait(t.cfg.BatchWait), kgo.FetchMinBytes(batchWaitBytes))
+	}
 	if t.cfg.SessionTimeout > 0 {
 		opts = append(opts, kgo.SessionTimeout(t.cfg.SessionTimeout))
 	}
