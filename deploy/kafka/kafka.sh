@@ -25,7 +25,8 @@
 # Environment:
 #   KAFKA_PORT             broker (client) port, default 19092
 #   KAFKA_CONTROLLER_PORT  KRaft controller port, default 19093
-#   KAFKA_HEAP_OPTS        JVM heap flags, default "-Xms256m -Xmx768m"
+#   KAFKA_HEAP_OPTS        JVM heap flags, default "-Xms1g -Xmx1g -XX:+AlwaysPreTouch"
+#                          (Kafka's own default heap, committed and touched at start)
 #   KAFKA_GC_OPTS          JVM garbage collector flags, default G1 with the
 #                          pause goal of Kafka's own start scripts
 #   KAFKA_WAIT_TIMEOUT     seconds `wait` allows, default 120
@@ -50,7 +51,7 @@ pid_file="${cache_dir}/kafka.pid"
 
 port="${KAFKA_PORT:-19092}"
 controller_port="${KAFKA_CONTROLLER_PORT:-19093}"
-heap_opts="${KAFKA_HEAP_OPTS:--Xms256m -Xmx768m}"
+heap_opts="${KAFKA_HEAP_OPTS:--Xms1g -Xmx1g -XX:+AlwaysPreTouch}"
 gc_opts="${KAFKA_GC_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent}"
 wait_timeout="${KAFKA_WAIT_TIMEOUT:-120}"
 stop_timeout="${KAFKA_STOP_TIMEOUT:-60}"
@@ -172,6 +173,13 @@ group.initial.rebalance.delay.ms=0
 # nearly every transaction of a stage that commits back to back; on one
 # broker the markers take about a millisecond (docs/pipeline.md#broker-settings).
 add.partitions.to.txn.retry.backoff.ms=2
+
+# The log cleaner's dedupe buffer lives on the heap (default 128 MiB). With
+# it the broker's live heap sits near G1's marking threshold, so it runs a
+# concurrent cycle (and a remark pause) every few seconds. 32 MiB holds
+# ~1.2 M keys per cleaning pass (24 bytes a key), far more than the state
+# topics of a test broker have.
+log.cleaner.dedupe.buffer.size=33554432
 ${KAFKA_EXTRA_PROPERTIES:-}
 EOF
 	mv "${config_file}.tmp" "${config_file}"
