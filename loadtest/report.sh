@@ -7,7 +7,7 @@
 #   2. the embedded stack (what `make loadtest` runs), and at 5,000 events/s
 #      with and without the projector;
 #   3. real Kafka, decider + sealer only: the decision path at 5,000 events/s
-#      (three runs with 6 partitions, two with 2; latencies after a 5 s
+#      (three runs with 6 partitions, three with 2; latencies after a 5 s
 #      warm-up);
 #   4. real Kafka + ClickHouse, one process per stage: throughput at rising
 #      rates (RATES, default "10000 15000 20000");
@@ -59,13 +59,13 @@ step embedded-3000 RATE=3000 DURATION=30s SESSIONS=500
 step embedded-5000 RATE=5000 DURATION=60s SESSIONS=500
 step embedded-decision-5000 STAGES=decider,sealer STORE=none RATE=5000 DURATION=60s SESSIONS=500 -- --warmup 5s
 # The decision latency on real Kafka varies most from run to run: three runs
-# with the default 6 partitions, two with 2 (one instance per stage on two
+# with the default 6 partitions, three with 2 (one instance per stage on two
 # cores). The first 5 s are left out of the latencies: each run creates its
 # topics, whose first writes take a few hundred milliseconds once.
 for i in 1 2 3; do
   step "kafka-decision-5000-$i" BROKERS="$KAFKA" SPLIT=1 STORE=none RATE=5000 DURATION=60s SESSIONS=500 -- --warmup 5s
 done
-for i in 1 2; do
+for i in 1 2 3; do
   step "kafka-decision-5000-p2-$i" BROKERS="$KAFKA" SPLIT=1 STORE=none RATE=5000 DURATION=60s SESSIONS=500 AEGISD_FLAGS="--partitions 2" -- --warmup 5s
 done
 for rate in $RATES; do
