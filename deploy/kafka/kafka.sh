@@ -155,10 +155,15 @@ num.partitions=1
 default.replication.factor=1
 min.insync.replicas=1
 offsets.topic.replication.factor=1
-offsets.topic.num.partitions=1
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=1
+# Each partition of the internal topics is one coordinator shard that
+# handles its groups' offset commits and heartbeats (or its transactional
+# IDs) one request at a time. With one partition the decider's and the
+# sealer's commits queue behind each other (docs/pipeline.md#broker-settings);
+# Kafka's defaults are 50. Takes effect when the topics are first created.
+offsets.topic.num.partitions=8
+transaction.state.log.num.partitions=8
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 
