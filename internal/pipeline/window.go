@@ -35,6 +35,12 @@ type Recent struct {
 type Window struct {
 	Last   uint64   `json:"last_seq"`
 	Recent []Recent `json:"recent,omitempty"`
+	// plain is how many of the newest entries of Recent Add found to be
+	// lower-case hex, which AppendJSON then writes without checking them
+	// again (16 digests per state record, written once per transaction
+	// that touches the session). Zero in a window decoded from a state
+	// record: its entries are checked until they leave the window.
+	plain int
 }
 
 // Check classifies seq with content digest against the window. Sequence
@@ -68,6 +74,11 @@ func (w *Window) Add(seq uint64, digest string) {
 		w.Recent = w.Recent[:WindowSize-1]
 	}
 	w.Recent = append(w.Recent, Recent{Seq: seq, Digest: digest})
+	if plainDigest(digest) {
+		w.plain = min(w.plain+1, len(w.Recent))
+	} else {
+		w.plain = 0
+	}
 }
 
 // Reason maps a rejecting verdict to its reason code.
@@ -90,6 +101,7 @@ func (w *Window) AppendJSON(b []byte) ([]byte, error) {
 	b = append(b, `{"last_seq":`...)
 	b = strconv.AppendUint(b, w.Last, 10)
 	if len(w.Recent) > 0 {
+		checked := len(w.Recent) - min(w.plain, len(w.Recent)) // Recent[checked:] came through Add as plain hex
 		b = append(b, `,"recent":[`...)
 		for i, r := range w.Recent {
 			if i > 0 {
@@ -98,9 +110,9 @@ func (w *Window) AppendJSON(b []byte) ([]byte, error) {
 			b = append(b, `{"seq":`...)
 			b = strconv.AppendUint(b, r.Seq, 10)
 			b = append(b, `,"digest":`...)
-			if plainDigest(r.Digest) {
+			if i >= checked || plainDigest(r.Digest) {
 				// What ContentDigest makes: no escaping or UTF-8
-				// check needed, and state records carry 16 of them.
+				// check needed.
 				b = append(b, '"')
 				b = append(b, r.Digest...)
 				b = append(b, '"')
