@@ -576,14 +576,14 @@ func caughtUp(cons *stream.Consumer, starts, ends map[string]map[int32]int64) bo
 	return true
 }
 
-// steadyFrom is the start of the steady window: the second half of the
-// publishing phase, after any ramp.
 // measured reports whether an event due at sched (Unix ns) counts in the
 // latency histograms: it is due after the warm-up.
 func (r *run) measured(sched int64) bool {
 	return r.cfg.Warmup == 0 || sched >= r.start.Add(r.cfg.Warmup).UnixNano()
 }
 
+// steadyFrom is the start of the steady window: the second half of the
+// publishing phase, after any ramp.
 func (r *run) steadyFrom() time.Duration { return max(r.cfg.Ramp, r.cfg.Duration/2) }
 
 // onSealed accounts one sealed record; r.mu is held.
