@@ -12,7 +12,9 @@
 #   4. real Kafka + ClickHouse, one process per stage: throughput at rising
 #      rates (RATES, default "10000 15000 20000");
 #   5. real Kafka + ClickHouse at 5,000 events/s for MEMORY_DURATION (default
-#      10m): the memory of each stage over a long run.
+#      10m): the memory of each stage over a long run, with Go's default
+#      garbage-collector settings (STAGE_GC=default), so that resident memory
+#      follows the live heap instead of filling up to a memory limit.
 #
 # Needs `make services` (Kafka on $AEGIS_TEST_KAFKA, ClickHouse on
 # $AEGIS_TEST_CLICKHOUSE). Reports go to OUT (default loadtest-results/):
@@ -71,5 +73,5 @@ done
 for rate in $RATES; do
   step "kafka-clickhouse-$rate" BROKERS="$KAFKA" SPLIT=1 STORE="${CH}_loadtest" RATE="$rate" DURATION=60s SESSIONS=$((rate / 10))
 done
-step "kafka-clickhouse-memory" BROKERS="$KAFKA" SPLIT=1 STORE="${CH}_loadtest" RATE=5000 DURATION="$MEMORY_DURATION" SESSIONS=500
+step "kafka-clickhouse-memory" BROKERS="$KAFKA" SPLIT=1 STAGE_GC=default STORE="${CH}_loadtest" RATE=5000 DURATION="$MEMORY_DURATION" SESSIONS=500
 note "done $(date -u +%H:%M:%S)"

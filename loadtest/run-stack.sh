@@ -18,6 +18,13 @@
 # and prints, after the report, the samples at 0/25/50/75/100 % of the run,
 # and the CPU each process (aegisd, the broker and ClickHouse if local, the
 # load tester itself) used during the run.
+#
+# A stage in a process of its own (decider, sealer, projector) runs with Go's
+# garbage collector paced by a soft memory limit instead of by heap growth:
+# GOGC=off and GOMEMLIMIT 512MiB (decider, sealer) or 1GiB (projector), the
+# settings docs/pipeline.md ("Go runtime settings") recommends for such
+# processes. STAGE_GC=default runs them with Go's defaults instead, and GOGC
+# or GOMEMLIMIT set in the environment apply as given.
 # Used by `make loadtest` and `make loadtest-smoke`.
 #
 #   RATE=3000 DURATION=30s SESSIONS=500 loadtest/run-stack.sh [extra aegis-loadtest flags]
@@ -84,9 +91,14 @@ cleanup() {
   fi
 }
 trap cleanup EXIT
+declare -A memlimit=([decider]=512MiB [sealer]=512MiB [projector]=1GiB)
 port=$HTTP_PORT
 for s in "${stages[@]}"; do
-  bin/aegisd "${base[@]}" --target "$s" --instance "loadtest-$s" --http-addr "127.0.0.1:$port" >"$data/aegisd-$s.log" 2>&1 &
+  gc=()
+  if [[ "${STAGE_GC:-}" != default && -z "${GOGC:-}${GOMEMLIMIT:-}" && -n "${memlimit[$s]:-}" ]]; then
+    gc=(GOGC=off "GOMEMLIMIT=${memlimit[$s]}")
+  fi
+  env "${gc[@]}" bin/aegisd "${base[@]}" --target "$s" --instance "loadtest-$s" --http-addr "127.0.0.1:$port" >"$data/aegisd-$s.log" 2>&1 &
   pids+=($!)
   ok=
   for _ in $(seq 150); do
