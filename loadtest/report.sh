@@ -70,8 +70,14 @@ done
 for i in 1 2 3; do
   step "kafka-decision-5000-p2-$i" BROKERS="$KAFKA" SPLIT=1 STORE=none RATE=5000 DURATION=60s SESSIONS=500 AEGISD_FLAGS="--partitions 2" -- --warmup 5s
 done
+# Each ClickHouse run writes a database of its own, dropped first on the
+# local test server, so that no run pays for merging the previous run's parts.
+fresh_db() {
+  deploy/clickhouse/clickhouse.sh client --query "DROP DATABASE IF EXISTS ${CH##*/}_$1" >/dev/null 2>&1 || true
+  printf '%s_%s' "$CH" "$1"
+}
 for rate in $RATES; do
-  step "kafka-clickhouse-$rate" BROKERS="$KAFKA" SPLIT=1 STORE="${CH}_loadtest" RATE="$rate" DURATION=60s SESSIONS=$((rate / 10))
+  step "kafka-clickhouse-$rate" BROKERS="$KAFKA" SPLIT=1 STORE="$(fresh_db "loadtest_$rate")" RATE="$rate" DURATION=60s SESSIONS=$((rate / 10))
 done
-step "kafka-clickhouse-memory" BROKERS="$KAFKA" SPLIT=1 STAGE_GC=default STORE="${CH}_loadtest" RATE=5000 DURATION="$MEMORY_DURATION" SESSIONS=500
+step "kafka-clickhouse-memory" BROKERS="$KAFKA" SPLIT=1 STAGE_GC=default STORE="$(fresh_db loadtest_memory)" RATE=5000 DURATION="$MEMORY_DURATION" SESSIONS=500
 note "done $(date -u +%H:%M:%S)"
