@@ -10,6 +10,7 @@ import (
 
 	"aegis.dev/aegis/conformance"
 	"aegis.dev/aegis/internal/daemon"
+	"aegis.dev/aegis/internal/stream"
 )
 
 // requireEnv returns the environment variable name; under -short the test
@@ -40,6 +41,18 @@ func TestPacksIntegration(t *testing.T) {
 		t.Fatal(err)
 	}
 	prefix := fmt.Sprintf("conformance-%d.", time.Now().UnixNano())
+	// Registered before the daemon starts, so it runs after the daemon has
+	// stopped; a failed run keeps its topics for inspection.
+	t.Cleanup(func() {
+		if t.Failed() {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := stream.DeleteTopicsWithPrefix(ctx, strings.Split(brokers, ","), prefix); err != nil {
+			t.Logf("topics %s* not deleted: %v", prefix, err)
+		}
+	})
 	base, _, keys := startEmbedded(t, packs, func(c *daemon.Config) {
 		c.Brokers = strings.Split(brokers, ",")
 		c.TopicPrefix = prefix

@@ -53,6 +53,9 @@ func benchDaemon(b *testing.B, target benchTarget) ([]string, pipeline.Topics) {
 	if err := cfg.Validate(); err != nil {
 		b.Fatal(err)
 	}
+	if target.brokers != nil {
+		dropTopicsOnCleanup(b, target.brokers, cfg.TopicPrefix)
+	}
 	d := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

@@ -202,6 +202,24 @@ func (e *faultEnv) cleanup() {
 	e.deleteTopics()
 }
 
+// dropTopicsOnCleanup deletes the topics under prefix once the test and
+// everything it started have stopped (register it before starting them:
+// cleanups run last-registered first), so that reruns do not fill the
+// broker's disk. A failed test keeps them for inspection.
+func dropTopicsOnCleanup(tb testing.TB, brokers []string, prefix string) {
+	tb.Cleanup(func() {
+		if tb.Failed() {
+			tb.Logf("topics kept for inspection: %s*", prefix)
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := stream.DeleteTopicsWithPrefix(ctx, brokers, prefix); err != nil {
+			tb.Logf("topics %s* not deleted: %v", prefix, err)
+		}
+	})
+}
+
 // deleteTopics deletes the test's topics with Kafka's own TopicCommand
 // (through kafka.sh, on the port of the first seed broker), so that reruns
 // do not fill the broker's disk. Failing to delete is logged, not fatal.

@@ -25,6 +25,7 @@ func TestReferenceRequestsIntegration(t *testing.T) {
 	cfg.Brokers = brokers
 	cfg.TopicPrefix = "it-ref-" + randomSuffix(t) + "."
 	cfg.SessionTimeout = 6 * time.Second
+	dropTopicsOnCleanup(t, brokers, cfg.TopicPrefix)
 	referenceRequests(t, startDaemon(t, cfg))
 }
 
@@ -88,8 +89,10 @@ func referenceRequests(t *testing.T, d *Daemon) {
 	if code, body := get("/v1/sessions/sess-001?tenant_id=acme"); code != 200 || !strings.Contains(body, `"tool_calls":1`) {
 		t.Fatalf("snapshot: %d %s", code, body)
 	}
-	// A synchronous proposal waits for its decision from the decider.
-	code, body = post("/v1/sessions/sess-002/proposals?tenant_id=acme", `{"tenant_id":"acme","payload":{"tool_name":"rm_rf","call_id":"c9","args":{}}}`)
+	// A synchronous proposal waits for its decision from the decider (up to
+	// 30 s: on a broker that has just started, the first transactions wait
+	// for the coordinator to load its partitions).
+	code, body = post("/v1/sessions/sess-002/proposals?tenant_id=acme&timeout_ms=30000", `{"tenant_id":"acme","payload":{"tool_name":"rm_rf","call_id":"c9","args":{}}}`)
 	if code != 200 || !strings.Contains(body, `"outcome":"deny"`) || !strings.Contains(body, `"seq":1`) {
 		t.Fatalf("proposal: %d %s", code, body)
 	}

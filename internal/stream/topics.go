@@ -233,3 +233,46 @@ func EndOffsets(ctx context.Context, brokers []string, topic string) (map[int32]
 	}
 	return out, nil
 }
+
+// DeleteTopicsWithPrefix deletes every topic whose name starts with prefix
+// and returns the names it deleted, sorted. It is for the throwaway topics
+// of tests and load tests, which give each run a prefix of its own. An empty
+// prefix, or one of Kafka's internal topics ("__"), is refused.
+func DeleteTopicsWithPrefix(ctx context.Context, brokers []string, prefix string) ([]string, error) {
+	if prefix == "" || strings.HasPrefix(prefix, "__") {
+		return nil, fmt.Errorf("stream: delete topics: prefix %q: %w", prefix, ErrConfig)
+	}
+	adm, closeAdm, err := newAdmin(brokers)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAdm()
+	listed, err := adm.ListTopics(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("stream: delete topics %s*: list: %w: %w", prefix, ErrBroker, err)
+	}
+	var names []string
+	for _, name := range listed.Names() {
+		if strings.HasPrefix(name, prefix) {
+			names = append(names, name)
+		}
+	}
+	if len(names) == 0 {
+		return nil, nil
+	}
+	resps, err := adm.DeleteTopics(ctx, names...)
+	if err != nil {
+		return nil, fmt.Errorf("stream: delete topics %s*: %w: %w", prefix, ErrBroker, err)
+	}
+	var errs []error
+	for _, r := range resps.Sorted() {
+		if r.Err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", r.Topic, r.Err))
+		}
+	}
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("stream: delete topics %s*: %w: %w", prefix, ErrBroker, errors.Join(errs...))
+	}
+	sort.Strings(names)
+	return names, nil
+}

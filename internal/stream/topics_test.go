@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -95,5 +96,45 @@ func TestEnsureTopicsRejectsMismatchedExistingTopic(t *testing.T) {
 				t.Fatalf("EnsureTopics = %v, want %v", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestDeleteTopicsWithPrefix(t *testing.T) {
+	e := startBroker(t)
+	ctx := context.Background()
+	var specs []TopicSpec
+	for _, name := range []string{"run-1.events", "run-1.sealed", "run-10.events", "run-2.events"} {
+		specs = append(specs, TopicSpec{Name: name, Partitions: 2})
+	}
+	if err := EnsureTopics(ctx, e.Brokers(), specs); err != nil {
+		t.Fatal(err)
+	}
+	for _, prefix := range []string{"", "__", "__consumer"} {
+		if _, err := DeleteTopicsWithPrefix(ctx, e.Brokers(), prefix); !errors.Is(err, ErrConfig) {
+			t.Errorf("prefix %q: err = %v, want ErrConfig", prefix, err)
+		}
+	}
+	deleted, err := DeleteTopicsWithPrefix(ctx, e.Brokers(), "run-1.")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"run-1.events", "run-1.sealed"}; !slices.Equal(deleted, want) {
+		t.Errorf("deleted %v, want %v", deleted, want)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.Brokers()...))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	listed, err := kadm.NewClient(cl).ListTopics(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := listed.Names(), []string{"run-10.events", "run-2.events"}; !slices.Equal(got, want) {
+		t.Errorf("topics left %v, want %v", got, want)
+	}
+	again, err := DeleteTopicsWithPrefix(ctx, e.Brokers(), "run-1.")
+	if err != nil || len(again) != 0 {
+		t.Errorf("second delete: %v, %v; want nothing deleted and no error", again, err)
 	}
 }
