@@ -16,7 +16,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -199,41 +198,30 @@ func (e *faultEnv) cleanup() {
 		e.t.Logf("topics kept for inspection: %s*", e.prefix)
 		return
 	}
-	e.deleteTopics()
+	deleteTopics(e.t, e.brokers, e.prefix)
 }
 
 // dropTopicsOnCleanup deletes the topics under prefix once the test and
 // everything it started have stopped (register it before starting them:
-// cleanups run last-registered first), so that reruns do not fill the
-// broker's disk. A failed test keeps them for inspection.
+// cleanups run last-registered first). A failed test keeps them for
+// inspection.
 func dropTopicsOnCleanup(tb testing.TB, brokers []string, prefix string) {
 	tb.Cleanup(func() {
 		if tb.Failed() {
 			tb.Logf("topics kept for inspection: %s*", prefix)
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if _, err := stream.DeleteTopicsWithPrefix(ctx, brokers, prefix); err != nil {
-			tb.Logf("topics %s* not deleted: %v", prefix, err)
-		}
+		deleteTopics(tb, brokers, prefix)
 	})
 }
 
-// deleteTopics deletes the test's topics with Kafka's own TopicCommand
-// (through kafka.sh, on the port of the first seed broker), so that reruns
-// do not fill the broker's disk. Failing to delete is logged, not fatal.
-func (e *faultEnv) deleteTopics() {
-	_, port, err := net.SplitHostPort(e.brokers[0])
-	if err != nil {
-		e.t.Logf("topics %s* not deleted: %v", e.prefix, err)
-		return
-	}
-	cmd := exec.Command(filepath.Join(e.root, "deploy", "kafka", "kafka.sh"), "topics", "--delete", "--topic", regexp.QuoteMeta(e.prefix)+".*")
-	cmd.Dir = e.root
-	cmd.Env = append(os.Environ(), "KAFKA_PORT="+port)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		e.t.Logf("topics %s* not deleted: %v\n%s", e.prefix, err, out)
+// deleteTopics deletes the topics under prefix, so that reruns do not fill
+// the broker's disk. Failing to delete is logged, not fatal.
+func deleteTopics(tb testing.TB, brokers []string, prefix string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := stream.DeleteTopicsWithPrefix(ctx, brokers, prefix); err != nil {
+		tb.Logf("topics %s* not deleted: %v", prefix, err)
 	}
 }
 
