@@ -18,10 +18,13 @@
 // # Snapshots
 //
 // Session snapshots are decider/session.Snapshot folded over the sealed
-// events. The projector keeps recent sessions' snapshots in memory; for a
-// session it has not seen, or one whose next event is not the one after its
-// cached state (another instance wrote it meanwhile), it rebuilds the state
-// from the session's stored events. Each decision row records whether the
+// events. The projector keeps recent sessions' snapshots in memory
+// (Config.CachedSessions; terminated and least recently used sessions
+// leave first). A session whose first event it sees is seq 1 starts from an
+// empty snapshot; for one it has not cached that starts later (after a
+// restart or an eviction), or one whose next event is not the one after
+// its cached state (another instance wrote it meanwhile), it rebuilds the
+// state from the session's stored events. Each decision row records whether the
 // session was tainted before the proposal.
 //
 // # Shutdown
@@ -33,11 +36,13 @@
 package projector
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -96,7 +101,9 @@ type Config struct {
 	// how long a crashed projector keeps its partitions.
 	SessionTimeout time.Duration
 	// CachedSessions bounds the snapshots kept in memory (default
-	// 10,000); beyond it, some are dropped and rebuilt when needed.
+	// 10,000); beyond it, terminated and then least recently used ones are
+	// dropped, down to nine tenths of it, and rebuilt from the store when
+	// their sessions come back.
 	CachedSessions int
 }
 
@@ -135,6 +142,8 @@ type Projector struct {
 	ready   atomic.Bool
 
 	snaps map[SessionKey]*session.Snapshot
+	used  map[SessionKey]uint64 // the batch that last used each cached snapshot
+	batch uint64                // batches built so far
 }
 
 // New returns a projector writing to store. reg and log may be nil.
@@ -150,7 +159,7 @@ func New(cfg Config, store Store, reg prometheus.Registerer, log *slog.Logger) (
 		opts = append(opts, stream.WithRegisterer(reg))
 	}
 	return &Projector{cfg: cfg, store: store, log: log.With("stage", StageName), metrics: newMetrics(reg), opts: opts,
-		snaps: make(map[SessionKey]*session.Snapshot)}, nil
+		snaps: make(map[SessionKey]*session.Snapshot), used: make(map[SessionKey]uint64)}, nil
 }
 
 // Ready reports whether the projector has caught up once: it has polled
@@ -168,7 +177,7 @@ func (p *Projector) Run(ctx context.Context) error {
 		return fmt.Errorf("projector: %w", err)
 	}
 	defer cons.Close()
-	p.snaps = make(map[SessionKey]*session.Snapshot)
+	p.dropCache()
 	var buf []*stream.Record
 	var first time.Time
 	for {
@@ -277,7 +286,10 @@ func (p *Projector) flush(ctx context.Context, cons *stream.Consumer, buf []*str
 
 // dropCache forgets every cached snapshot: after a write that never
 // succeeded, the cache is ahead of the store.
-func (p *Projector) dropCache() { clear(p.snaps) }
+func (p *Projector) dropCache() {
+	clear(p.snaps)
+	clear(p.used)
+}
 
 // build turns buffered records into the rows of one batch.
 func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, error) {
@@ -332,7 +344,12 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 		}
 	}
 	// Sessions whose cached state does not end right before their first
-	// event here are rebuilt from the store, in one query.
+	// event here are rebuilt from the store, in one query. A session that
+	// starts here (seq 1) has nothing stored before it: it starts from an
+	// empty snapshot without asking the store, which matters because
+	// nearly every session of a fleet is new to the projector once, and
+	// the store's answer, always empty, gets slower as the tables grow.
+	p.batch++
 	firstSeq := map[SessionKey]uint64{}
 	var load []SessionKey
 	for _, s := range events {
@@ -341,7 +358,11 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 			continue
 		}
 		firstSeq[k] = s.ev.Seq
-		if sn := p.snaps[k]; sn == nil || sn.LastSeq+1 < s.ev.Seq {
+		p.used[k] = p.batch
+		switch sn := p.snaps[k]; {
+		case sn == nil && s.ev.Seq == 1:
+			p.snaps[k] = session.New(k.TenantID, k.SessionID)
+		case sn == nil || sn.LastSeq+1 < s.ev.Seq:
 			load = append(load, k)
 		}
 	}
@@ -440,17 +461,42 @@ func (p *Projector) rebuild(ctx context.Context, keys []SessionKey, before map[S
 				k.TenantID, k.SessionID, sn.LastSeq, before[k], ErrHistory)
 		}
 		p.snaps[k] = fresh[k]
+		p.used[k] = p.batch
 	}
 	return nil
 }
 
-// evict keeps the snapshot cache within CachedSessions.
+// evict keeps the snapshot cache within CachedSessions. Once the cache is
+// over the bound it drops terminated sessions first (they expect no more
+// events), then the least recently used, down to nine tenths of the bound,
+// so that the sort runs once per tenth of the bound's worth of new
+// sessions rather than on every batch.
 func (p *Projector) evict() {
-	for k := range p.snaps {
-		if len(p.snaps) <= p.cfg.CachedSessions {
-			return
+	if len(p.snaps) <= p.cfg.CachedSessions {
+		return
+	}
+	keep := p.cfg.CachedSessions - p.cfg.CachedSessions/10
+	type entry struct {
+		k    SessionKey
+		used uint64
+		done bool
+	}
+	es := make([]entry, 0, len(p.snaps))
+	for k, sn := range p.snaps {
+		es = append(es, entry{k, p.used[k], sn.Terminated})
+	}
+	slices.SortFunc(es, func(a, b entry) int {
+		if a.done != b.done {
+			if a.done {
+				return -1
+			}
+			return 1
 		}
-		delete(p.snaps, k)
+		return cmp.Compare(a.used, b.used)
+	})
+	for _, e := range es[:len(es)-keep] {
+		delete(p.snaps, e.k)
+		delete(p.used, e.k)
 	}
 }
 

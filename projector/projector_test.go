@@ -359,3 +359,68 @@ func TestEventRowToolColumns(t *testing.T) {
 		}
 	}
 }
+
+// TestProjectorRebuildsOnlyResumedSessions: sessions that start in the
+// projector's input (seq 1) never ask the store for their history; after a
+// restart, each session that continues is rebuilt from the store once, and
+// its snapshot goes on from the stored events.
+func TestProjectorRebuildsOnlyResumedSessions(t *testing.T) {
+	k := startKafka(t, 2)
+	st, err := sqlstore.Open(context.Background(), filepath.Join(t.TempDir(), "audit.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	const sessions = 25
+	run := func(total int) (rebuilds float64) {
+		reg := prometheus.NewRegistry()
+		pr, err := projector.New(projector.Config{Brokers: k.brokers, Group: k.prefix + "projector", Topics: k.topics, BatchSize: 100,
+			FlushInterval: 50 * time.Millisecond}, st, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- pr.Run(ctx) }()
+		waitFor(t, fmt.Sprintf("%d events", total), 30*time.Second, func() bool {
+			return queryInt(t, st, "SELECT count(*) FROM audit_events") == int64(total)
+		})
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		return counterValue(t, reg, "aegis_projector_snapshot_rebuilds_total")
+	}
+	produce(t, k, sealedSessions(t, "acme", sessions, 1, 12))
+	if got := run(sessions * 12); got != 0 {
+		t.Errorf("rebuilds with every session starting at seq 1: %v, want 0", got)
+	}
+	produce(t, k, sealedSessions(t, "acme", sessions, 13, 20))
+	if got := run(sessions * 20); got != sessions {
+		t.Errorf("rebuilds after a restart: %v, want %d (one per continued session)", got, sessions)
+	}
+	all := sealedSessions(t, "acme", sessions, 1, 20)
+	_, rows, err := st.Query(context.Background(), "SELECT snapshot_hash FROM session_snapshots WHERE session_id = 's00011' ORDER BY last_seq DESC")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := snapshotHash(t, all, "acme", "s00011"); len(rows) == 0 || rows[0][0] != want {
+		t.Errorf("snapshot after the restart: %v, want %s first", rows, want)
+	}
+}
+
+// counterValue returns the value of the unlabelled counter name from reg.
+func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	t.Fatalf("no counter %s", name)
+	return 0
+}
