@@ -119,6 +119,17 @@ func produce(tb testing.TB, k kafka, events []*envelope.Event) {
 	}
 }
 
+// openSQLite opens an audit store in a temp dir, closed when the test ends.
+func openSQLite(tb testing.TB) *sqlstore.Store {
+	tb.Helper()
+	st, err := sqlstore.Open(context.Background(), filepath.Join(tb.TempDir(), "audit.db"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = st.Close() })
+	return st
+}
+
 // runProjector runs a projector until the test ends or stop is called.
 func runProjector(tb testing.TB, k kafka, group string, st projector.Store) (stop func()) {
 	tb.Helper()
@@ -188,11 +199,7 @@ func snapshotHash(tb testing.TB, events []*envelope.Event, tenant, sessionID str
 // exactly; undecodable records land in rejected_records, never skipped.
 func TestProjectorExactlyOnceSQLite(t *testing.T) {
 	k := startKafka(t, 3)
-	st, err := sqlstore.Open(context.Background(), filepath.Join(t.TempDir(), "audit.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openSQLite(t)
 	const sessions = 40
 	first := sealedSessions(t, "acme", sessions, 1, 30)
 	produce(t, k, first)
@@ -258,11 +265,7 @@ func TestProjectorExactlyOnceSQLite(t *testing.T) {
 // counts.
 func TestProjectorStoresLastHeadOfBatch(t *testing.T) {
 	k := startKafka(t, 1)
-	st, err := sqlstore.Open(context.Background(), filepath.Join(t.TempDir(), "audit.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openSQLite(t)
 	head := func(sid string, seq uint64) stream.Message {
 		v, _ := json.Marshal(chain.Head{TenantID: "acme", SessionID: sid, Seq: seq, Hash: fmt.Sprintf("sha256:%064d", seq)})
 		return stream.Message{Topic: k.topics.ChainHeads, Key: []byte("acme/" + sid), Value: v}
@@ -366,11 +369,7 @@ func TestEventRowToolColumns(t *testing.T) {
 // its snapshot goes on from the stored events.
 func TestProjectorRebuildsOnlyResumedSessions(t *testing.T) {
 	k := startKafka(t, 2)
-	st, err := sqlstore.Open(context.Background(), filepath.Join(t.TempDir(), "audit.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
+	st := openSQLite(t)
 	const sessions = 25
 	run := func(total int) (rebuilds float64) {
 		reg := prometheus.NewRegistry()
