@@ -133,8 +133,15 @@ func openSQLite(tb testing.TB) *sqlstore.Store {
 // runProjector runs a projector until the test ends or stop is called.
 func runProjector(tb testing.TB, k kafka, group string, st projector.Store) (stop func()) {
 	tb.Helper()
-	p, err := projector.New(projector.Config{Brokers: k.brokers, Group: group, Topics: k.topics, BatchSize: 700,
-		FlushInterval: 100 * time.Millisecond, RetryBackoff: 10 * time.Millisecond}, st, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	return startProjector(tb, projector.Config{Brokers: k.brokers, Group: group, Topics: k.topics, BatchSize: 700,
+		FlushInterval: 100 * time.Millisecond, RetryBackoff: 10 * time.Millisecond}, st, nil)
+}
+
+// startProjector runs a projector with cfg, its metrics in reg (may be
+// nil), until the test ends or stop is called; stop reports Run's error.
+func startProjector(tb testing.TB, cfg projector.Config, st projector.Store, reg prometheus.Registerer) (stop func()) {
+	tb.Helper()
+	p, err := projector.New(cfg, st, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -282,19 +289,10 @@ func TestProjectorStoresLastHeadOfBatch(t *testing.T) {
 	}
 	p.Close()
 	reg := prometheus.NewRegistry()
-	pr, err := projector.New(projector.Config{Brokers: k.brokers, Group: k.prefix + "projector", Topics: k.topics, BatchSize: len(msgs),
-		FlushInterval: 5 * time.Second}, st, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- pr.Run(ctx) }()
+	stop := startProjector(t, projector.Config{Brokers: k.brokers, Group: k.prefix + "projector", Topics: k.topics, BatchSize: len(msgs),
+		FlushInterval: 5 * time.Second}, st, reg)
 	waitFor(t, "the rejection", 20*time.Second, func() bool { return queryInt(t, st, "SELECT count(*) FROM rejected_records") == 1 })
-	cancel()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
+	stop()
 	heads, err := st.Heads(context.Background(), projector.Filter{})
 	if err != nil {
 		t.Fatal(err)
@@ -373,21 +371,12 @@ func TestProjectorRebuildsOnlyResumedSessions(t *testing.T) {
 	const sessions = 25
 	run := func(total int) (rebuilds float64) {
 		reg := prometheus.NewRegistry()
-		pr, err := projector.New(projector.Config{Brokers: k.brokers, Group: k.prefix + "projector", Topics: k.topics, BatchSize: 100,
-			FlushInterval: 50 * time.Millisecond}, st, reg, slog.New(slog.NewTextHandler(io.Discard, nil)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		ctx, cancel := context.WithCancel(context.Background())
-		done := make(chan error, 1)
-		go func() { done <- pr.Run(ctx) }()
+		stop := startProjector(t, projector.Config{Brokers: k.brokers, Group: k.prefix + "projector", Topics: k.topics, BatchSize: 100,
+			FlushInterval: 50 * time.Millisecond}, st, reg)
 		waitFor(t, fmt.Sprintf("%d events", total), 30*time.Second, func() bool {
 			return queryInt(t, st, "SELECT count(*) FROM audit_events") == int64(total)
 		})
-		cancel()
-		if err := <-done; err != nil {
-			t.Fatal(err)
-		}
+		stop()
 		return counterValue(t, reg, "aegis_projector_snapshot_rebuilds_total")
 	}
 	produce(t, k, sealedSessions(t, "acme", sessions, 1, 12))
