@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"encoding/xml"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -29,15 +28,25 @@ func buildAegisd(tb testing.TB) string {
 	return bin
 }
 
-func freePort(tb testing.TB) string {
+// addrFromFile waits for aegisd's --addr-file and returns its HTTP address.
+func addrFromFile(tb testing.TB, file string) string {
 	tb.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if b, err := os.ReadFile(file); err == nil {
+			var addrs struct {
+				HTTP string `json:"http"`
+			}
+			if err := json.Unmarshal(b, &addrs); err != nil || addrs.HTTP == "" {
+				tb.Fatalf("addr file: %q (%v)", b, err)
+			}
+			return addrs.HTTP
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("aegisd did not write %s", file)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
 }
 
 // TestRunnerAgainstSeparateAegisdIntegration runs `aegisctl conformance run --target`
@@ -49,9 +58,9 @@ func TestRunnerAgainstSeparateAegisdIntegration(t *testing.T) {
 		t.Skip("builds and starts aegisd processes")
 	}
 	bin := buildAegisd(t)
-	addr := freePort(t)
-	cmd := exec.Command(bin, "--dev", "--data-dir", t.TempDir(), "--kafka-addr", "127.0.0.1:0", "--http-addr", addr,
-		"--partitions", "3", "--instance", "live", "--manifests", "manifests", "--log-level", "error")
+	addrFile := filepath.Join(t.TempDir(), "addrs.json")
+	cmd := exec.Command(bin, "--dev", "--data-dir", t.TempDir(), "--kafka-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+		"--addr-file", addrFile, "--partitions", "3", "--instance", "live", "--manifests", "manifests", "--log-level", "error")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -61,6 +70,7 @@ func TestRunnerAgainstSeparateAegisdIntegration(t *testing.T) {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
 	})
+	addr := addrFromFile(t, addrFile)
 	waitReady(t, "http://"+addr)
 
 	dir := t.TempDir()

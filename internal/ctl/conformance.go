@@ -5,10 +5,10 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -177,14 +177,9 @@ func startEmbeddedAegisd(ctx context.Context, env IO, bin string, packs []*confo
 			return nil, err
 		}
 	}
-	addr, err := freeAddr()
-	if err != nil {
-		cleanup()
-		return nil, err
-	}
-	data := filepath.Join(dir, "data")
-	cmd := exec.CommandContext(ctx, bin, "--data-dir", data, "--kafka-addr", "127.0.0.1:0", "--http-addr", addr,
-		"--partitions", "3", "--instance", "conformance", "--manifests", mdir,
+	data, addrFile := filepath.Join(dir, "data"), filepath.Join(dir, "addrs.json")
+	cmd := exec.CommandContext(ctx, bin, "--data-dir", data, "--kafka-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+		"--addr-file", addrFile, "--partitions", "3", "--instance", "conformance", "--manifests", mdir,
 		"--api-keys", filepath.Join(dir, "keys.json"), "--approval-secret-file", filepath.Join(dir, "approval.secret"),
 		"--approval-ttl", "6s", "--log-level", "warn")
 	cmd.Stderr = env.Stderr
@@ -194,10 +189,21 @@ func startEmbeddedAegisd(ctx context.Context, env IO, bin string, packs []*confo
 		cleanup()
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
+	exited := make(chan struct{})
+	var waitErr error
+	go func() { waitErr = cmd.Wait(); close(exited) }()
 	stop := func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
-		_ = cmd.Wait()
+		<-exited
 		cleanup()
+	}
+	addr, err := waitAddr(ctx, addrFile, exited, 90*time.Second)
+	if err != nil {
+		stop()
+		if waitErr != nil {
+			err = fmt.Errorf("%w (aegisd: %v)", err, waitErr)
+		}
+		return nil, err
 	}
 	base := "http://" + addr
 	if err := waitReady(ctx, base, 90*time.Second); err != nil {
@@ -214,13 +220,31 @@ func fileExists(p string) bool {
 	return err == nil && !st.IsDir()
 }
 
-func freeAddr() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
+// waitAddr returns the HTTP address aegisd wrote to its --addr-file, once
+// it appears; it fails early when the process exited.
+func waitAddr(ctx context.Context, file string, exited <-chan struct{}, limit time.Duration) (string, error) {
+	deadline := time.Now().Add(limit)
+	for {
+		if b, err := os.ReadFile(file); err == nil {
+			var addrs struct {
+				HTTP string `json:"http"`
+			}
+			if err := json.Unmarshal(b, &addrs); err != nil || addrs.HTTP == "" {
+				return "", fmt.Errorf("aegisd addr file %s: %q", file, b)
+			}
+			return addrs.HTTP, nil
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("aegisd did not write %s within %s", file, limit)
+		}
+		select {
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-exited:
+			return "", errors.New("aegisd exited before listening")
+		case <-time.After(50 * time.Millisecond):
+		}
 	}
-	addr := l.Addr().String()
-	return addr, l.Close()
 }
 
 // waitReady polls GET /readyz until it answers 200.

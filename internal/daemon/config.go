@@ -60,6 +60,10 @@ type Config struct {
 	// HTTPAddr serves /healthz, /readyz and /metrics (default
 	// 127.0.0.1:8080).
 	HTTPAddr string `yaml:"http_addr"`
+	// AddrFile, if set, is where aegisd writes the addresses it listens on
+	// (JSON: http, kafka when embedded, mcp with the MCP proxy over HTTP)
+	// once they are bound, so scripts and tests can ask for port 0.
+	AddrFile string `yaml:"addr_file"`
 	// TopicPrefix starts every topic name (default "aegis.").
 	TopicPrefix string `yaml:"topic_prefix"`
 	// Partitions is the partition count of the topics aegisd creates and
@@ -177,6 +181,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "data directory of the embedded broker")
 	fs.StringVar(&c.KafkaAddr, "kafka-addr", c.KafkaAddr, "listen address of the embedded Kafka broker")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "listen address of the HTTP server (/healthz, /readyz, /metrics)")
+	fs.StringVar(&c.AddrFile, "addr-file", c.AddrFile, "write the bound listen addresses as JSON to this file once listening (for port 0)")
 	fs.StringVar(&c.TopicPrefix, "topic-prefix", c.TopicPrefix, "prefix of every topic name")
 	fs.Func("partitions", fmt.Sprintf("partition count of the pipeline topics (default %d)", c.Partitions), func(s string) error {
 		var n int32

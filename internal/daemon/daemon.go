@@ -3,14 +3,17 @@ package daemon
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/pprof"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -74,6 +77,19 @@ func (d *Daemon) HTTPAddr() string {
 	return d.httpAddr.String()
 }
 
+// MCPAddr returns the address the MCP proxy target listens on for agents
+// ("" when the target is off, in stdio mode, or before it listens), so
+// --mcp-addr can name port 0.
+func (d *Daemon) MCPAddr() string {
+	d.mu.Lock()
+	s, ok := d.transactors[TargetMCPProxy].(*mcpStage)
+	d.mu.Unlock()
+	if !ok {
+		return ""
+	}
+	return s.p.Addr()
+}
+
 // Ready reports whether every stage has caught up with its input.
 func (d *Daemon) Ready() bool {
 	d.mu.Lock()
@@ -106,6 +122,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	d.log.Info("starting aegisd", "config", cfg.redacted())
 
+	if cfg.AddrFile != "" {
+		// A file left by an earlier run must not name this run's ports.
+		if err := os.Remove(cfg.AddrFile); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("aegisd: addr file: %w", err)
+		}
+	}
 	brokers := cfg.Brokers
 	var emb *stream.Embedded
 	if len(brokers) == 0 {
@@ -162,7 +184,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errc := make(chan error, len(stages)+2)
+	errc := make(chan error, len(stages)+3)
 	apiCtx, apiStop := context.WithCancel(context.WithoutCancel(runCtx))
 	apiDone := make(chan struct{})
 	go func() {
@@ -195,6 +217,19 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.log.Info("stage started", "stage", s.name)
 	}
 
+	if cfg.AddrFile != "" {
+		embAddr := ""
+		if emb != nil {
+			embAddr = emb.Addr()
+		}
+		go func() {
+			if err := d.writeAddrFile(runCtx, embAddr, slices.Contains(targets, TargetMCPProxy) && !cfg.MCP.Stdio); err != nil {
+				errc <- err
+			}
+		}()
+		defer os.Remove(cfg.AddrFile)
+	}
+
 	var runErr error
 	select {
 	case <-ctx.Done():
@@ -220,6 +255,39 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.log.Info("stage stopped", "stage", stages[i].name)
 	}
 	return runErr
+}
+
+// writeAddrFile writes the bound addresses to Config.AddrFile (JSON object
+// with "http", "kafka" when embedded, "mcp" when the MCP proxy serves
+// HTTP), once the MCP proxy listens. The file appears whole (rename).
+func (d *Daemon) writeAddrFile(ctx context.Context, kafka string, mcp bool) error {
+	addrs := map[string]string{"http": d.HTTPAddr()}
+	if kafka != "" {
+		addrs["kafka"] = kafka
+	}
+	if mcp {
+		for d.MCPAddr() == "" {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		addrs["mcp"] = d.MCPAddr()
+	}
+	b, err := json.Marshal(addrs)
+	if err != nil {
+		return err
+	}
+	tmp := d.cfg.AddrFile + ".tmp"
+	if err := os.WriteFile(tmp, append(b, '\n'), 0o644); err != nil {
+		return fmt.Errorf("aegisd: addr file: %w", err)
+	}
+	if err := os.Rename(tmp, d.cfg.AddrFile); err != nil {
+		return fmt.Errorf("aegisd: addr file: %w", err)
+	}
+	d.log.Info("listen addresses written", "file", d.cfg.AddrFile, "addrs", addrs)
+	return nil
 }
 
 // markStarted releases Brokers and HTTPAddr callers, once.
@@ -376,7 +444,7 @@ func (d *Daemon) handler(api *ingest.Server) http.Handler {
 func (c Config) redacted() map[string]any {
 	return map[string]any{
 		"target": c.Target, "brokers": c.Brokers, "data_dir": c.DataDir, "kafka_addr": c.KafkaAddr,
-		"http_addr": c.HTTPAddr, "topic_prefix": c.TopicPrefix, "partitions": c.Partitions,
+		"http_addr": c.HTTPAddr, "addr_file": c.AddrFile, "topic_prefix": c.TopicPrefix, "partitions": c.Partitions,
 		"instance": c.Instance, "manifests": c.Manifests, "policy": c.Policy,
 		"store": redactURL(c.StoreURL()), "max_event_bytes": c.MaxEventBytes, "max_batch": c.MaxBatch, "store_batch": c.StoreBatch, "session_timeout": c.SessionTimeout.String(), "dev": c.Dev, "pprof": c.Pprof,
 		"ingest": c.Ingest.Redacted(),

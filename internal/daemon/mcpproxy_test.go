@@ -2,9 +2,14 @@ package daemon
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
+	"io/fs"
+	"maps"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -52,10 +57,36 @@ func TestMCPProxyTarget(t *testing.T) {
 	defer up.Close()
 	cfg := embeddedConfig(t)
 	cfg.Dev, cfg.Target = true, "all,"+TargetMCPProxy
-	cfg.MCP.UpstreamURL, cfg.MCP.Addr, cfg.MCP.Tenant = up.URL, freeAddr(t), "acme"
+	cfg.MCP.UpstreamURL, cfg.MCP.Addr, cfg.MCP.Tenant = up.URL, "127.0.0.1:0", "acme"
+	cfg.AddrFile = filepath.Join(t.TempDir(), "addrs.json")
+	if err := os.WriteFile(cfg.AddrFile, []byte(`{"http":"stale"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { // runs after the daemon stopped
+		if _, err := os.Stat(cfg.AddrFile); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("addr file after shutdown: %v, want it removed", err)
+		}
+	})
 	d := startDaemon(t, cfg)
-	waitReady(t, d)
-	url := "http://" + cfg.MCP.Addr + "/mcp"
+	waitReady(t, d) // ready includes the MCP proxy listening
+	if d.MCPAddr() == "" {
+		t.Fatal("ready, but the MCP proxy reports no address")
+	}
+	var addrs map[string]string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		b, err := os.ReadFile(cfg.AddrFile)
+		if err == nil && json.Unmarshal(b, &addrs) == nil && addrs["http"] != "stale" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("addr file: %s, %v", b, err)
+		}
+	}
+	want := map[string]string{"http": d.HTTPAddr(), "kafka": d.Brokers()[0], "mcp": d.MCPAddr()}
+	if !maps.Equal(addrs, want) {
+		t.Fatalf("addr file %v, want %v", addrs, want)
+	}
+	url := "http://" + d.MCPAddr() + "/mcp"
 	session := ""
 	post := func(body string) string {
 		t.Helper()

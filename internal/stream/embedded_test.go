@@ -2,7 +2,9 @@ package stream
 
 import (
 	"context"
+	"errors"
 	"net"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -18,9 +20,20 @@ func freeAddr(tb testing.TB) string {
 }
 
 func TestEmbeddedListensOnAddrAndClosesOnCancel(t *testing.T) {
-	addr := freeAddr(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	e, err := StartEmbedded(ctx, EmbeddedConfig{Addr: addr, Partitions: 3})
+	// The test needs a fixed address; another process may take a port
+	// between freeAddr closing it and the broker binding it, so retry.
+	var (
+		addr string
+		e    *Embedded
+		err  error
+	)
+	for range 5 {
+		addr = freeAddr(t)
+		if e, err = StartEmbedded(ctx, EmbeddedConfig{Addr: addr, Partitions: 3}); err == nil || !errors.Is(err, syscall.EADDRINUSE) {
+			break
+		}
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
