@@ -201,7 +201,7 @@ func startEmbeddedAegisd(ctx context.Context, env IO, bin string, packs []*confo
 	if err != nil {
 		stop()
 		if waitErr != nil {
-			err = fmt.Errorf("%w (aegisd: %v)", err, waitErr)
+			err = fmt.Errorf("%w (aegisd: %w)", err, waitErr)
 		}
 		return nil, err
 	}

@@ -227,7 +227,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 				errc <- err
 			}
 		}()
-		defer os.Remove(cfg.AddrFile)
+		defer func() { _ = os.Remove(cfg.AddrFile) }()
 	}
 
 	var runErr error
