@@ -105,22 +105,23 @@ type run struct {
 	topics pipeline.Topics
 	start  time.Time
 
-	mu        sync.Mutex
-	sessions  map[string]*session // by key
-	hSealed   *hdr.Histogram
-	hDecision *hdr.Histogram
-	hAck      *hdr.Histogram
-	hStored   *hdr.Histogram
-	verifier  *chain.Verifier
-	reasons   map[string]int64 // observed on sealed proposals, "outcome/REASON"
-	expected  map[string]int64 // of acknowledged proposals
-	rejected  map[string]int64
-	mismatch  []string
-	lastSeal  time.Time
-	steadyN   int64 // distinct events sealed in the steady window (steadyFrom to the end of publishing)
-	unexpect  int64
-	starts    map[string]map[int32]int64      // where the reader started
-	ends      chan map[string]map[int32]int64 // to the reader: read up to these, then return
+	mu         sync.Mutex
+	sessions   map[string]*session // by key
+	hSealed    *hdr.Histogram
+	hDecision  *hdr.Histogram
+	hAck       *hdr.Histogram
+	hStored    *hdr.Histogram
+	verifier   *chain.Verifier
+	reasons    map[string]int64 // observed on sealed proposals, "outcome/REASON"
+	expected   map[string]int64 // of acknowledged proposals
+	rejected   map[string]int64
+	mismatch   []string
+	lastSeal   time.Time
+	steadyN    int64 // distinct events sealed in the steady window (steadyFrom to the end of publishing)
+	unexpect   int64
+	starts     map[string]map[int32]int64 // where the reader started
+	ends       chan struct{}              // closed when endOffsets is set
+	endOffsets map[string]map[int32]int64 // for the readers: read up to these, then return
 
 	scheduled, published, failed, sealedN, decided atomic.Int64
 	dupN, storedN                                  atomic.Int64
@@ -184,7 +185,7 @@ func Run(ctx context.Context, cfg Config, progress func(Progress)) (*Report, err
 	}
 	r := &run{cfg: cfg, topics: pipeline.NewTopics(cfg.TopicPrefix), sessions: map[string]*session{},
 		hSealed: newHist(), hDecision: newHist(), hAck: newHist(), hStored: newHist(),
-		ends: make(chan map[string]map[int32]int64, 1), verifier: chain.NewVerifier(), reasons: map[string]int64{}, expected: map[string]int64{}, rejected: map[string]int64{}}
+		ends: make(chan struct{}), verifier: chain.NewVerifier(), reasons: map[string]int64{}, expected: map[string]int64{}, rejected: map[string]int64{}}
 
 	// Read from the current ends: only this run's records.
 	starts := map[string]map[int32]int64{}
@@ -196,15 +197,25 @@ func Run(ctx context.Context, cfg Config, progress func(Progress)) (*Report, err
 		starts[t] = ends
 	}
 	r.starts = starts
-	cons, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: cfg.Brokers, Start: stream.FromOffsets(starts), FetchMaxWait: 50 * time.Millisecond})
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrRuntime, err)
-	}
-	defer cons.Close()
+	// Two readers, each with a client of its own: decisions (and
+	// rejections) as an agent waiting for its verdict reads them, and the
+	// sealed log, whose verification would otherwise hold up the
+	// decisions fetched with it and inflate proposal → decision.
 	readCtx, stopRead := context.WithCancel(ctx)
 	defer stopRead()
-	readErr := make(chan error, 1)
-	go func() { readErr <- r.read(readCtx, cons) }()
+	readErr := make(chan error, len(r.readers()))
+	for _, topics := range r.readers() {
+		from := map[string]map[int32]int64{}
+		for _, t := range topics {
+			from[t] = starts[t]
+		}
+		cons, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: cfg.Brokers, Start: stream.FromOffsets(from), FetchMaxWait: 50 * time.Millisecond})
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrRuntime, err)
+		}
+		defer cons.Close()
+		go func() { readErr <- r.read(readCtx, cons, topics) }()
+	}
 
 	var storeDone chan struct{}
 	storeCtx, stopStore := context.WithCancel(ctx)
@@ -281,8 +292,13 @@ func Run(ctx context.Context, cfg Config, progress func(Progress)) (*Report, err
 	return r.report(pubEnd), nil
 }
 
-// catchUp has the reader read the result topics up to their end offsets
-// as they are now, and waits for it to return.
+// readers lists the topics of each result reader.
+func (r *run) readers() [][]string {
+	return [][]string{{r.topics.Decisions, r.topics.Rejected}, {r.topics.Sealed}}
+}
+
+// catchUp has the readers read the result topics up to their end offsets
+// as they are now, and waits for them to return.
 func (r *run) catchUp(ctx context.Context, readErr chan error) error {
 	ends := map[string]map[int32]int64{}
 	for _, t := range []string{r.topics.Sealed, r.topics.Decisions, r.topics.Rejected} {
@@ -292,16 +308,20 @@ func (r *run) catchUp(ctx context.Context, readErr chan error) error {
 		}
 		ends[t] = e
 	}
-	r.ends <- ends
-	select {
-	case err := <-readErr:
-		if err != nil {
-			return fmt.Errorf("%w: reading results: %w", ErrRuntime, err)
+	r.endOffsets = ends
+	close(r.ends)
+	deadline := time.After(r.cfg.DrainTimeout)
+	for range r.readers() {
+		select {
+		case err := <-readErr:
+			if err != nil {
+				return fmt.Errorf("%w: reading results: %w", ErrRuntime, err)
+			}
+		case <-deadline:
+			return fmt.Errorf("%w: result topics not read to their end within %v", ErrRuntime, r.cfg.DrainTimeout)
 		}
-		return nil
-	case <-time.After(r.cfg.DrainTimeout):
-		return fmt.Errorf("%w: result topics not read to their end within %v", ErrRuntime, r.cfg.DrainTimeout)
 	}
+	return nil
 }
 
 func (r *run) progress() Progress {
@@ -503,17 +523,21 @@ type rejection struct {
 	Key    string `json:"key"`
 }
 
-// read consumes the sealed, decisions and rejected topics from the run's
-// start offsets until ctx ends (an error) or, once end offsets arrive on
-// r.ends, until it has read up to them (nil).
-func (r *run) read(ctx context.Context, cons *stream.Consumer) error {
+// read consumes topics (of the sealed, decisions and rejected topics)
+// from the run's start offsets until ctx ends (an error) or, once r.ends
+// is closed, until it has read up to r.endOffsets (nil).
+func (r *run) read(ctx context.Context, cons *stream.Consumer, topics []string) error {
 	dec := envelope.Decoder{Sealed: true}
 	prefix := Tenant + "/" + r.cfg.RunID + "-"
 	var ends map[string]map[int32]int64
 	for {
 		if ends == nil {
 			select {
-			case ends = <-r.ends:
+			case <-r.ends:
+				ends = map[string]map[int32]int64{}
+				for _, t := range topics {
+					ends[t] = r.endOffsets[t]
+				}
 			default:
 			}
 		}
