@@ -57,7 +57,7 @@ func startEmbedded(tb testing.TB, packs []*conformance.Pack, mutate func(*daemon
 	}
 	// Short enough for the expiry case to see an approval expire, long
 	// enough for the other approval cases to settle theirs.
-	cfg.Ingest.ApprovalTTL = 6 * time.Second
+	cfg.Ingest.ApprovalTTL = 10 * time.Second // the most short-approval-ttl allows: room for the approving cases on a loaded machine
 	if mutate != nil {
 		mutate(&cfg)
 	}

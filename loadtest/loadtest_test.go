@@ -168,8 +168,10 @@ func TestMainEmbedded(t *testing.T) {
 				// 300/s is far below what the embedded stack seals: in
 				// the second half of publishing it keeps up with the
 				// schedule (half of the 900 events, give or take the
-				// events in flight at each end of the window).
-				if rep.SteadyEPS < 200 || rep.SteadyEPS > 400 {
+				// events in flight at each end of the window). The
+				// bounds catch a wrong window or unit, and leave room
+				// for a stall of a second on a loaded machine.
+				if rep.SteadyEPS < 100 || rep.SteadyEPS > 600 {
 					t.Errorf("steady rate %.0f events/s, want about 300", rep.SteadyEPS)
 				}
 			}},
@@ -200,7 +202,7 @@ func TestMainEmbedded(t *testing.T) {
 					t.Errorf("mode %s", rep.Mode)
 				}
 			}},
-		{name: "bad keys are reported lost", args: []string{"--rate", "300", "--duration", "2s", "--sessions", "10", "--fault-bad-key", "4", "--drain-timeout", "3s"},
+		{name: "bad keys are reported lost", args: []string{"--rate", "300", "--duration", "2s", "--sessions", "10", "--fault-bad-key", "4", "--drain-timeout", "6s"},
 			wantExit: ExitFailed, check: func(t *testing.T, rep *Report) {
 				if rep.Lost != 4 || rep.OK || rep.Rejected["KEY_MISMATCH"] != 4 {
 					t.Errorf("lost %d, ok %v, rejected %v; want 4 lost by KEY_MISMATCH", rep.Lost, rep.OK, rep.Rejected)

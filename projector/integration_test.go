@@ -169,8 +169,10 @@ func TestIntegrationProjectorClickHouseExactlyOnce(t *testing.T) {
 	}
 	start := time.Now()
 	progress, stopProgress := context.WithCancel(context.Background())
-	defer stopProgress()
+	progressDone := make(chan struct{})
+	defer func() { stopProgress(); <-progressDone }() // no Logf after the test
 	go func() {
+		defer close(progressDone)
 		for progress.Err() == nil {
 			select {
 			case <-progress.Done():

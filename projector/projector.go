@@ -276,7 +276,11 @@ func (p *Projector) flush(ctx context.Context, cons *stream.Consumer, buf []*str
 		backoff = min(2*backoff, p.cfg.MaxRetryBackoff)
 	}
 	p.metrics.observe(b, len(buf), time.Since(start))
-	if err := cons.Commit(ctx, buf...); err != nil {
+	// The rows are written: commit their offsets even if shutdown began
+	// meanwhile, so that a restart does not read them again.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.DrainTimeout)
+	defer cancel()
+	if err := cons.Commit(cctx, buf...); err != nil {
 		// The rows are stored; the records will be read again by this
 		// instance or the partition's new owner, and deduplicated.
 		p.log.Warn("offset commit failed; records will be redelivered", "records", len(buf), "err", err)

@@ -181,7 +181,7 @@ func startEmbeddedAegisd(ctx context.Context, env IO, bin string, packs []*confo
 	cmd := exec.CommandContext(ctx, bin, "--data-dir", data, "--kafka-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
 		"--addr-file", addrFile, "--partitions", "3", "--instance", "conformance", "--manifests", mdir,
 		"--api-keys", filepath.Join(dir, "keys.json"), "--approval-secret-file", filepath.Join(dir, "approval.secret"),
-		"--approval-ttl", "6s", "--log-level", "warn")
+		"--approval-ttl", "10s", "--log-level", "warn")
 	cmd.Stderr = env.Stderr
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
 	cmd.WaitDelay = 30 * time.Second

@@ -14,6 +14,7 @@ package daemon
 
 import (
 	"context"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -55,10 +56,16 @@ func TestCrashRecoveryIntegration(t *testing.T) {
 	var publishing atomic.Bool
 	publishing.Store(true)
 	pubc := make(chan *published, 1)
+	var pubWG sync.WaitGroup
+	pubWG.Add(1)
 	go func() {
+		defer pubWG.Done()
 		defer publishing.Store(false)
 		pubc <- publish(ctx, t, e.brokers, w, 4, 350*time.Millisecond, 0)
 	}()
+	// A failing test returns early: stop the publisher before it does, so
+	// that nothing reports to a finished test.
+	defer func() { cancel(); pubWG.Wait() }()
 
 	// Kill the decider and the sealer in turn, at random moments 1.5–4 s
 	// apart, while publishing, then once more each while the backlog
@@ -124,18 +131,25 @@ func TestSealerRebalanceIntegration(t *testing.T) {
 	time.Sleep(4 * time.Second)
 	s2 := e.start("sealer", "s2")
 	s2.waitReady(t, 60*time.Second)
-	time.Sleep(3 * time.Second)
-	// Both instances must have sealed records while both ran.
+	// Both instances must have sealed records while both ran (the
+	// workload goes on for ~15 s; s2 seals once it owns partitions).
 	consumed := `aegis_stream_records_consumed_total{stage="sealer"}`
-	n1, err1 := s1.metric(consumed)
-	n2, err2 := s2.metric(consumed)
-	if err1 != nil || err2 != nil {
-		t.Fatalf("metrics: %v, %v", err1, err2)
+	var n1, n2 float64
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		var err1, err2 error
+		n1, err1 = s1.metric(consumed)
+		n2, err2 = s2.metric(consumed)
+		if err1 != nil || err2 != nil {
+			t.Fatalf("metrics: %v, %v", err1, err2)
+		}
+		if n1 > 0 && n2 > 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("both sealers must have sealed records for the rebalance to be exercised: s1 %v, s2 %v", n1, n2)
+		}
 	}
 	t.Logf("records consumed before SIGTERM: s1 %v, s2 %v", n1, n2)
-	if n1 == 0 || n2 == 0 {
-		t.Fatalf("both sealers must have sealed records for the rebalance to be exercised: s1 %v, s2 %v", n1, n2)
-	}
 	s1.terminate(t, 60*time.Second)
 	pub := <-pubc
 
@@ -236,6 +250,10 @@ func TestZombieSealerFencedIntegration(t *testing.T) {
 	resumed := time.Now()
 	zombie.signal(t, syscall.SIGCONT)
 	t.Logf("zombie frozen for %s", resumed.Sub(stopped).Round(100*time.Millisecond))
+	// Input after the resume, whenever the first workload ends: a zombie
+	// frozen between transactions makes no transactional call until it
+	// has records to seal, and is fenced only then.
+	after := publish(ctx, t, e.brokers, newWorkload(e.topics.Events, "zombie-after", 60, 10), 2, 100*time.Millisecond, 0)
 
 	if !zombie.wait(60 * time.Second) {
 		t.Fatalf("the resumed zombie neither exited nor was fenced within 60s:\n%s", zombie.tail(30))
@@ -251,6 +269,12 @@ func TestZombieSealerFencedIntegration(t *testing.T) {
 		t.Errorf("the zombie committed %d transactions after it was resumed", commits)
 	}
 	pub := <-pubc
+	after.mu.Lock()
+	pub.mu.Lock()
+	maps.Copy(pub.accepted, after.accepted)
+	maps.Copy(pub.attempted, after.attempted)
+	pub.mu.Unlock()
+	after.mu.Unlock()
 
 	verifyPipeline(t, e, pub, 2*time.Minute)
 	if successor.exited() {
@@ -258,22 +282,34 @@ func TestZombieSealerFencedIntegration(t *testing.T) {
 	}
 }
 
-var commitLine = regexp.MustCompile(`^time=(\S+) .*msg="end transaction response successfully received".* kafka\.commit=true`)
+var (
+	commitSent = regexp.MustCompile(`^time=(\S+) .*msg="ending transaction".* kafka\.commit=true`)
+	commitDone = regexp.MustCompile(`msg="end transaction response successfully received".* kafka\.commit=true`)
+)
 
 // commitsSince counts the committed transactions a debug-level aegisd log
-// records at or after t.
+// records whose commit request was sent at or after t: a commit sent just
+// before a SIGSTOP is logged as received only after the SIGCONT.
 func commitsSince(tb testing.TB, log string, t time.Time) int {
 	tb.Helper()
 	n := 0
+	var sent string // time of the last commit request, until its response
 	for _, line := range strings.Split(log, "\n") {
-		m := commitLine.FindStringSubmatch(line)
-		if m == nil {
+		if m := commitSent.FindStringSubmatch(line); m != nil {
+			sent = m[1]
 			continue
 		}
-		ts, err := time.Parse(time.RFC3339Nano, m[1])
-		if err != nil {
-			tb.Fatalf("log time %q: %v", m[1], err)
+		if !commitDone.MatchString(line) {
+			continue
 		}
+		if sent == "" {
+			tb.Fatalf("a commit response without its request in the log: %s", line)
+		}
+		ts, err := time.Parse(time.RFC3339Nano, sent)
+		if err != nil {
+			tb.Fatalf("log time %q: %v", sent, err)
+		}
+		sent = ""
 		if !ts.Before(t.Truncate(time.Millisecond)) {
 			n++
 		}
