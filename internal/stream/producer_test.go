@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -121,17 +122,39 @@ func TestConsumerStartPositions(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		// The end is resolved once the partition is assigned: poll
-		// briefly before producing.
-		pctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
-		if recs, _ := c.Poll(pctx); len(recs) != 0 {
-			t.Fatalf("FromEnd returned %d old records", len(recs))
+		// The end is resolved once the partition is assigned, at a
+		// moment the test cannot observe: it produces one record at a
+		// time until the consumer delivers one. Every record produced
+		// after the consumer started may show up, depending on when the
+		// end was resolved; none of the ten produced before it may.
+		next := 10
+		deadline := time.Now().Add(10 * time.Second)
+		var recs []*Record
+		for len(recs) == 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("FromEnd delivered nothing of records 10..%d", next-1)
+			}
+			produce(next, next+1)
+			next++
+			pctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+			recs, _ = c.Poll(pctx)
+			cancel()
 		}
-		cancel()
-		produce(10, 12)
-		recs := pollN(t, c, 2)
-		if string(recs[0].Value) != "10" {
-			t.Fatalf("first value %q, want 10", recs[0].Value)
+		first, err := strconv.Atoi(string(recs[0].Value))
+		if err != nil || first < 10 {
+			t.Fatalf("FromEnd delivered %q, produced before the consumer started", recs[0].Value)
+		}
+		// The records produced from then on follow without a gap.
+		produce(next, next+2)
+		next += 2
+		recs = append(recs, pollN(t, c, next-first-len(recs))...)
+		if len(recs) != next-first {
+			t.Fatalf("read %d records from %d, want %d", len(recs), first, next-first)
+		}
+		for i, r := range recs {
+			if want := strconv.Itoa(first + i); string(r.Value) != want {
+				t.Fatalf("record #%d = %q, want %q", i, r.Value, want)
+			}
 		}
 	})
 

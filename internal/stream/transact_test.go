@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -101,7 +102,9 @@ func TestTransactExactlyOnceThroughRestart(t *testing.T) {
 	if err := RunTransact(ctx, tp.config(e, "txn-a"), tp.counters(hook), WithLogger(testLogger())); err != nil {
 		t.Fatalf("first run: %v", err)
 	}
-	first := readAtLeast(t, e, tp.output, 0, time.Second, 200*time.Millisecond)
+	// The first run ended, so what it committed is readable: wait for it
+	// as long as a loaded machine needs, then read on briefly for the rest.
+	first := readAtLeast(t, e, tp.output, 1, 10*time.Second, 200*time.Millisecond)
 	if len(first) == 0 || len(first) >= sum(want) {
 		t.Fatalf("first run committed %d of %d outputs, want a strict part", len(first), sum(want))
 	}
@@ -358,41 +361,72 @@ func (f failingRestore) Restore(_, _ []byte) error {
 
 func (failingRestore) Process(context.Context, []*Record, func(Output)) error { return nil }
 
-// TestTransactBatchWaitGathersBatches trickles records in one every 10ms:
-// without BatchWait nearly each gets its own transaction, with it the
-// broker holds the fetches and a transaction carries about BatchWait's
-// worth. Slowness only makes transactions fewer, so the bounds hold on a
-// loaded machine.
+// TestTransactBatchWaitGathersBatches trickles records in one every 10ms
+// or so: without BatchWait nearly each gets its own transaction, with it
+// the broker holds each fetch for BatchWait and a transaction carries about
+// BatchWait's worth.
+//
+// The bound is derived from the span the records were actually produced
+// over, since a loaded machine stretches it: the stage issues a fetch only
+// after the previous one returned and the broker holds each for 200ms, so
+// the fetches that return records are at least 200ms apart, and every one
+// of them but the last returned before the last record was produced. That
+// makes at most span/200ms + 2 fetches with records, one transaction each
+// (a poll takes up to MaxBatch records, more than the trickle holds). The
+// run without BatchWait must exceed its own such bound, which shows the
+// check catches a stage that ignores BatchWait.
 func TestTransactBatchWaitGathersBatches(t *testing.T) {
-	const n = 40
-	run := func(t *testing.T, wait time.Duration) float64 {
+	const (
+		n    = 40
+		wait = 200 * time.Millisecond
+	)
+	run := func(t *testing.T, batchWait time.Duration) (txns float64, span time.Duration) {
 		e := startBroker(t)
 		tp := newTopology(t, e, 2)
-		cfg := tp.config(e, "txn-"+wait.String())
-		cfg.BatchWait = wait
+		cfg := tp.config(e, "txn-"+batchWait.String())
+		cfg.BatchWait = batchWait
 		tr, err := NewTransactor(cfg, tp.counters(nil), WithRegisterer(prometheus.NewRegistry()), WithLogger(testLogger()))
 		if err != nil {
 			t.Fatal(err)
 		}
 		stop := runAsync(t, tr)
 		waitFor(t, "ready", 20*time.Second, tr.Ready)
-		want := map[string]int{}
-		for range n {
-			produceInputs(t, e, tp.input, 2, 1, want)
-			time.Sleep(10 * time.Millisecond)
+		p, err := NewProducer(ProducerConfig{Brokers: e.Brokers()})
+		if err != nil {
+			t.Fatal(err)
 		}
+		defer p.Close()
+		want := map[string]int{}
+		start := time.Now()
+		for i := range n {
+			if i > 0 {
+				time.Sleep(10 * time.Millisecond)
+			}
+			k := fmt.Sprintf("session-%02d", i%2)
+			m := Message{Topic: tp.input, Key: []byte(k), Value: fmt.Appendf(nil, "%s/%d", k, want[k])}
+			want[k]++
+			if err := p.Produce(context.Background(), m); err != nil {
+				t.Fatalf("produce input %d: %v", i, err)
+			}
+		}
+		span = time.Since(start)
 		out := readAtLeast(t, e, tp.output, n, 20*time.Second, 300*time.Millisecond)
 		if err := stop(); err != nil {
 			t.Fatalf("Run: %v", err)
 		}
 		checkExactlyOnce(t, out, want, tp.partitions)
-		return metricValue(tr.m.committed)
+		return metricValue(tr.m.committed), span
 	}
-	if got := run(t, 0); got < n/4 {
-		t.Errorf("without BatchWait: %v transactions for %d records 10ms apart, want at least %d", got, n, n/4)
+	bound := func(span time.Duration) float64 { return float64(span)/float64(wait) + 2 }
+	got, span := run(t, 0)
+	t.Logf("without BatchWait: %v transactions over %v", got, span)
+	if got <= bound(span) {
+		t.Errorf("without BatchWait: %v transactions for %d records produced over %v, want more than %.1f (the bound with BatchWait %v)",
+			got, n, span, bound(span), wait)
 	}
-	// 40 records over at least 400ms, 200ms per transaction at most.
-	if got := run(t, 200*time.Millisecond); got > 5 {
-		t.Errorf("with BatchWait 200ms: %v transactions, want at most 5", got)
+	got, span = run(t, wait)
+	t.Logf("with BatchWait %v: %v transactions over %v", wait, got, span)
+	if got > bound(span) {
+		t.Errorf("with BatchWait %v: %v transactions for %d records produced over %v, want at most %.1f", wait, got, n, span, bound(span))
 	}
 }
