@@ -66,6 +66,9 @@ type harnessOpts struct {
 	noDecider bool
 	store     Store
 	cfg       func(*Config)
+	// noExpirySweep: the gateway expires approvals only when the test
+	// calls expireApprovals, not on Run's ticker.
+	noExpirySweep bool
 }
 
 // newHarness runs an embedded broker, the decider stage (unless
@@ -137,6 +140,7 @@ func newHarness(tb testing.TB, o harnessOpts) *harness {
 	if err != nil {
 		tb.Fatal(err)
 	}
+	srv.noExpirySweep = o.noExpirySweep
 	sctx, scancel := context.WithCancel(context.Background())
 	wg.Add(1)
 	go func() {

@@ -59,7 +59,10 @@ func TestInProcessProposeAndRecord(t *testing.T) {
 func TestInProcessDecisionTimeout(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{noDecider: true})
-	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	// The deadline also bounds the publish, so it must leave a slow broker
+	// time to acknowledge; without a decider the wait after it always
+	// times out.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
 	_, err := h.srv.Propose(ctx, &envelope.Event{TenantID: "acme", SessionID: "inproc-timeout", Type: envelope.ToolCallProposed,
 		Payload: json.RawMessage(`{"tool_name":"read_file","call_id":"c1","args":{}}`)})

@@ -89,8 +89,10 @@ func TestProposalDecisions(t *testing.T) {
 func TestProposalTimeoutStillRecorded(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{noDecider: true})
+	// timeout_ms also bounds the publish, so it leaves a slow broker time
+	// to acknowledge; without a decider the wait after it always times out.
 	var out TimeoutResponse
-	r := h.do(t, "POST", "/v1/sessions/t1/proposals?timeout_ms=300", "acme-agent", "application/json", `{"seq":1,`+proposal("read_file", "c1", `{}`)[1:], &out)
+	r := h.do(t, "POST", "/v1/sessions/t1/proposals?timeout_ms=2000", "acme-agent", "application/json", `{"seq":1,`+proposal("read_file", "c1", `{}`)[1:], &out)
 	if r.StatusCode != 504 || out.Error.Code != CodeDecisionTimeout || !out.Recorded || out.Seq != 1 {
 		t.Fatalf("got %d %+v", r.StatusCode, out)
 	}
@@ -185,7 +187,9 @@ func TestApprovalTokens(t *testing.T) {
 
 func TestApprovalExpiry(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, harnessOpts{cfg: func(c *Config) { c.ApprovalTTL = time.Minute }})
+	// Without Run's sweep: a tick between moving the clock and the late
+	// POST would expire "late" as the gateway's, not the operator's.
+	h := newHarness(t, harnessOpts{noExpirySweep: true, cfg: func(c *Config) { c.ApprovalTTL = time.Minute }})
 	start := time.Now()
 	h.clock.set(start)
 	late := requireApproval(t, h, "acme-agent", "ex1", "m1", `{}`)
@@ -216,6 +220,32 @@ func TestApprovalExpiry(t *testing.T) {
 	var p ProposalResponse
 	if h.do(t, "POST", "/v1/sessions/ex1/proposals", "acme-agent", "application/json", proposal("send_email", "m1", `{}`), &p); p.Outcome != envelope.RequireApproval || p.Seq != 3 {
 		t.Fatalf("after expiry: %+v", p)
+	}
+}
+
+// TestApprovalExpirySweptInBackground: Run expires a pending approval past
+// its TTL on its own, within a few of its one-second ticks.
+func TestApprovalExpirySweptInBackground(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{cfg: func(c *Config) { c.ApprovalTTL = time.Minute }})
+	start := time.Now()
+	h.clock.set(start)
+	p := requireApproval(t, h, "acme-agent", "bg1", "m1", `{}`)
+	h.clock.set(start.Add(90 * time.Second))
+
+	var list struct {
+		Approvals []Approval `json:"approvals"`
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		h.do(t, "GET", "/v1/approvals?state=expired", "acme-operator", "", "", &list)
+		if len(list.Approvals) > 0 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(list.Approvals) != 1 || list.Approvals[0].ID != p.Approval.ID || list.Approvals[0].Approver != approverExpiry {
+		t.Fatalf("expired approvals after 10s: %+v", list)
 	}
 }
 

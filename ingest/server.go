@@ -82,6 +82,11 @@ type Server struct {
 	tailWanted chan struct{} // closed by startTail
 	tailAsked  time.Time     // set before tailWanted is closed
 	tailOpen   atomic.Bool   // the tail's consumer exists
+
+	// noExpirySweep turns off Run's once-a-second expireApprovals, for
+	// tests that move the clock past an approval's expiry and must act
+	// before anything settles it; they call expireApprovals themselves.
+	noExpirySweep bool
 }
 
 // New returns a gateway for cfg (which must be valid for env.Dev). It loads
@@ -204,20 +209,22 @@ func (s *Server) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	defer stop() // before wg.Wait: ends the expiry loop on an early return
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		tick := time.NewTicker(time.Second)
-		defer tick.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case <-tick.C:
-				s.expireApprovals(ctx)
+	if !s.noExpirySweep {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			tick := time.NewTicker(time.Second)
+			defer tick.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-tick.C:
+					s.expireApprovals(ctx)
+				}
 			}
-		}
-	}()
+		}()
+	}
 	select {
 	case <-ctx.Done():
 		return nil
