@@ -1,9 +1,13 @@
 package pipeline
 
 import (
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"aegis.dev/aegis/internal/stream"
@@ -137,40 +141,23 @@ func TestTopicSpecs(t *testing.T) {
 }
 
 func TestWindowAppendJSONRoundTrips(t *testing.T) {
-	for _, format := range []string{"sha256:%064x", "%032x", "%032X", `a"b\\%d`, "é%d"} {
-		windowRoundTrips(t, &Window{}, 1, func(seq uint64) string { return fmt.Sprintf(format, seq) })
+	for _, format := range []string{"%032x", "sha256:%064x", "%064x", "%031x", "%032X", `a"b\\%d`, "é%d"} {
+		windowRoundTrips(t, &Window{}, 1, func(seq uint64) string { return fmt.Sprintf(format, seq*0x9e3779b97f4a7c15) })
 	}
-	// Plain and escaped digests in turn, so that the run of plain ones
-	// AppendJSON trusts restarts at every escaped one.
+	// Content digests and others in turn: the window switches form as
+	// the others enter and leave it.
 	windowRoundTrips(t, &Window{}, 1, func(seq uint64) string {
-		if seq%3 == 0 {
+		if seq%7 == 0 {
 			return fmt.Sprintf(`"%d"`, seq)
 		}
-		return fmt.Sprintf("%064x", seq)
+		return fmt.Sprintf("%032x", seq)
 	})
 }
 
-// A window decoded from a state record is not trusted to hold plain
-// digests: entries that need escaping are escaped until they leave it,
-// while plain digests are added after them.
-func TestWindowAppendJSONAfterDecode(t *testing.T) {
-	var w Window
-	for seq := uint64(1); seq <= WindowSize; seq++ {
-		w.Add(seq, fmt.Sprintf("\"\\é%d\n", seq))
-	}
-	b, err := json.Marshal(&w)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var restored Window
-	if err := json.Unmarshal(b, &restored); err != nil {
-		t.Fatal(err)
-	}
-	windowRoundTrips(t, &restored, WindowSize+1, func(seq uint64) string { return fmt.Sprintf("%064x", seq) })
-}
-
 // windowRoundTrips adds WindowSize+3 events from seq first to w, digests
-// made by digest, and checks AppendJSON against encoding/json before each.
+// made by digest, and checks before each that AppendJSON reads back equal,
+// that MarshalJSON agrees, and that the compact form is used exactly when
+// every digest is a content digest.
 func windowRoundTrips(t *testing.T, w *Window, first uint64, digest func(uint64) string) {
 	t.Helper()
 	for seq := first; seq < first+WindowSize+3; seq++ {
@@ -178,15 +165,124 @@ func windowRoundTrips(t *testing.T, w *Window, first uint64, digest func(uint64)
 		if err != nil {
 			t.Fatal(err)
 		}
-		want, _ := json.Marshal(w)
+		m, err := json.Marshal(w)
+		if err != nil || string(m) != string(b) {
+			t.Fatalf("MarshalJSON %s, %v; AppendJSON %s", m, err, b)
+		}
 		var got Window
 		if err := json.Unmarshal(b, &got); err != nil {
 			t.Fatalf("%s: %v", b, err)
 		}
-		if got.Last != w.Last || !slices.Equal(got.Recent, w.Recent) || string(b) != string(want) {
-			t.Fatalf("seq %d: AppendJSON %s, encoding/json %s", seq, b, want)
+		if got.Last != w.Last || !slices.Equal(got.Recent, w.Recent) {
+			t.Fatalf("seq %d: %s read back as %+v, want %+v", seq, b, got, *w)
+		}
+		compact := len(w.Recent) > 0
+		for _, r := range w.Recent {
+			if _, err := hex.DecodeString(r.Digest); err != nil || len(r.Digest) != 32 || strings.ToLower(r.Digest) != r.Digest {
+				compact = false
+			}
+		}
+		if got := strings.Contains(string(b), `"digests":`); got != compact {
+			t.Fatalf("seq %d: compact form %v, want %v: %s", seq, got, compact, b)
 		}
 		w.Add(seq, digest(seq))
+	}
+}
+
+// The compact form is the base64 of the binary digests, oldest first.
+func TestWindowCompactForm(t *testing.T) {
+	var w Window
+	var bin []byte
+	for seq := uint64(1); seq <= WindowSize+4; seq++ {
+		sum := sha256.Sum256([]byte{byte(seq)})
+		w.Add(seq, hex.EncodeToString(sum[:16]))
+		if seq > 4 {
+			bin = append(bin, sum[:16]...)
+		}
+	}
+	want := fmt.Sprintf(`{"last_seq":%d,"digests":"%s"}`, WindowSize+4, base64.StdEncoding.EncodeToString(bin))
+	if b, err := w.AppendJSON(nil); err != nil || string(b) != want {
+		t.Fatalf("got %s, %v\nwant %s", b, err, want)
+	}
+	if b, _ := (&Window{Last: 7}).AppendJSON(nil); string(b) != `{"last_seq":7}` {
+		t.Fatalf("empty window: %s", b)
+	}
+}
+
+// Any byte that is not lower-case hex, anywhere in any digest, sends the
+// window to the entry form, which keeps it exactly.
+func TestWindowCompactOnlyLowerHex(t *testing.T) {
+	base := fmt.Sprintf("%032x", uint64(0x0123456789abcdef))
+	for pos := range 32 {
+		for _, c := range []byte{'A', 'F', 'g', '/', ':', '`', ' ', '"'} {
+			w := Window{}
+			w.Add(1, base)
+			d := []byte(base)
+			d[pos] = c
+			w.Add(2, string(d))
+			b, err := w.AppendJSON(nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got Window
+			if err := json.Unmarshal(b, &got); err != nil || strings.Contains(string(b), `"digests"`) || !slices.Equal(got.Recent, w.Recent) {
+				t.Fatalf("byte %q at %d: %s read back as %+v (%v)", c, pos, b, got.Recent, err)
+			}
+		}
+	}
+}
+
+// Windows written entry by entry (every window, before the compact form)
+// are read, and written back compact when they can be.
+func TestWindowReadsEntryForm(t *testing.T) {
+	d1, d2 := fmt.Sprintf("%032x", 1), fmt.Sprintf("%032x", 2)
+	var w Window
+	if err := json.Unmarshal([]byte(`{"last_seq":9,"recent":[{"seq":8,"digest":"`+d1+`"},{"seq":9,"digest":"`+d2+`"}]}`), &w); err != nil {
+		t.Fatal(err)
+	}
+	if w.Last != 9 || !slices.Equal(w.Recent, []Recent{{8, d1}, {9, d2}}) {
+		t.Fatalf("read %+v", w)
+	}
+	if b, _ := w.AppendJSON(nil); !strings.Contains(string(b), `"digests":`) {
+		t.Fatalf("not compact: %s", b)
+	}
+	// Seqs that are not consecutive up to last_seq cannot be implied.
+	for _, in := range []string{
+		`{"last_seq":9,"recent":[{"seq":7,"digest":"` + d1 + `"},{"seq":9,"digest":"` + d2 + `"}]}`,
+		`{"last_seq":10,"recent":[{"seq":8,"digest":"` + d1 + `"},{"seq":9,"digest":"` + d2 + `"}]}`,
+		`{"last_seq":1,"recent":[{"seq":0,"digest":"` + d1 + `"},{"seq":1,"digest":"` + d2 + `"}]}`,
+	} {
+		var w Window
+		if err := json.Unmarshal([]byte(in), &w); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := w.AppendJSON(nil)
+		var got Window
+		if err := json.Unmarshal(b, &got); err != nil || strings.Contains(string(b), `"digests"`) || got.Last != w.Last || !slices.Equal(got.Recent, w.Recent) {
+			t.Fatalf("%s written as %s, read back as %+v (%v)", in, b, got, err)
+		}
+	}
+}
+
+func TestWindowRejectsBadDigests(t *testing.T) {
+	full := base64.StdEncoding.EncodeToString(make([]byte, WindowSize*16))
+	for _, in := range []string{
+		`{"last_seq":3,"digests":"not base64!"}`,
+		`{"last_seq":3,"digests":"` + base64.StdEncoding.EncodeToString(make([]byte, 15)) + `"}`,
+		`{"last_seq":3,"digests":"` + base64.RawStdEncoding.EncodeToString(make([]byte, 16)) + `"}`,
+		`{"last_seq":99,"digests":"` + base64.StdEncoding.EncodeToString(make([]byte, (WindowSize+1)*16)) + `"}`,
+		`{"last_seq":15,"digests":"` + full + `"}`,
+		`{"last_seq":16,"digests":"` + full + `","recent":[]}`,
+		`{"last_seq":16,"digests":7}`,
+	} {
+		var w Window
+		if err := json.Unmarshal([]byte(in), &w); err == nil {
+			t.Errorf("%s: read as %+v", in, w)
+		}
+	}
+	var w Window
+	if err := json.Unmarshal([]byte(`{"last_seq":16,"digests":"`+full+`"}`), &w); err != nil || len(w.Recent) != WindowSize || w.Recent[0].Seq != 1 {
+		t.Fatalf("full window: %+v, %v", w, err)
 	}
 }
 
@@ -208,7 +304,7 @@ func TestPlainDigestEveryByte(t *testing.T) {
 func BenchmarkWindowAppendJSON(b *testing.B) {
 	var w Window
 	for seq := uint64(1); seq <= WindowSize; seq++ {
-		w.Add(seq, fmt.Sprintf("%064x", seq*0x9e3779b97f4a7c15))
+		w.Add(seq, fmt.Sprintf("%032x", seq*0x9e3779b97f4a7c15))
 	}
 	var buf []byte
 	b.ReportAllocs()

@@ -1,6 +1,10 @@
 package pipeline
 
 import (
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"strconv"
 
@@ -31,16 +35,10 @@ type Recent struct {
 
 // Window is the sequence state of a session: the last accepted seq and the
 // content digests of the most recent accepted events. Its JSON form is part
-// of the stages' state records.
+// of the stages' state records (see AppendJSON).
 type Window struct {
-	Last   uint64   `json:"last_seq"`
-	Recent []Recent `json:"recent,omitempty"`
-	// plain is how many of the newest entries of Recent Add found to be
-	// lower-case hex, which AppendJSON then writes without checking them
-	// again (16 digests per state record, written once per transaction
-	// that touches the session). Zero in a window decoded from a state
-	// record: its entries are checked until they leave the window.
-	plain int
+	Last   uint64
+	Recent []Recent
 }
 
 // Check classifies seq with content digest against the window. Sequence
@@ -74,11 +72,6 @@ func (w *Window) Add(seq uint64, digest string) {
 		w.Recent = w.Recent[:WindowSize-1]
 	}
 	w.Recent = append(w.Recent, Recent{Seq: seq, Digest: digest})
-	if plainDigest(digest) {
-		w.plain = min(w.plain+1, len(w.Recent))
-	} else {
-		w.plain = 0
-	}
 }
 
 // Reason maps a rejecting verdict to its reason code.
@@ -94,39 +87,126 @@ func (v Verdict) Reason() string {
 	return ""
 }
 
-// AppendJSON appends the window's JSON form (the one its struct tags
-// describe) to b, without reflection: it is written once per touched
-// session and transaction.
+// digestBytes is the length of a content digest (ContentDigest: the first
+// 16 bytes of a SHA-256, in lower-case hex).
+const digestBytes = 16
+
+// AppendJSON appends the window's JSON form to b, without reflection: it is
+// written once per touched session and transaction. The usual form is
+//
+//	{"last_seq":42,"digests":"<base64>"}
+//
+// where digests is the standard base64 of the binary content digests of
+// seqs last_seq-n+1 … last_seq, oldest first, 16 bytes each. The digests are
+// most of a state record and are random, so Kafka's compression cannot
+// shrink them; binary in base64 is two thirds the size of hex, and the seqs
+// are implied. A window whose digests are not all ContentDigest's lower-case
+// hex, or whose seqs are not consecutive (only possible in a window decoded
+// from an earlier record), is written entry by entry instead, the form
+// earlier versions wrote for every window:
+//
+//	{"last_seq":42,"recent":[{"seq":41,"digest":"…"},{"seq":42,"digest":"…"}]}
+//
+// UnmarshalJSON reads both.
 func (w *Window) AppendJSON(b []byte) ([]byte, error) {
 	b = append(b, `{"last_seq":`...)
 	b = strconv.AppendUint(b, w.Last, 10)
-	if len(w.Recent) > 0 {
-		checked := len(w.Recent) - min(w.plain, len(w.Recent)) // Recent[checked:] came through Add as plain hex
-		b = append(b, `,"recent":[`...)
-		for i, r := range w.Recent {
-			if i > 0 {
-				b = append(b, ',')
-			}
-			b = append(b, `{"seq":`...)
-			b = strconv.AppendUint(b, r.Seq, 10)
-			b = append(b, `,"digest":`...)
-			if i >= checked || plainDigest(r.Digest) {
-				// What ContentDigest makes: no escaping or UTF-8
-				// check needed.
-				b = append(b, '"')
-				b = append(b, r.Digest...)
-				b = append(b, '"')
-			} else {
-				var err error
-				if b, err = canon.AppendString(b, r.Digest); err != nil {
-					return b, fmt.Errorf("pipeline: window digest: %w", err)
-				}
-			}
-			b = append(b, '}')
-		}
-		b = append(b, ']')
+	if len(w.Recent) == 0 {
+		return append(b, '}'), nil
 	}
-	return append(b, '}'), nil
+	var bin [WindowSize * digestBytes]byte
+	if n, ok := w.binary(&bin); ok {
+		b = append(b, `,"digests":"`...)
+		b = base64.StdEncoding.AppendEncode(b, bin[:n])
+		return append(b, `"}`...), nil
+	}
+	b = append(b, `,"recent":[`...)
+	for i, r := range w.Recent {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"seq":`...)
+		b = strconv.AppendUint(b, r.Seq, 10)
+		b = append(b, `,"digest":`...)
+		if plainDigest(r.Digest) {
+			// JSON and RFC 8785 write lower-case hex verbatim.
+			b = append(b, '"')
+			b = append(b, r.Digest...)
+			b = append(b, '"')
+		} else {
+			var err error
+			if b, err = canon.AppendString(b, r.Digest); err != nil {
+				return b, fmt.Errorf("pipeline: window digest: %w", err)
+			}
+		}
+		b = append(b, '}')
+	}
+	return append(b, "]}"...), nil
+}
+
+// MarshalJSON is AppendJSON.
+func (w *Window) MarshalJSON() ([]byte, error) { return w.AppendJSON(nil) }
+
+// binary decodes the digests into bin and returns their length in bytes, if
+// the window has the compact form: at most WindowSize entries with
+// consecutive seqs ending at Last, each digest digestBytes of lower-case hex.
+func (w *Window) binary(bin *[WindowSize * digestBytes]byte) (int, bool) {
+	n := len(w.Recent)
+	if n > WindowSize || uint64(n) > w.Last {
+		return 0, false
+	}
+	first := w.Last - uint64(n) + 1
+	for i, r := range w.Recent {
+		if r.Seq != first+uint64(i) || len(r.Digest) != 2*digestBytes {
+			return 0, false
+		}
+		var bad byte
+		out := bin[i*digestBytes : (i+1)*digestBytes]
+		for j := range out {
+			hi, lo := hexValue[r.Digest[2*j]], hexValue[r.Digest[2*j+1]]
+			bad |= hi | lo
+			out[j] = hi<<4 | lo&0x0f
+		}
+		if bad&0x80 != 0 {
+			return 0, false
+		}
+	}
+	return n * digestBytes, true
+}
+
+// UnmarshalJSON reads either form AppendJSON writes.
+func (w *Window) UnmarshalJSON(b []byte) error {
+	var raw struct {
+		Last    uint64   `json:"last_seq"`
+		Recent  []Recent `json:"recent"`
+		Digests *string  `json:"digests"`
+	}
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return err
+	}
+	if raw.Digests == nil {
+		*w = Window{Last: raw.Last, Recent: raw.Recent}
+		return nil
+	}
+	if raw.Recent != nil {
+		return errors.New("pipeline: window has both digests and recent")
+	}
+	bin, err := base64.StdEncoding.Strict().DecodeString(*raw.Digests)
+	if err != nil {
+		return fmt.Errorf("pipeline: window digests: %w", err)
+	}
+	n := len(bin) / digestBytes
+	if len(bin)%digestBytes != 0 || n > WindowSize || uint64(n) > raw.Last {
+		return fmt.Errorf("pipeline: window digests: %d bytes for last seq %d, want a multiple of %d, at most %d digests and no more than last_seq",
+			len(bin), raw.Last, digestBytes, WindowSize)
+	}
+	w.Last = raw.Last
+	w.Recent = make([]Recent, n, max(n, WindowSize))
+	first := raw.Last - uint64(n) + 1
+	for i := range n {
+		w.Recent[i] = Recent{Seq: first + uint64(i), Digest: hex.EncodeToString(bin[i*digestBytes : (i+1)*digestBytes])}
+	}
+	return nil
 }
 
 // plainDigest reports whether d is lower-case hex, which JSON and RFC 8785
@@ -145,6 +225,22 @@ var notLowerHex = func() (t [256]byte) {
 	for i := range t {
 		if (i < '0' || i > '9') && (i < 'a' || i > 'f') {
 			t[i] = 1
+		}
+	}
+	return t
+}()
+
+// hexValue is the value of a lower-case hex digit, or 0x80 for any other
+// byte.
+var hexValue = func() (t [256]byte) {
+	for i := range t {
+		switch {
+		case i >= '0' && i <= '9':
+			t[i] = byte(i - '0')
+		case i >= 'a' && i <= 'f':
+			t[i] = byte(i - 'a' + 10)
+		default:
+			t[i] = 0x80
 		}
 	}
 	return t
