@@ -59,6 +59,8 @@ type harness struct {
 	brokers []string
 	topics  pipeline.Topics
 	clock   *clock
+	// run starts the gateway's Run (once), for a harness with lateRun.
+	run func()
 }
 
 type harnessOpts struct {
@@ -69,6 +71,9 @@ type harnessOpts struct {
 	// noExpirySweep: the gateway expires approvals only when the test
 	// calls expireApprovals, not on Run's ticker.
 	noExpirySweep bool
+	// lateRun: the gateway's Run starts only when the test calls
+	// harness.run; the HTTP API serves from the start.
+	lateRun bool
 }
 
 // newHarness runs an embedded broker, the decider stage (unless
@@ -142,13 +147,21 @@ func newHarness(tb testing.TB, o harnessOpts) *harness {
 	}
 	srv.noExpirySweep = o.noExpirySweep
 	sctx, scancel := context.WithCancel(context.Background())
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if err := srv.Run(sctx); err != nil {
-			tb.Errorf("ingest: %v", err)
-		}
-	}()
+	var runOnce sync.Once
+	run := func() {
+		runOnce.Do(func() {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if err := srv.Run(sctx); err != nil {
+					tb.Errorf("ingest: %v", err)
+				}
+			}()
+		})
+	}
+	if !o.lateRun {
+		run()
+	}
 	mux := http.NewServeMux()
 	srv.Routes(mux)
 	hs := httptest.NewServer(mux)
@@ -166,7 +179,19 @@ func newHarness(tb testing.TB, o harnessOpts) *harness {
 	if !srv.Ready() || (tr != nil && !tr.Ready()) {
 		tb.Fatal("pipeline did not become ready")
 	}
-	return &harness{srv: srv, url: hs.URL, brokers: emb.Brokers(), topics: topics, clock: clk}
+	return &harness{srv: srv, url: hs.URL, brokers: emb.Brokers(), topics: topics, clock: clk, run: run}
+}
+
+// tailStarted starts the gateway's reply tail and waits until its start
+// offsets are listed, so that a test's deadline covers only the publish and
+// the wait for the verdict.
+func (h *harness) tailStarted(tb testing.TB) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := h.srv.awaitTail(ctx); err != nil {
+		tb.Fatalf("reply tail: %v", err)
+	}
 }
 
 // result is a finished response: status and headers (the body is read).

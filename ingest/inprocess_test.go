@@ -59,6 +59,9 @@ func TestInProcessProposeAndRecord(t *testing.T) {
 func TestInProcessDecisionTimeout(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{noDecider: true})
+	// Started here, the reply tail's start is not part of the deadline
+	// (TestProposalBeforeTheReplyTailStarts).
+	h.tailStarted(t)
 	// The deadline also bounds the publish, so it must leave a slow broker
 	// time to acknowledge; without a decider the wait after it always
 	// times out.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -38,6 +39,89 @@ func TestReplyTailStartsOnFirstWait(t *testing.T) {
 	}
 	if !h.srv.tailOpen.Load() || !h.srv.Ready() {
 		t.Fatalf("after a proposal: tail open %v, ready %v", h.srv.tailOpen.Load(), h.srv.Ready())
+	}
+}
+
+// TestVerdictWhenTheReplyTailStartsLate: a request that waits for a
+// verdict publishes nothing before the reply tail has listed the offsets it
+// starts from, so its verdict cannot land below them however late the tail
+// connects. Here the tail's Run starts only after the proposal came in, and
+// the gateway's clock is an hour ahead of the clocks that stamp the reply
+// records: where the tail starts does not depend on timestamps.
+func TestVerdictWhenTheReplyTailStartsLate(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{lateRun: true})
+	defer h.run() // a failed test still lets the request finish
+	h.clock.set(time.Now().Add(time.Hour))
+	type answer struct {
+		status int
+		out    ProposalResponse
+	}
+	done := make(chan answer, 1)
+	go func() {
+		var out ProposalResponse
+		r := h.do(t, "POST", "/v1/sessions/late/proposals?timeout_ms=30000", "acme-agent", "application/json", proposal("read_file", "c1", `{"path":"/a"}`), &out)
+		done <- answer{r.StatusCode, out}
+	}()
+	// The request asked for the tail: the gateway is not ready until it runs.
+	deadline := time.Now().Add(10 * time.Second)
+	for h.srv.Ready() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if h.srv.Ready() {
+		t.Fatal("the proposal did not ask for the reply tail")
+	}
+	c, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: h.brokers, Topics: []string{h.topics.Events}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	recs, err := c.Poll(ctx)
+	cancel()
+	if len(recs) != 0 {
+		t.Fatalf("the proposal was published before the reply tail listed its start offsets (%d records on %s)", len(recs), h.topics.Events)
+	}
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("events topic: %v", err)
+	}
+	h.run()
+	res := <-done
+	if res.status != 200 || res.out.Outcome != envelope.Allow || res.out.Seq != 1 || res.out.CallID != "c1" {
+		t.Fatalf("after the tail started: %d %+v", res.status, res.out)
+	}
+}
+
+// TestProposalBeforeTheReplyTailStarts: a request whose deadline passes
+// before the reply tail listed its start offsets publishes nothing and
+// fails as a broker failure (503 BROKER_UNAVAILABLE), not as a recorded
+// proposal whose decision is late (504); in process likewise.
+func TestProposalBeforeTheReplyTailStarts(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{noDecider: true, lateRun: true})
+	defer h.run() // Run closes the producer when the test ends
+	var out errResp
+	r := h.do(t, "POST", "/v1/sessions/early/proposals?timeout_ms=500", "acme-agent", "application/json", `{"seq":1,`+proposal("read_file", "c1", `{}`)[1:], &out)
+	if r.StatusCode != 503 || out.Error.Code != CodeBrokerUnavailable {
+		t.Fatalf("HTTP: got %d %+v, want 503 %s", r.StatusCode, out, CodeBrokerUnavailable)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	_, err := h.srv.Propose(ctx, &envelope.Event{TenantID: "acme", SessionID: "early", Type: envelope.ToolCallProposed,
+		Payload: json.RawMessage(`{"tool_name":"read_file","call_id":"c2","args":{}}`)})
+	var ae *apiError
+	if errors.Is(err, ErrDecisionTimeout) || !errors.As(err, &ae) || ae.Status != 503 || ae.Code != CodeBrokerUnavailable {
+		t.Fatalf("in process: %v, want a broker failure", err)
+	}
+	c, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: h.brokers, Topics: []string{h.topics.Events}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	pctx, pcancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer pcancel()
+	if recs, err := c.Poll(pctx); len(recs) != 0 || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("events topic: %d records, %v; want none", len(recs), err)
 	}
 }
 
@@ -89,6 +173,10 @@ func TestProposalDecisions(t *testing.T) {
 func TestProposalTimeoutStillRecorded(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{noDecider: true})
+	// The first waiting request also waits for the reply tail to list its
+	// start offsets (TestProposalBeforeTheReplyTailStarts): started here,
+	// timeout_ms bounds the publish and the wait for the decision.
+	h.tailStarted(t)
 	// timeout_ms also bounds the publish, so it leaves a slow broker time
 	// to acknowledge; without a decider the wait after it always times out.
 	var out TimeoutResponse

@@ -50,9 +50,13 @@ var errWaitTimeout = errors.New("ingest: no verdict before the deadline")
 //
 // The returned verdict is the decision reply (proposals), the accepted
 // event (others) or the rejection. An error is errWaitTimeout (the record
-// is in Kafka, its verdict will come later), a broker failure (503) or
-// ctx's error.
+// is in Kafka, its verdict will come later), a broker failure (503; also
+// when the reply tail could not list its start offsets before ctx's
+// deadline, and then nothing was published) or ctx's error.
 func (s *Server) submit(ctx context.Context, ev *envelope.Event, assign bool, kind string) (verdict, error) {
+	if err := s.awaitTail(ctx); err != nil {
+		return verdict{}, err
+	}
 	key := string(ev.Key())
 	if assign {
 		ev.Seq = s.hint(key) + 1
@@ -69,7 +73,6 @@ func (s *Server) submit(ctx context.Context, ev *envelope.Event, assign bool, ki
 		}
 		w := &waiter{k: seqKey{key, ev.Seq}, published: value, canonical: value, callID: callID,
 			proposal: ev.Type == envelope.ToolCallProposed, ch: make(chan verdict, 1)}
-		s.startTail()
 		unregister := s.replies.register(w)
 		start := s.now()
 		if errs := s.publishAll(ctx, [][]byte{[]byte(key)}, [][]byte{value}); errs[0] != nil {

@@ -80,7 +80,7 @@ type Server struct {
 
 	tailOnce   sync.Once
 	tailWanted chan struct{} // closed by startTail
-	tailAsked  time.Time     // set before tailWanted is closed
+	tailFixed  chan struct{} // closed by Run once the tail's start offsets are listed
 	tailOpen   atomic.Bool   // the tail's consumer exists
 
 	// noExpirySweep turns off Run's once-a-second expireApprovals, for
@@ -107,7 +107,7 @@ func New(cfg Config, env Env, opts ...Option) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, env: env, log: slog.New(slog.DiscardHandler), now: time.Now,
 		dec: envelope.Decoder{MaxBytes: env.MaxEventBytes}, replies: newReplies(env.Topics),
-		hints: make(map[string]uint64), tailWanted: make(chan struct{})}
+		hints: make(map[string]uint64), tailWanted: make(chan struct{}), tailFixed: make(chan struct{})}
 	for _, o := range opts {
 		o(s)
 	}
@@ -179,25 +179,86 @@ func (s *Server) Ready() bool {
 	}
 }
 
-// startTail asks Run to start the reply tail; requests that wait for a
-// verdict call it before they register their waiter. The tail starts from
-// five seconds before it was asked for, so no verdict of a record published
-// after the waiter registered can be missed while it connects.
+// startTail asks Run to start the reply tail.
 func (s *Server) startTail() {
-	s.tailOnce.Do(func() {
-		s.tailAsked = s.now()
-		close(s.tailWanted)
-	})
+	s.tailOnce.Do(func() { close(s.tailWanted) })
+}
+
+// awaitTail starts the reply tail if it does not run yet and waits until
+// its start offsets are fixed; requests that wait for a verdict call it
+// before they publish. The tail begins at the end offsets Run listed
+// before it returns, and a verdict is written after the record it answers,
+// so the verdict of a record published after awaitTail returned is at or
+// past the tail's start however late the tail connects and whatever the
+// clocks say. Nothing is published while it waits: its deadline passing is
+// a broker failure (503), not a recorded proposal whose decision is late.
+func (s *Server) awaitTail(ctx context.Context) error {
+	s.startTail()
+	select {
+	case <-s.tailFixed:
+		return nil
+	default:
+	}
+	select {
+	case <-s.tailFixed:
+		return nil
+	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			return brokerError(errors.New("ingest: the reply tail did not list the reply topics' end offsets before the deadline; nothing was published"))
+		}
+		return ctx.Err()
+	}
+}
+
+// tailStart lists where the reply tail begins: per partition of the
+// decisions, decided and rejected topics, the end offset a read_committed
+// reader has now (the last stable offset). The topics are listed at once:
+// the first waiting request waits for the slowest. It retries until the
+// brokers answer; ok is false if ctx is done first.
+func (s *Server) tailStart(ctx context.Context) (start map[string]map[int32]int64, ok bool) {
+	t := s.env.Topics
+	topics := []string{t.Decisions, t.Decided, t.Rejected}
+	for {
+		ends := make([]map[int32]int64, len(topics))
+		errs := make([]error, len(topics))
+		var wg sync.WaitGroup
+		for i, topic := range topics {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				ends[i], errs[i] = stream.EndOffsets(ctx, s.env.Brokers, topic)
+			}()
+		}
+		wg.Wait()
+		err := errors.Join(errs...)
+		if err == nil {
+			start = make(map[string]map[int32]int64, len(topics))
+			for i, topic := range topics {
+				start[topic] = ends[i]
+			}
+			return start, true
+		}
+		if ctx.Err() != nil {
+			return nil, false
+		}
+		s.log.Warn("reply tail: listing the end offsets failed; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return nil, false
+		case <-time.After(time.Second):
+		}
+	}
 }
 
 // Run tails the decisions, decided and rejected topics for waiting
 // requests and expires approvals, until ctx is cancelled; then it flushes
 // and closes the producer. The tail starts with the first request that
 // waits for a verdict (a synchronous proposal, an event with a
-// gateway-assigned seq): a process that serves none — a sealer or a
-// projector that only exposes /metrics — reads nothing. Stop the HTTP
-// server before cancelling ctx, so that no handler is left waiting
-// (shutdown order: ingest stops accepting first).
+// gateway-assigned seq), at the topics' end offsets listed before that
+// request publishes (see awaitTail): a process that serves none — a
+// sealer or a projector that only exposes /metrics — reads nothing. Stop
+// the HTTP server before cancelling ctx, so that no handler is left
+// waiting (shutdown order: ingest stops accepting first).
 func (s *Server) Run(ctx context.Context) error {
 	defer func() {
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
@@ -230,14 +291,23 @@ func (s *Server) Run(ctx context.Context) error {
 		return nil
 	case <-s.tailWanted:
 	}
-	t := s.env.Topics
-	c, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: s.env.Brokers, Topics: []string{t.Decisions, t.Decided, t.Rejected},
-		Start: stream.FromTime(s.tailAsked.Add(-5 * time.Second))}, stream.WithLogger(s.log), stream.WithStage("ingest-replies"))
+	// Explicit offsets, not a start time: a consumer positioned by
+	// timestamp lists the offset of the first record at or after that
+	// time and, when none is committed yet, the end offset in a second
+	// request, so a verdict committed between the two listings would lie
+	// below its start and never be read.
+	start, ok := s.tailStart(ctx)
+	if !ok {
+		return nil
+	}
+	c, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: s.env.Brokers, Start: stream.FromOffsets(start)},
+		stream.WithLogger(s.log), stream.WithStage("ingest-replies"))
 	if err != nil {
 		return fmt.Errorf("ingest: reply tail: %w", err)
 	}
 	defer c.Close()
 	s.tailOpen.Store(true)
+	close(s.tailFixed)
 	s.log.Info("reply tail started")
 	if err := s.replies.run(ctx, c); err != nil && ctx.Err() == nil {
 		return fmt.Errorf("ingest: reply tail: %w", err)
