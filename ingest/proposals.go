@@ -145,7 +145,9 @@ func (s *Server) propose(w http.ResponseWriter, ctx context.Context, ev *envelop
 		writeError(w, err)
 		return
 	}
+	s.appr.mu.Lock() // an operator may settle it already
 	a := e.Approval
+	s.appr.mu.Unlock()
 	resp.Approval = &a
 	if approvalWait <= 0 {
 		writeJSON(w, http.StatusOK, resp)
