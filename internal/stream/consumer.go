@@ -23,7 +23,11 @@ func FromBeginning() Start { return Start{} }
 // FromEnd reads only records written after the Consumer starts.
 func FromEnd() Start { return Start{end: true} }
 
-// FromTime reads records with a timestamp at or after t.
+// FromTime reads records with a timestamp at or after t. The offset for t
+// is looked up per partition when the consumer starts; a record committed
+// while that lookup is in flight can be skipped, so a reader that must see
+// everything published after some point should list the end offsets at that
+// point and start FromOffsets.
 func FromTime(t time.Time) Start { return Start{at: t} }
 
 // FromOffsets reads only the listed partitions, each from its offset
