@@ -2,6 +2,7 @@ package decider
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -194,6 +195,7 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 	s := p.stage
 	t := s.cfg.Topics
 	dec := envelope.Decoder{MaxBytes: s.cfg.MaxEventBytes}
+	maxRecord := pipeline.MaxRecordBytes(cmp.Or(s.cfg.MaxEventBytes, envelope.DefaultMaxEventBytes))
 	if p.seen == nil {
 		p.seen = make(map[string]struct{})
 	}
@@ -209,7 +211,7 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 			r.WithEvent(ev)
 		}
 		s.metrics.Rejected.WithLabelValues(reason).Inc()
-		emit(r.Output(t.Rejected, rec))
+		emit(r.Output(t.Rejected, rec, maxRecord))
 	}
 	for _, rec := range batch {
 		ev, err := dec.Decode(rec.Value)
@@ -243,7 +245,7 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 			r := pipeline.NewRejection(StageName, rec, verdict.Reason(), detail).WithEvent(ev)
 			r.Expected = st.Window.Last + 1
 			s.metrics.Rejected.WithLabelValues(r.Reason).Inc()
-			emit(r.Output(t.Rejected, rec))
+			emit(r.Output(t.Rejected, rec, maxRecord))
 			continue
 		}
 		var shadow *envelope.Decision

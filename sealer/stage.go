@@ -33,6 +33,10 @@ type Config struct {
 	// MaxEventBytes bounds one decided event (default
 	// envelope.DefaultMaxEventBytes plus room for the decision).
 	MaxEventBytes int
+	// MaxRecordBytes is the largest record the pipeline's topics carry
+	// (default pipeline.MaxRecordBytes(envelope.DefaultMaxEventBytes));
+	// it bounds the rejections the sealer writes.
+	MaxRecordBytes int
 	// State bounds the chain heads kept in memory.
 	State pipeline.StateConfig
 }
@@ -61,6 +65,9 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) *Stage {
 	}
 	if cfg.MaxEventBytes <= 0 {
 		cfg.MaxEventBytes = envelope.DefaultMaxEventBytes + 64<<10
+	}
+	if cfg.MaxRecordBytes <= 0 {
+		cfg.MaxRecordBytes = pipeline.MaxRecordBytes(envelope.DefaultMaxEventBytes)
 	}
 	return &Stage{cfg: cfg, metrics: pipeline.NewMetrics(reg, StageName), state: pipeline.NewStateMetrics(reg, StageName), log: log.With("stage", StageName)}
 }
@@ -151,7 +158,7 @@ func (p *processor) Process(_ context.Context, batch []*stream.Record, emit func
 		}
 		r.Expected = expected
 		s.metrics.Rejected.WithLabelValues(reason).Inc()
-		emit(r.Output(t.Rejected, rec))
+		emit(r.Output(t.Rejected, rec, s.cfg.MaxRecordBytes))
 	}
 	for _, rec := range batch {
 		ev, err := dec.Decode(rec.Value)

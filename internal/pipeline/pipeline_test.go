@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/schemas/envelope"
@@ -102,7 +103,7 @@ func TestContentDigestIgnoresPipelineFields(t *testing.T) {
 
 func TestRejectionKeepsOriginal(t *testing.T) {
 	rec := &stream.Record{Topic: "aegis.events", Partition: 2, Offset: 9, Key: []byte("k"), Value: []byte("\xff\x00bin")}
-	out := NewRejection("decider", rec, "INVALID_UTF8", "bad").Output("aegis.rejected", rec)
+	out := NewRejection("decider", rec, "INVALID_UTF8", "bad").Output("aegis.rejected", rec, 0)
 	var r Rejection
 	if err := json.Unmarshal(out.Value, &r); err != nil {
 		t.Fatal(err)
@@ -111,7 +112,7 @@ func TestRejectionKeepsOriginal(t *testing.T) {
 		t.Fatalf("%+v %+v", r, out)
 	}
 	rec.Value = []byte(`{"x":1}`)
-	out = NewRejection("decider", rec, "R", "d").Output("aegis.rejected", rec)
+	out = NewRejection("decider", rec, "R", "d").Output("aegis.rejected", rec, 0)
 	_ = json.Unmarshal(out.Value, &r)
 	if r.Original != `{"x":1}` {
 		t.Fatalf("%+v", r)
@@ -313,5 +314,44 @@ func BenchmarkWindowAppendJSON(b *testing.B) {
 		if buf, err = w.AppendJSON(buf[:0]); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestRejectionFitsItsTopic(t *testing.T) {
+	const limit = 64 << 10
+	cases := map[string]*stream.Record{
+		// é is two bytes: the 4 KiB prefix cuts one in half.
+		"control bytes": {Key: []byte("acme/s1"), Value: []byte("x" + strings.Repeat("é\x01", 20<<10))},
+		"invalid utf-8": {Key: []byte("acme/s1"), Value: []byte(strings.Repeat("\xff", 60<<10))},
+		"huge key":      {Key: []byte(strings.Repeat("k", 50<<10)), Value: []byte(`{}`)},
+	}
+	for name, rec := range cases {
+		out := NewRejection("decider", rec, "R", "d").Output("aegis.rejected", rec, limit)
+		if len(out.Key)+len(out.Value)+recordOverhead > limit {
+			t.Fatalf("%s: %d + %d bytes", name, len(out.Key), len(out.Value))
+		}
+		var r Rejection
+		if err := json.Unmarshal(out.Value, &r); err != nil {
+			t.Fatal(err)
+		}
+		sum := sha256.Sum256(rec.Value)
+		prefix := r.Original
+		if r.OriginalBase64 != nil {
+			prefix = string(r.OriginalBase64)
+		}
+		if !r.OriginalTruncated || r.OriginalBytes != len(rec.Value) || r.OriginalSHA256 != hex.EncodeToString(sum[:]) ||
+			!strings.HasPrefix(string(rec.Value), prefix) || len(prefix) < min(len(rec.Value), TruncatedOriginalBytes)-utf8.UTFMax {
+			t.Fatalf("%s: %+v", name, r)
+		}
+		if r.Original != "" && !utf8.ValidString(r.Original) {
+			t.Fatalf("%s: prefix is not UTF-8", name)
+		}
+	}
+	// What fits stays whole, '<' unescaped.
+	rec := &stream.Record{Key: []byte("acme/s1"), Value: []byte(strings.Repeat("<", 30<<10))}
+	out := NewRejection("decider", rec, "R", "d").Output("aegis.rejected", rec, limit)
+	var r Rejection
+	if err := json.Unmarshal(out.Value, &r); err != nil || r.OriginalTruncated || r.Original != string(rec.Value) || len(out.Value) > 31<<10 {
+		t.Fatalf("%v truncated=%v %d bytes", err, r.OriginalTruncated, len(out.Value))
 	}
 }

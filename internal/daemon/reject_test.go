@@ -1,0 +1,105 @@
+package daemon
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// Records whose rejection quotes to more than the topics carry — a payload
+// of '<', a record of '"' near the topic limit — are rejected with a
+// bounded rejection instead of stalling their partition, at the decider
+// and at the sealer, and the sessions behind them go on being sealed.
+func TestRejectionsOfRecordsThatQuoteLarge(t *testing.T) {
+	d := startDaemon(t, embeddedConfig(t))
+	brokers := d.Brokers()
+	topics := pipeline.NewTopics(pipeline.DefaultTopicPrefix)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: brokers, MaxRecordBytes: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+
+	limit := pipeline.MaxRecordBytes(envelope.DefaultMaxEventBytes)
+	angles := event("acme", "q1", 7, envelope.Termination, `{"reason":"`+strings.Repeat("<", 400<<10)+`"}`) // SEQ_GAP, quoted whole
+	quotes := []byte(strings.Repeat(`"`, limit-4<<10))                                                       // TOO_LARGE, 2x when quoted
+	for _, m := range []stream.Message{
+		msg(topics.Events, "acme/q1", angles),
+		msg(topics.Events, "acme/q2", quotes),
+		msg(topics.Decided, "acme/q3", quotes), // straight to the sealer's input
+		msg(topics.Events, "acme/q1", event("acme", "q1", 1, envelope.Termination, `{}`)),
+		msg(topics.Events, "acme/q2", event("acme", "q2", 1, envelope.Termination, `{}`)),
+		msg(topics.Events, "acme/q3", event("acme", "q3", 1, envelope.Termination, `{}`)),
+	} {
+		if err := p.Produce(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	sealed := collect(t, brokers, topics.Sealed, 3)
+	if len(sealed) != 3 {
+		t.Fatalf("sealed %d records, want 3", len(sealed))
+	}
+	rejected := collect(t, brokers, topics.Rejected, 3)
+	if len(rejected) != 3 {
+		t.Fatalf("%d rejections, want 3", len(rejected))
+	}
+	sum := sha256.Sum256(quotes)
+	for _, r := range rejected {
+		if len(r.Key)+len(r.Value) > limit {
+			t.Fatalf("rejection of %s is %d bytes, topic limit %d", r.Key, len(r.Key)+len(r.Value), limit)
+		}
+		var rej pipeline.Rejection
+		if err := json.Unmarshal(r.Value, &rej); err != nil {
+			t.Fatal(err)
+		}
+		switch string(r.Key) {
+		case "acme/q1":
+			if rej.Stage != "decider" || rej.Reason != pipeline.ReasonSeqGap || rej.Original != string(angles) || rej.OriginalTruncated {
+				t.Fatalf("q1: %s %s truncated=%v, original intact %v", rej.Stage, rej.Reason, rej.OriginalTruncated, rej.Original == string(angles))
+			}
+		case "acme/q2", "acme/q3":
+			stage := map[string]string{"acme/q2": "decider", "acme/q3": "sealer"}[string(r.Key)]
+			if rej.Stage != stage || rej.Reason != envelope.CodeTooLarge || !rej.OriginalTruncated || rej.OriginalBytes != len(quotes) ||
+				rej.OriginalSHA256 != hex.EncodeToString(sum[:]) || rej.Original != string(quotes[:pipeline.TruncatedOriginalBytes]) {
+				t.Fatalf("%s: stage %s reason %s truncated %v bytes %d sha %s prefix %d", r.Key, rej.Stage, rej.Reason, rej.OriginalTruncated, rej.OriginalBytes, rej.OriginalSHA256, len(rej.Original))
+			}
+		default:
+			t.Fatalf("rejection with key %q", r.Key)
+		}
+	}
+}
+
+// With a larger max_event_bytes, an event the decider accepts is sealed
+// too: the sealer takes the same limit (plus room for the decision).
+func TestLargeEventsAreSealed(t *testing.T) {
+	cfg := embeddedConfig(t)
+	cfg.MaxEventBytes = 3 << 20
+	d := startDaemon(t, cfg)
+	topics := pipeline.NewTopics(pipeline.DefaultTopicPrefix)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: d.Brokers(), MaxRecordBytes: 8 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	big := event("acme", "big", 1, envelope.ModelCallStarted, `{"model":"m","prompt":"`+strings.Repeat("x", 2<<20)+`"}`)
+	if err := p.Produce(ctx, msg(topics.Events, "acme/big", big), msg(topics.Events, "acme/big", event("acme", "big", 2, envelope.Termination, `{}`))); err != nil {
+		t.Fatal(err)
+	}
+	sealed := collect(t, d.Brokers(), topics.Sealed, 2)
+	if len(sealed) != 2 || len(sealed[0].Value) < len(big) {
+		t.Fatalf("sealed %d records", len(sealed))
+	}
+}
