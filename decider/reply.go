@@ -19,6 +19,10 @@ func (r *Reply) AppendJSON(b []byte) []byte {
 	b = appendJSONString(b, r.CallID)
 	b = append(b, `,"tool_name":`...)
 	b = appendJSONString(b, r.ToolName)
+	if r.ContentDigest != "" {
+		b = append(b, `,"content_digest":`...)
+		b = appendJSONString(b, r.ContentDigest)
+	}
 	b = append(b, `,"outcome":`...)
 	b = appendJSONString(b, string(r.Outcome))
 	b = append(b, `,"reason":`...)

@@ -28,7 +28,7 @@ func TestReplyAppendJSONMatchesMarshal(t *testing.T) {
 		return r.Int63n(1 << 40)
 	}
 	for range 100000 {
-		rep := Reply{TenantID: str(), SessionID: str(), Seq: r.Uint64() >> uint(r.Intn(64)), CallID: str(), ToolName: str(),
+		rep := Reply{TenantID: str(), SessionID: str(), Seq: r.Uint64() >> uint(r.Intn(64)), CallID: str(), ToolName: str(), ContentDigest: str(),
 			Decision: envelope.Decision{Outcome: envelope.Outcome(str()), Reason: str(), Constraints: envelope.Constraints{MaxOutputBytes: num(), TimeoutMs: num()},
 				PolicyRevision: str(), ManifestDigest: str(), InputDigest: str()}}
 		want, err := json.Marshal(rep)

@@ -30,13 +30,21 @@ type Reply struct {
 	Seq       uint64 `json:"seq"`
 	CallID    string `json:"call_id"`
 	ToolName  string `json:"tool_name"`
+	// ContentDigest is the proposal's pipeline.ContentDigest: what tells
+	// it from another proposal at the same seq with the same call_id. The
+	// decider always sets it; a gateway hands a reply only to the request
+	// that published that content.
+	ContentDigest string `json:"content_digest,omitempty"`
 	envelope.Decision
 }
 
-// NewReply returns the reply for a decided proposal.
+// NewReply returns the reply for a decided proposal, as the decider writes
+// it to the decisions topic.
 func NewReply(ev *envelope.Event) Reply {
 	tc, _ := ev.ToolCall()
-	return Reply{TenantID: ev.TenantID, SessionID: ev.SessionID, Seq: ev.Seq, CallID: tc.CallID, ToolName: tc.ToolName, Decision: *ev.Decision}
+	// A decoded event always has a canonical form.
+	digest, _, _ := pipeline.ContentDigest(ev, nil)
+	return Reply{TenantID: ev.TenantID, SessionID: ev.SessionID, Seq: ev.Seq, CallID: tc.CallID, ToolName: tc.ToolName, ContentDigest: digest, Decision: *ev.Decision}
 }
 
 // StageConfig configures the decider stage.
@@ -286,7 +294,7 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 		}
 		emit(stream.Output{Topic: t.Decided, Partition: rec.Partition, Key: rec.Key, Value: p.values.copy(p.buf)})
 		if ev.Decision != nil {
-			reply := Reply{TenantID: ev.TenantID, SessionID: ev.SessionID, Seq: ev.Seq, CallID: tc.CallID, ToolName: tc.ToolName, Decision: *ev.Decision}
+			reply := Reply{TenantID: ev.TenantID, SessionID: ev.SessionID, Seq: ev.Seq, CallID: tc.CallID, ToolName: tc.ToolName, ContentDigest: digest, Decision: *ev.Decision}
 			p.buf = reply.AppendJSON(p.buf[:0])
 			emit(stream.Output{Topic: t.Decisions, Partition: rec.Partition, Key: rec.Key, Value: p.values.copy(p.buf)})
 			s.outcome.WithLabelValues(string(ev.Decision.Outcome), ev.Decision.Reason).Inc()

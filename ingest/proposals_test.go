@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"aegis.dev/aegis/decider"
 	"aegis.dev/aegis/internal/ctl"
 	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/schemas/envelope"
@@ -384,5 +385,68 @@ func TestProposalWaitsForApproval(t *testing.T) {
 	if res.status != 200 || res.out.Outcome != envelope.Allow || res.out.Seq != 3 || res.out.Approval != nil {
 		b, _ := json.Marshal(res.out)
 		t.Fatalf("waiting caller: %d %s", res.status, b)
+	}
+}
+
+// TestReplyOnlyForItsOwnContent: a decision is handed only to the request
+// that published the proposal it decides. Here an allowed read_file at seq 1
+// with call_id X was published with a client seq (which leaves the gateway's
+// seq hint alone), and its decision is remembered by the reply tail; then a
+// proposal for an undeclared tool reusing call_id X gets seq 1 assigned. It
+// must not be answered with read_file's allow: it is decided on its own
+// content, at the seq the decider expects.
+func TestReplyOnlyForItsOwnContent(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	var out ProposalResponse
+	if r := h.do(t, "POST", "/v1/sessions/m0/proposals", "acme-agent", "application/json", proposal("read_file", "c0", `{"path":"/a"}`), &out); r.StatusCode != 200 {
+		t.Fatalf("starting the tail: %d %+v", r.StatusCode, out)
+	}
+	first := `{"tenant_id":"acme","session_id":"m1","seq":1,"ts_unix_ms":1767225600000,"event_type":"TOOL_CALL_PROPOSED",` + proposal("read_file", "X", `{"path":"/a"}`)[1:]
+	if r := h.do(t, "POST", "/v1/events", "acme-agent", "application/json", first, nil); r.StatusCode != 202 {
+		t.Fatalf("client-seq proposal: %d", r.StatusCode)
+	}
+	k := seqKey{"acme/m1", 1}
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		h.srv.replies.mu.Lock()
+		rep := h.srv.replies.recent[k]
+		h.srv.replies.mu.Unlock()
+		if rep != nil {
+			if rep.ToolName != "read_file" || rep.Outcome != envelope.Allow || rep.ContentDigest == "" {
+				t.Fatalf("remembered reply %+v", rep)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the reply tail never saw the first decision")
+		}
+	}
+	out = ProposalResponse{}
+	r := h.do(t, "POST", "/v1/sessions/m1/proposals", "acme-agent", "application/json", proposal("exec", "X", `{"cmd":"rm -rf /"}`), &out)
+	if r.StatusCode != 200 || out.Seq != 2 || out.ToolName != "exec" || out.Outcome != envelope.Deny || out.Reason != "PERMISSION_UNDECLARED" {
+		t.Fatalf("proposal reusing call_id X: %d seq %d %s %s/%s", r.StatusCode, out.Seq, out.ToolName, out.Outcome, out.Reason)
+	}
+}
+
+// A reply is matched on content; one without a digest (an older decider)
+// on call_id and tool name.
+func TestWaiterAnsweredBy(t *testing.T) {
+	w := &waiter{proposal: true, callID: "X", toolName: "read_file", digest: "d1"}
+	for _, tc := range []struct {
+		rep  decider.Reply
+		want bool
+	}{
+		{decider.Reply{CallID: "X", ToolName: "read_file", ContentDigest: "d1"}, true},
+		{decider.Reply{CallID: "X", ToolName: "read_file", ContentDigest: "d2"}, false},
+		{decider.Reply{CallID: "Y", ToolName: "read_file", ContentDigest: "d1"}, false},
+		{decider.Reply{CallID: "X", ToolName: "read_file"}, true},
+		{decider.Reply{CallID: "X", ToolName: "exec"}, false},
+	} {
+		if got := w.answeredBy(&tc.rep); got != tc.want {
+			t.Errorf("%+v: %v, want %v", tc.rep, got, tc.want)
+		}
+	}
+	if (&waiter{callID: "X", toolName: "read_file", digest: "d1"}).answeredBy(&decider.Reply{CallID: "X", ToolName: "read_file", ContentDigest: "d1"}) {
+		t.Error("a non-proposal waiter took a decision")
 	}
 }

@@ -61,18 +61,23 @@ func (s *Server) submit(ctx context.Context, ev *envelope.Event, assign bool, ki
 	if assign {
 		ev.Seq = s.hint(key) + 1
 	}
-	callID := ""
+	var callID, toolName string
 	if ev.Type == envelope.ToolCallProposed {
 		tc, _ := ev.ToolCall()
-		callID = tc.CallID
+		callID, toolName = tc.CallID, tc.ToolName
 	}
 	for attempt := 1; ; attempt++ {
 		value, err := ev.AppendCanonical(nil, false)
 		if err != nil {
 			return verdict{}, fmt.Errorf("ingest: encode %s/%d: %w", key, ev.Seq, err)
 		}
-		w := &waiter{k: seqKey{key, ev.Seq}, published: value, canonical: value, callID: callID,
+		w := &waiter{k: seqKey{key, ev.Seq}, published: value, canonical: value, callID: callID, toolName: toolName,
 			proposal: ev.Type == envelope.ToolCallProposed, ch: make(chan verdict, 1)}
+		if w.proposal {
+			if w.digest, _, err = pipeline.ContentDigest(ev, nil); err != nil {
+				return verdict{}, fmt.Errorf("ingest: digest %s/%d: %w", key, ev.Seq, err)
+			}
+		}
 		unregister := s.replies.register(w)
 		start := s.now()
 		if errs := s.publishAll(ctx, [][]byte{[]byte(key)}, [][]byte{value}); errs[0] != nil {

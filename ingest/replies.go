@@ -34,6 +34,8 @@ type waiter struct {
 	published []byte // the exact bytes published: a rejection carries them back
 	canonical []byte // the canonical event: what the decider writes to decided for non-proposals
 	callID    string // for proposals: the reply must be for this call
+	toolName  string
+	digest    string // for proposals: pipeline.ContentDigest of what was published
 	proposal  bool
 	ch        chan verdict // buffered 1
 }
@@ -72,10 +74,27 @@ func (r *replies) register(w *waiter) func() {
 	defer r.mu.Unlock()
 	r.waiters[w.k] = append(r.waiters[w.k], w)
 	r.keys[w.k.key]++
-	if rep := r.recent[w.k]; rep != nil && w.proposal && rep.CallID == w.callID {
+	if rep := r.recent[w.k]; rep != nil && w.answeredBy(rep) {
 		w.ch <- verdict{Reply: rep}
 	}
 	return func() { r.unregister(w) }
+}
+
+// answeredBy reports whether rep decides the proposal w published. The
+// (session, seq) and call_id are not enough: another proposal can reuse both
+// (a client that sets seq and call_id itself, or an MCP call naming the
+// call_id of an earlier proposal), and must not be handed the decision of
+// content the policy saw instead of its own. The reply's content digest
+// settles it; a reply without one comes from a decider older than the
+// digest and is matched on call_id and tool name, as those deciders were.
+func (w *waiter) answeredBy(rep *decider.Reply) bool {
+	if !w.proposal || rep.CallID != w.callID {
+		return false
+	}
+	if rep.ContentDigest == "" {
+		return rep.ToolName == w.toolName
+	}
+	return rep.ContentDigest == w.digest
 }
 
 func (r *replies) unregister(w *waiter) {
@@ -146,7 +165,7 @@ func (r *replies) dispatch(rec *stream.Record) {
 		r.ring[r.next], r.next = k, (r.next+1)%len(r.ring)
 		r.recent[k] = &rep
 		for _, w := range r.waiters[k] {
-			if w.proposal && w.callID == rep.CallID {
+			if w.answeredBy(&rep) {
 				r.deliver(w, verdict{Reply: &rep})
 			}
 		}
