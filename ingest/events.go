@@ -62,12 +62,20 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, allowed ...str
 }
 
 // splitEvents splits a body into its events: one JSON object, a JSON
-// array of objects, or NDJSON (one object per non-blank line).
-func splitEvents(mt string, body []byte) ([][]byte, error) {
+// array of objects, or NDJSON (one object per non-blank line). It stops at
+// the first event over max (TOO_MANY_EVENTS), so that a body of millions of
+// tiny elements costs no more than max of them.
+func splitEvents(mt string, body []byte, max int) ([][]byte, error) {
+	tooMany := func() error {
+		return errf(http.StatusRequestEntityTooLarge, CodeTooManyEvents, "more than %d events; the limit is %d per request", max, max)
+	}
 	if mt == mediaNDJSON {
 		var out [][]byte
 		for line := range bytes.SplitSeq(body, []byte("\n")) {
 			if line = bytes.TrimSpace(line); len(line) > 0 {
+				if len(out) == max {
+					return nil, tooMany()
+				}
 				out = append(out, line)
 			}
 		}
@@ -89,6 +97,9 @@ func splitEvents(mt string, body []byte) ([][]byte, error) {
 	}
 	var out [][]byte
 	for dec.More() {
+		if len(out) == max {
+			return nil, tooMany()
+		}
 		var raw json.RawMessage
 		if err := dec.Decode(&raw); err != nil {
 			return nil, errf(http.StatusBadRequest, envelope.CodeInvalidJSON, "array element %d: %v", len(out), err)
@@ -118,13 +129,9 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p Principa
 		writeError(w, err)
 		return
 	}
-	raws, err := splitEvents(mt, body)
+	raws, err := splitEvents(mt, body, s.cfg.MaxBatchEvents)
 	if err != nil {
 		writeError(w, err)
-		return
-	}
-	if len(raws) > s.cfg.MaxBatchEvents {
-		writeError(w, errf(http.StatusRequestEntityTooLarge, CodeTooManyEvents, "%d events, limit is %d per request", len(raws), s.cfg.MaxBatchEvents))
 		return
 	}
 	resp := EventsResponse{Results: make([]EventResult, len(raws))}
@@ -219,18 +226,24 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p Principa
 	s.metrics.events.WithLabelValues("accepted").Add(float64(resp.Accepted))
 	if failed {
 		s.metrics.events.WithLabelValues("failed").Add(float64(len(raws) - resp.Accepted))
-		for _, res := range resp.Results {
-			if res.Error != nil {
-				e := *res.Error
-				resp.Error = &e
-				break
-			}
-		}
+		// The status is the first failure's: a pipeline rejection is the
+		// client's to fix (409 for the sequence rule, 400 otherwise) and
+		// must not invite a retry of the same bytes; a timeout is 504; a
+		// broker failure 503 with Retry-After.
 		st := http.StatusServiceUnavailable
-		if resp.Error != nil && resp.Error.Code == CodeDecisionTimeout {
-			st = http.StatusGatewayTimeout
-		} else if resp.Error != nil && rejectionStatus(resp.Error.Code) == http.StatusConflict {
-			st = http.StatusConflict
+		for _, res := range resp.Results {
+			if res.Error == nil {
+				continue
+			}
+			e := *res.Error
+			resp.Error = &e
+			switch {
+			case e.Code == CodeDecisionTimeout:
+				st = http.StatusGatewayTimeout
+			case res.Status == "rejected":
+				st = rejectionStatus(e.Code)
+			}
+			break
 		}
 		if st == http.StatusServiceUnavailable {
 			w.Header().Set("Retry-After", "1")

@@ -1,8 +1,10 @@
 package ingest
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -92,6 +94,7 @@ func TestEventsBadInput(t *testing.T) {
 		{"event over 1 MiB", "application/json", big, 413, "TOO_LARGE"},
 		{"body over the limit", "application/json", "[" + big + "," + big + "," + big + "]", 413, CodeBodyTooLarge},
 		{"too many events", "application/x-ndjson", strings.Repeat(good+"\n", 11), 413, CodeTooManyEvents},
+		{"too many in an array", "application/json", "[" + strings.Repeat("{},", 10) + "{}]", 413, CodeTooManyEvents},
 		{"text/plain", "text/plain", good, 415, CodeUnsupportedMedia},
 		{"no content type", "", good, 415, CodeUnsupportedMedia},
 		{"form", "application/x-www-form-urlencoded", good, 415, CodeUnsupportedMedia},
@@ -165,5 +168,41 @@ func TestRateLimitRetryAfter(t *testing.T) {
 	h.clock.set(h.clock.now().Add(2 * time.Second))
 	if r := h.do(t, "POST", "/v1/events", "acme-agent", "application/json", ev("acme", "rl", 3, "MODEL_CALL_STARTED", `{}`), nil); r.StatusCode != 202 {
 		t.Fatalf("after refill: %d", r.StatusCode)
+	}
+}
+
+// A body of many tiny elements is split only up to the limit: what it
+// allocates does not grow with the body.
+func TestSplitStopsAtTheLimit(t *testing.T) {
+	for _, tc := range []struct{ mt, body string }{
+		{mediaNDJSON, strings.Repeat("{}\n", 1<<20)},
+		{mediaJSON, "[" + strings.Repeat("{},", 1<<20) + "{}]"},
+	} {
+		body := []byte(tc.body)
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		_, err := splitEvents(tc.mt, body, 10)
+		runtime.ReadMemStats(&after)
+		var ae *apiError
+		if !errors.As(err, &ae) || ae.Code != CodeTooManyEvents {
+			t.Fatalf("%s: %v", tc.mt, err)
+		}
+		if n := after.TotalAlloc - before.TotalAlloc; n > 1<<20 {
+			t.Fatalf("%s: %d bytes allocated splitting a body of %d bytes with a limit of 10", tc.mt, n, len(body))
+		}
+	}
+}
+
+// An event the decider rejects for its content is the client's to fix: 400
+// with the reason, no Retry-After, not a 503 that invites sending it again.
+func TestEventsRejectedByTheDecider(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	var resp EventsResponse
+	body := `{"tenant_id":"acme","session_id":"r1","ts_unix_ms":1767225600000,"event_type":"MODEL_CALL_STARTED","payload":{"model":"m","is_error":"yes"}}`
+	r := h.do(t, "POST", "/v1/events", "acme-agent", "application/json", body, &resp)
+	if r.StatusCode != http.StatusBadRequest || r.Header.Get("Retry-After") != "" || resp.Error == nil || resp.Error.Code != "INVALID_FIELD" ||
+		resp.Results[0].Status != "rejected" {
+		t.Fatalf("status %d, Retry-After %q, body %+v", r.StatusCode, r.Header.Get("Retry-After"), resp)
 	}
 }
