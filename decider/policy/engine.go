@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/open-policy-agent/opa/v1/ast"
 	"github.com/open-policy-agent/opa/v1/metrics"
@@ -234,8 +236,10 @@ var noMetrics = metrics.NoOp()
 func rawValue(t *ast.Term, _ *rego.EvalContext) (any, error) { return t.Value, nil }
 
 // parseDecision checks the shape of a decision value: an object with an
-// outcome among the three outcomes, a non-empty reason string without
-// surrounding spaces and, on allow, constraints with positive integer
+// outcome among the three outcomes, a reason string of 1 to maxReasonBytes
+// bytes of valid UTF-8 without surrounding spaces or control characters
+// (it is written into the decided event's canonical form, which takes
+// nothing else) and, on allow, constraints with positive integer
 // max_output_bytes and timeout_ms. Other keys are ignored.
 func parseDecision(v any) (Result, error) {
 	obj, ok := v.(ast.Object)
@@ -250,7 +254,8 @@ func parseDecision(v any) (Result, error) {
 	default:
 		return policyError, fmt.Errorf("%w: outcome %v", ErrMalformed, getValue(obj, "outcome"))
 	}
-	if r.Reason == "" || strings.TrimSpace(r.Reason) != r.Reason {
+	if r.Reason == "" || strings.TrimSpace(r.Reason) != r.Reason || len(r.Reason) > maxReasonBytes ||
+		!utf8.ValidString(r.Reason) || strings.ContainsFunc(r.Reason, unicode.IsControl) {
 		return policyError, fmt.Errorf("%w: reason %v", ErrMalformed, getValue(obj, "reason"))
 	}
 	if r.Outcome != envelope.Allow {
@@ -269,6 +274,9 @@ func parseDecision(v any) (Result, error) {
 	}
 	return r, nil
 }
+
+// maxReasonBytes bounds a reason code; the built-in codes are at most 21.
+const maxReasonBytes = 128
 
 func getValue(obj ast.Object, key string) ast.Value {
 	t := obj.Get(ast.InternedTerm(key))
