@@ -27,6 +27,11 @@ const (
 	MaxTaintSources = 32
 	// MaxSanitizerKeys bounds the registered sanitizer keys.
 	MaxSanitizerKeys = 1024
+	// MaxNameBytes bounds each identifier the snapshot keeps: tool_name,
+	// call_id, key, sanitizer_key, from_agent and to_agent. With the
+	// count bounds above it keeps a session's state record well below
+	// the size of one Kafka record, whatever the events say.
+	MaxNameBytes = 256
 )
 
 // Approval states.
@@ -45,7 +50,8 @@ var (
 	ErrNoDecision   = errors.New("session: proposal applied without a decision")
 	// ErrPayload: a payload field the reducer reads has the wrong JSON
 	// type (one that envelope validation does not check for this event
-	// type, e.g. a string is_error on a model call).
+	// type, e.g. a string is_error on a model call), or is an identifier
+	// longer than MaxNameBytes.
 	ErrPayload = errors.New("session: payload field of the wrong type")
 )
 
@@ -107,6 +113,12 @@ func (s *Snapshot) apply(e *envelope.Event, known *envelope.ToolCall, callDigest
 		var err error
 		if p, err = decodePayload(e.Payload); err != nil {
 			return fmt.Errorf("%w: %s/%s seq %d: %w", ErrPayload, s.TenantID, s.SessionID, e.Seq, err)
+		}
+	}
+	for _, f := range [...]struct{ name, v string }{{"tool_name", tc.ToolName}, {"call_id", tc.CallID}, {"tool_name", p.ToolName},
+		{"call_id", p.CallID}, {"sanitizer_key", p.SanitizerKey}, {"key", p.Key}, {"from_agent", p.FromAgent}, {"to_agent", p.ToAgent}} {
+		if len(f.v) > MaxNameBytes {
+			return fmt.Errorf("%w: %s/%s seq %d: payload.%s is %d bytes, at most %d", ErrPayload, s.TenantID, s.SessionID, e.Seq, f.name, len(f.v), MaxNameBytes)
 		}
 	}
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"testing"
 
 	"aegis.dev/aegis/schemas/envelope"
@@ -266,4 +267,33 @@ func BenchmarkApplyProposal(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// Identifiers the snapshot keeps are bounded: a longer one is ErrPayload and
+// the snapshot is unchanged, whatever the event type.
+func TestNamesBounded(t *testing.T) {
+	long := strings.Repeat("n", MaxNameBytes+1)
+	ok := strings.Repeat("n", MaxNameBytes)
+	for _, e := range []*envelope.Event{
+		proposal(2, 2000, long, "c1", allow),
+		proposal(2, 2000, "search", long, allow),
+		ev(2, 2000, envelope.ToolResult, `{"tool_name":"`+long+`"}`),
+		ev(2, 2000, envelope.ToolResult, `{"tool_name":"t","sanitizer_key":"`+long+`"}`),
+		ev(2, 2000, envelope.MemoryRead, `{"key":"`+long+`"}`),
+		ev(2, 2000, envelope.SanitizedText, `{"key":"`+long+`"}`),
+		ev(2, 2000, envelope.HandoffRequested, `{"from_agent":"a","to_agent":"`+long+`"}`),
+		ev(2, 2000, envelope.ModelCallStarted, `{"call_id":"`+long+`"}`),
+	} {
+		s := New("t", "s")
+		apply(t, s, ev(1, 1000, envelope.ModelCallStarted, `{}`))
+		before := s.Clone()
+		if err := s.Apply(e); !errors.Is(err, ErrPayload) {
+			t.Fatalf("%s %s: %v, want ErrPayload", e.Type, e.Payload, err)
+		}
+		if !reflect.DeepEqual(s, before) {
+			t.Fatalf("%s: snapshot changed", e.Type)
+		}
+	}
+	s := New("t", "s")
+	apply(t, s, proposal(1, 1000, ok, ok, allow), ev(2, 2000, envelope.MemoryRead, `{"key":"`+ok+`"}`))
 }

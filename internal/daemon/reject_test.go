@@ -103,3 +103,47 @@ func TestLargeEventsAreSealed(t *testing.T) {
 		t.Fatalf("sealed %d records", len(sealed))
 	}
 }
+
+// Events whose identifiers would make one session's state record larger
+// than a Kafka record (three tool results naming 800 KB tools, each a taint
+// source the state keeps) are rejected with INVALID_FIELD, and the
+// partition goes on.
+func TestLongNamesDoNotStallThePartition(t *testing.T) {
+	d := startDaemon(t, embeddedConfig(t))
+	topics := pipeline.NewTopics(pipeline.DefaultTopicPrefix)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: d.Brokers(), MaxRecordBytes: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	msgs := []stream.Message{msg(topics.Events, "acme/n1", event("acme", "n1", 1, envelope.ModelCallStarted, `{}`))}
+	for i := range 3 {
+		name := strings.Repeat(string(rune('a'+i)), 800<<10)
+		msgs = append(msgs, msg(topics.Events, "acme/n1", event("acme", "n1", uint64(2+i), envelope.ToolResult, `{"tool_name":"`+name+`"}`)))
+	}
+	msgs = append(msgs, msg(topics.Events, "acme/n1", event("acme", "n1", 2, envelope.Termination, `{}`)))
+	if err := p.Produce(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	if sealed := collect(t, d.Brokers(), topics.Sealed, 2); len(sealed) != 2 {
+		t.Fatalf("sealed %d records, want 2", len(sealed))
+	}
+	// The first long name is INVALID_FIELD; the two after it are gaps.
+	rejected := collect(t, d.Brokers(), topics.Rejected, 3)
+	reasons := map[string]int{}
+	for _, r := range rejected {
+		var rej pipeline.Rejection
+		if err := json.Unmarshal(r.Value, &rej); err != nil {
+			t.Fatal(err)
+		}
+		reasons[rej.Reason]++
+		if rej.Reason == envelope.CodeInvalidField && (rej.Seq != 2 || !strings.Contains(rej.Detail, "payload.tool_name")) {
+			t.Fatalf("rejection of seq %d: %s", rej.Seq, rej.Detail)
+		}
+	}
+	if len(rejected) != 3 || reasons[envelope.CodeInvalidField] != 1 || reasons[pipeline.ReasonSeqGap] != 2 {
+		t.Fatalf("rejections %v", reasons)
+	}
+}
