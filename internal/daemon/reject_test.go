@@ -32,7 +32,7 @@ func TestRejectionsOfRecordsThatQuoteLarge(t *testing.T) {
 
 	limit := pipeline.MaxRecordBytes(envelope.DefaultMaxEventBytes)
 	angles := event("acme", "q1", 7, envelope.Termination, `{"reason":"`+strings.Repeat("<", 400<<10)+`"}`) // SEQ_GAP, quoted whole
-	quotes := []byte(strings.Repeat(`"`, limit-4<<10))                                                       // TOO_LARGE, 2x when quoted
+	quotes := []byte(strings.Repeat(`"`, limit-4<<10))                                                      // TOO_LARGE, 2x when quoted
 	for _, m := range []stream.Message{
 		msg(topics.Events, "acme/q1", angles),
 		msg(topics.Events, "acme/q2", quotes),
