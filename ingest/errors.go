@@ -1,6 +1,7 @@
 package ingest
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,6 +37,8 @@ const (
 	CodeApprovalMismatch   = "APPROVAL_MISMATCH"      // 409: the token is bound to another tool or other arguments
 	CodeApprovalExpired    = "APPROVAL_EXPIRED"       // 410: the approval expired and was denied
 	CodeInternal           = "INTERNAL"               // 500
+	CodeRequestTimeout     = "REQUEST_TIMEOUT"        // 408: the body did not arrive within the read timeout
+	CodeCanceled           = "REQUEST_CANCELED"       // 503: canceled before it completed (client gone, or the server shutting down)
 )
 
 // apiError is an error with an HTTP status and a stable code.
@@ -82,6 +85,12 @@ func eventError(err error) (int, ErrorDetail) {
 	var ae *apiError
 	if errors.As(err, &ae) {
 		return ae.Status, ErrorDetail{Code: ae.Code, Message: ae.Message}
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return http.StatusServiceUnavailable, ErrorDetail{Code: CodeCanceled, Message: "the request was canceled before it completed; retry it (the pipeline drops exact duplicates)"}
+	case errors.Is(err, context.DeadlineExceeded):
+		return http.StatusGatewayTimeout, ErrorDetail{Code: CodeDecisionTimeout, Message: "the pipeline did not answer in time"}
 	}
 	return http.StatusBadRequest, ErrorDetail{Code: envelope.CodeInvalidJSON, Message: err.Error()}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 
 	"aegis.dev/aegis/schemas/envelope"
@@ -55,6 +56,10 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, allowed ...str
 		var mbe *http.MaxBytesError
 		if errors.As(err, &mbe) {
 			return "", nil, errf(http.StatusRequestEntityTooLarge, CodeBodyTooLarge, "request body exceeds %d bytes", s.cfg.MaxBodyBytes)
+		}
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			return "", nil, errf(http.StatusRequestTimeout, CodeRequestTimeout, "the request body did not arrive in time")
 		}
 		return "", nil, errf(http.StatusBadRequest, CodeMalformedRequest, "read body: %v", err)
 	}

@@ -323,6 +323,12 @@ func (s *Server) Routes(mux *http.ServeMux) {
 	}
 }
 
+// Operator guards one of the program's own endpoints (profiling) with the
+// API's authentication: only operators reach h, or anyone in dev mode.
+func (s *Server) Operator(h http.Handler) http.Handler {
+	return s.authed(func(w http.ResponseWriter, r *http.Request, _ Principal) { h.ServeHTTP(w, r) }, RoleOperator)
+}
+
 type route struct {
 	method, path string
 	h            func(http.ResponseWriter, *http.Request, Principal)

@@ -159,7 +159,8 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: d.handler(api), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: d.handler(api), ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout: httpReadTimeout, IdleTimeout: 2 * time.Minute}
 
 	type stage struct {
 		name string
@@ -411,6 +412,12 @@ func (d *Daemon) shadowEngine() (*decider.Engine, error) {
 	return decider.NewEngine(pe, reg), nil
 }
 
+// httpReadTimeout bounds reading one request, body included, so that a
+// client that stops sending holds no connection forever. It must stay above
+// the longest a handler waits (proposals: 60 s): the server cancels the
+// request's context when it passes.
+var httpReadTimeout = 2 * time.Minute
+
 // shadowTopic receives the shadow policy's disagreements.
 func (c *Config) shadowTopic() string { return c.TopicPrefix + "shadow-diffs" }
 
@@ -434,11 +441,19 @@ func (d *Daemon) handler(api *ingest.Server) http.Handler {
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg}))
 	if d.cfg.Pprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		// No /debug/pprof/cmdline: the command line may hold the store
+		// URL's password. With the API enabled the profiles need an
+		// operator key, like the rest of the API.
+		prof := http.NewServeMux()
+		prof.HandleFunc("/debug/pprof/", pprof.Index)
+		prof.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		prof.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		prof.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		var h http.Handler = prof
+		if api != nil {
+			h = api.Operator(prof)
+		}
+		mux.Handle("/debug/pprof/", h)
 	}
 	return mux
 }

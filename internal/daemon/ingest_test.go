@@ -2,10 +2,15 @@ package daemon
 
 import (
 	"io"
+	"net"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"aegis.dev/aegis/ingest"
 )
 
 // TestReferenceRequestsAgainstDevDaemon sends the reference
@@ -113,19 +118,89 @@ func TestAPIDisabledWithoutKeys(t *testing.T) {
 }
 
 // TestPprofOnlyWhenAsked: the profiling endpoints are off by default and
-// served with --pprof.
+// served with --pprof, never /debug/pprof/cmdline (the command line may
+// hold the store's password), and behind an operator key when the API is
+// enabled.
 func TestPprofOnlyWhenAsked(t *testing.T) {
+	get := func(d *Daemon, path, key string) int {
+		t.Helper()
+		req, _ := http.NewRequest(http.MethodGet, "http://"+d.HTTPAddr()+path, nil)
+		if key != "" {
+			req.Header.Set("Authorization", "Bearer "+key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode
+	}
 	for _, on := range []bool{false, true} {
 		cfg := embeddedConfig(t)
 		cfg.Pprof = on
 		d := startDaemon(t, cfg)
-		resp, err := http.Get("http://" + d.HTTPAddr() + "/debug/pprof/heap")
-		if err != nil {
-			t.Fatal(err)
+		if got := get(d, "/debug/pprof/heap", "") == http.StatusOK; got != on {
+			t.Fatalf("--pprof=%v: GET /debug/pprof/heap answered %d", on, get(d, "/debug/pprof/heap", ""))
 		}
-		resp.Body.Close()
-		if got := resp.StatusCode == http.StatusOK; got != on {
-			t.Fatalf("--pprof=%v: GET /debug/pprof/heap answered %d", on, resp.StatusCode)
+		if code := get(d, "/debug/pprof/cmdline", ""); code != http.StatusNotFound {
+			t.Fatalf("--pprof=%v: GET /debug/pprof/cmdline answered %d, want 404", on, code)
 		}
+	}
+
+	dir := t.TempDir()
+	keys := filepath.Join(dir, "keys.json")
+	secret := filepath.Join(dir, "secret")
+	if err := os.WriteFile(keys, []byte(`{"keys":[`+
+		`{"id":"ops","tenant":"acme","role":"operator","sha256":"`+ingest.HashKey("ops-key")+`"},`+
+		`{"id":"bot","tenant":"acme","role":"agent","sha256":"`+ingest.HashKey("agent-key")+`"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(secret, []byte(strings.Repeat("s", 32)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := embeddedConfig(t)
+	cfg.Pprof = true
+	cfg.Ingest.APIKeys, cfg.Ingest.ApprovalSecretFile = keys, secret
+	d := startDaemon(t, cfg)
+	for _, c := range []struct {
+		key  string
+		want int
+	}{{"", http.StatusUnauthorized}, {"wrong", http.StatusUnauthorized}, {"agent-key", http.StatusForbidden}, {"ops-key", http.StatusOK}} {
+		if code := get(d, "/debug/pprof/heap", c.key); code != c.want {
+			t.Errorf("API keys on, key %q: GET /debug/pprof/heap answered %d, want %d", c.key, code, c.want)
+		}
+	}
+	if code := get(d, "/debug/pprof/cmdline", "ops-key"); code != http.StatusNotFound {
+		t.Errorf("API keys on: GET /debug/pprof/cmdline answered %d, want 404", code)
+	}
+}
+
+// TestStalledRequestBodyIsCut: a client that sends headers and then stops
+// sending its body gets 408 REQUEST_TIMEOUT and loses the connection after
+// the read timeout.
+func TestStalledRequestBodyIsCut(t *testing.T) {
+	old := httpReadTimeout
+	httpReadTimeout = time.Second
+	t.Cleanup(func() { httpReadTimeout = old })
+	cfg := embeddedConfig(t)
+	cfg.Dev = true
+	d := startDaemon(t, cfg)
+	conn, err := net.Dial("tcp", d.HTTPAddr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if _, err := io.WriteString(conn, "POST /v1/events HTTP/1.1\r\nHost: aegis\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"); err != nil {
+		t.Fatal(err)
+	}
+	_ = conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+	start := time.Now()
+	b, err := io.ReadAll(conn)
+	if err != nil {
+		t.Fatalf("connection still open after %v: %v (read %q)", time.Since(start), err, b)
+	}
+	if !strings.HasPrefix(string(b), "HTTP/1.1 408 ") || !strings.Contains(string(b), `"code":"REQUEST_TIMEOUT"`) {
+		t.Fatalf("answer %q, want 408 REQUEST_TIMEOUT", b)
 	}
 }
