@@ -256,9 +256,20 @@ type RejectedRow struct {
 	RejectedUnixMs int64
 }
 
+// LastDate is the latest event_date: the last day every supported
+// ClickHouse version stores and shows as a Date (18.16 shows days after it
+// as 0000-00-00; current versions stop at 2149-06-06). Both stores cap at
+// it so that they hold the same rows.
+var LastDate = time.Date(2105, time.December, 31, 0, 0, 0, 0, time.UTC)
+
 // Date returns the UTC calendar day of a millisecond timestamp, the
-// event_date column (and what tables are partitioned by).
+// event_date column (and what tables are partitioned by), at most
+// LastDate: ts_unix_ms is the client's, any positive integer up to 2^53-1
+// (year 287396), and keeps the exact time in its own column.
 func Date(unixMs int64) time.Time {
+	if unixMs >= LastDate.UnixMilli() {
+		return LastDate
+	}
 	t := time.UnixMilli(unixMs).UTC()
 	return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)
 }

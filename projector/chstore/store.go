@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"net/url"
 	"reflect"
+	"sort"
 	"strings"
 	"time"
 
@@ -190,16 +191,13 @@ func b8(b bool) uint8 {
 // A failed insert leaves the earlier tables written; the caller writes the
 // whole batch again, which the ReplacingMergeTree tables absorb.
 func (s *Store) Write(ctx context.Context, b *projector.Batch) error {
-	insert := func(table, cols string, n int, row func(i int) ([]any, error)) error {
-		if n == 0 {
-			return nil
-		}
+	block := func(table, cols string, rows []int, row func(i int) ([]any, error)) error {
 		batch, err := s.conn.PrepareBatch(ctx, "INSERT INTO "+table+" ("+cols+")")
 		if err != nil {
 			return wrap("write "+table, err)
 		}
 		defer func() { _ = batch.Abort() }()
-		for i := range n {
+		for _, i := range rows {
 			vals, err := row(i)
 			if err != nil {
 				return err
@@ -210,8 +208,18 @@ func (s *Store) Write(ctx context.Context, b *projector.Batch) error {
 		}
 		return wrap("write "+table, batch.Send())
 	}
+	// insert writes a table's rows, in blocks of at most
+	// maxPartitionsPerBlock months of date(i) (nil: unpartitioned).
+	insert := func(table, cols string, n int, date func(i int) int64, row func(i int) ([]any, error)) error {
+		for _, rows := range blocks(n, date) {
+			if err := block(table, cols, rows, row); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	err := insert("audit_events", "tenant_id, session_id, seq, ts_unix_ms, event_date, v, event_type, manifest, tool_name, call_id, outcome, reason, policy_revision, payload, decision, prev_hash, hash, kafka_partition, kafka_offset",
-		len(b.Events), func(i int) ([]any, error) {
+		len(b.Events), func(i int) int64 { return b.Events[i].Event.TsUnixMs }, func(i int) ([]any, error) {
 			r := &b.Events[i]
 			e := r.Event
 			dec, err := projector.DecisionJSON(e)
@@ -223,7 +231,7 @@ func (s *Store) Write(ctx context.Context, b *projector.Batch) error {
 		return err
 	}
 	err = insert("decisions", "tenant_id, session_id, seq, ts_unix_ms, event_date, manifest, tool_name, call_id, outcome, reason, max_output_bytes, timeout_ms, policy_revision, manifest_digest, input_digest, tainted, hash",
-		len(b.Decisions), func(i int) ([]any, error) {
+		len(b.Decisions), func(i int) int64 { return b.Decisions[i].TsUnixMs }, func(i int) ([]any, error) {
 			d := &b.Decisions[i]
 			return []any{d.TenantID, d.SessionID, d.Seq, d.TsUnixMs, projector.Date(d.TsUnixMs), d.Manifest, d.ToolName, d.CallID,
 				string(d.Outcome), d.Reason, d.Constraints.MaxOutputBytes, d.Constraints.TimeoutMs, d.PolicyRevision,
@@ -233,7 +241,7 @@ func (s *Store) Write(ctx context.Context, b *projector.Batch) error {
 		return err
 	}
 	err = insert("session_snapshots", "tenant_id, session_id, last_seq, first_ts_unix_ms, last_ts_unix_ms, first_event_date, manifest, events, steps, model_calls, tool_calls, tainted, loop_detected, terminated, pending_approvals, handoff_state, snapshot, snapshot_hash",
-		len(b.Snapshots), func(i int) ([]any, error) {
+		len(b.Snapshots), func(i int) int64 { return b.Snapshots[i].Snapshot.FirstTsMs }, func(i int) ([]any, error) {
 			r := &b.Snapshots[i]
 			sn := r.Snapshot
 			return []any{sn.TenantID, sn.SessionID, sn.LastSeq, sn.FirstTsMs, sn.LastTsMs, projector.Date(sn.FirstTsMs), sn.Manifest,
@@ -244,7 +252,7 @@ func (s *Store) Write(ctx context.Context, b *projector.Batch) error {
 		return err
 	}
 	err = insert("rejected_records", "tenant_id, session_id, seq, event_date, rejected_unix_ms, stage, reason, detail, expected_seq, source_topic, source_partition, source_offset, record_key, original, original_base64",
-		len(b.Rejected), func(i int) ([]any, error) {
+		len(b.Rejected), func(i int) int64 { return b.Rejected[i].RejectedUnixMs }, func(i int) ([]any, error) {
 			r := &b.Rejected[i]
 			return []any{r.TenantID, r.SessionID, r.Seq, projector.Date(r.RejectedUnixMs), r.RejectedUnixMs, r.Stage, r.Reason,
 				r.Detail, r.Expected, r.Topic, r.Partition, r.Offset, r.Key, r.Original, projector.Base64(r.OriginalBase64)}, nil
@@ -252,10 +260,60 @@ func (s *Store) Write(ctx context.Context, b *projector.Batch) error {
 	if err != nil {
 		return err
 	}
-	return insert("chain_heads", "tenant_id, session_id, seq, hash", len(b.Heads), func(i int) ([]any, error) {
+	return insert("chain_heads", "tenant_id, session_id, seq, hash", len(b.Heads), nil, func(i int) ([]any, error) {
 		h := &b.Heads[i]
 		return []any{h.TenantID, h.SessionID, h.Seq, h.Hash}, nil
 	})
+}
+
+// maxPartitionsPerBlock is how many partitions (months) one insert block
+// may touch: current ClickHouse refuses more than 100
+// (max_partitions_per_insert_block), and ts_unix_ms is the client's.
+const maxPartitionsPerBlock = 100
+
+// blocks splits rows 0..n-1 into insert blocks of at most
+// maxPartitionsPerBlock distinct months of date(i) (Unix ms, cut as
+// projector.Date cuts it), keeping row order within a block; the usual
+// batch, within a few months, is one block of every row in order.
+func blocks(n int, date func(i int) int64) [][]int {
+	if n == 0 {
+		return nil
+	}
+	all := make([]int, n)
+	for i := range all {
+		all[i] = i
+	}
+	if date == nil {
+		return [][]int{all}
+	}
+	month := func(i int) int {
+		d := projector.Date(date(i))
+		return d.Year()*12 + int(d.Month())
+	}
+	byMonth := make(map[int][]int)
+	var months []int
+	for i := range n {
+		m := month(i)
+		if byMonth[m] == nil {
+			months = append(months, m)
+		}
+		byMonth[m] = append(byMonth[m], i)
+	}
+	if len(months) <= maxPartitionsPerBlock {
+		return [][]int{all}
+	}
+	var out [][]int
+	for len(months) > 0 {
+		k := min(len(months), maxPartitionsPerBlock)
+		var rows []int
+		for _, m := range months[:k] {
+			rows = append(rows, byMonth[m]...)
+		}
+		sort.Ints(rows)
+		out = append(out, rows)
+		months = months[k:]
+	}
+	return out
 }
 
 // where builds the WHERE clause of f (see projector.Filter.Where).

@@ -15,6 +15,7 @@ import (
 	"runtime"
 	"slices"
 	"testing"
+	"time"
 
 	"aegis.dev/aegis/decider/session"
 	"aegis.dev/aegis/internal/pipeline"
@@ -47,6 +48,46 @@ func Run(t *testing.T, d Dialect, open func(t testing.TB) Store) {
 	t.Run("SnapshotsAndHeadsOnlyMoveForward", func(t *testing.T) { testForward(t, d, open(t)) })
 	t.Run("Filters", func(t *testing.T) { testFilters(t, open(t)) })
 	t.Run("QueryTypesAndReadOnly", func(t *testing.T) { testQuery(t, open(t)) })
+	t.Run("AnyClientTime", func(t *testing.T) { testClientTimes(t, d, open(t)) })
+}
+
+// testClientTimes: ts_unix_ms is the client's, any positive int64. One
+// batch spanning 150 months (ClickHouse refuses more than 100 partitions in
+// one insert block by default) and a time past the Date type's range is
+// written whole; ts_unix_ms is kept exactly and event_date stops at
+// projector.LastDate.
+func testClientTimes(t *testing.T, d Dialect, s Store) {
+	ctx := context.Background()
+	first := Vectors(t)[0]
+	if first.Seq != 1 {
+		t.Fatalf("first vector has seq %d", first.Seq)
+	}
+	var events []*envelope.Event
+	for i := range 151 {
+		ev := *first
+		ev.SessionID = fmt.Sprintf("times-%03d", i)
+		ev.TsUnixMs = time.Date(1971+i/12, time.Month(1+i%12), 15, 0, 0, 0, 0, time.UTC).UnixMilli()
+		if i == 150 {
+			ev.TsUnixMs = 1<<53 - 1 // the largest the envelope takes: year 287396
+		}
+		events = append(events, &ev)
+	}
+	if err := s.Write(ctx, BatchOf(t, events)); err != nil {
+		t.Fatal(err)
+	}
+	if n := count(t, s, "SELECT count() FROM audit_events "+d.Final+" WHERE session_id LIKE 'times-%'"); n != 151 {
+		t.Fatalf("%d events stored, want 151", n)
+	}
+	if n := count(t, s, "SELECT count() FROM session_snapshots "+d.Final+" WHERE session_id LIKE 'times-%'"); n != 151 {
+		t.Fatalf("%d snapshots stored, want 151", n)
+	}
+	_, rows, err := s.Query(ctx, "SELECT ts_unix_ms, event_date FROM audit_events WHERE session_id IN ('times-000', 'times-150') ORDER BY session_id")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(rows) != "[[32745600000 1971-01-15] [9007199254740991 2105-12-31]]" {
+		t.Fatalf("ts_unix_ms, event_date = %v", rows)
+	}
 }
 
 // Vectors returns the sealed records of schemas/testdata/chain/vectors.ndjson.
