@@ -9,6 +9,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"net/http"
 	"sort"
 	"strings"
@@ -68,10 +69,17 @@ type Approval struct {
 
 type approvalEntry struct {
 	Approval
-	args     json.RawMessage
-	manifest string
-	busy     bool          // an APPROVAL_DECIDED is being recorded
-	done     chan struct{} // closed once decided
+	busy bool          // an APPROVAL_DECIDED is being recorded
+	done chan struct{} // closed once decided
+}
+
+// callKey is what one open approval is for: a call, with its arguments.
+type callKey struct {
+	tenant, session, callID, tool, argsDigest string
+}
+
+func (e *approvalEntry) key() callKey {
+	return callKey{e.TenantID, e.SessionID, e.CallID, e.ToolName, e.ArgsDigest}
 }
 
 // approvals is the gateway's registry of approval requests. Tokens are
@@ -80,12 +88,28 @@ type approvalEntry struct {
 // settles an approval only once.
 type approvals struct {
 	secret []byte
-	mu     sync.Mutex
-	byID   map[string]*approvalEntry
+	// maxPending is Config.MaxPendingApprovals.
+	maxPending int
+	mu         sync.Mutex
+	byID       map[string]*approvalEntry
+	pending    map[callKey]*approvalEntry
+	// pendingBy counts pending approvals per tenant.
+	pendingBy map[string]int
 }
 
-func newApprovals(secret []byte) *approvals {
-	return &approvals{secret: secret, byID: make(map[string]*approvalEntry)}
+func newApprovals(secret []byte, maxPending int) *approvals {
+	return &approvals{secret: secret, maxPending: maxPending, byID: make(map[string]*approvalEntry), pending: make(map[callKey]*approvalEntry),
+		pendingBy: make(map[string]int)}
+}
+
+// decided moves e out of the pending state. The caller holds a.mu.
+func (a *approvals) decided(e *approvalEntry, state, approver, reason string, seq uint64) {
+	delete(a.pending, e.key())
+	if a.pendingBy[e.TenantID]--; a.pendingBy[e.TenantID] <= 0 {
+		delete(a.pendingBy, e.TenantID)
+	}
+	e.State, e.Approver, e.Reason, e.DecidedSeq = state, approver, reason, seq
+	close(e.done)
 }
 
 func (a *approvals) sign(c Claims) string {
@@ -123,17 +147,20 @@ func (a *approvals) verify(token string) (Claims, bool) {
 
 // open registers the approval a require_approval reply asks for, or
 // returns the one already open for the same call and arguments.
-func (a *approvals) open(rep *decider.Reply, args json.RawMessage, manifest string, expires time.Time) (*approvalEntry, error) {
+func (a *approvals) open(rep *decider.Reply, args json.RawMessage, expires time.Time) (*approvalEntry, error) {
 	digest, err := session.CallDigest(rep.ToolName, args)
 	if err != nil {
 		return nil, err
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	for _, e := range a.byID {
-		if e.State == ApprovalPending && e.TenantID == rep.TenantID && e.SessionID == rep.SessionID && e.CallID == rep.CallID && e.ArgsDigest == digest && e.ToolName == rep.ToolName {
-			return e, nil
-		}
+	k := callKey{rep.TenantID, rep.SessionID, rep.CallID, rep.ToolName, digest}
+	if e := a.pending[k]; e != nil {
+		return e, nil
+	}
+	if a.pendingBy[rep.TenantID] >= a.maxPending {
+		return nil, &apiError{Status: http.StatusTooManyRequests, Code: CodeTooManyApprovals, RetryAfter: time.Minute,
+			Message: fmt.Sprintf("tenant %s has %d approvals pending on this gateway; decide some first (the require_approval decision is recorded)", rep.TenantID, a.maxPending)}
 	}
 	var id [16]byte
 	_, _ = rand.Read(id[:])
@@ -141,8 +168,10 @@ func (a *approvals) open(rep *decider.Reply, args json.RawMessage, manifest stri
 		ToolName: rep.ToolName, ArgsDigest: digest, ExpiresMs: expires.UnixMilli()}
 	e := &approvalEntry{Approval: Approval{Token: a.sign(c), ID: c.ID, TenantID: c.TenantID, SessionID: c.SessionID, CallID: c.CallID,
 		ToolName: c.ToolName, ArgsDigest: digest, RequestedSeq: rep.Seq, ExpiresMs: c.ExpiresMs, State: ApprovalPending},
-		args: args, manifest: manifest, done: make(chan struct{})}
+		done: make(chan struct{})}
 	a.byID[c.ID] = e
+	a.pending[k] = e
+	a.pendingBy[rep.TenantID]++
 	return e, nil
 }
 
@@ -209,24 +238,52 @@ func (s *Server) settle(ctx context.Context, e *approvalEntry, allow bool, appro
 	ev := &envelope.Event{V: envelope.Version, TenantID: e.TenantID, SessionID: e.SessionID, TsUnixMs: now.UnixMilli(),
 		Type: envelope.ApprovalDecided, Payload: payload}
 	s.setHint(string(ev.Key()), e.RequestedSeq)
-	wctx, cancel := context.WithTimeout(ctx, s.cfg.ProposalTimeout)
-	defer cancel()
-	v, err := s.submit(wctx, ev, true, "approval")
-	if err == nil && v.Rejection != nil {
-		err = errf(rejectionStatus(v.Rejection.Reason), v.Rejection.Reason, "APPROVAL_DECIDED rejected: %s", v.Rejection.Detail)
+
+	// The record is published and confirmed apart from the caller: once
+	// APPROVAL_DECIDED may be in the log, the entry stays busy until the
+	// pipeline answers, so that neither a second decision nor the expiry
+	// sweep publishes a contradictory one when the caller gives up or its
+	// wait times out.
+	type result struct {
+		a   Approval
+		err error
 	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	e.busy = false
-	if err != nil {
-		if errors.Is(err, errWaitTimeout) {
-			err = errf(http.StatusGatewayTimeout, CodeDecisionTimeout, "APPROVAL_DECIDED published at seq %d, not yet confirmed by the pipeline", ev.Seq)
+	res := make(chan result, 1)
+	go func() {
+		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(s.cfg.ApprovalTTL, s.cfg.ProposalTimeout))
+		defer cancel()
+		v, err := s.submit(bctx, ev, true, "approval")
+		if err == nil && v.Rejection != nil {
+			err = errf(rejectionStatus(v.Rejection.Reason), v.Rejection.Reason, "APPROVAL_DECIDED rejected: %s", v.Rejection.Detail)
 		}
-		return Approval{}, err
+		a.mu.Lock()
+		defer a.mu.Unlock()
+		if errors.Is(err, errWaitTimeout) {
+			// Published, and no verdict for as long as an approval
+			// lives: the first APPROVAL_DECIDED the pipeline seals is the
+			// one the session keeps, so this one stands.
+			s.log.Warn("APPROVAL_DECIDED published but not confirmed; recording it as decided", "approval", e.ID, "seq", ev.Seq)
+			err = nil
+		}
+		e.busy = false
+		if err != nil {
+			// Not published, or rejected: the approval is still pending.
+			res <- result{err: err}
+			return
+		}
+		a.decided(e, state, approver, reason, ev.Seq)
+		res <- result{a: e.Approval}
+	}()
+	wait := time.NewTimer(s.cfg.ProposalTimeout)
+	defer wait.Stop()
+	select {
+	case r := <-res:
+		return r.a, r.err
+	case <-wait.C:
+	case <-ctx.Done():
 	}
-	e.State, e.Approver, e.Reason, e.DecidedSeq = state, approver, reason, ev.Seq
-	close(e.done)
-	return e.Approval, nil
+	return Approval{}, errf(http.StatusGatewayTimeout, CodeDecisionTimeout,
+		"APPROVAL_DECIDED is being recorded, not yet confirmed by the pipeline; GET /v1/approvals?state=all shows the outcome")
 }
 
 // expireApprovals denies every pending approval past its expiry, and

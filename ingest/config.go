@@ -51,6 +51,10 @@ type Config struct {
 	MaxBodyBytes int64 `yaml:"max_body_bytes"`
 	// MaxBatchEvents bounds the events of one request (default 5000).
 	MaxBatchEvents int `yaml:"max_batch_events"`
+	// MaxPendingApprovals bounds the approvals one tenant may have pending
+	// on this gateway (default 10000); a require_approval answer that would
+	// open one more is 429 TOO_MANY_APPROVALS.
+	MaxPendingApprovals int `yaml:"max_pending_approvals"`
 }
 
 // Defaults returns the configuration with every default applied.
@@ -62,6 +66,8 @@ func Defaults() Config {
 		RateBurst:       40000,
 		MaxBodyBytes:    16 << 20,
 		MaxBatchEvents:  5000,
+
+		MaxPendingApprovals: 10000,
 	}
 }
 
@@ -79,6 +85,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.RateBurst, "rate-burst", c.RateBurst, "burst of the per-tenant rate limit, in events")
 	fs.Int64Var(&c.MaxBodyBytes, "max-body-bytes", c.MaxBodyBytes, "largest HTTP request body in bytes")
 	fs.IntVar(&c.MaxBatchEvents, "max-batch-events", c.MaxBatchEvents, "most events in one POST /v1/events")
+	fs.IntVar(&c.MaxPendingApprovals, "max-pending-approvals", c.MaxPendingApprovals, "most approvals one tenant may have pending on this gateway")
 }
 
 // Enabled reports whether the API is served: in dev mode (without
@@ -115,6 +122,9 @@ func (c *Config) Validate(dev bool) error {
 	if c.MaxBatchEvents < 1 || c.MaxBatchEvents > 100000 {
 		errs = append(errs, fmt.Errorf("max-batch-events %d: must be 1..100000", c.MaxBatchEvents))
 	}
+	if c.MaxPendingApprovals < 1 {
+		errs = append(errs, fmt.Errorf("max-pending-approvals %d: must be >= 1", c.MaxPendingApprovals))
+	}
 	return errors.Join(errs...)
 }
 
@@ -125,7 +135,7 @@ func (c Config) Redacted() map[string]any {
 		"api_keys": c.APIKeys, "tls_cert": c.TLSCert, "tls_client_ca": c.TLSClientCA,
 		"approval_secret_file": c.ApprovalSecretFile != "", "approval_ttl": c.ApprovalTTL.String(),
 		"proposal_timeout": c.ProposalTimeout.String(), "rate_limit": c.RateLimit, "rate_burst": c.RateBurst,
-		"max_body_bytes": c.MaxBodyBytes, "max_batch_events": c.MaxBatchEvents,
+		"max_body_bytes": c.MaxBodyBytes, "max_batch_events": c.MaxBatchEvents, "max_pending_approvals": c.MaxPendingApprovals,
 	}
 }
 

@@ -27,6 +27,7 @@ const (
 	CodeTooManyEvents      = "TOO_MANY_EVENTS"        // 413: more events than --max-batch-events in one request
 	CodeUnsupportedMedia   = "UNSUPPORTED_MEDIA_TYPE" // 415
 	CodeRateLimited        = "RATE_LIMITED"           // 429, with Retry-After
+	CodeTooManyApprovals   = "TOO_MANY_APPROVALS"     // 429: the tenant has --max-pending-approvals pending on this gateway
 	CodeNotFound           = "NOT_FOUND"              // 404
 	CodeDecisionTimeout    = "DECISION_TIMEOUT"       // 504: recorded, but no decision within the wait
 	CodeBrokerUnavailable  = "BROKER_UNAVAILABLE"     // 503: Kafka did not acknowledge

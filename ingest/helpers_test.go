@@ -61,6 +61,9 @@ type harness struct {
 	clock   *clock
 	// run starts the gateway's Run (once), for a harness with lateRun.
 	run func()
+	// stopDecider stops the decider stage until startDecider runs a new
+	// one (with the same transactional ID and group).
+	stopDecider, startDecider func()
 }
 
 type harnessOpts struct {
@@ -102,7 +105,8 @@ func newHarness(tb testing.TB, o harnessOpts) *harness {
 	eng := decider.NewEngine(pe, reg)
 	var wg sync.WaitGroup
 	var tr *stream.Transactor
-	if !o.noDecider {
+	var stopDecider func()
+	startDecider := func() {
 		st := decider.NewStage(eng, decider.StageConfig{Topics: topics, Partitions: 3}, nil, nil)
 		tc := st.TransactConfig()
 		tc.Brokers, tc.Group, tc.TransactionalID = emb.Brokers(), "aegis.decider", "aegis.decider-test"
@@ -110,13 +114,20 @@ func newHarness(tb testing.TB, o harnessOpts) *harness {
 		if tr, err = stream.NewTransactor(tc, st.NewProcessor); err != nil {
 			tb.Fatal(err)
 		}
+		dctx, dcancel := context.WithCancel(ctx)
+		done := make(chan struct{})
 		wg.Add(1)
-		go func() {
+		go func(tr *stream.Transactor) {
 			defer wg.Done()
-			if err := tr.Run(ctx); err != nil {
+			defer close(done)
+			if err := tr.Run(dctx); err != nil {
 				tb.Errorf("decider: %v", err)
 			}
-		}()
+		}(tr)
+		stopDecider = func() { dcancel(); <-done }
+	}
+	if !o.noDecider {
+		startDecider()
 	}
 	cfg := Defaults()
 	if !o.dev {
@@ -179,7 +190,16 @@ func newHarness(tb testing.TB, o harnessOpts) *harness {
 	if !srv.Ready() || (tr != nil && !tr.Ready()) {
 		tb.Fatal("pipeline did not become ready")
 	}
-	return &harness{srv: srv, url: hs.URL, brokers: emb.Brokers(), topics: topics, clock: clk, run: run}
+	h := &harness{srv: srv, url: hs.URL, brokers: emb.Brokers(), topics: topics, clock: clk, run: run}
+	h.stopDecider = func() { stopDecider() }
+	h.startDecider = func() {
+		startDecider()
+		deadline := time.Now().Add(30 * time.Second)
+		for !tr.Ready() && time.Now().Before(deadline) {
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	return h
 }
 
 // tailStarted starts the gateway's reply tail and waits until its start

@@ -64,7 +64,7 @@ func (s *Server) Propose(ctx context.Context, ev *envelope.Event) (*ProposalResp
 		return resp, nil
 	}
 	tc, _ := ev.ToolCall()
-	e, err := s.appr.open(v.Reply, tc.Args, ev.Manifest, s.now().Add(s.cfg.ApprovalTTL))
+	e, err := s.appr.open(v.Reply, tc.Args, s.now().Add(s.cfg.ApprovalTTL))
 	if err != nil {
 		return nil, fmt.Errorf("ingest: open approval: %w", err)
 	}

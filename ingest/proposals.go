@@ -140,7 +140,7 @@ func (s *Server) propose(w http.ResponseWriter, ctx context.Context, ev *envelop
 		return
 	}
 	tc, _ := ev.ToolCall()
-	e, err := s.appr.open(v.Reply, tc.Args, ev.Manifest, s.now().Add(s.cfg.ApprovalTTL))
+	e, err := s.appr.open(v.Reply, tc.Args, s.now().Add(s.cfg.ApprovalTTL))
 	if err != nil {
 		writeError(w, err)
 		return

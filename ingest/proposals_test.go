@@ -312,6 +312,81 @@ func TestApprovalExpiry(t *testing.T) {
 	}
 }
 
+// TestApprovalRecordedOnce: a decision whose APPROVAL_DECIDED is published
+// but not yet confirmed (the decider is down) answers 504, and the approval
+// stays taken: neither a second decision nor the expiry sweep publishes a
+// contradictory one, and once the decider is back the first decision holds.
+func TestApprovalRecordedOnce(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{noExpirySweep: true, cfg: func(c *Config) { c.ApprovalTTL, c.ProposalTimeout = time.Minute, 2*time.Second }})
+	start := time.Now()
+	h.clock.set(start)
+	p := requireApproval(t, h, "acme-agent", "once1", "m1", `{}`)
+	h.stopDecider()
+
+	var out struct {
+		Error    ErrorDetail `json:"error"`
+		Approval Approval    `json:"approval"`
+	}
+	if r := h.do(t, "POST", "/v1/approvals/"+p.Approval.Token, "acme-operator", "application/json", `{"decision":"allow"}`, &out); r.StatusCode != 504 || out.Error.Code != CodeDecisionTimeout {
+		t.Fatalf("allow without a decider: %d %+v", r.StatusCode, out)
+	}
+	if r := h.do(t, "POST", "/v1/approvals/"+p.Approval.Token, "acme-operator", "application/json", `{"decision":"deny"}`, &out); r.StatusCode != 409 || out.Error.Code != CodeApprovalNotPending {
+		t.Fatalf("a second decision: %d %+v", r.StatusCode, out)
+	}
+	h.clock.set(start.Add(2 * time.Minute))
+	h.srv.expireApprovals(context.Background())
+	h.clock.set(start)
+
+	h.startDecider()
+	var list struct {
+		Approvals []Approval `json:"approvals"`
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		h.do(t, "GET", "/v1/approvals?state=all", "acme-operator", "", "", &list)
+		if len(list.Approvals) == 1 && list.Approvals[0].State != ApprovalPending || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if len(list.Approvals) != 1 || list.Approvals[0].State != ApprovalApproved || list.Approvals[0].DecidedSeq != 2 {
+		t.Fatalf("approvals: %+v", list)
+	}
+	// One APPROVAL_DECIDED, at seq 2: the approved call is next, at seq 3.
+	var pr ProposalResponse
+	if h.do(t, "POST", "/v1/sessions/once1/proposals?timeout_ms=30000", "acme-agent", "application/json", proposal("send_email", "m1", `{}`), &pr); pr.Outcome != envelope.Allow || pr.Seq != 3 {
+		t.Fatalf("approved call: %+v", pr)
+	}
+}
+
+// TestPendingApprovalsBounded: a tenant may have --max-pending-approvals
+// pending on a gateway; past that a require_approval answer is 429
+// TOO_MANY_APPROVALS, until one is decided. Other tenants are not affected,
+// and the same call proposed again gets the approval already open.
+func TestPendingApprovalsBounded(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{cfg: func(c *Config) { c.MaxPendingApprovals = 2 }})
+	first := requireApproval(t, h, "acme-agent", "cap1", "m1", `{}`)
+	requireApproval(t, h, "acme-agent", "cap2", "m1", `{}`)
+	var out struct {
+		ProposalResponse
+		Error ErrorDetail `json:"error"`
+	}
+	r := h.do(t, "POST", "/v1/sessions/cap3/proposals", "acme-agent", "application/json", proposal("send_email", "m1", `{}`), &out)
+	if r.StatusCode != 429 || out.Error.Code != CodeTooManyApprovals || r.Header.Get("Retry-After") == "" {
+		t.Fatalf("third pending approval: %d %+v", r.StatusCode, out)
+	}
+	if again := requireApproval(t, h, "acme-agent", "cap1", "m1", `{}`); again.Approval.ID != first.Approval.ID {
+		t.Fatalf("the same call opened approval %s, want %s", again.Approval.ID, first.Approval.ID)
+	}
+	requireApproval(t, h, "globex-agent", "cap1", "m1", `{}`)
+	if r := h.do(t, "POST", "/v1/approvals/"+first.Approval.Token, "acme-operator", "application/json", `{"decision":"deny"}`, nil); r.StatusCode != 200 {
+		t.Fatalf("deny: %d", r.StatusCode)
+	}
+	requireApproval(t, h, "acme-agent", "cap4", "m1", `{}`)
+}
+
 // TestApprovalExpirySweptInBackground: Run expires a pending approval past
 // its TTL on its own, within a few of its one-second ticks.
 func TestApprovalExpirySweptInBackground(t *testing.T) {

@@ -133,7 +133,7 @@ func New(cfg Config, env Env, opts ...Option) (*Server, error) {
 		s.secret = make([]byte, 32)
 		_, _ = rand.Read(s.secret)
 	}
-	s.appr = newApprovals(s.secret)
+	s.appr = newApprovals(s.secret, cfg.MaxPendingApprovals)
 	s.prod, err = stream.NewProducer(stream.ProducerConfig{Brokers: env.Brokers, MaxRecordBytes: pipeline.MaxRecordBytes(env.MaxEventBytes), Compression: env.Compression},
 		stream.WithLogger(s.log), stream.WithRegisterer(s.reg), stream.WithStage("ingest"))
 	if err != nil {
