@@ -27,6 +27,10 @@ const (
 	MaxTaintSources = 32
 	// MaxSanitizerKeys bounds the registered sanitizer keys.
 	MaxSanitizerKeys = 1024
+	// MaxApprovals bounds the approvals a session tracks. Once full, a new
+	// require_approval forgets the approval requested earliest (a
+	// forgotten approval is never honoured: that call needs a new one).
+	MaxApprovals = 1024
 	// MaxNameBytes bounds each identifier the snapshot keeps: tool_name,
 	// call_id, key, sanitizer_key, from_agent and to_agent. With the
 	// count bounds above it keeps a session's state record well below
@@ -195,10 +199,27 @@ func (s *Snapshot) applyProposal(e *envelope.Event, tc envelope.ToolCall, callDi
 		if s.Approvals == nil {
 			s.Approvals = make(map[string]Approval)
 		}
-		if a, ok := s.Approvals[tc.CallID]; !ok || a.State != ApprovalApproved {
+		a, ok := s.Approvals[tc.CallID]
+		if !ok && len(s.Approvals) >= MaxApprovals {
+			s.forgetEarliestApproval()
+		}
+		if !ok || a.State != ApprovalApproved {
 			s.Approvals[tc.CallID] = Approval{ToolName: tc.ToolName, ArgsDigest: callDigest, State: ApprovalPending, RequestedSeq: e.Seq, RequestedTsMs: e.TsUnixMs}
 		}
 	}
+}
+
+// forgetEarliestApproval removes the approval with the lowest
+// RequestedSeq (call_id breaks ties, so replays forget the same one).
+func (s *Snapshot) forgetEarliestApproval() {
+	victim, first := "", true
+	var at uint64
+	for id, a := range s.Approvals {
+		if first || a.RequestedSeq < at || (a.RequestedSeq == at && id < victim) {
+			victim, at, first = id, a.RequestedSeq, false
+		}
+	}
+	delete(s.Approvals, victim)
 }
 
 // taint marks the session tainted by source unless the content carries a

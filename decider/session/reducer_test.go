@@ -180,6 +180,45 @@ func TestApprovals(t *testing.T) {
 	}
 }
 
+// TestApprovalsBounded: a session tracks at most MaxApprovals approvals;
+// past that the one requested earliest is forgotten, and its decision, when
+// it comes, changes nothing. Re-proposing a tracked call adds none.
+func TestApprovalsBounded(t *testing.T) {
+	req := envelope.Decision{Outcome: envelope.RequireApproval, Reason: envelope.ReasonApprovalRequired}
+	s := New("t", "s")
+	seq := uint64(0)
+	next := func() uint64 { seq++; return seq }
+	for i := range MaxApprovals + 10 {
+		apply(t, s, proposal(next(), int64(seq), "send_email", fmt.Sprintf("c%05d", i), req))
+		if i == 20 {
+			apply(t, s, proposal(next(), int64(seq), "send_email", "c00000", req))
+		}
+	}
+	if len(s.Approvals) != MaxApprovals {
+		t.Fatalf("%d approvals tracked, want %d", len(s.Approvals), MaxApprovals)
+	}
+	for i := range 10 {
+		if _, ok := s.Approvals[fmt.Sprintf("c%05d", i+1)]; ok {
+			t.Fatalf("c%05d still tracked", i+1)
+		}
+	}
+	// c00000 was requested again after c00020: younger than c00001..c00010.
+	if _, ok := s.Approvals["c00000"]; !ok {
+		t.Fatal("c00000 forgotten")
+	}
+	apply(t, s, ev(next(), int64(seq), envelope.ApprovalDecided, `{"call_id":"c00001","decision":"allow"}`))
+	if _, ok := s.Approvals["c00001"]; ok || len(s.Approvals) != MaxApprovals {
+		t.Fatal("a forgotten approval came back")
+	}
+	b, err := s.AppendCanonical(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b) > 512<<10 {
+		t.Fatalf("snapshot of %d bytes", len(b))
+	}
+}
+
 func TestLoopIsSticky(t *testing.T) {
 	loop := envelope.Decision{Outcome: envelope.Deny, Reason: envelope.ReasonLoopDetected}
 	s := New("t", "s")
