@@ -256,6 +256,21 @@ type RejectedRow struct {
 	RejectedUnixMs int64
 }
 
+// SameRow reports whether two rows hold the same record and columns.
+func SameRow(a, b *EventRow) bool {
+	x, y := a.Event, b.Event
+	if x.V != y.V || x.TsUnixMs != y.TsUnixMs || x.Type != y.Type || x.Manifest != y.Manifest ||
+		string(x.Payload) != string(y.Payload) || x.PrevHash != y.PrevHash || x.Hash != y.Hash ||
+		a.ToolName != b.ToolName || a.CallID != b.CallID || a.Outcome != b.Outcome || a.Reason != b.Reason ||
+		a.PolicyRevision != b.PolicyRevision || (a.Invalid == nil) != (b.Invalid == nil) {
+		return false
+	}
+	if (x.Decision == nil) != (y.Decision == nil) {
+		return false
+	}
+	return x.Decision == nil || *x.Decision == *y.Decision
+}
+
 // LastDate is the latest event_date: the last day every supported
 // ClickHouse version stores and shows as a Date (18.16 shows days after it
 // as 0000-00-00; current versions stop at 2149-06-06). Both stores cap at

@@ -12,7 +12,8 @@ import (
 // filters in turn (none: every session), using the store's ordered scan
 // (tenant, session, seq): one session is assembled at a time and handed on
 // before the next is read. Identical copies of a row (ClickHouse before a
-// merge) count once; a different row with the same seq, or a row that does
+// merge) count once; a different row with the same seq (even one that keeps
+// the hash column: every column is compared), or a row that does
 // not rebuild a sealed record, is marked Invalid so that a replay reports it.
 func StoreSource(st projector.Store, filters ...projector.Filter) Source {
 	if len(filters) == 0 {
@@ -21,6 +22,7 @@ func StoreSource(st projector.Store, filters ...projector.Filter) Source {
 	return func(ctx context.Context, fn func(*Session) error) error {
 		for _, f := range filters {
 			var cur *Session
+			var last *projector.EventRow
 			err := st.Events(ctx, f, func(r *projector.EventRow) error {
 				ev := r.Event
 				if cur != nil && (cur.TenantID != ev.TenantID || cur.SessionID != ev.SessionID) {
@@ -33,11 +35,12 @@ func StoreSource(st projector.Store, filters ...projector.Filter) Source {
 					cur = &Session{TenantID: ev.TenantID, SessionID: ev.SessionID}
 				}
 				if n := len(cur.Events); n > 0 && cur.Events[n-1].Seq == ev.Seq {
-					if cur.Events[n-1].Hash != ev.Hash {
+					if !projector.SameRow(last, r) {
 						cur.invalid(ev.Seq, fmt.Errorf("two different rows with seq %d", ev.Seq))
 					}
 					return nil
 				}
+				last = r
 				if r.Invalid != nil {
 					cur.invalid(ev.Seq, r.Invalid)
 				} else if col, ok := r.ColumnsMatch(); !ok {

@@ -195,7 +195,7 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 			for rows := range w.in {
 				for _, r := range rows {
 					k := projector.SessionKey{TenantID: r.Event.TenantID, SessionID: r.Event.SessionID}
-					if prev := w.last[k]; prev != nil && prev.Event.Seq == r.Event.Seq && sameRow(prev, r) {
+					if prev := w.last[k]; prev != nil && prev.Event.Seq == r.Event.Seq && projector.SameRow(prev, r) {
 						continue // an identical copy
 					}
 					w.last[k] = r
@@ -295,21 +295,6 @@ func filterHeads(heads []chain.Head, failed map[projector.SessionKey]bool) []cha
 		}
 	}
 	return out
-}
-
-// sameRow reports whether two rows hold the same record and columns.
-func sameRow(a, b *projector.EventRow) bool {
-	x, y := a.Event, b.Event
-	if x.V != y.V || x.TsUnixMs != y.TsUnixMs || x.Type != y.Type || x.Manifest != y.Manifest ||
-		string(x.Payload) != string(y.Payload) || x.PrevHash != y.PrevHash || x.Hash != y.Hash ||
-		a.ToolName != b.ToolName || a.CallID != b.CallID || a.Outcome != b.Outcome || a.Reason != b.Reason ||
-		a.PolicyRevision != b.PolicyRevision || (a.Invalid == nil) != (b.Invalid == nil) {
-		return false
-	}
-	if (x.Decision == nil) != (y.Decision == nil) {
-		return false
-	}
-	return x.Decision == nil || *x.Decision == *y.Decision
 }
 
 func readHeads(path string) ([]chain.Head, error) {

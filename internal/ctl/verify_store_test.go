@@ -257,3 +257,34 @@ func TestParseSince(t *testing.T) {
 		}
 	}
 }
+
+// TestIntegrationCopiesThatKeepTheHash: ClickHouse keeps a second row with
+// the same key until a merge. A forged copy that keeps the hash column but
+// changes the payload is reported by verify --store and replay --mode
+// verify, whichever of the two copies was written first (replayer's
+// TestStoreSourceCopies covers the re-deciding modes).
+func TestIntegrationCopiesThatKeepTheHash(t *testing.T) {
+	vec := storetest.Vectors(t)
+	forged := cloneEvent(vec[1])
+	forged.Payload = json.RawMessage(`{"call_id":"m1","model":"gpt-y"}`)
+	forgery := &projector.Batch{Events: []projector.EventRow{projector.NewEventRow(forged, 0, 0)}}
+	for _, forgedFirst := range []bool{false, true} {
+		url := clickhouseURL(t)
+		if forgedFirst {
+			writeStore(t, url, forgery)
+		}
+		writeStore(t, url, storetest.BatchOf(t, vec))
+		if !forgedFirst {
+			writeStore(t, url, forgery)
+		}
+		for _, args := range [][]string{
+			{"verify", "--store", url},
+			{"replay", "--store", url, "--mode", "verify"},
+		} {
+			code, out, stderr := run(t, "", args...)
+			if code != ExitFailed {
+				t.Errorf("forgery written first %v: %v: exit %d, want %d\n%s%s", forgedFirst, args, code, ExitFailed, out, stderr)
+			}
+		}
+	}
+}
