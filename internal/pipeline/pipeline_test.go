@@ -265,6 +265,40 @@ func TestWindowReadsEntryForm(t *testing.T) {
 	}
 }
 
+// An entry-form window longer than WindowSize keeps its newest entries,
+// and stays at WindowSize as events are added.
+func TestWindowLongEntryFormIsBounded(t *testing.T) {
+	var in strings.Builder
+	in.WriteString(`{"last_seq":40,"recent":[`)
+	for seq := 1; seq <= 40; seq++ {
+		if seq > 1 {
+			in.WriteByte(',')
+		}
+		fmt.Fprintf(&in, `{"seq":%d,"digest":"%032x"}`, seq, seq)
+	}
+	in.WriteString(`]}`)
+	var w Window
+	if err := json.Unmarshal([]byte(in.String()), &w); err != nil {
+		t.Fatal(err)
+	}
+	if len(w.Recent) != WindowSize || w.Recent[0].Seq != 40-WindowSize+1 || w.Recent[WindowSize-1].Seq != 40 {
+		t.Fatalf("read %d entries, %+v", len(w.Recent), w.Recent)
+	}
+	if v, _ := w.Check(40, fmt.Sprintf("%032x", 40)); v != Duplicate {
+		t.Fatalf("seq 40 again: %v", v)
+	}
+	long := Window{Last: 40}
+	for seq := uint64(1); seq <= 40; seq++ {
+		long.Recent = append(long.Recent, Recent{seq, fmt.Sprintf("%032x", seq)})
+	}
+	for seq := uint64(41); seq <= 45; seq++ {
+		long.Add(seq, fmt.Sprintf("%032x", seq))
+		if len(long.Recent) != WindowSize || long.Recent[WindowSize-1].Seq != seq || long.Recent[0].Seq != seq-WindowSize+1 {
+			t.Fatalf("after adding %d: %d entries from %d", seq, len(long.Recent), long.Recent[0].Seq)
+		}
+	}
+}
+
 func TestWindowRejectsBadDigests(t *testing.T) {
 	full := base64.StdEncoding.EncodeToString(make([]byte, WindowSize*16))
 	for _, in := range []string{

@@ -67,8 +67,8 @@ func (w *Window) Check(seq uint64, digest string) (Verdict, string) {
 // Add records seq (which Check accepted) with its content digest.
 func (w *Window) Add(seq uint64, digest string) {
 	w.Last = seq
-	if len(w.Recent) == WindowSize {
-		copy(w.Recent, w.Recent[1:])
+	if n := len(w.Recent); n >= WindowSize {
+		copy(w.Recent, w.Recent[n-WindowSize+1:])
 		w.Recent = w.Recent[:WindowSize-1]
 	}
 	w.Recent = append(w.Recent, Recent{Seq: seq, Digest: digest})
@@ -185,6 +185,11 @@ func (w *Window) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	if raw.Digests == nil {
+		// The older form, written by hand or by earlier versions: keep the
+		// newest WindowSize entries.
+		if n := len(raw.Recent); n > WindowSize {
+			raw.Recent = raw.Recent[n-WindowSize:]
+		}
 		*w = Window{Last: raw.Last, Recent: raw.Recent}
 		return nil
 	}
