@@ -315,6 +315,10 @@ func (s *Server) Run(ctx context.Context) error {
 	return nil
 }
 
+// Close releases the Kafka client New opened, for a Server whose Run is
+// never called (Run releases it when it returns).
+func (s *Server) Close() { s.prod.Close() }
+
 // Routes registers the API's endpoints on mux. /healthz, /readyz and
 // /metrics stay with the program.
 func (s *Server) Routes(mux *http.ServeMux) {

@@ -155,22 +155,40 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	ln, err := d.listen()
-	if err != nil {
-		return err
-	}
-	srv := &http.Server{Handler: d.handler(api), ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout: httpReadTimeout, IdleTimeout: 2 * time.Minute}
-
 	type stage struct {
 		name string
 		t    stageRunner
 	}
 	var stages []stage
+	// abandon releases what was opened when Run fails before the stages
+	// and the API run (they release their own once they do).
+	abandon := func() {
+		if api != nil {
+			api.Close()
+		}
+		if d.readStore != nil {
+			_ = d.readStore.Close()
+			d.readStore = nil
+		}
+		for _, s := range stages {
+			if c, ok := s.t.(interface{ Close() error }); ok {
+				_ = c.Close()
+			}
+		}
+	}
+	ln, err := d.listen()
+	if err != nil {
+		abandon()
+		return err
+	}
+	srv := &http.Server{Handler: d.handler(api), ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout: httpReadTimeout, IdleTimeout: 2 * time.Minute}
+
 	for _, name := range targets {
 		t, err := d.newStage(name, brokers, api)
 		if err != nil {
 			_ = ln.Close()
+			abandon()
 			return err
 		}
 		stages = append(stages, stage{name, t})

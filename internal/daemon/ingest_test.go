@@ -1,11 +1,14 @@
 package daemon
 
 import (
+	"context"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -202,5 +205,45 @@ func TestStalledRequestBodyIsCut(t *testing.T) {
 	}
 	if !strings.HasPrefix(string(b), "HTTP/1.1 408 ") || !strings.Contains(string(b), `"code":"REQUEST_TIMEOUT"`) {
 		t.Fatalf("answer %q, want 408 REQUEST_TIMEOUT", b)
+	}
+}
+
+// TestFailedStartReleasesClients: when Run fails after the HTTP API was
+// built (here: its port is taken), the API's Kafka client and audit store
+// are released, not left running in the embedding process.
+func TestFailedStartReleasesClients(t *testing.T) {
+	taken, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer taken.Close()
+	settle := func() int {
+		n := runtime.NumGoroutine()
+		for range 50 {
+			time.Sleep(20 * time.Millisecond)
+			m := runtime.NumGoroutine()
+			if m == n {
+				break
+			}
+			n = m
+		}
+		return n
+	}
+	before := settle()
+	cfg := embeddedConfig(t)
+	cfg.Dev = true
+	cfg.HTTPAddr = taken.Addr().String()
+	err = New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil))).Run(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "http listener") {
+		t.Fatalf("Run: %v, want an http listener error", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	after := settle()
+	for after > before && time.Now().Before(deadline) {
+		after = settle()
+	}
+	if after > before {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d goroutines before Run, %d after it failed:\n%s", before, after, buf[:runtime.Stack(buf, true)])
 	}
 }

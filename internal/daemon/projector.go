@@ -24,6 +24,9 @@ type projectorStage struct {
 
 func (s *projectorStage) Ready() bool { return s.p.Ready() }
 
+// Close closes the store of a stage that will not run.
+func (s *projectorStage) Close() error { return s.store.Close() }
+
 func (s *projectorStage) Run(ctx context.Context) error {
 	defer func() { _ = s.store.Close() }()
 	return s.p.Run(ctx)
