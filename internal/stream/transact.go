@@ -669,16 +669,14 @@ func (t *Transactor) restore(ctx context.Context, adm *kadm.Client, parts map[in
 		}
 	}()
 	if t.cfg.State != "" {
-		states, err := readLatest(ctx, adm, t.cfg.Brokers, t.cfg.State, need, t.log)
+		err := readLatest(ctx, adm, t.cfg.Brokers, t.cfg.State, need, t.log, func(p int32, key, value []byte) error {
+			if err := procs[p].Restore(key, value); err != nil {
+				return fmt.Errorf("stream: restore %s/%d key %q: %w: %w", t.cfg.State, p, key, ErrRestore, err)
+			}
+			return nil
+		})
 		if err != nil {
 			return err
-		}
-		for p, kvs := range states {
-			for _, kv := range kvs {
-				if err := procs[p].Restore(kv.key, kv.value); err != nil {
-					return fmt.Errorf("stream: restore %s/%d key %q: %w: %w", t.cfg.State, p, kv.key, ErrRestore, err)
-				}
-			}
 		}
 	}
 	for p, proc := range procs {

@@ -1,0 +1,76 @@
+package stream
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"testing"
+)
+
+// TestReadLatestWithinAndPastTheBudget: the latest value of every key that
+// is not tombstoned, per partition in the offset order of those values,
+// whether the state fits the restore budget (one pass) or not (two).
+func TestReadLatestWithinAndPastTheBudget(t *testing.T) {
+	e := startBroker(t)
+	ctx := context.Background()
+	const topic = "restore.state"
+	if err := EnsureTopics(ctx, e.Brokers(), []TopicSpec{{Name: topic, Partitions: 2, Cleanup: CleanupCompact}}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := NewProducer(ProducerConfig{Brokers: e.Brokers()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	// Keys k0..k9, three versions each; k3 is tombstoned, k4 tombstoned
+	// and written again, k5 last written after everything else.
+	var msgs []Message
+	put := func(part int32, key, value string) {
+		m := Message{Topic: topic, Partition: part, Pin: true, Key: []byte(key)}
+		if value != "" {
+			m.Value = []byte(value)
+		}
+		msgs = append(msgs, m)
+	}
+	for v := range 3 {
+		for k := range 10 {
+			put(int32(k%2), fmt.Sprintf("k%d", k), fmt.Sprintf("k%d/v%d|%0100d", k, v, 0))
+		}
+	}
+	put(1, "k3", "")
+	put(0, "k4", "")
+	put(0, "k4", "k4/again")
+	put(1, "k5", "k5/last")
+	if err := p.Produce(ctx, msgs...); err != nil {
+		t.Fatal(err)
+	}
+	want := map[int32]string{
+		0: "k0=k0/v2 k2=k2/v2 k6=k6/v2 k8=k8/v2 k4=k4/again",
+		1: "k1=k1/v2 k7=k7/v2 k9=k9/v2 k5=k5/last",
+	}
+	adm, closeAdm, err := newAdmin(e.Brokers())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAdm()
+	for _, budget := range []int{1 << 20, 500} {
+		old := restoreBudget
+		restoreBudget = budget
+		got := map[int32]string{}
+		err := readLatest(ctx, adm, e.Brokers(), topic, []int32{0, 1}, testLogger(), func(p int32, key, value []byte) error {
+			if got[p] != "" {
+				got[p] += " "
+			}
+			v, _, _ := strings.Cut(string(value), "|") // without the padding
+			got[p] += string(key) + "=" + v
+			return nil
+		})
+		restoreBudget = old
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("budget %d:\n got %v\nwant %v", budget, got, want)
+		}
+	}
+}
