@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"testing"
 
 	"aegis.dev/aegis/internal/pipeline"
@@ -136,6 +137,11 @@ func TestSpilledHeadsSealAlike(t *testing.T) {
 				recs = append(recs, r)
 			}
 		}
+		if seq > 1 { // other content at an accepted seq: SEQ_CONFLICT
+			r := decided("s5", seq-1, envelope.ErrorRaised, "")
+			r.Partition = 0
+			recs = append(recs, r)
+		}
 	}
 	run := func(sessions int) ([]stream.Output, *processor) {
 		st := New(Config{Topics: topics, State: pipeline.StateConfig{Sessions: sessions, Dir: t.TempDir()}}, nil, nil)
@@ -152,8 +158,8 @@ func TestSpilledHeadsSealAlike(t *testing.T) {
 	if p.heads.Stats().Loaded == 0 {
 		t.Fatal("nothing was read back from the spill file")
 	}
-	if n := len(byTopic(all, topics.Sealed)); n != 60 || len(reasons(t, all)) != 0 {
-		t.Fatalf("%d sealed, rejections %v; want 60 and none", n, reasons(t, all))
+	if n, r := len(byTopic(all, topics.Sealed)), reasons(t, all); n != 60 || len(r) != 5 || slices.ContainsFunc(r, func(s string) bool { return s != pipeline.ReasonSeqConflict }) {
+		t.Fatalf("%d sealed, rejections %v; want 60 and 5 SEQ_CONFLICT", n, r)
 	}
 	if len(all) != len(spilled) {
 		t.Fatalf("%d outputs with spilling, %d without", len(spilled), len(all))
