@@ -202,8 +202,9 @@ func (p *processor) Close() error { return p.sessions.Close() }
 func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit func(stream.Output)) error {
 	s := p.stage
 	t := s.cfg.Topics
-	dec := envelope.Decoder{MaxBytes: s.cfg.MaxEventBytes}
-	maxRecord := pipeline.MaxRecordBytes(cmp.Or(s.cfg.MaxEventBytes, envelope.DefaultMaxEventBytes))
+	maxEvent := cmp.Or(s.cfg.MaxEventBytes, envelope.DefaultMaxEventBytes)
+	dec := envelope.Decoder{MaxBytes: maxEvent}
+	maxRecord := pipeline.MaxRecordBytes(maxEvent)
 	if p.seen == nil {
 		p.seen = make(map[string]struct{})
 	}
@@ -243,6 +244,12 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 		var digest string
 		if digest, p.bare, err = pipeline.ContentDigest(ev, p.bare); err != nil {
 			return fmt.Errorf("decider: content digest of %s/%d: %w", key, ev.Seq, err)
+		}
+		if len(p.bare) > maxEvent {
+			// The canonical form is what travels on: the sealer and the
+			// projector size their limits by it (pipeline.DecidedMaxBytes).
+			reject(rec, ev, envelope.CodeTooLarge, fmt.Sprintf("the event's canonical form is %d bytes, limit is %d", len(p.bare), maxEvent))
+			continue
 		}
 		switch verdict, detail := st.Window.Check(ev.Seq, digest); verdict {
 		case pipeline.Duplicate:

@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"testing"
 
+	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/schemas/envelope"
 )
 
@@ -29,6 +30,21 @@ func TestEventErrorStatus(t *testing.T) {
 		status, d := eventError(c.err)
 		if status != c.status || d.Code != c.code {
 			t.Errorf("eventError(%v) = %d %s, want %d %s", c.err, status, d.Code, c.status, c.code)
+		}
+	}
+}
+
+// TestRejectionStatus: the decider's rejections of what the gateway
+// published map to the status the same fault gets at the gateway.
+func TestRejectionStatus(t *testing.T) {
+	for reason, want := range map[string]int{
+		pipeline.ReasonSeqConflict: http.StatusConflict,
+		pipeline.ReasonSeqGap:      http.StatusConflict,
+		envelope.CodeTooLarge:      http.StatusRequestEntityTooLarge,
+		envelope.CodeInvalidField:  http.StatusBadRequest,
+	} {
+		if got := rejectionStatus(reason); got != want {
+			t.Errorf("rejectionStatus(%s) = %d, want %d", reason, got, want)
 		}
 	}
 }

@@ -124,7 +124,7 @@ func (c *Config) defaults() error {
 	set(&c.MaxRetryBackoff, 10*time.Second)
 	set(&c.DrainTimeout, 30*time.Second)
 	if c.MaxEventBytes <= 0 {
-		c.MaxEventBytes = envelope.DefaultMaxEventBytes + 64<<10
+		c.MaxEventBytes = pipeline.SealedMaxBytes(envelope.DefaultMaxEventBytes)
 	}
 	if c.CachedSessions <= 0 {
 		c.CachedSessions = 10000

@@ -64,7 +64,7 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) *Stage {
 		log = slog.New(slog.DiscardHandler)
 	}
 	if cfg.MaxEventBytes <= 0 {
-		cfg.MaxEventBytes = envelope.DefaultMaxEventBytes + 64<<10
+		cfg.MaxEventBytes = pipeline.DecidedMaxBytes(envelope.DefaultMaxEventBytes)
 	}
 	if cfg.MaxRecordBytes <= 0 {
 		cfg.MaxRecordBytes = pipeline.MaxRecordBytes(envelope.DefaultMaxEventBytes)

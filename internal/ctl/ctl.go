@@ -13,6 +13,8 @@ import (
 	"io"
 	"sort"
 	"strings"
+
+	"aegis.dev/aegis/internal/pipeline"
 )
 
 // Exit codes shared by every command.
@@ -113,8 +115,9 @@ func fail(env IO, code int, format string, args ...any) int {
 	return code
 }
 
-// maxLine bounds one NDJSON line (a sealed event plus slack).
-const maxLine = 16 << 20
+// maxLine bounds one NDJSON line or sealed record: a sealed event of the
+// largest --max-event-bytes aegisd takes (64 MiB; pipeline.SealedMaxBytes).
+var maxLine = pipeline.SealedMaxBytes(64 << 20)
 
 // eachLine calls fn with every non-empty line of r and its 1-based number.
 func eachLine(r io.Reader, fn func(n int, line []byte) error) error {

@@ -345,7 +345,7 @@ func (d *Daemon) newStage(name string, brokers []string, api *ingest.Server) (st
 		// A decided event is the accepted event plus its decision: the
 		// sealer must take every event the decider accepted, or the
 		// session's chain would stop at the first large one.
-		st := sealer.New(sealer.Config{Topics: d.topics, Partitions: cfg.Partitions, MaxEventBytes: cfg.MaxEventBytes + 64<<10,
+		st := sealer.New(sealer.Config{Topics: d.topics, Partitions: cfg.Partitions, MaxEventBytes: pipeline.DecidedMaxBytes(cfg.MaxEventBytes),
 			MaxRecordBytes: pipeline.MaxRecordBytes(cfg.MaxEventBytes), State: state}, d.reg, d.log)
 		tc, newProcessor = st.TransactConfig(), st.NewProcessor
 		tc.BatchWait = cfg.SealerBatchWait

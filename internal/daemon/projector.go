@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/url"
 
+	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/projector"
 	"aegis.dev/aegis/projector/stores"
 )
@@ -41,7 +42,7 @@ func (d *Daemon) newProjector(brokers []string) (stageRunner, error) {
 		return nil, fmt.Errorf("aegisd: projector: %w", err)
 	}
 	p, err := projector.New(projector.Config{Brokers: brokers, Group: cfg.TopicPrefix + TargetProjector, Topics: d.topics,
-		BatchSize: cfg.StoreBatch, MaxEventBytes: cfg.MaxEventBytes + 64<<10, SessionTimeout: cfg.SessionTimeout,
+		BatchSize: cfg.StoreBatch, MaxEventBytes: pipeline.SealedMaxBytes(cfg.MaxEventBytes), SessionTimeout: cfg.SessionTimeout,
 		CachedSessions: cfg.StateSessions}, st, d.reg, d.log)
 	if err != nil {
 		_ = st.Close()

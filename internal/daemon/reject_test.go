@@ -5,6 +5,8 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
+	"io"
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -145,5 +147,62 @@ func TestLongNamesDoNotStallThePartition(t *testing.T) {
 	}
 	if len(rejected) != 3 || reasons[envelope.CodeInvalidField] != 1 || reasons[pipeline.ReasonSeqGap] != 2 {
 		t.Fatalf("rejections %v", reasons)
+	}
+}
+
+// An event within max_event_bytes whose canonical form is not (70,000
+// numbers written 1e15, 17 bytes each once canonical) is rejected TOO_LARGE
+// by the decider, before it counts: the session goes on from the same seq,
+// and what follows is sealed and projected. (Accepted, it used to reach the
+// sealer over the sealer's limit and leave the session unsealable.)
+func TestEventsThatGrowWhenCanonicalized(t *testing.T) {
+	cfg := embeddedConfig(t)
+	cfg.Dev = true
+	d := startDaemon(t, cfg)
+	topics := pipeline.NewTopics(pipeline.DefaultTopicPrefix)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: d.Brokers(), MaxRecordBytes: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	grows := event("acme", "g1", 1, envelope.ModelCallStarted, `{"model":"m","n":[`+strings.TrimSuffix(strings.Repeat("1e15,", 70000), ",")+`]}`)
+	if len(grows) > cfg.MaxEventBytes {
+		t.Fatalf("the event is %d bytes", len(grows))
+	}
+	if err := p.Produce(ctx,
+		msg(topics.Events, "acme/g1", grows),
+		msg(topics.Events, "acme/g1", event("acme", "g1", 1, envelope.ModelCallStarted, `{"model":"m"}`)),
+		msg(topics.Events, "acme/g1", event("acme", "g1", 2, envelope.Termination, `{}`)),
+	); err != nil {
+		t.Fatal(err)
+	}
+	if sealed := collect(t, d.Brokers(), topics.Sealed, 2); len(sealed) != 2 {
+		t.Fatalf("sealed %d records, want 2", len(sealed))
+	}
+	rejected := collect(t, d.Brokers(), topics.Rejected, 1)
+	var rej pipeline.Rejection
+	if err := json.Unmarshal(rejected[0].Value, &rej); err != nil {
+		t.Fatal(err)
+	}
+	if rej.Stage != "decider" || rej.Reason != envelope.CodeTooLarge || rej.Seq != 1 || !strings.Contains(rej.Detail, "canonical form") {
+		t.Fatalf("rejection: %s %s seq %d: %s", rej.Stage, rej.Reason, rej.Seq, rej.Detail)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := http.Get("http://" + d.HTTPAddr() + "/v1/sessions/g1/verify?tenant_id=acme")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode == 200 && strings.Contains(string(b), `"valid":true`) && strings.Contains(string(b), `"events":2`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("session not projected: %d %s", resp.StatusCode, b)
+		}
+		time.Sleep(100 * time.Millisecond)
 	}
 }

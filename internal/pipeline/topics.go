@@ -59,6 +59,20 @@ func ValidatePrefix(prefix string) error {
 // events may be up to maxEventBytes.
 func MaxRecordBytes(maxEventBytes int) int { return 2*maxEventBytes + 64<<10 }
 
+// The size contract between the stages, for events of at most
+// maxEventBytes: the decider accepts an event only if its canonical form
+// (RFC 8785, which writes 1e15 as 1000000000000000) is at most
+// maxEventBytes too, so the decided record it emits (that form plus the
+// decision, well under 64 KiB) is at most DecidedMaxBytes, which the sealer
+// reads; the sealed record adds prev_hash and hash, and the projector and
+// every reader of the sealed topic take up to SealedMaxBytes. Each limit
+// covers everything the stage before it can emit, so no record a stage
+// accepted is refused downstream for its size.
+func DecidedMaxBytes(maxEventBytes int) int { return maxEventBytes + 64<<10 }
+
+// SealedMaxBytes is the largest sealed record (see DecidedMaxBytes).
+func SealedMaxBytes(maxEventBytes int) int { return maxEventBytes + 128<<10 }
+
 // Specs returns the specs of every topic with the given partition count:
 // state topics compacted, the others deleted by retention. maxEventBytes is
 // the largest event the pipeline accepts: topics are created to carry
