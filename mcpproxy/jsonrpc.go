@@ -1,6 +1,7 @@
 package mcpproxy
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -93,4 +94,25 @@ func errorResponse(id json.RawMessage, code int, msg string, data any) *message 
 func encode(m *message) []byte {
 	b, _ := json.Marshal(m)
 	return b
+}
+
+// readLine reads one line (with its newline, if any) of at most max bytes.
+// A longer line is read to its end and discarded: long reports it, and the
+// reader is positioned at the next line. err is the reader's (io.EOF at
+// the end, with the last partial line).
+func readLine(r *bufio.Reader, max int64) (line []byte, long bool, err error) {
+	for {
+		chunk, err := r.ReadSlice('\n')
+		if !long {
+			if int64(len(line)+len(chunk)) > max {
+				long, line = true, nil
+			} else {
+				line = append(line, chunk...)
+			}
+		}
+		if errors.Is(err, bufio.ErrBufferFull) {
+			continue
+		}
+		return line, long, err
+	}
 }

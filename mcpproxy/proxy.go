@@ -79,12 +79,22 @@ type Config struct {
 	IdleTimeout time.Duration `yaml:"mcp_idle_timeout"`
 	// MaxMessageBytes bounds one message from an agent (default 4 MiB).
 	MaxMessageBytes int64 `yaml:"mcp_max_message_bytes"`
+	// MaxUpstreamBytes bounds one message from the upstream server
+	// (default 16 MiB). A larger answer is an error for the agent (HTTP
+	// upstream) or ends the upstream session (stdio, whose framing is
+	// lost).
+	MaxUpstreamBytes int64 `yaml:"mcp_max_upstream_bytes"`
+	// AllowedHosts are host names (besides IP literals and localhost)
+	// that requests may name in their Host header when the proxy runs
+	// without API keys: a web page that rebinds its own name to the proxy's
+	// address sends its own name, and is refused.
+	AllowedHosts []string `yaml:"mcp_allowed_hosts"`
 }
 
 // Defaults returns the configuration with every default applied.
 func Defaults() Config {
 	return Config{Addr: "127.0.0.1:8090", Path: "/mcp", Tenant: "default", DecisionTimeout: 10 * time.Second,
-		MaxSessions: 1024, IdleTimeout: 30 * time.Minute, MaxMessageBytes: 4 << 20}
+		MaxSessions: 1024, IdleTimeout: 30 * time.Minute, MaxMessageBytes: 4 << 20, MaxUpstreamBytes: 16 << 20}
 }
 
 // RegisterFlags binds every field to a flag on fs (prefixed "mcp-"), with
@@ -102,6 +112,16 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxSessions, "mcp-max-sessions", c.MaxSessions, "MCP proxy: most open HTTP sessions")
 	fs.DurationVar(&c.IdleTimeout, "mcp-idle-timeout", c.IdleTimeout, "MCP proxy: close sessions idle that long")
 	fs.Int64Var(&c.MaxMessageBytes, "mcp-max-message-bytes", c.MaxMessageBytes, "MCP proxy: largest message from an agent")
+	fs.Int64Var(&c.MaxUpstreamBytes, "mcp-max-upstream-bytes", c.MaxUpstreamBytes, "MCP proxy: largest message from the upstream server")
+	fs.Func("mcp-allowed-hosts", "MCP proxy without API keys: comma-separated host names requests may use besides IP addresses and localhost", func(v string) error {
+		c.AllowedHosts = nil
+		for _, h := range strings.Split(v, ",") {
+			if h = strings.TrimSpace(h); h != "" {
+				c.AllowedHosts = append(c.AllowedHosts, strings.ToLower(h))
+			}
+		}
+		return nil
+	})
 }
 
 // Validate checks the configuration.
@@ -139,6 +159,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxMessageBytes < 1024 {
 		errs = append(errs, fmt.Errorf("mcp-max-message-bytes %d: must be at least 1024", c.MaxMessageBytes))
+	}
+	if c.MaxUpstreamBytes < 1024 {
+		errs = append(errs, fmt.Errorf("mcp-max-upstream-bytes %d: must be at least 1024", c.MaxUpstreamBytes))
 	}
 	return errors.Join(errs...)
 }
@@ -217,6 +240,7 @@ type Proxy struct {
 
 	mu        sync.Mutex
 	sessions  map[string]*session // by Mcp-Session-Id
+	opening   int                 // sessions counted against MaxSessions while their upstream starts
 	ln        net.Listener
 	ready     chan struct{}
 	readyOnce sync.Once
@@ -242,9 +266,9 @@ func New(cfg Config, pipe Pipeline, manifests Manifests, opts ...Option) (*Proxy
 	p.metrics = newMetrics(p.reg)
 	if cfg.UpstreamCmd != "" {
 		argv := strings.Fields(cfg.UpstreamCmd)
-		p.dial = func() (upstream, error) { return dialStdio(argv, p.upStderr) }
+		p.dial = func() (upstream, error) { return dialStdio(argv, p.upStderr, cfg.MaxUpstreamBytes) }
 	} else {
-		p.dial = func() (upstream, error) { return newHTTPUpstream(cfg.UpstreamURL, p.client), nil }
+		p.dial = func() (upstream, error) { return newHTTPUpstream(cfg.UpstreamURL, p.client, cfg.MaxUpstreamBytes), nil }
 	}
 	return p, nil
 }

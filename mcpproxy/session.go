@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -48,6 +49,13 @@ func (s *session) close() {
 func (s *session) handle(ctx context.Context, m *message) *message {
 	s.touch()
 	switch {
+	case m.isNotification() && !strings.HasPrefix(m.Method, "notifications/"):
+		// A request without an id (or with id null) gets no answer, so it
+		// could not be decided: a tools/call sent this way would reach the
+		// server unrecorded. Only MCP's own notifications pass.
+		s.p.log.Warn("dropped a request sent as a notification", "session", s.id, "method", m.Method)
+		s.p.metrics.requests.WithLabelValues(m.Method, "dropped").Inc()
+		return nil
 	case m.isNotification():
 		if err := s.up.send(ctx, m); err != nil {
 			s.p.log.Warn("notification not delivered upstream", "session", s.id, "method", m.Method, "err", err)
@@ -97,10 +105,12 @@ func (s *session) record(ctx context.Context, typ envelope.Type, payload any) er
 	if err != nil {
 		return fmt.Errorf("mcpproxy: encode %s: %w", typ, err)
 	}
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.p.cfg.DecisionTimeout)
-	defer cancel()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	// The timeout starts once it is this record's turn: time spent queued
+	// behind the session's other records does not count against it.
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.p.cfg.DecisionTimeout)
+	defer cancel()
 	_, err = s.p.pipe.Record(rctx, &envelope.Event{TenantID: s.tenant, SessionID: s.id, Type: typ, Manifest: s.p.cfg.Manifest, Payload: raw})
 	if err != nil {
 		return fmt.Errorf("mcpproxy: record %s: %w", typ, err)
@@ -171,7 +181,7 @@ func (s *session) listTools(ctx context.Context, req *message) *message {
 		return resp
 	}
 	var result map[string]json.RawMessage
-	if err := json.Unmarshal(resp.Result, &result); err != nil {
+	if err := json.Unmarshal(resp.Result, &result); err != nil || result == nil {
 		return errorResponse(req.ID, CodeInternalError, "upstream tools/list result is not an object", nil)
 	}
 	var tools []json.RawMessage
@@ -200,15 +210,46 @@ func (s *session) listTools(ctx context.Context, req *message) *message {
 	return resp
 }
 
+// callParams reads tools/call params exactly as a server reading them with
+// case-sensitive keys would: duplicate keys, and keys that differ from
+// name, arguments or _meta only in case, are refused, since Go's decoder
+// and the server could otherwise read different calls out of one message.
+func callParams(raw json.RawMessage) (name string, args json.RawMessage, meta map[string]json.RawMessage, err error) {
+	if _, err := canon.Append(nil, raw); err != nil {
+		return "", nil, nil, fmt.Errorf("tools/call params: %w", err)
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil || m == nil {
+		return "", nil, nil, errors.New("tools/call params must be an object")
+	}
+	for k := range m {
+		for _, known := range []string{"name", "arguments", "_meta"} {
+			if k != known && strings.EqualFold(k, known) {
+				return "", nil, nil, fmt.Errorf("tools/call params: %q is not %q", k, known)
+			}
+		}
+	}
+	if err := json.Unmarshal(m["name"], &name); err != nil || name == "" {
+		return "", nil, nil, errors.New("tools/call needs params.name")
+	}
+	if raw, ok := m["_meta"]; ok && string(raw) != "null" {
+		if err := json.Unmarshal(raw, &meta); err != nil || meta == nil {
+			return "", nil, nil, errors.New("tools/call params._meta must be an object")
+		}
+	}
+	return name, m["arguments"], meta, nil
+}
+
 // callTool is the guarded path: propose, and forward only on allow.
 func (s *session) callTool(ctx context.Context, req *message) *message {
 	var params struct {
-		Name      string                     `json:"name"`
-		Arguments json.RawMessage            `json:"arguments"`
-		Meta      map[string]json.RawMessage `json:"_meta"`
+		Name      string
+		Arguments json.RawMessage
+		Meta      map[string]json.RawMessage
 	}
-	if err := json.Unmarshal(req.Params, &params); err != nil || params.Name == "" {
-		return errorResponse(req.ID, CodeInvalidParams, "tools/call needs params.name", nil)
+	var err error
+	if params.Name, params.Arguments, params.Meta, err = callParams(req.Params); err != nil {
+		return errorResponse(req.ID, CodeInvalidParams, err.Error(), nil)
 	}
 	args := params.Arguments
 	if len(args) == 0 || string(args) == "null" {
@@ -286,10 +327,15 @@ func (s *session) callTool(ctx context.Context, req *message) *message {
 
 // propose publishes the proposal and waits for its decision.
 func (s *session) propose(ctx context.Context, payload json.RawMessage) (*ingest.ProposalResponse, error) {
-	pctx, cancel := context.WithTimeout(ctx, s.p.cfg.DecisionTimeout)
-	defer cancel()
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// As in record: the decision timeout starts once it is this
+	// proposal's turn.
+	pctx, cancel := context.WithTimeout(ctx, s.p.cfg.DecisionTimeout)
+	defer cancel()
 	return s.p.pipe.Propose(pctx, &envelope.Event{TenantID: s.tenant, SessionID: s.id, Type: envelope.ToolCallProposed,
 		Manifest: s.p.cfg.Manifest, Payload: payload})
 }

@@ -8,8 +8,11 @@ import (
 	"fmt"
 	"io"
 	"mime"
+	"net"
 	"net/http"
 	"net/url"
+	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 
@@ -36,9 +39,14 @@ const (
 // With WithKeys, every request needs an agent or operator API key, and a
 // session is reachable only with a key of the tenant that opened it.
 // Requests whose Origin names another host than the request's are refused
-// (403), against DNS rebinding.
+// (403); without API keys, so is a Host header that is not an IP address,
+// localhost or one of Config.AllowedHosts (403), against DNS rebinding.
 func (p *Proxy) Handler() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p.keys == nil && !p.hostAllowed(r.Host) {
+			httpError(w, http.StatusForbidden, "host %q is not allowed (--mcp-allowed-hosts)", r.Host)
+			return
+		}
 		if o := r.Header.Get("Origin"); o != "" {
 			if u, err := url.Parse(o); err != nil || u.Host != r.Host {
 				httpError(w, http.StatusForbidden, "origin %q is not allowed", o)
@@ -129,20 +137,39 @@ func (p *Proxy) post(w http.ResponseWriter, r *http.Request, tenant string) {
 	writeMessage(w, http.StatusOK, resp)
 }
 
+// hostAllowed reports whether a request's Host may reach a proxy without
+// API keys: an IP literal (a rebinding page sends its own name), localhost,
+// or a name of Config.AllowedHosts.
+func (p *Proxy) hostAllowed(host string) bool {
+	if h, _, err := net.SplitHostPort(host); err == nil {
+		host = h
+	}
+	host = strings.ToLower(strings.TrimSuffix(strings.Trim(host, "[]"), "."))
+	if net.ParseIP(host) != nil || host == "localhost" || strings.HasSuffix(host, ".localhost") {
+		return true
+	}
+	return slices.ContainsFunc(p.cfg.AllowedHosts, func(a string) bool { return strings.EqualFold(strings.TrimSuffix(a, "."), host) })
+}
+
 // open creates a session of tenant, within MaxSessions.
 func (p *Proxy) open(tenant string) (*session, error) {
 	id := randomHex(16)
 	p.mu.Lock()
-	full := len(p.sessions) >= p.cfg.MaxSessions
+	full := len(p.sessions)+p.opening >= p.cfg.MaxSessions
+	if !full {
+		p.opening++ // the slot is taken while the upstream starts
+	}
 	p.mu.Unlock()
 	if full {
 		return nil, fmt.Errorf("mcpproxy: %d sessions open, the limit", p.cfg.MaxSessions)
 	}
 	s, err := p.newSession(tenant, "mcp-"+id)
+	p.mu.Lock()
+	p.opening--
 	if err != nil {
+		p.mu.Unlock()
 		return nil, err
 	}
-	p.mu.Lock()
 	p.sessions[id] = s
 	p.metrics.sessions.Set(float64(len(p.sessions)))
 	p.mu.Unlock()
@@ -213,15 +240,19 @@ func (p *Proxy) ServeStdio(ctx context.Context, in io.Reader, out io.Writer) err
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	lines := make(chan []byte)
+	type line struct {
+		b    []byte
+		long bool // over MaxMessageBytes: read and dropped
+	}
+	lines := make(chan line)
 	readErr := make(chan error, 1)
 	go func() {
 		br := bufio.NewReaderSize(in, 64<<10)
 		for {
-			line, err := br.ReadBytes('\n')
-			if len(bytes.TrimSpace(line)) > 0 {
+			b, long, err := readLine(br, p.cfg.MaxMessageBytes)
+			if long || len(bytes.TrimSpace(b)) > 0 {
 				select {
-				case lines <- line:
+				case lines <- line{b, long}:
 				case <-ctx.Done():
 					return
 				}
@@ -244,12 +275,12 @@ func (p *Proxy) ServeStdio(ctx context.Context, in io.Reader, out io.Writer) err
 				return fmt.Errorf("mcpproxy: stdin: %w", err)
 			}
 			return nil
-		case line := <-lines:
-			if int64(len(line)) > p.cfg.MaxMessageBytes {
+		case l := <-lines:
+			if l.long {
 				_ = write(errorResponse(nil, CodeInvalidRequest, fmt.Sprintf("message larger than %d bytes", p.cfg.MaxMessageBytes), nil))
 				continue
 			}
-			m, perr := parseMessage(line)
+			m, perr := parseMessage(l.b)
 			if perr != nil {
 				_ = write(errorResponse(nil, perr.Code, perr.Message, nil))
 				continue
@@ -257,6 +288,16 @@ func (p *Proxy) ServeStdio(ctx context.Context, in io.Reader, out io.Writer) err
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				defer func() {
+					// One message must not take the process (and the stages
+					// it may run) down with it, as net/http ensures for HTTP.
+					if r := recover(); r != nil {
+						p.log.Error("MCP message handler panicked", "method", m.Method, "panic", r, "stack", string(debug.Stack()))
+						if len(m.ID) > 0 {
+							_ = write(errorResponse(m.ID, CodeInternalError, "aegis: internal error", nil))
+						}
+					}
+				}()
 				if resp := s.handle(ctx, m); resp != nil {
 					if err := write(resp); err != nil {
 						p.log.Warn("stdout write failed", "err", err)

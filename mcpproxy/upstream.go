@@ -42,6 +42,7 @@ type stdioUpstream struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	done  chan struct{} // closed when stdout ends
+	max   int64         // largest line read from stdout
 
 	wmu sync.Mutex // serializes writes to stdin
 
@@ -52,7 +53,7 @@ type stdioUpstream struct {
 
 // dialStdio starts argv as the upstream server. Its stderr goes to
 // stderr (nil: discarded). The process outlives no one: close ends it.
-func dialStdio(argv []string, stderr io.Writer) (*stdioUpstream, error) {
+func dialStdio(argv []string, stderr io.Writer, max int64) (*stdioUpstream, error) {
 	if len(argv) == 0 {
 		return nil, errors.New("mcpproxy: empty upstream command")
 	}
@@ -69,7 +70,7 @@ func dialStdio(argv []string, stderr io.Writer) (*stdioUpstream, error) {
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("mcpproxy: start upstream %s: %w", argv[0], err)
 	}
-	u := &stdioUpstream{cmd: cmd, stdin: stdin, done: make(chan struct{}), pending: make(map[string]chan *message)}
+	u := &stdioUpstream{cmd: cmd, stdin: stdin, done: make(chan struct{}), max: max, pending: make(map[string]chan *message)}
 	go u.read(stdout)
 	return u, nil
 }
@@ -83,7 +84,13 @@ func (u *stdioUpstream) read(stdout io.Reader) {
 	r := bufio.NewReaderSize(stdout, 64<<10)
 	var readErr error
 	for {
-		line, err := r.ReadBytes('\n')
+		line, long, err := readLine(r, u.max)
+		if long {
+			// Which request it answers is unknown: the session cannot go
+			// on. Everything pending fails; close kills the process.
+			readErr = fmt.Errorf("a message larger than %d bytes", u.max)
+			break
+		}
 		if len(bytes.TrimSpace(line)) > 0 {
 			if m, perr := parseMessage(line); perr == nil {
 				switch {
@@ -178,13 +185,14 @@ func (u *stdioUpstream) close() error {
 type httpUpstream struct {
 	url    string
 	client *http.Client
+	max    int64 // largest answer read
 
 	session  atomic.Pointer[string] // Mcp-Session-Id, once assigned
 	protocol atomic.Pointer[string] // negotiated MCP-Protocol-Version
 }
 
-func newHTTPUpstream(url string, client *http.Client) *httpUpstream {
-	return &httpUpstream{url: url, client: client}
+func newHTTPUpstream(url string, client *http.Client, max int64) *httpUpstream {
+	return &httpUpstream{url: url, client: client, max: max}
 }
 
 func (u *httpUpstream) post(ctx context.Context, m *message) (*http.Response, error) {
@@ -226,15 +234,20 @@ func (u *httpUpstream) roundTrip(ctx context.Context, req *message) (*message, e
 	ct, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
 	switch ct {
 	case "text/event-stream":
-		m, err = readSSEResponse(resp.Body, req.ID)
+		m, err = readSSEResponse(resp.Body, req.ID, u.max)
 	default:
-		b, rerr := io.ReadAll(resp.Body)
+		b, rerr := io.ReadAll(io.LimitReader(resp.Body, u.max+1))
 		if rerr != nil {
 			return nil, fmt.Errorf("%w: read: %w", errUpstreamClosed, rerr)
+		}
+		if int64(len(b)) > u.max {
+			return nil, fmt.Errorf("mcpproxy: upstream response larger than %d bytes", u.max)
 		}
 		var perr *rpcError
 		if m, perr = parseMessage(b); perr != nil {
 			err = fmt.Errorf("mcpproxy: upstream response: %w", perr)
+		} else if !m.isResponse() || string(m.ID) != string(req.ID) {
+			err = errors.New("mcpproxy: upstream answered with something other than the response to the request")
 		}
 	}
 	if err != nil {
@@ -254,12 +267,15 @@ func (u *httpUpstream) roundTrip(ctx context.Context, req *message) (*message, e
 // readSSEResponse reads server-sent events until the response to id.
 // Other messages on the stream (server notifications and requests) are
 // dropped: the proxy does not relay server-initiated messages.
-func readSSEResponse(body io.Reader, id json.RawMessage) (*message, error) {
+func readSSEResponse(body io.Reader, id json.RawMessage, max int64) (*message, error) {
 	r := bufio.NewReaderSize(body, 64<<10)
 	var data bytes.Buffer
 	for {
-		line, err := r.ReadString('\n')
-		line = strings.TrimRight(line, "\r\n")
+		raw, long, err := readLine(r, max)
+		if long || int64(data.Len()+len(raw)) > max {
+			return nil, fmt.Errorf("mcpproxy: upstream event larger than %d bytes", max)
+		}
+		line := strings.TrimRight(string(raw), "\r\n")
 		switch {
 		case strings.HasPrefix(line, "data:"):
 			data.WriteString(strings.TrimPrefix(strings.TrimPrefix(line, "data:"), " "))

@@ -1,0 +1,289 @@
+package mcpproxy
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"aegis.dev/aegis/ingest"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// recUpstream is an in-process upstream that reads tools/call params the
+// way JavaScript and Python MCP servers do (case-sensitive keys) and
+// records what it ran and which notifications it got.
+type recUpstream struct {
+	mu       sync.Mutex
+	executed []string
+	notified []string
+	listNull bool
+}
+
+func (u *recUpstream) roundTrip(_ context.Context, req *message) (*message, error) {
+	if req.Method == "tools/list" && u.listNull {
+		return &message{JSONRPC: "2.0", ID: req.ID, Result: json.RawMessage("null")}, nil
+	}
+	if req.Method == "tools/call" {
+		var p map[string]json.RawMessage
+		_ = json.Unmarshal(req.Params, &p)
+		var name string
+		_ = json.Unmarshal(p["name"], &name)
+		u.mu.Lock()
+		u.executed = append(u.executed, name)
+		u.mu.Unlock()
+	}
+	return &message{JSONRPC: "2.0", ID: req.ID, Result: json.RawMessage(`{"content":[]}`)}, nil
+}
+
+func (u *recUpstream) send(_ context.Context, m *message) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.notified = append(u.notified, m.Method)
+	return nil
+}
+
+func (u *recUpstream) close() error { return nil }
+
+// countingPipeline allows every call after delay and counts proposals.
+type countingPipeline struct {
+	proposals atomic.Int64
+	delay     time.Duration
+}
+
+func (c *countingPipeline) Propose(ctx context.Context, ev *envelope.Event) (*ingest.ProposalResponse, error) {
+	c.proposals.Add(1)
+	select {
+	case <-time.After(c.delay):
+	case <-ctx.Done():
+		return nil, ingest.ErrDecisionTimeout
+	}
+	return (&scriptedPipeline{outcome: envelope.Allow}).Propose(ctx, ev)
+}
+
+func (c *countingPipeline) Record(ctx context.Context, _ *envelope.Event) (uint64, error) {
+	return 1, ctx.Err()
+}
+
+// inProcess serves a proxy whose sessions use up, publishing to pipe.
+func inProcess(t *testing.T, pipe Pipeline, up upstream, edit func(*Config)) (*Proxy, string) {
+	t.Helper()
+	cfg := Defaults()
+	cfg.UpstreamCmd = "unused"
+	if edit != nil {
+		edit(&cfg)
+	}
+	p, err := New(cfg, pipe, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.dial = func() (upstream, error) { return up, nil }
+	t.Cleanup(p.closeAll)
+	hs := httptest.NewServer(p.Handler())
+	t.Cleanup(hs.Close)
+	return p, hs.URL
+}
+
+// A tools/call whose params name the tool twice — "name" and "Name", or a
+// duplicate key — would be decided on one and run as the other by a server
+// that reads keys case-sensitively. It is refused, and nothing runs. On
+// the real pipeline, rm_rf (undeclared) smuggled behind echo.
+func TestCallParamsReadAsTheServerReadsThem(t *testing.T) {
+	up := &recUpstream{}
+	p := newProxy(t, nil)
+	p.dial = func() (upstream, error) { return up, nil }
+	hs := httptest.NewServer(p.Handler())
+	defer hs.Close()
+	c := connect(t, hs.URL)
+	for _, params := range []string{
+		`{"name":"rm_rf","Name":"echo","arguments":{}}`,
+		`{"name":"echo","NAME":"rm_rf","arguments":{}}`,
+		`{"name":"rm_rf","name":"echo","arguments":{}}`,
+		`{"name":"echo","arguments":{"path":"/tmp"},"Arguments":{"path":"/"}}`,
+		`{"name":"echo","arguments":{},"_Meta":{}}`,
+	} {
+		m := c.request(t, "tools/call", json.RawMessage(params))
+		if m.Error == nil || m.Error.Code != CodeInvalidParams {
+			t.Errorf("%s: answered %+v, want invalid params", params, m)
+		}
+	}
+	if m := c.request(t, "tools/call", json.RawMessage(`{"name":"echo","arguments":{"text":"hi"},"_meta":{"progressToken":1}}`)); m.Error != nil {
+		t.Fatalf("a plain call: %+v", m.Error)
+	}
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	if len(up.executed) != 1 || up.executed[0] != "echo" {
+		t.Fatalf("upstream ran %q, want only the plain echo", up.executed)
+	}
+}
+
+// A request sent as a notification (no id, or id null) cannot be decided
+// and answered: it is dropped, not forwarded. MCP notifications pass.
+func TestRequestsSentAsNotificationsAreDropped(t *testing.T) {
+	up := &recUpstream{}
+	pipe := &countingPipeline{}
+	_, url := inProcess(t, pipe, up, nil)
+	c := connect(t, url)
+	for _, body := range []string{
+		`{"jsonrpc":"2.0","method":"tools/call","params":{"name":"rm_rf","arguments":{}}}`,
+		`{"jsonrpc":"2.0","id":null,"method":"tools/call","params":{"name":"rm_rf","arguments":{}}}`,
+		`{"jsonrpc":"2.0","method":"resources/read","params":{"uri":"file:///etc/passwd"}}`,
+		`{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}`,
+	} {
+		if status, _, _ := c.post(t, body); status != http.StatusAccepted {
+			t.Fatalf("%s: status %d, want 202", body, status)
+		}
+	}
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	if got := strings.Join(up.notified, " "); got != "notifications/initialized notifications/cancelled" || len(up.executed) != 0 || pipe.proposals.Load() != 0 {
+		t.Fatalf("upstream got notifications %q and ran %q", up.notified, up.executed)
+	}
+}
+
+// A tools/list answered with result null is an error for the agent, not a
+// panic; and a panicking handler in stdio mode answers the request with an
+// internal error instead of ending the process.
+func TestToolsListNullResult(t *testing.T) {
+	up := &recUpstream{listNull: true}
+	_, url := inProcess(t, &countingPipeline{}, up, nil)
+	c := connect(t, url)
+	if m := c.request(t, "tools/list", map[string]any{}); m.Error == nil || m.Error.Code != CodeInternalError {
+		t.Fatalf("tools/list: %+v", m)
+	}
+
+	cfg := Defaults()
+	cfg.UpstreamCmd, cfg.Stdio = "unused", true
+	p, err := New(cfg, &countingPipeline{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.dial = func() (upstream, error) { return up, nil }
+	var out strings.Builder
+	in := `{"jsonrpc":"2.0","id":7,"method":"tools/list","params":{}}` + "\n"
+	if err := p.ServeStdio(context.Background(), strings.NewReader(in), &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), `"id":7`) || !strings.Contains(out.String(), `"error"`) {
+		t.Fatalf("stdio answer %q", out.String())
+	}
+}
+
+// Answers from the upstream are read up to MaxUpstreamBytes: a larger
+// JSON answer or event is an error, not memory.
+func TestUpstreamAnswersBounded(t *testing.T) {
+	big := `{"jsonrpc":"2.0","id":1,"result":{"x":"` + strings.Repeat("A", 1<<20) + `"}}`
+	for _, ct := range []string{"application/json", "text/event-stream"} {
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			w.Header().Set("Content-Type", ct)
+			if ct == "text/event-stream" {
+				_, _ = io.WriteString(w, "data: "+big+"\n\n")
+				return
+			}
+			_, _ = io.WriteString(w, big)
+		}))
+		u := newHTTPUpstream(srv.URL, srv.Client(), 64<<10)
+		m, err := u.roundTrip(context.Background(), &message{JSONRPC: "2.0", ID: json.RawMessage("1"), Method: "ping"})
+		srv.Close()
+		if err == nil || !strings.Contains(err.Error(), "larger than 65536") {
+			t.Fatalf("%s: %v, answer of %d bytes", ct, err, len(m.Result))
+		}
+	}
+	// The line reader drops what is over the limit and goes on.
+	r := bufio.NewReaderSize(strings.NewReader(strings.Repeat("x", 200<<10)+"\nnext\n"), 16)
+	if line, long, err := readLine(r, 64<<10); !long || line != nil || err != nil {
+		t.Fatalf("long line: %d bytes, long %v, %v", len(line), long, err)
+	}
+	if line, long, err := readLine(r, 64<<10); string(line) != "next\n" || long || err != nil {
+		t.Fatalf("next line %q, long %v, %v", line, long, err)
+	}
+}
+
+// Concurrent calls of one session queue for the session's publishing
+// turn; the decision timeout counts from their turn, so twelve calls each
+// decided in 50 ms all pass with a 300 ms timeout.
+func TestQueuedCallsDoNotTimeOut(t *testing.T) {
+	up := &recUpstream{}
+	_, url := inProcess(t, &countingPipeline{delay: 50 * time.Millisecond}, up, func(c *Config) { c.DecisionTimeout = 300 * time.Millisecond })
+	c := connect(t, url)
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for i := range 12 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if m := c.request(t, "tools/call", map[string]any{"name": "echo", "arguments": map[string]any{"i": i}}); m.Error != nil {
+				failed.Add(1)
+				t.Log(m.Error.Message)
+			}
+		}()
+	}
+	wg.Wait()
+	if n := failed.Load(); n > 0 {
+		t.Fatalf("%d of 12 calls failed", n)
+	}
+}
+
+// Without API keys, a Host header that is a name other than localhost or
+// --mcp-allowed-hosts is refused: a page that rebinds its own name to the
+// proxy's address sends its own name (and an Origin to match).
+func TestHostAllowedWithoutKeys(t *testing.T) {
+	_, url := inProcess(t, &countingPipeline{}, &recUpstream{}, func(c *Config) { c.AllowedHosts = []string{"mcp.internal"} })
+	c := connect(t, url)
+	for host, want := range map[string]int{
+		"attacker.example:8090": http.StatusForbidden,
+		"attacker.example":      http.StatusForbidden,
+		"localhost:8090":        http.StatusOK,
+		"[::1]:8090":            http.StatusOK,
+		"10.1.2.3":              http.StatusOK,
+		"MCP.internal:8090":     http.StatusOK,
+	} {
+		req, _ := http.NewRequest(http.MethodPost, c.url, strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"ping"}`))
+		req.Host = host
+		req.Header.Set("Origin", "http://"+host)
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set(headerSession, c.session)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != want {
+			t.Errorf("Host %s: %d, want %d", host, resp.StatusCode, want)
+		}
+	}
+}
+
+// Concurrent initializes cannot open more than MaxSessions sessions (nor
+// start more upstreams).
+func TestMaxSessionsUnderConcurrentInitializes(t *testing.T) {
+	var dials atomic.Int64
+	p, url := inProcess(t, &countingPipeline{}, nil, func(c *Config) { c.MaxSessions = 2 })
+	p.dial = func() (upstream, error) {
+		dials.Add(1)
+		time.Sleep(100 * time.Millisecond)
+		return &recUpstream{}, nil
+	}
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			(&client{url: url}).post(t, `{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}`)
+		}()
+	}
+	wg.Wait()
+	p.mu.Lock()
+	n := len(p.sessions)
+	p.mu.Unlock()
+	if n != 2 || dials.Load() != 2 {
+		t.Fatalf("MaxSessions 2: %d sessions open, %d upstreams started", n, dials.Load())
+	}
+}
