@@ -287,3 +287,72 @@ func TestMaxSessionsUnderConcurrentInitializes(t *testing.T) {
 		t.Fatalf("MaxSessions 2: %d sessions open, %d upstreams started", n, dials.Load())
 	}
 }
+
+// blockingUpstream holds every request until release is closed and
+// remembers the most it held at once.
+type blockingUpstream struct {
+	recUpstream
+	release       chan struct{}
+	inFlight, max atomic.Int64
+}
+
+func (u *blockingUpstream) roundTrip(ctx context.Context, req *message) (*message, error) {
+	n := u.inFlight.Add(1)
+	for m := u.max.Load(); n > m && !u.max.CompareAndSwap(m, n); m = u.max.Load() {
+	}
+	defer u.inFlight.Add(-1)
+	<-u.release
+	return u.recUpstream.roundTrip(ctx, req)
+}
+
+// A stdio client that sends many requests at once has at most
+// maxStdioInFlight of them handled at a time; all are answered.
+func TestStdioInFlightBounded(t *testing.T) {
+	up := &blockingUpstream{release: make(chan struct{})}
+	cfg := Defaults()
+	cfg.UpstreamCmd, cfg.Stdio = "unused", true
+	p, err := New(cfg, &countingPipeline{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.dial = func() (upstream, error) { return up, nil }
+	var in strings.Builder
+	for i := range 200 {
+		in.WriteString(`{"jsonrpc":"2.0","id":` + string(jsonInt(i+1)) + `,"method":"ping"}` + "\n")
+	}
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- p.ServeStdio(context.Background(), strings.NewReader(in.String()), &out) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for up.inFlight.Load() < maxStdioInFlight && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // room for more to start, if they could
+	close(up.release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if m := up.max.Load(); m != maxStdioInFlight {
+		t.Fatalf("%d requests in flight at most, want %d", m, maxStdioInFlight)
+	}
+	if n := strings.Count(out.String(), "\n"); n != 200 {
+		t.Fatalf("%d answers, want 200", n)
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}

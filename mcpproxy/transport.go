@@ -213,6 +213,9 @@ func httpError(w http.ResponseWriter, status int, format string, args ...any) {
 	writeMessage(w, status, errorResponse(nil, CodeInvalidRequest, fmt.Sprintf(format, args...), nil))
 }
 
+// maxStdioInFlight bounds the messages of a stdio session handled at once.
+const maxStdioInFlight = 64
+
 // ServeStdio serves one MCP session on newline-delimited JSON-RPC: it
 // reads messages from in, handles requests concurrently and writes each
 // response to out as one line. It returns when in ends (after every
@@ -240,6 +243,7 @@ func (p *Proxy) ServeStdio(ctx context.Context, in io.Reader, out io.Writer) err
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	inFlight := make(chan struct{}, maxStdioInFlight)
 	type line struct {
 		b    []byte
 		long bool // over MaxMessageBytes: read and dropped
@@ -285,9 +289,18 @@ func (p *Proxy) ServeStdio(ctx context.Context, in io.Reader, out io.Writer) err
 				_ = write(errorResponse(nil, perr.Code, perr.Message, nil))
 				continue
 			}
+			// At most maxStdioInFlight messages are handled at once; the
+			// reader waits for a slot, so a client cannot start goroutines
+			// without bound.
+			select {
+			case inFlight <- struct{}{}:
+			case <-ctx.Done():
+				return nil
+			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				defer func() { <-inFlight }()
 				defer func() {
 					// One message must not take the process (and the stages
 					// it may run) down with it, as net/http ensures for HTTP.
