@@ -431,9 +431,9 @@ func (d *Daemon) shadowEngine() (*decider.Engine, error) {
 }
 
 // httpReadTimeout bounds reading one request, body included, so that a
-// client that stops sending holds no connection forever. It must stay above
-// the longest a handler waits (proposals: 60 s): the server cancels the
-// request's context when it passes.
+// client that stops sending holds no connection forever. It does not bound
+// a handler's wait once the body is read (net/http clears the deadline
+// then): a proposal may wait for its approval far longer.
 var httpReadTimeout = 2 * time.Minute
 
 // shadowTopic receives the shadow policy's disagreements.

@@ -181,7 +181,7 @@ func TestPprofOnlyWhenAsked(t *testing.T) {
 
 // TestStalledRequestBodyIsCut: a client that sends headers and then stops
 // sending its body gets 408 REQUEST_TIMEOUT and loses the connection after
-// the read timeout.
+// the read timeout; a request that was read whole may take longer.
 func TestStalledRequestBodyIsCut(t *testing.T) {
 	old := httpReadTimeout
 	httpReadTimeout = time.Second
@@ -205,6 +205,19 @@ func TestStalledRequestBodyIsCut(t *testing.T) {
 	}
 	if !strings.HasPrefix(string(b), "HTTP/1.1 408 ") || !strings.Contains(string(b), `"code":"REQUEST_TIMEOUT"`) {
 		t.Fatalf("answer %q, want 408 REQUEST_TIMEOUT", b)
+	}
+	// A request whose body arrived may wait longer than the read timeout:
+	// a proposal waiting 2.5 s for its approval gets its answer.
+	start = time.Now()
+	resp, err := http.Post("http://"+d.HTTPAddr()+"/v1/sessions/rt1/proposals?tenant_id=acme&timeout_ms=30000&approval_wait_ms=2500",
+		"application/json", strings.NewReader(`{"payload":{"tool_name":"send_email","call_id":"c1","args":{}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ = io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), `"require_approval"`) || time.Since(start) < 2500*time.Millisecond {
+		t.Fatalf("after %v: %d %s", time.Since(start), resp.StatusCode, b)
 	}
 }
 
