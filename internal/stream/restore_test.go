@@ -3,6 +3,8 @@ package stream
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -72,5 +74,67 @@ func TestReadLatestWithinAndPastTheBudget(t *testing.T) {
 		if fmt.Sprint(got) != fmt.Sprint(want) {
 			t.Errorf("budget %d:\n got %v\nwant %v", budget, got, want)
 		}
+	}
+}
+
+// BenchmarkReadLatest reads 20,000 keys of ~1 KB, three versions each, in
+// one pass (within the budget) and in two (past it).
+func BenchmarkReadLatest(b *testing.B) {
+	e := startBroker(b)
+	ctx := context.Background()
+	const topic = "restore.bench"
+	if err := EnsureTopics(ctx, e.Brokers(), []TopicSpec{{Name: topic, Partitions: 1, Cleanup: CleanupCompact}}); err != nil {
+		b.Fatal(err)
+	}
+	p, err := NewProducer(ProducerConfig{Brokers: e.Brokers()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Close()
+	rnd := rand.New(rand.NewPCG(1, 2))
+	var msgs []Message
+	for range 3 {
+		for k := range 20000 {
+			value := make([]byte, 1000) // incompressible, like hashes and digests
+			for i := range value {
+				value[i] = byte(rnd.Uint32())
+			}
+			msgs = append(msgs, Message{Topic: topic, Key: fmt.Appendf(nil, "tenant/session-%05d", k), Value: value})
+		}
+	}
+	if err := p.Produce(ctx, msgs...); err != nil {
+		b.Fatal(err)
+	}
+	adm, closeAdm, err := newAdmin(e.Brokers())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer closeAdm()
+	for _, c := range []struct {
+		name   string
+		budget int
+	}{{"one-pass", 64 << 20}, {"two-pass", 1 << 20}} {
+		b.Run(c.name, func(b *testing.B) {
+			old := restoreBudget
+			restoreBudget = c.budget
+			defer func() { restoreBudget = old }()
+			var heap uint64
+			for b.Loop() {
+				n := 0
+				err := readLatest(ctx, adm, e.Brokers(), topic, []int32{0}, testLogger(), func(int32, []byte, []byte) error {
+					if n++; n == 10000 { // halfway through handing over: what the read holds
+						runtime.GC()
+						var ms runtime.MemStats
+						runtime.ReadMemStats(&ms)
+						heap = max(heap, ms.HeapAlloc)
+					}
+					return nil
+				})
+				if err != nil || n != 20000 {
+					b.Fatalf("%d keys, %v", n, err)
+				}
+			}
+			b.ReportMetric(float64(heap)/(1<<20), "heap-MiB")
+		})
 	}
 }
