@@ -8,6 +8,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"testing"
 	"time"
@@ -357,6 +358,37 @@ func TestApprovalRecordedOnce(t *testing.T) {
 	var pr ProposalResponse
 	if h.do(t, "POST", "/v1/sessions/once1/proposals?timeout_ms=30000", "acme-agent", "application/json", proposal("send_email", "m1", `{}`), &pr); pr.Outcome != envelope.Allow || pr.Seq != 3 {
 		t.Fatalf("approved call: %+v", pr)
+	}
+}
+
+// TestApprovalConfirmationEndsWithRun: the wait for an unconfirmed
+// APPROVAL_DECIDED ends when the gateway's Run returns; it does not outlive
+// the server for the approval TTL.
+func TestApprovalConfirmationEndsWithRun(t *testing.T) {
+	t.Cleanup(func() { // after the harness's cleanup, which stops Run
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			var b strings.Builder
+			_ = pprof.Lookup("goroutine").WriteTo(&b, 1)
+			n := strings.Count(b.String(), "ingest.(*Server).settle.func")
+			if n == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Errorf("%d settle goroutines still running after Run returned", n)
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	h := newHarness(t, harnessOpts{noExpirySweep: true, cfg: func(c *Config) { c.ApprovalTTL, c.ProposalTimeout = 5*time.Minute, time.Second }})
+	p := requireApproval(t, h, "acme-agent", "leak1", "m1", `{}`)
+	h.stopDecider()
+	var out struct {
+		Error ErrorDetail `json:"error"`
+	}
+	if r := h.do(t, "POST", "/v1/approvals/"+p.Approval.Token, "acme-operator", "application/json", `{"decision":"allow"}`, &out); r.StatusCode != 504 {
+		t.Fatalf("allow without a decider: %d %+v", r.StatusCode, out)
 	}
 }
 

@@ -83,6 +83,12 @@ type Server struct {
 	tailFixed  chan struct{} // closed by Run once the tail's start offsets are listed
 	tailOpen   atomic.Bool   // the tail's consumer exists
 
+	// stopped is closed when Run returns; background confirmations of
+	// approval decisions (bg) end with it.
+	bgMu    sync.Mutex // orders bg.Add before closing stopped
+	stopped chan struct{}
+	bg      sync.WaitGroup
+
 	// noExpirySweep turns off Run's once-a-second expireApprovals, for
 	// tests that move the clock past an approval's expiry and must act
 	// before anything settles it; they call expireApprovals themselves.
@@ -107,7 +113,8 @@ func New(cfg Config, env Env, opts ...Option) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, env: env, log: slog.New(slog.DiscardHandler), now: time.Now,
 		dec: envelope.Decoder{MaxBytes: env.MaxEventBytes}, replies: newReplies(env.Topics),
-		hints: make(map[string]uint64), tailWanted: make(chan struct{}), tailFixed: make(chan struct{})}
+		hints: make(map[string]uint64), tailWanted: make(chan struct{}), tailFixed: make(chan struct{}),
+		stopped: make(chan struct{})}
 	for _, o := range opts {
 		o(s)
 	}
@@ -261,6 +268,16 @@ func (s *Server) tailStart(ctx context.Context) (start map[string]map[int32]int6
 // waiting (shutdown order: ingest stops accepting first).
 func (s *Server) Run(ctx context.Context) error {
 	defer func() {
+		// Before the producer closes: pending confirmations stop waiting
+		// (their approvals stay pending) instead of outliving the server.
+		s.bgMu.Lock()
+		select {
+		case <-s.stopped:
+		default:
+			close(s.stopped)
+		}
+		s.bgMu.Unlock()
+		s.bg.Wait()
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		_ = s.prod.Flush(fctx)

@@ -356,3 +356,53 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// cancelUpstream holds requests until it receives notifications/cancelled.
+type cancelUpstream struct {
+	recUpstream
+	once     sync.Once
+	canceled chan struct{}
+}
+
+func (u *cancelUpstream) roundTrip(ctx context.Context, req *message) (*message, error) {
+	<-u.canceled
+	return u.recUpstream.roundTrip(ctx, req)
+}
+
+func (u *cancelUpstream) send(ctx context.Context, m *message) error {
+	if m.Method == "notifications/cancelled" {
+		u.once.Do(func() { close(u.canceled) })
+	}
+	return u.recUpstream.send(ctx, m)
+}
+
+// A notification is passed on while maxStdioInFlight requests wait for
+// the upstream: a client can cancel them.
+func TestStdioNotificationsPassBusyRequests(t *testing.T) {
+	up := &cancelUpstream{canceled: make(chan struct{})}
+	cfg := Defaults()
+	cfg.UpstreamCmd, cfg.Stdio = "unused", true
+	p, err := New(cfg, &countingPipeline{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.dial = func() (upstream, error) { return up, nil }
+	pr, pw := io.Pipe()
+	var out syncBuffer
+	done := make(chan error, 1)
+	go func() { done <- p.ServeStdio(context.Background(), pr, &out) }()
+	var in strings.Builder
+	for i := range maxStdioInFlight {
+		in.WriteString(`{"jsonrpc":"2.0","id":` + string(jsonInt(i+1)) + `,"method":"ping"}` + "\n")
+	}
+	in.WriteString(`{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}` + "\n")
+	go pw.Write([]byte(in.String()))
+	select {
+	case <-up.canceled:
+	case <-time.After(3 * time.Second):
+		t.Errorf("notifications/cancelled not forwarded within 3s: %d requests in flight hold the reader", maxStdioInFlight)
+		close(up.canceled)
+	}
+	pw.Close()
+	<-done
+}

@@ -213,7 +213,7 @@ func httpError(w http.ResponseWriter, status int, format string, args ...any) {
 	writeMessage(w, status, errorResponse(nil, CodeInvalidRequest, fmt.Sprintf(format, args...), nil))
 }
 
-// maxStdioInFlight bounds the messages of a stdio session handled at once.
+// maxStdioInFlight bounds the requests of a stdio session handled at once.
 const maxStdioInFlight = 64
 
 // ServeStdio serves one MCP session on newline-delimited JSON-RPC: it
@@ -289,7 +289,14 @@ func (p *Proxy) ServeStdio(ctx context.Context, in io.Reader, out io.Writer) err
 				_ = write(errorResponse(nil, perr.Code, perr.Message, nil))
 				continue
 			}
-			// At most maxStdioInFlight messages are handled at once; the
+			if !m.isRequest() {
+				// Notifications (a cancellation of a call in flight, say)
+				// and responses are passed on in order, without waiting
+				// for a request's slot.
+				s.handle(ctx, m)
+				continue
+			}
+			// At most maxStdioInFlight requests are handled at once; the
 			// reader waits for a slot, so a client cannot start goroutines
 			// without bound.
 			select {
