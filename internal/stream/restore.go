@@ -168,15 +168,26 @@ func readLatest(ctx context.Context, adm *kadm.Client, brokers []string, topic s
 	}
 	if spilled {
 		log.Info("state larger than the restore budget: reading it a second time", "topic", topic, "partitions", parts, "budget_bytes", restoreBudget)
-		return read(func(r *kgo.Record) error {
+		want, got := 0, 0
+		for _, m := range latest {
+			want += len(m)
+		}
+		err := read(func(r *kgo.Record) error {
 			if r.Value == nil {
 				return nil
 			}
 			if lv := latest[r.Partition][string(r.Key)]; lv != nil && lv.offset == r.Offset {
+				got++
 				return emit(r.Partition, r.Key, r.Value)
 			}
 			return nil
 		})
+		if err == nil && got != want {
+			// Not expected (both passes read the same committed records),
+			// but a state silently left out would be a wrong decision.
+			err = fmt.Errorf("stream: restore %s: the second read found %d of the %d latest values: %w", topic, got, want, ErrBroker)
+		}
+		return err
 	}
 	for _, p := range slices.Sorted(maps.Keys(latest)) {
 		m := latest[p]
