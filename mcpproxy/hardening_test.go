@@ -406,3 +406,30 @@ func TestStdioNotificationsPassBusyRequests(t *testing.T) {
 	pw.Close()
 	<-done
 }
+
+// hangingUpstream never answers a request.
+type hangingUpstream struct{ recUpstream }
+
+func (u *hangingUpstream) roundTrip(ctx context.Context, req *message) (*message, error) {
+	if req.Method == "initialize" {
+		return u.recUpstream.roundTrip(ctx, req)
+	}
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// A request to a server that never answers fails after
+// --mcp-upstream-timeout, also when nothing else bounds it.
+func TestUpstreamTimeout(t *testing.T) {
+	_, url := inProcess(t, &countingPipeline{}, &hangingUpstream{}, func(c *Config) { c.UpstreamTimeout = time.Second })
+	c := connect(t, url)
+	start := time.Now()
+	m := c.request(t, "resources/read", map[string]any{"uri": "file:///x"})
+	if m.Error == nil || m.Error.Code != CodeInternalError || time.Since(start) > 5*time.Second {
+		t.Fatalf("after %v: %+v", time.Since(start), m)
+	}
+	m = c.request(t, "tools/call", map[string]any{"name": "echo", "arguments": map[string]any{}})
+	if m.Error == nil || !strings.Contains(m.Error.Message, "deadline") {
+		t.Fatalf("tools/call: %+v", m)
+	}
+}

@@ -89,12 +89,17 @@ type Config struct {
 	// without API keys: a web page that rebinds its own name to the proxy's
 	// address sends its own name, and is refused.
 	AllowedHosts []string `yaml:"mcp_allowed_hosts"`
+	// UpstreamTimeout bounds the wait for the server's answer to a request
+	// that has no shorter bound (a tools/call without the decision's
+	// timeout_ms, initialize, resources/read, …; default 10m).
+	UpstreamTimeout time.Duration `yaml:"mcp_upstream_timeout"`
 }
 
 // Defaults returns the configuration with every default applied.
 func Defaults() Config {
 	return Config{Addr: "127.0.0.1:8090", Path: "/mcp", Tenant: "default", DecisionTimeout: 10 * time.Second,
-		MaxSessions: 1024, IdleTimeout: 30 * time.Minute, MaxMessageBytes: 4 << 20, MaxUpstreamBytes: 16 << 20}
+		MaxSessions: 1024, IdleTimeout: 30 * time.Minute, MaxMessageBytes: 4 << 20, MaxUpstreamBytes: 16 << 20,
+		UpstreamTimeout: 10 * time.Minute}
 }
 
 // RegisterFlags binds every field to a flag on fs (prefixed "mcp-"), with
@@ -113,6 +118,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&c.IdleTimeout, "mcp-idle-timeout", c.IdleTimeout, "MCP proxy: close sessions idle that long")
 	fs.Int64Var(&c.MaxMessageBytes, "mcp-max-message-bytes", c.MaxMessageBytes, "MCP proxy: largest message from an agent")
 	fs.Int64Var(&c.MaxUpstreamBytes, "mcp-max-upstream-bytes", c.MaxUpstreamBytes, "MCP proxy: largest message from the upstream server")
+	fs.DurationVar(&c.UpstreamTimeout, "mcp-upstream-timeout", c.UpstreamTimeout, "MCP proxy: longest wait for the server's answer to a request without a shorter bound")
 	fs.Func("mcp-allowed-hosts", "MCP proxy without API keys: comma-separated host names requests may use besides IP addresses and localhost", func(v string) error {
 		c.AllowedHosts = nil
 		for _, h := range strings.Split(v, ",") {
@@ -162,6 +168,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxUpstreamBytes < 1024 {
 		errs = append(errs, fmt.Errorf("mcp-max-upstream-bytes %d: must be at least 1024", c.MaxUpstreamBytes))
+	}
+	if c.UpstreamTimeout < time.Second {
+		errs = append(errs, fmt.Errorf("mcp-upstream-timeout %s: must be at least 1s", c.UpstreamTimeout))
 	}
 	return errors.Join(errs...)
 }

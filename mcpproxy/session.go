@@ -87,6 +87,11 @@ func (s *session) handle(ctx context.Context, m *message) *message {
 // with the client's id. A transport failure is a CodeInternalError
 // response and the error.
 func (s *session) forward(ctx context.Context, req *message) (*message, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, s.p.cfg.UpstreamTimeout)
+		defer cancel()
+	}
 	up := *req
 	up.ID = s.ids.next()
 	resp, err := s.up.roundTrip(ctx, &up)
