@@ -433,3 +433,20 @@ func TestUpstreamTimeout(t *testing.T) {
 		t.Fatalf("tools/call: %+v", m)
 	}
 }
+
+// With only Handler mounted (no Run), idle sessions are closed when a new
+// one is opened, so they cannot hold every slot of MaxSessions.
+func TestIdleSessionsExpireWithoutRun(t *testing.T) {
+	now := time.Now()
+	var mu sync.Mutex
+	p, url := inProcess(t, &countingPipeline{}, &recUpstream{}, func(c *Config) { c.MaxSessions, c.IdleTimeout = 1, time.Minute })
+	p.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	connect(t, url)
+	if status, _, _ := (&client{url: url}).post(t, `{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}`); status != http.StatusServiceUnavailable {
+		t.Fatalf("second session while the first is in use: %d", status)
+	}
+	mu.Lock()
+	now = now.Add(2 * time.Minute)
+	mu.Unlock()
+	connect(t, url)
+}

@@ -358,7 +358,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.mu.Unlock()
 	mux := http.NewServeMux()
 	mux.Handle(p.cfg.Path, p.Handler())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, IdleTimeout: 2 * time.Minute}
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	p.markReady()

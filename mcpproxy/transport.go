@@ -153,6 +153,10 @@ func (p *Proxy) hostAllowed(host string) bool {
 
 // open creates a session of tenant, within MaxSessions.
 func (p *Proxy) open(tenant string) (*session, error) {
+	// Run also expires idle sessions on a ticker; doing it here too keeps
+	// a program that mounts only Handler from filling MaxSessions with
+	// sessions nobody uses.
+	p.expireIdle()
 	id := randomHex(16)
 	p.mu.Lock()
 	full := len(p.sessions)+p.opening >= p.cfg.MaxSessions
