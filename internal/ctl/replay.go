@@ -124,7 +124,13 @@ func replay(ctx context.Context, env IO, o replayOptions) int {
 		if filters, err = replayFilters(ctx, st, o); err != nil {
 			return fail(env, ExitFailed, "replay: selection: %v", err)
 		}
-		src = replayer.StoreSource(st, filters...)
+		if len(filters) == 0 {
+			// A selection that matches no session replays none (StoreSource
+			// without filters would read every session).
+			src = replayer.EventsSource(nil)
+		} else {
+			src = replayer.StoreSource(st, filters...)
+		}
 	} else {
 		src = kafkaSource(strings.Split(o.brokers, ","), pipeline.NewTopics(o.prefix).Sealed, o)
 	}
@@ -251,7 +257,8 @@ func (s selectedHeads) Heads(ctx context.Context, f projector.Filter) ([]chain.H
 // session and --since map onto projector.Filter directly; --until, --where
 // and several sessions are resolved to explicit session keys by one
 // read-only query (the store's Querier runs in a read-only transaction on
-// SQLite and with readonly=1 on ClickHouse), scanned in chunks.
+// SQLite and with readonly=1 on ClickHouse), scanned in chunks; none when
+// no session matches.
 func replayFilters(ctx context.Context, st stores.Store, o replayOptions) ([]projector.Filter, error) {
 	base := projector.Filter{TenantID: o.tenant, SinceUnixMs: o.since}
 	if len(o.sessions) == 1 {

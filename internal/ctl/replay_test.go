@@ -201,6 +201,13 @@ func TestReplayFlow(t *testing.T) {
 	if code != ctl.ExitOK || !strings.Contains(out, `"sessions":1,`) {
 		t.Fatalf("exact --where: exit %d\n%s%s", code, out, errOut)
 	}
+	// A selection that matches nothing replays nothing, not everything.
+	for _, sel := range [][]string{{"--session", "nope1,nope2"}, {"--until", "1000"}, {"--where", "tool_name = 'nothing'"}} {
+		code, out, errOut = runCtl(t, append([]string{"replay", "--store", url, "--mode", "exact", "--json"}, sel...)...)
+		if code != ctl.ExitOK || !strings.Contains(out, `"sessions":0,`) {
+			t.Fatalf("exact %v: exit %d\n%s%s", sel, code, out, errOut)
+		}
+	}
 	if code, _, errOut := runCtl(t, "replay", "--store", url, "--mode", "exact", "--where", "1=1; DELETE FROM audit_events"); code != ctl.ExitUsage {
 		t.Fatalf("--where with a second statement: exit %d %s", code, errOut)
 	}
