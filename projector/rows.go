@@ -1,6 +1,7 @@
 package projector
 
 import (
+	"bytes"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -116,9 +117,15 @@ func decodeHead(data []byte) (chain.Head, error) {
 	return h, err
 }
 
-// ColumnsMatch reports whether the filter columns agree with the event, and
-// names the first column that does not.
+// ColumnsMatch reports whether the columns auditors read agree with the
+// event, and names the first that does not: the filter columns, and the
+// payload, which must be stored as its canonical bytes (the hash covers the
+// canonical form, so a payload rewritten with other escapes would hash the
+// same while a text search no longer finds what it holds).
 func (r *EventRow) ColumnsMatch() (string, bool) {
+	if c, err := canon.Append(nil, r.Event.Payload); err != nil || !bytes.Equal(c, r.Event.Payload) {
+		return "payload", false
+	}
 	tool, callID, outcome, reason, revision := filterColumns(r.Event)
 	for _, c := range [...]struct{ name, got, want string }{
 		{"tool_name", r.ToolName, tool},

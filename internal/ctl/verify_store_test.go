@@ -113,6 +113,15 @@ func tamperCases(t testing.TB) []struct {
 			panic("no decision in the vectors")
 		}, chain.ReasonHashMismatch},
 		{"edited filter column only", func(b *projector.Batch) { b.Events[0].ToolName = "shell" }, ReasonColumnMismatch},
+		{"payload stored in another spelling", func(b *projector.Batch) {
+			// Same content and hash, but the first string value's first
+			// letter escaped: a text search no longer finds it.
+			e := cloneEvent(b.Events[0].Event)
+			p := string(e.Payload)
+			i := strings.Index(p, `":"`) + 3
+			e.Payload = json.RawMessage(p[:i] + fmt.Sprintf(`\u%04x`, p[i]) + p[i+1:])
+			b.Events[0].Event = e
+		}, ReasonColumnMismatch},
 		{"edited and re-hashed tail", func(b *projector.Batch) {
 			e := cloneEvent(b.Events[lastI].Event)
 			e.TsUnixMs++
