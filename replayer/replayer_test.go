@@ -172,6 +172,11 @@ func TestExact(t *testing.T) {
 		}, "input_digest", 2},
 		{"earlier event", func(s []*replayer.Session) { s[3].Events[0].TsUnixMs -= 1 }, "input_digest", 2},
 		{"decision removed", func(s []*replayer.Session) { s[3].Events[1].Decision = nil }, "decision", 2},
+		// A row the pipeline could not have sealed is this session's
+		// difference; the job goes on.
+		{"undecidable proposal", func(s []*replayer.Session) {
+			s[3].Events[1].Payload = []byte(`{"tool_name":5,"call_id":"c2","args":{}}`)
+		}, "event", 2},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
