@@ -76,7 +76,8 @@ type Config struct {
 	// Manifests are the what-if manifests, resolved as the decider does
 	// (nil: the manifest each decision recorded, from the Archive).
 	Manifests *manifest.Registry
-	// SnapshotHash, if set, returns the stored snapshot of a session: its
+	// SnapshotHash, if set, returns the stored snapshot of a session (none:
+	// a difference, as is one of another seq than the last event): its
 	// last seq and hash; exact mode compares the replayed final snapshot
 	// with it when the seqs agree.
 	SnapshotHash func(tenant, session string) (lastSeq uint64, hash string, ok bool)
@@ -424,14 +425,20 @@ func (r *runner) session(ctx context.Context, s *Session, res *partial) error {
 		}
 	}
 	if r.cfg.Mode == ModeExact && r.cfg.SnapshotHash != nil && len(s.Events) > 0 {
-		if seq, want, ok := r.cfg.SnapshotHash(s.TenantID, s.SessionID); ok && seq == s.Events[len(s.Events)-1].Seq {
-			got, err := snap.Hash()
-			if err != nil {
-				return fmt.Errorf("replayer: %s/%s: %w", s.TenantID, s.SessionID, err)
-			}
-			if got != want {
-				diff(seq, "snapshot_hash", want, got)
-			}
+		last := s.Events[len(s.Events)-1].Seq
+		got, err := snap.Hash()
+		if err != nil {
+			return fmt.Errorf("replayer: %s/%s: %w", s.TenantID, s.SessionID, err)
+		}
+		// The store's snapshot must be of the session's last event: a
+		// missing row, or one of another seq, is a difference too.
+		switch seq, want, ok := r.cfg.SnapshotHash(s.TenantID, s.SessionID); {
+		case !ok:
+			diff(last, "snapshot_hash", "absent", got)
+		case seq != last:
+			diff(last, "snapshot_hash", fmt.Sprintf("stored after seq %d", seq), got)
+		case got != want:
+			diff(seq, "snapshot_hash", want, got)
 		}
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"aegis.dev/aegis/decider"
@@ -197,19 +198,50 @@ func TestExact(t *testing.T) {
 	}
 
 	t.Run("snapshot hash", func(t *testing.T) {
-		sessions := record(t, 2)
-		cfg := cfg
-		cfg.SnapshotHash = func(_, s string) (uint64, string, bool) {
-			if s == "s0001" {
-				return 7, "sha256:" + fmt.Sprintf("%064x", 2), true
-			}
-			return 0, "", false
-		}
-		rep, err := replayer.Run(ctx, cfg, replayer.EventsSource(sessions))
+		// s0000: no stored snapshot; s0001: another hash; s0002: a
+		// snapshot of an earlier seq; s0003: the replayed one.
+		sessions := record(t, 4)
+		rep, err := replayer.Run(ctx, cfg, replayer.EventsSource(record(t, 4)))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(rep.Differences) != 1 || rep.Differences[0].Field != "snapshot_hash" || rep.Differences[0].SessionID != "s0001" {
+		good := map[string]string{}
+		cfg := cfg
+		cfg.SnapshotHash = func(_, s string) (uint64, string, bool) {
+			switch s {
+			case "s0001":
+				return 7, "sha256:" + fmt.Sprintf("%064x", 2), true
+			case "s0002":
+				return 6, good[s], true
+			case "s0003":
+				return 7, good[s], true
+			}
+			return 0, "", false
+		}
+		for _, s := range sessions {
+			sn := session.New(s.TenantID, s.SessionID)
+			for _, ev := range s.Events {
+				if err := sn.Apply(ev); err != nil {
+					t.Fatal(err)
+				}
+			}
+			good[s.SessionID], _ = sn.Hash()
+		}
+		if !rep.Identical {
+			t.Fatalf("without snapshots: %+v", rep.Differences)
+		}
+		rep, err = replayer.Run(ctx, cfg, replayer.EventsSource(sessions))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]string{}
+		for _, d := range rep.Differences {
+			if d.Field != "snapshot_hash" {
+				t.Fatalf("difference %+v", d)
+			}
+			got[d.SessionID] = d.Recorded
+		}
+		if len(got) != 3 || got["s0000"] != "absent" || got["s0002"] != "stored after seq 6" || !strings.HasPrefix(got["s0001"], "sha256:0000") {
 			t.Fatalf("differences %+v", rep.Differences)
 		}
 	})
