@@ -24,6 +24,12 @@ import (
 // someone edited what auditors filter on.
 const ReasonColumnMismatch = "COLUMN_MISMATCH"
 
+// ReasonHeadMissing is the verify --store failure of a session whose
+// records are stored but which has no chain head: the sealer writes a head
+// for every session it seals, so on a drained store such a session was not
+// written by the pipeline (or its head was deleted).
+const ReasonHeadMissing = "HEAD_MISSING"
+
 // VerifyReport is what `aegisctl verify --json` prints.
 type VerifyReport struct {
 	OK       bool            `json:"ok"`
@@ -269,6 +275,20 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 		// Sessions that failed a column check never reached the
 		// verifier; keep CheckHeads from calling them missing.
 		w.v.CheckHeads(filterHeads(byWorker[i], w.failedAt))
+		headed := make(map[projector.SessionKey]bool, len(byWorker[i]))
+		for _, h := range byWorker[i] {
+			headed[projector.SessionKey{TenantID: h.TenantID, SessionID: h.SessionID}] = true
+		}
+		failed := make(map[projector.SessionKey]bool)
+		for _, f := range w.v.Failures() {
+			failed[projector.SessionKey{TenantID: f.TenantID, SessionID: f.SessionID}] = true
+		}
+		for k, r := range w.last {
+			if !headed[k] && !failed[k] && !w.failedAt[k] {
+				w.extra = append(w.extra, chain.Failure{TenantID: k.TenantID, SessionID: k.SessionID, Seq: r.Event.Seq, Reason: ReasonHeadMissing,
+					Detail: "records stored without a chain head (verify a drained store: the projector writes heads after the records)"})
+			}
+		}
 		rep.Failures = append(rep.Failures, w.extra...)
 		rep.Failures = append(rep.Failures, w.v.Failures()...)
 		rep.Events += w.v.Events()

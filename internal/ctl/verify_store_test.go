@@ -148,6 +148,15 @@ func tamperCases(t testing.TB) []struct {
 			x.Seq, y.Seq = y.Seq, x.Seq
 			b.Events[0].Event, b.Events[1].Event = x, y
 		}, chain.ReasonHashMismatch},
+		{"session without its head (forged, or its head deleted)", func(b *projector.Batch) {
+			var keep []chain.Head
+			for _, h := range b.Heads {
+				if h.TenantID != first.TenantID || h.SessionID != first.SessionID {
+					keep = append(keep, h)
+				}
+			}
+			b.Heads = keep
+		}, ReasonHeadMissing},
 		{"spliced into another tenant", func(b *projector.Batch) {
 			e := cloneEvent(b.Events[1].Event)
 			e.TenantID = "mallory"
