@@ -250,28 +250,19 @@ func (s *Server) settle(ctx context.Context, e *approvalEntry, allow bool, appro
 	}
 	res := make(chan result, 1)
 	s.bgMu.Lock()
-	select {
-	case <-s.stopped:
+	if s.life.Err() != nil {
 		s.bgMu.Unlock()
 		a.mu.Lock()
 		e.busy = false
 		a.mu.Unlock()
 		return Approval{}, errf(http.StatusServiceUnavailable, CodeCanceled, "the gateway is shutting down; nothing was recorded")
-	default:
 	}
 	s.bg.Add(1)
 	s.bgMu.Unlock()
 	go func() {
 		defer s.bg.Done()
-		bctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), max(s.cfg.ApprovalTTL, s.cfg.ProposalTimeout))
+		bctx, cancel := context.WithTimeout(s.life, max(s.cfg.ApprovalTTL, s.cfg.ProposalTimeout))
 		defer cancel()
-		go func() {
-			select {
-			case <-s.stopped:
-				cancel()
-			case <-bctx.Done():
-			}
-		}()
 		v, err := s.submit(bctx, ev, true, "approval")
 		if err == nil && v.Rejection != nil {
 			err = errf(rejectionStatus(v.Rejection.Reason), v.Rejection.Reason, "APPROVAL_DECIDED rejected: %s", v.Rejection.Detail)

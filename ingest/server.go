@@ -83,10 +83,11 @@ type Server struct {
 	tailFixed  chan struct{} // closed by Run once the tail's start offsets are listed
 	tailOpen   atomic.Bool   // the tail's consumer exists
 
-	// stopped is closed when Run returns; background confirmations of
-	// approval decisions (bg) end with it.
-	bgMu    sync.Mutex // orders bg.Add before closing stopped
-	stopped chan struct{}
+	// life ends when Run returns; background confirmations of approval
+	// decisions (bg) run under it.
+	life    context.Context
+	endLife context.CancelFunc
+	bgMu    sync.Mutex // orders bg.Add before endLife
 	bg      sync.WaitGroup
 
 	// noExpirySweep turns off Run's once-a-second expireApprovals, for
@@ -113,8 +114,8 @@ func New(cfg Config, env Env, opts ...Option) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, env: env, log: slog.New(slog.DiscardHandler), now: time.Now,
 		dec: envelope.Decoder{MaxBytes: env.MaxEventBytes}, replies: newReplies(env.Topics),
-		hints: make(map[string]uint64), tailWanted: make(chan struct{}), tailFixed: make(chan struct{}),
-		stopped: make(chan struct{})}
+		hints: make(map[string]uint64), tailWanted: make(chan struct{}), tailFixed: make(chan struct{})}
+	s.life, s.endLife = context.WithCancel(context.Background())
 	for _, o := range opts {
 		o(s)
 	}
@@ -271,11 +272,7 @@ func (s *Server) Run(ctx context.Context) error {
 		// Before the producer closes: pending confirmations stop waiting
 		// (their approvals stay pending) instead of outliving the server.
 		s.bgMu.Lock()
-		select {
-		case <-s.stopped:
-		default:
-			close(s.stopped)
-		}
+		s.endLife()
 		s.bgMu.Unlock()
 		s.bg.Wait()
 		fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)

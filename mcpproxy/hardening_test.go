@@ -72,6 +72,19 @@ func (c *countingPipeline) Record(ctx context.Context, _ *envelope.Event) (uint6
 	return 1, ctx.Err()
 }
 
+// stdioProxy is a proxy for ServeStdio whose session uses up.
+func stdioProxy(t *testing.T, up upstream) *Proxy {
+	t.Helper()
+	cfg := Defaults()
+	cfg.UpstreamCmd, cfg.Stdio = "unused", true
+	p, err := New(cfg, &countingPipeline{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.dial = func() (upstream, error) { return up, nil }
+	return p
+}
+
 // inProcess serves a proxy whose sessions use up, publishing to pipe.
 func inProcess(t *testing.T, pipe Pipeline, up upstream, edit func(*Config)) (*Proxy, string) {
 	t.Helper()
@@ -159,13 +172,7 @@ func TestToolsListNullResult(t *testing.T) {
 		t.Fatalf("tools/list: %+v", m)
 	}
 
-	cfg := Defaults()
-	cfg.UpstreamCmd, cfg.Stdio = "unused", true
-	p, err := New(cfg, &countingPipeline{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.dial = func() (upstream, error) { return up, nil }
+	p := stdioProxy(t, up)
 	var out strings.Builder
 	in := `{"jsonrpc":"2.0","id":7,"method":"tools/list","params":{}}` + "\n"
 	if err := p.ServeStdio(context.Background(), strings.NewReader(in), &out); err != nil {
@@ -309,13 +316,7 @@ func (u *blockingUpstream) roundTrip(ctx context.Context, req *message) (*messag
 // maxStdioInFlight of them handled at a time; all are answered.
 func TestStdioInFlightBounded(t *testing.T) {
 	up := &blockingUpstream{release: make(chan struct{})}
-	cfg := Defaults()
-	cfg.UpstreamCmd, cfg.Stdio = "unused", true
-	p, err := New(cfg, &countingPipeline{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.dial = func() (upstream, error) { return up, nil }
+	p := stdioProxy(t, up)
 	var in strings.Builder
 	for i := range 200 {
 		in.WriteString(`{"jsonrpc":"2.0","id":` + string(jsonInt(i+1)) + `,"method":"ping"}` + "\n")
@@ -380,13 +381,7 @@ func (u *cancelUpstream) send(ctx context.Context, m *message) error {
 // the upstream: a client can cancel them.
 func TestStdioNotificationsPassBusyRequests(t *testing.T) {
 	up := &cancelUpstream{canceled: make(chan struct{})}
-	cfg := Defaults()
-	cfg.UpstreamCmd, cfg.Stdio = "unused", true
-	p, err := New(cfg, &countingPipeline{}, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.dial = func() (upstream, error) { return up, nil }
+	p := stdioProxy(t, up)
 	pr, pw := io.Pipe()
 	var out syncBuffer
 	done := make(chan error, 1)

@@ -123,7 +123,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 		c.AllowedHosts = nil
 		for _, h := range strings.Split(v, ",") {
 			if h = strings.TrimSpace(h); h != "" {
-				c.AllowedHosts = append(c.AllowedHosts, strings.ToLower(h))
+				c.AllowedHosts = append(c.AllowedHosts, h)
 			}
 		}
 		return nil

@@ -247,32 +247,26 @@ func callParams(raw json.RawMessage) (name string, args json.RawMessage, meta ma
 
 // callTool is the guarded path: propose, and forward only on allow.
 func (s *session) callTool(ctx context.Context, req *message) *message {
-	var params struct {
-		Name      string
-		Arguments json.RawMessage
-		Meta      map[string]json.RawMessage
-	}
-	var err error
-	if params.Name, params.Arguments, params.Meta, err = callParams(req.Params); err != nil {
+	name, args, meta, err := callParams(req.Params)
+	if err != nil {
 		return errorResponse(req.ID, CodeInvalidParams, err.Error(), nil)
 	}
-	args := params.Arguments
 	if len(args) == 0 || string(args) == "null" {
 		args = json.RawMessage("{}")
 	}
 	if args[0] != '{' {
 		return errorResponse(req.ID, CodeInvalidParams, "tools/call params.arguments must be an object", nil)
 	}
-	callID, err := callIDOf(params.Name, args, params.Meta)
+	callID, err := callIDOf(name, args, meta)
 	if err != nil {
 		return errorResponse(req.ID, CodeInvalidParams, err.Error(), nil)
 	}
-	payload, err := json.Marshal(map[string]any{"tool_name": params.Name, "call_id": callID, "args": args, "source": "mcp"})
+	payload, err := json.Marshal(map[string]any{"tool_name": name, "call_id": callID, "args": args, "source": "mcp"})
 	if err != nil {
 		return errorResponse(req.ID, CodeInvalidParams, "tools/call arguments: "+err.Error(), nil)
 	}
 	dec, err := s.propose(ctx, payload)
-	data := map[string]any{"tenant_id": s.tenant, "session_id": s.id, "call_id": callID, "tool_name": params.Name}
+	data := map[string]any{"tenant_id": s.tenant, "session_id": s.id, "call_id": callID, "tool_name": name}
 	switch {
 	case errors.Is(err, ingest.ErrDecisionTimeout):
 		s.p.metrics.calls.WithLabelValues("timeout").Inc()
@@ -303,12 +297,12 @@ func (s *session) callTool(ctx context.Context, req *message) *message {
 		defer cancel()
 	}
 	resp, ferr := s.forward(fctx, req)
-	ref := map[string]any{"tool_name": params.Name, "call_id": callID, "source": "mcp"}
+	ref := map[string]any{"tool_name": name, "call_id": callID, "source": "mcp"}
 	if err := s.record(ctx, envelope.ToolCallExecuted, ref); err != nil {
 		return auditFailed(req.ID, err)
 	}
 	if ferr != nil || resp.Error != nil {
-		raised := map[string]any{"tool_name": params.Name, "call_id": callID, "source": "mcp"}
+		raised := map[string]any{"tool_name": name, "call_id": callID, "source": "mcp"}
 		if ferr != nil {
 			raised["code"], raised["message"] = "UPSTREAM_UNAVAILABLE", ferr.Error()
 		} else {
@@ -323,7 +317,7 @@ func (s *session) callTool(ctx context.Context, req *message) *message {
 		IsError bool `json:"isError"`
 	}
 	_ = json.Unmarshal(resp.Result, &result)
-	if err := s.record(ctx, envelope.ToolResult, map[string]any{"tool_name": params.Name, "call_id": callID, "source": "mcp",
+	if err := s.record(ctx, envelope.ToolResult, map[string]any{"tool_name": name, "call_id": callID, "source": "mcp",
 		"is_error": result.IsError, "output_bytes": len(resp.Result)}); err != nil {
 		return auditFailed(req.ID, err)
 	}

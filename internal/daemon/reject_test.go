@@ -26,11 +26,7 @@ func TestRejectionsOfRecordsThatQuoteLarge(t *testing.T) {
 	topics := pipeline.NewTopics(pipeline.DefaultTopicPrefix)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: brokers, MaxRecordBytes: 4 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := largeProducer(t, d, 4<<20)
 
 	limit := pipeline.MaxRecordBytes(envelope.DefaultMaxEventBytes)
 	angles := event("acme", "q1", 7, envelope.Termination, `{"reason":"`+strings.Repeat("<", 400<<10)+`"}`) // SEQ_GAP, quoted whole
@@ -91,11 +87,7 @@ func TestLargeEventsAreSealed(t *testing.T) {
 	topics := pipeline.NewTopics(pipeline.DefaultTopicPrefix)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: d.Brokers(), MaxRecordBytes: 8 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := largeProducer(t, d, 8<<20)
 	big := event("acme", "big", 1, envelope.ModelCallStarted, `{"model":"m","prompt":"`+strings.Repeat("x", 2<<20)+`"}`)
 	if err := p.Produce(ctx, msg(topics.Events, "acme/big", big), msg(topics.Events, "acme/big", event("acme", "big", 2, envelope.Termination, `{}`))); err != nil {
 		t.Fatal(err)
@@ -115,11 +107,7 @@ func TestLongNamesDoNotStallThePartition(t *testing.T) {
 	topics := pipeline.NewTopics(pipeline.DefaultTopicPrefix)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: d.Brokers(), MaxRecordBytes: 4 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := largeProducer(t, d, 4<<20)
 	msgs := []stream.Message{msg(topics.Events, "acme/n1", event("acme", "n1", 1, envelope.ModelCallStarted, `{}`))}
 	for i := range 3 {
 		name := strings.Repeat(string(rune('a'+i)), 800<<10)
@@ -162,11 +150,7 @@ func TestEventsThatGrowWhenCanonicalized(t *testing.T) {
 	topics := pipeline.NewTopics(pipeline.DefaultTopicPrefix)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: d.Brokers(), MaxRecordBytes: 4 << 20})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	p := largeProducer(t, d, 4<<20)
 	grows := event("acme", "g1", 1, envelope.ModelCallStarted, `{"model":"m","n":[`+strings.TrimSuffix(strings.Repeat("1e15,", 70000), ",")+`]}`)
 	if len(grows) > cfg.MaxEventBytes {
 		t.Fatalf("the event is %d bytes", len(grows))
@@ -205,4 +189,16 @@ func TestEventsThatGrowWhenCanonicalized(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// largeProducer publishes records of up to maxRecord bytes to d's broker,
+// until the test ends.
+func largeProducer(t *testing.T, d *Daemon, maxRecord int) *stream.Producer {
+	t.Helper()
+	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: d.Brokers(), MaxRecordBytes: maxRecord})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
 }

@@ -7,23 +7,16 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+
+	"github.com/twmb/franz-go/pkg/kadm"
 )
 
 // TestReadLatestWithinAndPastTheBudget: the latest value of every key that
 // is not tombstoned, per partition in the offset order of those values,
 // whether the state fits the restore budget (one pass) or not (two).
 func TestReadLatestWithinAndPastTheBudget(t *testing.T) {
-	e := startBroker(t)
 	ctx := context.Background()
 	const topic = "restore.state"
-	if err := EnsureTopics(ctx, e.Brokers(), []TopicSpec{{Name: topic, Partitions: 2, Cleanup: CleanupCompact}}); err != nil {
-		t.Fatal(err)
-	}
-	p, err := NewProducer(ProducerConfig{Brokers: e.Brokers()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
 	// Keys k0..k9, three versions each; k3 is tombstoned, k4 tombstoned
 	// and written again, k5 last written after everything else.
 	var msgs []Message
@@ -43,18 +36,11 @@ func TestReadLatestWithinAndPastTheBudget(t *testing.T) {
 	put(0, "k4", "")
 	put(0, "k4", "k4/again")
 	put(1, "k5", "k5/last")
-	if err := p.Produce(ctx, msgs...); err != nil {
-		t.Fatal(err)
-	}
+	e, adm := stateTopic(t, topic, 2, msgs)
 	want := map[int32]string{
 		0: "k0=k0/v2 k2=k2/v2 k6=k6/v2 k8=k8/v2 k4=k4/again",
 		1: "k1=k1/v2 k7=k7/v2 k9=k9/v2 k5=k5/last",
 	}
-	adm, closeAdm, err := newAdmin(e.Brokers())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeAdm()
 	for _, budget := range []int{1 << 20, 500} {
 		old := restoreBudget
 		restoreBudget = budget
@@ -80,17 +66,8 @@ func TestReadLatestWithinAndPastTheBudget(t *testing.T) {
 // BenchmarkReadLatest reads 20,000 keys of ~1 KB, three versions each, in
 // one pass (within the budget) and in two (past it).
 func BenchmarkReadLatest(b *testing.B) {
-	e := startBroker(b)
 	ctx := context.Background()
 	const topic = "restore.bench"
-	if err := EnsureTopics(ctx, e.Brokers(), []TopicSpec{{Name: topic, Partitions: 1, Cleanup: CleanupCompact}}); err != nil {
-		b.Fatal(err)
-	}
-	p, err := NewProducer(ProducerConfig{Brokers: e.Brokers()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer p.Close()
 	rnd := rand.New(rand.NewPCG(1, 2))
 	var msgs []Message
 	for range 3 {
@@ -102,14 +79,7 @@ func BenchmarkReadLatest(b *testing.B) {
 			msgs = append(msgs, Message{Topic: topic, Key: fmt.Appendf(nil, "tenant/session-%05d", k), Value: value})
 		}
 	}
-	if err := p.Produce(ctx, msgs...); err != nil {
-		b.Fatal(err)
-	}
-	adm, closeAdm, err := newAdmin(e.Brokers())
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer closeAdm()
+	e, adm := stateTopic(b, topic, 1, msgs)
 	for _, c := range []struct {
 		name   string
 		budget int
@@ -137,4 +107,29 @@ func BenchmarkReadLatest(b *testing.B) {
 			b.ReportMetric(float64(heap)/(1<<20), "heap-MiB")
 		})
 	}
+}
+
+// stateTopic starts a broker with a compacted topic of the given
+// partitions holding msgs, and returns it with an admin client.
+func stateTopic(tb testing.TB, topic string, partitions int32, msgs []Message) (*Embedded, *kadm.Client) {
+	tb.Helper()
+	e := startBroker(tb)
+	ctx := context.Background()
+	if err := EnsureTopics(ctx, e.Brokers(), []TopicSpec{{Name: topic, Partitions: partitions, Cleanup: CleanupCompact}}); err != nil {
+		tb.Fatal(err)
+	}
+	p, err := NewProducer(ProducerConfig{Brokers: e.Brokers()})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.Produce(ctx, msgs...); err != nil {
+		tb.Fatal(err)
+	}
+	adm, closeAdm, err := newAdmin(e.Brokers())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(closeAdm)
+	return e, adm
 }
