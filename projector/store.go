@@ -42,9 +42,8 @@ type Filter struct {
 
 // HeadReader is implemented by stores that keep the sealer's chain heads.
 type HeadReader interface {
-	// Heads returns the latest chain head of every session matching f
-	// (only TenantID, SessionID and SinceUnixMs apply), ordered by tenant
-	// and session.
+	// Heads returns the latest chain head of every session matching f,
+	// ordered by tenant and session.
 	Heads(ctx context.Context, f Filter) ([]chain.Head, error)
 }
 

@@ -152,7 +152,7 @@ func replay(ctx context.Context, env IO, o replayOptions) int {
 		}
 	}
 	if o.mode == replayer.ModeExact && st != nil {
-		hashes, err := snapshotHashes(ctx, st, o)
+		hashes, err := snapshotHashes(ctx, st, o.store, filters)
 		if err != nil {
 			return fail(env, ExitRuntime, "replay: %v", err)
 		}
@@ -194,11 +194,7 @@ func replayVerify(ctx context.Context, env IO, o replayOptions, st stores.Store,
 	var total VerifyReport
 	if st != nil {
 		for _, f := range filters {
-			var as AuditStore = st
-			if len(f.Sessions) > 0 {
-				as = selectedHeads{st, f.Sessions}
-			}
-			rep, err := VerifyStore(ctx, as, f, o.workers)
+			rep, err := VerifyStore(ctx, st, f, o.workers)
 			if err != nil {
 				return fail(env, ExitRuntime, "replay: %v", err)
 			}
@@ -226,31 +222,6 @@ func replayVerify(ctx context.Context, env IO, o replayOptions, st stores.Store,
 		}
 	}
 	return printVerify(env, total, o.asJSON)
-}
-
-// selectedHeads narrows the stored chain heads to explicitly selected
-// sessions, so that verifying a selection does not call the others missing.
-type selectedHeads struct {
-	stores.Store
-	keys []projector.SessionKey
-}
-
-func (s selectedHeads) Heads(ctx context.Context, f projector.Filter) ([]chain.Head, error) {
-	heads, err := s.Store.Heads(ctx, f)
-	if err != nil {
-		return nil, err
-	}
-	want := make(map[projector.SessionKey]bool, len(s.keys))
-	for _, k := range s.keys {
-		want[k] = true
-	}
-	out := heads[:0]
-	for _, h := range heads {
-		if want[projector.SessionKey{TenantID: h.TenantID, SessionID: h.SessionID}] {
-			out = append(out, h)
-		}
-	}
-	return out, nil
 }
 
 // replayFilters turns the selection flags into store scans. Tenant, one
@@ -320,30 +291,60 @@ type storedSnapshot struct {
 	hash string
 }
 
-// snapshotHashes reads the stored snapshot hash of every session (of the
-// tenant): one string per session, for the final-snapshot comparison.
-func snapshotHashes(ctx context.Context, st stores.Store, o replayOptions) (map[projector.SessionKey]storedSnapshot, error) {
-	q := "SELECT tenant_id, session_id, last_seq, snapshot_hash FROM session_snapshots"
-	kind, _ := stores.Parse(o.store)
-	if kind == stores.ClickHouse {
-		q += " FINAL"
-	}
-	if o.tenant != "" {
-		q += " WHERE tenant_id = " + sqlString(kind, o.tenant)
-	}
-	_, rows, err := st.Query(ctx, q)
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[projector.SessionKey]storedSnapshot, len(rows))
-	for _, r := range rows {
-		var seq uint64
-		if _, err := fmt.Sscan(fmt.Sprint(r[2]), &seq); err != nil {
-			return nil, fmt.Errorf("session_snapshots.last_seq %v: %w", r[2], err)
+// snapshotHashes reads the stored snapshot hash of every selected session:
+// one string per session, for the final-snapshot comparison. It reads the
+// selection's rows only, so its memory follows the selection, not the
+// store.
+func snapshotHashes(ctx context.Context, st stores.Store, url string, filters []projector.Filter) (map[projector.SessionKey]storedSnapshot, error) {
+	kind, _ := stores.Parse(url)
+	out := map[projector.SessionKey]storedSnapshot{}
+	for _, f := range filters {
+		q := "SELECT tenant_id, session_id, last_seq, snapshot_hash FROM session_snapshots"
+		if kind == stores.ClickHouse {
+			q += " FINAL"
 		}
-		out[projector.SessionKey{TenantID: fmt.Sprint(r[0]), SessionID: fmt.Sprint(r[1])}] = storedSnapshot{seq, fmt.Sprint(r[3])}
+		_, rows, err := st.Query(ctx, q+literalWhere(kind, f))
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range rows {
+			var seq uint64
+			if _, err := fmt.Sscan(fmt.Sprint(r[2]), &seq); err != nil {
+				return nil, fmt.Errorf("session_snapshots.last_seq %v: %w", r[2], err)
+			}
+			out[projector.SessionKey{TenantID: fmt.Sprint(r[0]), SessionID: fmt.Sprint(r[1])}] = storedSnapshot{seq, fmt.Sprint(r[3])}
+		}
 	}
 	return out, nil
+}
+
+// literalWhere is f's WHERE clause (projector.Filter.Where) with its
+// arguments written in as literals of the store's dialect, for the
+// read-only Querier, which takes no arguments. The clause's text is the
+// filter's own, so every ? in it is a placeholder.
+func literalWhere(kind stores.Kind, f projector.Filter) string {
+	w, args := f.Where(func(list string) string {
+		if kind == stores.SQLite {
+			return "VALUES " + list
+		}
+		return list
+	})
+	var b strings.Builder
+	for _, part := range strings.SplitAfter(w, "?") {
+		if !strings.HasSuffix(part, "?") || len(args) == 0 {
+			b.WriteString(part)
+			continue
+		}
+		b.WriteString(strings.TrimSuffix(part, "?"))
+		switch a := args[0].(type) {
+		case string:
+			b.WriteString(sqlString(kind, a))
+		default:
+			fmt.Fprint(&b, a)
+		}
+		args = args[1:]
+	}
+	return b.String()
 }
 
 // kafkaSource reads the sealed topic partition by partition up to the end

@@ -306,3 +306,72 @@ func TestIntegrationCopiesThatKeepTheHash(t *testing.T) {
 		}
 	}
 }
+
+// testSnapshotHashes checks that exact replay reads the snapshot hashes of
+// the selected sessions only, whatever characters their ids hold.
+func testSnapshotHashes(t *testing.T, newURL func(testing.TB) string) {
+	vec := storetest.Vectors(t)
+	b := storetest.BatchOf(t, vec)
+	odd := *b.Snapshots[0].Snapshot
+	odd.SessionID = `it's ?\ odd`
+	row, err := projector.NewSnapshotRow(&odd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Snapshots = append(b.Snapshots, row)
+	url := newURL(t)
+	writeStore(t, url, b)
+	st, err := stores.Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+
+	first, last := vec[0], vec[len(vec)-1]
+	var maxTs int64
+	for _, ev := range vec {
+		maxTs = max(maxTs, ev.TsUnixMs)
+	}
+	var newest []string
+	for _, ev := range vec {
+		if k := ev.TenantID + "/" + ev.SessionID; ev.TsUnixMs == maxTs && !slices.Contains(newest, k) {
+			newest = append(newest, k)
+		}
+	}
+	slices.Sort(newest)
+	cases := []struct {
+		name    string
+		filters []projector.Filter
+		want    []string
+	}{
+		{"explicit sessions", []projector.Filter{{Sessions: []projector.SessionKey{
+			{TenantID: odd.TenantID, SessionID: odd.SessionID}, {TenantID: last.TenantID, SessionID: last.SessionID}}}},
+			[]string{odd.TenantID + "/" + odd.SessionID, last.TenantID + "/" + last.SessionID}},
+		{"one session", []projector.Filter{{TenantID: first.TenantID, SessionID: first.SessionID}}, []string{first.TenantID + "/" + first.SessionID}},
+		{"odd session", []projector.Filter{{TenantID: odd.TenantID, SessionID: odd.SessionID}}, []string{odd.TenantID + "/" + odd.SessionID}},
+		{"since", []projector.Filter{{SinceUnixMs: maxTs}}, newest},
+		{"no tenant", []projector.Filter{{TenantID: "o'ther"}}, nil},
+	}
+	for _, c := range cases {
+		got, err := snapshotHashes(context.Background(), st, url, c.filters)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		var keys []string
+		for k, h := range got {
+			keys = append(keys, k.TenantID+"/"+k.SessionID)
+			if h.hash == "" || h.seq == 0 {
+				t.Errorf("%s: %v has seq %d, hash %q", c.name, k, h.seq, h.hash)
+			}
+		}
+		slices.Sort(keys)
+		want := slices.Sorted(slices.Values(c.want))
+		if !slices.Equal(keys, want) {
+			t.Errorf("%s: snapshots of %q, want %q", c.name, keys, want)
+		}
+	}
+}
+
+func TestSnapshotHashesSQLite(t *testing.T) { testSnapshotHashes(t, sqliteURL) }
+
+func TestIntegrationSnapshotHashesClickHouse(t *testing.T) { testSnapshotHashes(t, clickhouseURL) }

@@ -351,7 +351,6 @@ FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 // Heads returns the latest stored chain head of each session (see
 // projector.HeadReader).
 func (s *Store) Heads(ctx context.Context, f projector.Filter) ([]chain.Head, error) {
-	f.Sessions = nil
 	w, args := where(f)
 	rows, err := s.conn.Query(ctx, "SELECT tenant_id, session_id, max(seq), argMax(hash, seq) FROM chain_heads"+w+
 		" GROUP BY tenant_id, session_id ORDER BY tenant_id, session_id", args...)

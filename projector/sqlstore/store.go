@@ -263,7 +263,6 @@ FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 
 // Heads returns the stored chain heads (see projector.HeadReader).
 func (s *Store) Heads(ctx context.Context, f projector.Filter) ([]chain.Head, error) {
-	f.Sessions = nil
 	w, args := where(f)
 	rows, err := s.db.QueryContext(ctx, "SELECT tenant_id, session_id, seq, hash FROM chain_heads"+w+" ORDER BY tenant_id, session_id", args...)
 	if err != nil {

@@ -362,6 +362,19 @@ func testFilters(t *testing.T, s Store) {
 					t.Errorf("rows out of order at %d", i)
 				}
 			}
+			// Heads select the same sessions as the events: a verify
+			// of a selection reads only the selection's heads.
+			heads, err := s.Heads(context.Background(), c.f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var hk []string
+			for _, h := range heads {
+				hk = append(hk, h.TenantID+"/"+h.SessionID)
+			}
+			if !slices.Equal(hk, keys(rows)) {
+				t.Errorf("heads of sessions %v, want %v", hk, keys(rows))
+			}
 		})
 	}
 }
