@@ -24,8 +24,11 @@
 // empty snapshot; for one it has not cached that starts later (after a
 // restart or an eviction), or one whose next event is not the one after
 // its cached state (another instance wrote it meanwhile), it rebuilds the
-// state from the session's stored events. Each decision row records whether the
-// session was tainted before the proposal.
+// state from the session's stored events. A record that follows neither
+// the cached nor the stored history (a seq past it) is rejected
+// (BAD_SEALED_RECORD, SEQ_GAP) and the session goes on with its next record
+// that follows; other sessions are never held up by one. Each decision row
+// records whether the session was tainted before the proposal.
 //
 // # Shutdown
 //
@@ -68,11 +71,6 @@ const (
 	// its session's previous event (the decoder's code is in the detail).
 	ReasonBadSealed = "BAD_SEALED_RECORD"
 )
-
-// ErrHistory reports that the store lacks the events a session's snapshot
-// must be rebuilt from (its offsets were committed but its rows are gone).
-// Retrying cannot help; Run returns it.
-var ErrHistory = errors.New("projector_history_missing")
 
 // Config is the operator configuration of a projector.
 type Config struct {
@@ -168,7 +166,7 @@ func (p *Projector) Ready() bool { return p.ready.Load() }
 
 // Run consumes and writes until ctx is cancelled, then drains (see the
 // package documentation) and returns nil. It returns an error only for an
-// invalid configuration or ErrHistory. Run must not be called twice at once.
+// invalid configuration. Run must not be called twice at once.
 func (p *Projector) Run(ctx context.Context) error {
 	t := p.cfg.Topics
 	cons, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: p.cfg.Brokers, Group: p.cfg.Group,
@@ -211,10 +209,8 @@ func (p *Projector) Run(ctx context.Context) error {
 			continue
 		}
 		if err := p.flush(ctx, cons, buf); err != nil {
-			if ctx.Err() != nil {
-				return p.drain(ctx, cons, buf)
-			}
-			return err
+			// flush gives up only when ctx is done.
+			return p.drain(ctx, cons, buf)
 		}
 		buf = buf[:0]
 	}
@@ -228,9 +224,6 @@ func (p *Projector) drain(ctx context.Context, cons *stream.Consumer, buf []*str
 	dctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), p.cfg.DrainTimeout)
 	defer cancel()
 	if err := p.flush(dctx, cons, buf); err != nil {
-		if errors.Is(err, ErrHistory) {
-			return err
-		}
 		p.log.Warn("shutdown: buffered records not written; they will be read again", "records", len(buf), "err", err)
 	}
 	return nil
@@ -257,9 +250,6 @@ func (p *Projector) flush(ctx context.Context, cons *stream.Consumer, buf []*str
 			// the store.
 			b = nil
 			p.dropCache()
-			if errors.Is(err, ErrHistory) {
-				return err
-			}
 		}
 		if ctx.Err() != nil {
 			p.dropCache()
@@ -305,8 +295,12 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 		rec *stream.Record
 	}
 	var events []sealed
-	reject := func(rec *stream.Record, reason, detail string) {
+	// reject records rec as rejected; ev, if known, names its session.
+	reject := func(rec *stream.Record, ev *envelope.Event, reason, detail string) {
 		r := pipeline.NewRejection(StageName, rec, reason, detail)
+		if ev != nil {
+			r.WithEvent(ev)
+		}
 		b.Rejected = append(b.Rejected, RejectedRow{Rejection: *r, RejectedUnixMs: rec.Timestamp.UnixMilli()})
 	}
 	// The sealer writes a session's head after each of its transactions,
@@ -323,7 +317,7 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 		}
 		h, err := decodeHead(rec.Value)
 		if err != nil || h.TenantID == "" || h.SessionID == "" || h.Seq == 0 {
-			reject(rec, ReasonBadHead, fmt.Sprintf("not a chain head: %v", err))
+			reject(rec, nil, ReasonBadHead, fmt.Sprintf("not a chain head: %v", err))
 			continue
 		}
 		headDone[string(rec.Key)] = true
@@ -334,14 +328,14 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 		case t.Sealed:
 			ev, err := dec.Decode(rec.Value)
 			if err != nil || ev.Hash == "" {
-				reject(rec, ReasonBadSealed, fmt.Sprintf("%s: %v", envelope.Code(err), err))
+				reject(rec, nil, ReasonBadSealed, fmt.Sprintf("%s: %v", envelope.Code(err), err))
 				continue
 			}
 			events = append(events, sealed{ev, rec})
 		case t.Rejected:
 			var r pipeline.Rejection
 			if err := json.Unmarshal(rec.Value, &r); err != nil {
-				reject(rec, ReasonBadRejection, err.Error())
+				reject(rec, nil, ReasonBadRejection, err.Error())
 				continue
 			}
 			b.Rejected = append(b.Rejected, RejectedRow{Rejection: r, RejectedUnixMs: rec.Timestamp.UnixMilli()})
@@ -373,15 +367,20 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 	if err := p.rebuild(ctx, load, firstSeq); err != nil {
 		return nil, err
 	}
+	rebuilt := make(map[SessionKey]bool, len(load))
+	for _, k := range load {
+		rebuilt[k] = true
+	}
 	dirty := map[SessionKey]bool{}
 	var order []SessionKey
 	for _, s := range events {
 		ev := s.ev
 		k := SessionKey{ev.TenantID, ev.SessionID}
 		sn := p.snaps[k]
-		if sn.LastSeq+1 < ev.Seq {
-			// Another instance wrote this session meanwhile (a
-			// rebalance inside the batch): rebuild it.
+		if sn.LastSeq+1 < ev.Seq && !rebuilt[k] {
+			// Another instance may have written this session
+			// meanwhile (a rebalance inside the batch): rebuild it.
+			rebuilt[k] = true
 			if err := p.rebuild(ctx, []SessionKey{k}, map[SessionKey]uint64{k: ev.Seq}); err != nil {
 				return nil, err
 			}
@@ -389,6 +388,22 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 		}
 		if ev.Seq <= sn.LastSeq {
 			continue // already written by this instance: a redelivery
+		}
+		if sn.LastSeq+1 < ev.Seq {
+			// Neither the cache nor the store holds the events
+			// before it: a record that does not follow its session
+			// (written by something other than the sealer), or a
+			// store that lost rows whose offsets were committed.
+			// Only this record is held back; the session goes on
+			// with its next event that follows, the others are
+			// unaffected.
+			p.metrics.gaps.Inc()
+			p.log.Error("sealed record does not follow its session's stored history; rejected",
+				"tenant", ev.TenantID, "session", ev.SessionID, "seq", ev.Seq, "stored_through", sn.LastSeq,
+				"partition", s.rec.Partition, "offset", s.rec.Offset)
+			reject(s.rec, ev, ReasonBadSealed, fmt.Sprintf("SEQ_GAP: %s/%s seq %d does not follow the stored history, which ends at seq %d",
+				ev.TenantID, ev.SessionID, ev.Seq, sn.LastSeq))
+			continue
 		}
 		if ev.Decision != nil {
 			tc, _ := ev.ToolCall()
@@ -398,7 +413,7 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 		}
 		if err := sn.Apply(ev); err != nil {
 			// The sealer never writes such a record; keep it visible.
-			reject(s.rec, ReasonBadSealed, err.Error())
+			reject(s.rec, ev, ReasonBadSealed, err.Error())
 			continue
 		}
 		b.Events = append(b.Events, NewEventRow(ev, s.rec.Partition, s.rec.Offset))
@@ -428,13 +443,18 @@ func sessionManifest(sn *session.Snapshot, ev *envelope.Event) string {
 }
 
 // rebuild sets the cached snapshot of each session in keys to its state
-// after its stored events with seq < before[k].
+// after its stored events with seq < before[k], as far as they follow one
+// another from seq 1: a missing, invalid or inapplicable stored row ends
+// the history there (the records after it are then rejected by build). A
+// cached snapshot that is further along (events of the batch being built,
+// not stored yet) is kept.
 func (p *Projector) rebuild(ctx context.Context, keys []SessionKey, before map[SessionKey]uint64) error {
 	if len(keys) == 0 {
 		return nil
 	}
 	p.metrics.rebuilds.Add(float64(len(keys)))
 	fresh := make(map[SessionKey]*session.Snapshot, len(keys))
+	broken := map[SessionKey]bool{}
 	for _, k := range keys {
 		fresh[k] = session.New(k.TenantID, k.SessionID)
 	}
@@ -444,14 +464,18 @@ func (p *Projector) rebuild(ctx context.Context, keys []SessionKey, before map[S
 		err := p.store.Events(ctx, Filter{Sessions: part}, func(r *EventRow) error {
 			k := SessionKey{r.Event.TenantID, r.Event.SessionID}
 			sn := fresh[k]
-			if sn == nil || r.Event.Seq >= before[k] || r.Event.Seq <= sn.LastSeq {
+			if sn == nil || broken[k] || r.Event.Seq >= before[k] || r.Event.Seq <= sn.LastSeq {
 				return nil
 			}
-			if r.Invalid != nil {
-				return fmt.Errorf("projector: rebuild %s/%s seq %d: %w: %w", k.TenantID, k.SessionID, r.Event.Seq, ErrHistory, r.Invalid)
+			bad := r.Invalid
+			if bad == nil {
+				bad = sn.Apply(r.Event)
 			}
-			if err := sn.Apply(r.Event); err != nil {
-				return fmt.Errorf("projector: rebuild %s/%s: %w: %w", k.TenantID, k.SessionID, ErrHistory, err)
+			if bad != nil {
+				// Not an error of the scan: the history ends here.
+				broken[k] = true
+				p.log.Error("stored event fails verification or does not apply; its session's history ends before it",
+					"tenant", k.TenantID, "session", k.SessionID, "seq", r.Event.Seq, "error", bad)
 			}
 			return nil
 		})
@@ -460,11 +484,9 @@ func (p *Projector) rebuild(ctx context.Context, keys []SessionKey, before map[S
 		}
 	}
 	for _, k := range keys {
-		if sn := fresh[k]; sn.LastSeq+1 != before[k] {
-			return fmt.Errorf("projector: rebuild %s/%s: store holds seq 1..%d, next consumed seq is %d: %w",
-				k.TenantID, k.SessionID, sn.LastSeq, before[k], ErrHistory)
+		if cur := p.snaps[k]; cur == nil || cur.LastSeq < fresh[k].LastSeq {
+			p.snaps[k] = fresh[k]
 		}
-		p.snaps[k] = fresh[k]
 		p.used[k] = p.batch
 	}
 	return nil
@@ -509,6 +531,7 @@ type metrics struct {
 	records  prometheus.Counter
 	retries  prometheus.Counter
 	rebuilds prometheus.Counter
+	gaps     prometheus.Counter
 	flush    prometheus.Histogram
 }
 
@@ -522,6 +545,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Help: "Batches whose store read or write failed and was retried."}),
 		rebuilds: prometheus.NewCounter(prometheus.CounterOpts{Name: "aegis_projector_snapshot_rebuilds_total",
 			Help: "Session snapshots rebuilt from stored events."}),
+		gaps: prometheus.NewCounter(prometheus.CounterOpts{Name: "aegis_projector_history_gaps_total",
+			Help: "Sealed records rejected because neither the cache nor the store holds their session's events before them."}),
 		flush: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "aegis_projector_flush_seconds",
 			Help: "Time to build and write one batch.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 	}
@@ -529,7 +554,8 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		return m
 	}
 	for _, c := range []*prometheus.Collector{ptr[prometheus.Collector](m.rows), ptr[prometheus.Collector](m.records),
-		ptr[prometheus.Collector](m.retries), ptr[prometheus.Collector](m.rebuilds), ptr[prometheus.Collector](m.flush)} {
+		ptr[prometheus.Collector](m.retries), ptr[prometheus.Collector](m.rebuilds),
+		ptr[prometheus.Collector](m.gaps), ptr[prometheus.Collector](m.flush)} {
 		if err := reg.Register(*c); err != nil {
 			var are prometheus.AlreadyRegisteredError
 			if errors.As(err, &are) {

@@ -412,3 +412,70 @@ func counterValue(t *testing.T, reg *prometheus.Registry, name string) float64 {
 	t.Fatalf("no counter %s", name)
 	return 0
 }
+
+// TestProjectorRejectsRecordsPastTheHistory: a sealed record whose seq
+// jumps past what the cache and the store hold (written by something other
+// than the sealer, or after the store lost rows) is rejected on its own;
+// its session goes on with the records that follow and every other
+// session is stored as usual. A store that was emptied under committed
+// offsets rejects the continued sessions' records and keeps storing new
+// sessions, instead of stopping the projector.
+func TestProjectorRejectsRecordsPastTheHistory(t *testing.T) {
+	k := startKafka(t, 1)
+	st := openSQLite(t)
+	const sessions = 5
+	produce(t, k, sealedSessions(t, "acme", sessions, 1, 10))
+	var forged []*envelope.Event
+	for _, e := range sealedSessions(t, "acme", sessions, 15, 15) {
+		if e.SessionID == "s00003" {
+			forged = append(forged, e)
+		}
+	}
+	produce(t, k, forged)
+	produce(t, k, sealedSessions(t, "acme", sessions, 11, 20))
+
+	reg := prometheus.NewRegistry()
+	cfg := projector.Config{Brokers: k.brokers, Group: k.prefix + "projector", Topics: k.topics, BatchSize: 7,
+		FlushInterval: 50 * time.Millisecond, RetryBackoff: 10 * time.Millisecond}
+	stop := startProjector(t, cfg, st, reg)
+	waitFor(t, "every session at seq 20", 30*time.Second, func() bool {
+		return queryInt(t, st, "SELECT count(*) FROM session_snapshots WHERE last_seq = 20") == sessions
+	})
+	stop()
+	all := sealedSessions(t, "acme", sessions, 1, 20)
+	checks := map[string]int64{
+		"SELECT count(*) FROM audit_events": sessions * 20,
+		"SELECT count(*) FROM rejected_records WHERE stage = 'projector' AND reason = 'BAD_SEALED_RECORD' AND tenant_id = 'acme' AND session_id = 's00003' AND seq = 15 AND detail LIKE 'SEQ_GAP: acme/s00003 seq 15 %'": 1,
+		"SELECT count(*) FROM rejected_records": 1,
+	}
+	for q, want := range checks {
+		if got := queryInt(t, st, q); got != want {
+			t.Errorf("%s = %d, want %d", q, got, want)
+		}
+	}
+	_, rows, err := st.Query(context.Background(), "SELECT snapshot_hash FROM session_snapshots WHERE session_id = 's00003' ORDER BY last_seq DESC")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := snapshotHash(t, all, "acme", "s00003"); len(rows) == 0 || rows[0][0] != want {
+		t.Errorf("snapshot of the session with the rejected record: %v, want %s first", rows, want)
+	}
+	if got := counterValue(t, reg, "aegis_projector_history_gaps_total"); got != 1 {
+		t.Errorf("aegis_projector_history_gaps_total = %v, want 1", got)
+	}
+
+	// The same group on an empty store: acme's sessions continue at seq
+	// 21, whose history is gone; globex's start at seq 1.
+	empty := openSQLite(t)
+	produce(t, k, sealedSessions(t, "acme", sessions, 21, 22))
+	produce(t, k, sealedSessions(t, "globex", 3, 1, 4))
+	stop = startProjector(t, cfg, empty, prometheus.NewRegistry())
+	waitFor(t, "globex's events and acme's rejections", 30*time.Second, func() bool {
+		return queryInt(t, empty, "SELECT count(*) FROM audit_events WHERE tenant_id = 'globex'") == 12 &&
+			queryInt(t, empty, "SELECT count(*) FROM rejected_records WHERE detail LIKE 'SEQ_GAP: acme/%'") == sessions*2
+	})
+	stop()
+	if got := queryInt(t, empty, "SELECT count(*) FROM audit_events WHERE tenant_id = 'acme'"); got != 0 {
+		t.Errorf("%d acme events stored without their history", got)
+	}
+}
