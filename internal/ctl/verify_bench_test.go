@@ -77,3 +77,35 @@ func benchVerifyStore(b *testing.B, url string) {
 func BenchmarkVerifyStoreSQLite(b *testing.B) { benchVerifyStore(b, sqliteURL(b)) }
 
 func BenchmarkIntegrationVerifyStoreClickHouse(b *testing.B) { benchVerifyStore(b, clickhouseURL(b)) }
+
+// BenchmarkVerifySelectionSQLite verifies 20 selected sessions of a store
+// that holds 50,000: the cost should follow the selection, not the store.
+func BenchmarkVerifySelectionSQLite(b *testing.B) {
+	const sessions, per, selected = 50000, 3, 20
+	batch := benchBatch(b, sessions, per)
+	st, err := stores.Open(context.Background(), sqliteURL(b))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	for i := 0; i < len(batch.Events); i += 5000 {
+		if err := st.Write(context.Background(), &projector.Batch{Events: batch.Events[i:min(i+5000, len(batch.Events))]}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := st.Write(context.Background(), &projector.Batch{Heads: batch.Heads}); err != nil {
+		b.Fatal(err)
+	}
+	var f projector.Filter
+	for i := range selected {
+		h := batch.Heads[i*sessions/selected]
+		f.Sessions = append(f.Sessions, projector.SessionKey{TenantID: h.TenantID, SessionID: h.SessionID})
+	}
+	b.ResetTimer()
+	for b.Loop() {
+		rep, err := VerifyStore(context.Background(), st, f, 0)
+		if err != nil || !rep.OK || rep.Events != selected*per {
+			b.Fatalf("%+v %v", rep, err)
+		}
+	}
+}
