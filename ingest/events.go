@@ -150,6 +150,11 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p Principa
 		if err == nil && p.Tenant != "" && ev.TenantID != p.Tenant {
 			err = errf(http.StatusForbidden, CodeTenantMismatch, "credentials of tenant %q may not write tenant %q", p.Tenant, ev.TenantID)
 		}
+		if err == nil && ev.Type == envelope.ApprovalDecided && !p.can(RoleOperator) {
+			// An agent must not settle its own approvals: the decider
+			// honours any APPROVAL_DECIDED of the session.
+			err = errf(http.StatusForbidden, CodeForbidden, "role %s may not record APPROVAL_DECIDED; an operator settles approvals (POST /v1/approvals/{token})", p.Role)
+		}
 		if err != nil {
 			st, d := eventError(err)
 			res.Status, res.Error = "rejected", &d

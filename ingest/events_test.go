@@ -53,6 +53,9 @@ func TestEventsAuthAndTenants(t *testing.T) {
 		{"batch with one foreign event", "globex-agent", "[" + ev("globex", "a1", 1, "MODEL_CALL_STARTED", `{}`) + "," + ev("acme", "a1", 1, "MODEL_CALL_STARTED", `{}`) + "]", 403, CodeTenantMismatch},
 		{"agent of its tenant", "acme-agent", ev("acme", "a1", 1, "MODEL_CALL_STARTED", `{}`), 202, ""},
 		{"operator of its tenant", "acme-operator", ev("acme", "a1", 2, "MODEL_CALL_STARTED", `{}`), 202, ""},
+		{"agent settles an approval", "acme-agent", ev("acme", "a1", 3, "APPROVAL_DECIDED", `{"call_id":"m1","decision":"allow","approver":"acme-operator"}`), 403, CodeForbidden},
+		{"batch with an agent's approval", "acme-agent", "[" + ev("acme", "a1", 3, "MODEL_CALL_STARTED", `{}`) + "," + ev("acme", "a1", 4, "APPROVAL_DECIDED", `{"call_id":"m1","decision":"allow"}`) + "]", 403, CodeForbidden},
+		{"operator records an approval", "acme-operator", ev("acme", "a1", 3, "APPROVAL_DECIDED", `{"call_id":"m1","decision":"deny"}`), 202, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var resp EventsResponse

@@ -557,3 +557,26 @@ func TestWaiterAnsweredBy(t *testing.T) {
 		t.Error("a non-proposal waiter took a decision")
 	}
 }
+
+// TestApprovalBoundToItsArguments: a call_id proposed twice with other
+// arguments gets two tokens; approving the first must not allow the second
+// arguments (the decider settles an approval only for the tool and args
+// digest the gateway's APPROVAL_DECIDED names).
+func TestApprovalBoundToItsArguments(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	argsA, argsB := `{"to":"a@example.com"}`, `{"to":"attacker@example.com"}`
+	pa := requireApproval(t, h, "acme-agent", "bind1", "m1", argsA)
+	requireApproval(t, h, "acme-agent", "bind1", "m1", argsB)
+	var ap struct {
+		Approval Approval `json:"approval"`
+	}
+	if r := h.do(t, "POST", "/v1/approvals/"+pa.Approval.Token, "acme-operator", "application/json", `{"decision":"allow"}`, &ap); r.StatusCode != 200 {
+		t.Fatalf("approve A: %d %+v", r.StatusCode, ap)
+	}
+	var out ProposalResponse
+	h.do(t, "POST", "/v1/sessions/bind1/proposals", "acme-agent", "application/json", proposal("send_email", "m1", argsB), &out)
+	if out.Outcome != envelope.RequireApproval {
+		t.Fatalf("arguments B after approving A: %s/%s, want require_approval", out.Outcome, out.Reason)
+	}
+}

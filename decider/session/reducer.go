@@ -154,7 +154,13 @@ func (s *Snapshot) apply(e *envelope.Event, known *envelope.ToolCall, callDigest
 	case envelope.SanitizedText:
 		s.SanitizerKeys = insertSorted(s.SanitizerKeys, p.Key, MaxSanitizerKeys)
 	case envelope.ApprovalDecided:
-		if a, ok := s.Approvals[p.CallID]; ok && a.State == ApprovalPending {
+		// A decision names the call it settles by call_id and, from the
+		// gateway always, by tool and args digest: one that names
+		// another tool or other arguments than the pending approval
+		// (the call_id was proposed again with other arguments since)
+		// settles nothing.
+		if a, ok := s.Approvals[p.CallID]; ok && a.State == ApprovalPending &&
+			(p.ToolName == "" || p.ToolName == a.ToolName) && (p.ArgsDigest == "" || p.ArgsDigest == a.ArgsDigest) {
 			a.State = ApprovalDenied
 			if p.Decision == "allow" {
 				a.State = ApprovalApproved
@@ -271,18 +277,19 @@ type payload struct {
 	Decision     string `json:"decision"`
 	FromAgent    string `json:"from_agent"`
 	ToAgent      string `json:"to_agent"`
+	ArgsDigest   string `json:"args_digest"`
 }
 
-var payloadNames = []string{"tool_name", "call_id", "is_error", "sanitizer_key", "key", "decision", "from_agent", "to_agent"}
+var payloadNames = []string{"tool_name", "call_id", "is_error", "sanitizer_key", "key", "decision", "from_agent", "to_agent", "args_digest"}
 
 // decodePayload reads a payload exactly as json.Unmarshal into a payload
 // does, without reflection when the payload allows (envelope.FlatMembers):
 // every non-proposal event is read here.
 func decodePayload(data []byte) (payload, error) {
-	var vals [8][]byte
+	var vals [9][]byte
 	if envelope.FlatMembers(data, payloadNames, vals[:]) {
 		var p payload
-		strs := [...]*string{&p.ToolName, &p.CallID, nil, &p.SanitizerKey, &p.Key, &p.Decision, &p.FromAgent, &p.ToAgent}
+		strs := [...]*string{&p.ToolName, &p.CallID, nil, &p.SanitizerKey, &p.Key, &p.Decision, &p.FromAgent, &p.ToAgent, &p.ArgsDigest}
 		ok := true
 		for i, v := range vals {
 			switch {

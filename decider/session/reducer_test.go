@@ -336,3 +336,32 @@ func TestNamesBounded(t *testing.T) {
 	s := New("t", "s")
 	apply(t, s, proposal(1, 1000, ok, ok, allow), ev(2, 2000, envelope.MemoryRead, `{"key":"`+ok+`"}`))
 }
+
+// TestApprovalDecisionBoundToArguments: a decision that names a tool or an
+// args digest settles the pending approval only if they are the ones it
+// was requested for. A call_id proposed again with other arguments opens a
+// new pending approval; a decision carrying the first arguments' digest
+// must not approve the second arguments.
+func TestApprovalDecisionBoundToArguments(t *testing.T) {
+	req := envelope.Decision{Outcome: envelope.RequireApproval, Reason: envelope.ReasonApprovalRequired}
+	s := New("t", "s")
+	apply(t, s, proposal(1, 10, "send_email", "c1", req))
+	first := s.Approvals["c1"].ArgsDigest
+	other := ev(2, 20, envelope.ToolCallProposed, `{"tool_name":"send_email","call_id":"c1","args":{"to":"attacker@example.com"}}`)
+	other.Decision = &req
+	apply(t, s, other)
+	second := s.Approvals["c1"].ArgsDigest
+	if first == second {
+		t.Fatal("the two proposals have the same args digest")
+	}
+	apply(t, s,
+		ev(3, 30, envelope.ApprovalDecided, `{"call_id":"c1","decision":"allow","tool_name":"send_email","args_digest":"`+first+`"}`),
+		ev(4, 40, envelope.ApprovalDecided, `{"call_id":"c1","decision":"allow","tool_name":"git_push","args_digest":"`+second+`"}`))
+	if st := s.Approvals["c1"].State; st != ApprovalPending {
+		t.Fatalf("decisions for other arguments or another tool settled the approval: %s", st)
+	}
+	apply(t, s, ev(5, 50, envelope.ApprovalDecided, `{"call_id":"c1","decision":"allow","tool_name":"send_email","args_digest":"`+second+`"}`))
+	if st := s.Approvals["c1"].State; st != ApprovalApproved {
+		t.Fatalf("the matching decision did not settle the approval: %s", st)
+	}
+}
