@@ -145,3 +145,35 @@ func TestCancelledContextIsNotADecision(t *testing.T) {
 		t.Fatal("failed step changed the event or the snapshot")
 	}
 }
+
+// TestTerminatedSessionDecidesNothing: after TERMINATION (which clears the
+// session's taint) every proposal is denied SESSION_TERMINATED; before the
+// rule, a tainted agent could terminate and then run a high-risk tool.
+func TestTerminatedSessionDecidesNothing(t *testing.T) {
+	e := newEngine(t, policy.Default())
+	ctx := context.Background()
+	snap := session.New("acme", "s")
+	step := func(ev *envelope.Event) {
+		t.Helper()
+		if err := e.Step(ctx, snap, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	other := func(seq uint64, typ envelope.Type, payload string) *envelope.Event {
+		return &envelope.Event{V: 1, TenantID: "acme", SessionID: "s", Seq: seq, TsUnixMs: 1767225600000 + int64(seq), Type: typ, Payload: json.RawMessage(payload)}
+	}
+	step(other(1, envelope.ToolResult, `{"tool_name":"web_fetch","call_id":"c0"}`))
+	tainted := proposal("acme", 2, "exec", `{"bin":"ls"}`)
+	step(tainted)
+	if tainted.Decision.Reason != envelope.ReasonTaintedToHighRisk {
+		t.Fatalf("tainted exec: %+v", tainted.Decision)
+	}
+	step(other(3, envelope.Termination, `{}`))
+	for seq, tool := range map[uint64]string{4: "exec", 5: "search"} {
+		p := proposal("acme", seq, tool, `{"bin":"ls","q":1}`)
+		step(p)
+		if p.Decision.Outcome != envelope.Deny || p.Decision.Reason != envelope.ReasonSessionTerminated {
+			t.Fatalf("%s after TERMINATION: %s %s, want deny SESSION_TERMINATED", tool, p.Decision.Outcome, p.Decision.Reason)
+		}
+	}
+}

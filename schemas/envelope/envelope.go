@@ -103,6 +103,7 @@ const (
 	ReasonApprovalDenied       = "APPROVAL_DENIED"
 	ReasonApprovalExpired      = "APPROVAL_EXPIRED"
 	ReasonInvalidProposal      = "INVALID_PROPOSAL"
+	ReasonSessionTerminated    = "SESSION_TERMINATED"
 )
 
 // Constraints bound an allowed tool call. Zero fields are omitted (a deny

@@ -40,6 +40,11 @@ checked := input.manifest_index.allow if {
 	not valid_proposal
 } else := {"outcome": "deny", "reason": "POLICY_ERROR"} if {
 	not complete_state
+} else := {"outcome": "deny", "reason": "SESSION_TERMINATED"} if {
+	# A session that recorded TERMINATION runs no more tools (the
+	# termination also cleared its taint, so deciding on would let a
+	# tainted agent wash its taint away).
+	input.snapshot.terminated == true
 } else := {"outcome": "deny", "reason": r} if {
 	r := reasons[min(violations)]
 } else := {"outcome": "require_approval", "reason": "APPROVAL_REQUIRED"} if {

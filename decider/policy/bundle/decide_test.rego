@@ -73,6 +73,12 @@ test_non_proposal_allowed if {
 	decision_for(inp).outcome == "allow"
 }
 
+test_terminated_session_decides_nothing if {
+	reason_for(with_snapshot("search", {"q": "x"}, {"terminated": true})) == "SESSION_TERMINATED"
+	reason_for(with_snapshot("exec", {"bin": "ls"}, {"terminated": true, "tainted": false})) == "SESSION_TERMINATED"
+	reason_for(with_snapshot("undeclared", {}, {"terminated": true})) == "SESSION_TERMINATED"
+}
+
 test_invalid_proposal if {
 	reason_for(input_for(7, {})) == "INVALID_PROPOSAL"
 	reason_for(input_for("", {})) == "INVALID_PROPOSAL"
