@@ -208,14 +208,23 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p Principa
 		res.Status = "accepted"
 		resp.Accepted++
 	}
+	// One wait for all of them: a stalled pipeline holds the request for
+	// --proposal-timeout, not that long per event. Events whose turn comes
+	// after it ran out are not published.
+	wait, cancelWait := context.WithTimeout(r.Context(), s.cfg.ProposalTimeout)
+	defer cancelWait()
 	for i, ev := range evs {
 		if !assign[i] {
 			continue
 		}
 		res := &resp.Results[i]
-		ctx, cancel := context.WithTimeout(r.Context(), s.cfg.ProposalTimeout)
-		v, err := s.submit(ctx, ev, true, "event")
-		cancel()
+		if wait.Err() != nil {
+			failed = true
+			res.Status = "not_published"
+			res.Error = &ErrorDetail{Code: CodeDecisionTimeout, Message: "not published: the request's wait ran out before this event's turn"}
+			continue
+		}
+		v, err := s.submit(wait, ev, true, "event")
 		switch {
 		case errors.Is(err, errWaitTimeout):
 			failed = true

@@ -212,3 +212,59 @@ func TestEventsRejectedByTheDecider(t *testing.T) {
 		t.Fatalf("status %d, Retry-After %q, body %+v", r.StatusCode, r.Header.Get("Retry-After"), resp)
 	}
 }
+
+// TestAssignedEventsShareOneWait: the events of a batch whose seqs the
+// gateway assigns share one --proposal-timeout. With the decider stopped,
+// the first is published and times out; the others are not published
+// (before, each waited its own timeout and all were published at the same
+// seq, so all but one were later rejected with nobody waiting).
+func TestAssignedEventsShareOneWait(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{noDecider: true, cfg: func(c *Config) { c.ProposalTimeout = 300 * time.Millisecond }})
+	h.tailStarted(t)
+	var lines []string
+	for i := range 5 {
+		lines = append(lines, ev("acme", "wait1", 0, "MODEL_CALL_STARTED", fmt.Sprintf(`{"n":%d}`, i)))
+	}
+	var resp EventsResponse
+	r := h.do(t, "POST", "/v1/events", "acme-agent", "application/x-ndjson", strings.Join(lines, "\n"), &resp)
+	if r.StatusCode != http.StatusGatewayTimeout || len(resp.Results) != 5 {
+		t.Fatalf("status %d, %+v", r.StatusCode, resp)
+	}
+	if got := resp.Results[0]; got.Status != "failed" || got.Seq != 1 || got.Error.Code != CodeDecisionTimeout {
+		t.Errorf("first: %+v", got)
+	}
+	for _, got := range resp.Results[1:] {
+		if got.Status != "not_published" || got.Error == nil || got.Error.Code != CodeDecisionTimeout {
+			t.Errorf("later: %+v", got)
+		}
+	}
+	h.startDecider()
+	var next EventsResponse
+	h.do(t, "POST", "/v1/events", "acme-agent", "application/json", ev("acme", "wait1", 0, "MODEL_CALL_STARTED", `{"n":99}`), &next)
+	if got := next.Results[0]; got.Status != "accepted" || got.Seq != 2 {
+		t.Fatalf("next event: %+v, want accepted at seq 2 (one event was published before)", got)
+	}
+}
+
+// TestTimedOutAssignedSeqsDoNotCollide: two proposals whose waits time out
+// while the decider is stopped are both answered "recorded"; both must then
+// be decided, at seqs 1 and 2 (before, both were published at seq 1 and
+// one was rejected).
+func TestTimedOutAssignedSeqsDoNotCollide(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{noDecider: true})
+	h.tailStarted(t)
+	var a, b TimeoutResponse
+	h.do(t, "POST", "/v1/sessions/collide1/proposals?timeout_ms=200", "acme-agent", "application/json", proposal("read_file", "ca", `{"path":"/a"}`), &a)
+	h.do(t, "POST", "/v1/sessions/collide1/proposals?timeout_ms=200", "acme-agent", "application/json", proposal("read_file", "cb", `{"path":"/b"}`), &b)
+	if !a.Recorded || !b.Recorded || a.Seq == b.Seq {
+		t.Fatalf("A %+v, B %+v: want both recorded at distinct seqs", a, b)
+	}
+	h.startDecider()
+	var c ProposalResponse
+	h.do(t, "POST", "/v1/sessions/collide1/proposals", "acme-agent", "application/json", proposal("read_file", "cc", `{"path":"/c"}`), &c)
+	if c.Seq != 3 {
+		t.Fatalf("C decided at seq %d, want 3: one of the recorded proposals was rejected", c.Seq)
+	}
+}

@@ -190,7 +190,7 @@ func durationParam(r *http.Request, name string, def, limit time.Duration) (time
 		return def, nil
 	}
 	ms, err := strconv.ParseInt(v, 10, 64)
-	if err != nil || ms < 0 || time.Duration(ms)*time.Millisecond > limit {
+	if err != nil || ms < 0 || ms > limit.Milliseconds() { // compared before converting: a huge ms overflows a Duration
 		return 0, errf(http.StatusBadRequest, CodeMalformedRequest, "%s %q: want 0..%d", name, v, limit.Milliseconds())
 	}
 	return time.Duration(ms) * time.Millisecond, nil

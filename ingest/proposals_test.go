@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"runtime/pprof"
@@ -578,5 +579,19 @@ func TestApprovalBoundToItsArguments(t *testing.T) {
 	h.do(t, "POST", "/v1/sessions/bind1/proposals", "acme-agent", "application/json", proposal("send_email", "m1", argsB), &out)
 	if out.Outcome != envelope.RequireApproval {
 		t.Fatalf("arguments B after approving A: %s/%s, want require_approval", out.Outcome, out.Reason)
+	}
+}
+
+// TestDurationParamBounds: a wait parameter outside 0..limit is a 400, also
+// when it is too large to be a time.Duration (it used to wrap to a negative
+// wait that passed the check).
+func TestDurationParamBounds(t *testing.T) {
+	for v, ok := range map[string]bool{"0": true, "60000": true, "60001": false, "-1": false, "x": false,
+		"9223372036855": false, "9223372036854775807": false} {
+		r := httptest.NewRequest("POST", "/v1/sessions/s/proposals?timeout_ms="+v, nil)
+		d, err := durationParam(r, "timeout_ms", time.Second, time.Minute)
+		if ok != (err == nil) || (ok && (d < 0 || d > time.Minute)) {
+			t.Errorf("timeout_ms=%s: %v, %v", v, d, err)
+		}
 	}
 }

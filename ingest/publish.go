@@ -84,6 +84,14 @@ func (s *Server) submit(ctx context.Context, ev *envelope.Event, assign bool, ki
 			unregister()
 			return verdict{}, brokerError(errs[0])
 		}
+		if assign {
+			// The seq is taken as soon as Kafka holds the event, verdict
+			// or not: the next writer of the session must not publish at
+			// the same seq while this one waits (or after it timed out),
+			// or all but one of them would be rejected SEQ_CONFLICT with
+			// no one waiting for the verdict.
+			s.setHint(key, ev.Seq)
+		}
 		var v verdict
 		select {
 		case v = <-w.ch:
@@ -99,7 +107,9 @@ func (s *Server) submit(ctx context.Context, ev *envelope.Event, assign bool, ki
 		s.metrics.waits.WithLabelValues(kind).Observe(s.now().Sub(start).Seconds())
 		if rj := v.Rejection; rj != nil {
 			if assign && rj.Expected > 0 && attempt < maxAssignAttempts && rejectionStatus(rj.Reason) == http.StatusConflict {
-				s.setHint(key, rj.Expected-1)
+				// The decider's expected seq is the authority, lower
+				// (SEQ_GAP after a guess past a refused event) or higher.
+				s.resetHint(key, rj.Expected-1)
 				ev.Seq = rj.Expected
 				continue
 			}

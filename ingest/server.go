@@ -434,6 +434,16 @@ func (s *Server) hint(key string) uint64 {
 // save a round trip).
 const maxHints = 1 << 16
 
+// resetHint sets the session's hint to seq, lower or higher.
+func (s *Server) resetHint(key string, seq uint64) {
+	s.hintMu.Lock()
+	defer s.hintMu.Unlock()
+	if len(s.hints) >= maxHints {
+		clear(s.hints)
+	}
+	s.hints[key] = seq
+}
+
 func (s *Server) setHint(key string, seq uint64) {
 	s.hintMu.Lock()
 	defer s.hintMu.Unlock()
