@@ -74,6 +74,10 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) *Stage {
 
 // TransactConfig returns the runtime configuration of the stage's topics;
 // the caller sets brokers, group and transactional ID.
+// sealedExtraBytes is what a sealed record may add to its decided record
+// (prev_hash and hash): pipeline.SealedMaxBytes - pipeline.DecidedMaxBytes.
+const sealedExtraBytes = 64 << 10
+
 func (s *Stage) TransactConfig() stream.TransactConfig {
 	t := s.cfg.Topics
 	return stream.TransactConfig{Input: t.Decided, State: t.ChainHeads, Outputs: []string{t.Sealed, t.Rejected}, Partitions: s.cfg.Partitions}
@@ -205,6 +209,17 @@ func (p *processor) Process(_ context.Context, batch []*stream.Record, emit func
 		if err != nil {
 			return fmt.Errorf("sealer: %w", err)
 		}
+		if p.buf, err = ev.AppendCanonical(p.buf[:0], true); err != nil {
+			return fmt.Errorf("sealer: encode %s seq %d: %w", key, ev.Seq, err)
+		}
+		if limit := s.cfg.MaxEventBytes + sealedExtraBytes; len(p.buf) > limit {
+			// Only a record the decider did not write can grow this
+			// much once canonical (1e15 is 1000000000000000): the
+			// sealed topic and its readers take no more. The head
+			// does not move.
+			reject(rec, ev, envelope.CodeTooLarge, fmt.Sprintf("the sealed record would be %d bytes, limit is %d", len(p.buf), limit), 0)
+			continue
+		}
 		window.Add(ev.Seq, digest)
 		if err := p.heads.Put(key, &HeadRecord{Head: next, Window: window}); err != nil {
 			return fmt.Errorf("sealer: %w", err)
@@ -212,9 +227,6 @@ func (p *processor) Process(_ context.Context, batch []*stream.Record, emit func
 		if !seen[key] {
 			seen[key] = true
 			touched = append(touched, key)
-		}
-		if p.buf, err = ev.AppendCanonical(p.buf[:0], true); err != nil {
-			return fmt.Errorf("sealer: encode %s seq %d: %w", key, ev.Seq, err)
 		}
 		emit(stream.Output{Topic: t.Sealed, Partition: rec.Partition, Key: rec.Key, Value: append([]byte(nil), p.buf...)})
 		s.metrics.Accepted.Inc()

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 
 	"aegis.dev/aegis/internal/pipeline"
@@ -195,5 +196,35 @@ func TestHeadRecordJSONMatchesEncodingJSON(t *testing.T) {
 		if h.Seq != 20 || h.SessionID != "s.1:x-y_Z" || len(h.Window.Recent) != pipeline.WindowSize {
 			t.Fatalf("head %+v", h)
 		}
+	}
+}
+
+// TestSealerRefusesRecordsThatOutgrowTheSealedLimit: a decided record the
+// decider did not write can be within the sealer's input limit and grow
+// past what the sealed topic's readers take once canonical (1e15 is 16
+// bytes). It is rejected TOO_LARGE without moving the head, and the
+// session's next event is sealed as if it had never come.
+func TestSealerRefusesRecordsThatOutgrowTheSealedLimit(t *testing.T) {
+	const maxEvent = 128 << 10 // the decided limit of this stage
+	st := New(Config{Topics: topics, Partitions: partitions, MaxEventBytes: maxEvent}, nil, nil)
+	rec := decided("s1", 1, envelope.ModelCallStarted, "")
+	rec.Value = []byte(fmt.Sprintf(`{"tenant_id":"acme","session_id":"s1","seq":1,"ts_unix_ms":1001,"event_type":"MODEL_CALL_STARTED","payload":{"n":[%s1]}}`,
+		strings.Repeat("1e15,", 100<<10/5)))
+	if len(rec.Value) > maxEvent {
+		t.Fatalf("the record is %d bytes, over the input limit", len(rec.Value))
+	}
+	p := st.NewProcessor(rec.Partition)
+	out := run(t, p, rec)
+	if got := reasons(t, out); len(got) != 1 || got[0] != envelope.CodeTooLarge || len(byTopic(out, topics.Sealed)) != 0 {
+		t.Fatalf("rejections %v, %d sealed", got, len(byTopic(out, topics.Sealed)))
+	}
+	out = run(t, p, decided("s1", 1, envelope.ModelCallStarted, ""))
+	sealed := byTopic(out, topics.Sealed)
+	if len(sealed) != 1 || len(reasons(t, out)) != 0 {
+		t.Fatalf("the next event: %d sealed, rejections %v", len(sealed), reasons(t, out))
+	}
+	ev, err := (&envelope.Decoder{Sealed: true}).Decode(sealed[0].Value)
+	if err != nil || ev.Seq != 1 || ev.PrevHash != chain.Genesis {
+		t.Fatalf("sealed %+v, %v: want seq 1 after genesis", ev, err)
 	}
 }

@@ -381,6 +381,24 @@ func TestRejectionFitsItsTopic(t *testing.T) {
 			t.Fatalf("%s: prefix is not UTF-8", name)
 		}
 	}
+	// A detail quoting a large input (CheckKey quotes the key, the decoder
+	// an unknown event type) is cut too: each control byte is ~10 bytes of
+	// JSON once quoted with %q.
+	big := strings.Repeat("\x01", 40<<10)
+	for name, rec := range map[string]*stream.Record{
+		"detail quoting the key":  {Key: []byte(big), Value: []byte(`{}`)},
+		"detail quoting the type": {Key: []byte("acme/s1"), Value: []byte(`{"event_type":"` + big + `"}`)},
+	} {
+		out := NewRejection("decider", rec, "R", fmt.Sprintf("quoted %q", big)).Output("aegis.rejected", rec, limit)
+		if len(out.Key)+len(out.Value)+recordOverhead > limit {
+			t.Fatalf("%s: %d + %d bytes", name, len(out.Key), len(out.Value))
+		}
+		var r Rejection
+		if err := json.Unmarshal(out.Value, &r); err != nil || !strings.HasPrefix(r.Detail, `quoted "\x01`) || !strings.Contains(r.Detail, "(detail truncated)") ||
+			!strings.Contains(r.Detail, "(original truncated") {
+			t.Fatalf("%s: %v, detail %.80q…", name, err, r.Detail)
+		}
+	}
 	// What fits stays whole, '<' unescaped.
 	rec := &stream.Record{Key: []byte("acme/s1"), Value: []byte(strings.Repeat("<", 30<<10))}
 	out := NewRejection("decider", rec, "R", "d").Output("aegis.rejected", rec, limit)

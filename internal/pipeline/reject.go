@@ -75,6 +75,9 @@ type Rejection struct {
 // the whole would not fit in a record.
 const TruncatedOriginalBytes = 4 << 10
 
+// TruncatedDetailBytes is how much of the detail such a rejection keeps.
+const TruncatedDetailBytes = 1 << 10
+
 // recordOverhead bounds what a record adds to its key and value in a batch
 // of one (batch header, lengths, timestamp and offset deltas).
 const recordOverhead = 1 << 10
@@ -109,6 +112,11 @@ func (r *Rejection) Output(topic string, rec *stream.Record, maxRecordBytes int)
 	b := r.encode()
 	if maxRecordBytes > 0 && len(key)+len(b)+recordOverhead > maxRecordBytes {
 		t := *r
+		if len(t.Detail) > TruncatedDetailBytes {
+			// A detail may quote input (a key, an event type), which
+			// JSON can blow up six times (\u0001).
+			t.Detail = string(trimPartialRune([]byte(t.Detail[:TruncatedDetailBytes]))) + "… (detail truncated)"
+		}
 		t.truncate(rec.Value)
 		if len(t.Key) > TruncatedOriginalBytes {
 			t.Key = ""
