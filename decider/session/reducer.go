@@ -32,8 +32,9 @@ const (
 	// forgotten approval is never honoured: that call needs a new one).
 	MaxApprovals = 1024
 	// MaxNameBytes bounds each identifier the snapshot keeps: tool_name,
-	// call_id, key, sanitizer_key, from_agent and to_agent. With the
-	// count bounds above it keeps a session's state record well below
+	// call_id, key, sanitizer_key, from_agent and to_agent, measured in
+	// canonical JSON (a control byte is written \u00XX, six bytes). With
+	// the count bounds above it keeps a session's state record well below
 	// the size of one Kafka record, whatever the events say.
 	MaxNameBytes = 256
 )
@@ -121,8 +122,8 @@ func (s *Snapshot) apply(e *envelope.Event, known *envelope.ToolCall, callDigest
 	}
 	for _, f := range [...]struct{ name, v string }{{"tool_name", tc.ToolName}, {"call_id", tc.CallID}, {"tool_name", p.ToolName},
 		{"call_id", p.CallID}, {"sanitizer_key", p.SanitizerKey}, {"key", p.Key}, {"from_agent", p.FromAgent}, {"to_agent", p.ToAgent}} {
-		if len(f.v) > MaxNameBytes {
-			return fmt.Errorf("%w: %s/%s seq %d: payload.%s is %d bytes, at most %d", ErrPayload, s.TenantID, s.SessionID, e.Seq, f.name, len(f.v), MaxNameBytes)
+		if n := canonicalLen(f.v); n > MaxNameBytes {
+			return fmt.Errorf("%w: %s/%s seq %d: payload.%s is %d bytes in canonical JSON, at most %d", ErrPayload, s.TenantID, s.SessionID, e.Seq, f.name, n, MaxNameBytes)
 		}
 	}
 
@@ -264,6 +265,22 @@ func insertSorted(xs []string, v string, max int) []string {
 	copy(xs[i+1:], xs[i:])
 	xs[i] = v
 	return xs
+}
+
+// canonicalLen is the length of s's content in RFC 8785 JSON (without the
+// quotes): control bytes are escaped, as \b \t \n \f \r or \u00XX, and
+// " and \ take a backslash.
+func canonicalLen(s string) int {
+	n := len(s)
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\b' || c == '\t' || c == '\n' || c == '\f' || c == '\r' || c == '"' || c == '\\':
+			n++
+		case c < 0x20:
+			n += 5
+		}
+	}
+	return n
 }
 
 // payload holds the payload fields the reducer reads from non-proposal

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"aegis.dev/aegis/schemas/canon"
 	"aegis.dev/aegis/schemas/envelope"
 )
 
@@ -363,5 +364,23 @@ func TestApprovalDecisionBoundToArguments(t *testing.T) {
 	apply(t, s, ev(5, 50, envelope.ApprovalDecided, `{"call_id":"c1","decision":"allow","tool_name":"send_email","args_digest":"`+second+`"}`))
 	if st := s.Approvals["c1"].State; st != ApprovalApproved {
 		t.Fatalf("the matching decision did not settle the approval: %s", st)
+	}
+}
+
+// TestCanonicalLenMatchesCanon: the identifier bound counts what canonical
+// JSON writes, every byte value included.
+func TestCanonicalLenMatchesCanon(t *testing.T) {
+	var all []byte
+	for c := range 128 {
+		all = append(all, byte(c))
+	}
+	for _, s := range []string{"", "plain", string(all), "é\u2028\"\\", strings.Repeat("\x01", 300)} {
+		b, err := canon.AppendString(nil, s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := canonicalLen(s); got != len(b)-2 {
+			t.Errorf("%q: canonicalLen %d, canonical form %d bytes", s, got, len(b)-2)
+		}
 	}
 }

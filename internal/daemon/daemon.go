@@ -353,7 +353,7 @@ func (d *Daemon) newStage(name string, brokers []string, api *ingest.Server) (st
 		return nil, fmt.Errorf("aegisd: unknown stage %q", name)
 	}
 	tc.Brokers = brokers
-	tc.MaxRecordBytes = pipeline.MaxRecordBytes(cfg.MaxEventBytes)
+	tc.MaxRecordBytes = pipeline.StageMaxRecordBytes(cfg.MaxEventBytes)
 	tc.MaxBatch = cfg.MaxBatch
 	tc.Compression = cfg.KafkaCompression
 	tc.Group = cfg.TopicPrefix + name

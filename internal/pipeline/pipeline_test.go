@@ -136,6 +136,16 @@ func TestTopicSpecs(t *testing.T) {
 	if compact != 2 {
 		t.Fatalf("%d compacted topics", compact)
 	}
+	// Small events: the state topics still take a full state record.
+	for _, s := range NewTopics("x.").Specs(1, 64<<10) {
+		want := "196608"
+		if s.Cleanup == stream.CleanupCompact {
+			want = fmt.Sprint(StateRecordMaxBytes)
+		}
+		if s.Configs["max.message.bytes"] != want {
+			t.Fatalf("%s: max.message.bytes %s, want %s", s.Name, s.Configs["max.message.bytes"], want)
+		}
+	}
 	if ValidatePrefix("ok.prefix-1_") != nil || ValidatePrefix("bad/prefix") == nil {
 		t.Fatal("prefix validation")
 	}

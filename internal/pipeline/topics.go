@@ -59,6 +59,17 @@ func ValidatePrefix(prefix string) error {
 // events may be up to maxEventBytes.
 func MaxRecordBytes(maxEventBytes int) int { return 2*maxEventBytes + 64<<10 }
 
+// StateRecordMaxBytes bounds one state record: the decider's session state
+// at every bound of the reducer, with identifiers of the longest canonical
+// form, is ~0.9 MB (TestWorstCaseStateRecordFitsItsTopic).
+const StateRecordMaxBytes = 2 << 20
+
+// StageMaxRecordBytes is the largest record a transactional stage
+// produces: an output record or a state record.
+func StageMaxRecordBytes(maxEventBytes int) int {
+	return max(MaxRecordBytes(maxEventBytes), StateRecordMaxBytes)
+}
+
 // The size contract between the stages, for events of at most
 // maxEventBytes: the decider accepts an event only if its canonical form
 // (RFC 8785, which writes 1e15 as 1000000000000000) is at most
@@ -79,9 +90,17 @@ func SealedMaxBytes(maxEventBytes int) int { return maxEventBytes + 128<<10 }
 // records of twice that (a rejection carries its original, a decided event
 // its decision), so an oversized event reaches the decider and is rejected
 // with TOO_LARGE and its reason instead of failing at the producer.
+//
+// The state topics carry records of at least StateRecordMaxBytes, whatever
+// the event limit: a session's state is bounded by the reducer's bounds,
+// not by the size of one event.
 func (t Topics) Specs(partitions int32, maxEventBytes int) []stream.TopicSpec {
 	configs := map[string]string{"max.message.bytes": fmt.Sprint(MaxRecordBytes(maxEventBytes))}
+	stateConfigs := map[string]string{"max.message.bytes": fmt.Sprint(StageMaxRecordBytes(maxEventBytes))}
 	spec := func(name string, c stream.Cleanup) stream.TopicSpec {
+		if c == stream.CleanupCompact {
+			return stream.TopicSpec{Name: name, Partitions: partitions, Cleanup: c, Configs: stateConfigs}
+		}
 		return stream.TopicSpec{Name: name, Partitions: partitions, Cleanup: c, Configs: configs}
 	}
 	return []stream.TopicSpec{
