@@ -12,11 +12,16 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"aegis.dev/aegis/internal/daemon"
 )
 
 func main() {
+	// Policies may name the time zone "Local" (time.clock, time.date,
+	// time.format, ...): pinning it to UTC makes a decision independent
+	// of the host's TZ, so a replay elsewhere decides alike.
+	time.Local = time.UTC
 	cfg, err := daemon.Load(os.Args[1:], os.Stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		os.Exit(0)

@@ -463,6 +463,9 @@ func TestNewRejectsBadBundles(t *testing.T) {
 		{"net.lookup_ip_addr", map[string]string{"decide.rego": "package aegis.decide\n\ndecision := net.lookup_ip_addr(\"x\")"}},
 		{"rand.intn", map[string]string{"decide.rego": "package aegis.decide\n\ndecision := rand.intn(\"x\", 10)"}},
 		{"opa.runtime", map[string]string{"decide.rego": "package aegis.decide\n\ndecision := opa.runtime()"}},
+		// Certificate verification against the wall clock.
+		{"x509 verify", map[string]string{"decide.rego": "package aegis.decide\n\ndecision := crypto.x509.parse_and_verify_certificates(\"x\")"}},
+		{"x509 verify with options", map[string]string{"decide.rego": "package aegis.decide\n\ndecision := crypto.x509.parse_and_verify_certificates_with_options(\"x\", {})"}},
 		{"only tests", map[string]string{"decide_test.rego": "package aegis.decide_test\n\ntest_x if true"}},
 		{"no files", map[string]string{}},
 	} {
