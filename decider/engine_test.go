@@ -177,3 +177,25 @@ func TestTerminatedSessionDecidesNothing(t *testing.T) {
 		}
 	}
 }
+
+// TestBackdatedProposalStaysOverTheWallTime: once the session's events
+// span the wall-time budget, a proposal stamped earlier is still over it.
+func TestBackdatedProposalStaysOverTheWallTime(t *testing.T) {
+	e := newEngine(t, policy.Default())
+	ctx := context.Background()
+	snap := session.New("acme", "s")
+	at := func(seq uint64, ts int64, typ envelope.Type, payload string) *envelope.Event {
+		return &envelope.Event{V: 1, TenantID: "acme", SessionID: "s", Seq: seq, TsUnixMs: ts, Type: typ, Payload: json.RawMessage(payload)}
+	}
+	const first = int64(1767225600000)
+	late := at(3, first+200000, envelope.ToolCallProposed, `{"tool_name":"search","call_id":"c1","args":{"q":1}}`)
+	early := at(4, first+1, envelope.ToolCallProposed, `{"tool_name":"search","call_id":"c2","args":{"q":2}}`)
+	for _, ev := range []*envelope.Event{at(1, first, envelope.ModelCallStarted, `{}`), at(2, first+200000, envelope.ModelCallStarted, `{}`), late, early} {
+		if err := e.Step(ctx, snap, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if late.Decision.Reason != envelope.ReasonBudgetExceeded || early.Decision.Reason != envelope.ReasonBudgetExceeded {
+		t.Fatalf("late %s, backdated %s: want BUDGET_EXCEEDED for both", late.Decision.Reason, early.Decision.Reason)
+	}
+}

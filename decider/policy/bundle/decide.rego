@@ -154,6 +154,14 @@ violations contains 3 if {
 	input.event.ts_unix_ms - input.snapshot.first_ts_ms >= input.manifest_index.budgets.max_wall_time_ms
 }
 
+# The latest time the session has seen counts too (last_ts_ms is the
+# highest event timestamp), so a proposal stamped earlier than the events
+# before it does not get under the budget again.
+violations contains 3 if {
+	input.snapshot.events > 0
+	input.snapshot.last_ts_ms - input.snapshot.first_ts_ms >= input.manifest_index.budgets.max_wall_time_ms
+}
+
 # 4. A loop: the sticky flag; the (max_identical_calls+1)-th identical call;
 # no progress (too many failed results in a row); a repeated tool-name
 # sequence. The first three read input.call_digest (an input without it

@@ -79,6 +79,12 @@ test_terminated_session_decides_nothing if {
 	reason_for(with_snapshot("undeclared", {}, {"terminated": true})) == "SESSION_TERMINATED"
 }
 
+test_wall_time_not_reset_by_a_backdated_proposal if {
+	# base fixture: first_ts_ms 1000; the default wall-time budget is 120000 ms.
+	reason_for(with_snapshot("search", {"q": "x"}, {"last_ts_ms": 121000})) == "BUDGET_EXCEEDED"
+	reason_for(with_snapshot("search", {"q": "x"}, {"last_ts_ms": 120999})) == "OK"
+}
+
 test_invalid_proposal if {
 	reason_for(input_for(7, {})) == "INVALID_PROPOSAL"
 	reason_for(input_for("", {})) == "INVALID_PROPOSAL"
