@@ -117,6 +117,10 @@ func (s *Server) handleSnapshot(w http.ResponseWriter, r *http.Request, p Princi
 // the sealed records with seq > after_seq, in seq order, at most limit
 // (default 100, at most 1000). A page is never cut silently: next_cursor
 // is set whenever more records follow.
+// maxSeq is the largest seq an event may carry (the largest integer JSON
+// carries exactly, as the event schema says).
+const maxSeq = 1<<53 - 1
+
 func (s *Server) handleSessionEvents(w http.ResponseWriter, r *http.Request, p Principal) {
 	f, err := s.sessionScope(r, p)
 	if err != nil {
@@ -139,6 +143,11 @@ func (s *Server) handleSessionEvents(w http.ResponseWriter, r *http.Request, p P
 		}
 	}
 	page := EventsPage{Events: []json.RawMessage{}}
+	if after >= maxSeq {
+		writeJSON(w, http.StatusOK, page) // no seq is larger
+		return
+	}
+	f.AfterSeq = after
 	var lastSeq uint64
 	err = s.scan(r.Context(), f, func(row *projector.EventRow) error {
 		if row.Event.Seq <= after {

@@ -25,6 +25,9 @@ func (f Filter) Where(tuples func(list string) string) (string, []any) {
 		conds = append(conds, "(tenant_id, session_id) IN (SELECT tenant_id, session_id FROM audit_events WHERE ts_unix_ms >= ?)")
 		args = append(args, f.SinceUnixMs)
 	}
+	if f.AfterSeq > 0 {
+		conds, args = append(conds, "seq > ?"), append(args, f.AfterSeq)
+	}
 	if len(f.Sessions) > 0 {
 		vals := make([]string, len(f.Sessions))
 		for i, k := range f.Sessions {

@@ -38,6 +38,10 @@ type Filter struct {
 	SinceUnixMs int64
 	// Sessions, if not empty, selects only these sessions.
 	Sessions []SessionKey
+	// AfterSeq, if positive, selects the events after it (a page of one
+	// session's events), so that paging does not read the session from
+	// its start each time. At most 1<<53 (the largest seq).
+	AfterSeq uint64
 }
 
 // HeadReader is implemented by stores that keep the sealer's chain heads.

@@ -349,6 +349,9 @@ func testFilters(t *testing.T, s Store) {
 			return false
 		})},
 		{"nothing", projector.Filter{TenantID: "nobody"}, 0},
+		{"after seq", projector.Filter{TenantID: last.TenantID, SessionID: last.SessionID, AfterSeq: 1}, countIf(vec, func(e *envelope.Event) bool {
+			return e.TenantID == last.TenantID && e.SessionID == last.SessionID && e.Seq > 1
+		})},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
