@@ -210,7 +210,11 @@ func (s *Snapshot) applyProposal(e *envelope.Event, tc envelope.ToolCall, callDi
 		if !ok && len(s.Approvals) >= MaxApprovals {
 			s.forgetEarliestApproval()
 		}
-		if !ok || a.State != ApprovalApproved {
+		// An approval granted for this call_id stays unless the
+		// call_id now names another tool or other arguments: then the
+		// new call is what waits for approval (there is one approval
+		// per call_id, and the earlier one would never match again).
+		if !ok || a.State != ApprovalApproved || a.ToolName != tc.ToolName || a.ArgsDigest != callDigest {
 			s.Approvals[tc.CallID] = Approval{ToolName: tc.ToolName, ArgsDigest: callDigest, State: ApprovalPending, RequestedSeq: e.Seq, RequestedTsMs: e.TsUnixMs}
 		}
 	}

@@ -384,3 +384,25 @@ func TestCanonicalLenMatchesCanon(t *testing.T) {
 		}
 	}
 }
+
+// TestApprovedCallIDWithOtherArguments: a call_id approved for some
+// arguments and proposed again with others opens a pending approval for the
+// new arguments, which a matching decision then settles (before, the old
+// approval stayed and the new call could never be approved).
+func TestApprovedCallIDWithOtherArguments(t *testing.T) {
+	req := envelope.Decision{Outcome: envelope.RequireApproval, Reason: envelope.ReasonApprovalRequired}
+	s := New("t", "s")
+	apply(t, s, proposal(1, 10, "send_email", "c1", req))
+	apply(t, s, ev(2, 20, envelope.ApprovalDecided, `{"call_id":"c1","decision":"allow","args_digest":"`+s.Approvals["c1"].ArgsDigest+`"}`))
+	other := ev(3, 30, envelope.ToolCallProposed, `{"tool_name":"send_email","call_id":"c1","args":{"to":"b@example.com"}}`)
+	other.Decision = &req
+	apply(t, s, other)
+	a := s.Approvals["c1"]
+	if a.State != ApprovalPending || a.RequestedSeq != 3 {
+		t.Fatalf("after other arguments: %+v, want pending from seq 3", a)
+	}
+	apply(t, s, ev(4, 40, envelope.ApprovalDecided, `{"call_id":"c1","decision":"allow","args_digest":"`+a.ArgsDigest+`"}`))
+	if st := s.Approvals["c1"].State; st != ApprovalApproved {
+		t.Fatalf("the decision for the new arguments: %s", st)
+	}
+}
