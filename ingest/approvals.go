@@ -28,6 +28,10 @@ const (
 	ApprovalApproved = "approved"
 	ApprovalDenied   = "denied"
 	ApprovalExpired  = "expired"
+	// ApprovalSuperseded: the call_id was proposed again with another
+	// tool or other arguments before this approval was decided; the
+	// pipeline keeps one approval per call_id, the newer one.
+	ApprovalSuperseded = "superseded"
 )
 
 // approverExpiry is the approver recorded when an approval expires unanswered.
@@ -82,6 +86,8 @@ func (e *approvalEntry) key() callKey {
 	return callKey{e.TenantID, e.SessionID, e.CallID, e.ToolName, e.ArgsDigest}
 }
 
+func (e *approvalEntry) call() [3]string { return [3]string{e.TenantID, e.SessionID, e.CallID} }
+
 // approvals is the gateway's registry of approval requests. Tokens are
 // verified by HMAC; single use is enforced here (a token leaves the
 // pending state exactly once) and again by the pipeline, whose reducer
@@ -93,18 +99,23 @@ type approvals struct {
 	mu         sync.Mutex
 	byID       map[string]*approvalEntry
 	pending    map[callKey]*approvalEntry
+	// byCall is the pending approval of each (tenant, session, call_id).
+	byCall map[[3]string]*approvalEntry
 	// pendingBy counts pending approvals per tenant.
 	pendingBy map[string]int
 }
 
 func newApprovals(secret []byte, maxPending int) *approvals {
 	return &approvals{secret: secret, maxPending: maxPending, byID: make(map[string]*approvalEntry), pending: make(map[callKey]*approvalEntry),
-		pendingBy: make(map[string]int)}
+		byCall: make(map[[3]string]*approvalEntry), pendingBy: make(map[string]int)}
 }
 
 // decided moves e out of the pending state. The caller holds a.mu.
 func (a *approvals) decided(e *approvalEntry, state, approver, reason string, seq uint64) {
 	delete(a.pending, e.key())
+	if ck := e.call(); a.byCall[ck] == e {
+		delete(a.byCall, ck)
+	}
 	if a.pendingBy[e.TenantID]--; a.pendingBy[e.TenantID] <= 0 {
 		delete(a.pendingBy, e.TenantID)
 	}
@@ -158,6 +169,16 @@ func (a *approvals) open(rep *decider.Reply, args json.RawMessage, expires time.
 	if e := a.pending[k]; e != nil {
 		return e, nil
 	}
+	// The decider now waits for an approval of this call, not of the
+	// earlier arguments: a decision on the earlier token would settle
+	// nothing, so it is refused (409) rather than reported as approved.
+	// Two replies may reach their handlers out of order: the later seq
+	// wins.
+	old := a.byCall[[3]string{rep.TenantID, rep.SessionID, rep.CallID}]
+	stale := old != nil && old.RequestedSeq > rep.Seq
+	if old != nil && !stale && !old.busy {
+		a.decided(old, ApprovalSuperseded, "", fmt.Sprintf("superseded by the proposal at seq %d (another tool or other arguments)", rep.Seq), 0)
+	}
 	if a.pendingBy[rep.TenantID] >= a.maxPending {
 		return nil, &apiError{Status: http.StatusTooManyRequests, Code: CodeTooManyApprovals, RetryAfter: time.Minute,
 			Message: fmt.Sprintf("tenant %s has %d approvals pending on this gateway; decide some first (the require_approval decision is recorded)", rep.TenantID, a.maxPending)}
@@ -170,7 +191,13 @@ func (a *approvals) open(rep *decider.Reply, args json.RawMessage, expires time.
 		ToolName: c.ToolName, ArgsDigest: digest, RequestedSeq: rep.Seq, ExpiresMs: c.ExpiresMs, State: ApprovalPending},
 		done: make(chan struct{})}
 	a.byID[c.ID] = e
+	if stale {
+		e.State, e.Reason = ApprovalSuperseded, fmt.Sprintf("superseded by the proposal at seq %d (another tool or other arguments)", old.RequestedSeq)
+		close(e.done)
+		return e, nil
+	}
 	a.pending[k] = e
+	a.byCall[e.call()] = e
 	a.pendingBy[rep.TenantID]++
 	return e, nil
 }
@@ -330,9 +357,9 @@ func (s *Server) handleListApprovals(w http.ResponseWriter, r *http.Request, p P
 		state = ApprovalPending
 	case "all":
 		state = ""
-	case ApprovalPending, ApprovalApproved, ApprovalDenied, ApprovalExpired:
+	case ApprovalPending, ApprovalApproved, ApprovalDenied, ApprovalExpired, ApprovalSuperseded:
 	default:
-		writeError(w, errf(http.StatusBadRequest, CodeMalformedRequest, "state %q: want pending, approved, denied, expired or all", state))
+		writeError(w, errf(http.StatusBadRequest, CodeMalformedRequest, "state %q: want pending, approved, denied, expired, superseded or all", state))
 		return
 	}
 	tenant := p.Tenant

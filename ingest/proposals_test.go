@@ -560,25 +560,37 @@ func TestWaiterAnsweredBy(t *testing.T) {
 }
 
 // TestApprovalBoundToItsArguments: a call_id proposed twice with other
-// arguments gets two tokens; approving the first must not allow the second
-// arguments (the decider settles an approval only for the tool and args
-// digest the gateway's APPROVAL_DECIDED names).
+// arguments gets two tokens; the first is superseded (the decider keeps one
+// approval per call_id, the newer one), so approving it is refused instead
+// of reported as approved, and it cannot allow either call. The second
+// token approves the second arguments only.
 func TestApprovalBoundToItsArguments(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{})
 	argsA, argsB := `{"to":"a@example.com"}`, `{"to":"attacker@example.com"}`
 	pa := requireApproval(t, h, "acme-agent", "bind1", "m1", argsA)
-	requireApproval(t, h, "acme-agent", "bind1", "m1", argsB)
+	pb := requireApproval(t, h, "acme-agent", "bind1", "m1", argsB)
+	var e errResp
+	if r := h.do(t, "POST", "/v1/approvals/"+pa.Approval.Token, "acme-operator", "application/json", `{"decision":"allow"}`, &e); r.StatusCode != 409 || e.Error.Code != CodeApprovalNotPending {
+		t.Fatalf("approve the superseded token: %d %+v", r.StatusCode, e)
+	}
+	var list struct {
+		Approvals []Approval `json:"approvals"`
+	}
+	h.do(t, "GET", "/v1/approvals?state=superseded", "acme-operator", "", "", &list)
+	if len(list.Approvals) != 1 || list.Approvals[0].ID != pa.Approval.ID {
+		t.Fatalf("superseded approvals: %+v", list.Approvals)
+	}
+	var out ProposalResponse
 	var ap struct {
 		Approval Approval `json:"approval"`
 	}
-	if r := h.do(t, "POST", "/v1/approvals/"+pa.Approval.Token, "acme-operator", "application/json", `{"decision":"allow"}`, &ap); r.StatusCode != 200 {
-		t.Fatalf("approve A: %d %+v", r.StatusCode, ap)
+	if r := h.do(t, "POST", "/v1/approvals/"+pb.Approval.Token, "acme-operator", "application/json", `{"decision":"allow"}`, &ap); r.StatusCode != 200 {
+		t.Fatalf("approve B: %d %+v", r.StatusCode, ap)
 	}
-	var out ProposalResponse
 	h.do(t, "POST", "/v1/sessions/bind1/proposals", "acme-agent", "application/json", proposal("send_email", "m1", argsB), &out)
-	if out.Outcome != envelope.RequireApproval {
-		t.Fatalf("arguments B after approving A: %s/%s, want require_approval", out.Outcome, out.Reason)
+	if out.Outcome != envelope.Allow {
+		t.Fatalf("arguments B after their approval: %s/%s", out.Outcome, out.Reason)
 	}
 }
 
