@@ -169,8 +169,8 @@ func TestTerminatedSessionDecidesNothing(t *testing.T) {
 		t.Fatalf("tainted exec: %+v", tainted.Decision)
 	}
 	step(other(3, envelope.Termination, `{}`))
-	for seq, tool := range map[uint64]string{4: "exec", 5: "search"} {
-		p := proposal("acme", seq, tool, `{"bin":"ls","q":1}`)
+	for i, tool := range []string{"exec", "search"} {
+		p := proposal("acme", uint64(4+i), tool, `{"bin":"ls","q":1}`)
 		step(p)
 		if p.Decision.Outcome != envelope.Deny || p.Decision.Reason != envelope.ReasonSessionTerminated {
 			t.Fatalf("%s after TERMINATION: %s %s, want deny SESSION_TERMINATED", tool, p.Decision.Outcome, p.Decision.Reason)
