@@ -367,10 +367,10 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 	if err := p.rebuild(ctx, load, firstSeq); err != nil {
 		return nil, err
 	}
-	rebuilt := make(map[SessionKey]bool, len(load))
-	for _, k := range load {
-		rebuilt[k] = true
-	}
+	// A session is rebuilt at most once more in the loop below: a gap
+	// that a rebuild does not close is a record to reject, not a reason
+	// to ask the store again for each of the session's records.
+	rebuilt := map[SessionKey]bool{}
 	dirty := map[SessionKey]bool{}
 	var order []SessionKey
 	for _, s := range events {
