@@ -199,3 +199,19 @@ func TestBackdatedProposalStaysOverTheWallTime(t *testing.T) {
 		t.Fatalf("late %s, backdated %s: want BUDGET_EXCEEDED for both", late.Decision.Reason, early.Decision.Reason)
 	}
 }
+
+// TestCaseVariantArgumentsAreInvalid: arguments with two keys that differ
+// only in letter case are refused. The policy reads args.url exactly, but
+// a tool server decoding case-insensitively (Go's encoding/json into a
+// struct) would fetch the other URL.
+func TestCaseVariantArgumentsAreInvalid(t *testing.T) {
+	e := newEngine(t, policy.Default())
+	snap := session.New("acme", "s")
+	ev := proposal("acme", 1, "search", `{"q":"x","Q":"y"}`)
+	if err := e.Step(context.Background(), snap, ev); err != nil {
+		t.Fatal(err)
+	}
+	if ev.Decision.Outcome != envelope.Deny || ev.Decision.Reason != envelope.ReasonInvalidProposal {
+		t.Fatalf("%s %s, want deny INVALID_PROPOSAL", ev.Decision.Outcome, ev.Decision.Reason)
+	}
+}

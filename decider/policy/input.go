@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
+	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/open-policy-agent/opa/v1/ast"
@@ -368,6 +370,11 @@ func (p *jsonParser) object(depth int) (ast.Value, error) {
 		p.pos++
 		return obj, nil
 	}
+	// Keys seen so far, to refuse two that differ only in letter case:
+	// compared directly while the object is small, by folded form after.
+	var small [8]string
+	var nsmall int
+	var folded map[string]string
 	for {
 		p.space()
 		if p.pos >= len(p.data) || p.data[p.pos] != '"' {
@@ -390,6 +397,27 @@ func (p *jsonParser) object(depth int) (ast.Value, error) {
 		if obj.Get(key) != nil {
 			return nil, p.errorf("duplicate object key %q", k)
 		}
+		if nsmall < len(small) {
+			for _, o := range small[:nsmall] {
+				if strings.EqualFold(o, k) {
+					return nil, p.errorf("object keys %q and %q differ only in letter case", o, k)
+				}
+			}
+			small[nsmall] = k
+			nsmall++
+		} else {
+			if folded == nil {
+				folded = make(map[string]string, 2*len(small))
+				for _, o := range small {
+					folded[foldKey(o)] = o
+				}
+			}
+			fk := foldKey(k)
+			if o, ok := folded[fk]; ok {
+				return nil, p.errorf("object keys %q and %q differ only in letter case", o, k)
+			}
+			folded[fk] = k
+		}
 		obj.Insert(key, ast.NewTerm(v))
 		p.space()
 		if p.pos >= len(p.data) {
@@ -405,6 +433,32 @@ func (p *jsonParser) object(depth int) (ast.Value, error) {
 			return nil, p.errorf("expected ',' or '}'")
 		}
 	}
+}
+
+// foldKey maps s to one representative of its case-folding class: each
+// rune becomes the smallest rune of its Unicode simple-folding orbit, so
+// foldKey(a) == foldKey(b) exactly when strings.EqualFold(a, b) (the
+// Kelvin sign and "k", the long s and "s" included).
+func foldKey(s string) string {
+	ascii := true
+	for i := 0; i < len(s); i++ {
+		if s[i] >= utf8.RuneSelf {
+			ascii = false
+			break
+		}
+	}
+	if ascii {
+		return strings.ToUpper(s) // upper case is the smallest of an ASCII letter's orbit
+	}
+	var b strings.Builder
+	for _, r := range s {
+		m := r
+		for f := unicode.SimpleFold(r); f != r; f = unicode.SimpleFold(f) {
+			m = min(m, f)
+		}
+		b.WriteRune(m)
+	}
+	return b.String()
 }
 
 func (p *jsonParser) array(depth int) (ast.Value, error) {

@@ -165,6 +165,15 @@ func TestJSONValue(t *testing.T) {
 		{"empty containers", `[{},[],""]`, true},
 		{"duplicate key", `{"a":1,"a":2}`, false},
 		{"duplicate key after unescape", `{"a":1,"\u0061":2}`, false},
+		// Keys that differ only in letter case: a case-insensitive
+		// decoder (Go's encoding/json into a struct) reads the last.
+		{"case variant key", `{"url":"https://api.example.com/","URL":"https://evil.example.net/"}`, false},
+		{"case variant key, nested", `{"args":{"a":{"bin":"ls","BIN":"rm"}}}`, false},
+		{"kelvin sign", `{"k":1,"\u212a":2}`, false},
+		{"long s", `{"s":1,"\u017f":2}`, false},
+		{"case variant past eight keys", `{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":9,"B":10}`, false},
+		{"kelvin past eight keys", `{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"\u212a":9,"K":10}`, false},
+		{"distinct keys past eight", `{"a":1,"b":2,"c":3,"d":4,"e":5,"f":6,"g":7,"h":8,"i":9,"j":10,"é":11,"ß":12}`, true},
 		{"trailing comma", `[1,]`, false},
 		{"leading zero", `01`, false},
 		{"bare dot", `1.`, false},
@@ -220,8 +229,9 @@ func FuzzJSONValue(f *testing.F) {
 			return
 		}
 		if err != nil {
-			// Stricter than encoding/json on purpose, for these two reasons only.
-			if msg := err.Error(); !strings.Contains(msg, "duplicate object key") && !strings.Contains(msg, "nesting deeper") {
+			// Stricter than encoding/json on purpose, for these reasons only.
+			if msg := err.Error(); !strings.Contains(msg, "duplicate object key") && !strings.Contains(msg, "nesting deeper") &&
+				!strings.Contains(msg, "differ only in letter case") {
 				t.Fatalf("rejected valid JSON %q: %v", data, err)
 			}
 			return
@@ -246,4 +256,17 @@ func decodeUseNumber(tb testing.TB, data []byte) any {
 		tb.Fatalf("decode %q: %v", data, err)
 	}
 	return v
+}
+
+// TestFoldKeyMatchesEqualFold: two keys have the same folded form exactly
+// when strings.EqualFold says they are equal.
+func TestFoldKeyMatchesEqualFold(t *testing.T) {
+	words := []string{"k", "K", "\u212a", "s", "S", "\u017f", "url", "URL", "Url", "ß", "SS", "é", "É", "σ", "ς", "Σ", "ǅ", "ǆ", "Ǆ", "a1", "A1", "", "x-y", "X-Y"}
+	for _, a := range words {
+		for _, b := range words {
+			if (foldKey(a) == foldKey(b)) != strings.EqualFold(a, b) {
+				t.Errorf("%q %q: foldKey %q %q, EqualFold %v", a, b, foldKey(a), foldKey(b), strings.EqualFold(a, b))
+			}
+		}
+	}
 }
