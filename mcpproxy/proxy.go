@@ -384,7 +384,7 @@ func (p *Proxy) upstreamName() string {
 	if p.cfg.UpstreamCmd != "" {
 		return "stdio:" + strings.Fields(p.cfg.UpstreamCmd)[0]
 	}
-	return p.cfg.UpstreamURL
+	return redactURL(p.cfg.UpstreamURL)
 }
 
 // expireIdle closes the sessions unused for IdleTimeout.

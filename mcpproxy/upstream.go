@@ -10,6 +10,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"net/url"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -184,6 +185,7 @@ func (u *stdioUpstream) close() error {
 // server assigned in its answer to initialize.
 type httpUpstream struct {
 	url    string
+	name   string // url without credentials or query, for errors and logs
 	client *http.Client
 	max    int64 // largest answer read
 
@@ -192,13 +194,13 @@ type httpUpstream struct {
 }
 
 func newHTTPUpstream(url string, client *http.Client, max int64) *httpUpstream {
-	return &httpUpstream{url: url, client: client, max: max}
+	return &httpUpstream{url: url, name: redactURL(url), client: client, max: max}
 }
 
 func (u *httpUpstream) post(ctx context.Context, m *message) (*http.Response, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, u.url, bytes.NewReader(encode(m)))
 	if err != nil {
-		return nil, fmt.Errorf("mcpproxy: upstream request: %w", err)
+		return nil, fmt.Errorf("mcpproxy: upstream request to %s: %w", u.name, unwrapURLError(err))
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Accept", "application/json, text/event-stream")
@@ -210,7 +212,7 @@ func (u *httpUpstream) post(ctx context.Context, m *message) (*http.Response, er
 	}
 	resp, err := u.client.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", errUpstreamClosed, err)
+		return nil, fmt.Errorf("%w: %s: %w", errUpstreamClosed, u.name, unwrapURLError(err))
 	}
 	return resp, nil
 }
@@ -223,7 +225,7 @@ func (u *httpUpstream) roundTrip(ctx context.Context, req *message) (*message, e
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("%w: %s answered %s: %s", errUpstreamClosed, u.url, resp.Status, bytes.TrimSpace(b))
+		return nil, fmt.Errorf("%w: %s answered %s: %s", errUpstreamClosed, u.name, resp.Status, bytes.TrimSpace(b))
 	}
 	if req.Method == "initialize" {
 		if s := resp.Header.Get(headerSession); s != "" {
@@ -300,7 +302,7 @@ func (u *httpUpstream) send(ctx context.Context, msg *message) error {
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("%w: %s answered %s", errUpstreamClosed, u.url, resp.Status)
+		return fmt.Errorf("%w: %s answered %s", errUpstreamClosed, u.name, resp.Status)
 	}
 	return nil
 }
@@ -316,12 +318,12 @@ func (u *httpUpstream) close() error {
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodDelete, u.url, nil)
 	if err != nil {
-		return err
+		return fmt.Errorf("mcpproxy: upstream request to %s: %w", u.name, unwrapURLError(err))
 	}
 	req.Header.Set(headerSession, *s)
 	resp, err := u.client.Do(req)
 	if err != nil {
-		return err
+		return fmt.Errorf("mcpproxy: close the upstream session at %s: %w", u.name, unwrapURLError(err))
 	}
 	resp.Body.Close()
 	return nil
@@ -332,4 +334,27 @@ type idSource struct{ n atomic.Int64 }
 
 func (s *idSource) next() json.RawMessage {
 	return json.RawMessage(strconv.FormatInt(s.n.Add(1), 10))
+}
+
+// redactURL is raw without user info, query and fragment: what errors,
+// logs and audit records may show of the upstream's address (its
+// credentials, in the user info or a ?token=, are the operator's, not the
+// agent's).
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable upstream URL)"
+	}
+	u.User, u.RawQuery, u.ForceQuery, u.Fragment, u.RawFragment = nil, "", false, "", ""
+	return u.String()
+}
+
+// unwrapURLError drops the *url.Error around a transport error: it names
+// the request's whole URL, query included.
+func unwrapURLError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
 }
