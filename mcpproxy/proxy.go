@@ -77,6 +77,10 @@ type Config struct {
 	// closes a session unused that long (default 30m).
 	MaxSessions int           `yaml:"mcp_max_sessions"`
 	IdleTimeout time.Duration `yaml:"mcp_idle_timeout"`
+	// MaxTenantSessions bounds the open HTTP sessions of one tenant
+	// (default 256, at most MaxSessions), so that one tenant's agents
+	// cannot take every session.
+	MaxTenantSessions int `yaml:"mcp_max_tenant_sessions"`
 	// MaxMessageBytes bounds one message from an agent (default 4 MiB).
 	MaxMessageBytes int64 `yaml:"mcp_max_message_bytes"`
 	// MaxUpstreamBytes bounds one message from the upstream server
@@ -98,7 +102,7 @@ type Config struct {
 // Defaults returns the configuration with every default applied.
 func Defaults() Config {
 	return Config{Addr: "127.0.0.1:8090", Path: "/mcp", Tenant: "default", DecisionTimeout: 10 * time.Second,
-		MaxSessions: 1024, IdleTimeout: 30 * time.Minute, MaxMessageBytes: 4 << 20, MaxUpstreamBytes: 16 << 20,
+		MaxSessions: 1024, MaxTenantSessions: 256, IdleTimeout: 30 * time.Minute, MaxMessageBytes: 4 << 20, MaxUpstreamBytes: 16 << 20,
 		UpstreamTimeout: 10 * time.Minute}
 }
 
@@ -115,6 +119,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Manifest, "mcp-manifest", c.Manifest, "MCP proxy: manifest reference of its sessions (default: the tenant's default)")
 	fs.DurationVar(&c.DecisionTimeout, "mcp-decision-timeout", c.DecisionTimeout, "MCP proxy: wait for a decision or an audit record")
 	fs.IntVar(&c.MaxSessions, "mcp-max-sessions", c.MaxSessions, "MCP proxy: most open HTTP sessions")
+	fs.IntVar(&c.MaxTenantSessions, "mcp-max-tenant-sessions", c.MaxTenantSessions, "MCP proxy: most open HTTP sessions of one tenant (at most --mcp-max-sessions)")
 	fs.DurationVar(&c.IdleTimeout, "mcp-idle-timeout", c.IdleTimeout, "MCP proxy: close sessions idle that long")
 	fs.Int64Var(&c.MaxMessageBytes, "mcp-max-message-bytes", c.MaxMessageBytes, "MCP proxy: largest message from an agent")
 	fs.Int64Var(&c.MaxUpstreamBytes, "mcp-max-upstream-bytes", c.MaxUpstreamBytes, "MCP proxy: largest message from the upstream server")
@@ -156,6 +161,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DecisionTimeout < 10*time.Millisecond || c.DecisionTimeout > time.Minute {
 		errs = append(errs, fmt.Errorf("mcp-decision-timeout %s: must be 10ms..1m", c.DecisionTimeout))
+	}
+	if c.MaxTenantSessions < 1 {
+		errs = append(errs, fmt.Errorf("mcp-max-tenant-sessions %d: must be at least 1", c.MaxTenantSessions))
 	}
 	if c.MaxSessions < 1 {
 		errs = append(errs, fmt.Errorf("mcp-max-sessions %d: must be at least 1", c.MaxSessions))
@@ -249,7 +257,7 @@ type Proxy struct {
 
 	mu        sync.Mutex
 	sessions  map[string]*session // by Mcp-Session-Id
-	opening   int                 // sessions counted against MaxSessions while their upstream starts
+	opening   map[string]int      // per tenant, sessions counted against the limits while their upstream starts
 	ln        net.Listener
 	ready     chan struct{}
 	readyOnce sync.Once
@@ -267,7 +275,7 @@ func New(cfg Config, pipe Pipeline, manifests Manifests, opts ...Option) (*Proxy
 		return nil, errors.New("mcpproxy: a Pipeline is required")
 	}
 	p := &Proxy{cfg: cfg, pipe: pipe, manifests: manifests, log: slog.New(slog.DiscardHandler), stdin: os.Stdin, stdout: os.Stdout,
-		upStderr: os.Stderr, client: &http.Client{}, now: time.Now, sessions: make(map[string]*session), ready: make(chan struct{})}
+		upStderr: os.Stderr, client: &http.Client{}, now: time.Now, sessions: make(map[string]*session), opening: make(map[string]int), ready: make(chan struct{})}
 	for _, o := range opts {
 		o(p)
 	}

@@ -2,6 +2,7 @@ package mcpproxy
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
@@ -80,5 +81,65 @@ func TestUpstreamCredentialsStayOut(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), up.URL+"/mcp") {
 		t.Errorf("the log does not name the upstream at all:\n%s", logs.String())
+	}
+}
+
+// TestTenantSessionLimit: one tenant's agents cannot take every session;
+// another tenant still opens one.
+func TestTenantSessionLimit(t *testing.T) {
+	keys, err := ingest.NewKeys([]ingest.KeyEntry{
+		{ID: "a", Tenant: "acme", Role: ingest.RoleAgent, SHA256: ingest.HashKey("key-acme")},
+		{ID: "g", Tenant: "globex", Role: ingest.RoleAgent, SHA256: ingest.HashKey("key-globex")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := Defaults()
+	cfg.UpstreamCmd, cfg.MaxSessions, cfg.MaxTenantSessions = "unused", 4, 3
+	p, err := New(cfg, &countingPipeline{}, nil, WithKeys(keys))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.dial = func() (upstream, error) { return &recUpstream{}, nil }
+	hs := httptest.NewServer(p.Handler())
+	defer hs.Close()
+	defer p.closeAll()
+	initialize := func(key string) int {
+		req, _ := http.NewRequest("POST", hs.URL, strings.NewReader(`{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}`))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		req.Header.Set("Authorization", "Bearer "+key)
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	var got []int
+	for range 4 {
+		got = append(got, initialize("key-acme"))
+	}
+	got = append(got, initialize("key-globex"))
+	if want := []int{200, 200, 200, 503, 200}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("statuses %v, want %v (acme stops at 3 of 4 sessions, globex gets the last)", got, want)
+	}
+}
+
+// TestInitializeNotificationOpensNothing: an initialize without an id is
+// refused before a session (and its upstream) is opened.
+func TestInitializeNotificationOpensNothing(t *testing.T) {
+	var dials atomic.Int64
+	p, url := inProcess(t, &countingPipeline{}, &recUpstream{}, nil)
+	p.dial = func() (upstream, error) { dials.Add(1); return &recUpstream{}, nil }
+	for range 3 {
+		if st, _, _ := (&client{url: url}).post(t, `{"jsonrpc":"2.0","method":"initialize","params":{}}`); st != http.StatusBadRequest {
+			t.Errorf("status %d, want 400", st)
+		}
+	}
+	p.mu.Lock()
+	n := len(p.sessions)
+	p.mu.Unlock()
+	if n != 0 || dials.Load() != 0 {
+		t.Errorf("initialize notifications opened %d sessions (%d upstream dials)", n, dials.Load())
 	}
 }

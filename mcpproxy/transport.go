@@ -113,6 +113,12 @@ func (p *Proxy) post(w http.ResponseWriter, r *http.Request, tenant string) {
 		return
 	}
 	var s *session
+	if m.Method == "initialize" && !m.isRequest() {
+		// A notification gets no answer to carry a session id: opening
+		// one (and starting its upstream) would only leak it.
+		httpError(w, http.StatusBadRequest, "initialize must be a request (with an id)")
+		return
+	}
 	if m.Method == "initialize" && r.Header.Get(headerSession) == "" {
 		if s, err = p.open(tenant); err != nil {
 			p.log.Error("MCP session not opened", "err", err)
@@ -159,17 +165,32 @@ func (p *Proxy) open(tenant string) (*session, error) {
 	p.expireIdle()
 	id := randomHex(16)
 	p.mu.Lock()
-	full := len(p.sessions)+p.opening >= p.cfg.MaxSessions
-	if !full {
-		p.opening++ // the slot is taken while the upstream starts
+	opening, ofTenant := 0, p.opening[tenant]
+	for _, n := range p.opening {
+		opening += n
+	}
+	for _, o := range p.sessions {
+		if o.tenant == tenant {
+			ofTenant++
+		}
+	}
+	full := len(p.sessions)+opening >= p.cfg.MaxSessions
+	tenantFull := ofTenant >= min(p.cfg.MaxTenantSessions, p.cfg.MaxSessions)
+	if !full && !tenantFull {
+		p.opening[tenant]++ // the slot is taken while the upstream starts
 	}
 	p.mu.Unlock()
-	if full {
+	switch {
+	case full:
 		return nil, fmt.Errorf("mcpproxy: %d sessions open, the limit", p.cfg.MaxSessions)
+	case tenantFull:
+		return nil, fmt.Errorf("mcpproxy: tenant %s has %d sessions open, the limit per tenant", tenant, ofTenant)
 	}
 	s, err := p.newSession(tenant, "mcp-"+id)
 	p.mu.Lock()
-	p.opening--
+	if p.opening[tenant]--; p.opening[tenant] <= 0 {
+		delete(p.opening, tenant)
+	}
 	if err != nil {
 		p.mu.Unlock()
 		return nil, err
