@@ -36,6 +36,17 @@ type session struct {
 	mu       sync.Mutex
 	lastUsed atomic.Int64 // unix ms, for idle expiry
 	closed   sync.Once
+
+	// flights are the client's requests in progress, by their id: a
+	// notifications/cancelled names the client's id, which the server
+	// never saw (forward gives each request an id of its own).
+	flightMu sync.Mutex
+	flights  map[string]*flight
+}
+
+// flight is one request in progress.
+type flight struct {
+	cancel context.CancelFunc
 }
 
 func (s *session) touch() { s.lastUsed.Store(s.p.now().UnixMilli()) }
@@ -56,6 +67,12 @@ func (s *session) handle(ctx context.Context, m *message) *message {
 		s.p.log.Warn("dropped a request sent as a notification", "session", s.id, "method", m.Method)
 		s.p.metrics.requests.WithLabelValues(m.Method, "dropped").Inc()
 		return nil
+	case m.Method == "notifications/cancelled":
+		// Ends the named request here; its forward, if it is waiting
+		// for the server, tells the server under the id it used.
+		s.cancelFlight(m)
+		s.p.metrics.requests.WithLabelValues(m.Method, "notification").Inc()
+		return nil
 	case m.isNotification():
 		if err := s.up.send(ctx, m); err != nil {
 			s.p.log.Warn("notification not delivered upstream", "session", s.id, "method", m.Method, "err", err)
@@ -66,6 +83,8 @@ func (s *session) handle(ctx context.Context, m *message) *message {
 		// The proxy relays no server requests, so no response is awaited.
 		return nil
 	}
+	ctx, done := s.startFlight(ctx, m)
+	defer done()
 	var resp *message
 	switch m.Method {
 	case "tools/call":
@@ -96,6 +115,11 @@ func (s *session) forward(ctx context.Context, req *message) (*message, error) {
 	up.ID = s.ids.next()
 	resp, err := s.up.roundTrip(ctx, &up)
 	if err != nil {
+		if ctx.Err() != nil {
+			// Cancelled by the client, or out of time: the server may
+			// still be running the request. Tell it, under its id.
+			s.cancelUpstream(up.ID, ctx.Err())
+		}
 		return errorResponse(req.ID, CodeInternalError, "upstream MCP server: "+err.Error(), nil), err
 	}
 	resp.ID = req.ID
@@ -365,3 +389,62 @@ func strconvQuote(s string) string {
 	b, _ := json.Marshal(s)
 	return string(b)
 }
+
+// startFlight registers request m under its client id until done is
+// called, with a context that notifications/cancelled can end.
+func (s *session) startFlight(ctx context.Context, m *message) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	key := string(m.ID)
+	f := &flight{cancel: cancel}
+	s.flightMu.Lock()
+	if s.flights == nil {
+		s.flights = make(map[string]*flight)
+	}
+	if _, dup := s.flights[key]; dup {
+		// Two requests in flight under one id: a cancellation could
+		// not tell them apart, so this one cannot be cancelled.
+		f = nil
+	} else {
+		s.flights[key] = f
+	}
+	s.flightMu.Unlock()
+	return ctx, func() {
+		cancel()
+		if f != nil {
+			s.flightMu.Lock()
+			delete(s.flights, key)
+			s.flightMu.Unlock()
+		}
+	}
+}
+
+// cancelFlight ends the request a notifications/cancelled names, if it is
+// in progress; one that is not is ignored, as MCP asks.
+func (s *session) cancelFlight(m *message) {
+	var p struct {
+		RequestID json.RawMessage `json:"requestId"`
+	}
+	if json.Unmarshal(m.Params, &p) != nil || len(p.RequestID) == 0 {
+		return
+	}
+	s.flightMu.Lock()
+	f := s.flights[string(p.RequestID)]
+	s.flightMu.Unlock()
+	if f != nil {
+		f.cancel()
+	}
+}
+
+// cancelUpstream tells the server that the request it knows as id is no
+// longer wanted (best effort, bounded by a few seconds).
+func (s *session) cancelUpstream(id json.RawMessage, cause error) {
+	params, _ := json.Marshal(map[string]any{"requestId": id, "reason": cause.Error()})
+	ctx, cancel := context.WithTimeout(context.Background(), cancelNotifyTimeout)
+	defer cancel()
+	if err := s.up.send(ctx, &message{JSONRPC: "2.0", Method: "notifications/cancelled", Params: params}); err != nil {
+		s.p.log.Warn("cancellation not delivered upstream", "session", s.id, "err", err)
+	}
+}
+
+// cancelNotifyTimeout bounds the notification that cancels a request upstream.
+const cancelNotifyTimeout = 5 * time.Second

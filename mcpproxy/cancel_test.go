@@ -1,0 +1,126 @@
+package mcpproxy
+
+import (
+	"context"
+	"encoding/json"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+)
+
+// cancellableUpstream holds each tools/call until released or cancelled by
+// a notifications/cancelled naming its (upstream) id; a cancelled call
+// gets no response, as the MCP SDKs do.
+type cancellableUpstream struct {
+	recUpstream
+	mu        sync.Mutex
+	inflight  map[string]chan bool // upstream id → release (false) or cancel (true)
+	cancelled []string             // upstream ids named by cancellations
+	calls     []string             // upstream ids in arrival order
+}
+
+func (u *cancellableUpstream) roundTrip(ctx context.Context, req *message) (*message, error) {
+	if req.Method != "tools/call" {
+		return u.recUpstream.roundTrip(ctx, req)
+	}
+	ch := make(chan bool, 1)
+	u.mu.Lock()
+	u.inflight[string(req.ID)] = ch
+	u.calls = append(u.calls, string(req.ID))
+	u.mu.Unlock()
+	select {
+	case cancelled := <-ch:
+		if cancelled {
+			<-ctx.Done()
+			return nil, ctx.Err()
+		}
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	return &message{JSONRPC: "2.0", ID: req.ID, Result: json.RawMessage(`{"content":[{"type":"text","text":"ran"}]}`)}, nil
+}
+
+func (u *cancellableUpstream) send(ctx context.Context, m *message) error {
+	if m.Method == "notifications/cancelled" {
+		var p struct {
+			RequestID json.RawMessage `json:"requestId"`
+		}
+		_ = json.Unmarshal(m.Params, &p)
+		u.mu.Lock()
+		u.cancelled = append(u.cancelled, string(p.RequestID))
+		if ch := u.inflight[string(p.RequestID)]; ch != nil {
+			ch <- true
+			delete(u.inflight, string(p.RequestID))
+		}
+		u.mu.Unlock()
+	}
+	return u.recUpstream.send(ctx, m)
+}
+
+func (u *cancellableUpstream) waitCalls(t *testing.T, n int) []string {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		u.mu.Lock()
+		calls := append([]string(nil), u.calls...)
+		u.mu.Unlock()
+		if len(calls) >= n {
+			return calls
+		}
+	}
+	t.Fatalf("fewer than %d calls reached the server", n)
+	return nil
+}
+
+// TestCancelReachesTheCallItNames: the agent cancels its request 2 while
+// another call travels upstream under id 2. The cancellation must reach the
+// server under the id the server knows the cancelled call by, and the other
+// call must complete.
+func TestCancelReachesTheCallItNames(t *testing.T) {
+	up := &cancellableUpstream{inflight: map[string]chan bool{}}
+	_, url := inProcess(t, &countingPipeline{}, up, func(c *Config) { c.UpstreamTimeout = 10 * time.Second })
+	c := connect(t, url)
+	type answer struct {
+		who string
+		m   *message
+	}
+	answers := make(chan answer, 2)
+	call := func(id int, who string) {
+		_, _, m := c.post(t, `{"jsonrpc":"2.0","id":`+strconv.Itoa(id)+`,"method":"tools/call","params":{"name":"echo","arguments":{"who":"`+who+`"}}}`)
+		answers <- answer{who, m}
+	}
+	go call(100, "A")
+	upA := up.waitCalls(t, 1)[0]
+	go call(2, "B")
+	upB := up.waitCalls(t, 2)[1]
+	if upA == upB {
+		t.Fatal("two calls under one upstream id")
+	}
+	c.post(t, `{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":2}}`)
+	var b answer
+	select {
+	case b = <-answers:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the cancelled call did not end")
+	}
+	if b.who != "B" || b.m.Error == nil {
+		t.Fatalf("first answer %s %+v: want B, ended with an error", b.who, b.m)
+	}
+	up.mu.Lock()
+	cancelled := append([]string(nil), up.cancelled...)
+	if ch := up.inflight[upA]; ch != nil {
+		ch <- false // the server finishes A
+	}
+	up.mu.Unlock()
+	if len(cancelled) != 1 || cancelled[0] != upB {
+		t.Errorf("the server was told to cancel %v, want [%s] (B's upstream id; A's is %s)", cancelled, upB, upA)
+	}
+	select {
+	case a := <-answers:
+		if a.who != "A" || a.m.Error != nil {
+			t.Errorf("A: %+v", a.m)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("A did not complete")
+	}
+}
