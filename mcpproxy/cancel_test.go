@@ -3,7 +3,12 @@ package mcpproxy
 import (
 	"context"
 	"encoding/json"
+	"io"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -122,5 +127,40 @@ func TestCancelReachesTheCallItNames(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("A did not complete")
+	}
+}
+
+// TestStuckStdioServerDoesNotHoldRequests: a server that stops reading its
+// stdin fills the pipe; the write of a large request must end with the
+// request's time limit (here --mcp-upstream-timeout 1s) instead of
+// blocking, and the session, whose framing a partial line broke, ends.
+func TestStuckStdioServerDoesNotHoldRequests(t *testing.T) {
+	script := filepath.Join(t.TempDir(), "srv.sh")
+	body := "#!/bin/sh\nread line\necho '{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"protocolVersion\":\"2025-06-18\",\"capabilities\":{}}}'\nexec sleep 60\n"
+	if err := os.WriteFile(script, []byte(body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cfg := Defaults()
+	cfg.UpstreamCmd, cfg.UpstreamTimeout = script, time.Second
+	p, err := New(cfg, &countingPipeline{}, nil, WithUpstreamStderr(io.Discard))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.closeAll()
+	hs := httptest.NewServer(p.Handler())
+	defer hs.Close()
+	c := connect(t, hs.URL)
+	done := make(chan *message, 1)
+	go func() {
+		_, _, m := c.post(t, `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"text":"`+strings.Repeat("x", 1<<20)+`"}}}`)
+		done <- m
+	}()
+	select {
+	case m := <-done:
+		if m == nil || m.Error == nil || !strings.Contains(m.Error.Message, "stdin") {
+			t.Fatalf("answer %+v, want the failed write to the server's stdin", m)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("no answer: the write to the stuck server's stdin is not bounded")
 	}
 }

@@ -74,7 +74,10 @@ func (s *session) handle(ctx context.Context, m *message) *message {
 		s.p.metrics.requests.WithLabelValues(m.Method, "notification").Inc()
 		return nil
 	case m.isNotification():
-		if err := s.up.send(ctx, m); err != nil {
+		// Bounded: in stdio mode the client's next message waits for it.
+		nctx, cancel := context.WithTimeout(ctx, min(s.p.cfg.UpstreamTimeout, notifyTimeout))
+		defer cancel()
+		if err := s.up.send(nctx, m); err != nil {
 			s.p.log.Warn("notification not delivered upstream", "session", s.id, "method", m.Method, "err", err)
 		}
 		s.p.metrics.requests.WithLabelValues(m.Method, "notification").Inc()
@@ -448,3 +451,6 @@ func (s *session) cancelUpstream(id json.RawMessage, cause error) {
 
 // cancelNotifyTimeout bounds the notification that cancels a request upstream.
 const cancelNotifyTimeout = 5 * time.Second
+
+// notifyTimeout bounds a client's notification passed upstream.
+const notifyTimeout = 30 * time.Second

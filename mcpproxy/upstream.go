@@ -11,6 +11,7 @@ import (
 	"mime"
 	"net/http"
 	"net/url"
+	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -41,11 +42,14 @@ var errUpstreamClosed = errors.New("mcpproxy: upstream closed")
 // JSON-RPC on its stdin and stdout.
 type stdioUpstream struct {
 	cmd   *exec.Cmd
-	stdin io.WriteCloser
+	stdin *os.File      // a pipe: writes take deadlines
 	done  chan struct{} // closed when stdout ends
 	max   int64         // largest line read from stdout
+	// writeTimeout bounds a write whose context has no deadline.
+	writeTimeout time.Duration
 
-	wmu sync.Mutex // serializes writes to stdin
+	wmu    sync.Mutex // serializes writes to stdin
+	broken error      // a write stopped mid-message: the framing is lost
 
 	mu      sync.Mutex
 	pending map[string]chan *message
@@ -54,24 +58,34 @@ type stdioUpstream struct {
 
 // dialStdio starts argv as the upstream server. Its stderr goes to
 // stderr (nil: discarded). The process outlives no one: close ends it.
-func dialStdio(argv []string, stderr io.Writer, max int64) (*stdioUpstream, error) {
+func dialStdio(argv []string, stderr io.Writer, max int64, writeTimeout time.Duration) (*stdioUpstream, error) {
 	if len(argv) == 0 {
 		return nil, errors.New("mcpproxy: empty upstream command")
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stderr = stderr
-	stdin, err := cmd.StdinPipe()
+	// os.Pipe rather than cmd.StdinPipe: a server that stops reading
+	// must not hold a write (and every request queued behind it)
+	// forever, and only an *os.File pipe takes write deadlines.
+	stdinR, stdin, err := os.Pipe()
 	if err != nil {
 		return nil, fmt.Errorf("mcpproxy: upstream %s: %w", argv[0], err)
 	}
+	cmd.Stdin = stdinR
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
+		stdinR.Close()
+		stdin.Close()
 		return nil, fmt.Errorf("mcpproxy: upstream %s: %w", argv[0], err)
 	}
-	if err := cmd.Start(); err != nil {
+	err = cmd.Start()
+	stdinR.Close() // the child holds its own copy
+	if err != nil {
+		stdin.Close()
 		return nil, fmt.Errorf("mcpproxy: start upstream %s: %w", argv[0], err)
 	}
-	u := &stdioUpstream{cmd: cmd, stdin: stdin, done: make(chan struct{}), max: max, pending: make(map[string]chan *message)}
+	u := &stdioUpstream{cmd: cmd, stdin: stdin, done: make(chan struct{}), max: max, writeTimeout: writeTimeout,
+		pending: make(map[string]chan *message)}
 	go u.read(stdout)
 	return u, nil
 }
@@ -104,7 +118,7 @@ func (u *stdioUpstream) read(stdout io.Reader) {
 						ch <- m
 					}
 				case m.isRequest():
-					_ = u.write(errorResponse(m.ID, CodeMethodNotFound, "the Aegis MCP proxy does not relay server requests", nil))
+					_ = u.write(context.Background(), errorResponse(m.ID, CodeMethodNotFound, "the Aegis MCP proxy does not relay server requests", nil))
 				}
 			}
 		}
@@ -122,14 +136,34 @@ func (u *stdioUpstream) read(stdout io.Reader) {
 	}
 }
 
-func (u *stdioUpstream) write(m *message) error {
+// write sends one message line, within ctx (or writeTimeout when ctx has
+// no deadline). A write that stops midway leaves a partial line the server
+// cannot frame: the upstream is then broken and its process killed, which
+// fails every request waiting on it.
+func (u *stdioUpstream) write(ctx context.Context, m *message) error {
 	b := append(encode(m), '\n')
 	u.wmu.Lock()
 	defer u.wmu.Unlock()
-	if _, err := u.stdin.Write(b); err != nil {
-		return fmt.Errorf("%w: stdin: %w", errUpstreamClosed, err)
+	if u.broken != nil {
+		return u.broken
 	}
-	return nil
+	deadline, ok := ctx.Deadline()
+	if !ok {
+		deadline = time.Now().Add(u.writeTimeout)
+	}
+	_ = u.stdin.SetWriteDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = u.stdin.SetWriteDeadline(time.Now()) })
+	n, err := u.stdin.Write(b)
+	stop()
+	if err == nil {
+		return nil
+	}
+	err = fmt.Errorf("%w: stdin: %w", errUpstreamClosed, err)
+	if n > 0 {
+		u.broken = err
+		_ = u.cmd.Process.Kill()
+	}
+	return err
 }
 
 func (u *stdioUpstream) roundTrip(ctx context.Context, req *message) (*message, error) {
@@ -147,7 +181,7 @@ func (u *stdioUpstream) roundTrip(ctx context.Context, req *message) (*message, 
 		delete(u.pending, string(req.ID))
 		u.mu.Unlock()
 	}
-	if err := u.write(req); err != nil {
+	if err := u.write(ctx, req); err != nil {
 		forget()
 		return nil, err
 	}
@@ -165,7 +199,7 @@ func (u *stdioUpstream) roundTrip(ctx context.Context, req *message) (*message, 
 	}
 }
 
-func (u *stdioUpstream) send(_ context.Context, msg *message) error { return u.write(msg) }
+func (u *stdioUpstream) send(ctx context.Context, msg *message) error { return u.write(ctx, msg) }
 
 // close closes the server's stdin (the MCP stdio shutdown), waits up to
 // two seconds for it to exit, and kills it otherwise.
