@@ -12,6 +12,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"aegis.dev/aegis/ingest"
+	"aegis.dev/aegis/schemas/envelope"
 )
 
 // cancellableUpstream holds each tools/call until released or cancelled by
@@ -163,4 +166,52 @@ func TestStuckStdioServerDoesNotHoldRequests(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("no answer: the write to the stuck server's stdin is not bounded")
 	}
+}
+
+// limitPipeline allows every call with max_output_bytes 64 and keeps the
+// payloads recorded.
+type limitPipeline struct{ recordingPipeline }
+
+func (p *limitPipeline) Propose(ctx context.Context, ev *envelope.Event) (*ingest.ProposalResponse, error) {
+	r, err := (&scriptedPipeline{outcome: envelope.Allow}).Propose(ctx, ev)
+	if err == nil {
+		r.Decision.Constraints.MaxOutputBytes = 64
+	}
+	return r, err
+}
+
+// TestResultOverMaxOutputBytesIsWithheld: the decision's max_output_bytes
+// bounds what the agent receives; a larger result is withheld, and its
+// size recorded as an error result.
+func TestResultOverMaxOutputBytesIsWithheld(t *testing.T) {
+	pipe := &limitPipeline{}
+	_, url := inProcess(t, pipe, &recUpstream{}, nil)
+	c := connect(t, url)
+	small := c.request(t, "tools/call", map[string]any{"name": "echo", "arguments": map[string]any{}})
+	if small.Error != nil {
+		t.Fatalf("a result within the limit: %+v", small.Error)
+	}
+	up := &bigUpstream{}
+	_, url = inProcess(t, pipe, up, nil)
+	c = connect(t, url)
+	m := c.request(t, "tools/call", map[string]any{"name": "echo", "arguments": map[string]any{}})
+	if m.Error == nil || !strings.Contains(m.Error.Message, "max_output_bytes 64") || strings.Contains(string(m.Result), "xxxx") {
+		t.Fatalf("a result over the limit reached the agent: %+v %s", m.Error, m.Result)
+	}
+	pipe.mu.Lock()
+	defer pipe.mu.Unlock()
+	last := pipe.payloads[len(pipe.payloads)-1]
+	if !strings.HasPrefix(last, "TOOL_RESULT ") || !strings.Contains(last, `"is_error":true`) {
+		t.Fatalf("recorded %q, want an error TOOL_RESULT", last)
+	}
+}
+
+// bigUpstream answers every tools/call with a 1 KiB result.
+type bigUpstream struct{ recUpstream }
+
+func (u *bigUpstream) roundTrip(ctx context.Context, req *message) (*message, error) {
+	if req.Method != "tools/call" {
+		return u.recUpstream.roundTrip(ctx, req)
+	}
+	return &message{JSONRPC: "2.0", ID: req.ID, Result: json.RawMessage(`{"content":[{"type":"text","text":"` + strings.Repeat("x", 1024) + `"}]}`)}, nil
 }

@@ -344,9 +344,19 @@ func (s *session) callTool(ctx context.Context, req *message) *message {
 		IsError bool `json:"isError"`
 	}
 	_ = json.Unmarshal(resp.Result, &result)
+	limit := dec.Constraints.MaxOutputBytes
+	over := limit > 0 && int64(len(resp.Result)) > limit
 	if err := s.record(ctx, envelope.ToolResult, map[string]any{"tool_name": name, "call_id": callID, "source": "mcp",
-		"is_error": result.IsError, "output_bytes": len(resp.Result)}); err != nil {
+		"is_error": result.IsError || over, "output_bytes": len(resp.Result)}); err != nil {
 		return auditFailed(req.ID, err)
+	}
+	if over {
+		// The decision allowed at most max_output_bytes: the result is
+		// withheld from the agent (its size is recorded).
+		s.p.metrics.calls.WithLabelValues("output_too_large").Inc()
+		data["output_bytes"], data["max_output_bytes"] = len(resp.Result), limit
+		return errorResponse(req.ID, CodeInternalError, fmt.Sprintf("aegis: the tool's result is %d bytes, over the decision's max_output_bytes %d; it is withheld",
+			len(resp.Result), limit), data)
 	}
 	return resp
 }
