@@ -283,7 +283,9 @@ func New(cfg Config, pipe Pipeline, manifests Manifests, opts ...Option) (*Proxy
 	p.metrics = newMetrics(p.reg)
 	if cfg.UpstreamCmd != "" {
 		argv := strings.Fields(cfg.UpstreamCmd)
-		p.dial = func() (upstream, error) { return dialStdio(argv, p.upStderr, cfg.MaxUpstreamBytes, cfg.UpstreamTimeout) }
+		p.dial = func() (upstream, error) {
+			return dialStdio(argv, p.upStderr, cfg.MaxUpstreamBytes, cfg.UpstreamTimeout)
+		}
 	} else {
 		p.dial = func() (upstream, error) { return newHTTPUpstream(cfg.UpstreamURL, p.client, cfg.MaxUpstreamBytes), nil }
 	}
