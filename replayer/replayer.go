@@ -410,7 +410,9 @@ func (r *runner) session(ctx context.Context, s *Session, res *partial) error {
 			}
 			continue
 		}
-		if rec == nil || rec.Outcome != d.Outcome || rec.Reason != d.Reason {
+		// A change is any difference a caller acts on: outcome, reason,
+		// or the constraints an allow carries (timeout, output bound).
+		if rec == nil || rec.Outcome != d.Outcome || rec.Reason != d.Reason || rec.Constraints != d.Constraints {
 			c := Change{TenantID: s.TenantID, SessionID: s.SessionID, Seq: ev.Seq, Before: rec, After: d}
 			if tc, err := ev.ToolCall(); err == nil {
 				c.CallID, c.Tool = tc.CallID, tc.ToolName

@@ -394,3 +394,28 @@ func TestReportMatchesSchema(t *testing.T) {
 		check(name, items[0], *s)
 	}
 }
+
+// TestWhatIfReportsConstraintChanges: a candidate manifest that changes
+// only timeout_ms changes every allow's constraints; each is a change.
+func TestWhatIfReportsConstraintChanges(t *testing.T) {
+	reg := registry(t)
+	m := reg.Manifests("acme")[0].Clone()
+	m.Permissions.Budgets.TimeoutMs = 1000
+	cand, err := manifest.NewRegistry(map[string][]*manifest.Manifest{"acme": {m}}, map[string]*manifest.Manifest{"acme": m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := replayer.Run(context.Background(), replayer.Config{Mode: replayer.ModeWhatIf, Manifests: cand, Archive: archive(t)},
+		replayer.EventsSource(record(t, 5)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rep.Changes) == 0 || rep.Identical {
+		t.Fatalf("%d changes, identical %v: want every allow changed", len(rep.Changes), rep.Identical)
+	}
+	for _, c := range rep.Changes {
+		if c.Before.Outcome == "allow" && (c.After.Constraints.TimeoutMs != 1000 || c.Before.Constraints.TimeoutMs == 1000) {
+			t.Errorf("change %+v -> %+v", c.Before, c.After)
+		}
+	}
+}
