@@ -151,14 +151,24 @@ func replay(ctx context.Context, env IO, o replayOptions) int {
 			return fail(env, ExitRuntime, "replay: %v", err)
 		}
 	}
+	var snapshots map[projector.SessionKey]storedSnapshot
 	if o.mode == replayer.ModeExact && st != nil {
-		hashes, err := snapshotHashes(ctx, st, o.store, filters)
-		if err != nil {
+		if snapshots, err = snapshotHashes(ctx, st, o.store, filters); err != nil {
 			return fail(env, ExitRuntime, "replay: %v", err)
 		}
 		cfg.SnapshotHash = func(t, s string) (uint64, string, bool) {
-			h, ok := hashes[projector.SessionKey{TenantID: t, SessionID: s}]
+			h, ok := snapshots[projector.SessionKey{TenantID: t, SessionID: s}]
 			return h.seq, h.hash, ok
+		}
+	}
+	var replayed sync.Map // exact mode: the sessions the source yielded
+	if o.mode == replayer.ModeExact && st != nil {
+		inner := src
+		src = func(ctx context.Context, fn func(*replayer.Session) error) error {
+			return inner(ctx, func(s *replayer.Session) error {
+				replayed.Store(projector.SessionKey{TenantID: s.TenantID, SessionID: s.SessionID}, true)
+				return fn(s)
+			})
 		}
 	}
 	rep, err := replayer.Run(ctx, cfg, src)
@@ -167,6 +177,27 @@ func replay(ctx context.Context, env IO, o replayOptions) int {
 		// A missing revision, a damaged archive, a bad bundle or a store
 		// failure: the replay could not be carried out.
 		return fail(env, ExitRuntime, "replay: %v", err)
+	}
+	if o.mode == replayer.ModeExact && st != nil {
+		// A stored snapshot of a selected session that has no stored
+		// event left: its events were deleted.
+		for k, h := range snapshots {
+			if _, ok := replayed.Load(k); !ok {
+				rep.Differences = append(rep.Differences, replayer.Difference{TenantID: k.TenantID, SessionID: k.SessionID, Seq: h.seq,
+					Field: "snapshot_hash", Recorded: fmt.Sprintf("stored after seq %d", h.seq), Replayed: "no stored events"})
+				rep.Identical = false
+			}
+		}
+		sort.SliceStable(rep.Differences, func(i, j int) bool {
+			a, b := rep.Differences[i], rep.Differences[j]
+			if a.TenantID != b.TenantID {
+				return a.TenantID < b.TenantID
+			}
+			if a.SessionID != b.SessionID {
+				return a.SessionID < b.SessionID
+			}
+			return a.Seq < b.Seq
+		})
 	}
 	if o.report != "" {
 		if err := writeReportFile(o.report, rep); err != nil {
@@ -263,6 +294,35 @@ func replayFilters(ctx context.Context, st stores.Store, o replayOptions) ([]pro
 	_, rows, err := st.Query(ctx, q)
 	if err != nil {
 		return nil, err
+	}
+	if len(o.sessions) > 0 && o.until == 0 && o.where == "" {
+		// Sessions named explicitly are also those with a chain head
+		// and no stored event left: verify must report them missing,
+		// not skip them.
+		hc := []string{}
+		for _, c := range conds {
+			if !strings.HasPrefix(c, "ts_unix_ms") {
+				hc = append(hc, c)
+			}
+		}
+		_, heads, err := st.Query(ctx, "SELECT DISTINCT tenant_id, session_id FROM chain_heads WHERE "+strings.Join(hc, " AND "))
+		if err != nil {
+			return nil, err
+		}
+		seen := make(map[[2]string]bool, len(rows))
+		for _, r := range rows {
+			seen[[2]string{fmt.Sprint(r[0]), fmt.Sprint(r[1])}] = true
+		}
+		for _, r := range heads {
+			if k := [2]string{fmt.Sprint(r[0]), fmt.Sprint(r[1])}; !seen[k] && o.since == 0 {
+				seen[k] = true
+				rows = append(rows, r)
+			}
+		}
+		sort.Slice(rows, func(i, j int) bool {
+			a, b := [2]string{fmt.Sprint(rows[i][0]), fmt.Sprint(rows[i][1])}, [2]string{fmt.Sprint(rows[j][0]), fmt.Sprint(rows[j][1])}
+			return a[0] < b[0] || a[0] == b[0] && a[1] < b[1]
+		})
 	}
 	var out []projector.Filter
 	for i := 0; i < len(rows); i += replaySessionsPerScan {

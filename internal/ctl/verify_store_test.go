@@ -375,3 +375,43 @@ func testSnapshotHashes(t *testing.T, newURL func(testing.TB) string) {
 func TestSnapshotHashesSQLite(t *testing.T) { testSnapshotHashes(t, sqliteURL) }
 
 func TestIntegrationSnapshotHashesClickHouse(t *testing.T) { testSnapshotHashes(t, clickhouseURL) }
+
+// storeWithoutSession is the golden vectors' store with every event of
+// acme/sess-1 deleted; its chain head and snapshot stay.
+func storeWithoutSession(t *testing.T) string {
+	url := sqliteURL(t)
+	b := storetest.BatchOf(t, storetest.Vectors(t))
+	var keep []projector.EventRow
+	for _, r := range b.Events {
+		if r.Event.TenantID != "acme" || r.Event.SessionID != "sess-1" {
+			keep = append(keep, r)
+		}
+	}
+	if len(keep) == len(b.Events) {
+		t.Fatal("the vectors have no acme/sess-1")
+	}
+	b.Events = keep
+	writeStore(t, url, b)
+	return url
+}
+
+// TestReplayFindsADeletedSession: a session whose events were all deleted
+// is reported however the selection names it, not skipped as unselected.
+func TestReplayFindsADeletedSession(t *testing.T) {
+	url := storeWithoutSession(t)
+	for _, args := range [][]string{
+		{"--tenant", "acme"},
+		{"--tenant", "acme", "--session", "sess-1"},
+		{"--tenant", "acme", "--session", "sess-1,sess-2"},
+		{"--session", "sess-1,sess-2"},
+	} {
+		code, out, stderr := run(t, "", append([]string{"replay", "--store", url, "--mode", "verify"}, args...)...)
+		if code != ExitFailed || !strings.Contains(out+stderr, "sess-1") {
+			t.Errorf("verify %v: exit %d, want %d naming sess-1; out %q stderr %q", args, code, ExitFailed, out, stderr)
+		}
+	}
+	code, out, stderr := run(t, "", "replay", "--store", url, "--mode", "exact", "--tenant", "acme", "--session", "sess-1", "--policy-archive", t.TempDir())
+	if code != ExitFailed || !strings.Contains(out+stderr, "no stored events") {
+		t.Errorf("exact: exit %d, want %d with the snapshot difference; out %q stderr %q", code, ExitFailed, out, stderr)
+	}
+}
