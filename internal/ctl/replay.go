@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -114,6 +115,7 @@ func replay(ctx context.Context, env IO, o replayOptions) int {
 		st      stores.Store
 		filters []projector.Filter
 		src     replayer.Source
+		bad     badRecords // undecodable records of the sealed topic
 		err     error
 	)
 	if o.store != "" {
@@ -132,10 +134,10 @@ func replay(ctx context.Context, env IO, o replayOptions) int {
 			src = replayer.StoreSource(st, filters...)
 		}
 	} else {
-		src = kafkaSource(strings.Split(o.brokers, ","), pipeline.NewTopics(o.prefix).Sealed, o)
+		src = kafkaSource(strings.Split(o.brokers, ","), pipeline.NewTopics(o.prefix).Sealed, o, &bad)
 	}
 	if o.mode == replayer.ModeVerify {
-		return replayVerify(ctx, env, o, st, filters, src)
+		return replayVerify(ctx, env, o, st, filters, src, &bad)
 	}
 	cfg := replayer.Config{Mode: o.mode, Workers: o.workers, Progress: progress(env)}
 	if o.archive != "" {
@@ -177,6 +179,11 @@ func replay(ctx context.Context, env IO, o replayOptions) int {
 		// A missing revision, a damaged archive, a bad bundle or a store
 		// failure: the replay could not be carried out.
 		return fail(env, ExitRuntime, "replay: %v", err)
+	}
+	for _, b := range bad.all() {
+		rep.Differences = append(rep.Differences, replayer.Difference{TenantID: b.tenant, SessionID: b.session, Field: "event",
+			Recorded: "an undecodable record at " + b.where + ": " + b.err.Error()})
+		rep.Identical = false
 	}
 	if o.mode == replayer.ModeExact && st != nil {
 		// A stored snapshot of a selected session that has no stored
@@ -221,7 +228,7 @@ func replay(ctx context.Context, env IO, o replayOptions) int {
 
 // replayVerify is --mode verify: the store through VerifyStore (the code of
 // `aegisctl verify --store`), the sealed topic through chain.Verifier.
-func replayVerify(ctx context.Context, env IO, o replayOptions, st stores.Store, filters []projector.Filter, src replayer.Source) int {
+func replayVerify(ctx context.Context, env IO, o replayOptions, st stores.Store, filters []projector.Filter, src replayer.Source, bad *badRecords) int {
 	var total VerifyReport
 	if st != nil {
 		for _, f := range filters {
@@ -245,6 +252,10 @@ func replayVerify(ctx context.Context, env IO, o replayOptions, st stores.Store,
 			return fail(env, ExitRuntime, "replay: %v", err)
 		}
 		total = VerifyReport{Events: v.Events(), Sessions: len(v.Heads()), Failures: v.Failures()}
+		for _, b := range bad.all() {
+			total.Failures = append(total.Failures, chain.Failure{TenantID: b.tenant, SessionID: b.session, Reason: chain.ReasonMalformed,
+				Detail: b.where + ": " + b.err.Error()})
+		}
 	}
 	total.OK = len(total.Failures) == 0
 	if o.report != "" {
@@ -412,7 +423,33 @@ func literalWhere(kind stores.Kind, f projector.Filter) string {
 // partition's sessions are assembled in memory (bounded by one partition)
 // and replayed before the next partition is read. Undecodable records are
 // reported as failures of the job.
-func kafkaSource(brokers []string, topic string, o replayOptions) replayer.Source {
+// badRecord is a sealed-topic record that does not decode: a result of
+// the job (tampering, or a foreign writer), not a failure to run it.
+type badRecord struct {
+	tenant, session string // from the record key, when it has that form
+	where           string
+	err             error
+}
+
+// badRecords collects them (kafkaSource calls add from one goroutine).
+type badRecords struct {
+	mu   sync.Mutex
+	list []badRecord
+}
+
+func (b *badRecords) add(r badRecord) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.list = append(b.list, r)
+}
+
+func (b *badRecords) all() []badRecord {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.list)
+}
+
+func kafkaSource(brokers []string, topic string, o replayOptions, bad *badRecords) replayer.Source {
 	return func(ctx context.Context, fn func(*replayer.Session) error) error {
 		ends, err := stream.EndOffsets(ctx, brokers, topic)
 		if err != nil {
@@ -432,7 +469,12 @@ func kafkaSource(brokers []string, topic string, o replayOptions) replayer.Sourc
 			err := readPartition(ctx, brokers, topic, p, ends[p], func(r *stream.Record) error {
 				ev, err := dec.Decode(r.Value)
 				if err != nil {
-					return fmt.Errorf("%s partition %d offset %d: %w", topic, p, r.Offset, err)
+					tenant, session, _ := strings.Cut(string(r.Key), "/")
+					if (o.tenant != "" && tenant != o.tenant) || (len(want) > 0 && !want[session]) {
+						return nil
+					}
+					bad.add(badRecord{tenant: tenant, session: session, where: fmt.Sprintf("%s partition %d offset %d", topic, p, r.Offset), err: err})
+					return nil
 				}
 				if (o.tenant != "" && ev.TenantID != o.tenant) || (len(want) > 0 && !want[ev.SessionID]) {
 					return nil

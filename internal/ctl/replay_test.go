@@ -16,6 +16,7 @@ import (
 	"aegis.dev/aegis/decider/policy"
 	"aegis.dev/aegis/internal/ctl"
 	"aegis.dev/aegis/internal/daemon"
+	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/projector/stores"
 	"aegis.dev/aegis/replayer"
 )
@@ -156,6 +157,26 @@ func TestReplayFlow(t *testing.T) {
 		code, out, errOut := runCtl(t, "replay", "--brokers", brokers, "--mode", "verify")
 		if code != ctl.ExitOK || !strings.Contains(out, fmt.Sprintf("%d events in %d sessions", 6*replaySessions, replaySessions)) {
 			t.Errorf("verify from the sealed topic: exit %d\n%s%s", code, out, errOut)
+		}
+
+		// An undecodable record on the sealed topic is a finding of the
+		// job (exit 1, naming its session), not a failure to run it.
+		p, err := stream.NewProducer(stream.ProducerConfig{Brokers: strings.Split(brokers, ",")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = p.Produce(context.Background(), stream.Message{Topic: "aegis.sealed", Key: []byte("acme/s00001"), Value: []byte(`{"not":"sealed"}`)})
+		p.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, out, errOut = runCtl(t, "replay", "--brokers", brokers, "--mode", "verify", "--session", "s00001")
+		if code != ctl.ExitFailed || !strings.Contains(out+errOut, "MALFORMED") || !strings.Contains(out+errOut, "s00001") {
+			t.Errorf("verify with a damaged record: exit %d, want %d with MALFORMED\n%s%s", code, ctl.ExitFailed, out, errOut)
+		}
+		code, out, errOut = runCtl(t, "replay", "--brokers", brokers, "--policy-archive", archive, "--mode", "exact", "--session", "s00001,s00002")
+		if code != ctl.ExitFailed || !strings.Contains(out+errOut, "undecodable") {
+			t.Errorf("exact with a damaged record: exit %d, want %d\n%s%s", code, ctl.ExitFailed, out, errOut)
 		}
 	})
 
