@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -413,5 +414,31 @@ func TestReplayFindsADeletedSession(t *testing.T) {
 	code, out, stderr := run(t, "", "replay", "--store", url, "--mode", "exact", "--tenant", "acme", "--session", "sess-1", "--policy-archive", t.TempDir())
 	if code != ExitFailed || !strings.Contains(out+stderr, "no stored events") {
 		t.Errorf("exact: exit %d, want %d with the snapshot difference; out %q stderr %q", code, ExitFailed, out, stderr)
+	}
+}
+
+// TestSQLCannotWriteSQLite: statements that switch query_only off, end
+// the transaction or attach another file cannot write through aegisctl sql.
+func TestSQLCannotWriteSQLite(t *testing.T) {
+	url := sqliteURL(t)
+	writeStore(t, url, storetest.BatchOf(t, storetest.Vectors(t)))
+	_, before, _ := run(t, "", "sql", "SELECT count(*) AS n FROM audit_events", "--store", url, "--format", "csv")
+	other := filepath.Join(t.TempDir(), "other.db")
+	for _, q := range []string{
+		"PRAGMA query_only = 0; COMMIT; DELETE FROM audit_events WHERE seq > 1; DELETE FROM chain_heads",
+		"DELETE FROM audit_events",
+		"ATTACH DATABASE '" + other + "' AS o; CREATE TABLE o.t(x)",
+	} {
+		run(t, "", "sql", q, "--store", url)
+	}
+	_, after, _ := run(t, "", "sql", "SELECT count(*) AS n FROM audit_events", "--store", url, "--format", "csv")
+	_, heads, _ := run(t, "", "sql", "SELECT count(*) AS n FROM chain_heads", "--store", url, "--format", "csv")
+	if after != before || strings.TrimSpace(heads) == "n\n0" {
+		t.Fatalf("audit_events %q before, %q after; chain_heads %q", before, after, heads)
+	}
+	if _, err := os.Stat(other); err == nil {
+		if b, _ := os.ReadFile(other); len(b) > 0 {
+			t.Errorf("ATTACH created and wrote %s", other)
+		}
 	}
 }

@@ -34,6 +34,10 @@ var (
 // serialized by SQLite.
 type Store struct {
 	db *sql.DB
+	// ro serves Query: connections opened read-only at the file level,
+	// which no statement can turn writable (PRAGMA query_only can be
+	// switched off by the statement it is meant to contain).
+	ro *sql.DB
 }
 
 // Open opens (creating if needed) the database file at path and applies
@@ -53,11 +57,17 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		_ = db.Close()
 		return nil, err
 	}
+	ro, err := sql.Open("sqlite", "file:"+(&url.URL{Path: path}).EscapedPath()+"?mode=ro&_pragma=busy_timeout(10000)&_pragma=query_only(1)")
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("sqlstore: open %s read-only: %w: %w", path, projector.ErrStore, err)
+	}
+	s.ro = ro
 	return s, nil
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error { return errors.Join(s.ro.Close(), s.db.Close()) }
 
 func wrap(op string, err error) error {
 	if err == nil {
@@ -285,15 +295,11 @@ func (s *Store) Heads(ctx context.Context, f projector.Filter) ([]chain.Head, er
 // Query runs one read-only statement (see projector.Querier). It runs in a
 // read-only transaction, so a statement that writes fails.
 func (s *Store) Query(ctx context.Context, query string) ([]string, [][]any, error) {
-	tx, err := s.db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	tx, err := s.ro.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
 		return nil, nil, wrap("query", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	if _, err := tx.ExecContext(ctx, "PRAGMA query_only = 1"); err != nil {
-		return nil, nil, wrap("query", err)
-	}
-	defer func() { _, _ = tx.ExecContext(context.WithoutCancel(ctx), "PRAGMA query_only = 0") }()
 	rows, err := tx.QueryContext(ctx, query)
 	if err != nil {
 		return nil, nil, wrap("query", err)
