@@ -405,16 +405,20 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 				ev.TenantID, ev.SessionID, ev.Seq, sn.LastSeq))
 			continue
 		}
-		if ev.Decision != nil {
-			tc, _ := ev.ToolCall()
-			b.Decisions = append(b.Decisions, DecisionRow{TenantID: ev.TenantID, SessionID: ev.SessionID, Seq: ev.Seq,
-				TsUnixMs: ev.TsUnixMs, Manifest: sessionManifest(sn, ev), ToolName: tc.ToolName, CallID: tc.CallID,
-				Decision: *ev.Decision, Tainted: sn.Tainted, Hash: ev.Hash})
-		}
+		// The decision row describes the session before the proposal;
+		// it is written only with its event (a record the reducer
+		// refuses is rejected whole).
+		manifest, tainted := sessionManifest(sn, ev), sn.Tainted
 		if err := sn.Apply(ev); err != nil {
 			// The sealer never writes such a record; keep it visible.
 			reject(s.rec, ev, ReasonBadSealed, err.Error())
 			continue
+		}
+		if ev.Decision != nil && ev.Type == envelope.ToolCallProposed {
+			tc, _ := ev.ToolCall()
+			b.Decisions = append(b.Decisions, DecisionRow{TenantID: ev.TenantID, SessionID: ev.SessionID, Seq: ev.Seq,
+				TsUnixMs: ev.TsUnixMs, Manifest: manifest, ToolName: tc.ToolName, CallID: tc.CallID,
+				Decision: *ev.Decision, Tainted: tainted, Hash: ev.Hash})
 		}
 		b.Events = append(b.Events, NewEventRow(ev, s.rec.Partition, s.rec.Offset))
 		if !dirty[k] {

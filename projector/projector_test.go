@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -477,5 +478,38 @@ func TestProjectorRejectsRecordsPastTheHistory(t *testing.T) {
 	stop()
 	if got := queryInt(t, empty, "SELECT count(*) FROM audit_events WHERE tenant_id = 'acme'"); got != 0 {
 		t.Errorf("%d acme events stored without their history", got)
+	}
+}
+
+// TestRejectedProposalHasNoDecisionRow: a sealed proposal the reducer
+// refuses (a tool_name over 256 bytes) is rejected whole: no event row and
+// no decision row, whose counts auditors read.
+func TestRejectedProposalHasNoDecisionRow(t *testing.T) {
+	k := startKafka(t, 1)
+	st := openSQLite(t)
+	var head *chain.Head
+	var evs []*envelope.Event
+	for _, e := range []*envelope.Event{
+		{V: 1, TenantID: "acme", SessionID: "s1", Seq: 1, TsUnixMs: 1767225600000, Type: envelope.ModelCallStarted, Payload: json.RawMessage(`{"call_id":"m","model":"gpt-x"}`)},
+		{V: 1, TenantID: "acme", SessionID: "s1", Seq: 2, TsUnixMs: 1767225601000, Type: envelope.ToolCallProposed,
+			Payload:  json.RawMessage(fmt.Sprintf(`{"args":{},"call_id":"c1","tool_name":%q}`, strings.Repeat("x", 300))),
+			Decision: &envelope.Decision{Outcome: envelope.Allow, Reason: "OK", PolicyRevision: "sha256:p", InputDigest: "sha256:i"}},
+	} {
+		h, err := chain.Link(head, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		head, evs = &h, append(evs, e)
+	}
+	produce(t, k, evs)
+	stop := startProjector(t, projector.Config{Brokers: k.brokers, Group: k.prefix + "projector", Topics: k.topics, BatchSize: 10,
+		FlushInterval: 50 * time.Millisecond}, st, prometheus.NewRegistry())
+	waitFor(t, "the rejection", 20*time.Second, func() bool { return queryInt(t, st, "SELECT count(*) FROM rejected_records") == 1 })
+	stop()
+	if n := queryInt(t, st, "SELECT count(*) FROM decisions"); n != 0 {
+		t.Errorf("%d decision rows for a proposal that was rejected", n)
+	}
+	if n := queryInt(t, st, "SELECT count(*) FROM audit_events"); n != 1 {
+		t.Errorf("%d events stored, want 1", n)
 	}
 }
