@@ -62,6 +62,10 @@ func auditFixture(t testing.TB) *projector.Batch {
 		{"globex", "s1", []ev{prop("deploy", "a1", dec(envelope.RequireApproval, envelope.ReasonApprovalRequired)),
 			{envelope.ApprovalDecided, `{"call_id":"a1","decision":"allow"}`, nil},
 			prop("deploy", "a1", &envelope.Decision{Outcome: envelope.Allow, Reason: envelope.ReasonOK, Constraints: envelope.Constraints{MaxOutputBytes: 1024, TimeoutMs: 5000}, PolicyRevision: "sha256:p", ManifestDigest: "sha256:m", InputDigest: "sha256:i"})}},
+		// c5 approved for staging, then proposed for prod: pending again.
+		{"acme", "s4", []ev{{envelope.ToolCallProposed, `{"args":{"env":"staging"},"call_id":"c5","tool_name":"deploy"}`, dec(envelope.RequireApproval, envelope.ReasonApprovalRequired)},
+			{envelope.ApprovalDecided, `{"call_id":"c5","decision":"allow"}`, nil},
+			{envelope.ToolCallProposed, `{"args":{"env":"prod"},"call_id":"c5","tool_name":"deploy"}`, dec(envelope.RequireApproval, envelope.ReasonApprovalRequired)}}},
 		{"globex", "s2", []ev{{envelope.ModelCallStarted, `{}`, nil}, {envelope.ModelCallStarted, `{}`, nil}, {envelope.ModelCallStarted, `{}`, nil}}},
 		{"globex", "s3", []ev{{envelope.ModelCallStarted, `{}`, nil}, {envelope.ModelCallStarted, `{}`, nil}}},
 	}
@@ -97,10 +101,10 @@ var wantQueries = map[string]string{
 	"denials-by-reason": "[acme 2026-01-01 BUDGET_EXCEEDED 1] [acme 2026-01-01 EGRESS_DENY 1] [acme 2026-01-01 TAINTED_TO_HIGH_RISK 1]",
 	"budget-sessions":   "[acme s1 1 2]",
 	"tainted-proposals": "[acme s2 2 shell deny TAINTED_TO_HIGH_RISK]",
-	"pending-approvals": fmt.Sprintf("[acme s3 c9 deploy %d]", day0),
+	"pending-approvals": fmt.Sprintf("[acme s3 c9 deploy %d] [acme s4 c5 deploy %d]", day0, day0+2000),
 	"broken-links":      "[globex s2 3]",
 	"head-mismatches":   "[globex s3 2 1]",
-	"top-tools":         "[acme web_fetch 2 2] [acme deploy 1 0] [acme shell 1 1] [globex deploy 2 0]",
+	"top-tools":         "[acme deploy 3 0] [acme web_fetch 2 2] [acme shell 1 1] [globex deploy 2 0]",
 }
 
 func testDocQueries(t *testing.T, dialect, url string, unordered map[string]bool) {
