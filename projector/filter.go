@@ -3,7 +3,8 @@ package projector
 import "strings"
 
 // EventColumns is the column list, in order, of the audit_events rows both
-// stores read back into StoredEvent.
+// stores read back into StoredEvent; each store appends event_date as a
+// YYYY-MM-DD string (a Date in ClickHouse, text in SQLite).
 const EventColumns = `v, tenant_id, session_id, seq, ts_unix_ms, event_type, manifest, payload,
 	decision, prev_hash, hash, tool_name, call_id, outcome, reason, policy_revision, kafka_partition, kafka_offset`
 

@@ -33,6 +33,9 @@ type EventRow struct {
 	Outcome        string
 	Reason         string
 	PolicyRevision string
+	// EventDate is the event_date column, YYYY-MM-DD: Date(ts_unix_ms).
+	// Auditors select days by it and ClickHouse partitions on it.
+	EventDate string
 	// Where the record was read from (informational; not part of the
 	// row's identity).
 	Partition int32
@@ -44,8 +47,17 @@ type EventRow struct {
 }
 
 // NewEventRow derives the row of a sealed event.
+// Day is the event_date the row is written with: EventDate (as NewEventRow
+// sets it), or Date(ts_unix_ms) when it is empty or not a date.
+func (r *EventRow) Day() time.Time {
+	if d, err := time.Parse(time.DateOnly, r.EventDate); err == nil {
+		return d
+	}
+	return Date(r.Event.TsUnixMs)
+}
+
 func NewEventRow(ev *envelope.Event, partition int32, offset int64) EventRow {
-	r := EventRow{Event: ev, Partition: partition, Offset: offset}
+	r := EventRow{Event: ev, Partition: partition, Offset: offset, EventDate: Date(ev.TsUnixMs).Format(time.DateOnly)}
 	r.ToolName, r.CallID, r.Outcome, r.Reason, r.PolicyRevision = filterColumns(ev)
 	return r
 }
@@ -133,6 +145,7 @@ func (r *EventRow) ColumnsMatch() (string, bool) {
 		{"outcome", r.Outcome, outcome},
 		{"reason", r.Reason, reason},
 		{"policy_revision", r.PolicyRevision, revision},
+		{"event_date", r.EventDate, Date(r.Event.TsUnixMs).Format(time.DateOnly)},
 	} {
 		if c.got != c.want {
 			return c.name, false
@@ -197,6 +210,7 @@ type StoredEvent struct {
 	PolicyRevision      string
 	Partition           int32
 	Offset              int64
+	EventDate           string // YYYY-MM-DD
 }
 
 // Row rebuilds the sealed record of a stored row exactly as the sealer
@@ -206,7 +220,7 @@ func (s *StoredEvent) Row() *EventRow {
 	ev := &envelope.Event{V: s.V, TenantID: s.TenantID, SessionID: s.SessionID, Seq: s.Seq, TsUnixMs: s.TsUnixMs,
 		Type: envelope.Type(s.EventType), Manifest: s.Manifest, Payload: []byte(s.Payload), PrevHash: s.PrevHash, Hash: s.Hash}
 	r := &EventRow{Event: ev, ToolName: s.ToolName, CallID: s.CallID, Outcome: s.Outcome, Reason: s.Reason,
-		PolicyRevision: s.PolicyRevision, Partition: s.Partition, Offset: s.Offset}
+		PolicyRevision: s.PolicyRevision, Partition: s.Partition, Offset: s.Offset, EventDate: s.EventDate}
 	ev.Decision, r.Invalid = ParseDecision(s.Decision)
 	return r
 }
@@ -269,7 +283,7 @@ func SameRow(a, b *EventRow) bool {
 	if x.V != y.V || x.TsUnixMs != y.TsUnixMs || x.Type != y.Type || x.Manifest != y.Manifest ||
 		string(x.Payload) != string(y.Payload) || x.PrevHash != y.PrevHash || x.Hash != y.Hash ||
 		a.ToolName != b.ToolName || a.CallID != b.CallID || a.Outcome != b.Outcome || a.Reason != b.Reason ||
-		a.PolicyRevision != b.PolicyRevision || (a.Invalid == nil) != (b.Invalid == nil) {
+		a.PolicyRevision != b.PolicyRevision || a.EventDate != b.EventDate || (a.Invalid == nil) != (b.Invalid == nil) {
 		return false
 	}
 	if (x.Decision == nil) != (y.Decision == nil) {

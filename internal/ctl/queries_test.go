@@ -190,7 +190,7 @@ func TestSQLFormats(t *testing.T) {
 		})
 	}
 	// The write was refused: the rows are still there.
-	if code, out, _ := run(t, "", "sql", "SELECT count(*) AS n FROM decisions", "--store", url, "--format", "csv"); code != ExitOK || out != "n\n6\n" {
+	if code, out, _ := run(t, "", "sql", "SELECT count(*) AS n FROM decisions", "--store", url, "--format", "csv"); code != ExitOK || out != "n\n8\n" {
 		t.Errorf("after a refused DELETE: %q", out)
 	}
 }

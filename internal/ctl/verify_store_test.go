@@ -114,6 +114,9 @@ func tamperCases(t testing.TB) []struct {
 			panic("no decision in the vectors")
 		}, chain.ReasonHashMismatch},
 		{"edited filter column only", func(b *projector.Batch) { b.Events[0].ToolName = "shell" }, ReasonColumnMismatch},
+		// event_date is what auditors select days by (and ClickHouse
+		// partitions on): it must be the day of ts_unix_ms.
+		{"edited event_date", func(b *projector.Batch) { b.Events[1].EventDate = "2020-02-29" }, ReasonColumnMismatch},
 		{"payload stored in another spelling", func(b *projector.Batch) {
 			// Same content and hash, but the first string value's first
 			// letter escaped: a text search no longer finds it.

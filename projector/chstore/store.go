@@ -223,7 +223,7 @@ func (s *Store) Write(ctx context.Context, b *projector.Batch) error {
 			r := &b.Events[i]
 			e := r.Event
 			dec, err := projector.DecisionJSON(e)
-			return []any{e.TenantID, e.SessionID, e.Seq, e.TsUnixMs, projector.Date(e.TsUnixMs), uint8(e.V), string(e.Type), e.Manifest,
+			return []any{e.TenantID, e.SessionID, e.Seq, e.TsUnixMs, r.Day(), uint8(e.V), string(e.Type), e.Manifest,
 				r.ToolName, r.CallID, r.Outcome, r.Reason, r.PolicyRevision, string(e.Payload), dec, e.PrevHash, e.Hash,
 				r.Partition, r.Offset}, err
 		})
@@ -326,7 +326,7 @@ func where(f projector.Filter) (string, []any) {
 // verifier; copies share a seq and so come out adjacent.
 func (s *Store) Events(ctx context.Context, f projector.Filter, fn func(*projector.EventRow) error) error {
 	w, args := where(f)
-	rows, err := s.conn.Query(ctx, `SELECT `+projector.EventColumns+`
+	rows, err := s.conn.Query(ctx, `SELECT `+projector.EventColumns+`, toString(event_date)
 FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 	if err != nil {
 		return wrap("events", err)
@@ -337,7 +337,7 @@ FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 		var v uint8
 		if err := rows.Scan(&v, &e.TenantID, &e.SessionID, &e.Seq, &e.TsUnixMs, &e.EventType, &e.Manifest, &e.Payload,
 			&e.Decision, &e.PrevHash, &e.Hash, &e.ToolName, &e.CallID, &e.Outcome, &e.Reason, &e.PolicyRevision,
-			&e.Partition, &e.Offset); err != nil {
+			&e.Partition, &e.Offset, &e.EventDate); err != nil {
 			return wrap("events", err)
 		}
 		e.V = int(v)

@@ -201,7 +201,7 @@ func write(ctx context.Context, tx *sql.Tx, b *projector.Batch) error {
 		r := &b.Events[i]
 		e := r.Event
 		dec, err := projector.DecisionJSON(e)
-		return []any{e.TenantID, e.SessionID, int64(e.Seq), e.TsUnixMs, day(e.TsUnixMs), e.V, string(e.Type), e.Manifest,
+		return []any{e.TenantID, e.SessionID, int64(e.Seq), e.TsUnixMs, r.Day().Format(time.DateOnly), e.V, string(e.Type), e.Manifest,
 			r.ToolName, r.CallID, r.Outcome, r.Reason, r.PolicyRevision, string(e.Payload), dec, e.PrevHash, e.Hash,
 			r.Partition, r.Offset}, err
 	})
@@ -249,7 +249,7 @@ func where(f projector.Filter) (string, []any) {
 // Events scans audit_events (see projector.Store).
 func (s *Store) Events(ctx context.Context, f projector.Filter, fn func(*projector.EventRow) error) error {
 	w, args := where(f)
-	rows, err := s.db.QueryContext(ctx, `SELECT `+projector.EventColumns+`
+	rows, err := s.db.QueryContext(ctx, `SELECT `+projector.EventColumns+`, event_date
 FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 	if err != nil {
 		return wrap("events", err)
@@ -260,7 +260,7 @@ FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 		var seq int64
 		if err := rows.Scan(&e.V, &e.TenantID, &e.SessionID, &seq, &e.TsUnixMs, &e.EventType, &e.Manifest, &e.Payload,
 			&e.Decision, &e.PrevHash, &e.Hash, &e.ToolName, &e.CallID, &e.Outcome, &e.Reason, &e.PolicyRevision,
-			&e.Partition, &e.Offset); err != nil {
+			&e.Partition, &e.Offset, &e.EventDate); err != nil {
 			return wrap("events", err)
 		}
 		e.Seq = uint64(seq)
