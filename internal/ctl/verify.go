@@ -261,16 +261,34 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 	if err != nil {
 		return VerifyReport{}, err
 	}
-	heads, err := st.Heads(ctx, f)
+	// With --since, sessions are chosen by their recent events, so a
+	// session whose recent tail was deleted would not be chosen at all:
+	// every head of the scope is read, and those of sessions not scanned
+	// are compared with the stored tail instead (sinceTails).
+	hf := f
+	hf.SinceUnixMs = 0
+	heads, err := st.Heads(ctx, hf)
 	if err != nil {
 		return VerifyReport{}, err
 	}
 	byWorker := make([][]chain.Head, workers)
+	var unscanned []chain.Head
 	for _, h := range heads {
 		i := route(h.TenantID, h.SessionID)
+		if _, scanned := ws[i].last[projector.SessionKey{TenantID: h.TenantID, SessionID: h.SessionID}]; f.SinceUnixMs > 0 && !scanned {
+			unscanned = append(unscanned, h)
+			continue
+		}
 		byWorker[i] = append(byWorker[i], h)
 	}
 	var rep VerifyReport
+	if len(unscanned) > 0 {
+		fs, err := sinceTails(ctx, st, unscanned)
+		if err != nil {
+			return VerifyReport{}, err
+		}
+		rep.Failures = append(rep.Failures, fs...)
+	}
 	for i, w := range ws {
 		// Sessions that failed a column check never reached the
 		// verifier; keep CheckHeads from calling them missing.
@@ -304,6 +322,55 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 	})
 	rep.OK = len(rep.Failures) == 0
 	return rep, nil
+}
+
+// tailReader is implemented by stores that can list each session's last
+// stored event (both audit stores do).
+type tailReader interface {
+	LastEvents(ctx context.Context, f projector.Filter) ([]chain.Head, error)
+}
+
+// sinceTails compares the chain heads of sessions that a --since scan did
+// not cover (no event in the window) with their last stored events: a
+// session whose events were deleted is MISSING_SESSION, one whose tail was
+// deleted TRUNCATED, any other difference HEAD_MISMATCH.
+func sinceTails(ctx context.Context, st ChainSource, heads []chain.Head) ([]chain.Failure, error) {
+	tr, ok := st.(tailReader)
+	if !ok {
+		return nil, nil
+	}
+	var out []chain.Failure
+	const chunk = 500
+	for i := 0; i < len(heads); i += chunk {
+		part := heads[i:min(i+chunk, len(heads))]
+		keys := make([]projector.SessionKey, len(part))
+		for j, h := range part {
+			keys[j] = projector.SessionKey{TenantID: h.TenantID, SessionID: h.SessionID}
+		}
+		tails, err := tr.LastEvents(ctx, projector.Filter{Sessions: keys})
+		if err != nil {
+			return nil, err
+		}
+		last := make(map[projector.SessionKey]chain.Head, len(tails))
+		for _, t := range tails {
+			last[projector.SessionKey{TenantID: t.TenantID, SessionID: t.SessionID}] = t
+		}
+		for _, h := range part {
+			t, ok := last[projector.SessionKey{TenantID: h.TenantID, SessionID: h.SessionID}]
+			switch {
+			case !ok:
+				out = append(out, chain.Failure{TenantID: h.TenantID, SessionID: h.SessionID, Seq: 1, Reason: chain.ReasonMissingSession,
+					Detail: fmt.Sprintf("expected %d records, found none", h.Seq)})
+			case t.Seq < h.Seq:
+				out = append(out, chain.Failure{TenantID: h.TenantID, SessionID: h.SessionID, Seq: t.Seq + 1, Reason: chain.ReasonTruncated,
+					Detail: fmt.Sprintf("stored records end at seq %d, expected head seq %d", t.Seq, h.Seq)})
+			case t.Seq != h.Seq || t.Hash != h.Hash:
+				out = append(out, chain.Failure{TenantID: h.TenantID, SessionID: h.SessionID, Seq: t.Seq, Reason: chain.ReasonHeadMismatch,
+					Detail: fmt.Sprintf("last stored record is seq %d hash %s, expected seq %d hash %s", t.Seq, t.Hash, h.Seq, h.Hash)})
+			}
+		}
+	}
+	return out, nil
 }
 
 // filterHeads drops the heads of sessions that already failed.

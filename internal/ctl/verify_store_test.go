@@ -445,3 +445,51 @@ func TestSQLCannotWriteSQLite(t *testing.T) {
 		}
 	}
 }
+
+// TestVerifySinceSeesDeletedTails: verify --since chooses sessions by
+// their recent events; a session whose recent tail (or every event) was
+// deleted has none, and must still be reported, while untouched sessions
+// without recent events pass.
+func TestVerifySinceSeesDeletedTailsSQLite(t *testing.T) { testVerifySince(t, sqliteURL) }
+
+func TestIntegrationVerifySinceSeesDeletedTailsClickHouse(t *testing.T) {
+	testVerifySince(t, clickhouseURL)
+}
+
+func testVerifySince(t *testing.T, newURL func(testing.TB) string) {
+	vec := storetest.Vectors(t)
+	first := vec[0]
+	var idx []int
+	for i, e := range vec {
+		if e.TenantID == first.TenantID && e.SessionID == first.SessionID {
+			idx = append(idx, i)
+		}
+	}
+	lastI := idx[len(idx)-1]
+	since := fmt.Sprint(vec[lastI].TsUnixMs)
+	for _, c := range []struct {
+		name   string
+		drop   func(i int) bool
+		code   int
+		reason string
+	}{
+		{"untouched", func(int) bool { return false }, ExitOK, ""},
+		{"tail deleted", func(i int) bool { return i == lastI }, ExitFailed, chain.ReasonTruncated},
+		{"session deleted", func(i int) bool { return slices.Contains(idx, i) }, ExitFailed, chain.ReasonMissingSession},
+	} {
+		url := newURL(t)
+		b := storetest.BatchOf(t, vec)
+		var keep []projector.EventRow
+		for i, r := range b.Events {
+			if !c.drop(i) {
+				keep = append(keep, r)
+			}
+		}
+		b.Events = keep
+		writeStore(t, url, b)
+		code, out, stderr := run(t, "", "verify", "--store", url, "--tenant", first.TenantID, "--since", since)
+		if code != c.code || !strings.Contains(out+stderr, c.reason) {
+			t.Errorf("%s: exit %d, want %d with %q\n%s%s", c.name, code, c.code, c.reason, out, stderr)
+		}
+	}
+}

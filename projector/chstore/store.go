@@ -369,6 +369,27 @@ func (s *Store) Heads(ctx context.Context, f projector.Filter) ([]chain.Head, er
 	return out, wrap("heads", rows.Err())
 }
 
+// LastEvents returns each matching session's last stored event, as a head
+// (seq and hash).
+func (s *Store) LastEvents(ctx context.Context, f projector.Filter) ([]chain.Head, error) {
+	w, args := where(f)
+	rows, err := s.conn.Query(ctx, "SELECT tenant_id, session_id, max(seq), argMax(hash, seq) FROM audit_events"+w+
+		" GROUP BY tenant_id, session_id ORDER BY tenant_id, session_id", args...)
+	if err != nil {
+		return nil, wrap("last events", err)
+	}
+	defer func() { _ = rows.Close() }()
+	var out []chain.Head
+	for rows.Next() {
+		var h chain.Head
+		if err := rows.Scan(&h.TenantID, &h.SessionID, &h.Seq, &h.Hash); err != nil {
+			return nil, wrap("last events", err)
+		}
+		out = append(out, h)
+	}
+	return out, wrap("last events", rows.Err())
+}
+
 // Query runs one statement with readonly=1 (see projector.Querier).
 func (s *Store) Query(ctx context.Context, query string) ([]string, [][]any, error) {
 	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"readonly": 1}))

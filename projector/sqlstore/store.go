@@ -292,6 +292,30 @@ func (s *Store) Heads(ctx context.Context, f projector.Filter) ([]chain.Head, er
 	return out, wrap("heads", rows.Err())
 }
 
+// LastEvents returns each matching session's last stored event, as a head
+// (seq and hash).
+func (s *Store) LastEvents(ctx context.Context, f projector.Filter) ([]chain.Head, error) {
+	w, args := where(f)
+	// SQLite takes the bare column hash from the row max(seq) picked.
+	rows, err := s.db.QueryContext(ctx, "SELECT tenant_id, session_id, max(seq), hash FROM audit_events"+w+
+		" GROUP BY tenant_id, session_id ORDER BY tenant_id, session_id", args...)
+	if err != nil {
+		return nil, wrap("last events", err)
+	}
+	defer func() { _ = rows.Close() }()
+	var out []chain.Head
+	for rows.Next() {
+		var h chain.Head
+		var seq int64
+		if err := rows.Scan(&h.TenantID, &h.SessionID, &seq, &h.Hash); err != nil {
+			return nil, wrap("last events", err)
+		}
+		h.Seq = uint64(seq)
+		out = append(out, h)
+	}
+	return out, wrap("last events", rows.Err())
+}
+
 // Query runs one read-only statement (see projector.Querier). It runs in a
 // read-only transaction, so a statement that writes fails.
 func (s *Store) Query(ctx context.Context, query string) ([]string, [][]any, error) {
