@@ -479,6 +479,9 @@ func kafkaSource(brokers []string, topic string, o replayOptions, bad *badRecord
 				if (o.tenant != "" && ev.TenantID != o.tenant) || (len(want) > 0 && !want[ev.SessionID]) {
 					return nil
 				}
+				if err := isCanonicalRecord(ev, r.Value); err != nil {
+					bad.add(badRecord{tenant: ev.TenantID, session: ev.SessionID, where: fmt.Sprintf("%s partition %d offset %d (seq %d)", topic, p, r.Offset, ev.Seq), err: err})
+				}
 				if (o.since == 0 || ev.TsUnixMs >= o.since) && (o.until == 0 || ev.TsUnixMs < o.until) {
 					inRange[[2]string{ev.TenantID, ev.SessionID}] = true
 				}

@@ -1,8 +1,10 @@
 package ctl
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"hash/maphash"
 	"os"
@@ -125,6 +127,10 @@ func verifyFile(env IO, file, headsFile string) (VerifyReport, int) {
 		if err != nil {
 			malformed = append(malformed, chain.Failure{Reason: chain.ReasonMalformed, Detail: fmt.Sprintf("line %d: %v", n, err)})
 			return nil
+		}
+		if err := isCanonicalRecord(ev, line); err != nil {
+			malformed = append(malformed, chain.Failure{TenantID: ev.TenantID, SessionID: ev.SessionID, Seq: ev.Seq, Reason: chain.ReasonMalformed,
+				Detail: fmt.Sprintf("line %d: %v", n, err)})
 		}
 		_ = v.Add(ev) // failures are collected by the verifier
 		return nil
@@ -322,6 +328,22 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 	})
 	rep.OK = len(rep.Failures) == 0
 	return rep, nil
+}
+
+// isCanonicalRecord reports an error unless line is exactly the canonical
+// form of the sealed record ev was decoded from. The hash covers that
+// form; a line that decodes to the same record but is written otherwise
+// (a member dropped because it is empty, a null added) is not what was
+// hashed, and a verifier working from docs/chain.md alone would reject it.
+func isCanonicalRecord(ev *envelope.Event, line []byte) error {
+	want, err := ev.AppendCanonical(nil, true)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(bytes.TrimRight(line, " \t\r"), want) {
+		return errors.New("not written as the canonical form of its sealed record (RFC 8785), which is what was hashed")
+	}
+	return nil
 }
 
 // tailReader is implemented by stores that can list each session's last

@@ -493,3 +493,34 @@ func testVerifySince(t *testing.T, newURL func(testing.TB) string) {
 		}
 	}
 }
+
+// TestVerifyFileWantsCanonicalLines: a line that decodes to the same
+// sealed record but is not written as its canonical form (a null member
+// added, an empty member dropped) is not what was hashed: MALFORMED.
+func TestVerifyFileWantsCanonicalLines(t *testing.T) {
+	var lines []string
+	for _, ev := range storetest.Vectors(t) {
+		b, err := ev.AppendCanonical(nil, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, string(b))
+	}
+	write := func(lines []string) string {
+		p := filepath.Join(t.TempDir(), "sealed.ndjson")
+		if err := os.WriteFile(p, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	if code, out, stderr := run(t, "", "verify", "--file", write(lines)); code != ExitOK {
+		t.Fatalf("canonical lines: exit %d\n%s%s", code, out, stderr)
+	}
+	i := slices.IndexFunc(lines, func(l string) bool { return !strings.Contains(l, `"manifest"`) })
+	edited := slices.Clone(lines)
+	edited[i] = `{"manifest":null,` + lines[i][1:]
+	code, out, stderr := run(t, "", "verify", "--file", write(edited))
+	if code != ExitFailed || !strings.Contains(out+stderr, "MALFORMED") || !strings.Contains(out+stderr, "canonical") {
+		t.Fatalf("a line with an added null member: exit %d\n%s%s", code, out, stderr)
+	}
+}
