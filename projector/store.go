@@ -51,6 +51,13 @@ type HeadReader interface {
 	Heads(ctx context.Context, f Filter) ([]chain.Head, error)
 }
 
+// RowStreamer is a Querier that can pass rows on as they arrive (both
+// audit stores are): fn gets the column names first with a nil row, then
+// each row; an error from fn ends the query with it.
+type RowStreamer interface {
+	QueryEach(ctx context.Context, sql string, fn func(columns []string, row []any) error) error
+}
+
 // Querier runs read-only SQL for `aegisctl sql` and the documented audit
 // queries.
 type Querier interface {

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"aegis.dev/aegis/projector"
 	"aegis.dev/aegis/projector/stores"
 )
 
@@ -43,6 +44,37 @@ func runSQL(ctx context.Context, env IO, args []string) int {
 		return fail(env, ExitRuntime, "sql: %v", err)
 	}
 	defer func() { _ = st.Close() }()
+	if rs, ok := st.(projector.RowStreamer); ok && *format != "table" {
+		// csv and json rows are written as they arrive: a large result
+		// is never held whole (the aligned table needs every row first).
+		var w *rowWriter
+		var writeErr error
+		err := rs.QueryEach(ctx, query, func(cols []string, row []any) error {
+			if w == nil {
+				if w, writeErr = newRowWriter(env.Stdout, *format, cols); writeErr != nil {
+					return writeErr
+				}
+			}
+			if row != nil {
+				if writeErr = w.row(row); writeErr != nil {
+					return writeErr
+				}
+			}
+			return nil
+		})
+		if writeErr != nil {
+			return fail(env, ExitRuntime, "sql: write: %v", writeErr)
+		}
+		if err != nil {
+			return fail(env, ExitFailed, "sql: %v", err)
+		}
+		if w != nil {
+			if err := w.flush(); err != nil {
+				return fail(env, ExitRuntime, "sql: write: %v", err)
+			}
+		}
+		return ExitOK
+	}
 	cols, rows, err := st.Query(ctx, query)
 	if err != nil {
 		return fail(env, ExitFailed, "sql: %v", err)
@@ -51,6 +83,64 @@ func runSQL(ctx context.Context, env IO, args []string) int {
 		return fail(env, ExitRuntime, "sql: write: %v", err)
 	}
 	return ExitOK
+}
+
+// rowWriter writes csv or json rows one at a time (see writeRows).
+type rowWriter struct {
+	format string
+	cols   []string
+	w      io.Writer
+	cw     *csv.Writer
+	rec    []string
+}
+
+func newRowWriter(w io.Writer, format string, cols []string) (*rowWriter, error) {
+	r := &rowWriter{format: format, cols: cols, w: w, rec: make([]string, len(cols))}
+	if format == "csv" {
+		r.cw = csv.NewWriter(w)
+		if err := r.cw.Write(cols); err != nil {
+			return nil, err
+		}
+	}
+	return r, nil
+}
+
+func (r *rowWriter) row(vals []any) error {
+	if r.cw != nil {
+		for i, v := range vals {
+			r.rec[i] = cell(v)
+		}
+		return r.cw.Write(r.rec)
+	}
+	var b strings.Builder
+	b.WriteByte('{')
+	for i, v := range vals {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		k, _ := json.Marshal(r.cols[i])
+		b.Write(k)
+		b.WriteByte(':')
+		if t, ok := v.(time.Time); ok {
+			v = t.UTC().Format(time.RFC3339)
+		}
+		val, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		b.Write(val)
+	}
+	b.WriteString("}\n")
+	_, err := io.WriteString(r.w, b.String())
+	return err
+}
+
+func (r *rowWriter) flush() error {
+	if r.cw != nil {
+		r.cw.Flush()
+		return r.cw.Error()
+	}
+	return nil
 }
 
 // cell formats one value for table and CSV output.
@@ -76,49 +166,17 @@ func cell(v any) string {
 // RFC 4180 with a header, json is one object per row keyed by column name
 // (NDJSON) with numbers as JSON numbers.
 func writeRows(w io.Writer, format string, cols []string, rows [][]any) error {
-	switch format {
-	case "csv":
-		cw := csv.NewWriter(w)
-		if err := cw.Write(cols); err != nil {
+	if format != "table" {
+		rw, err := newRowWriter(w, format, cols)
+		if err != nil {
 			return err
 		}
-		rec := make([]string, len(cols))
 		for _, r := range rows {
-			for i, v := range r {
-				rec[i] = cell(v)
-			}
-			if err := cw.Write(rec); err != nil {
+			if err := rw.row(r); err != nil {
 				return err
 			}
 		}
-		cw.Flush()
-		return cw.Error()
-	case "json":
-		for _, r := range rows {
-			var b strings.Builder
-			b.WriteByte('{')
-			for i, v := range r {
-				if i > 0 {
-					b.WriteByte(',')
-				}
-				k, _ := json.Marshal(cols[i])
-				b.Write(k)
-				b.WriteByte(':')
-				if t, ok := v.(time.Time); ok {
-					v = t.UTC().Format(time.RFC3339)
-				}
-				val, err := json.Marshal(v)
-				if err != nil {
-					return err
-				}
-				b.Write(val)
-			}
-			b.WriteString("}\n")
-			if _, err := io.WriteString(w, b.String()); err != nil {
-				return err
-			}
-		}
-		return nil
+		return rw.flush()
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, strings.Join(cols, "\t"))

@@ -392,30 +392,50 @@ func (s *Store) LastEvents(ctx context.Context, f projector.Filter) ([]chain.Hea
 
 // Query runs one statement with readonly=1 (see projector.Querier).
 func (s *Store) Query(ctx context.Context, query string) ([]string, [][]any, error) {
+	var cols []string
+	var out [][]any
+	err := s.QueryEach(ctx, query, func(c []string, row []any) error {
+		cols = c
+		if row != nil {
+			out = append(out, row)
+		}
+		return nil
+	})
+	return cols, out, err
+}
+
+// QueryEach is Query with each row passed to fn as it arrives (the
+// columns first, with a nil row), so that a large result is never held
+// whole (see projector.RowStreamer).
+func (s *Store) QueryEach(ctx context.Context, query string, fn func(cols []string, row []any) error) error {
 	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"readonly": 1}))
 	rows, err := s.conn.Query(ctx, query)
 	if err != nil {
-		return nil, nil, wrap("query", err)
+		return wrap("query", err)
 	}
 	defer func() { _ = rows.Close() }()
 	cols := rows.Columns()
 	types := rows.ColumnTypes()
-	var out [][]any
+	if err := fn(cols, nil); err != nil {
+		return err
+	}
 	for rows.Next() {
 		ptrs := make([]any, len(types))
 		for i, t := range types {
 			ptrs[i] = reflect.New(t.ScanType()).Interface()
 		}
 		if err := rows.Scan(ptrs...); err != nil {
-			return nil, nil, wrap("query", err)
+			return wrap("query", err)
 		}
 		vals := make([]any, len(ptrs))
 		for i, p := range ptrs {
 			vals[i] = plain(types[i].DatabaseTypeName(), reflect.ValueOf(p).Elem().Interface())
 		}
-		out = append(out, vals)
+		if err := fn(cols, vals); err != nil {
+			return err
+		}
 	}
-	return cols, out, wrap("query", rows.Err())
+	return wrap("query", rows.Err())
 }
 
 // plain maps driver values to the kinds Querier promises; Date columns

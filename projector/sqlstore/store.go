@@ -317,23 +317,42 @@ func (s *Store) LastEvents(ctx context.Context, f projector.Filter) ([]chain.Hea
 }
 
 // Query runs one read-only statement (see projector.Querier). It runs in a
-// read-only transaction, so a statement that writes fails.
+// read-only transaction on a connection opened read-only, so a statement
+// that writes fails.
 func (s *Store) Query(ctx context.Context, query string) ([]string, [][]any, error) {
+	var cols []string
+	var out [][]any
+	err := s.QueryEach(ctx, query, func(c []string, row []any) error {
+		cols = c
+		if row != nil {
+			out = append(out, row)
+		}
+		return nil
+	})
+	return cols, out, err
+}
+
+// QueryEach is Query with each row passed to fn as it arrives (the
+// columns first, with a nil row), so that a large result is never held
+// whole (see projector.RowStreamer).
+func (s *Store) QueryEach(ctx context.Context, query string, fn func(cols []string, row []any) error) error {
 	tx, err := s.ro.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
-		return nil, nil, wrap("query", err)
+		return wrap("query", err)
 	}
 	defer func() { _ = tx.Rollback() }()
 	rows, err := tx.QueryContext(ctx, query)
 	if err != nil {
-		return nil, nil, wrap("query", err)
+		return wrap("query", err)
 	}
 	defer func() { _ = rows.Close() }()
 	cols, err := rows.Columns()
 	if err != nil {
-		return nil, nil, wrap("query", err)
+		return wrap("query", err)
 	}
-	var out [][]any
+	if err := fn(cols, nil); err != nil {
+		return err
+	}
 	for rows.Next() {
 		vals := make([]any, len(cols))
 		ptrs := make([]any, len(cols))
@@ -341,14 +360,16 @@ func (s *Store) Query(ctx context.Context, query string) ([]string, [][]any, err
 			ptrs[i] = &vals[i]
 		}
 		if err := rows.Scan(ptrs...); err != nil {
-			return nil, nil, wrap("query", err)
+			return wrap("query", err)
 		}
 		for i, v := range vals {
 			if b, ok := v.([]byte); ok {
 				vals[i] = string(b)
 			}
 		}
-		out = append(out, vals)
+		if err := fn(cols, vals); err != nil {
+			return err
+		}
 	}
-	return cols, out, wrap("query", rows.Err())
+	return wrap("query", rows.Err())
 }
