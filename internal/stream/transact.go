@@ -433,8 +433,20 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) 
 			t.log.Warn("fetch failed", "topic", topic, "partition", p, "error", err)
 			fetchErr = err
 		})
-		if err := t.applyEvents(ctx, adm, parts); err != nil {
+		revoked, err := t.applyEvents(ctx, adm, parts)
+		if err != nil {
 			return err
+		}
+		if revoked {
+			// franz-go's GroupTransactSession reports one revocation
+			// per transaction and swallows the next ones until the
+			// transaction ends; ending this (empty) one now keeps the
+			// next revocation visible, and rewinds what this poll
+			// fetched, which is fetched again.
+			if err := t.rewind(ctx, s); err != nil {
+				return err
+			}
+			continue
 		}
 		if err := t.restore(ctx, adm, parts); err != nil {
 			return err
@@ -556,23 +568,31 @@ func (t *Transactor) pushEvent(assigned bool, parts []int32) {
 // applyEvents applies the assignment changes the group callbacks queued:
 // revoked partitions are dropped, assigned ones are recorded unrestored with
 // their readiness targets.
-func (t *Transactor) applyEvents(ctx context.Context, adm *kadm.Client, parts map[int32]*owned) error {
+func (t *Transactor) applyEvents(ctx context.Context, adm *kadm.Client, parts map[int32]*owned) (revoked bool, err error) {
 	t.evMu.Lock()
 	evs := t.events
 	t.events = nil
 	t.evMu.Unlock()
 	if len(evs) == 0 {
-		return nil
+		return false, nil
 	}
 	var added []int32
 	for _, ev := range evs {
 		for _, p := range ev.parts {
 			if ev.assigned {
-				if _, ok := parts[p]; !ok {
-					parts[p] = &owned{}
+				// A partition assigned while held was lost in between
+				// (a revocation the session did not report): another
+				// member may have moved its state on, so it starts
+				// over from committed state like any new one.
+				if o, ok := parts[p]; ok {
+					closeProc(o.proc)
+				}
+				parts[p] = &owned{}
+				if !slices.Contains(added, p) {
 					added = append(added, p)
 				}
 			} else {
+				revoked = true
 				if o, ok := parts[p]; ok {
 					closeProc(o.proc)
 				}
@@ -583,9 +603,8 @@ func (t *Transactor) applyEvents(ctx context.Context, adm *kadm.Client, parts ma
 	}
 	views := map[int32]partView{}
 	if len(added) > 0 {
-		var err error
 		if views, err = t.observe(ctx, adm, added); err != nil {
-			return err
+			return revoked, err
 		}
 	}
 	t.viewMu.Lock()
@@ -602,7 +621,7 @@ func (t *Transactor) applyEvents(ctx context.Context, adm *kadm.Client, parts ma
 		t.m.lag.WithLabelValues(strconv.Itoa(int(p))).Set(float64(v.lag()))
 	}
 	t.log.Info("assignment changed", "added", added, "owned", len(parts))
-	return nil
+	return revoked, nil
 }
 
 // observe reads, for newly assigned partitions, the committed group offset

@@ -430,3 +430,61 @@ func TestTransactBatchWaitGathersBatches(t *testing.T) {
 		t.Errorf("with BatchWait %v: %v transactions for %d records produced over %v, want at most %.1f", wait, got, n, span, bound(span))
 	}
 }
+
+// TestTransactScaleUpAndDownWhileIdle: an idle instance sees two
+// rebalances in a row (b joins, then c). franz-go's GroupTransactSession
+// reports only the first revocation until a transaction ends, so the
+// instance used to keep a partition it had lost, with its processor, and
+// resumed it with stale state when it came back. Each instance must own
+// only what the group gave it, and after scaling back down every key's
+// count must be exact.
+func TestTransactScaleUpAndDownWhileIdle(t *testing.T) {
+	e := startBroker(t)
+	tp := newTopology(t, e, 6)
+	const keys = 24
+	want := map[string]int{}
+	produceInputs(t, e, tp.input, keys, 240, want)
+	mk := func(id string) *Transactor {
+		tr, err := NewTransactor(tp.config(e, id), tp.counters(nil), WithLogger(testLogger()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tr
+	}
+	a, b, c := mk("txn-a"), mk("txn-b"), mk("txn-c")
+	runAsync(t, a)
+	readAtLeast(t, e, tp.output, sum(want), 20*time.Second, 0)
+	waitFor(t, "a owns every partition", 10*time.Second, func() bool { return a.Ready() && len(a.Lag()) == 6 })
+	stopB := runAsync(t, b)
+	waitFor(t, "b owns some", 15*time.Second, func() bool { return len(b.Lag()) > 0 && len(a.Lag())+len(b.Lag()) == 6 })
+	stopC := runAsync(t, c)
+	// No input meanwhile: a is idle through both rebalances.
+	waitFor(t, "a, b and c own disjoint partitions", 20*time.Second, func() bool {
+		la, lb, lc := a.Lag(), b.Lag(), c.Lag()
+		if len(la) == 0 || len(lb) == 0 || len(lc) == 0 || len(la)+len(lb)+len(lc) != 6 {
+			return false
+		}
+		for p := range la {
+			if _, ok := lb[p]; ok {
+				return false
+			}
+			if _, ok := lc[p]; ok {
+				return false
+			}
+		}
+		return a.Ready() && b.Ready() && c.Ready()
+	})
+	// Every partition moves on under its owner, then b and c leave.
+	produceInputs(t, e, tp.input, keys, 240, want)
+	readAtLeast(t, e, tp.output, sum(want), 20*time.Second, 500*time.Millisecond)
+	if err := stopB(); err != nil {
+		t.Fatal(err)
+	}
+	if err := stopC(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a owns every partition again", 20*time.Second, func() bool { return len(a.Lag()) == 6 && a.Ready() })
+	produceInputs(t, e, tp.input, keys, 240, want)
+	out := readAtLeast(t, e, tp.output, sum(want), 20*time.Second, 500*time.Millisecond)
+	checkExactlyOnce(t, out, want, tp.partitions)
+}
