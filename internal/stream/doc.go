@@ -51,7 +51,10 @@
 //
 // Broker failures are retried forever with exponential backoff (a new
 // session each time). Process errors are retried MaxProcessRetries times,
-// Restore errors likewise; then Run returns ErrProcess or ErrRestore.
+// Restore errors likewise; then Run returns ErrProcess or ErrRestore. A
+// produce error that no retry can cure (a record over the topic's
+// max.message.bytes, an invalid record) counts as a Process error, so the
+// stage stops loudly instead of retrying one batch forever.
 // ErrFenced (another instance took the transactional ID) and configuration
 // errors end Run at once.
 //

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -33,7 +34,8 @@ type TopicSpec struct {
 	Cleanup Cleanup
 	// ReplicationFactor defaults to the broker's default (-1).
 	ReplicationFactor int16
-	// Configs are extra topic configs applied at creation only.
+	// Configs are extra topic configs applied at creation; of an
+	// existing topic, only a lower max.message.bytes is raised to this.
 	Configs map[string]string
 }
 
@@ -48,8 +50,9 @@ func (s TopicSpec) cleanup() Cleanup {
 // ones that do. It is idempotent and safe to run from several processes at
 // once (a concurrent creation counts as existing). An existing topic whose
 // partition count or cleanup.policy differs from its spec is an error
-// wrapping ErrTopicMismatch: EnsureTopics never alters an existing topic,
-// because changing either silently breaks co-partitioning or state.
+// wrapping ErrTopicMismatch: EnsureTopics does not change either, because
+// that silently breaks co-partitioning or state. The one change it makes
+// to an existing topic is raising max.message.bytes to the spec's.
 func EnsureTopics(ctx context.Context, brokers []string, specs []TopicSpec) error {
 	for _, s := range specs {
 		if s.Name == "" || s.Partitions < 1 {
@@ -141,6 +144,48 @@ func checkTopics(ctx context.Context, adm *kadm.Client, specs []TopicSpec) error
 		if got != string(s.cleanup()) {
 			return fmt.Errorf("stream: topic %s has cleanup.policy=%s, want %s: %w", s.Name, got, s.cleanup(), ErrTopicMismatch)
 		}
+		if err := raiseMaxMessageBytes(ctx, adm, s, rc.Configs); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// raiseMaxMessageBytes sets an existing topic's max.message.bytes to its
+// spec's when it is lower (a topic made by hand, by an older version or
+// under a smaller --max-event-bytes): a record over it would fail to
+// produce on every retry and stop the stage. A higher limit is kept; a
+// larger record limit breaks neither co-partitioning nor state.
+func raiseMaxMessageBytes(ctx context.Context, adm *kadm.Client, s TopicSpec, configs []kadm.Config) error {
+	want, ok := s.Configs["max.message.bytes"]
+	if !ok {
+		return nil
+	}
+	w, err := strconv.ParseInt(want, 10, 64)
+	if err != nil {
+		return fmt.Errorf("stream: topic %s: max.message.bytes %q: %w", s.Name, want, ErrConfig)
+	}
+	for _, c := range configs {
+		if c.Key != "max.message.bytes" || c.Value == nil {
+			continue
+		}
+		if got, err := strconv.ParseInt(*c.Value, 10, 64); err == nil && got >= w {
+			return nil
+		}
+	}
+	resp, err := adm.AlterTopicConfigs(ctx, []kadm.AlterConfig{{Op: kadm.SetConfig, Name: "max.message.bytes", Value: &want}}, s.Name)
+	if err == nil {
+		_, err = resp.On(s.Name, nil)
+		if err == nil {
+			for _, r := range resp {
+				if r.Err != nil {
+					err = r.Err
+				}
+			}
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("stream: raise max.message.bytes of topic %s to %s: %w: %w", s.Name, want, ErrBroker, err)
 	}
 	return nil
 }

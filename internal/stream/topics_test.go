@@ -138,3 +138,44 @@ func TestDeleteTopicsWithPrefix(t *testing.T) {
 		t.Errorf("second delete: %v, %v; want nothing deleted and no error", again, err)
 	}
 }
+
+// TestEnsureTopicsRaisesMaxMessageBytes: an existing topic whose
+// max.message.bytes is below its spec's (made by hand, or under a smaller
+// event limit) is raised, not accepted as it is; a higher one is kept.
+func TestEnsureTopicsRaisesMaxMessageBytes(t *testing.T) {
+	e := startBroker(t)
+	ctx := context.Background()
+	spec := func(name, max string) TopicSpec {
+		return TopicSpec{Name: name, Partitions: 1, Configs: map[string]string{"max.message.bytes": max}}
+	}
+	if err := EnsureTopics(ctx, e.Brokers(), []TopicSpec{spec("small", "4096"), spec("large", "4000000")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := EnsureTopics(ctx, e.Brokers(), []TopicSpec{spec("small", "1048576"), spec("large", "1048576")}); err != nil {
+		t.Fatal(err)
+	}
+	adm, closeAdm, err := newAdmin(e.Brokers())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAdm()
+	cfgs, err := adm.DescribeTopicConfigs(ctx, "small", "large")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for topic, want := range map[string]string{"small": "1048576", "large": "4000000"} {
+		rc, err := cfgs.On(topic, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := ""
+		for _, c := range rc.Configs {
+			if c.Key == "max.message.bytes" && c.Value != nil {
+				got = *c.Value
+			}
+		}
+		if got != want {
+			t.Errorf("%s: max.message.bytes %q, want %q", topic, got, want)
+		}
+	}
+}

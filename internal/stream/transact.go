@@ -837,9 +837,23 @@ func (t *Transactor) transact(ctx context.Context, s *kgo.GroupTransactSession, 
 		return false, procErr, classify("end transaction", err)
 	}
 	if pErr != nil {
+		if permanentProduceError(pErr) {
+			// The same batch would fail the same way on every retry:
+			// count it as a processing failure, so that the stage
+			// stops after MaxProcessRetries instead of retrying forever.
+			return false, fmt.Errorf("%w: %w", ErrProduce, pErr), nil
+		}
 		return false, nil, classify("produce", fmt.Errorf("%w: %w", ErrProduce, pErr))
 	}
 	return ok, procErr, nil
+}
+
+// permanentProduceError reports a produce error that no retry of the same
+// records can cure: a record or batch over the topic's limit, or records
+// the broker refuses as invalid.
+func permanentProduceError(err error) bool {
+	return errors.Is(err, kerr.MessageTooLarge) || errors.Is(err, kerr.RecordListTooLarge) ||
+		errors.Is(err, kerr.InvalidRecord) || errors.Is(err, kerr.CorruptMessage)
 }
 
 // workers runs the partitions' Process calls on goroutines that live as

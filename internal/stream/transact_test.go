@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kerr"
 )
 
 func TestTransactExactlyOnceThroughProcessError(t *testing.T) {
@@ -487,4 +489,56 @@ func TestTransactScaleUpAndDownWhileIdle(t *testing.T) {
 	produceInputs(t, e, tp.input, keys, 240, want)
 	out := readAtLeast(t, e, tp.output, sum(want), 20*time.Second, 500*time.Millisecond)
 	checkExactlyOnce(t, out, want, tp.partitions)
+}
+
+// oversizeEmitter emits, for each record, an output too large for the
+// output topic (random bytes, which compression cannot shrink).
+type oversizeEmitter struct {
+	out   string
+	calls *atomic.Int32
+}
+
+func (*oversizeEmitter) Restore(_, _ []byte) error { return nil }
+
+func (o *oversizeEmitter) Process(_ context.Context, batch []*Record, emit func(Output)) error {
+	o.calls.Add(1)
+	for _, r := range batch {
+		v := make([]byte, 16<<10)
+		_, _ = rand.Read(v)
+		emit(Output{Topic: o.out, Partition: r.Partition, Key: r.Key, Value: v})
+	}
+	return nil
+}
+
+// TestTransactStopsOnAPermanentProduceError: a record over the output
+// topic's limit fails on every retry; the stage stops with ErrProcess after
+// MaxProcessRetries instead of retrying the batch forever.
+func TestTransactStopsOnAPermanentProduceError(t *testing.T) {
+	e := startBroker(t)
+	ctx := context.Background()
+	tp := topology{input: "big.in", state: "big.state", output: "big.out", partitions: 1}
+	if err := EnsureTopics(ctx, e.Brokers(), []TopicSpec{
+		{Name: tp.input, Partitions: 1},
+		{Name: tp.state, Partitions: 1, Cleanup: CleanupCompact},
+		{Name: tp.output, Partitions: 1, Configs: map[string]string{"max.message.bytes": "4096"}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	produceInputs(t, e, tp.input, 1, 1, map[string]int{})
+	var calls atomic.Int32
+	cfg := tp.config(e, "txn-big")
+	cfg.MaxProcessRetries, cfg.RetryBackoff = 2, 10*time.Millisecond
+	tr, err := NewTransactor(cfg, func(int32) Processor { return &oversizeEmitter{out: tp.output, calls: &calls} }, WithLogger(testLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	err = tr.Run(runCtx)
+	if !errors.Is(err, ErrProcess) || !errors.Is(err, kerr.MessageTooLarge) {
+		t.Fatalf("Run: %v after %d attempts, want ErrProcess wrapping MESSAGE_TOO_LARGE", err, calls.Load())
+	}
+	if n := calls.Load(); n != 3 {
+		t.Errorf("%d attempts, want 3 (the first and MaxProcessRetries more)", n)
+	}
 }
