@@ -262,6 +262,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	shutdownCtx, stop := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer stop()
+	// The MCP proxy publishes through the gateway: it stops first (its
+	// server waits for the calls in flight, whose execution must still be
+	// recorded), while the gateway's producer is open.
+	stopped := make([]bool, len(stages))
+	for i, s := range stages {
+		if s.name == TargetMCPProxy {
+			stageCtx[i]()
+			<-done[i]
+			stopped[i] = true
+			d.log.Info("stage stopped", "stage", s.name)
+		}
+	}
 	_ = srv.Shutdown(shutdownCtx)
 	apiStop()
 	<-apiDone
@@ -269,6 +281,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		_ = d.readStore.Close()
 	}
 	for i := range stages {
+		if stopped[i] {
+			continue
+		}
 		stageCtx[i]()
 		<-done[i]
 		d.log.Info("stage stopped", "stage", stages[i].name)

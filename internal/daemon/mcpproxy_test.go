@@ -1,10 +1,12 @@
 package daemon
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
 	"io/fs"
+	"log/slog"
 	"maps"
 	"net/http"
 	"net/http/httptest"
@@ -155,4 +157,80 @@ func TestMCPProxyTargetConfig(t *testing.T) {
 	if err != nil || strings.Join(got, ",") != "mcp-proxy,decider,sealer,projector" {
 		t.Fatalf("Targets: %v %v, want the proxy first, then every stage in order", got, err)
 	}
+}
+
+// TestMCPCallInFlightAtShutdown: a call allowed and running at the server
+// when aegisd is told to stop still has its execution and result recorded,
+// and its answer reaches the agent: the proxy stops before the gateway it
+// publishes through.
+func TestMCPCallInFlightAtShutdown(t *testing.T) {
+	running := make(chan struct{}, 1)
+	fake := fakeMCPServer()
+	up := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if strings.Contains(string(b), `"tools/call"`) {
+			select {
+			case running <- struct{}{}:
+			default:
+			}
+			time.Sleep(time.Second) // the tool takes a while
+		}
+		r.Body = io.NopCloser(strings.NewReader(string(b)))
+		fake.ServeHTTP(w, r)
+	}))
+	defer up.Close()
+	cfg := embeddedConfig(t)
+	cfg.Dev, cfg.Target = true, "all,"+TargetMCPProxy
+	cfg.MCP.UpstreamURL, cfg.MCP.Addr, cfg.MCP.Tenant = up.URL, "127.0.0.1:0", "acme"
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	d := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	waitReady(t, d)
+	url := "http://" + d.MCPAddr() + "/mcp"
+	session := ""
+	post := func(body string) string {
+		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		if session != "" {
+			req.Header.Set("Mcp-Session-Id", session)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err.Error()
+		}
+		defer resp.Body.Close()
+		if s := resp.Header.Get("Mcp-Session-Id"); s != "" {
+			session = s
+		}
+		b, _ := io.ReadAll(resp.Body)
+		return string(b)
+	}
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(post(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`), `"serverInfo"`); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("initialize through aegisd never succeeded")
+		}
+	}
+	got := make(chan string, 1)
+	go func() {
+		got <- post(`{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"search","arguments":{"q":"x"}}}`)
+	}()
+	select {
+	case <-running:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the call never reached the server")
+	}
+	cancel() // SIGTERM while the tool runs
+	if r := <-got; !strings.Contains(r, "ran search") {
+		t.Errorf("an allowed call whose tool ran was not answered (its audit records failed?): %s", r)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("daemon: %v", err)
+	}
+	done <- nil // for the deferred wait
 }
