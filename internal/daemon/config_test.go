@@ -1,7 +1,9 @@
 package daemon
 
 import (
+	"bytes"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -73,5 +75,29 @@ func TestTargetsKeepStartOrder(t *testing.T) {
 	cfg.Target = "all"
 	if got, _ := cfg.Targets(); strings.Join(got, ",") != strings.Join(Stages, ",") {
 		t.Fatalf("all = %v", got)
+	}
+}
+
+// TestSecretsStayOutOfErrorsAndTheStartLog: a mistyped store URL does not
+// print its password, and the start log shows neither the MCP upstream's
+// password nor a token in its query, even when the URL does not parse.
+func TestSecretsStayOutOfErrorsAndTheStartLog(t *testing.T) {
+	for _, store := range []string{
+		"clickhouse://aegis:S3cretPW@ch.example:9000",        // no database
+		"clickhouse://aegis:S3cretPW%@ch.example:9000/audit", // '%' in the password
+		"ClickHouse://aegis:S3cretPW@ch.example:9000/audit",  // scheme case
+	} {
+		if _, err := Load([]string{"--store", store}, io.Discard); err == nil || strings.Contains(err.Error(), "S3cretPW") {
+			t.Errorf("store %q: %v", store, err)
+		}
+	}
+	for _, upstream := range []string{"https://bob:50%off@mcp.example/mcp", "https://mcp.example/mcp?api_key=TOKEN123"} {
+		cfg := Defaults()
+		cfg.Dev, cfg.Target, cfg.MCP.UpstreamURL = true, "all,"+TargetMCPProxy, upstream
+		var buf bytes.Buffer
+		slog.New(slog.NewTextHandler(&buf, nil)).Info("starting aegisd", "config", cfg.redacted())
+		if strings.Contains(buf.String(), "50%off") || strings.Contains(buf.String(), "TOKEN123") {
+			t.Errorf("start log shows a secret: %s", buf.String())
+		}
 	}
 }

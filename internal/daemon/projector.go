@@ -3,9 +3,9 @@ package daemon
 import (
 	"context"
 	"fmt"
-	"net/url"
 
 	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/redact"
 	"aegis.dev/aegis/projector"
 	"aegis.dev/aegis/projector/stores"
 )
@@ -52,14 +52,5 @@ func (d *Daemon) newProjector(brokers []string) (stageRunner, error) {
 	return &projectorStage{p: p, store: st}, nil
 }
 
-// redactURL hides the password of a store URL.
-func redactURL(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
-		return raw
-	}
-	if _, ok := u.User.Password(); ok {
-		u.User = url.UserPassword(u.User.Username(), "REDACTED")
-	}
-	return u.String()
-}
+// redactURL hides the secrets of a URL (redact.URL).
+func redactURL(raw string) string { return redact.URL(raw) }

@@ -23,6 +23,7 @@ import (
 	"github.com/ClickHouse/clickhouse-go/v2"
 	"github.com/ClickHouse/clickhouse-go/v2/lib/driver"
 
+	"aegis.dev/aegis/internal/redact"
 	"aegis.dev/aegis/projector"
 	"aegis.dev/aegis/schemas/chain"
 	chschema "aegis.dev/aegis/schemas/clickhouse"
@@ -60,11 +61,11 @@ const readTimeout = 30 * time.Second
 func ParseURL(raw string) (Config, error) {
 	u, err := url.Parse(raw)
 	if err != nil || u.Scheme != "clickhouse" || u.Host == "" {
-		return Config{}, fmt.Errorf("chstore: %q is not clickhouse://HOST:PORT/DB: %w", raw, projector.ErrStore)
+		return Config{}, fmt.Errorf("chstore: %q is not clickhouse://HOST:PORT/DB: %w", redact.URL(raw), projector.ErrStore)
 	}
 	cfg := Config{Addr: u.Host, Database: strings.Trim(u.Path, "/")}
 	if cfg.Database == "" || strings.Contains(cfg.Database, "/") {
-		return Config{}, fmt.Errorf("chstore: %q names no database: %w", raw, projector.ErrStore)
+		return Config{}, fmt.Errorf("chstore: %q names no database: %w", redact.URL(raw), projector.ErrStore)
 	}
 	if u.Port() == "" {
 		cfg.Addr += ":9000"

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"strings"
 
+	"aegis.dev/aegis/internal/redact"
 	"aegis.dev/aegis/projector"
 	"aegis.dev/aegis/projector/chstore"
 	"aegis.dev/aegis/projector/sqlstore"
@@ -47,7 +48,7 @@ func Parse(url string) (Kind, error) {
 		}
 		return ClickHouse, nil
 	}
-	return "", fmt.Errorf("store %q: want sqlite:PATH or clickhouse://HOST:PORT/DB: %w", url, projector.ErrStore)
+	return "", fmt.Errorf("store %q: want sqlite:PATH or clickhouse://HOST:PORT/DB: %w", redact.URL(url), projector.ErrStore)
 }
 
 // Open opens the store at url, creating its schema if needed.
