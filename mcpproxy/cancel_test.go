@@ -215,3 +215,14 @@ func (u *bigUpstream) roundTrip(ctx context.Context, req *message) (*message, er
 	}
 	return &message{JSONRPC: "2.0", ID: req.ID, Result: json.RawMessage(`{"content":[{"type":"text","text":"` + strings.Repeat("x", 1024) + `"}]}`)}, nil
 }
+
+// TestMethodLabelsAreBounded: methods a client invents are counted under
+// "other", not as series of their own.
+func TestMethodLabelsAreBounded(t *testing.T) {
+	for m, want := range map[string]string{"tools/call": "tools/call", "notifications/cancelled": "notifications/cancelled",
+		"junk-1": "other", "notifications/" + strings.Repeat("A", 4096): "other", "": "other"} {
+		if got := methodLabel(m); got != want {
+			t.Errorf("methodLabel(%.20q) = %q, want %q", m, got, want)
+		}
+	}
+}

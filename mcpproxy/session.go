@@ -65,13 +65,13 @@ func (s *session) handle(ctx context.Context, m *message) *message {
 		// could not be decided: a tools/call sent this way would reach the
 		// server unrecorded. Only MCP's own notifications pass.
 		s.p.log.Warn("dropped a request sent as a notification", "session", s.id, "method", m.Method)
-		s.p.metrics.requests.WithLabelValues(m.Method, "dropped").Inc()
+		s.p.metrics.requests.WithLabelValues(methodLabel(m.Method), "dropped").Inc()
 		return nil
 	case m.Method == "notifications/cancelled":
 		// Ends the named request here; its forward, if it is waiting
 		// for the server, tells the server under the id it used.
 		s.cancelFlight(m)
-		s.p.metrics.requests.WithLabelValues(m.Method, "notification").Inc()
+		s.p.metrics.requests.WithLabelValues(methodLabel(m.Method), "notification").Inc()
 		return nil
 	case m.isNotification():
 		// Bounded: in stdio mode the client's next message waits for it.
@@ -80,7 +80,7 @@ func (s *session) handle(ctx context.Context, m *message) *message {
 		if err := s.up.send(nctx, m); err != nil {
 			s.p.log.Warn("notification not delivered upstream", "session", s.id, "method", m.Method, "err", err)
 		}
-		s.p.metrics.requests.WithLabelValues(m.Method, "notification").Inc()
+		s.p.metrics.requests.WithLabelValues(methodLabel(m.Method), "notification").Inc()
 		return nil
 	case m.isResponse():
 		// The proxy relays no server requests, so no response is awaited.
@@ -101,7 +101,7 @@ func (s *session) handle(ctx context.Context, m *message) *message {
 	if resp.Error != nil {
 		outcome = "error"
 	}
-	s.p.metrics.requests.WithLabelValues(m.Method, outcome).Inc()
+	s.p.metrics.requests.WithLabelValues(methodLabel(m.Method), outcome).Inc()
 	return resp
 }
 
@@ -464,3 +464,22 @@ const cancelNotifyTimeout = 5 * time.Second
 
 // notifyTimeout bounds a client's notification passed upstream.
 const notifyTimeout = 30 * time.Second
+
+// knownMethods are the MCP methods that get a metric label of their own;
+// any other method a client sends is counted as "other", so that clients
+// cannot add series to /metrics.
+var knownMethods = map[string]bool{
+	"initialize": true, "ping": true, "tools/list": true, "tools/call": true,
+	"resources/list": true, "resources/read": true, "resources/templates/list": true,
+	"resources/subscribe": true, "resources/unsubscribe": true,
+	"prompts/list": true, "prompts/get": true, "completion/complete": true, "logging/setLevel": true,
+	"notifications/initialized": true, "notifications/cancelled": true, "notifications/progress": true,
+	"notifications/roots/list_changed": true,
+}
+
+func methodLabel(method string) string {
+	if knownMethods[method] {
+		return method
+	}
+	return "other"
+}
