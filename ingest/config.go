@@ -13,6 +13,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"time"
 )
 
@@ -110,14 +111,14 @@ func (c *Config) Validate(dev bool) error {
 	if c.ProposalTimeout < 10*time.Millisecond || c.ProposalTimeout > maxProposalWait {
 		errs = append(errs, fmt.Errorf("proposal-timeout %s: must be 10ms..%s", c.ProposalTimeout, maxProposalWait))
 	}
-	if c.RateLimit < 0 {
-		errs = append(errs, fmt.Errorf("rate-limit %g: must be >= 0", c.RateLimit))
+	if c.RateLimit < 0 || math.IsNaN(c.RateLimit) || math.IsInf(c.RateLimit, 0) {
+		errs = append(errs, fmt.Errorf("rate-limit %g: must be a number >= 0", c.RateLimit))
 	}
 	if c.RateLimit > 0 && c.RateBurst < 1 {
 		errs = append(errs, fmt.Errorf("rate-burst %d: must be >= 1", c.RateBurst))
 	}
-	if c.MaxBodyBytes < 1024 {
-		errs = append(errs, fmt.Errorf("max-body-bytes %d: must be >= 1024", c.MaxBodyBytes))
+	if c.MaxBodyBytes < 1024 || c.MaxBodyBytes > maxBodyLimit {
+		errs = append(errs, fmt.Errorf("max-body-bytes %d: must be 1024..%d", c.MaxBodyBytes, int64(maxBodyLimit)))
 	}
 	if c.MaxBatchEvents < 1 || c.MaxBatchEvents > 100000 {
 		errs = append(errs, fmt.Errorf("max-batch-events %d: must be 1..100000", c.MaxBatchEvents))
@@ -127,6 +128,10 @@ func (c *Config) Validate(dev bool) error {
 	}
 	return errors.Join(errs...)
 }
+
+// maxBodyLimit is the largest --max-body-bytes: a body is read whole, so
+// the bound must stay one.
+const maxBodyLimit = 1 << 30
 
 // Redacted returns the configuration as log attributes: file paths only,
 // never key hashes or the approval secret.

@@ -171,11 +171,11 @@ func (c *Config) Validate() error {
 	if c.IdleTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("mcp-idle-timeout %s: must be at least 1s", c.IdleTimeout))
 	}
-	if c.MaxMessageBytes < 1024 {
-		errs = append(errs, fmt.Errorf("mcp-max-message-bytes %d: must be at least 1024", c.MaxMessageBytes))
+	if c.MaxMessageBytes < 1024 || c.MaxMessageBytes > 1<<30 {
+		errs = append(errs, fmt.Errorf("mcp-max-message-bytes %d: must be 1024..%d", c.MaxMessageBytes, 1<<30))
 	}
-	if c.MaxUpstreamBytes < 1024 {
-		errs = append(errs, fmt.Errorf("mcp-max-upstream-bytes %d: must be at least 1024", c.MaxUpstreamBytes))
+	if c.MaxUpstreamBytes < 1024 || c.MaxUpstreamBytes > 1<<30 {
+		errs = append(errs, fmt.Errorf("mcp-max-upstream-bytes %d: must be 1024..%d", c.MaxUpstreamBytes, 1<<30))
 	}
 	if c.UpstreamTimeout < time.Second {
 		errs = append(errs, fmt.Errorf("mcp-upstream-timeout %s: must be at least 1s", c.UpstreamTimeout))

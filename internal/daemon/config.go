@@ -310,6 +310,8 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxEventBytes < 1024 || c.MaxEventBytes > 64<<20 {
 		errs = append(errs, fmt.Errorf("max-event-bytes %d: must be 1024..%d", c.MaxEventBytes, 64<<20))
+	} else if c.Ingest.MaxBodyBytes < int64(c.MaxEventBytes) {
+		errs = append(errs, fmt.Errorf("max-body-bytes %d: must be at least max-event-bytes (%d), or no event of that size could be sent", c.Ingest.MaxBodyBytes, c.MaxEventBytes))
 	}
 	if c.SessionTimeout < time.Second || c.SessionTimeout > 30*time.Minute {
 		errs = append(errs, fmt.Errorf("session-timeout %s: must be 1s..30m", c.SessionTimeout))

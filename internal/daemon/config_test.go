@@ -101,3 +101,23 @@ func TestSecretsStayOutOfErrorsAndTheStartLog(t *testing.T) {
 		}
 	}
 }
+
+// TestLimitsThatDisableABoundAreRefused: values that would switch a bound
+// off or make it useless are configuration errors.
+func TestLimitsThatDisableABoundAreRefused(t *testing.T) {
+	for _, args := range [][]string{
+		{"--max-body-bytes", "9223372036854775807"},
+		{"--max-body-bytes", "2048"}, // below one event of --max-event-bytes
+		{"--rate-limit", "NaN"},
+		{"--rate-limit", "+Inf"},
+		{"--dev", "--target", "all,mcp-proxy", "--mcp-upstream-cmd", "server", "--mcp-max-message-bytes", "9223372036854775807"},
+		{"--dev", "--target", "all,mcp-proxy", "--mcp-upstream-cmd", "server", "--mcp-max-upstream-bytes", "9223372036854775807"},
+	} {
+		if _, err := Load(args, io.Discard); err == nil {
+			t.Errorf("Load(%v) accepted", args)
+		}
+	}
+	if _, err := Load([]string{"--max-body-bytes", "2048", "--max-event-bytes", "1024"}, io.Discard); err != nil {
+		t.Errorf("a body limit over the event limit: %v", err)
+	}
+}
