@@ -22,6 +22,7 @@ package mcpproxy
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -221,6 +222,11 @@ func WithRegisterer(reg prometheus.Registerer) Option { return func(p *Proxy) { 
 // Default: no authentication, every session is Config.Tenant's.
 func WithKeys(k *ingest.Keys) Option { return func(p *Proxy) { p.keys = k } }
 
+// WithTLS serves the HTTP transport over TLS with c (aegisd passes the
+// gateway's: its certificate and, with --tls-client-ca, client
+// certificates, which keys with client_cn authenticate by).
+func WithTLS(c *tls.Config) Option { return func(p *Proxy) { p.tls = c } }
+
 // WithStdio sets the streams of the stdio mode (default os.Stdin and
 // os.Stdout).
 func WithStdio(in io.Reader, out io.Writer) Option {
@@ -247,6 +253,7 @@ type Proxy struct {
 	log       *slog.Logger
 	reg       prometheus.Registerer
 	keys      *ingest.Keys
+	tls       *tls.Config
 	stdin     io.Reader
 	stdout    io.Writer
 	upStderr  io.Writer
@@ -362,6 +369,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 	ln, err := net.Listen("tcp", p.cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("mcpproxy: listen: %w", err)
+	}
+	if p.tls != nil {
+		ln = tls.NewListener(ln, p.tls)
 	}
 	p.mu.Lock()
 	p.ln = ln

@@ -47,6 +47,15 @@ func (d *Daemon) newMCPProxy(api *ingest.Server) (stageRunner, error) {
 		}
 		opts = append(opts, mcpproxy.WithKeys(keys))
 	}
+	// The proxy's port takes the same TLS as the HTTP API: agents send
+	// their API keys to it.
+	tc, err := cfg.Ingest.TLSConfig()
+	if err != nil {
+		return nil, fmt.Errorf("aegisd: mcp-proxy: %w", err)
+	}
+	if tc != nil {
+		opts = append(opts, mcpproxy.WithTLS(tc))
+	}
 	var manifests mcpproxy.Manifests
 	if cfg.Manifests != "" {
 		reg, err := manifest.LoadDir(cfg.Manifests)
