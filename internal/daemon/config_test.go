@@ -121,3 +121,14 @@ func TestLimitsThatDisableABoundAreRefused(t *testing.T) {
 		t.Errorf("a body limit over the event limit: %v", err)
 	}
 }
+
+// TestLoopback tells the addresses --dev may serve on quietly from those
+// that expose the unauthenticated API.
+func TestLoopback(t *testing.T) {
+	for addr, want := range map[string]bool{"127.0.0.1:8080": true, "[::1]:8080": true, "localhost:8080": true, "127.0.0.2:1": true,
+		":8080": false, "0.0.0.0:8080": false, "[::]:8080": false, "10.0.0.5:8080": false, "example.com:8080": false, "bad": false} {
+		if got := loopback(addr); got != want {
+			t.Errorf("loopback(%q) = %v, want %v", addr, got, want)
+		}
+	}
+}

@@ -514,6 +514,14 @@ func (d *Daemon) newIngest(brokers []string) (*ingest.Server, error) {
 	}
 	if d.cfg.Dev {
 		d.log.Warn("DEVELOPMENT MODE: the HTTP API runs WITHOUT AUTHENTICATION; any caller may act as any tenant")
+		for _, a := range []struct{ flag, addr string }{{"--http-addr", d.cfg.HTTPAddr}, {"--mcp-addr", d.cfg.MCP.Addr}} {
+			if targets, _ := d.cfg.Targets(); a.flag == "--mcp-addr" && (!slices.Contains(targets, TargetMCPProxy) || d.cfg.MCP.Stdio) {
+				continue
+			}
+			if !loopback(a.addr) {
+				d.log.Warn("DEVELOPMENT MODE on a non-loopback address: anyone who can reach it may act as any tenant", "flag", a.flag, "addr", a.addr)
+			}
+		}
 	}
 	eng, err := d.engine()
 	if err != nil {
@@ -551,4 +559,18 @@ func (d *Daemon) listen() (net.Listener, error) {
 		ln = tls.NewListener(ln, tc)
 	}
 	return ln, nil
+}
+
+// loopback reports whether addr (host:port) listens on loopback only: an
+// empty host or 0.0.0.0/:: listen everywhere.
+func loopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
