@@ -154,6 +154,7 @@ func replay(ctx context.Context, env IO, o replayOptions) int {
 		}
 	}
 	var snapshots map[projector.SessionKey]storedSnapshot
+	var replayed sync.Map // exact mode: the sessions the source yielded
 	if o.mode == replayer.ModeExact && st != nil {
 		if snapshots, err = snapshotHashes(ctx, st, o.store, filters); err != nil {
 			return fail(env, ExitRuntime, "replay: %v", err)
@@ -162,9 +163,6 @@ func replay(ctx context.Context, env IO, o replayOptions) int {
 			h, ok := snapshots[projector.SessionKey{TenantID: t, SessionID: s}]
 			return h.seq, h.hash, ok
 		}
-	}
-	var replayed sync.Map // exact mode: the sessions the source yielded
-	if o.mode == replayer.ModeExact && st != nil {
 		inner := src
 		src = func(ctx context.Context, fn func(*replayer.Session) error) error {
 			return inner(ctx, func(s *replayer.Session) error {
@@ -306,34 +304,26 @@ func replayFilters(ctx context.Context, st stores.Store, o replayOptions) ([]pro
 	if err != nil {
 		return nil, err
 	}
-	if len(o.sessions) > 0 && o.until == 0 && o.where == "" {
+	if len(o.sessions) > 0 && o.since == 0 && o.until == 0 && o.where == "" {
 		// Sessions named explicitly are also those with a chain head
 		// and no stored event left: verify must report them missing,
-		// not skip them.
-		hc := []string{}
-		for _, c := range conds {
-			if !strings.HasPrefix(c, "ts_unix_ms") {
-				hc = append(hc, c)
-			}
-		}
-		_, heads, err := st.Query(ctx, "SELECT DISTINCT tenant_id, session_id FROM chain_heads WHERE "+strings.Join(hc, " AND "))
+		// not skip them. (conds then name tenant and sessions only.)
+		_, heads, err := st.Query(ctx, "SELECT DISTINCT tenant_id, session_id FROM chain_heads WHERE "+strings.Join(conds, " AND "))
 		if err != nil {
 			return nil, err
 		}
-		seen := make(map[[2]string]bool, len(rows))
+		key := func(r []any) string { return fmt.Sprint(r[0]) + "\x00" + fmt.Sprint(r[1]) }
+		seen := make(map[string]bool, len(rows))
 		for _, r := range rows {
-			seen[[2]string{fmt.Sprint(r[0]), fmt.Sprint(r[1])}] = true
+			seen[key(r)] = true
 		}
 		for _, r := range heads {
-			if k := [2]string{fmt.Sprint(r[0]), fmt.Sprint(r[1])}; !seen[k] && o.since == 0 {
-				seen[k] = true
+			if !seen[key(r)] {
+				seen[key(r)] = true
 				rows = append(rows, r)
 			}
 		}
-		sort.Slice(rows, func(i, j int) bool {
-			a, b := [2]string{fmt.Sprint(rows[i][0]), fmt.Sprint(rows[i][1])}, [2]string{fmt.Sprint(rows[j][0]), fmt.Sprint(rows[j][1])}
-			return a[0] < b[0] || a[0] == b[0] && a[1] < b[1]
-		})
+		sort.Slice(rows, func(i, j int) bool { return key(rows[i]) < key(rows[j]) })
 	}
 	var out []projector.Filter
 	for i := 0; i < len(rows); i += replaySessionsPerScan {
@@ -418,11 +408,6 @@ func literalWhere(kind stores.Kind, f projector.Filter) string {
 	return b.String()
 }
 
-// kafkaSource reads the sealed topic partition by partition up to the end
-// offsets seen at start. A session lives on one partition, so each
-// partition's sessions are assembled in memory (bounded by one partition)
-// and replayed before the next partition is read. Undecodable records are
-// reported as failures of the job.
 // badRecord is a sealed-topic record that does not decode: a result of
 // the job (tampering, or a foreign writer), not a failure to run it.
 type badRecord struct {
@@ -449,6 +434,12 @@ func (b *badRecords) all() []badRecord {
 	return slices.Clone(b.list)
 }
 
+// kafkaSource reads the sealed topic partition by partition up to the end
+// offsets seen at start. A session lives on one partition, so each
+// partition's sessions are assembled in memory (bounded by one partition)
+// and replayed before the next partition is read. Records that do not
+// decode, or are not written as their canonical form, go to bad: findings
+// of the job, not failures to run it.
 func kafkaSource(brokers []string, topic string, o replayOptions, bad *badRecords) replayer.Source {
 	return func(ctx context.Context, fn func(*replayer.Session) error) error {
 		ends, err := stream.EndOffsets(ctx, brokers, topic)

@@ -378,17 +378,14 @@ func sinceTails(ctx context.Context, st ChainSource, heads []chain.Head) ([]chai
 			last[projector.SessionKey{TenantID: t.TenantID, SessionID: t.SessionID}] = t
 		}
 		for _, h := range part {
-			t, ok := last[projector.SessionKey{TenantID: h.TenantID, SessionID: h.SessionID}]
-			switch {
-			case !ok:
-				out = append(out, chain.Failure{TenantID: h.TenantID, SessionID: h.SessionID, Seq: 1, Reason: chain.ReasonMissingSession,
-					Detail: fmt.Sprintf("expected %d records, found none", h.Seq)})
-			case t.Seq < h.Seq:
-				out = append(out, chain.Failure{TenantID: h.TenantID, SessionID: h.SessionID, Seq: t.Seq + 1, Reason: chain.ReasonTruncated,
-					Detail: fmt.Sprintf("stored records end at seq %d, expected head seq %d", t.Seq, h.Seq)})
-			case t.Seq != h.Seq || t.Hash != h.Hash:
-				out = append(out, chain.Failure{TenantID: h.TenantID, SessionID: h.SessionID, Seq: t.Seq, Reason: chain.ReasonHeadMismatch,
-					Detail: fmt.Sprintf("last stored record is seq %d hash %s, expected seq %d hash %s", t.Seq, t.Hash, h.Seq, h.Hash)})
+			var f *chain.Failure
+			if t, ok := last[projector.SessionKey{TenantID: h.TenantID, SessionID: h.SessionID}]; ok {
+				f = chain.CompareHead(&t, h)
+			} else {
+				f = chain.CompareHead(nil, h)
+			}
+			if f != nil {
+				out = append(out, *f)
 			}
 		}
 	}

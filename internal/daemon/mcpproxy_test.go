@@ -88,33 +88,15 @@ func TestMCPProxyTarget(t *testing.T) {
 	if !maps.Equal(addrs, want) {
 		t.Fatalf("addr file %v, want %v", addrs, want)
 	}
-	url := "http://" + d.MCPAddr() + "/mcp"
-	session := ""
+	c := &mcpClient{url: "http://" + d.MCPAddr() + "/mcp"}
+	c.initialize(t)
 	post := func(body string) string {
 		t.Helper()
-		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Accept", "application/json, text/event-stream")
-		if session != "" {
-			req.Header.Set("Mcp-Session-Id", session)
-		}
-		resp, err := http.DefaultClient.Do(req)
+		got, err := c.post(body)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer resp.Body.Close()
-		if s := resp.Header.Get("Mcp-Session-Id"); s != "" {
-			session = s
-		}
-		b, _ := io.ReadAll(resp.Body)
-		return string(b)
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(post(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`), `"serverInfo"`) {
-		if time.Now().After(deadline) {
-			t.Fatal("initialize through aegisd never succeeded")
-		}
-		time.Sleep(50 * time.Millisecond)
+		return got
 	}
 	if got := post(`{"jsonrpc":"2.0","id":2,"method":"tools/list"}`); !strings.Contains(got, `"search"`) || strings.Contains(got, "rm_rf") {
 		t.Fatalf("tools/list: %s, want search only", got)
@@ -191,34 +173,15 @@ func TestMCPCallInFlightAtShutdown(t *testing.T) {
 	go func() { done <- d.Run(ctx) }()
 	defer func() { cancel(); <-done }()
 	waitReady(t, d)
-	url := "http://" + d.MCPAddr() + "/mcp"
-	session := ""
-	post := func(body string) string {
-		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Accept", "application/json, text/event-stream")
-		if session != "" {
-			req.Header.Set("Mcp-Session-Id", session)
-		}
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			return err.Error()
-		}
-		defer resp.Body.Close()
-		if s := resp.Header.Get("Mcp-Session-Id"); s != "" {
-			session = s
-		}
-		b, _ := io.ReadAll(resp.Body)
-		return string(b)
-	}
-	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(post(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`), `"serverInfo"`); time.Sleep(50 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("initialize through aegisd never succeeded")
-		}
-	}
+	c := &mcpClient{url: "http://" + d.MCPAddr() + "/mcp"}
+	c.initialize(t)
 	got := make(chan string, 1)
 	go func() {
-		got <- post(`{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"search","arguments":{"q":"x"}}}`)
+		r, err := c.post(`{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"search","arguments":{"q":"x"}}}`)
+		if err != nil {
+			r = err.Error()
+		}
+		got <- r
 	}()
 	select {
 	case <-running:
@@ -234,3 +197,50 @@ func TestMCPCallInFlightAtShutdown(t *testing.T) {
 	}
 	done <- nil // for the deferred wait
 }
+
+// mcpClient talks Streamable HTTP to the proxy and keeps the session id
+// it is given.
+type mcpClient struct {
+	url, session string
+	client       *http.Client // nil: http.DefaultClient
+}
+
+func (c *mcpClient) post(body string) (string, error) {
+	req, _ := http.NewRequest(http.MethodPost, c.url, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	if c.session != "" {
+		req.Header.Set("Mcp-Session-Id", c.session)
+	}
+	hc := c.client
+	if hc == nil {
+		hc = http.DefaultClient
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	if s := resp.Header.Get("Mcp-Session-Id"); s != "" {
+		c.session = s
+	}
+	b, err := io.ReadAll(resp.Body)
+	return string(b), err
+}
+
+// initialize opens the session, retrying while the proxy comes up.
+func (c *mcpClient) initialize(tb testing.TB) {
+	tb.Helper()
+	var got string
+	var err error
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if got, err = c.post(mcpInitialize); err == nil && strings.Contains(got, `"serverInfo"`) {
+			return
+		}
+		if time.Now().After(deadline) {
+			tb.Fatalf("initialize through aegisd never succeeded: %v %s", err, got)
+		}
+	}
+}
+
+const mcpInitialize = `{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`

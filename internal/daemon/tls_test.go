@@ -77,32 +77,9 @@ func TestMCPProxyServesTLSLikeTheAPI(t *testing.T) {
 			t.Fatalf("the HTTP API never became ready over https: %v", err)
 		}
 	}
-	initialize := func(url string, c *http.Client) (string, error) {
-		req, _ := http.NewRequest(http.MethodPost, url, strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"t","version":"1"}}}`))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Accept", "application/json, text/event-stream")
-		resp, err := c.Do(req)
-		if err != nil {
-			return "", err
-		}
-		defer resp.Body.Close()
-		var b strings.Builder
-		buf := make([]byte, 4096)
-		n, _ := resp.Body.Read(buf)
-		b.Write(buf[:n])
-		return b.String(), nil
-	}
-	var got string
-	var err error
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if got, err = initialize("https://"+d.MCPAddr()+"/mcp", client); err == nil && strings.Contains(got, "serverInfo") {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("initialize over https: %v %s", err, got)
-		}
-	}
-	if got, err := initialize("http://"+d.MCPAddr()+"/mcp", &http.Client{Timeout: 5 * time.Second}); err == nil && strings.Contains(got, "serverInfo") {
+	(&mcpClient{url: "https://" + d.MCPAddr() + "/mcp", client: client}).initialize(t)
+	plain := &mcpClient{url: "http://" + d.MCPAddr() + "/mcp", client: &http.Client{Timeout: 5 * time.Second}}
+	if got, err := plain.post(mcpInitialize); err == nil && strings.Contains(got, "serverInfo") {
 		t.Errorf("the MCP port answered plain HTTP: %s", got)
 	}
 	if resp, err := (&http.Client{Timeout: 5 * time.Second}).Get("http://" + d.HTTPAddr() + "/readyz"); err == nil {

@@ -352,43 +352,34 @@ FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 // Heads returns the latest stored chain head of each session (see
 // projector.HeadReader).
 func (s *Store) Heads(ctx context.Context, f projector.Filter) ([]chain.Head, error) {
-	w, args := where(f)
-	rows, err := s.conn.Query(ctx, "SELECT tenant_id, session_id, max(seq), argMax(hash, seq) FROM chain_heads"+w+
-		" GROUP BY tenant_id, session_id ORDER BY tenant_id, session_id", args...)
-	if err != nil {
-		return nil, wrap("heads", err)
-	}
-	defer func() { _ = rows.Close() }()
-	var out []chain.Head
-	for rows.Next() {
-		var h chain.Head
-		if err := rows.Scan(&h.TenantID, &h.SessionID, &h.Seq, &h.Hash); err != nil {
-			return nil, wrap("heads", err)
-		}
-		out = append(out, h)
-	}
-	return out, wrap("heads", rows.Err())
+	return s.lastPerSession(ctx, "chain_heads", "heads", f)
 }
 
 // LastEvents returns each matching session's last stored event, as a head
 // (seq and hash).
 func (s *Store) LastEvents(ctx context.Context, f projector.Filter) ([]chain.Head, error) {
+	return s.lastPerSession(ctx, "audit_events", "last events", f)
+}
+
+// lastPerSession reads the highest seq of each session in table (which has
+// tenant_id, session_id, seq and hash columns) and the hash stored with it.
+func (s *Store) lastPerSession(ctx context.Context, table, op string, f projector.Filter) ([]chain.Head, error) {
 	w, args := where(f)
-	rows, err := s.conn.Query(ctx, "SELECT tenant_id, session_id, max(seq), argMax(hash, seq) FROM audit_events"+w+
+	rows, err := s.conn.Query(ctx, "SELECT tenant_id, session_id, max(seq), argMax(hash, seq) FROM "+table+w+
 		" GROUP BY tenant_id, session_id ORDER BY tenant_id, session_id", args...)
 	if err != nil {
-		return nil, wrap("last events", err)
+		return nil, wrap(op, err)
 	}
 	defer func() { _ = rows.Close() }()
 	var out []chain.Head
 	for rows.Next() {
 		var h chain.Head
 		if err := rows.Scan(&h.TenantID, &h.SessionID, &h.Seq, &h.Hash); err != nil {
-			return nil, wrap("last events", err)
+			return nil, wrap(op, err)
 		}
 		out = append(out, h)
 	}
-	return out, wrap("last events", rows.Err())
+	return out, wrap(op, rows.Err())
 }
 
 // Query runs one statement with readonly=1 (see projector.Querier).

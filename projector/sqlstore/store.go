@@ -273,34 +273,25 @@ FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 
 // Heads returns the stored chain heads (see projector.HeadReader).
 func (s *Store) Heads(ctx context.Context, f projector.Filter) ([]chain.Head, error) {
-	w, args := where(f)
-	rows, err := s.db.QueryContext(ctx, "SELECT tenant_id, session_id, seq, hash FROM chain_heads"+w+" ORDER BY tenant_id, session_id", args...)
-	if err != nil {
-		return nil, wrap("heads", err)
-	}
-	defer func() { _ = rows.Close() }()
-	var out []chain.Head
-	for rows.Next() {
-		var h chain.Head
-		var seq int64
-		if err := rows.Scan(&h.TenantID, &h.SessionID, &seq, &h.Hash); err != nil {
-			return nil, wrap("heads", err)
-		}
-		h.Seq = uint64(seq)
-		out = append(out, h)
-	}
-	return out, wrap("heads", rows.Err())
+	return s.lastPerSession(ctx, "chain_heads", "heads", f)
 }
 
 // LastEvents returns each matching session's last stored event, as a head
 // (seq and hash).
 func (s *Store) LastEvents(ctx context.Context, f projector.Filter) ([]chain.Head, error) {
+	return s.lastPerSession(ctx, "audit_events", "last events", f)
+}
+
+// lastPerSession reads the highest seq of each session in table (which has
+// tenant_id, session_id, seq and hash columns) and the hash stored with it
+// (chain_heads holds one row per session anyway).
+func (s *Store) lastPerSession(ctx context.Context, table, op string, f projector.Filter) ([]chain.Head, error) {
 	w, args := where(f)
 	// SQLite takes the bare column hash from the row max(seq) picked.
-	rows, err := s.db.QueryContext(ctx, "SELECT tenant_id, session_id, max(seq), hash FROM audit_events"+w+
+	rows, err := s.db.QueryContext(ctx, "SELECT tenant_id, session_id, max(seq), hash FROM "+table+w+
 		" GROUP BY tenant_id, session_id ORDER BY tenant_id, session_id", args...)
 	if err != nil {
-		return nil, wrap("last events", err)
+		return nil, wrap(op, err)
 	}
 	defer func() { _ = rows.Close() }()
 	var out []chain.Head
@@ -308,12 +299,12 @@ func (s *Store) LastEvents(ctx context.Context, f projector.Filter) ([]chain.Hea
 		var h chain.Head
 		var seq int64
 		if err := rows.Scan(&h.TenantID, &h.SessionID, &seq, &h.Hash); err != nil {
-			return nil, wrap("last events", err)
+			return nil, wrap(op, err)
 		}
 		h.Seq = uint64(seq)
 		out = append(out, h)
 	}
-	return out, wrap("last events", rows.Err())
+	return out, wrap(op, rows.Err())
 }
 
 // Query runs one read-only statement (see projector.Querier). It runs in a

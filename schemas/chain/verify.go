@@ -126,13 +126,11 @@ func (v *Verifier) CheckHeads(heads []Head) []Failure {
 		var f *Failure
 		switch {
 		case st == nil:
-			f = &Failure{TenantID: h.TenantID, SessionID: h.SessionID, Seq: 1, Reason: ReasonMissingSession, Detail: fmt.Sprintf("expected %d records, found none", h.Seq)}
+			f = CompareHead(nil, h)
 		case st.failed:
 			continue
-		case st.head.Seq < h.Seq:
-			f = &Failure{TenantID: h.TenantID, SessionID: h.SessionID, Seq: st.head.Seq + 1, Reason: ReasonTruncated, Detail: fmt.Sprintf("chain ends at seq %d, expected head seq %d", st.head.Seq, h.Seq)}
-		case st.head.Seq != h.Seq || st.head.Hash != h.Hash:
-			f = &Failure{TenantID: h.TenantID, SessionID: h.SessionID, Seq: st.head.Seq, Reason: ReasonHeadMismatch, Detail: fmt.Sprintf("chain head is seq %d hash %s, expected seq %d hash %s", st.head.Seq, st.head.Hash, h.Seq, h.Hash)}
+		default:
+			f = CompareHead(&st.head, h)
 		}
 		if f != nil {
 			if st != nil {
@@ -143,6 +141,21 @@ func (v *Verifier) CheckHeads(heads []Head) []Failure {
 	}
 	v.failures = append(v.failures, out...)
 	return out
+}
+
+// CompareHead compares the last record of a session's chain (nil: the
+// session has no records) with its expected head: MISSING_SESSION,
+// TRUNCATED, HEAD_MISMATCH, or nil when they agree.
+func CompareHead(last *Head, want Head) *Failure {
+	switch {
+	case last == nil:
+		return &Failure{TenantID: want.TenantID, SessionID: want.SessionID, Seq: 1, Reason: ReasonMissingSession, Detail: fmt.Sprintf("expected %d records, found none", want.Seq)}
+	case last.Seq < want.Seq:
+		return &Failure{TenantID: want.TenantID, SessionID: want.SessionID, Seq: last.Seq + 1, Reason: ReasonTruncated, Detail: fmt.Sprintf("chain ends at seq %d, expected head seq %d", last.Seq, want.Seq)}
+	case last.Seq != want.Seq || last.Hash != want.Hash:
+		return &Failure{TenantID: want.TenantID, SessionID: want.SessionID, Seq: last.Seq, Reason: ReasonHeadMismatch, Detail: fmt.Sprintf("chain head is seq %d hash %s, expected seq %d hash %s", last.Seq, last.Hash, want.Seq, want.Hash)}
+	}
+	return nil
 }
 
 // Failures returns every failure found so far, in the order found.
