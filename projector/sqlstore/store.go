@@ -257,14 +257,27 @@ FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 	defer func() { _ = rows.Close() }()
 	for rows.Next() {
 		var e projector.StoredEvent
-		var seq int64
-		if err := rows.Scan(&e.V, &e.TenantID, &e.SessionID, &seq, &e.TsUnixMs, &e.EventType, &e.Manifest, &e.Payload,
+		// SQLite keeps a value that does not convert to the column's
+		// type as it is, so an edited INTEGER column can hold text: such
+		// a row is a finding (Invalid), not a failure of the whole read.
+		var v, seq, ts, partition, offset intColumn
+		if err := rows.Scan(&v, &e.TenantID, &e.SessionID, &seq, &ts, &e.EventType, &e.Manifest, &e.Payload,
 			&e.Decision, &e.PrevHash, &e.Hash, &e.ToolName, &e.CallID, &e.Outcome, &e.Reason, &e.PolicyRevision,
-			&e.Partition, &e.Offset, &e.EventDate); err != nil {
+			&partition, &offset, &e.EventDate); err != nil {
 			return wrap("events", err)
 		}
-		e.Seq = uint64(seq)
-		if err := fn(e.Row()); err != nil {
+		e.V, e.Seq, e.TsUnixMs = int(v.n), uint64(seq.n), ts.n
+		e.Partition, e.Offset = int32(partition.n), offset.n
+		r := e.Row()
+		for _, c := range []struct {
+			name string
+			col  intColumn
+		}{{"v", v}, {"seq", seq}, {"ts_unix_ms", ts}, {"kafka_partition", partition}, {"kafka_offset", offset}} {
+			if c.col.bad != "" && r.Invalid == nil {
+				r.Invalid = fmt.Errorf("column %s holds %s, not an integer", c.name, c.col.bad)
+			}
+		}
+		if err := fn(r); err != nil {
 			return err
 		}
 	}
@@ -297,11 +310,14 @@ func (s *Store) lastPerSession(ctx context.Context, table, op string, f projecto
 	var out []chain.Head
 	for rows.Next() {
 		var h chain.Head
-		var seq int64
+		var seq intColumn
 		if err := rows.Scan(&h.TenantID, &h.SessionID, &seq, &h.Hash); err != nil {
 			return nil, wrap(op, err)
 		}
-		h.Seq = uint64(seq)
+		// A seq that is not an integer (an edited row) reads as 0, which
+		// no verified chain ends at: the session is reported, not the
+		// whole read failed.
+		h.Seq = uint64(seq.n)
 		out = append(out, h)
 	}
 	return out, wrap(op, rows.Err())
@@ -363,4 +379,29 @@ func (s *Store) QueryEach(ctx context.Context, query string, fn func(cols []stri
 		}
 	}
 	return wrap("query", rows.Err())
+}
+
+// intColumn scans an INTEGER column that may hold a value of another
+// type: n is the integer, or 0 with bad describing what is there instead.
+type intColumn struct {
+	n   int64
+	bad string
+}
+
+func (c *intColumn) Scan(src any) error {
+	switch x := src.(type) {
+	case int64:
+		c.n, c.bad = x, ""
+	case nil:
+		c.n, c.bad = 0, "NULL"
+	case float64:
+		c.n, c.bad = 0, fmt.Sprintf("the real %v", x)
+	case string:
+		c.n, c.bad = 0, fmt.Sprintf("the text %.64q", x)
+	case []byte:
+		c.n, c.bad = 0, fmt.Sprintf("a blob of %d bytes", len(x))
+	default:
+		c.n, c.bad = 0, fmt.Sprintf("a %T", x)
+	}
+	return nil
 }
