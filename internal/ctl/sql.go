@@ -16,9 +16,10 @@ import (
 )
 
 func runSQL(ctx context.Context, env IO, args []string) int {
-	fs := newFlags(env, "sql", `"SELECT …" --store URL [--format table|csv|json]`)
+	fs := newFlags(env, "sql", `"SELECT …" --store URL [--format table|csv|json] [--timeout DURATION]`)
 	store := fs.String("store", "", "audit store: sqlite:PATH or clickhouse://HOST:PORT/DB (required)")
 	format := fs.String("format", "table", "output: table (aligned text), csv (header row first) or json (one object per row, NDJSON)")
+	timeout := fs.Duration("timeout", 0, "cancel the query after this long (0: no limit)")
 	// The query may come before or after the flags.
 	var query string
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -39,11 +40,19 @@ func runSQL(ctx context.Context, env IO, args []string) int {
 	if *format != "table" && *format != "csv" && *format != "json" {
 		return fail(env, ExitUsage, "sql: --format %q: want table, csv or json", *format)
 	}
+	if *timeout < 0 {
+		return fail(env, ExitUsage, "sql: --timeout %v: must not be negative", *timeout)
+	}
 	st, err := stores.Open(ctx, *store)
 	if err != nil {
 		return fail(env, ExitRuntime, "sql: %v", err)
 	}
 	defer func() { _ = st.Close() }()
+	if *timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, *timeout)
+		defer cancel()
+	}
 	if rs, ok := st.(projector.RowStreamer); ok && *format != "table" {
 		// csv and json rows are written as they arrive: a large result
 		// is never held whole (the aligned table needs every row first).

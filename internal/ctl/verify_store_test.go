@@ -524,3 +524,24 @@ func TestVerifyFileWantsCanonicalLines(t *testing.T) {
 		t.Fatalf("a line with an added null member: exit %d\n%s%s", code, out, stderr)
 	}
 }
+
+// TestSQLTimeoutStopsTheQuery: --timeout cancels a statement that runs
+// longer (a recursive count to 10^12 here) and fails the command.
+func TestSQLTimeoutStopsTheQuery(t *testing.T) {
+	url := sqliteURL(t)
+	writeStore(t, url, storetest.BatchOf(t, storetest.Vectors(t)))
+	q := "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 1000000000000) SELECT count(*) FROM n"
+	for _, format := range []string{"table", "csv"} {
+		start := time.Now()
+		code, out, stderr := run(t, "", "sql", q, "--store", url, "--timeout", "300ms", "--format", format)
+		if code != ExitFailed || !strings.Contains(stderr, "interrupt") && !strings.Contains(stderr, "deadline") {
+			t.Errorf("%s: code %d out %q stderr %q", format, code, out, stderr)
+		}
+		if d := time.Since(start); d > 30*time.Second {
+			t.Errorf("%s: returned after %v", format, d)
+		}
+	}
+	if code, _, stderr := run(t, "", "sql", "SELECT 1", "--store", url, "--timeout", "-1s"); code != ExitUsage {
+		t.Errorf("negative timeout: code %d stderr %q", code, stderr)
+	}
+}
