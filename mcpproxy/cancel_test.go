@@ -226,3 +226,54 @@ func TestMethodLabelsAreBounded(t *testing.T) {
 		}
 	}
 }
+
+// TestLongCallKeepsItsSession: a tools/call that runs longer than
+// --mcp-idle-timeout keeps its session (and upstream) until it ends; the
+// session is idle from its last answer on.
+func TestLongCallKeepsItsSession(t *testing.T) {
+	now := time.Now()
+	var mu sync.Mutex
+	clock := func(d time.Duration) {
+		mu.Lock()
+		now = now.Add(d)
+		mu.Unlock()
+	}
+	up := &cancellableUpstream{inflight: map[string]chan bool{}}
+	p, url := inProcess(t, &countingPipeline{}, up, func(c *Config) {
+		c.IdleTimeout, c.UpstreamTimeout = time.Minute, 10*time.Second
+	})
+	p.now = func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	c := connect(t, url)
+	answer := make(chan *message, 1)
+	go func() {
+		_, _, m := c.post(t, `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{}}}`)
+		answer <- m
+	}()
+	upID := up.waitCalls(t, 1)[0]
+	open := func() int {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return len(p.sessions)
+	}
+	clock(2 * time.Minute)
+	p.expireIdle()
+	if open() != 1 {
+		t.Fatal("the session was closed while its call was running")
+	}
+	up.mu.Lock()
+	up.inflight[upID] <- false
+	up.mu.Unlock()
+	if m := <-answer; m.Error != nil {
+		t.Fatalf("the long call: %+v", m.Error)
+	}
+	clock(30 * time.Second)
+	p.expireIdle()
+	if open() != 1 {
+		t.Fatal("the session was closed 30s after its last answer (idle timeout 1m)")
+	}
+	clock(time.Minute)
+	p.expireIdle()
+	if open() != 0 {
+		t.Fatal("the session was not closed after being idle")
+	}
+}

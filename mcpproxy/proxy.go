@@ -407,13 +407,14 @@ func (p *Proxy) upstreamName() string {
 	return redactURL(p.cfg.UpstreamURL)
 }
 
-// expireIdle closes the sessions unused for IdleTimeout.
+// expireIdle closes the sessions unused for IdleTimeout: no request in
+// progress, and none received or answered since.
 func (p *Proxy) expireIdle() {
 	cutoff := p.now().Add(-p.cfg.IdleTimeout).UnixMilli()
 	var idle []*session
 	p.mu.Lock()
 	for id, s := range p.sessions {
-		if s.lastUsed.Load() < cutoff {
+		if s.active.Load() == 0 && s.lastUsed.Load() < cutoff {
 			idle = append(idle, s)
 			delete(p.sessions, id)
 		}

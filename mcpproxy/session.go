@@ -35,6 +35,7 @@ type session struct {
 	ids      idSource
 	mu       sync.Mutex
 	lastUsed atomic.Int64 // unix ms, for idle expiry
+	active   atomic.Int64 // requests in progress; a session with any is not idle
 	closed   sync.Once
 
 	// flights are the client's requests in progress, by their id: a
@@ -86,6 +87,13 @@ func (s *session) handle(ctx context.Context, m *message) *message {
 		// The proxy relays no server requests, so no response is awaited.
 		return nil
 	}
+	// A call may run longer than the idle timeout: the session is in use
+	// until it ends, and idle from then on.
+	s.active.Add(1)
+	defer func() {
+		s.touch()
+		s.active.Add(-1)
+	}()
 	ctx, done := s.startFlight(ctx, m)
 	defer done()
 	var resp *message
