@@ -197,6 +197,44 @@ func TestAppendFloatLayout(t *testing.T) {
 	}
 }
 
+// TestAppendNumberExponentBeyond10000 guards against strconv.ParseFloat,
+// which stops reading an exponent's digits once its value reaches 10000:
+// a literal whose long mantissa makes up for a larger exponent must still
+// read as its nearest double.
+func TestAppendNumberExponentBeyond10000(t *testing.T) {
+	zeros := strings.Repeat("0", 100000)
+	tests := []struct {
+		name, in, want string
+	}{
+		{"leading zeros make up for the exponent", "0." + zeros + "1e100001", "1"},
+		{"negative", "-0." + zeros + "15e100001", "-1.5"},
+		{"integer digits make up for the exponent", "1" + zeros + "e-100000", "1"},
+		{"both parts", "12" + zeros + ".5e-100001", "1.2"},
+		{"fraction result", "0." + zeros + "1e99999", "0.01"},
+		{"exponent with leading zeros", "0." + zeros + "1e000100001", "1"},
+		{"upper case E and plus sign", "0." + zeros + "25E+100001", "2.5"},
+		{"still underflows", "1e-100000", "0"},
+		{"zero mantissa", "0.000e100000", "0"},
+		{"huge exponent underflows", "1e-99999999999999999999999", "0"},
+		{"below half the smallest subnormal", "0." + zeros + "2e99677", "0"},
+		{"smallest subnormal", "0." + zeros + "5e99677", "5e-324"},
+		{"max float", "0." + zeros + "17976931348623157e100309", "1.7976931348623157e+308"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := Append(nil, []byte(tt.in))
+			if err != nil || string(got) != tt.want {
+				t.Fatalf("Append(%.40q...) = %s, %v; want %s", tt.in, got, err, tt.want)
+			}
+		})
+	}
+	for _, in := range []string{"1e100000", "0." + zeros + "1e100310", "1" + zeros + "e-99000", "-0." + zeros + "2e100310"} {
+		if _, err := Append(nil, []byte(in)); !errors.Is(err, ErrNumberRange) {
+			t.Fatalf("Append(%.40q...): %v, want ErrNumberRange", in, err)
+		}
+	}
+}
+
 func TestAppendString(t *testing.T) {
 	tests := []struct {
 		name string

@@ -39,27 +39,39 @@ func (s *state) number() error {
 		return s.fail(start, ErrSyntax, "invalid number")
 	}
 	intEnd := i
+	fracStart, fracEnd := i, i
 	isFloat := false
 	if i < len(src) && src[i] == '.' {
 		i++
 		if i >= len(src) || !isDigit(src[i]) {
 			return s.fail(start, ErrSyntax, "invalid number: no digit after '.'")
 		}
+		fracStart = i
 		for i < len(src) && isDigit(src[i]) {
 			i++
 		}
+		fracEnd = i
 		isFloat = true
 	}
+	exp := 0 // the exponent's value, saturated at maxExp
 	if i < len(src) && (src[i] == 'e' || src[i] == 'E') {
 		i++
+		negExp := false
 		if i < len(src) && (src[i] == '+' || src[i] == '-') {
+			negExp = src[i] == '-'
 			i++
 		}
 		if i >= len(src) || !isDigit(src[i]) {
 			return s.fail(start, ErrSyntax, "invalid number: no digit in exponent")
 		}
 		for i < len(src) && isDigit(src[i]) {
+			if exp < maxExp {
+				exp = min(exp*10+int(src[i]-'0'), maxExp)
+			}
 			i++
+		}
+		if negExp {
+			exp = -exp
 		}
 		isFloat = true
 	}
@@ -79,7 +91,16 @@ func (s *state) number() error {
 		s.out = append(s.out, src[start:intEnd]...)
 		return nil
 	}
-	f, err := strconv.ParseFloat(bytesToString(src[start:i]), 64)
+	lit := src[start:i]
+	if exp <= -10000 || exp >= 10000 {
+		// strconv.ParseFloat stops reading an exponent at 10000, which is
+		// wrong when the mantissa's digits make up for it.
+		var ok bool
+		if lit, ok = s.shortExponent(src[start] == '-', src[digits:intEnd], src[fracStart:fracEnd], exp); !ok {
+			return s.fail(start, ErrNumberRange, "magnitude overflows float64")
+		}
+	}
+	f, err := strconv.ParseFloat(bytesToString(lit), 64)
 	if err != nil {
 		// The grammar was checked above, so the only failure left is
 		// overflow to ±Inf. Underflow rounds to zero without error, as in
@@ -94,6 +115,52 @@ func (s *state) number() error {
 }
 
 func isDigit(c byte) bool { return c >= '0' && c <= '9' }
+
+// maxExp bounds the exponent values number keeps: beyond it every nonzero
+// mantissa that fits in memory overflows or underflows.
+const maxExp = 1 << 40
+
+// shortExponent rewrites the number [-]intDigits.fracDigits × 10^exp, whose
+// exponent strconv.ParseFloat would misread, as [-]0.D × 10^n with D its
+// significant digits, for n small enough to be read exactly. It returns
+// the literal in s.scratch, or "0" for a value below every subnormal, and
+// ok false when the value overflows a float64.
+func (s *state) shortExponent(neg bool, intDigits, fracDigits []byte, exp int) (lit []byte, ok bool) {
+	// n is the decimal exponent of the value as 0.D × 10^n.
+	n := len(intDigits) + exp
+	if len(intDigits) == 1 && intDigits[0] == '0' {
+		n, intDigits = exp, nil
+		for len(fracDigits) > 0 && fracDigits[0] == '0' {
+			fracDigits = fracDigits[1:]
+			n--
+		}
+	}
+	if len(intDigits) == 0 {
+		for len(fracDigits) > 0 && fracDigits[len(fracDigits)-1] == '0' {
+			fracDigits = fracDigits[:len(fracDigits)-1]
+		}
+		if len(fracDigits) == 0 {
+			return []byte("0"), true
+		}
+	}
+	switch {
+	case n > 310: // at least 10^309
+		return nil, false
+	case n < -330: // below 10^-330, under half the smallest subnormal
+		return []byte("0"), true
+	}
+	b := s.scratch[:0]
+	if neg {
+		b = append(b, '-')
+	}
+	b = append(b, '0', '.')
+	b = append(b, intDigits...)
+	b = append(b, fracDigits...)
+	b = append(b, 'e')
+	b = strconv.AppendInt(b, int64(n), 10)
+	s.scratch = b
+	return b, true
+}
 
 // safeInteger reports whether the decimal digits d, without leading zeros,
 // denote at most MaxSafeInteger.

@@ -229,7 +229,7 @@ func (w *wireEvent) event(sealed bool) (*Event, error) {
 	} else {
 		e.Payload = w.Payload[:len(w.Payload):len(w.Payload)]
 	}
-	if err := checkPayload(e.Type, e.Payload); err != nil {
+	if err := checkPayload(e.Type, e.Payload, !sealed); err != nil {
 		return nil, err
 	}
 	if !sealed {

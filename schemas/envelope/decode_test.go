@@ -178,3 +178,50 @@ func BenchmarkDecode(b *testing.B) {
 		}
 	}
 }
+
+// TestDecodeRejectsCaseVariantPayloadNames guards the typed payload fields
+// against members that encoding/json would take for them: it matches names
+// case-insensitively, with Unicode folding (ſ is s, K is k), and the last
+// match wins. The decoder validates, and the policy reads, the exact name;
+// the reducer and ToolCall read through encoding/json. Accepting both would
+// let one event show the policy and the sealed record one value and the
+// session state another.
+func TestDecodeRejectsCaseVariantPayloadNames(t *testing.T) {
+	ev := func(typ, payload string) string {
+		return `{"tenant_id":"t","session_id":"s","seq":1,"ts_unix_ms":5,"event_type":"` + typ + `","payload":` + payload + `}`
+	}
+	cases := []struct {
+		name, in, field string
+	}{
+		{"args and argſ", ev("TOOL_CALL_PROPOSED", `{"tool_name":"read_file","call_id":"c","args":{"path":"/tmp/ok"},"argſ":{"path":"/etc/shadow"}}`), "payload.args"},
+		{"ARGS alone", ev("TOOL_CALL_PROPOSED", `{"tool_name":"read_file","call_id":"c","ARGS":{"path":"/etc/shadow"}}`), "payload.args"},
+		{"decision and deciſion", ev("APPROVAL_DECIDED", `{"call_id":"c","decision":"deny","deciſion":"allow"}`), "payload.decision"},
+		{"sanitizer_key and ſanitizer_key", ev("MEMORY_READ", `{"key":"k","sanitizer_key":"a","ſanitizer_key":"b"}`), "payload.sanitizer_key"},
+		{"Kelvin key", ev("SANITIZED_TEXT", `{"key":"a","\u212aey":"b"}`), "payload.key"},
+		{"Is_Error", ev("TOOL_RESULT", `{"Is_Error":true}`), "payload.is_error"},
+		{"args_digest and argſ_digest", ev("APPROVAL_DECIDED", `{"call_id":"c","decision":"deny","args_digest":"a","argſ_digest":"b"}`), "payload.args_digest"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Decode([]byte(tc.in))
+			var e *Error
+			if !errors.As(err, &e) || e.Code != CodeInvalidField || e.Field != tc.field {
+				t.Fatalf("got %v, want %s %s", err, CodeInvalidField, tc.field)
+			}
+		})
+	}
+	// Sealed records are read as they were sealed.
+	if _, err := (Decoder{Sealed: true}).Decode([]byte(cases[0].in)); err != nil {
+		t.Fatalf("sealed decoder: %v", err)
+	}
+	// Names that merely contain a typed name, and free-form members, stay
+	// accepted.
+	for _, in := range []string{
+		ev("TOOL_CALL_PROPOSED", `{"tool_name":"t","call_id":"c","args":{"ARGS":1},"Tool":"x","keys":1,"argss":2}`),
+		ev("ERROR_RAISED", `{"message":"m","Message2":"x"}`),
+	} {
+		if _, err := Decode([]byte(in)); err != nil {
+			t.Fatalf("Decode(%s): %v", in, err)
+		}
+	}
+}

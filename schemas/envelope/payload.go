@@ -1,6 +1,7 @@
 package envelope
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 )
@@ -57,18 +58,36 @@ type fieldRule struct {
 	required bool
 }
 
+// foldedNames are the payload members the pipeline reads through
+// encoding/json (ToolCall, the session reducer, the projector's columns),
+// on events of any type. encoding/json takes a member whose name equals
+// one of them only case-insensitively, with Unicode folding ("ſ" is "s",
+// "K" is "k"), and the last match wins; the decoder's rules and the policy
+// read the exact name. A client event with such a member is rejected, so
+// that every reader sees the same value.
+var foldedNames = []string{"tool_name", "call_id", "args", "is_error", "sanitizer_key", "key", "decision", "from_agent", "to_agent", "args_digest"}
+
 // checkPayload validates the typed fields of a canonical payload. Every
-// event type's payload must be a JSON object.
-func checkPayload(t Type, payload json.RawMessage) error {
+// event type's payload must be a JSON object. With client set, members
+// whose names differ from one of foldedNames only in letter case are
+// rejected too; sealed records are read as they were sealed.
+func checkPayload(t Type, payload json.RawMessage, client bool) error {
 	if payload[0] != '{' {
 		return &Error{Code: CodeInvalidField, Field: "payload", Msg: "must be a JSON object"}
 	}
 	rules := payloadRules[t]
-	if len(rules) == 0 {
+	if len(rules) == 0 && !client {
 		return nil
 	}
 	var found [8][]byte // raw values of rules[i]; no event type has more rules
 	err := members(payload, func(key, val []byte) error {
+		if client {
+			for _, name := range foldedNames {
+				if string(key) != name && bytes.EqualFold(key, []byte(name)) {
+					return &Error{Code: CodeInvalidField, Field: "payload." + name, Msg: fmt.Sprintf("member %q differs from %q only in letter case", key, name)}
+				}
+			}
+		}
 		for i := range rules {
 			if rules[i].name == string(key) {
 				found[i] = val
