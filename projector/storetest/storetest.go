@@ -49,6 +49,7 @@ func Run(t *testing.T, d Dialect, open func(t testing.TB) Store) {
 	t.Run("Filters", func(t *testing.T) { testFilters(t, open(t)) })
 	t.Run("QueryTypesAndReadOnly", func(t *testing.T) { testQuery(t, open(t)) })
 	t.Run("AnyClientTime", func(t *testing.T) { testClientTimes(t, d, open(t)) })
+	t.Run("FirstDayOfTheEpochVerifies", func(t *testing.T) { testFirstDay(t, open(t)) })
 }
 
 // testClientTimes: ts_unix_ms is the client's, any positive int64. One
@@ -87,6 +88,26 @@ func testClientTimes(t *testing.T, d Dialect, s Store) {
 	}
 	if fmt.Sprint(rows) != "[[32745600000 1971-01-15] [9007199254740991 2105-12-31]]" {
 		t.Fatalf("ts_unix_ms, event_date = %v", rows)
+	}
+}
+
+// testFirstDay: an event of 1970-01-01 (ts_unix_ms 1, the smallest the
+// envelope takes) reads back with event_date 1970-01-01, so its columns
+// still match what was hashed (ClickHouse 18.16 prints that day, day 0 of
+// Date, as 0000-00-00 with toString).
+func testFirstDay(t *testing.T, s Store) {
+	ctx := context.Background()
+	ev := *Vectors(t)[0]
+	ev.TsUnixMs = 1
+	if err := s.Write(ctx, BatchOf(t, []*envelope.Event{&ev})); err != nil {
+		t.Fatal(err)
+	}
+	rows := all(t, s, projector.Filter{})
+	if len(rows) != 1 {
+		t.Fatalf("%d rows", len(rows))
+	}
+	if col, ok := rows[0].ColumnsMatch(); !ok || rows[0].EventDate != "1970-01-01" {
+		t.Errorf("event_date %q: column %s disagrees with the record", rows[0].EventDate, col)
 	}
 }
 
