@@ -462,7 +462,7 @@ func plain(dbType string, v any) any {
 		return float64(x)
 	case time.Time:
 		if dbType == "Date" {
-			return x.UTC().Format(time.DateOnly)
+			return dateString(x)
 		}
 		return x.UTC()
 	case *string:
