@@ -438,8 +438,21 @@ func (s *Store) QueryEach(ctx context.Context, query string, fn func(cols []stri
 func dateString(t time.Time) string { return t.Format(time.DateOnly) }
 
 // plain maps driver values to the kinds Querier promises; Date columns
-// become "YYYY-MM-DD" strings, as in the SQLite store.
+// become "YYYY-MM-DD" strings, as in the SQLite store. A Nullable column
+// is scanned as a pointer: NULL becomes nil, any other value what its
+// type becomes.
 func plain(dbType string, v any) any {
+	if p := reflect.ValueOf(v); p.Kind() == reflect.Pointer {
+		if p.IsNil() {
+			return nil
+		}
+		return plain(dbType, p.Elem().Interface())
+	}
+	for _, wrapper := range []string{"LowCardinality(", "Nullable("} {
+		if strings.HasPrefix(dbType, wrapper) {
+			dbType = strings.TrimSuffix(strings.TrimPrefix(dbType, wrapper), ")")
+		}
+	}
 	switch x := v.(type) {
 	case uint8:
 		return int64(x)
@@ -465,11 +478,6 @@ func plain(dbType string, v any) any {
 			return dateString(x)
 		}
 		return x.UTC()
-	case *string:
-		if x == nil {
-			return nil
-		}
-		return *x
 	}
 	return v
 }

@@ -434,6 +434,18 @@ func testQuery(t *testing.T, s Store) {
 	if d, ok := rows[0][2].(string); !ok || len(d) != len("2006-01-02") {
 		t.Errorf("event_date is %T %v, want YYYY-MM-DD", rows[0][2], rows[0][2])
 	}
+	tenant, day := rows[0][0], rows[0][2]
+	// NULLs and nullable columns (ClickHouse's Nullable) are plain values
+	// or nil, as for any other column.
+	_, rows, err = s.Query(ctx, "SELECT CASE WHEN seq = 1 THEN seq ELSE NULL END AS a, CASE WHEN seq = 1 THEN NULL ELSE seq END AS b, "+
+		"CASE WHEN seq = 1 THEN event_date ELSE NULL END AS c, CASE WHEN seq = 1 THEN tenant_id ELSE NULL END AS d, NULL AS e "+
+		"FROM audit_events WHERE seq = 1 ORDER BY tenant_id, session_id LIMIT 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 1 || rows[0][0] != int64(1) || rows[0][1] != nil || rows[0][2] != day || rows[0][3] != tenant || rows[0][4] != nil {
+		t.Errorf("nullable values %#v, want [1 nil %s %s nil]", rows, day, tenant)
+	}
 	if _, _, err := s.Query(ctx, "INSERT INTO chain_heads (tenant_id, session_id, seq, hash) VALUES ('x', 'y', 1, 'z')"); err == nil {
 		t.Error("Query ran a write")
 	}
