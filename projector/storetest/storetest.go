@@ -50,6 +50,7 @@ func Run(t *testing.T, d Dialect, open func(t testing.TB) Store) {
 	t.Run("QueryTypesAndReadOnly", func(t *testing.T) { testQuery(t, open(t)) })
 	t.Run("AnyClientTime", func(t *testing.T) { testClientTimes(t, d, open(t)) })
 	t.Run("FirstDayOfTheEpochVerifies", func(t *testing.T) { testFirstDay(t, open(t)) })
+	t.Run("RejectionWithoutKafkaTimestamp", func(t *testing.T) { testNoTimestamp(t, d, open(t)) })
 }
 
 // testClientTimes: ts_unix_ms is the client's, any positive int64. One
@@ -108,6 +109,27 @@ func testFirstDay(t *testing.T, s Store) {
 	}
 	if col, ok := rows[0].ColumnsMatch(); !ok || rows[0].EventDate != "1970-01-01" {
 		t.Errorf("event_date %q: column %s disagrees with the record", rows[0].EventDate, col)
+	}
+}
+
+// testNoTimestamp: a Kafka record may carry no timestamp (-1, which Kafka
+// accepts from any producer), and a rejection's event_date is the day of
+// its record's timestamp: both stores hold the first day a Date has,
+// 1970-01-01, rather than a day before it (which ClickHouse's Date wraps
+// to 2149-06-06).
+func testNoTimestamp(t *testing.T, d Dialect, s Store) {
+	ctx := context.Background()
+	r := rejection()
+	r.RejectedUnixMs = -1
+	if err := s.Write(ctx, &projector.Batch{Rejected: []projector.RejectedRow{r}}); err != nil {
+		t.Fatal(err)
+	}
+	_, rows, err := s.Query(ctx, "SELECT rejected_unix_ms, event_date FROM rejected_records "+d.Final)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(rows) != "[[-1 1970-01-01]]" {
+		t.Errorf("rejected_unix_ms, event_date = %v, want [[-1 1970-01-01]]", rows)
 	}
 }
 
