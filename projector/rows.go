@@ -301,10 +301,16 @@ var LastDate = time.Date(2105, time.December, 31, 0, 0, 0, 0, time.UTC)
 // Date returns the UTC calendar day of a millisecond timestamp, the
 // event_date column (and what tables are partitioned by), at most
 // LastDate: ts_unix_ms is the client's, any positive integer up to 2^53-1
-// (year 287396), and keeps the exact time in its own column.
+// (year 287396), and keeps the exact time in its own column. A time
+// before 1970 (a rejection's Kafka record without a timestamp, -1) is the
+// first day a ClickHouse Date holds, 1970-01-01; ClickHouse would wrap
+// an earlier day to 2149-06-06.
 func Date(unixMs int64) time.Time {
 	if unixMs >= LastDate.UnixMilli() {
 		return LastDate
+	}
+	if unixMs < 0 {
+		return time.Date(1970, time.January, 1, 0, 0, 0, 0, time.UTC)
 	}
 	t := time.UnixMilli(unixMs).UTC()
 	return time.Date(t.Year(), t.Month(), t.Day(), 0, 0, 0, 0, time.UTC)

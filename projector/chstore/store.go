@@ -327,7 +327,9 @@ func where(f projector.Filter) (string, []any) {
 // verifier; copies share a seq and so come out adjacent.
 func (s *Store) Events(ctx context.Context, f projector.Filter, fn func(*projector.EventRow) error) error {
 	w, args := where(f)
-	rows, err := s.conn.Query(ctx, `SELECT `+projector.EventColumns+`, toString(event_date)
+	// event_date is read as a Date, not with toString: 18.16 prints day 0
+	// (1970-01-01) as 0000-00-00.
+	rows, err := s.conn.Query(ctx, `SELECT `+projector.EventColumns+`, event_date
 FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 	if err != nil {
 		return wrap("events", err)
@@ -336,12 +338,13 @@ FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 	for rows.Next() {
 		var e projector.StoredEvent
 		var v uint8
+		var date time.Time
 		if err := rows.Scan(&v, &e.TenantID, &e.SessionID, &e.Seq, &e.TsUnixMs, &e.EventType, &e.Manifest, &e.Payload,
 			&e.Decision, &e.PrevHash, &e.Hash, &e.ToolName, &e.CallID, &e.Outcome, &e.Reason, &e.PolicyRevision,
-			&e.Partition, &e.Offset, &e.EventDate); err != nil {
+			&e.Partition, &e.Offset, &date); err != nil {
 			return wrap("events", err)
 		}
-		e.V = int(v)
+		e.V, e.EventDate = int(v), dateString(date)
 		if err := fn(e.Row()); err != nil {
 			return err
 		}
@@ -430,9 +433,26 @@ func (s *Store) QueryEach(ctx context.Context, query string, fn func(cols []stri
 	return wrap("query", rows.Err())
 }
 
+// dateString formats a Date column as the driver returns it: midnight of
+// the day in the server's time zone, so the day is read in that zone.
+func dateString(t time.Time) string { return t.Format(time.DateOnly) }
+
 // plain maps driver values to the kinds Querier promises; Date columns
-// become "YYYY-MM-DD" strings, as in the SQLite store.
+// become "YYYY-MM-DD" strings, as in the SQLite store. A Nullable column
+// is scanned as a pointer: NULL becomes nil, any other value what its
+// type becomes.
 func plain(dbType string, v any) any {
+	if p := reflect.ValueOf(v); p.Kind() == reflect.Pointer {
+		if p.IsNil() {
+			return nil
+		}
+		return plain(dbType, p.Elem().Interface())
+	}
+	for _, wrapper := range []string{"LowCardinality(", "Nullable("} {
+		if strings.HasPrefix(dbType, wrapper) {
+			dbType = strings.TrimSuffix(strings.TrimPrefix(dbType, wrapper), ")")
+		}
+	}
 	switch x := v.(type) {
 	case uint8:
 		return int64(x)
@@ -455,14 +475,9 @@ func plain(dbType string, v any) any {
 		return float64(x)
 	case time.Time:
 		if dbType == "Date" {
-			return x.UTC().Format(time.DateOnly)
+			return dateString(x)
 		}
 		return x.UTC()
-	case *string:
-		if x == nil {
-			return nil
-		}
-		return *x
 	}
 	return v
 }

@@ -49,6 +49,8 @@ func Run(t *testing.T, d Dialect, open func(t testing.TB) Store) {
 	t.Run("Filters", func(t *testing.T) { testFilters(t, open(t)) })
 	t.Run("QueryTypesAndReadOnly", func(t *testing.T) { testQuery(t, open(t)) })
 	t.Run("AnyClientTime", func(t *testing.T) { testClientTimes(t, d, open(t)) })
+	t.Run("FirstDayOfTheEpochVerifies", func(t *testing.T) { testFirstDay(t, open(t)) })
+	t.Run("RejectionWithoutKafkaTimestamp", func(t *testing.T) { testNoTimestamp(t, d, open(t)) })
 }
 
 // testClientTimes: ts_unix_ms is the client's, any positive int64. One
@@ -87,6 +89,47 @@ func testClientTimes(t *testing.T, d Dialect, s Store) {
 	}
 	if fmt.Sprint(rows) != "[[32745600000 1971-01-15] [9007199254740991 2105-12-31]]" {
 		t.Fatalf("ts_unix_ms, event_date = %v", rows)
+	}
+}
+
+// testFirstDay: an event of 1970-01-01 (ts_unix_ms 1, the smallest the
+// envelope takes) reads back with event_date 1970-01-01, so its columns
+// still match what was hashed (ClickHouse 18.16 prints that day, day 0 of
+// Date, as 0000-00-00 with toString).
+func testFirstDay(t *testing.T, s Store) {
+	ctx := context.Background()
+	ev := *Vectors(t)[0]
+	ev.TsUnixMs = 1
+	if err := s.Write(ctx, BatchOf(t, []*envelope.Event{&ev})); err != nil {
+		t.Fatal(err)
+	}
+	rows := all(t, s, projector.Filter{})
+	if len(rows) != 1 {
+		t.Fatalf("%d rows", len(rows))
+	}
+	if col, ok := rows[0].ColumnsMatch(); !ok || rows[0].EventDate != "1970-01-01" {
+		t.Errorf("event_date %q: column %s disagrees with the record", rows[0].EventDate, col)
+	}
+}
+
+// testNoTimestamp: a Kafka record may carry no timestamp (-1, which Kafka
+// accepts from any producer), and a rejection's event_date is the day of
+// its record's timestamp: both stores hold the first day a Date has,
+// 1970-01-01, rather than a day before it (which ClickHouse's Date wraps
+// to 2149-06-06).
+func testNoTimestamp(t *testing.T, d Dialect, s Store) {
+	ctx := context.Background()
+	r := rejection()
+	r.RejectedUnixMs = -1
+	if err := s.Write(ctx, &projector.Batch{Rejected: []projector.RejectedRow{r}}); err != nil {
+		t.Fatal(err)
+	}
+	_, rows, err := s.Query(ctx, "SELECT rejected_unix_ms, event_date FROM rejected_records "+d.Final)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(rows) != "[[-1 1970-01-01]]" {
+		t.Errorf("rejected_unix_ms, event_date = %v, want [[-1 1970-01-01]]", rows)
 	}
 }
 
@@ -412,6 +455,18 @@ func testQuery(t *testing.T, s Store) {
 	}
 	if d, ok := rows[0][2].(string); !ok || len(d) != len("2006-01-02") {
 		t.Errorf("event_date is %T %v, want YYYY-MM-DD", rows[0][2], rows[0][2])
+	}
+	tenant, day := rows[0][0], rows[0][2]
+	// NULLs and nullable columns (ClickHouse's Nullable) are plain values
+	// or nil, as for any other column.
+	_, rows, err = s.Query(ctx, "SELECT CASE WHEN seq = 1 THEN seq ELSE NULL END AS a, CASE WHEN seq = 1 THEN NULL ELSE seq END AS b, "+
+		"CASE WHEN seq = 1 THEN event_date ELSE NULL END AS c, CASE WHEN seq = 1 THEN tenant_id ELSE NULL END AS d, NULL AS e "+
+		"FROM audit_events WHERE seq = 1 ORDER BY tenant_id, session_id LIMIT 1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rows) != 1 || rows[0][0] != int64(1) || rows[0][1] != nil || rows[0][2] != day || rows[0][3] != tenant || rows[0][4] != nil {
+		t.Errorf("nullable values %#v, want [1 nil %s %s nil]", rows, day, tenant)
 	}
 	if _, _, err := s.Query(ctx, "INSERT INTO chain_heads (tenant_id, session_id, seq, hash) VALUES ('x', 'y', 1, 'z')"); err == nil {
 		t.Error("Query ran a write")
