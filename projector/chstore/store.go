@@ -102,6 +102,16 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			Protocol:    clickhouse.Native,
 		}
 	}
+	// A store whose schema is current is used as it is, without any DDL,
+	// so that an account with a read-only profile (an auditor's) can open
+	// it; otherwise the database and tables are created or migrated.
+	if conn, err := clickhouse.Open(opts(cfg.Database)); err == nil {
+		s := &Store{conn: conn, database: cfg.Database}
+		if current, err := s.schemaCurrent(ctx); err == nil && current {
+			return s, nil
+		}
+		_ = conn.Close()
+	}
 	boot, err := clickhouse.Open(opts("default"))
 	if err != nil {
 		return nil, wrap("connect", err)
@@ -141,6 +151,19 @@ func (s *Store) SchemaVersion(ctx context.Context) (int, error) {
 	var v uint32
 	err := s.conn.QueryRow(ctx, "SELECT max(version) FROM schema_version").Scan(&v)
 	return int(v), wrap("schema version", err)
+}
+
+// schemaCurrent reports whether every migration has been applied.
+func (s *Store) schemaCurrent(ctx context.Context) (bool, error) {
+	_, migrations, err := projector.Migrations(chschema.Files())
+	if err != nil {
+		return false, err
+	}
+	have, err := s.SchemaVersion(ctx)
+	if err != nil {
+		return false, err
+	}
+	return len(migrations) > 0 && have >= migrations[len(migrations)-1].Version, nil
 }
 
 func (s *Store) migrate(ctx context.Context) error {

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"aegis.dev/aegis/projector"
 	"aegis.dev/aegis/projector/chstore"
 	"aegis.dev/aegis/projector/storetest"
 )
@@ -77,5 +78,42 @@ func TestParseURL(t *testing.T) {
 				t.Errorf("got %q, want %q", got, c.want)
 			}
 		})
+	}
+}
+
+// TestIntegrationReadOnlyUserOpensAStore: an auditor's account is usually
+// read-only (readonly=1 in its profile; deploy/clickhouse/users.xml has one,
+// `auditor`). It must be able to open a store the projector created, read
+// it and query it; only writing fails.
+func TestIntegrationReadOnlyUserOpensAStore(t *testing.T) {
+	s := openFresh(t)
+	ctx := context.Background()
+	vec := storetest.Vectors(t)
+	if err := s.Write(ctx, storetest.BatchOf(t, vec)); err != nil {
+		t.Fatal(err)
+	}
+	cfg, _ := chstore.ParseURL(storetest.ServiceAddr(t, "AEGIS_TEST_CLICKHOUSE"))
+	cfg.Database, cfg.User = s.Database(), "auditor"
+	ro, err := chstore.Open(ctx, cfg)
+	if err != nil {
+		t.Fatalf("read-only user: %v", err)
+	}
+	defer ro.Close()
+	_, rows, err := ro.Query(ctx, "SELECT count() FROM audit_events")
+	if err != nil || len(rows) != 1 || fmt.Sprint(rows[0][0]) != fmt.Sprint(len(vec)) {
+		t.Fatalf("query: %v %v, want %d events", rows, err, len(vec))
+	}
+	heads, err := ro.Heads(ctx, projector.Filter{})
+	if err != nil || len(heads) == 0 {
+		t.Fatalf("heads: %d, %v", len(heads), err)
+	}
+	if err := ro.Write(ctx, storetest.BatchOf(t, vec)); err == nil {
+		t.Error("a read-only user wrote")
+	}
+	// A database that was never created is an error that says so.
+	cfg.Database = s.Database() + "_absent"
+	if st, err := chstore.Open(ctx, cfg); err == nil {
+		_ = st.Close()
+		t.Error("read-only user opened a database that does not exist")
 	}
 }
