@@ -115,13 +115,25 @@ func (s *openAPISpec) resolve(tb testing.TB, schema map[string]any) map[string]a
 
 // conforms checks v against schema for the keywords the spec uses (type,
 // properties, required, additionalProperties: false, items, enum, const,
-// allOf) and returns the violations.
+// allOf, anyOf) and returns the violations.
 func (s *openAPISpec) conforms(tb testing.TB, schema map[string]any, v any, at string) []string {
 	tb.Helper()
 	schema = s.resolve(tb, schema)
 	var errs []string
 	for _, sub := range asSlice(schema["allOf"]) {
 		errs = append(errs, s.conforms(tb, sub.(map[string]any), v, at)...)
+	}
+	if branches := asSlice(schema["anyOf"]); len(branches) > 0 {
+		var all []string
+		for _, sub := range branches {
+			e := s.conforms(tb, sub.(map[string]any), v, at)
+			if len(e) == 0 {
+				all = nil
+				break
+			}
+			all = append(all, e...)
+		}
+		errs = append(errs, all...)
 	}
 	if e, ok := schema["enum"]; ok && !slices.ContainsFunc(asSlice(e), func(x any) bool { return fmt.Sprint(x) == fmt.Sprint(v) }) {
 		errs = append(errs, fmt.Sprintf("%s: %v is not one of %v", at, v, e))
@@ -244,6 +256,9 @@ func TestResponsesMatchOpenAPI(t *testing.T) {
 	check("POST", "/v1/approvals/{token}", "/v1/approvals/"+first.Approval.Token, "acme-operator", `{"decision":"allow"}`)
 	check("GET", "/v1/approvals", "/v1/approvals?state=all", "acme-operator", "")
 	check("POST", "/v1/events", "/v1/events", "acme-agent", ev("acme", "oa2", 1, "MODEL_CALL_STARTED", `{"model":"m"}`))
+	check("POST", "/v1/events", "/v1/events", "acme-agent", ev("globex", "oa2", 1, "MODEL_CALL_STARTED", `{"model":"m"}`))
+	check("POST", "/v1/events", "/v1/events", "acme-agent", "[]")
+	check("POST", "/v1/events", "/v1/events", "acme-agent", "["+strings.Repeat(ev("acme", "oa2", 1, "MODEL_CALL_STARTED", `{}`)+",", 5000)+"{}]")
 	check("POST", "/v1/policy/decide", "/v1/policy/decide", "acme-agent", `{"event":{"event_type":"TOOL_CALL_PROPOSED","payload":{"tool_name":"read_file","call_id":"c","args":{}}}}`)
 	check("GET", "/v1/sessions/{session}", "/v1/sessions/s1", "acme-auditor", "")
 	check("GET", "/v1/sessions/{session}/events", "/v1/sessions/s1/events?limit=2", "acme-auditor", "")
