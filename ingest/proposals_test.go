@@ -607,3 +607,28 @@ func TestDurationParamBounds(t *testing.T) {
 		}
 	}
 }
+
+// TestApprovalDecisionOverEventLimit: an approver's reason that makes
+// APPROVAL_DECIDED larger than the event limit is the request's fault, 413
+// TOO_LARGE, with nothing published; it used to be offered to the producer
+// and answered 503 BROKER_UNAVAILABLE, inviting retries that could never
+// succeed (and, under the topic's record limit, published an event the
+// decider must reject). The approval stays pending.
+func TestApprovalDecisionOverEventLimit(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	p := requireApproval(t, h, "acme-agent", "big1", "m1", `{}`)
+	reason := strings.Repeat("x", 2*envelope.DefaultMaxEventBytes+(64<<10))
+	var e errResp
+	r := h.do(t, "POST", "/v1/approvals/"+p.Approval.Token, "acme-operator", "application/json", `{"decision":"allow","reason":"`+reason+`"}`, &e)
+	if r.StatusCode != 413 || e.Error.Code != envelope.CodeTooLarge || r.Header.Get("Retry-After") != "" {
+		t.Fatalf("got %d %+v (Retry-After %q), want 413 %s", r.StatusCode, e, r.Header.Get("Retry-After"), envelope.CodeTooLarge)
+	}
+	var ap struct {
+		Approval Approval `json:"approval"`
+	}
+	if r := h.do(t, "POST", "/v1/approvals/"+p.Approval.Token, "acme-operator", "application/json", `{"decision":"allow","reason":"ok"}`, &ap); r.StatusCode != 200 ||
+		ap.Approval.State != ApprovalApproved || ap.Approval.DecidedSeq != 2 {
+		t.Fatalf("then approving it: %d %+v", r.StatusCode, ap.Approval)
+	}
+}

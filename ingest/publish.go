@@ -71,6 +71,14 @@ func (s *Server) submit(ctx context.Context, ev *envelope.Event, assign bool, ki
 		if err != nil {
 			return verdict{}, fmt.Errorf("ingest: encode %s/%d: %w", key, ev.Seq, err)
 		}
+		if len(value) > s.env.MaxEventBytes {
+			// Events the gateway builds itself (APPROVAL_DECIDED carries the
+			// approver's reason) are bounded like a client's: the decider
+			// would reject it TOO_LARGE, and one over the topic's record
+			// limit is refused by the producer, which is no broker failure.
+			return verdict{}, errf(http.StatusRequestEntityTooLarge, envelope.CodeTooLarge,
+				"the %s event would be %d bytes, limit is %d; nothing was published", ev.Type, len(value), s.env.MaxEventBytes)
+		}
 		w := &waiter{k: seqKey{key, ev.Seq}, published: value, canonical: value, callID: callID, toolName: toolName,
 			proposal: ev.Type == envelope.ToolCallProposed, ch: make(chan verdict, 1)}
 		if w.proposal {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -16,8 +17,8 @@ import (
 
 // sealedStore returns a SQLite audit store holding sealed sessions:
 // acme/s1 with n events, acme/tampered whose seq 2 payload was edited after
-// sealing, acme/truncated whose head says one more record than stored, and
-// globex/s1.
+// sealing, acme/truncated whose head says one more record than stored,
+// acme/gap whose seq 2 was deleted, and globex/s1.
 func sealedStore(tb testing.TB, n int) *sqlstore.Store {
 	tb.Helper()
 	ctx := context.Background()
@@ -51,6 +52,8 @@ func sealedStore(tb testing.TB, n int) *sqlstore.Store {
 	seal("acme", "tampered", 3, func(e *envelope.Event) { e.Payload = json.RawMessage(`{"model":"evil"}`) })
 	seal("acme", "truncated", 3, nil)
 	b.Heads[len(b.Heads)-1].Seq, b.Heads[len(b.Heads)-1].Hash = 4, "ff"
+	seal("acme", "gap", 3, nil)
+	b.Events = slices.DeleteFunc(b.Events, func(r projector.EventRow) bool { return r.Event.SessionID == "gap" && r.Event.Seq == 2 })
 	if err := st.Write(ctx, &b); err != nil {
 		tb.Fatal(err)
 	}
