@@ -3,6 +3,7 @@ package loadtest
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -283,5 +284,41 @@ func TestWarmupMustEndBeforeTheRun(t *testing.T) {
 		if _, err := Run(context.Background(), cfg, nil); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "warm-up") {
 			t.Errorf("warm-up %v: %v, want a warm-up ErrConfig", w, err)
 		}
+	}
+}
+
+// TestStoreGapIsReported: a store that lacks an event in the middle of a
+// session (here a trigger drops every seq 5 as it is inserted) must not
+// count as fully stored because the session's highest seq is there.
+func TestStoreGapIsReported(t *testing.T) {
+	brokers, _, dataDir := startDaemon(t)
+	file := filepath.Join(dataDir, "audit.db")
+	db, err := sql.Open("sqlite", "file:"+file+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`CREATE TRIGGER lose_seq_5 AFTER INSERT ON audit_events WHEN NEW.seq = 5 BEGIN
+		DELETE FROM audit_events WHERE tenant_id = NEW.tenant_id AND session_id = NEW.session_id AND seq = NEW.seq; END`); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	report := filepath.Join(t.TempDir(), "report.json")
+	args := []string{"--brokers", brokers, "--report", report, "--rate", "200", "--duration", "2s", "--sessions", "10",
+		"--store", "sqlite:" + file, "--store-sample", "1", "--drain-timeout", "3s"}
+	if code := Main(context.Background(), args, &out, &errOut); code != ExitFailed {
+		t.Fatalf("exit %d, want %d\n%s%s", code, ExitFailed, out.String(), errOut.String())
+	}
+	raw, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep Report
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatal(err)
+	}
+	// Every session of 10 agents over 400 events reaches seq 5 once.
+	if rep.EventsSealed != rep.EventsPublished || rep.EventsStored != rep.EventsSealed-10 {
+		t.Errorf("sealed %d of %d published, stored %d; want all sealed and 10 fewer stored", rep.EventsSealed, rep.EventsPublished, rep.EventsStored)
 	}
 }

@@ -55,7 +55,8 @@ type Config struct {
 	Sessions int
 	Mix      Mix
 	// Store, if set (sqlite:PATH or clickhouse://…), is polled for the
-	// highest stored seq of every session: publish → queryable latency.
+	// highest stored seq and the distinct stored seqs of every session:
+	// publish → queryable latency.
 	Store string
 	// StoreSample: while publishing, the store is polled for one session
 	// in StoreSample (default 1: all), which is where publish → queryable
@@ -94,7 +95,7 @@ type session struct {
 	sched   []int64 // scheduled send time (unix ns) by seq-1; 0 = not yet sent
 	acked   []bool
 	sealed  []uint8 // sealed copies by seq-1
-	stored  uint64  // highest seq seen in the store
+	stored  uint64  // seqs seen in the store: the highest, or the distinct count if lower (a gap)
 	sampled bool    // polled for publish → queryable latency while publishing
 	badKey  bool
 }
@@ -653,12 +654,13 @@ func (r *run) onSealed(dec envelope.Decoder, rec *stream.Record, now time.Time) 
 	}
 }
 
-// pollStore reads, every 100ms, the highest stored seq of the run's sessions
-// that are not fully stored yet — while publishing only the sampled ones
-// (Config.StoreSample), afterwards all — and records publish → queryable
-// latency for every newly stored seq of a sampled session (resolution: the
-// poll interval). Asking only for unfinished sessions keeps the probe's cost
-// flat over a long run instead of rescanning everything the run stored.
+// pollStore reads, every 100ms, the highest stored seq and the number of
+// distinct stored seqs of the run's sessions that are not fully stored yet
+// — while publishing only the sampled ones (Config.StoreSample), afterwards
+// all — and records publish → queryable latency for every newly stored
+// seq of a sampled session (resolution: the poll interval). Asking only
+// for unfinished sessions keeps the probe's cost flat over a long run
+// instead of rescanning everything the run stored.
 func (r *run) pollStore(ctx context.Context, st stores.Store) {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
@@ -679,7 +681,7 @@ func (r *run) pollStore(ctx context.Context, st stores.Store) {
 		}
 		r.mu.Unlock()
 		for i := 0; i < len(pending); i += chunk {
-			q := fmt.Sprintf("SELECT session_id, max(seq) FROM audit_events WHERE tenant_id = '%s' AND session_id IN (%s) GROUP BY session_id",
+			q := fmt.Sprintf("SELECT session_id, max(seq), count(DISTINCT seq) FROM audit_events WHERE tenant_id = '%s' AND session_id IN (%s) GROUP BY session_id",
 				Tenant, strings.Join(pending[i:min(i+chunk, len(pending))], ","))
 			_, rows, err := st.Query(ctx, q)
 			if err != nil {
@@ -690,13 +692,18 @@ func (r *run) pollStore(ctx context.Context, st stores.Store) {
 	}
 }
 
+// recordStored accounts rows of (session_id, max(seq), count(DISTINCT seq)).
+// A session counts as stored up to the smaller of the two: the store writes
+// a session in seq order, so they are equal unless an event is missing, and
+// a missing event in the middle must not count as stored because the
+// session's last one is.
 func (r *run) recordStored(rows [][]any) {
 	now := time.Now().UnixNano()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, row := range rows {
 		sid, _ := row[0].(string)
-		top := toUint(row[1])
+		top := min(toUint(row[1]), toUint(row[2]))
 		s := r.sessions[Tenant+"/"+sid]
 		if s == nil {
 			continue
