@@ -322,3 +322,20 @@ func TestStoreGapIsReported(t *testing.T) {
 		t.Errorf("sealed %d of %d published, stored %d; want all sealed and 10 fewer stored", rep.EventsSealed, rep.EventsPublished, rep.EventsStored)
 	}
 }
+
+// TestLatencyBeyondTheHistogramIsCounted: an event acknowledged 20 minutes
+// after it was due (a long saturated run) stays in the latencies, at the
+// histogram's highest value, instead of silently dropping out of them.
+func TestLatencyBeyondTheHistogramIsCounted(t *testing.T) {
+	r := &run{cfg: Config{Sessions: 1}, start: time.Now().Add(-time.Hour), sessions: map[string]*session{}, hAck: newHist(), expected: map[string]int64{}}
+	sid := "run-a0-s0"
+	s := &session{id: sid, key: Tenant + "/" + sid, events: script(DefaultMix, 1, sid)}
+	s.sched, s.acked, s.sealed = make([]int64, len(s.events)), make([]bool, len(s.events)), make([]uint8, len(s.events))
+	r.sessions[s.key] = s
+	due := time.Now().Add(-20 * time.Minute)
+	s.sched[0] = due.UnixNano()
+	r.acked(s.key, eventJSON(sid, 1, due.UnixMilli(), s.events[0].typ, true, s.events[0].payload), nil)
+	if p := percentiles(r.hAck); r.published.Load() != 1 || p.Count != 1 || p.Max < 599_000 {
+		t.Fatalf("published %d, publish_ack %+v; want the event counted at the 10 min ceiling", r.published.Load(), p)
+	}
+}

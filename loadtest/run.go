@@ -131,6 +131,14 @@ type run struct {
 
 func newHist() *hdr.Histogram { return hdr.New(1, int64(10*time.Minute/time.Microsecond), 3) }
 
+// record adds the latency of an event due at sched, seen at now (Unix ns),
+// to h in µs. A latency beyond the histogram's range counts as its highest
+// value (10 min) rather than being left out, which would drop exactly the
+// slowest events from the percentiles.
+func record(h *hdr.Histogram, now, sched int64) {
+	_ = h.RecordValue(min(max(1, (now-sched)/1e3), h.HighestTrackableValue()))
+}
+
 func (c *Config) defaults() error {
 	if c.TopicPrefix == "" {
 		c.TopicPrefix = pipeline.DefaultTopicPrefix
@@ -483,7 +491,7 @@ func (r *run) acked(key string, value []byte, err error) {
 		r.expected[w]++
 	}
 	if r.measured(s.sched[seq-1]) {
-		_ = r.hAck.RecordValue(max(1, (now-s.sched[seq-1])/1e3))
+		record(r.hAck, now, s.sched[seq-1])
 	}
 	r.published.Add(1)
 }
@@ -573,7 +581,7 @@ func (r *run) read(ctx context.Context, cons *stream.Consumer, topics []string) 
 				}
 				if s := r.sessions[string(rec.Key)]; s != nil && d.Seq >= 1 && int(d.Seq) <= len(s.sched) && s.sched[d.Seq-1] != 0 {
 					if r.measured(s.sched[d.Seq-1]) {
-						_ = r.hDecision.RecordValue(max(1, (now.UnixNano()-s.sched[d.Seq-1])/1e3))
+						record(r.hDecision, now.UnixNano(), s.sched[d.Seq-1])
 					}
 					r.decided.Add(1)
 				}
@@ -636,7 +644,7 @@ func (r *run) onSealed(dec envelope.Decoder, rec *stream.Record, now time.Time) 
 			r.steadyN++
 		}
 		if s.sched[i] != 0 && r.measured(s.sched[i]) {
-			_ = r.hSealed.RecordValue(max(1, (now.UnixNano()-s.sched[i])/1e3))
+			record(r.hSealed, now.UnixNano(), s.sched[i])
 		}
 	}
 	if f := r.verifier.Add(ev); f != nil && len(r.mismatch) < 20 {
@@ -710,7 +718,7 @@ func (r *run) recordStored(rows [][]any) {
 		}
 		for ; s.stored < top && int(s.stored) < len(s.sched); s.stored++ {
 			if at := s.sched[s.stored]; at != 0 && s.sampled && r.measured(at) {
-				_ = r.hStored.RecordValue(max(1, (now-at)/1e3))
+				record(r.hStored, now, at)
 			}
 			r.storedN.Add(1)
 		}
