@@ -17,7 +17,7 @@ import (
 // Exit codes of Main.
 const (
 	ExitOK      = 0
-	ExitFailed  = 1 // the run completed and something was lost, duplicated, mis-decided or did not verify
+	ExitFailed  = 1 // the run completed and something was lost, duplicated, mis-decided, unanswered or did not verify
 	ExitUsage   = 2
 	ExitRuntime = 3 // the run could not be carried out
 )

@@ -11,11 +11,13 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"aegis.dev/aegis/internal/daemon"
+	"aegis.dev/aegis/schemas/chain"
 	"aegis.dev/aegis/schemas/envelope"
 )
 
@@ -337,5 +339,35 @@ func TestLatencyBeyondTheHistogramIsCounted(t *testing.T) {
 	r.acked(s.key, eventJSON(sid, 1, due.UnixMilli(), s.events[0].typ, true, s.events[0].payload), nil)
 	if p := percentiles(r.hAck); r.published.Load() != 1 || p.Count != 1 || p.Max < 599_000 {
 		t.Fatalf("published %d, publish_ack %+v; want the event counted at the 10 min ceiling", r.published.Load(), p)
+	}
+}
+
+// TestSealedProposalWithoutReplyFails: a proposal sealed with the expected
+// decision whose reply never came on aegis.decisions (what the agent waits
+// for) fails the run; it must not just be missing from proposal → decision.
+func TestSealedProposalWithoutReplyFails(t *testing.T) {
+	r := &run{cfg: Config{Sessions: 1}, start: time.Now(), sessions: map[string]*session{}, hAck: newHist(), hDecision: newHist(), hSealed: newHist(), hStored: newHist(),
+		verifier: chain.NewVerifier(), reasons: map[string]int64{}, expected: map[string]int64{}, rejected: map[string]int64{}}
+	sid := "run-a0-s0"
+	s := &session{id: sid, key: Tenant + "/" + sid, events: script(DefaultMix, 1, sid)}
+	s.sched, s.acked, s.sealed, s.replied = make([]int64, len(s.events)), make([]bool, len(s.events)), make([]uint8, len(s.events)), make([]bool, len(s.events))
+	r.sessions[s.key] = s
+	proposals := 0
+	for i, ev := range s.events {
+		s.sched[i], s.acked[i], s.sealed[i] = r.start.UnixNano(), true, 1
+		if ev.want != "" {
+			r.expected[ev.want]++
+			r.reasons[ev.want]++
+			if proposals++; proposals > 1 {
+				s.replied[i] = true // every proposal but the first answered
+			}
+		}
+	}
+	if proposals < 2 {
+		t.Fatalf("script has %d proposals", proposals)
+	}
+	rep := r.report(time.Second)
+	if rep.OK || !slices.ContainsFunc(rep.Problems, func(p string) bool { return strings.Contains(p, "1 sealed proposals") }) {
+		t.Fatalf("ok %v, problems %q; want the unanswered proposal reported", rep.OK, rep.Problems)
 	}
 }

@@ -95,6 +95,7 @@ type session struct {
 	sched   []int64 // scheduled send time (unix ns) by seq-1; 0 = not yet sent
 	acked   []bool
 	sealed  []uint8 // sealed copies by seq-1
+	replied []bool  // decision reply seen, by seq-1
 	stored  uint64  // seqs seen in the store: the highest, or the distinct count if lower (a gap)
 	sampled bool    // polled for publish → queryable latency while publishing
 	badKey  bool
@@ -425,7 +426,7 @@ func (r *run) nextEvent(a *agent, sched time.Time) pending {
 		_, _ = io.WriteString(h, sid)
 		evs := script(r.cfg.Mix, h.Sum64(), sid)
 		s := &session{id: sid, key: Tenant + "/" + sid, events: evs,
-			sched: make([]int64, len(evs)), acked: make([]bool, len(evs)), sealed: make([]uint8, len(evs))}
+			sched: make([]int64, len(evs)), acked: make([]bool, len(evs)), sealed: make([]uint8, len(evs)), replied: make([]bool, len(evs))}
 		r.mu.Lock()
 		s.sampled = len(r.sessions)%r.cfg.StoreSample == 0
 		s.badKey = len(r.sessions) < r.cfg.FaultBadKey
@@ -579,7 +580,8 @@ func (r *run) read(ctx context.Context, cons *stream.Consumer, topics []string) 
 				if json.Unmarshal(rec.Value, &d) != nil {
 					continue
 				}
-				if s := r.sessions[string(rec.Key)]; s != nil && d.Seq >= 1 && int(d.Seq) <= len(s.sched) && s.sched[d.Seq-1] != 0 {
+				if s := r.sessions[string(rec.Key)]; s != nil && d.Seq >= 1 && int(d.Seq) <= len(s.sched) && s.sched[d.Seq-1] != 0 && !s.replied[d.Seq-1] {
+					s.replied[d.Seq-1] = true
 					if r.measured(s.sched[d.Seq-1]) {
 						record(r.hDecision, now.UnixNano(), s.sched[d.Seq-1])
 					}
