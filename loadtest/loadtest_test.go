@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -369,5 +371,28 @@ func TestSealedProposalWithoutReplyFails(t *testing.T) {
 	rep := r.report(time.Second)
 	if rep.OK || !slices.ContainsFunc(rep.Problems, func(p string) bool { return strings.Contains(p, "1 sealed proposals") }) {
 		t.Fatalf("ok %v, problems %q; want the unanswered proposal reported", rep.OK, rep.Problems)
+	}
+}
+
+// TestEveryEventDueIsScheduled: every event due before the end of the
+// publishing phase is sent, however late the scheduler wakes up for it
+// (here a gateway that acknowledges everything at once, so the count
+// depends only on the schedule: 100,000 events/s for 200ms).
+func TestEveryEventDueIsScheduled(t *testing.T) {
+	brokers, _, _ := startDaemon(t)
+	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer gw.Close()
+	for range 3 {
+		rep, err := Run(context.Background(), Config{Brokers: strings.Split(brokers, ","), HTTP: gw.URL, Rate: 100_000, Duration: 200 * time.Millisecond,
+			Sessions: 100, DrainTimeout: 200 * time.Millisecond}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.EventsScheduled != 20_000 || rep.EventsPublished != 20_000 {
+			t.Fatalf("scheduled %d, published %d; want the 20,000 due in 200ms at 100,000/s", rep.EventsScheduled, rep.EventsPublished)
+		}
 	}
 }
