@@ -396,3 +396,22 @@ func TestEveryEventDueIsScheduled(t *testing.T) {
 		}
 	}
 }
+
+// TestPublishErrorIsReported: events the target refused fail the run with
+// the reason the target gave, not only with their number.
+func TestPublishErrorIsReported(t *testing.T) {
+	brokers, _, _ := startDaemon(t)
+	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		http.Error(w, `{"error":{"code":"FORBIDDEN","message":"role agent may not record APPROVAL_DECIDED"}}`, http.StatusForbidden)
+	}))
+	defer gw.Close()
+	rep, err := Run(context.Background(), Config{Brokers: strings.Split(brokers, ","), HTTP: gw.URL, Rate: 100, Duration: 200 * time.Millisecond,
+		Sessions: 2, DrainTimeout: 200 * time.Millisecond}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.OK || rep.PublishFailed != rep.EventsScheduled || !slices.ContainsFunc(rep.Problems, func(p string) bool { return strings.Contains(p, "403 Forbidden") && strings.Contains(p, "FORBIDDEN") }) {
+		t.Fatalf("ok %v, failed %d of %d, problems %q; want the 403 and its body in the report", rep.OK, rep.PublishFailed, rep.EventsScheduled, rep.Problems)
+	}
+}

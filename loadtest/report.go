@@ -132,7 +132,7 @@ func (r *run) report(pubEnd time.Duration) *Report {
 		rep.Problems = append(rep.Problems, fmt.Sprintf("%d sealed proposals without a reply on the decisions topic", unanswered))
 	}
 	if rep.PublishFailed > 0 {
-		rep.Problems = append(rep.Problems, fmt.Sprintf("%d events not acknowledged by the publisher's target", rep.PublishFailed))
+		rep.Problems = append(rep.Problems, fmt.Sprintf("%d events not acknowledged by the publisher's target (first error: %v)", rep.PublishFailed, r.pubErr))
 	}
 	if r.cfg.Store != "" && rep.EventsStored < rep.EventsSealed {
 		rep.Problems = append(rep.Problems, fmt.Sprintf("%d sealed events not seen in the store", rep.EventsSealed-rep.EventsStored))

@@ -121,6 +121,7 @@ type run struct {
 	lastSeal   time.Time
 	steadyN    int64 // distinct events sealed in the steady window (steadyFrom to the end of publishing)
 	unexpect   int64
+	pubErr     error                      // the first publishing error
 	starts     map[string]map[int32]int64 // where the reader started
 	ends       chan struct{}              // closed when endOffsets is set
 	endOffsets map[string]map[int32]int64 // for the readers: read up to these, then return
@@ -373,7 +374,7 @@ func (r *run) publish(ctx context.Context) error {
 				msgs[i] = Message{Key: []byte(p.key), Value: p.value}
 			}
 			if err := pub.Publish(ctx, msgs...); err != nil {
-				r.failed.Add(int64(len(ps)))
+				r.publishFailed(len(ps), err)
 			}
 		}
 		closeSink = pub.Close
@@ -475,7 +476,7 @@ func eventJSON(id string, seq int, tsMs int64, typ envelope.Type, withManifest b
 // acked records the acknowledgement (or failure) of one event.
 func (r *run) acked(key string, value []byte, err error) {
 	if err != nil {
-		r.failed.Add(1)
+		r.publishFailed(1, err)
 		return
 	}
 	seq := seqOf(value)
@@ -495,6 +496,17 @@ func (r *run) acked(key string, value []byte, err error) {
 		record(r.hAck, now, s.sched[seq-1])
 	}
 	r.published.Add(1)
+}
+
+// publishFailed counts n events not acknowledged because of err, and keeps
+// the first error for the report.
+func (r *run) publishFailed(n int, err error) {
+	r.failed.Add(int64(n))
+	r.mu.Lock()
+	if r.pubErr == nil {
+		r.pubErr = err
+	}
+	r.mu.Unlock()
 }
 
 func (r *run) completion(msgs []kafka.Message, err error) {
