@@ -17,7 +17,7 @@ import (
 // Exit codes of Main.
 const (
 	ExitOK      = 0
-	ExitFailed  = 1 // the run completed and something was lost, duplicated, mis-decided or did not verify
+	ExitFailed  = 1 // the run completed and something was lost, duplicated, mis-decided, unanswered or did not verify
 	ExitUsage   = 2
 	ExitRuntime = 3 // the run could not be carried out
 )
@@ -34,7 +34,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	brokers := fs.String("brokers", "", "comma-separated Kafka seed brokers (required: the outcome is read from the sealed topic)")
 	prefix := fs.String("topic-prefix", "aegis.", "prefix of the pipeline's topic names")
 	httpURL := fs.String("http", "", "publish through this aegisd HTTP API (POST /v1/events) instead of Kafka")
-	apiKey := fs.String("api-key", "", "API key for --http (agent or operator of tenant \"default\")")
+	apiKey := fs.String("api-key", "", "API key for --http: an operator of tenant \"default\" (the mix records APPROVAL_DECIDED, which an agent key may not; with --mix approval=0 an agent key will do)")
 	batch := fs.Int("http-batch", 100, "events per HTTP request")
 	conc := fs.Int("http-concurrency", 8, "concurrent HTTP connections")
 	rate := fs.Float64("rate", 1000, "target events/s (open loop)")

@@ -3,18 +3,23 @@ package loadtest
 import (
 	"bytes"
 	"context"
+	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"aegis.dev/aegis/internal/daemon"
+	"aegis.dev/aegis/schemas/chain"
 	"aegis.dev/aegis/schemas/envelope"
 )
 
@@ -283,5 +288,130 @@ func TestWarmupMustEndBeforeTheRun(t *testing.T) {
 		if _, err := Run(context.Background(), cfg, nil); !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "warm-up") {
 			t.Errorf("warm-up %v: %v, want a warm-up ErrConfig", w, err)
 		}
+	}
+}
+
+// TestStoreGapIsReported: a store that lacks an event in the middle of a
+// session (here a trigger drops every seq 5 as it is inserted) must not
+// count as fully stored because the session's highest seq is there.
+func TestStoreGapIsReported(t *testing.T) {
+	brokers, _, dataDir := startDaemon(t)
+	file := filepath.Join(dataDir, "audit.db")
+	db, err := sql.Open("sqlite", "file:"+file+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.Exec(`CREATE TRIGGER lose_seq_5 AFTER INSERT ON audit_events WHEN NEW.seq = 5 BEGIN
+		DELETE FROM audit_events WHERE tenant_id = NEW.tenant_id AND session_id = NEW.session_id AND seq = NEW.seq; END`); err != nil {
+		t.Fatal(err)
+	}
+	var out, errOut bytes.Buffer
+	report := filepath.Join(t.TempDir(), "report.json")
+	args := []string{"--brokers", brokers, "--report", report, "--rate", "200", "--duration", "2s", "--sessions", "10",
+		"--store", "sqlite:" + file, "--store-sample", "1", "--drain-timeout", "3s"}
+	if code := Main(context.Background(), args, &out, &errOut); code != ExitFailed {
+		t.Fatalf("exit %d, want %d\n%s%s", code, ExitFailed, out.String(), errOut.String())
+	}
+	raw, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep Report
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatal(err)
+	}
+	// Every session of 10 agents over 400 events reaches seq 5 once.
+	if rep.EventsSealed != rep.EventsPublished || rep.EventsStored != rep.EventsSealed-10 {
+		t.Errorf("sealed %d of %d published, stored %d; want all sealed and 10 fewer stored", rep.EventsSealed, rep.EventsPublished, rep.EventsStored)
+	}
+}
+
+// TestLatencyBeyondTheHistogramIsCounted: an event acknowledged 20 minutes
+// after it was due (a long saturated run) stays in the latencies, at the
+// histogram's highest value, instead of silently dropping out of them.
+func TestLatencyBeyondTheHistogramIsCounted(t *testing.T) {
+	r := &run{cfg: Config{Sessions: 1}, start: time.Now().Add(-time.Hour), sessions: map[string]*session{}, hAck: newHist(), expected: map[string]int64{}}
+	sid := "run-a0-s0"
+	s := &session{id: sid, key: Tenant + "/" + sid, events: script(DefaultMix, 1, sid)}
+	s.sched, s.acked, s.sealed = make([]int64, len(s.events)), make([]bool, len(s.events)), make([]uint8, len(s.events))
+	r.sessions[s.key] = s
+	due := time.Now().Add(-20 * time.Minute)
+	s.sched[0] = due.UnixNano()
+	r.acked(s.key, eventJSON(sid, 1, due.UnixMilli(), s.events[0].typ, true, s.events[0].payload), nil)
+	if p := percentiles(r.hAck); r.published.Load() != 1 || p.Count != 1 || p.Max < 599_000 {
+		t.Fatalf("published %d, publish_ack %+v; want the event counted at the 10 min ceiling", r.published.Load(), p)
+	}
+}
+
+// TestSealedProposalWithoutReplyFails: a proposal sealed with the expected
+// decision whose reply never came on aegis.decisions (what the agent waits
+// for) fails the run; it must not just be missing from proposal → decision.
+func TestSealedProposalWithoutReplyFails(t *testing.T) {
+	r := &run{cfg: Config{Sessions: 1}, start: time.Now(), sessions: map[string]*session{}, hAck: newHist(), hDecision: newHist(), hSealed: newHist(), hStored: newHist(),
+		verifier: chain.NewVerifier(), reasons: map[string]int64{}, expected: map[string]int64{}, rejected: map[string]int64{}}
+	sid := "run-a0-s0"
+	s := &session{id: sid, key: Tenant + "/" + sid, events: script(DefaultMix, 1, sid)}
+	s.sched, s.acked, s.sealed, s.replied = make([]int64, len(s.events)), make([]bool, len(s.events)), make([]uint8, len(s.events)), make([]bool, len(s.events))
+	r.sessions[s.key] = s
+	proposals := 0
+	for i, ev := range s.events {
+		s.sched[i], s.acked[i], s.sealed[i] = r.start.UnixNano(), true, 1
+		if ev.want != "" {
+			r.expected[ev.want]++
+			r.reasons[ev.want]++
+			if proposals++; proposals > 1 {
+				s.replied[i] = true // every proposal but the first answered
+			}
+		}
+	}
+	if proposals < 2 {
+		t.Fatalf("script has %d proposals", proposals)
+	}
+	rep := r.report(time.Second)
+	if rep.OK || !slices.ContainsFunc(rep.Problems, func(p string) bool { return strings.Contains(p, "1 sealed proposals") }) {
+		t.Fatalf("ok %v, problems %q; want the unanswered proposal reported", rep.OK, rep.Problems)
+	}
+}
+
+// TestEveryEventDueIsScheduled: every event due before the end of the
+// publishing phase is sent, however late the scheduler wakes up for it
+// (here a gateway that acknowledges everything at once, so the count
+// depends only on the schedule: 100,000 events/s for 200ms).
+func TestEveryEventDueIsScheduled(t *testing.T) {
+	brokers, _, _ := startDaemon(t)
+	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer gw.Close()
+	for range 3 {
+		rep, err := Run(context.Background(), Config{Brokers: strings.Split(brokers, ","), HTTP: gw.URL, Rate: 100_000, Duration: 200 * time.Millisecond,
+			Sessions: 100, DrainTimeout: 200 * time.Millisecond}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.EventsScheduled != 20_000 || rep.EventsPublished != 20_000 {
+			t.Fatalf("scheduled %d, published %d; want the 20,000 due in 200ms at 100,000/s", rep.EventsScheduled, rep.EventsPublished)
+		}
+	}
+}
+
+// TestPublishErrorIsReported: events the target refused fail the run with
+// the reason the target gave, not only with their number.
+func TestPublishErrorIsReported(t *testing.T) {
+	brokers, _, _ := startDaemon(t)
+	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		http.Error(w, `{"error":{"code":"FORBIDDEN","message":"role agent may not record APPROVAL_DECIDED"}}`, http.StatusForbidden)
+	}))
+	defer gw.Close()
+	rep, err := Run(context.Background(), Config{Brokers: strings.Split(brokers, ","), HTTP: gw.URL, Rate: 100, Duration: 200 * time.Millisecond,
+		Sessions: 2, DrainTimeout: 200 * time.Millisecond}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.OK || rep.PublishFailed != rep.EventsScheduled || !slices.ContainsFunc(rep.Problems, func(p string) bool { return strings.Contains(p, "403 Forbidden") && strings.Contains(p, "FORBIDDEN") }) {
+		t.Fatalf("ok %v, failed %d of %d, problems %q; want the 403 and its body in the report", rep.OK, rep.PublishFailed, rep.EventsScheduled, rep.Problems)
 	}
 }

@@ -95,10 +95,17 @@ func (r *run) report(pubEnd time.Duration) *Report {
 		rep.EventsStored = r.storedN.Load()
 		rep.Latency["publish_stored"] = percentiles(r.hStored)
 	}
+	var unanswered int
 	for _, s := range r.sessions {
 		for i, ok := range s.acked {
 			if ok && s.sealed[i] == 0 {
 				rep.Lost++
+			}
+			// The decider writes a proposal's reply in the transaction
+			// that passes it on to be sealed: a sealed proposal without
+			// one is a reply the agent would wait for in vain.
+			if s.sealed[i] > 0 && s.events[i].want != "" && !s.replied[i] {
+				unanswered++
 			}
 		}
 	}
@@ -121,8 +128,11 @@ func (r *run) report(pubEnd time.Duration) *Report {
 	if rep.Lost > 0 {
 		rep.Problems = append(rep.Problems, fmt.Sprintf("%d acknowledged events never sealed (rejections seen: %v)", rep.Lost, r.rejected))
 	}
+	if unanswered > 0 {
+		rep.Problems = append(rep.Problems, fmt.Sprintf("%d sealed proposals without a reply on the decisions topic", unanswered))
+	}
 	if rep.PublishFailed > 0 {
-		rep.Problems = append(rep.Problems, fmt.Sprintf("%d events not acknowledged by the publisher's target", rep.PublishFailed))
+		rep.Problems = append(rep.Problems, fmt.Sprintf("%d events not acknowledged by the publisher's target (first error: %v)", rep.PublishFailed, r.pubErr))
 	}
 	if r.cfg.Store != "" && rep.EventsStored < rep.EventsSealed {
 		rep.Problems = append(rep.Problems, fmt.Sprintf("%d sealed events not seen in the store", rep.EventsSealed-rep.EventsStored))

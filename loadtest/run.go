@@ -55,7 +55,8 @@ type Config struct {
 	Sessions int
 	Mix      Mix
 	// Store, if set (sqlite:PATH or clickhouse://…), is polled for the
-	// highest stored seq of every session: publish → queryable latency.
+	// highest stored seq and the distinct stored seqs of every session:
+	// publish → queryable latency.
 	Store string
 	// StoreSample: while publishing, the store is polled for one session
 	// in StoreSample (default 1: all), which is where publish → queryable
@@ -94,7 +95,8 @@ type session struct {
 	sched   []int64 // scheduled send time (unix ns) by seq-1; 0 = not yet sent
 	acked   []bool
 	sealed  []uint8 // sealed copies by seq-1
-	stored  uint64  // highest seq seen in the store
+	replied []bool  // decision reply seen, by seq-1
+	stored  uint64  // seqs seen in the store: the highest, or the distinct count if lower (a gap)
 	sampled bool    // polled for publish → queryable latency while publishing
 	badKey  bool
 }
@@ -119,6 +121,7 @@ type run struct {
 	lastSeal   time.Time
 	steadyN    int64 // distinct events sealed in the steady window (steadyFrom to the end of publishing)
 	unexpect   int64
+	pubErr     error                      // the first publishing error
 	starts     map[string]map[int32]int64 // where the reader started
 	ends       chan struct{}              // closed when endOffsets is set
 	endOffsets map[string]map[int32]int64 // for the readers: read up to these, then return
@@ -129,6 +132,14 @@ type run struct {
 }
 
 func newHist() *hdr.Histogram { return hdr.New(1, int64(10*time.Minute/time.Microsecond), 3) }
+
+// record adds the latency of an event due at sched, seen at now (Unix ns),
+// to h in µs. A latency beyond the histogram's range counts as its highest
+// value (10 min) rather than being left out, which would drop exactly the
+// slowest events from the percentiles.
+func record(h *hdr.Histogram, now, sched int64) {
+	_ = h.RecordValue(min(max(1, (now-sched)/1e3), h.HighestTrackableValue()))
+}
 
 func (c *Config) defaults() error {
 	if c.TopicPrefix == "" {
@@ -363,7 +374,7 @@ func (r *run) publish(ctx context.Context) error {
 				msgs[i] = Message{Key: []byte(p.key), Value: p.value}
 			}
 			if err := pub.Publish(ctx, msgs...); err != nil {
-				r.failed.Add(int64(len(ps)))
+				r.publishFailed(len(ps), err)
 			}
 		}
 		closeSink = pub.Close
@@ -372,13 +383,13 @@ func (r *run) publish(ctx context.Context) error {
 	for i := range agents {
 		agents[i].n = i
 	}
+	// Every event due before the end is sent, also when the loop wakes
+	// up late or falls behind: stopping at the end instead would drop the
+	// latest, slowest events, a quietly lower rate.
 	var i int64
 	var batch []pending
-	for {
+	for r.at(i) < r.cfg.Duration {
 		now := time.Since(r.start)
-		if now >= r.cfg.Duration {
-			break
-		}
 		batch = batch[:0]
 		for ; r.at(i) <= now && r.at(i) < r.cfg.Duration; i++ {
 			batch = append(batch, r.nextEvent(&agents[i%int64(len(agents))], r.start.Add(r.at(i))))
@@ -416,7 +427,7 @@ func (r *run) nextEvent(a *agent, sched time.Time) pending {
 		_, _ = io.WriteString(h, sid)
 		evs := script(r.cfg.Mix, h.Sum64(), sid)
 		s := &session{id: sid, key: Tenant + "/" + sid, events: evs,
-			sched: make([]int64, len(evs)), acked: make([]bool, len(evs)), sealed: make([]uint8, len(evs))}
+			sched: make([]int64, len(evs)), acked: make([]bool, len(evs)), sealed: make([]uint8, len(evs)), replied: make([]bool, len(evs))}
 		r.mu.Lock()
 		s.sampled = len(r.sessions)%r.cfg.StoreSample == 0
 		s.badKey = len(r.sessions) < r.cfg.FaultBadKey
@@ -465,7 +476,7 @@ func eventJSON(id string, seq int, tsMs int64, typ envelope.Type, withManifest b
 // acked records the acknowledgement (or failure) of one event.
 func (r *run) acked(key string, value []byte, err error) {
 	if err != nil {
-		r.failed.Add(1)
+		r.publishFailed(1, err)
 		return
 	}
 	seq := seqOf(value)
@@ -482,9 +493,20 @@ func (r *run) acked(key string, value []byte, err error) {
 		r.expected[w]++
 	}
 	if r.measured(s.sched[seq-1]) {
-		_ = r.hAck.RecordValue(max(1, (now-s.sched[seq-1])/1e3))
+		record(r.hAck, now, s.sched[seq-1])
 	}
 	r.published.Add(1)
+}
+
+// publishFailed counts n events not acknowledged because of err, and keeps
+// the first error for the report.
+func (r *run) publishFailed(n int, err error) {
+	r.failed.Add(int64(n))
+	r.mu.Lock()
+	if r.pubErr == nil {
+		r.pubErr = err
+	}
+	r.mu.Unlock()
 }
 
 func (r *run) completion(msgs []kafka.Message, err error) {
@@ -570,9 +592,10 @@ func (r *run) read(ctx context.Context, cons *stream.Consumer, topics []string) 
 				if json.Unmarshal(rec.Value, &d) != nil {
 					continue
 				}
-				if s := r.sessions[string(rec.Key)]; s != nil && d.Seq >= 1 && int(d.Seq) <= len(s.sched) && s.sched[d.Seq-1] != 0 {
+				if s := r.sessions[string(rec.Key)]; s != nil && d.Seq >= 1 && int(d.Seq) <= len(s.sched) && s.sched[d.Seq-1] != 0 && !s.replied[d.Seq-1] {
+					s.replied[d.Seq-1] = true
 					if r.measured(s.sched[d.Seq-1]) {
-						_ = r.hDecision.RecordValue(max(1, (now.UnixNano()-s.sched[d.Seq-1])/1e3))
+						record(r.hDecision, now.UnixNano(), s.sched[d.Seq-1])
 					}
 					r.decided.Add(1)
 				}
@@ -635,7 +658,7 @@ func (r *run) onSealed(dec envelope.Decoder, rec *stream.Record, now time.Time) 
 			r.steadyN++
 		}
 		if s.sched[i] != 0 && r.measured(s.sched[i]) {
-			_ = r.hSealed.RecordValue(max(1, (now.UnixNano()-s.sched[i])/1e3))
+			record(r.hSealed, now.UnixNano(), s.sched[i])
 		}
 	}
 	if f := r.verifier.Add(ev); f != nil && len(r.mismatch) < 20 {
@@ -653,12 +676,13 @@ func (r *run) onSealed(dec envelope.Decoder, rec *stream.Record, now time.Time) 
 	}
 }
 
-// pollStore reads, every 100ms, the highest stored seq of the run's sessions
-// that are not fully stored yet — while publishing only the sampled ones
-// (Config.StoreSample), afterwards all — and records publish → queryable
-// latency for every newly stored seq of a sampled session (resolution: the
-// poll interval). Asking only for unfinished sessions keeps the probe's cost
-// flat over a long run instead of rescanning everything the run stored.
+// pollStore reads, every 100ms, the highest stored seq and the number of
+// distinct stored seqs of the run's sessions that are not fully stored yet
+// — while publishing only the sampled ones (Config.StoreSample), afterwards
+// all — and records publish → queryable latency for every newly stored
+// seq of a sampled session (resolution: the poll interval). Asking only
+// for unfinished sessions keeps the probe's cost flat over a long run
+// instead of rescanning everything the run stored.
 func (r *run) pollStore(ctx context.Context, st stores.Store) {
 	t := time.NewTicker(100 * time.Millisecond)
 	defer t.Stop()
@@ -679,7 +703,7 @@ func (r *run) pollStore(ctx context.Context, st stores.Store) {
 		}
 		r.mu.Unlock()
 		for i := 0; i < len(pending); i += chunk {
-			q := fmt.Sprintf("SELECT session_id, max(seq) FROM audit_events WHERE tenant_id = '%s' AND session_id IN (%s) GROUP BY session_id",
+			q := fmt.Sprintf("SELECT session_id, max(seq), count(DISTINCT seq) FROM audit_events WHERE tenant_id = '%s' AND session_id IN (%s) GROUP BY session_id",
 				Tenant, strings.Join(pending[i:min(i+chunk, len(pending))], ","))
 			_, rows, err := st.Query(ctx, q)
 			if err != nil {
@@ -690,20 +714,25 @@ func (r *run) pollStore(ctx context.Context, st stores.Store) {
 	}
 }
 
+// recordStored accounts rows of (session_id, max(seq), count(DISTINCT seq)).
+// A session counts as stored up to the smaller of the two: the store writes
+// a session in seq order, so they are equal unless an event is missing, and
+// a missing event in the middle must not count as stored because the
+// session's last one is.
 func (r *run) recordStored(rows [][]any) {
 	now := time.Now().UnixNano()
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	for _, row := range rows {
 		sid, _ := row[0].(string)
-		top := toUint(row[1])
+		top := min(toUint(row[1]), toUint(row[2]))
 		s := r.sessions[Tenant+"/"+sid]
 		if s == nil {
 			continue
 		}
 		for ; s.stored < top && int(s.stored) < len(s.sched); s.stored++ {
 			if at := s.sched[s.stored]; at != 0 && s.sampled && r.measured(at) {
-				_ = r.hStored.RecordValue(max(1, (now-at)/1e3))
+				record(r.hStored, now, at)
 			}
 			r.storedN.Add(1)
 		}
