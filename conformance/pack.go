@@ -19,6 +19,7 @@ import (
 	"path"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 
@@ -186,8 +187,19 @@ func knownRequirements(rs []string) bool {
 
 var idPattern = regexp.MustCompile(`^[A-Z][A-Z0-9]*(-[A-Z0-9]+)+$`)
 
-// Load reads every *.yaml file of dir in name order.
+// Load reads every *.yaml file of dir in name order. A dir that cannot be
+// read, or that holds no pack, is an ErrPack that names it.
 func Load(dir string) ([]*Pack, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrPack, err)
+	}
+	if !slices.ContainsFunc(entries, func(e os.DirEntry) bool {
+		ok, _ := path.Match("*.yaml", e.Name())
+		return ok
+	}) {
+		return nil, fmt.Errorf("%w: no *.yaml pack in %s", ErrPack, dir)
+	}
 	return LoadFS(os.DirFS(dir), ".")
 }
 

@@ -20,7 +20,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rateLimited: prometheus.NewCounter(prometheus.CounterOpts{Name: "aegis_ingest_rate_limited_total",
 			Help: "Requests refused with 429 by the per-tenant rate limit."}),
 		waits: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "aegis_ingest_wait_seconds",
-			Help:    "Time from publishing a record to the pipeline's verdict on it, by kind (proposal, event).",
+			Help:    "Time from publishing a record to the pipeline's verdict on it, by kind (proposal, event, approval).",
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 14)}, []string{"kind"}),
 		timeouts: prometheus.NewCounter(prometheus.CounterOpts{Name: "aegis_ingest_wait_timeouts_total",
 			Help: "Waits for a verdict that timed out (504)."}),

@@ -275,4 +275,13 @@ func TestPolicyTestCommand(t *testing.T) {
 	if code, _, _ := run(t, "", "policy", "lint"); code != ExitUsage {
 		t.Fatal("unknown policy subcommand accepted")
 	}
+	// A bundle that does not compile fails the check (1); a directory that
+	// cannot be read is an environment error (3), as for every command.
+	write("p.rego", "package aegis.decide\n\ndecision := {\n")
+	if code, _, stderr := run(t, "", "policy", "test", dir); code != ExitFailed {
+		t.Fatalf("bundle that does not compile: exit %d: %s", code, stderr)
+	}
+	if code, _, stderr := run(t, "", "policy", "test", filepath.Join(dir, "missing")); code != ExitRuntime {
+		t.Fatalf("missing directory: exit %d: %s", code, stderr)
+	}
 }

@@ -11,11 +11,14 @@ import (
 	"aegis.dev/aegis/internal/stream"
 )
 
-// exportTopics maps the names `aegisctl export --topic` accepts to topics.
-func exportTopics(t pipeline.Topics) map[string]string {
+// exportTopics maps the names `aegisctl export --topic` accepts to the
+// topics under prefix.
+func exportTopics(prefix string) map[string]string {
+	t := pipeline.NewTopics(prefix)
 	return map[string]string{
 		"events": t.Events, "decided": t.Decided, "decisions": t.Decisions, "sealed": t.Sealed,
 		"rejected": t.Rejected, "decider-state": t.DeciderState, "chain-heads": t.ChainHeads,
+		"shadow-diffs": pipeline.ShadowTopic(prefix),
 	}
 }
 
@@ -23,7 +26,7 @@ func runExport(ctx context.Context, env IO, args []string) int {
 	fs := newFlags(env, "export", "--brokers HOST:PORT [--topic sealed] [--topic-prefix aegis.] [--latest-per-key] > records.ndjson")
 	brokers := fs.String("brokers", "", "comma-separated Kafka seed brokers (required)")
 	prefix := fs.String("topic-prefix", pipeline.DefaultTopicPrefix, "prefix of the pipeline's topic names")
-	topic := fs.String("topic", "sealed", "which topic: events, decided, decisions, sealed, rejected, decider-state, chain-heads")
+	topic := fs.String("topic", "sealed", "which topic: events, decided, decisions, sealed, rejected, decider-state, chain-heads, shadow-diffs")
 	latest := fs.Bool("latest-per-key", false, "print only the latest value of each key (for the compacted state topics, e.g. chain-heads for verify --heads)")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up when the export takes longer")
 	if code, ok := parse(fs, args); !ok {
@@ -33,7 +36,7 @@ func runExport(ctx context.Context, env IO, args []string) int {
 		fs.Usage()
 		return ExitUsage
 	}
-	name, ok := exportTopics(pipeline.NewTopics(*prefix))[*topic]
+	name, ok := exportTopics(*prefix)[*topic]
 	if !ok {
 		return fail(env, ExitUsage, "export: unknown topic %q", *topic)
 	}

@@ -2,6 +2,8 @@ package ctl
 
 import (
 	"context"
+	"errors"
+	iofs "io/fs"
 
 	"aegis.dev/aegis/decider/policy"
 )
@@ -20,6 +22,12 @@ func runPolicy(ctx context.Context, env IO, args []string) int {
 	}
 	passed, failed, err := policy.Test(ctx, fs.Arg(0), env.Stdout)
 	if err != nil {
+		// A directory or file that cannot be read is an environment
+		// error; a bundle that does not compile fails the check.
+		var pathErr *iofs.PathError
+		if errors.As(err, &pathErr) {
+			return fail(env, ExitRuntime, "policy test: %v", err)
+		}
 		return fail(env, ExitFailed, "policy test: %v", err)
 	}
 	if failed > 0 || passed == 0 {

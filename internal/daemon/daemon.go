@@ -452,7 +452,7 @@ func (d *Daemon) shadowEngine() (*decider.Engine, error) {
 var httpReadTimeout = 2 * time.Minute
 
 // shadowTopic receives the shadow policy's disagreements.
-func (c *Config) shadowTopic() string { return c.TopicPrefix + "shadow-diffs" }
+func (c *Config) shadowTopic() string { return pipeline.ShadowTopic(c.TopicPrefix) }
 
 func (d *Daemon) handler(api *ingest.Server) http.Handler {
 	mux := http.NewServeMux()

@@ -42,6 +42,10 @@ func NewTopics(prefix string) Topics {
 	}
 }
 
+// ShadowTopic names the topic that receives a shadow policy's
+// disagreements (aegisd --shadow-policy); it exists only where one ran.
+func ShadowTopic(prefix string) string { return prefix + "shadow-diffs" }
+
 // ValidatePrefix checks that a topic prefix yields legal Kafka topic names.
 func ValidatePrefix(prefix string) error {
 	for _, c := range prefix {
