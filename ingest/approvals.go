@@ -103,11 +103,31 @@ type approvals struct {
 	byCall map[[3]string]*approvalEntry
 	// pendingBy counts pending approvals per tenant.
 	pendingBy map[string]int
+	// decidedBy lists each tenant's decided approvals in the order they
+	// left the pending state; at most maxPending are kept (the oldest are
+	// forgotten first), so that an agent re-proposing one call with ever
+	// new arguments cannot grow the registry without end. expireApprovals
+	// drops the ones it forgets.
+	decidedBy map[string][]*approvalEntry
 }
 
 func newApprovals(secret []byte, maxPending int) *approvals {
 	return &approvals{secret: secret, maxPending: maxPending, byID: make(map[string]*approvalEntry), pending: make(map[callKey]*approvalEntry),
-		byCall: make(map[[3]string]*approvalEntry), pendingBy: make(map[string]int)}
+		byCall: make(map[[3]string]*approvalEntry), pendingBy: make(map[string]int), decidedBy: make(map[string][]*approvalEntry)}
+}
+
+// retain keeps decided approval e listed, forgetting the tenant's oldest
+// decided ones beyond maxPending. The caller holds a.mu.
+func (a *approvals) retain(e *approvalEntry) {
+	q := append(a.decidedBy[e.TenantID], e)
+	for len(q) > a.maxPending {
+		if old := q[0]; a.byID[old.ID] == old {
+			delete(a.byID, old.ID)
+		}
+		q[0] = nil
+		q = q[1:]
+	}
+	a.decidedBy[e.TenantID] = q
 }
 
 // decided moves e out of the pending state. The caller holds a.mu.
@@ -121,6 +141,7 @@ func (a *approvals) decided(e *approvalEntry, state, approver, reason string, se
 	}
 	e.State, e.Approver, e.Reason, e.DecidedSeq = state, approver, reason, seq
 	close(e.done)
+	a.retain(e)
 }
 
 func (a *approvals) sign(c Claims) string {
@@ -194,6 +215,7 @@ func (a *approvals) open(rep *decider.Reply, args json.RawMessage, expires time.
 	if stale {
 		e.State, e.Reason = ApprovalSuperseded, fmt.Sprintf("superseded by the proposal at seq %d (another tool or other arguments)", old.RequestedSeq)
 		close(e.done)
+		a.retain(e)
 		return e, nil
 	}
 	a.pending[k] = e
@@ -332,12 +354,30 @@ func (s *Server) expireApprovals(ctx context.Context) {
 	a := s.appr
 	a.mu.Lock()
 	var due []*approvalEntry
+	forgot := false
 	for id, e := range a.byID {
 		switch {
 		case e.State == ApprovalPending && !e.busy && now >= e.ExpiresMs:
 			due = append(due, e)
 		case e.State != ApprovalPending && now >= e.ExpiresMs+ttl:
 			delete(a.byID, id)
+			forgot = true
+		}
+	}
+	if forgot {
+		for tenant, q := range a.decidedBy {
+			kept := q[:0]
+			for _, e := range q {
+				if a.byID[e.ID] == e {
+					kept = append(kept, e)
+				}
+			}
+			clear(q[len(kept):])
+			if len(kept) == 0 {
+				delete(a.decidedBy, tenant)
+			} else {
+				a.decidedBy[tenant] = kept
+			}
 		}
 	}
 	a.mu.Unlock()
