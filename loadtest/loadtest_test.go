@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"aegis.dev/aegis/internal/daemon"
+	"aegis.dev/aegis/projector/stores"
 	"aegis.dev/aegis/schemas/chain"
 	"aegis.dev/aegis/schemas/envelope"
 )
@@ -413,5 +414,47 @@ func TestPublishErrorIsReported(t *testing.T) {
 	}
 	if rep.OK || rep.PublishFailed != rep.EventsScheduled || !slices.ContainsFunc(rep.Problems, func(p string) bool { return strings.Contains(p, "403 Forbidden") && strings.Contains(p, "FORBIDDEN") }) {
 		t.Fatalf("ok %v, failed %d of %d, problems %q; want the 403 and its body in the report", rep.OK, rep.PublishFailed, rep.EventsScheduled, rep.Problems)
+	}
+}
+
+// TestStoreErrorIsReported: when the store probe's queries fail, the
+// report says why the events were not seen in the store.
+func TestStoreErrorIsReported(t *testing.T) {
+	brokers, _, _ := startDaemon(t)
+	// A store whose schema is recorded as applied but whose audit_events
+	// table is gone: opening it succeeds, every probe query fails.
+	file := filepath.Join(t.TempDir(), "probe.db")
+	st, err := stores.Open(context.Background(), "sqlite:"+file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = st.Close()
+	db, err := sql.Open("sqlite", "file:"+file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`DROP TABLE audit_events`); err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Close()
+	var out, errOut bytes.Buffer
+	report := filepath.Join(t.TempDir(), "report.json")
+	args := []string{"--brokers", brokers, "--report", report, "--rate", "100", "--duration", "1s", "--sessions", "5",
+		"--store", "sqlite:" + file, "--drain-timeout", "2s"}
+	if code := Main(context.Background(), args, &out, &errOut); code != ExitFailed {
+		t.Fatalf("exit %d, want %d\n%s%s", code, ExitFailed, out.String(), errOut.String())
+	}
+	raw, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rep Report
+	if err := json.Unmarshal(raw, &rep); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.ContainsFunc(rep.Problems, func(p string) bool {
+		return strings.Contains(p, "not seen in the store") && strings.Contains(p, "no such table")
+	}) {
+		t.Errorf("problems %q do not give the store's error", rep.Problems)
 	}
 }

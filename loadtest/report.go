@@ -135,7 +135,11 @@ func (r *run) report(pubEnd time.Duration) *Report {
 		rep.Problems = append(rep.Problems, fmt.Sprintf("%d events not acknowledged by the publisher's target (first error: %v)", rep.PublishFailed, r.pubErr))
 	}
 	if r.cfg.Store != "" && rep.EventsStored < rep.EventsSealed {
-		rep.Problems = append(rep.Problems, fmt.Sprintf("%d sealed events not seen in the store", rep.EventsSealed-rep.EventsStored))
+		msg := fmt.Sprintf("%d sealed events not seen in the store", rep.EventsSealed-rep.EventsStored)
+		if r.storeErr != nil {
+			msg += fmt.Sprintf(" (its last query failed: %v)", r.storeErr)
+		}
+		rep.Problems = append(rep.Problems, msg)
 	}
 	rep.OK = rep.Lost == 0 && rep.Duplicated == 0 && rep.Unexpected == 0 && rep.PublishFailed == 0 &&
 		rep.ChainFailures == 0 && rep.DecisionsOK && len(rep.Problems) == 0

@@ -31,6 +31,8 @@
 #   BROKERS=127.0.0.1:19092 SPLIT=1 STORE=clickhouse://127.0.0.1:19000/lt RATE=5000 DURATION=10m loadtest/run-stack.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Run directly on a fresh checkout, the binaries may not be built yet.
+[[ -x bin/aegisd && -x bin/aegis-loadtest ]] || make build >&2
 RATE=${RATE:-3000} DURATION=${DURATION:-30s} SESSIONS=${SESSIONS:-500}
 REPORT=${REPORT:-loadtest-report.json}
 KAFKA_ADDR=${KAFKA_ADDR:-127.0.0.1:19392} HTTP_PORT=${HTTP_PORT:-18380}

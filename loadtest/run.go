@@ -122,6 +122,7 @@ type run struct {
 	steadyN    int64 // distinct events sealed in the steady window (steadyFrom to the end of publishing)
 	unexpect   int64
 	pubErr     error                      // the first publishing error
+	storeErr   error                      // the last failed store query, if the store never answered after it
 	starts     map[string]map[int32]int64 // where the reader started
 	ends       chan struct{}              // closed when endOffsets is set
 	endOffsets map[string]map[int32]int64 // for the readers: read up to these, then return
@@ -706,6 +707,9 @@ func (r *run) pollStore(ctx context.Context, st stores.Store) {
 			q := fmt.Sprintf("SELECT session_id, max(seq), count(DISTINCT seq) FROM audit_events WHERE tenant_id = '%s' AND session_id IN (%s) GROUP BY session_id",
 				Tenant, strings.Join(pending[i:min(i+chunk, len(pending))], ","))
 			_, rows, err := st.Query(ctx, q)
+			r.mu.Lock()
+			r.storeErr = err
+			r.mu.Unlock()
 			if err != nil {
 				continue // the store may be busy; the drain timeout bounds the wait
 			}
