@@ -83,6 +83,12 @@ type Config struct {
 	// BatchSize is the number of buffered records that triggers a write
 	// (default 5000).
 	BatchSize int
+	// BatchBytes bounds the record bytes (keys and values) of one write
+	// (default 32 MiB): buffered records beyond it are written in several
+	// batches, so that large events cannot make one batch of BatchSize
+	// records gigabytes big. A single record larger than it is written
+	// alone.
+	BatchBytes int
 	// FlushInterval bounds how long a record waits in the buffer (default
 	// 1s).
 	FlushInterval time.Duration
@@ -116,6 +122,9 @@ func (c *Config) defaults() error {
 	}
 	if c.BatchSize <= 0 {
 		c.BatchSize = 5000
+	}
+	if c.BatchBytes <= 0 {
+		c.BatchBytes = 32 << 20
 	}
 	set(&c.FlushInterval, time.Second)
 	set(&c.RetryBackoff, 100*time.Millisecond)
@@ -177,6 +186,7 @@ func (p *Projector) Run(ctx context.Context) error {
 	defer cons.Close()
 	p.dropCache()
 	var buf []*stream.Record
+	var bufBytes int
 	var first time.Time
 	for {
 		// With records buffered, wait no longer than their flush time;
@@ -205,6 +215,24 @@ func (p *Projector) Run(ctx context.Context) error {
 			first = time.Now()
 		}
 		buf = append(buf, recs...)
+		for _, r := range recs {
+			bufBytes += recordBytes(r)
+		}
+		// One poll can return more than BatchBytes: write it in parts.
+		for bufBytes >= p.cfg.BatchBytes {
+			n, size := 1, recordBytes(buf[0])
+			for n < len(buf) && size+recordBytes(buf[n]) <= p.cfg.BatchBytes {
+				size += recordBytes(buf[n])
+				n++
+			}
+			if err := p.flush(ctx, cons, buf[:n]); err != nil {
+				return p.drain(ctx, cons, buf)
+			}
+			rest := len(buf) - n
+			copy(buf, buf[n:])
+			clear(buf[rest:])
+			buf, bufBytes = buf[:rest], bufBytes-size
+		}
 		if len(buf) == 0 || len(buf) < p.cfg.BatchSize && time.Since(first) < p.cfg.FlushInterval {
 			continue
 		}
@@ -212,9 +240,13 @@ func (p *Projector) Run(ctx context.Context) error {
 			// flush gives up only when ctx is done.
 			return p.drain(ctx, cons, buf)
 		}
-		buf = buf[:0]
+		clear(buf)
+		buf, bufBytes = buf[:0], 0
 	}
 }
+
+// recordBytes is what a buffered record counts against Config.BatchBytes.
+func recordBytes(r *stream.Record) int { return len(r.Key) + len(r.Value) }
 
 // drain writes and commits what is buffered after ctx was cancelled.
 func (p *Projector) drain(ctx context.Context, cons *stream.Consumer, buf []*stream.Record) error {

@@ -513,3 +513,45 @@ func TestRejectedProposalHasNoDecisionRow(t *testing.T) {
 		t.Errorf("%d events stored, want 1", n)
 	}
 }
+
+// TestProjectorBoundsBatchBytes: with large records, a write holds at most
+// BatchBytes of them however many BatchSize allows, and every record is
+// still written once.
+func TestProjectorBoundsBatchBytes(t *testing.T) {
+	k := startKafka(t, 1)
+	st := openSQLite(t)
+	const n, size = 20, 100 << 10
+	var msgs []stream.Message
+	for i := range n {
+		// Not a chain head: each becomes one rejected_records row.
+		v := fmt.Sprintf(`{"seq":"x","pad":%q}`, strings.Repeat("p", size))
+		msgs = append(msgs, stream.Message{Topic: k.topics.ChainHeads, Key: []byte(fmt.Sprintf("acme/s%d", i)), Value: []byte(v)})
+	}
+	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: k.brokers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Produce(context.Background(), msgs...); err != nil {
+		t.Fatal(err)
+	}
+	p.Close()
+	reg := prometheus.NewRegistry()
+	stop := startProjector(t, projector.Config{Brokers: k.brokers, Group: k.prefix + "projector", Topics: k.topics, BatchSize: 1000,
+		BatchBytes: 3 * size, FlushInterval: 5 * time.Second}, st, reg)
+	waitFor(t, "every rejection", 20*time.Second, func() bool { return queryInt(t, st, "SELECT count(*) FROM rejected_records") == n })
+	stop()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var writes uint64
+	for _, mf := range mfs {
+		if mf.GetName() == "aegis_projector_flush_seconds" {
+			writes = mf.GetMetric()[0].GetHistogram().GetSampleCount()
+		}
+	}
+	// At most 2 records of ~100 KiB fit in 300 KiB.
+	if writes < n/2 {
+		t.Errorf("%d writes for %d records of %d bytes with BatchBytes %d: a write held more than the bound", writes, n, size, 3*size)
+	}
+}

@@ -103,6 +103,10 @@ type Config struct {
 	// 1 s after the first buffered record). ClickHouse does best with few,
 	// large inserts: each insert makes parts that its merges then rewrite.
 	StoreBatch int `yaml:"store_batch"`
+	// StoreBatchBytes bounds the record bytes of one such write (default
+	// 32 MiB), so that large events cannot make a batch of StoreBatch
+	// records gigabytes big.
+	StoreBatchBytes int `yaml:"store_batch_bytes"`
 	// StateSessions bounds the session states each stage instance keeps
 	// decoded in memory (default 10,000): the decider's snapshots, the
 	// sealer's chain heads, the projector's cached snapshots. The others
@@ -157,6 +161,7 @@ func Defaults() Config {
 		MaxBatch:         5000,
 		SealerBatchWait:  20 * time.Millisecond,
 		StoreBatch:       20000,
+		StoreBatchBytes:  32 << 20,
 		StateSessions:    pipeline.DefaultStateSessions,
 		KafkaCompression: "snappy",
 		LogLevel:         "info",
@@ -201,6 +206,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxBatch, "max-batch", c.MaxBatch, "most records a stage handles in one transaction")
 	fs.DurationVar(&c.SealerBatchWait, "sealer-batch-wait", c.SealerBatchWait, "how long the broker may hold the sealer's fetches to gather a larger batch (0 or 10ms..1s)")
 	fs.IntVar(&c.StoreBatch, "store-batch", c.StoreBatch, "records the projector buffers before writing them to the audit store (it also writes 1 s after the first)")
+	fs.IntVar(&c.StoreBatchBytes, "store-batch-bytes", c.StoreBatchBytes, "most record bytes in one write to the audit store (1 MiB..1 GiB)")
 	fs.StringVar(&c.KafkaCompression, "kafka-compression", c.KafkaCompression, "compression of produced batches: "+strings.Join(stream.Compressions, ", "))
 	fs.IntVar(&c.StateSessions, "state-sessions", c.StateSessions, "most session states a stage keeps in memory; the others are spilled under DATA-DIR/state-spill and read back when needed")
 	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve /debug/pprof/ on the HTTP listener (for diagnosing memory and CPU)")
@@ -330,6 +336,9 @@ func (c *Config) Validate() error {
 	}
 	if c.StoreBatch < 1 || c.StoreBatch > 1000000 {
 		errs = append(errs, fmt.Errorf("store-batch %d: must be 1..1000000", c.StoreBatch))
+	}
+	if c.StoreBatchBytes < 1<<20 || c.StoreBatchBytes > 1<<30 {
+		errs = append(errs, fmt.Errorf("store-batch-bytes %d: must be %d..%d", c.StoreBatchBytes, 1<<20, 1<<30))
 	}
 	if len(c.Brokers) == 0 && c.DataDir == "" {
 		errs = append(errs, errors.New("data-dir: required for the embedded broker"))

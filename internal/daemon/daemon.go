@@ -498,7 +498,7 @@ func (c Config) redacted() map[string]any {
 		"target": c.Target, "brokers": c.Brokers, "data_dir": c.DataDir, "kafka_addr": c.KafkaAddr,
 		"http_addr": c.HTTPAddr, "addr_file": c.AddrFile, "topic_prefix": c.TopicPrefix, "partitions": c.Partitions,
 		"instance": c.Instance, "manifests": c.Manifests, "policy": c.Policy,
-		"store": redactURL(c.StoreURL()), "max_event_bytes": c.MaxEventBytes, "max_batch": c.MaxBatch, "store_batch": c.StoreBatch, "session_timeout": c.SessionTimeout.String(), "dev": c.Dev, "pprof": c.Pprof,
+		"store": redactURL(c.StoreURL()), "max_event_bytes": c.MaxEventBytes, "max_batch": c.MaxBatch, "store_batch": c.StoreBatch, "store_batch_bytes": c.StoreBatchBytes, "session_timeout": c.SessionTimeout.String(), "dev": c.Dev, "pprof": c.Pprof,
 		"ingest": c.Ingest.Redacted(),
 		"mcp":    c.mcpRedacted(),
 	}

@@ -42,7 +42,7 @@ func (d *Daemon) newProjector(brokers []string) (stageRunner, error) {
 		return nil, fmt.Errorf("aegisd: projector: %w", err)
 	}
 	p, err := projector.New(projector.Config{Brokers: brokers, Group: cfg.TopicPrefix + TargetProjector, Topics: d.topics,
-		BatchSize: cfg.StoreBatch, MaxEventBytes: pipeline.SealedMaxBytes(cfg.MaxEventBytes), SessionTimeout: cfg.SessionTimeout,
+		BatchSize: cfg.StoreBatch, BatchBytes: cfg.StoreBatchBytes, MaxEventBytes: pipeline.SealedMaxBytes(cfg.MaxEventBytes), SessionTimeout: cfg.SessionTimeout,
 		CachedSessions: cfg.StateSessions}, st, d.reg, d.log)
 	if err != nil {
 		_ = st.Close()
