@@ -3,12 +3,17 @@ package decider
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"testing"
+	"time"
 
 	"aegis.dev/aegis/decider/policy"
 	"aegis.dev/aegis/decider/session"
+	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/loadtest"
 	"aegis.dev/aegis/schemas/envelope"
+	"aegis.dev/aegis/schemas/manifest"
 )
 
 // BenchmarkStep is one proposal through the decider's deterministic core:
@@ -72,5 +77,103 @@ func BenchmarkProcessBatch(b *testing.B) {
 		if err := p.Process(context.Background(), next(), emit); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkProcessMix is the decider stage's per-record cost on the load
+// test's event mix (loadtest.DefaultMix: about one event in five a
+// proposal, every event type, allowed, denied and approval-gated calls)
+// under the example manifest the load test uses: 300 agents publishing
+// interleaved, each running one session after another, cut into
+// transactions of 500 records, with a state cache small enough to spill
+// finished sessions as it does in a long run. ns/op is per batch; ns/event
+// divides it by the batch size; cpu-ns/event is the CPU time the process
+// used per record, garbage collection included, which other load on the
+// machine disturbs less than elapsed time.
+//
+//	go test -run '^$' -bench ProcessMix -count 6 ./decider
+func BenchmarkProcessMix(b *testing.B) {
+	const agents, sessionsPerAgent, batchSize = 300, 8, 500
+	pe, err := policy.New(policy.Default())
+	if err != nil {
+		b.Fatal(err)
+	}
+	reg, err := manifest.LoadDir("../deploy/manifests")
+	if err != nil {
+		b.Fatal(err)
+	}
+	// Each agent's sessions back to back, then the agents interleaved in a
+	// shuffled order at every step, as a partition's log would hold them.
+	r := rand.New(rand.NewPCG(1, 2))
+	streams := make([][]*stream.Record, agents)
+	for a := range agents {
+		for s := range sessionsPerAgent {
+			sid := fmt.Sprintf("bench-a%d-s%d", a, s)
+			key := []byte(loadtest.Tenant + "/" + sid)
+			for _, v := range loadtest.SessionEvents(loadtest.DefaultMix, sid, 1767225600000+int64(1000*s)) {
+				streams[a] = append(streams[a], &stream.Record{Topic: topics.Events, Key: key, Value: v})
+			}
+		}
+	}
+	var all []*stream.Record
+	for len(all) < agents*sessionsPerAgent*30 {
+		for _, a := range r.Perm(agents) {
+			if len(streams[a]) > 0 {
+				all = append(all, streams[a][0])
+				streams[a] = streams[a][1:]
+			}
+		}
+	}
+	var batches [][]*stream.Record
+	for len(all) >= batchSize {
+		batches = append(batches, all[:batchSize])
+		all = all[batchSize:]
+	}
+	stage := NewStage(NewEngine(pe, reg), StageConfig{Topics: topics, Partitions: 1,
+		State: pipeline.StateConfig{Sessions: 1000, Dir: b.TempDir()}}, nil, nil)
+	outputs := map[string]int{}
+	emit := func(o stream.Output) { outputs[o.Topic]++ }
+	// The first batches, where every agent is in its first session, only
+	// warm the processor up; the timed ones cycle over the rest, starting
+	// again from a fresh processor (untimed) when they run out.
+	const warm = 40
+	var p stream.Processor
+	restart := func() {
+		if p != nil {
+			_ = p.(interface{ Close() error }).Close()
+		}
+		p = stage.NewProcessor(0)
+		for _, batch := range batches[:warm] {
+			if err := p.Process(context.Background(), batch, emit); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	restart()
+	clear(outputs)
+	n := 0
+	var cpu time.Duration
+	b.ReportAllocs()
+	for b.Loop() {
+		i := warm + n%(len(batches)-warm)
+		if i == warm && n > 0 {
+			b.StopTimer()
+			restart()
+			b.StartTimer()
+		}
+		start := processCPU()
+		if err := p.Process(context.Background(), batches[i], emit); err != nil {
+			b.Fatal(err)
+		}
+		cpu += processCPU() - start
+		n++
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(n*batchSize), "ns/event")
+	if cpu > 0 {
+		b.ReportMetric(float64(cpu.Nanoseconds())/float64(n*batchSize), "cpu-ns/event")
+	}
+	_ = p.(interface{ Close() error }).Close()
+	if outputs[topics.Rejected] != 0 || outputs[topics.Decided] < n*batchSize {
+		b.Fatalf("outputs %v for %d records", outputs, n*batchSize)
 	}
 }

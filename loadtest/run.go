@@ -424,9 +424,7 @@ func (r *run) nextEvent(a *agent, sched time.Time) pending {
 	if a.cur == nil || a.next == len(a.cur.events) {
 		sid := fmt.Sprintf("%s-a%d-s%d", r.cfg.RunID, a.n, a.count)
 		a.count++
-		h := fnv.New64a()
-		_, _ = io.WriteString(h, sid)
-		evs := script(r.cfg.Mix, h.Sum64(), sid)
+		evs := script(r.cfg.Mix, sessionSeed(sid), sid)
 		s := &session{id: sid, key: Tenant + "/" + sid, events: evs,
 			sched: make([]int64, len(evs)), acked: make([]bool, len(evs)), sealed: make([]uint8, len(evs)), replied: make([]bool, len(evs))}
 		r.mu.Lock()
@@ -449,6 +447,25 @@ func (r *run) nextEvent(a *agent, sched time.Time) pending {
 	s.sched[seq-1] = sched.UnixNano()
 	r.mu.Unlock()
 	return pending{key: key, value: v, sched: sched}
+}
+
+// sessionSeed is the seed of session sid's script.
+func sessionSeed(sid string) uint64 {
+	h := fnv.New64a()
+	_, _ = io.WriteString(h, sid)
+	return h.Sum64()
+}
+
+// SessionEvents returns the event values the load tester publishes for
+// session sid under mix m, key Tenant + "/" + sid, stamped tsMs, tsMs+1, …
+// Benchmarks use it to run the load test's mix without a broker.
+func SessionEvents(m Mix, sid string, tsMs int64) [][]byte {
+	evs := script(m, sessionSeed(sid), sid)
+	out := make([][]byte, len(evs))
+	for i, ev := range evs {
+		out[i] = eventJSON(sid, i+1, tsMs+int64(i), ev.typ, i == 0, ev.payload)
+	}
+	return out
 }
 
 // eventJSON is the envelope of one scripted event of session id, written
