@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"aegis.dev/aegis/decider"
+	"aegis.dev/aegis/schemas/envelope"
 )
 
 // TestSupersededApprovalsAreBounded: an agent that re-proposes one call_id
@@ -44,5 +45,43 @@ func TestSupersededApprovalsAreBounded(t *testing.T) {
 	}
 	if n := len(a.list("acme", ApprovalSuperseded)); n != max {
 		t.Errorf("after another tenant's: %d of acme's superseded approvals listed, want %d", n, max)
+	}
+}
+
+// TestDrainEndsApprovalWaits: a proposal waiting for its approval
+// (approval_wait_ms) answers as soon as the server drains for shutdown,
+// with the require_approval decision and the pending approval, instead of
+// holding http.Server.Shutdown until its wait runs out.
+func TestDrainEndsApprovalWaits(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	type waited struct {
+		status int
+		out    ProposalResponse
+	}
+	done := make(chan waited, 1)
+	go func() {
+		var out ProposalResponse
+		r := h.do(t, "POST", "/v1/sessions/d1/proposals?approval_wait_ms=600000", "acme-agent", "application/json", proposal("send_email", "m1", `{"to":"x"}`), &out)
+		done <- waited{r.StatusCode, out}
+	}()
+	var list struct {
+		Approvals []Approval `json:"approvals"`
+	}
+	for deadline := time.Now().Add(10 * time.Second); len(list.Approvals) == 0 && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+		h.do(t, "GET", "/v1/approvals", "acme-operator", "", "", &list)
+	}
+	if len(list.Approvals) != 1 {
+		t.Fatal("no pending approval appeared")
+	}
+	h.srv.Drain()
+	select {
+	case res := <-done:
+		if res.status != 200 || res.out.Outcome != envelope.RequireApproval || res.out.Approval == nil || res.out.Approval.State != ApprovalPending {
+			t.Fatalf("after Drain: %d %+v", res.status, res.out)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the approval wait did not end when the server drained")
 	}
 }

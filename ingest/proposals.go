@@ -160,6 +160,10 @@ func (s *Server) propose(w http.ResponseWriter, ctx context.Context, ev *envelop
 	case <-t.C:
 		writeJSON(w, http.StatusOK, resp)
 		return
+	case <-s.draining:
+		// The server is stopping: the wait ends as if it had run out.
+		writeJSON(w, http.StatusOK, resp)
+		return
 	case <-ctx.Done():
 		return
 	}

@@ -90,6 +90,11 @@ type Server struct {
 	bgMu    sync.Mutex // orders bg.Add before endLife
 	bg      sync.WaitGroup
 
+	// draining is closed by Drain: requests waiting for an approval
+	// answer with what they have instead of holding the shutdown.
+	draining  chan struct{}
+	drainOnce sync.Once
+
 	// noExpirySweep turns off Run's once-a-second expireApprovals, for
 	// tests that move the clock past an approval's expiry and must act
 	// before anything settles it; they call expireApprovals themselves.
@@ -114,7 +119,7 @@ func New(cfg Config, env Env, opts ...Option) (*Server, error) {
 	}
 	s := &Server{cfg: cfg, env: env, log: slog.New(slog.DiscardHandler), now: time.Now,
 		dec: envelope.Decoder{MaxBytes: env.MaxEventBytes}, replies: newReplies(env.Topics),
-		hints: make(map[string]uint64), tailWanted: make(chan struct{}), tailFixed: make(chan struct{})}
+		hints: make(map[string]uint64), tailWanted: make(chan struct{}), tailFixed: make(chan struct{}), draining: make(chan struct{})}
 	s.life, s.endLife = context.WithCancel(context.Background())
 	for _, o := range opts {
 		o(s)
@@ -328,6 +333,14 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	return nil
 }
+
+// Drain ends the waits for an approval (approval_wait_ms) in progress and
+// to come: each answers at once, as if its wait had run out, with the
+// require_approval decision and its pending approval. Call it before
+// http.Server.Shutdown, which waits for handlers, and an approval wait may
+// last up to --approval-ttl. Requests waiting for a decision are bounded
+// by --proposal-timeout and are left to finish.
+func (s *Server) Drain() { s.drainOnce.Do(func() { close(s.draining) }) }
 
 // Close releases the Kafka client New opened, for a Server whose Run is
 // never called (Run releases it when it returns).

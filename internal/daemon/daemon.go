@@ -274,6 +274,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 			d.log.Info("stage stopped", "stage", s.name)
 		}
 	}
+	if api != nil {
+		api.Drain() // approval waits would hold Shutdown for up to --approval-ttl
+	}
 	_ = srv.Shutdown(shutdownCtx)
 	apiStop()
 	<-apiDone
