@@ -301,6 +301,9 @@ func (c *Case) check() error {
 		if (s.Events != nil || s.Propose != nil || s.Snapshot || s.Sealed || s.Verify) && s.Session == "" {
 			return fmt.Errorf("steps[%d]: no session", i)
 		}
+		if (s.Tamper != nil && len(s.Tamper) == 0) || (s.Replay != nil && len(s.Replay) == 0) {
+			return fmt.Errorf("steps[%d]: an empty tamper or replay list does nothing", i)
+		}
 	}
 	return nil
 }

@@ -27,3 +27,15 @@ func TestParseRejectsSecondDocument(t *testing.T) {
 		t.Fatalf("Parse of two documents: %v, %+v", err, p)
 	}
 }
+
+// TestParseRejectsEmptyTamperAndReplay: a tamper or replay step must name
+// at least one statement or session (the schema's minItems); an empty one
+// would otherwise pass without doing anything.
+func TestParseRejectsEmptyTamperAndReplay(t *testing.T) {
+	for _, step := range []string{"{tamper: []}", "{replay: []}"} {
+		pack := "cases:\n  - {id: ONE-001, requirement: REQ-TAMPER-EDIT, description: d, scenario: {steps: [" + step + "]}}\n"
+		if p, err := conformance.Parse([]byte(pack)); !errors.Is(err, conformance.ErrPack) {
+			t.Errorf("%s: %v, %+v", step, err, p)
+		}
+	}
+}
