@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -244,14 +245,26 @@ func LoadFS(fsys fs.FS, dir string) ([]*Pack, error) {
 	return packs, nil
 }
 
-// Parse decodes one pack strictly (unknown fields are errors) and checks
-// its cases.
+// Parse decodes one pack strictly (unknown fields and a second YAML
+// document are errors) and checks its cases.
 func Parse(b []byte) (*Pack, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	var p Pack
 	if err := dec.Decode(&p); err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrPack, err)
+	}
+	// A second document ("---") would otherwise be ignored, and its
+	// cases would never run. Empty documents are harmless.
+	for {
+		var more any
+		err := dec.Decode(&more)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil || more != nil {
+			return nil, fmt.Errorf("%w: more than one YAML document", ErrPack)
+		}
 	}
 	if len(p.Cases) == 0 {
 		return nil, fmt.Errorf("%w: no cases", ErrPack)
@@ -299,6 +312,9 @@ func (c *Case) check() error {
 		}
 		if (s.Events != nil || s.Propose != nil || s.Snapshot || s.Sealed || s.Verify) && s.Session == "" {
 			return fmt.Errorf("steps[%d]: no session", i)
+		}
+		if (s.Tamper != nil && len(s.Tamper) == 0) || (s.Replay != nil && len(s.Replay) == 0) {
+			return fmt.Errorf("steps[%d]: an empty tamper or replay list does nothing", i)
 		}
 	}
 	return nil

@@ -132,6 +132,10 @@ func decideLogFunc(env IO) conformance.DecideLogFunc {
 	}
 }
 
+// embeddedStopGrace is how long the embedded aegisd has to exit after
+// SIGTERM before it is killed.
+var embeddedStopGrace = 30 * time.Second
+
 // startEmbeddedAegisd starts aegisd as a child process on loopback with a
 // temporary data dir, the packs' manifests, one operator key per tenant,
 // and a short approval TTL, and points opts at it (target, keys, store).
@@ -178,14 +182,16 @@ func startEmbeddedAegisd(ctx context.Context, env IO, bin string, packs []*confo
 		}
 	}
 	data, addrFile := filepath.Join(dir, "data"), filepath.Join(dir, "addrs.json")
-	cmd := exec.CommandContext(ctx, bin, "--data-dir", data, "--kafka-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
+	cctx, cancel := context.WithCancel(ctx)
+	cmd := exec.CommandContext(cctx, bin, "--data-dir", data, "--kafka-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
 		"--addr-file", addrFile, "--partitions", "3", "--instance", "conformance", "--manifests", mdir,
 		"--api-keys", filepath.Join(dir, "keys.json"), "--approval-secret-file", filepath.Join(dir, "approval.secret"),
 		"--approval-ttl", "10s", "--log-level", "warn")
 	cmd.Stderr = env.Stderr
 	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
-	cmd.WaitDelay = 30 * time.Second
+	cmd.WaitDelay = embeddedStopGrace
 	if err := cmd.Start(); err != nil {
+		cancel()
 		cleanup()
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
@@ -193,7 +199,7 @@ func startEmbeddedAegisd(ctx context.Context, env IO, bin string, packs []*confo
 	var waitErr error
 	go func() { waitErr = cmd.Wait(); close(exited) }()
 	stop := func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
+		cancel() // SIGTERM (cmd.Cancel), and a kill once WaitDelay has passed
 		<-exited
 		cleanup()
 	}
