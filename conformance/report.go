@@ -7,6 +7,8 @@ import (
 	"io"
 	"sort"
 	"time"
+
+	"aegis.dev/aegis/internal/redact"
 )
 
 // Report is the compliance report of a run (the JSON of --report).
@@ -56,7 +58,7 @@ type Evidence struct {
 }
 
 func newReport(target, runID string, start time.Time, d time.Duration, cases []CaseResult) *Report {
-	r := &Report{Target: target, RunID: runID, Started: start.UTC(), DurationMs: d.Milliseconds(), Cases: cases}
+	r := &Report{Target: redact.URL(target), RunID: runID, Started: start.UTC(), DurationMs: d.Milliseconds(), Cases: cases}
 	reqs := make(map[string]*RequirementResult)
 	for _, c := range cases {
 		switch c.Status {
