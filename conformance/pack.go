@@ -19,6 +19,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"slices"
 	"sort"
@@ -315,6 +316,9 @@ func (c *Case) check() error {
 		}
 		if (s.Tamper != nil && len(s.Tamper) == 0) || (s.Replay != nil && len(s.Replay) == 0) {
 			return fmt.Errorf("steps[%d]: an empty tamper or replay list does nothing", i)
+		}
+		if (s.Tamper != nil || s.Replay != nil) && !reflect.ValueOf(s.Expect).IsZero() {
+			return fmt.Errorf("steps[%d]: tamper and replay steps check nothing against expect (follow them with a verify or sealed step)", i)
 		}
 	}
 	return nil

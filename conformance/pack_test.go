@@ -40,7 +40,9 @@ func TestParseRejectsSecondDocument(t *testing.T) {
 // at least one statement or session (the schema's minItems); an empty one
 // would otherwise pass without doing anything.
 func TestParseRejectsEmptyTamperAndReplay(t *testing.T) {
-	for _, step := range []string{"{tamper: []}", "{replay: []}"} {
+	for _, step := range []string{"{tamper: []}", "{replay: []}",
+		// expect on a step that checks nothing would be silently ignored
+		"{tamper: [\"DELETE FROM audit_events\"], expect: {status: 200}}", "{tenant: t, replay: [s], expect: {outcome: deny}}"} {
 		pack := "cases:\n  - {id: ONE-001, requirement: REQ-TAMPER-EDIT, description: d, scenario: {steps: [" + step + "]}}\n"
 		if p, err := conformance.Parse([]byte(pack)); !errors.Is(err, conformance.ErrPack) {
 			t.Errorf("%s: %v, %+v", step, err, p)
