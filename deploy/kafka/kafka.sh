@@ -247,7 +247,10 @@ cmd_wait() {
 		sleep 0.5
 	done
 	# A listening socket is not enough: metadata must be served, which also
-	# proves the controller quorum has a leader.
+	# proves the controller quorum has a leader. The check runs on the
+	# broker's class path, which a checkout reusing a broker that another
+	# one started has not fetched yet.
+	fetch_libs
 	until run_class org.apache.kafka.tools.TopicCommand --bootstrap-server "${bootstrap}" \
 		--list >/dev/null 2>&1; do
 		((SECONDS < deadline)) || wait_failed "${bootstrap} accepts connections but no metadata request succeeded after ${wait_timeout}s"
