@@ -625,6 +625,12 @@ func (r *run) read(ctx context.Context, cons *stream.Consumer, topics []string) 
 			}
 		}
 		r.mu.Unlock()
+		if err != nil && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
+			// A fetch error the client does not retry (records lost to
+			// retention, say): what was read with it is counted, but the
+			// outcome can no longer be complete.
+			return err
+		}
 	}
 }
 
