@@ -55,12 +55,20 @@ type Embedded struct {
 }
 
 // runningFile exists in a DataDir while a broker runs on it: found at start,
-// it says the previous broker did not close.
-const runningFile = "aegis.running"
+// it says the previous broker did not close. lockFile is locked by the
+// broker running on the DataDir.
+const (
+	runningFile = "aegis.running"
+	lockFile    = "aegis.lock"
+)
 
 // StartEmbedded starts the broker. It closes when ctx is cancelled or Close
 // is called, whichever comes first; Close waits for the state to be
 // persisted.
+//
+// A DataDir takes one broker at a time: StartEmbedded fails (ErrConfig)
+// while another broker, in this process or another, runs on it. Two would
+// both append to the same segment files at the same offsets.
 //
 // On a DataDir whose previous broker did not close (a crash, kill -9),
 // StartEmbedded first writes an abort marker for every transaction that
@@ -96,12 +104,23 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig, opts ...Option) (*Em
 		}
 	}
 	crashed := false
+	var lock *os.File
+	unlock := func() {
+		if lock != nil {
+			_ = lock.Close()
+		}
+	}
 	if cfg.DataDir != "" {
-		_, err := os.Stat(filepath.Join(cfg.DataDir, runningFile))
+		var err error
+		if lock, err = lockDataDir(cfg.DataDir); err != nil {
+			return nil, err
+		}
+		_, err = os.Stat(filepath.Join(cfg.DataDir, runningFile))
 		crashed = err == nil
 	}
 	c, err := kfake.NewCluster(kopts...)
 	if err != nil {
+		unlock()
 		return nil, fmt.Errorf("stream: embedded broker on %s: %w: %w", addr, ErrBroker, err)
 	}
 	e := &Embedded{c: c, addr: c.ListenAddrs()[0], stop: make(chan struct{}), done: make(chan struct{})}
@@ -109,11 +128,13 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig, opts ...Option) (*Em
 		if crashed {
 			if err := abortOpenTransactions(ctx, e.Brokers(), o.logger); err != nil {
 				c.Close()
+				unlock()
 				return nil, fmt.Errorf("stream: embedded broker on %s: recovering %s: %w", addr, cfg.DataDir, err)
 			}
 		}
 		if err := os.WriteFile(filepath.Join(cfg.DataDir, runningFile), nil, 0o644); err != nil {
 			c.Close()
+			unlock()
 			return nil, fmt.Errorf("stream: embedded broker: %w: %w", ErrConfig, err)
 		}
 	}
@@ -127,6 +148,7 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig, opts ...Option) (*Em
 		if cfg.DataDir != "" {
 			_ = os.Remove(filepath.Join(cfg.DataDir, runningFile))
 		}
+		unlock()
 	}()
 	return e, nil
 }

@@ -218,3 +218,30 @@ func TestEmbeddedAbortsTransactionsOpenAtACrash(t *testing.T) {
 		t.Fatalf("read_committed after the restart: %q, want %q", read, want)
 	}
 }
+
+// TestEmbeddedRefusesADataDirInUse starts a second broker on the data dir of
+// a running one: it must refuse instead of appending to the same segment
+// files at the same offsets, and start once the first has closed.
+func TestEmbeddedRefusesADataDirInUse(t *testing.T) {
+	dir := t.TempDir()
+	start := func() (*Embedded, error) {
+		return StartEmbedded(context.Background(), EmbeddedConfig{DataDir: dir, Addr: "127.0.0.1:0"}, WithLogger(testLogger()))
+	}
+	first, err := start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second, err := start(); err == nil {
+		second.Close()
+		first.Close()
+		t.Fatal("a second broker started on a data dir in use")
+	} else if !errors.Is(err, ErrConfig) {
+		t.Fatalf("second broker: %v, want %v", err, ErrConfig)
+	}
+	first.Close()
+	again, err := start()
+	if err != nil {
+		t.Fatalf("after the first closed: %v", err)
+	}
+	again.Close()
+}
