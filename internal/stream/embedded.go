@@ -2,11 +2,17 @@ package stream
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net"
+	"os"
+	"path/filepath"
 	"sync"
 
+	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // DefaultEmbeddedAddr is where the embedded broker listens by default.
@@ -18,7 +24,9 @@ type EmbeddedConfig struct {
 	// their configs, record segments, consumer group offsets, producer
 	// IDs and transaction state. A broker started on an existing DataDir
 	// reloads it, so committed records, offsets and transactions survive
-	// a restart. Empty keeps everything in memory.
+	// a restart; after a crash (the broker was not closed) the
+	// transactions that were open are aborted before it accepts clients
+	// (see StartEmbedded). Empty keeps everything in memory.
 	DataDir string
 	// SyncWrites fsyncs every produced batch before acknowledging it.
 	// Without it, segments are synced on roll and on Close (like Kafka's
@@ -46,9 +54,30 @@ type Embedded struct {
 	done      chan struct{}
 }
 
+// runningFile exists in a DataDir while a broker runs on it: found at start,
+// it says the previous broker did not close. lockFile is locked by the
+// broker running on the DataDir.
+const (
+	runningFile = "aegis.running"
+	lockFile    = "aegis.lock"
+)
+
 // StartEmbedded starts the broker. It closes when ctx is cancelled or Close
 // is called, whichever comes first; Close waits for the state to be
 // persisted.
+//
+// A DataDir takes one broker at a time: StartEmbedded fails (ErrConfig)
+// while another broker, in this process or another, runs on it. Two would
+// both append to the same segment files at the same offsets.
+//
+// On a DataDir whose previous broker did not close (a crash, kill -9),
+// StartEmbedded first writes an abort marker for every transaction that
+// was open at the crash. kfake reloads such a transaction as aborted but
+// writes no marker: a read_committed reader that must reach the end of the
+// partition (a stage restoring its state) then never does, and the first
+// transaction the same producer commits there afterwards is dropped as
+// aborted by every read_committed client, which keeps the transaction open
+// until it sees a marker of that producer.
 func StartEmbedded(ctx context.Context, cfg EmbeddedConfig, opts ...Option) (*Embedded, error) {
 	o := buildOptions("embedded", opts)
 	addr := cfg.Addr
@@ -74,11 +103,41 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig, opts ...Option) (*Em
 			kopts = append(kopts, kfake.SyncWrites())
 		}
 	}
+	crashed := false
+	var lock *os.File
+	unlock := func() {
+		if lock != nil {
+			_ = lock.Close()
+		}
+	}
+	if cfg.DataDir != "" {
+		var err error
+		if lock, err = lockDataDir(cfg.DataDir); err != nil {
+			return nil, err
+		}
+		_, err = os.Stat(filepath.Join(cfg.DataDir, runningFile))
+		crashed = err == nil
+	}
 	c, err := kfake.NewCluster(kopts...)
 	if err != nil {
+		unlock()
 		return nil, fmt.Errorf("stream: embedded broker on %s: %w: %w", addr, ErrBroker, err)
 	}
 	e := &Embedded{c: c, addr: c.ListenAddrs()[0], stop: make(chan struct{}), done: make(chan struct{})}
+	if cfg.DataDir != "" {
+		if crashed {
+			if err := abortOpenTransactions(ctx, e.Brokers(), o.logger); err != nil {
+				c.Close()
+				unlock()
+				return nil, fmt.Errorf("stream: embedded broker on %s: recovering %s: %w", addr, cfg.DataDir, err)
+			}
+		}
+		if err := os.WriteFile(filepath.Join(cfg.DataDir, runningFile), nil, 0o644); err != nil {
+			c.Close()
+			unlock()
+			return nil, fmt.Errorf("stream: embedded broker: %w: %w", ErrConfig, err)
+		}
+	}
 	go func() {
 		defer close(e.done)
 		select {
@@ -86,8 +145,155 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig, opts ...Option) (*Em
 		case <-e.stop:
 		}
 		c.Close()
+		if cfg.DataDir != "" {
+			_ = os.Remove(filepath.Join(cfg.DataDir, runningFile))
+		}
+		unlock()
 	}()
 	return e, nil
+}
+
+// abortOpenTransactions reads every partition read_uncommitted to its end
+// and writes an abort marker for each producer whose last records there are
+// transactional with no marker after them: on a broker just reloaded after
+// a crash, the transactions that were open when it died.
+func abortOpenTransactions(ctx context.Context, brokers []string, log *slog.Logger) error {
+	adm, closeAdm, err := newAdmin(brokers)
+	if err != nil {
+		return err
+	}
+	defer closeAdm()
+	topics, err := adm.ListTopics(ctx)
+	if err == nil {
+		err = topics.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("list topics: %w: %w", ErrBroker, err)
+	}
+	if len(topics) == 0 {
+		return nil
+	}
+	starts, err := adm.ListStartOffsets(ctx, topics.Names()...)
+	if err == nil {
+		err = starts.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("list start offsets: %w: %w", ErrBroker, err)
+	}
+	ends, err := adm.ListEndOffsets(ctx, topics.Names()...)
+	if err == nil {
+		err = ends.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("list end offsets: %w: %w", ErrBroker, err)
+	}
+	type tp struct {
+		topic string
+		part  int32
+	}
+	targets := map[tp]int64{}
+	assign := map[string]map[int32]kgo.Offset{}
+	ends.Each(func(end kadm.ListedOffset) {
+		start, ok := starts.Lookup(end.Topic, end.Partition)
+		if !ok || end.Offset <= start.Offset {
+			return
+		}
+		targets[tp{end.Topic, end.Partition}] = end.Offset
+		if assign[end.Topic] == nil {
+			assign[end.Topic] = map[int32]kgo.Offset{}
+		}
+		assign[end.Topic][end.Partition] = kgo.NewOffset().At(start.Offset)
+	})
+	if len(targets) == 0 {
+		return nil
+	}
+	cl, err := kgo.NewClient(
+		kgo.SeedBrokers(brokers...),
+		kgo.WithLogger(kgoLogger{log.WithGroup("kafka")}),
+		kgo.ConsumePartitions(assign),
+		kgo.FetchIsolationLevel(kgo.ReadUncommitted()),
+		kgo.KeepControlRecords(),
+		kgo.FetchMaxWait(defaultFetchMaxWait),
+	)
+	if err != nil {
+		return fmt.Errorf("client: %w: %w", ErrConfig, err)
+	}
+	defer cl.Close()
+	open := map[tp]map[int64]int16{} // producer ID -> epoch of its open transaction
+	for len(targets) > 0 {
+		fetches := cl.PollFetches(ctx)
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		var ferr error
+		fetches.EachError(func(t string, p int32, err error) {
+			ferr = errors.Join(ferr, fmt.Errorf("%s/%d: %w", t, p, err))
+		})
+		if ferr != nil {
+			return fmt.Errorf("fetch: %w: %w", ErrBroker, ferr)
+		}
+		for it := fetches.RecordIter(); !it.Done(); {
+			r := it.Next()
+			k := tp{r.Topic, r.Partition}
+			target, ok := targets[k]
+			if !ok {
+				continue
+			}
+			switch {
+			case r.Attrs.IsControl():
+				delete(open[k], r.ProducerID)
+			case r.Attrs.IsTransactional():
+				if open[k] == nil {
+					open[k] = map[int64]int16{}
+				}
+				open[k][r.ProducerID] = r.ProducerEpoch
+			}
+			if r.Offset >= target-1 {
+				delete(targets, k)
+			}
+		}
+	}
+	type pe struct {
+		id    int64
+		epoch int16
+	}
+	markers := map[pe]kadm.TopicsSet{}
+	for k, pids := range open {
+		for id, epoch := range pids {
+			ts := markers[pe{id, epoch}]
+			if ts == nil {
+				ts = kadm.TopicsSet{}
+			}
+			ts.Add(k.topic, k.part)
+			markers[pe{id, epoch}] = ts
+		}
+	}
+	if len(markers) == 0 {
+		return nil
+	}
+	var req []kadm.TxnMarkers
+	for p, ts := range markers {
+		req = append(req, kadm.TxnMarkers{ProducerID: p.id, ProducerEpoch: p.epoch, Topics: ts})
+		log.Warn("embedded broker: aborting a transaction left open by a crash", "producer_id", p.id, "epoch", p.epoch, "partitions", ts.Sorted())
+	}
+	resps, err := adm.WriteTxnMarkers(ctx, req...)
+	if err != nil {
+		return fmt.Errorf("abort markers: %w: %w", ErrBroker, err)
+	}
+	var merr error
+	for _, m := range resps {
+		for _, t := range m.Topics {
+			for _, p := range t.Partitions {
+				if p.Err != nil {
+					merr = errors.Join(merr, fmt.Errorf("abort marker on %s/%d: %w", p.Topic, p.Partition, p.Err))
+				}
+			}
+		}
+	}
+	if merr != nil {
+		return fmt.Errorf("%w: %w", ErrBroker, merr)
+	}
+	return nil
 }
 
 // Addr is the host:port the broker listens on.

@@ -4,9 +4,14 @@ import (
 	"context"
 	"errors"
 	"net"
+	"os"
+	"path/filepath"
+	"slices"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 func freeAddr(tb testing.TB) string {
@@ -103,4 +108,140 @@ func TestEmbeddedPersistsAcrossRestart(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// copyDir copies a data dir as it is on disk while its broker runs: what a
+// kill -9 leaves behind (the broker writes through to the files).
+func copyDir(tb testing.TB, src, dst string) {
+	tb.Helper()
+	err := filepath.WalkDir(src, func(p string, d os.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			return os.MkdirAll(filepath.Join(dst, rel), 0o755)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		return os.WriteFile(filepath.Join(dst, rel), b, 0o644)
+	})
+	if err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// TestEmbeddedAbortsTransactionsOpenAtACrash restarts the broker on the
+// image of a data dir taken while a transaction was open (a kill -9). The
+// restore of that partition must end, without the open transaction, and
+// the next transaction the same transactional ID commits there must be
+// visible to read_committed readers. kfake alone reloads the open
+// transaction as aborted without a marker: the restore waited forever for
+// the end of the partition, and the next commit was dropped as aborted.
+func TestEmbeddedAbortsTransactionsOpenAtACrash(t *testing.T) {
+	ctx := context.Background()
+	dir, crashed := t.TempDir(), t.TempDir()
+	e, err := StartEmbedded(ctx, EmbeddedConfig{DataDir: dir, Addr: "127.0.0.1:0"}, WithLogger(testLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := EnsureTopics(ctx, e.Brokers(), []TopicSpec{{Name: "state", Partitions: 1, Cleanup: CleanupCompact}}); err != nil {
+		t.Fatal(err)
+	}
+	txn := func(brokers []string, value string, commit bool) *kgo.Client {
+		t.Helper()
+		cl, err := kgo.NewClient(kgo.SeedBrokers(brokers...), kgo.TransactionalID("stage-1"), kgo.DefaultProduceTopic("state"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cl.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+		if err := cl.ProduceSync(ctx, &kgo.Record{Key: []byte("k"), Value: []byte(value)}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+		if commit {
+			if err := cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return cl
+	}
+	txn(e.Brokers(), "committed", true).Close()
+	open := txn(e.Brokers(), "open at the crash", false)
+	copyDir(t, dir, crashed)
+	open.Close()
+	e.Close()
+
+	e, err = StartEmbedded(ctx, EmbeddedConfig{DataDir: crashed, Addr: "127.0.0.1:0"}, WithLogger(testLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	adm, closeAdm, err := newAdmin(e.Brokers())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAdm()
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var restored []string
+	if err := readLatest(rctx, adm, e.Brokers(), "state", []int32{0}, testLogger(), func(_ int32, _, v []byte) error {
+		restored = append(restored, string(v))
+		return nil
+	}); err != nil {
+		t.Fatalf("restore after the crash: %v", err)
+	}
+	if want := []string{"committed"}; !slices.Equal(restored, want) {
+		t.Fatalf("restored %q, want %q", restored, want)
+	}
+
+	txn(e.Brokers(), "after the restart", true).Close()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.Brokers()...), kgo.ConsumeTopics("state"),
+		kgo.ConsumeResetOffset(kgo.NewOffset().AtStart()), kgo.FetchIsolationLevel(kgo.ReadCommitted()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	var read []string
+	pctx, pcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer pcancel()
+	for pctx.Err() == nil && !slices.Contains(read, "after the restart") {
+		cl.PollFetches(pctx).EachRecord(func(r *kgo.Record) { read = append(read, string(r.Value)) })
+	}
+	if want := []string{"committed", "after the restart"}; !slices.Equal(read, want) {
+		t.Fatalf("read_committed after the restart: %q, want %q", read, want)
+	}
+}
+
+// TestEmbeddedRefusesADataDirInUse starts a second broker on the data dir of
+// a running one: it must refuse instead of appending to the same segment
+// files at the same offsets, and start once the first has closed.
+func TestEmbeddedRefusesADataDirInUse(t *testing.T) {
+	dir := t.TempDir()
+	start := func() (*Embedded, error) {
+		return StartEmbedded(context.Background(), EmbeddedConfig{DataDir: dir, Addr: "127.0.0.1:0"}, WithLogger(testLogger()))
+	}
+	first, err := start()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second, err := start(); err == nil {
+		second.Close()
+		first.Close()
+		t.Fatal("a second broker started on a data dir in use")
+	} else if !errors.Is(err, ErrConfig) {
+		t.Fatalf("second broker: %v, want %v", err, ErrConfig)
+	}
+	first.Close()
+	again, err := start()
+	if err != nil {
+		t.Fatalf("after the first closed: %v", err)
+	}
+	again.Close()
 }
