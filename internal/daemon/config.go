@@ -57,6 +57,10 @@ type Config struct {
 	// KafkaAddr is where the embedded broker listens (default
 	// 127.0.0.1:9092).
 	KafkaAddr string `yaml:"kafka_addr"`
+	// KafkaSyncWrites makes the embedded broker fsync every produced batch
+	// before acknowledging it, so that an acknowledged event survives a
+	// power loss or OS crash too (default off, as Kafka's own default).
+	KafkaSyncWrites bool `yaml:"kafka_sync_writes"`
 	// HTTPAddr serves /healthz, /readyz and /metrics (default
 	// 127.0.0.1:8080).
 	HTTPAddr string `yaml:"http_addr"`
@@ -185,6 +189,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	})
 	fs.StringVar(&c.DataDir, "data-dir", c.DataDir, "data directory of the embedded broker")
 	fs.StringVar(&c.KafkaAddr, "kafka-addr", c.KafkaAddr, "listen address of the embedded Kafka broker")
+	fs.BoolVar(&c.KafkaSyncWrites, "kafka-sync-writes", c.KafkaSyncWrites, "embedded Kafka broker: fsync every produced batch before acknowledging it (survives power loss; slower)")
 	fs.StringVar(&c.HTTPAddr, "http-addr", c.HTTPAddr, "listen address of the HTTP server (/healthz, /readyz, /metrics)")
 	fs.StringVar(&c.AddrFile, "addr-file", c.AddrFile, "write the bound listen addresses as JSON to this file once listening (for port 0)")
 	fs.StringVar(&c.TopicPrefix, "topic-prefix", c.TopicPrefix, "prefix of every topic name")
@@ -342,6 +347,9 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Brokers) == 0 && c.DataDir == "" {
 		errs = append(errs, errors.New("data-dir: required for the embedded broker"))
+	}
+	if len(c.Brokers) > 0 && c.KafkaSyncWrites {
+		errs = append(errs, errors.New("kafka-sync-writes: only for the embedded broker (with --brokers, durability is the brokers' setting)"))
 	}
 	var lvl slog.Level
 	if err := lvl.UnmarshalText([]byte(c.LogLevel)); err != nil {

@@ -52,6 +52,7 @@ func TestLoadRejects(t *testing.T) {
 		{"unknown compression", []string{"--kafka-compression", "brotli"}, "kafka-compression"},
 		{"no state in memory", []string{"--state-sessions", "0"}, "state-sessions"},
 		{"empty store batch", []string{"--store-batch", "0"}, "store-batch"},
+		{"sync writes on external brokers", []string{"--brokers", "k1:9092", "--kafka-sync-writes"}, "kafka-sync-writes"},
 		{"store batch bytes below one event", []string{"--store-batch-bytes", "1000"}, "store-batch-bytes"},
 		{"store batch bytes unbounded", []string{"--store-batch-bytes", "4294967296"}, "store-batch-bytes"},
 		{"sealer batch wait below Kafka's floor", []string{"--sealer-batch-wait", "5ms"}, "sealer-batch-wait"},

@@ -132,7 +132,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	var emb *stream.Embedded
 	if len(brokers) == 0 {
 		emb, err = stream.StartEmbedded(context.WithoutCancel(ctx), stream.EmbeddedConfig{
-			DataDir: filepath.Join(cfg.DataDir, "kafka"), Addr: cfg.KafkaAddr, Partitions: cfg.Partitions,
+			DataDir: filepath.Join(cfg.DataDir, "kafka"), Addr: cfg.KafkaAddr, Partitions: cfg.Partitions, SyncWrites: cfg.KafkaSyncWrites,
 		}, stream.WithLogger(d.log), stream.WithRegisterer(d.reg))
 		if err != nil {
 			return fmt.Errorf("aegisd: embedded broker: %w", err)
@@ -498,7 +498,7 @@ func (d *Daemon) handler(api *ingest.Server) http.Handler {
 // secrets today; fields that will (API keys, TLS keys) must be left out here.
 func (c Config) redacted() map[string]any {
 	return map[string]any{
-		"target": c.Target, "brokers": c.Brokers, "data_dir": c.DataDir, "kafka_addr": c.KafkaAddr,
+		"target": c.Target, "brokers": c.Brokers, "data_dir": c.DataDir, "kafka_addr": c.KafkaAddr, "kafka_sync_writes": c.KafkaSyncWrites,
 		"http_addr": c.HTTPAddr, "addr_file": c.AddrFile, "topic_prefix": c.TopicPrefix, "partitions": c.Partitions,
 		"instance": c.Instance, "manifests": c.Manifests, "policy": c.Policy,
 		"store": redactURL(c.StoreURL()), "max_event_bytes": c.MaxEventBytes, "max_batch": c.MaxBatch, "store_batch": c.StoreBatch, "store_batch_bytes": c.StoreBatchBytes, "session_timeout": c.SessionTimeout.String(), "dev": c.Dev, "pprof": c.Pprof,

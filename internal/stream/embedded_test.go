@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -71,9 +72,15 @@ func TestEmbeddedListensOnAddrAndClosesOnCancel(t *testing.T) {
 // committed outputs, group offsets and state survived: the stage continues
 // exactly where it stopped.
 func TestEmbeddedPersistsAcrossRestart(t *testing.T) {
+	for _, sync := range []bool{false, true} {
+		t.Run(fmt.Sprintf("sync writes %v", sync), func(t *testing.T) { testEmbeddedPersistsAcrossRestart(t, sync) })
+	}
+}
+
+func testEmbeddedPersistsAcrossRestart(t *testing.T, sync bool) {
 	dir := t.TempDir()
 	start := func() *Embedded {
-		e, err := StartEmbedded(context.Background(), EmbeddedConfig{DataDir: dir, Addr: "127.0.0.1:0"}, WithLogger(testLogger()))
+		e, err := StartEmbedded(context.Background(), EmbeddedConfig{DataDir: dir, Addr: "127.0.0.1:0", SyncWrites: sync}, WithLogger(testLogger()))
 		if err != nil {
 			t.Fatal(err)
 		}
