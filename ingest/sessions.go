@@ -66,7 +66,8 @@ func storeError(err error) error {
 }
 
 // scan calls fn with the session's rows in seq order, once per seq (stores
-// that deduplicate at merge time may repeat a row).
+// that deduplicate at merge time may repeat a row). A row whose columns do
+// not rebuild a record ends the scan with 409 MALFORMED.
 func (s *Server) scan(ctx context.Context, f projector.Filter, fn func(*projector.EventRow) error) error {
 	var last uint64
 	return s.store.Events(ctx, f, func(row *projector.EventRow) error {
@@ -74,8 +75,16 @@ func (s *Server) scan(ctx context.Context, f projector.Filter, fn func(*projecto
 			return nil
 		}
 		last = row.Event.Seq
+		if row.Invalid != nil {
+			return malformed(row.Event.Seq, row.Invalid)
+		}
 		return fn(row)
 	})
+}
+
+// malformed is the answer to a stored row that is not a sealed record.
+func malformed(seq uint64, err error) error {
+	return errf(http.StatusConflict, chain.ReasonMalformed, "stored seq %d is not a sealed record: %v (run verify)", seq, err)
 }
 
 // handleSnapshot is GET /v1/sessions/{session}: the session snapshot after
@@ -159,12 +168,17 @@ func (s *Server) handleSessionEvents(w http.ResponseWriter, r *http.Request, p P
 		}
 		b, err := row.Event.AppendCanonical(nil, true)
 		if err != nil {
-			return err
+			return malformed(row.Event.Seq, err)
 		}
 		page.Events, lastSeq = append(page.Events, b), row.Event.Seq
 		return nil
 	})
-	if err != nil && !errors.Is(err, errStop) {
+	var ae *apiError
+	switch {
+	case errors.As(err, &ae):
+		writeError(w, err)
+		return
+	case err != nil && !errors.Is(err, errStop):
 		writeError(w, storeError(err))
 		return
 	}

@@ -2,8 +2,10 @@ package ingest
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -21,8 +23,16 @@ import (
 // acme/gap whose seq 2 was deleted, and globex/s1.
 func sealedStore(tb testing.TB, n int) *sqlstore.Store {
 	tb.Helper()
+	st, _ := sealedStoreAt(tb, n)
+	return st
+}
+
+// sealedStoreAt is sealedStore, with the path of its file.
+func sealedStoreAt(tb testing.TB, n int) (*sqlstore.Store, string) {
+	tb.Helper()
 	ctx := context.Background()
-	st, err := sqlstore.Open(ctx, filepath.Join(tb.TempDir(), "audit.db"))
+	path := filepath.Join(tb.TempDir(), "audit.db")
+	st, err := sqlstore.Open(ctx, path)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -57,7 +67,7 @@ func sealedStore(tb testing.TB, n int) *sqlstore.Store {
 	if err := st.Write(ctx, &b); err != nil {
 		tb.Fatal(err)
 	}
-	return st
+	return st, path
 }
 
 func TestSessionReadsPaginateWithoutCap(t *testing.T) {
@@ -174,5 +184,33 @@ func TestSessionReadsWithoutStore(t *testing.T) {
 	var e errResp
 	if r := h.do(t, "GET", "/v1/sessions/s1", "", "", "", &e); r.StatusCode != 501 || e.Error.Code != CodeNoStore {
 		t.Fatalf("got %d %s", r.StatusCode, e.Error.Code)
+	}
+}
+
+// TestSessionReadsRefuseMalformedRows: a stored row whose columns do not
+// rebuild a sealed record (here an integer column edited to hold text) is
+// 409 MALFORMED on every session read, as on the snapshot, not a 503 that
+// blames the store or a record served as if it were sealed.
+func TestSessionReadsRefuseMalformedRows(t *testing.T) {
+	t.Parallel()
+	st, path := sealedStoreAt(t, 4)
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE audit_events SET kafka_offset = 'x' WHERE tenant_id = 'acme' AND session_id = 's1' AND seq = 2`); err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Close()
+	h := newHarness(t, harnessOpts{noDecider: true, store: st})
+	for _, path := range []string{"/v1/sessions/s1", "/v1/sessions/s1/events", "/v1/sessions/s1/events?after_seq=1"} {
+		var body ErrorBody
+		if r := h.do(t, "GET", path, "acme-auditor", "", "", &body); r.StatusCode != http.StatusConflict || body.Error.Code != chain.ReasonMalformed {
+			t.Errorf("%s: %d %+v, want 409 %s", path, r.StatusCode, body, chain.ReasonMalformed)
+		}
+	}
+	var res VerifyResult
+	if r := h.do(t, "GET", "/v1/sessions/s1/verify", "acme-auditor", "", "", &res); r.StatusCode != 200 || res.Valid || len(res.Failures) == 0 || res.Failures[0].Reason != chain.ReasonMalformed {
+		t.Errorf("verify: %d %+v", r.StatusCode, res)
 	}
 }
