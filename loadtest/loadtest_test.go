@@ -210,8 +210,17 @@ func TestMainEmbedded(t *testing.T) {
 			}},
 		{name: "bad keys are reported lost", args: []string{"--rate", "300", "--duration", "2s", "--sessions", "10", "--fault-bad-key", "4", "--drain-timeout", "6s"},
 			wantExit: ExitFailed, check: func(t *testing.T, rep *Report) {
-				if rep.Lost != 4 || rep.OK || rep.Rejected["KEY_MISMATCH"] != 4 {
-					t.Errorf("lost %d, ok %v, rejected %v; want 4 lost by KEY_MISMATCH", rep.Lost, rep.OK, rep.Rejected)
+				if rep.Lost != 4 || rep.OK || rep.Rejected["KEY_MISMATCH"] != 4 || rep.FaultsInjected != 4 {
+					t.Errorf("lost %d, ok %v, rejected %v, injected %d; want 4 injected and lost by KEY_MISMATCH", rep.Lost, rep.OK, rep.Rejected, rep.FaultsInjected)
+				}
+			}},
+		// 20 sessions for 600 events (30 each, of 41 or more): none reaches
+		// its last event, so nothing is injected; the run must not pass as
+		// if the check had run.
+		{name: "bad keys never injected", args: []string{"--rate", "300", "--duration", "2s", "--sessions", "20", "--fault-bad-key", "4"},
+			wantExit: ExitFailed, check: func(t *testing.T, rep *Report) {
+				if rep.OK || rep.FaultsInjected != 0 || !slices.ContainsFunc(rep.Problems, func(p string) bool { return strings.Contains(p, "injected nothing") }) {
+					t.Errorf("ok %v, injected %d, problems %q", rep.OK, rep.FaultsInjected, rep.Problems)
 				}
 			}},
 	} {

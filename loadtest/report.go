@@ -33,6 +33,9 @@ type Report struct {
 	Lost       int64 `json:"lost"`
 	Duplicated int64 `json:"duplicated"`
 	Unexpected int64 `json:"unexpected"`
+	// FaultsInjected counts the events published under a wrong key
+	// (--fault-bad-key), each of which must show up as lost.
+	FaultsInjected int64 `json:"faults_injected,omitempty"`
 	// EventsStored counts events seen in the audit store (with --store).
 	EventsStored int64 `json:"events_stored,omitempty"`
 	// ThroughputEPS is events sealed per second, from the start of the
@@ -124,6 +127,10 @@ func (r *run) report(pubEnd time.Duration) *Report {
 	rep.Problems = append(rep.Problems, r.mismatch...)
 	if !rep.DecisionsOK {
 		rep.Problems = append(rep.Problems, fmt.Sprintf("decisions sealed %v, expected %v", r.reasons, r.expected))
+	}
+	rep.FaultsInjected = r.faults
+	if r.cfg.FaultBadKey > 0 && r.faults == 0 {
+		rep.Problems = append(rep.Problems, fmt.Sprintf("--fault-bad-key %d injected nothing: no session reached its last event (fewer --sessions or a longer --duration)", r.cfg.FaultBadKey))
 	}
 	if rep.Lost > 0 {
 		rep.Problems = append(rep.Problems, fmt.Sprintf("%d acknowledged events never sealed (rejections seen: %v)", rep.Lost, r.rejected))

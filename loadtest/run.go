@@ -123,6 +123,7 @@ type run struct {
 	unexpect   int64
 	pubErr     error                      // the first publishing error
 	storeErr   error                      // the last failed store query, if the store never answered after it
+	faults     int64                      // events published under a wrong key (FaultBadKey)
 	starts     map[string]map[int32]int64 // where the reader started
 	ends       chan struct{}              // closed when endOffsets is set
 	endOffsets map[string]map[int32]int64 // for the readers: read up to these, then return
@@ -440,10 +441,11 @@ func (r *run) nextEvent(a *agent, sched time.Time) pending {
 	seq := a.next
 	v := eventJSON(s.id, seq, sched.UnixMilli(), ev.typ, seq == 1, ev.payload)
 	key := s.key
+	r.mu.Lock()
 	if s.badKey && seq == len(s.events) {
 		key += "-bad"
+		r.faults++
 	}
-	r.mu.Lock()
 	s.sched[seq-1] = sched.UnixNano()
 	r.mu.Unlock()
 	return pending{key: key, value: v, sched: sched}
