@@ -2,6 +2,7 @@ package stream
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -117,6 +118,12 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig, opts ...Option) (*Em
 		}
 		_, err = os.Stat(filepath.Join(cfg.DataDir, runningFile))
 		crashed = err == nil
+		if crashed {
+			if err := dropOpenTxnSnapshots(cfg.DataDir); err != nil {
+				unlock()
+				return nil, fmt.Errorf("stream: embedded broker on %s: recovering %s: %w: %w", addr, cfg.DataDir, ErrConfig, err)
+			}
+		}
 	}
 	c, err := kfake.NewCluster(kopts...)
 	if err != nil {
@@ -151,6 +158,41 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig, opts ...Option) (*Em
 		unlock()
 	}()
 	return e, nil
+}
+
+// dropOpenTxnSnapshots removes, before kfake loads a crashed DataDir, the
+// partition snapshots (partitions/<topic>-<p>/snapshot.json, written at
+// Close) that were taken while a transaction was open there (last stable
+// offset below the high watermark): a transaction open at a clean close and
+// restored open by the next start, or open during a Close that did not
+// finish. kfake loads a partition from its snapshot when the segments have
+// not changed since, and then neither knows the transaction is open nor
+// counts it aborted: the abort marker abortOpenTransactions writes would
+// not make it aborted either, and its records would read as committed.
+// Without the snapshot kfake replays the segments and aborts the
+// transaction like any other left open by the crash.
+func dropOpenTxnSnapshots(dataDir string) error {
+	paths, err := filepath.Glob(filepath.Join(dataDir, "partitions", "*", "snapshot.json"))
+	if err != nil {
+		return err
+	}
+	for _, p := range paths {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		var snap struct {
+			HighWatermark    int64 `json:"high_watermark"`
+			LastStableOffset int64 `json:"last_stable_offset"`
+		}
+		if json.Unmarshal(b, &snap) != nil || snap.LastStableOffset >= snap.HighWatermark {
+			continue // kfake replays the segments of a snapshot it cannot parse
+		}
+		if err := os.Remove(p); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // abortOpenTransactions reads every partition read_uncommitted to its end

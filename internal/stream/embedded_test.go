@@ -252,3 +252,68 @@ func TestEmbeddedRefusesADataDirInUse(t *testing.T) {
 	}
 	again.Close()
 }
+
+// TestEmbeddedAbortsATransactionOpenAtACleanCloseAndACrash closes the broker
+// cleanly while a transaction is open, restarts it (the transaction is
+// restored open), and crashes it before that partition is written again.
+// kfake reloads the unchanged partition from the snapshot taken at the
+// clean close, which knows nothing of the transaction; the abort marker
+// alone did not make it aborted, and its record was restored as committed.
+func TestEmbeddedAbortsATransactionOpenAtACleanCloseAndACrash(t *testing.T) {
+	ctx := context.Background()
+	dir, crashed := t.TempDir(), t.TempDir()
+	start := func(dir string) *Embedded {
+		t.Helper()
+		e, err := StartEmbedded(ctx, EmbeddedConfig{DataDir: dir, Addr: "127.0.0.1:0"}, WithLogger(testLogger()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return e
+	}
+	e := start(dir)
+	if err := EnsureTopics(ctx, e.Brokers(), []TopicSpec{{Name: "state", Partitions: 1, Cleanup: CleanupCompact}}); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.Brokers()...), kgo.TransactionalID("stage-1"), kgo.DefaultProduceTopic("state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{"committed", "open at the close"} {
+		if err := cl.BeginTransaction(); err != nil {
+			t.Fatal(err)
+		}
+		if err := cl.ProduceSync(ctx, &kgo.Record{Key: []byte("k"), Value: []byte(v)}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+		if v == "committed" {
+			if err := cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	e.Close()
+	cl.Close()
+	e = start(dir)
+	copyDir(t, dir, crashed)
+	e.Close()
+
+	e = start(crashed)
+	defer e.Close()
+	adm, closeAdm, err := newAdmin(e.Brokers())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closeAdm()
+	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var restored []string
+	if err := readLatest(rctx, adm, e.Brokers(), "state", []int32{0}, testLogger(), func(_ int32, _, v []byte) error {
+		restored = append(restored, string(v))
+		return nil
+	}); err != nil {
+		t.Fatalf("restore after the crash: %v", err)
+	}
+	if want := []string{"committed"}; !slices.Equal(restored, want) {
+		t.Fatalf("restored %q, want %q", restored, want)
+	}
+}
