@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -91,9 +92,11 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig, opts ...Option) (*Em
 	kopts := []kfake.Opt{
 		kfake.NumBrokers(1),
 		kfake.WithLogger(kfakeLogger{o.logger.With("stage", o.stage)}),
-		// kfake listens on 127.0.0.1 with the port it is given; the
-		// listen function substitutes the configured address.
-		kfake.ListenFn(func(network, _ string) (net.Listener, error) { return net.Listen(network, addr) }),
+	}
+	// kfake listens on 127.0.0.1 with the port it is given; the listen
+	// function substitutes the address.
+	listenOn := func(a string) kfake.Opt {
+		return kfake.ListenFn(func(network, _ string) (net.Listener, error) { return net.Listen(network, a) })
 	}
 	if cfg.Partitions > 0 {
 		kopts = append(kopts, kfake.DefaultNumPartitions(int(cfg.Partitions)))
@@ -125,20 +128,31 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig, opts ...Option) (*Em
 			}
 		}
 	}
-	c, err := kfake.NewCluster(kopts...)
+	if crashed {
+		// Recovery runs on a broker of its own on an ephemeral loopback
+		// port, closed before the real one opens: a client reconnecting
+		// to the configured address meanwhile could start a transaction
+		// under a producer ID being aborted, and the marker would abort
+		// its records too.
+		rc, err := kfake.NewCluster(append(slices.Clone(kopts), listenOn("127.0.0.1:0"))...)
+		if err != nil {
+			unlock()
+			return nil, fmt.Errorf("stream: embedded broker: recovering %s: %w: %w", cfg.DataDir, ErrBroker, err)
+		}
+		err = abortOpenTransactions(ctx, rc.ListenAddrs(), o.logger)
+		rc.Close()
+		if err != nil {
+			unlock()
+			return nil, fmt.Errorf("stream: embedded broker on %s: recovering %s: %w", addr, cfg.DataDir, err)
+		}
+	}
+	c, err := kfake.NewCluster(append(kopts, listenOn(addr))...)
 	if err != nil {
 		unlock()
 		return nil, fmt.Errorf("stream: embedded broker on %s: %w: %w", addr, ErrBroker, err)
 	}
 	e := &Embedded{c: c, addr: c.ListenAddrs()[0], stop: make(chan struct{}), done: make(chan struct{})}
 	if cfg.DataDir != "" {
-		if crashed {
-			if err := abortOpenTransactions(ctx, e.Brokers(), o.logger); err != nil {
-				c.Close()
-				unlock()
-				return nil, fmt.Errorf("stream: embedded broker on %s: recovering %s: %w", addr, cfg.DataDir, err)
-			}
-		}
 		if err := os.WriteFile(filepath.Join(cfg.DataDir, runningFile), nil, 0o644); err != nil {
 			c.Close()
 			unlock()
