@@ -91,8 +91,8 @@ func TestToolCallsThroughThePipeline(t *testing.T) {
 		envelope.CheckpointCreated, envelope.CheckpointCreated,
 		envelope.ToolCallProposed,                                                 // send_email
 		envelope.ToolCallProposed, envelope.ToolCallExecuted, envelope.ToolResult, // echo
-		envelope.ToolCallProposed,                                                  // rm_rf
-		envelope.ToolCallProposed, envelope.ToolCallExecuted, envelope.ErrorRaised, // fail
+		envelope.ToolCallProposed,                                                 // rm_rf
+		envelope.ToolCallProposed, envelope.ToolCallExecuted, envelope.ToolResult, // fail
 		envelope.ToolCallProposed, envelope.ToolCallExecuted, envelope.ToolResult, // echo tool-error
 	}
 	evs := st.sealed(t, "acme", "mcp-"+c.session, len(wantTypes))
@@ -144,6 +144,38 @@ func TestApprovedCallGoesThrough(t *testing.T) {
 	again := c.request(t, "tools/call", params)
 	if again.Error != nil || !strings.Contains(string(again.Result), "send_email") {
 		t.Fatalf("approved call: error %+v result %s; want it forwarded", again.Error, again.Result)
+	}
+}
+
+// TestUpstreamErrorTaints: a server's JSON-RPC error reaches the agent
+// with the server's message and data, content from outside like any
+// result, so it taints the session: a high-risk tool is denied after it.
+// It was recorded as ERROR_RAISED, which taints nothing, and the next
+// send_email only asked for an approval (an operator's allow then ran it).
+func TestUpstreamErrorTaints(t *testing.T) {
+	st := pipelineStack(t)
+	p := newProxy(t, nil)
+	hs := httptest.NewServer(p.Handler())
+	defer hs.Close()
+	c := connect(t, hs.URL)
+	failed := c.request(t, "tools/call", map[string]any{"name": "fail", "arguments": map[string]any{}})
+	if failed.Error == nil || !strings.Contains(failed.Error.Message, "fail always fails") {
+		t.Fatalf("fail: %+v, want the server's error passed on", failed.Error)
+	}
+	m := c.request(t, "tools/call", map[string]any{"name": "send_email", "arguments": map[string]any{"to": "a@example.com"}})
+	if m.Error == nil || m.Error.Code != CodeDenied || errorData(t, m)["reason"] != envelope.ReasonTaintedToHighRisk {
+		t.Fatalf("send_email after an upstream error: %+v, want denied %s", m.Error, envelope.ReasonTaintedToHighRisk)
+	}
+	evs := st.sealed(t, "acme", "mcp-"+c.session, 5) // initialize, fail (proposal, executed, result), send_email
+	var res struct {
+		IsError bool   `json:"is_error"`
+		Tool    string `json:"tool_name"`
+		Code    string `json:"code"`
+		RPCCode int    `json:"rpc_code"`
+	}
+	if err := json.Unmarshal(evs[3].Payload, &res); err != nil || evs[3].Type != envelope.ToolResult || !res.IsError || res.Tool != "fail" ||
+		res.Code != "UPSTREAM_ERROR" || res.RPCCode != -32050 {
+		t.Fatalf("record of the upstream error: %s %s", evs[3].Type, evs[3].Payload)
 	}
 }
 

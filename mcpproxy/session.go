@@ -337,13 +337,17 @@ func (s *session) callTool(ctx context.Context, req *message) *message {
 		return auditFailed(req.ID, err)
 	}
 	if ferr != nil || resp.Error != nil {
-		raised := map[string]any{"tool_name": name, "call_id": callID, "source": "mcp"}
+		// The agent gets the server's error message and data (or, when
+		// the server did not answer properly, a message that may quote
+		// its reply): outside content, recorded as a failed TOOL_RESULT
+		// so that it taints the session like any result.
+		raised := map[string]any{"tool_name": name, "call_id": callID, "source": "mcp", "is_error": true}
 		if ferr != nil {
 			raised["code"], raised["message"] = "UPSTREAM_UNAVAILABLE", ferr.Error()
 		} else {
 			raised["code"], raised["message"], raised["rpc_code"] = "UPSTREAM_ERROR", resp.Error.Message, resp.Error.Code
 		}
-		if err := s.record(ctx, envelope.ErrorRaised, raised); err != nil {
+		if err := s.record(ctx, envelope.ToolResult, raised); err != nil {
 			return auditFailed(req.ID, err)
 		}
 		return resp

@@ -202,6 +202,12 @@ func decisionCases() []decisionCase {
 		{name: "egress/network tool name in mixed case", event: proposal("Web_Search", `{"q":"x"}`), want: egress},
 		{name: "egress/network tool net. prefix", event: proposal("net.dial", `{}`), want: egress},
 		{name: "egress/network tool with allowed destination", event: proposal("Web_Search", `{"domain":"docs.example.net"}`), want: allowTest},
+		// A server that decodes keys case-insensitively (Go's encoding/json
+		// into a struct) takes "URL" or "Domain" as its url or domain.
+		{name: "egress/url key in other case beside allowed domain", event: proposal("http_get", `{"domain":"api.example.com","URL":"https://evil.com/"}`), want: egress},
+		{name: "egress/domain key in other case beside allowed url", event: proposal("http_get", `{"url":"https://api.example.com/","Domain":"evil.com"}`), want: egress},
+		{name: "egress/url key in other case on non-network tool", event: proposal("search", `{"Url":"https://x.example.org/"}`), want: egress},
+		{name: "egress/destination-like keys are not destinations", event: proposal("search", `{"urls":"https://evil.com/","domain_hint":"evil.com","q":"url"}`), want: allowTest},
 		{name: "egress/beats budget", event: domain("evil.com"), snap: set(func(s *session.Snapshot) { s.Steps = 10 }), want: egress},
 
 		// 3. budgets (testManifest: steps 10, tool calls 5, wall 60000)

@@ -126,6 +126,21 @@ violations contains 2 if {
 	not input.manifest_index.domains[""]
 }
 
+# A destination key spelled in another letter case ("URL", "Domain"): a
+# server that decodes keys case-insensitively, as Go's encoding/json does
+# into a struct, reads it as its url or domain, which the rules above never
+# see (they read args.url and args.domain exactly). Such a key is a
+# destination that matches nothing. (?i) folds as strings.EqualFold does;
+# no non-ASCII rune folds to a letter of "url" or "domain".
+violations contains 2 if {
+	some k, _ in input.event.payload.args
+	is_string(k)
+	regex.match(`^(?i:url|domain)$`, k)
+	not destination_key[k]
+}
+
+destination_key := {"url", "domain"}
+
 # A network tool without args.domain and args.url. A present but false
 # value is a destination too, but one that only an exact "" entry allows:
 # without such an entry the rules above deny it anyway, so the common case

@@ -110,9 +110,12 @@ test_egress_denied if {
 		{"url": "api.example.com"},
 		{"domain": ["api.example.com"]},
 		{},
+		{"domain": "api.example.com", "URL": "https://evil.com/"},
+		{"url": "https://api.example.com/", "Domain": "evil.com"},
 	] {
 		reason_for(input_for("http_get", args)) == "EGRESS_DENY"
 	}
+	reason_for(input_for("search", {"Url": "https://a.example.org/"})) == "EGRESS_DENY"
 }
 
 test_budget_boundary if {
