@@ -277,3 +277,35 @@ func TestLongCallKeepsItsSession(t *testing.T) {
 		t.Fatal("the session was not closed after being idle")
 	}
 }
+
+// TestErrorOverMaxOutputBytesIsWithheld: a server's error answer puts its
+// message and data in the agent's context like a result, so the
+// decision's max_output_bytes bounds it too; the recorded message is cut
+// to the limit.
+func TestErrorOverMaxOutputBytesIsWithheld(t *testing.T) {
+	pipe := &limitPipeline{}
+	_, url := inProcess(t, pipe, &bigErrorUpstream{}, nil)
+	c := connect(t, url)
+	m := c.request(t, "tools/call", map[string]any{"name": "echo", "arguments": map[string]any{}})
+	if m.Error == nil || !strings.Contains(m.Error.Message, "max_output_bytes 64") || strings.Contains(m.Error.Message, "yyyy") || strings.Contains(string(m.Error.Data), "zzzz") {
+		t.Fatalf("an error over the limit reached the agent: %+v", m.Error)
+	}
+	pipe.mu.Lock()
+	defer pipe.mu.Unlock()
+	last := pipe.payloads[len(pipe.payloads)-1]
+	if !strings.HasPrefix(last, "TOOL_RESULT ") || !strings.Contains(last, `"is_error":true`) || strings.Count(last, "y") > 64+8 {
+		t.Fatalf("recorded %q, want an error TOOL_RESULT with the message cut to the limit", last)
+	}
+}
+
+// bigErrorUpstream answers every tools/call with a JSON-RPC error of 1 KiB
+// message and 1 KiB data.
+type bigErrorUpstream struct{ recUpstream }
+
+func (u *bigErrorUpstream) roundTrip(ctx context.Context, req *message) (*message, error) {
+	if req.Method != "tools/call" {
+		return u.recUpstream.roundTrip(ctx, req)
+	}
+	return &message{JSONRPC: "2.0", ID: req.ID, Error: &rpcError{Code: -32000, Message: strings.Repeat("y", 1024),
+		Data: json.RawMessage(`"` + strings.Repeat("z", 1024) + `"`)}}, nil
+}

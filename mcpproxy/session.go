@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"aegis.dev/aegis/ingest"
 	"aegis.dev/aegis/schemas/canon"
@@ -342,13 +343,27 @@ func (s *session) callTool(ctx context.Context, req *message) *message {
 		// its reply): outside content, recorded as a failed TOOL_RESULT
 		// so that it taints the session like any result.
 		raised := map[string]any{"tool_name": name, "call_id": callID, "source": "mcp", "is_error": true}
+		// The decision's max_output_bytes bounds what the server may put
+		// in the agent's context, its error's message and data included.
+		size, limit := 0, dec.Constraints.MaxOutputBytes
 		if ferr != nil {
 			raised["code"], raised["message"] = "UPSTREAM_UNAVAILABLE", ferr.Error()
 		} else {
-			raised["code"], raised["message"], raised["rpc_code"] = "UPSTREAM_ERROR", resp.Error.Message, resp.Error.Code
+			size = len(resp.Error.Message) + len(resp.Error.Data)
+			msg := resp.Error.Message
+			if limit > 0 && int64(size) > limit {
+				msg = string(trimToRune(msg, int(limit)))
+			}
+			raised["code"], raised["message"], raised["rpc_code"], raised["output_bytes"] = "UPSTREAM_ERROR", msg, resp.Error.Code, size
 		}
 		if err := s.record(ctx, envelope.ToolResult, raised); err != nil {
 			return auditFailed(req.ID, err)
+		}
+		if limit > 0 && int64(size) > limit {
+			s.p.metrics.calls.WithLabelValues("output_too_large").Inc()
+			data["output_bytes"], data["max_output_bytes"] = size, limit
+			return errorResponse(req.ID, CodeInternalError, fmt.Sprintf("aegis: the tool's error is %d bytes, over the decision's max_output_bytes %d; it is withheld",
+				size, limit), data)
 		}
 		return resp
 	}
@@ -494,4 +509,16 @@ func methodLabel(method string) string {
 		return method
 	}
 	return "other"
+}
+
+// trimToRune returns the longest prefix of s of at most n bytes that does
+// not end inside a UTF-8 sequence.
+func trimToRune(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n]
 }
