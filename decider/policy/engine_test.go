@@ -266,6 +266,13 @@ func decisionCases() []decisionCase {
 		{name: "exec/non-string bin", event: proposal("exec", `{"bin":["ls"]}`), want: execDeny},
 		{name: "exec/upper-case tool", event: proposal("EXEC", `{"bin":"rm"}`), want: execDeny},
 		{name: "exec/prefix tool", event: proposal("Exec_Python", `{}`), want: execDeny},
+		{name: "exec/other shells", event: proposal("zsh", `{"bin":"rm"}`), manifest: withTools("zsh"), want: execDeny},
+		{name: "exec/other shells, listed bin", event: proposal("PowerShell", `{"bin":"ls"}`), manifest: withTools("PowerShell"), want: allowTest},
+		{name: "exec/terminal tool without bin", event: proposal("run_terminal_cmd", `{"command":"rm -rf /"}`), manifest: withTools("run_terminal_cmd"), want: execDeny},
+		{name: "taint/code runner", event: proposal("python", `{"code":"1"}`), manifest: withTools("python"),
+			snap: set(func(s *session.Snapshot) { s.Tainted = true }), want: tainted},
+		{name: "taint/file edit", event: proposal("Edit_File", `{"path":"a"}`), manifest: withTools("Edit_File"),
+			snap: set(func(s *session.Snapshot) { s.Tainted = true }), want: tainted},
 		{name: "exec/beats approval", event: proposal("exec", `{"bin":"rm"}`), manifest: func() *manifest.Manifest {
 			m := testManifest()
 			m.Permissions.ApprovalRequired = []string{"EXEC"}
@@ -659,5 +666,14 @@ decision := {"outcome": "allow", "reason": "OK",
 		if err != nil || got != tc.want {
 			t.Errorf("%s: %+v, %v; want %+v", tc.tool, got, err, tc.want)
 		}
+	}
+}
+
+// withTools is testManifest with tools declared besides its own.
+func withTools(tools ...string) func() *manifest.Manifest {
+	return func() *manifest.Manifest {
+		m := testManifest()
+		m.Permissions.Tools = append(m.Permissions.Tools, tools...)
+		return m
 	}
 }

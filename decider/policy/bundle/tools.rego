@@ -14,7 +14,11 @@ network_prefixes := ["http", "fetch", "web_", "net.", "curl", "wget"]
 
 # exec_names: exact lower-cased names of exec-like tools. A tool whose
 # lower-cased name starts with exec_prefix is exec-like too.
-exec_names := {"exec", "shell", "bash", "sh", "run_command", "subprocess"}
+exec_names := {
+	"exec", "shell", "bash", "sh", "run_command", "subprocess",
+	"zsh", "fish", "dash", "ksh", "csh", "tcsh", "powershell", "pwsh", "cmd",
+	"run_shell_command", "run_terminal_cmd", "shell_exec", "execute_command", "terminal",
+}
 
 exec_prefix := "exec"
 
@@ -26,6 +30,8 @@ high_risk_names := {
 	"send_email", "email.send", "http_post", "http_put", "http_delete",
 	"git_push", "git.push", "db_write", "db.write", "sql_exec",
 	"deploy", "transfer_funds",
+	"edit_file", "fs.edit", "apply_patch", "create_file",
+	"python", "run_python", "run_code", "code_interpreter", "eval",
 }
 
 # max_consecutive_errors: the no-progress loop detector fires once the
