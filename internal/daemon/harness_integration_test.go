@@ -607,7 +607,13 @@ func (acc *published) sendRound(ctx context.Context, p *stream.Producer, w workl
 // still incomplete after within, or after stall without any new record.
 func readTopic(tb testing.TB, brokers []string, topic string, within, quiet time.Duration, complete func() bool, each func(*stream.Record)) bool {
 	tb.Helper()
-	const stall = 45 * time.Second
+	// A transaction a stage had open when the broker went down blocks
+	// read_committed readers, the stage's own state restore included,
+	// until the broker aborts it: the stages' transaction timeout (40 s)
+	// after it began, at the broker's next check for timed-out
+	// transactions (every 10 s), so a broker restart can hold the sealed
+	// log still for the restart plus ~50 s.
+	const stall = 90 * time.Second
 	c, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: brokers, Topics: []string{topic}, FetchMaxWait: 200 * time.Millisecond})
 	if err != nil {
 		tb.Fatal(err)
