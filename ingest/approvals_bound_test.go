@@ -55,14 +55,34 @@ func TestSupersededApprovalsAreBounded(t *testing.T) {
 func TestDrainEndsApprovalWaits(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{})
-	type waited struct {
-		status int
-		out    ProposalResponse
+	done, _ := proposeAwaitingApproval(t, h, "d1", 600000)
+	h.srv.Drain()
+	select {
+	case res := <-done:
+		if res.status != 200 || res.out.Outcome != envelope.RequireApproval || res.out.Approval == nil || res.out.Approval.State != ApprovalPending {
+			t.Fatalf("after Drain: %d %+v", res.status, res.out)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the approval wait did not end when the server drained")
 	}
+}
+
+// waited is the answer to a proposal that waited for its approval.
+type waited struct {
+	status int
+	out    ProposalResponse
+}
+
+// proposeAwaitingApproval proposes send_email (which needs an approval) in
+// session with approval_wait_ms=waitMs, and returns once its approval is
+// pending: the answer arrives on the channel, the approval is returned.
+func proposeAwaitingApproval(t *testing.T, h *harness, session string, waitMs int) (<-chan waited, Approval) {
+	t.Helper()
 	done := make(chan waited, 1)
 	go func() {
 		var out ProposalResponse
-		r := h.do(t, "POST", "/v1/sessions/d1/proposals?approval_wait_ms=600000", "acme-agent", "application/json", proposal("send_email", "m1", `{"to":"x"}`), &out)
+		r := h.do(t, "POST", fmt.Sprintf("/v1/sessions/%s/proposals?approval_wait_ms=%d", session, waitMs), "acme-agent", "application/json",
+			proposal("send_email", "m1", `{"to":"x"}`), &out)
 		done <- waited{r.StatusCode, out}
 	}()
 	var list struct {
@@ -75,13 +95,5 @@ func TestDrainEndsApprovalWaits(t *testing.T) {
 	if len(list.Approvals) != 1 {
 		t.Fatal("no pending approval appeared")
 	}
-	h.srv.Drain()
-	select {
-	case res := <-done:
-		if res.status != 200 || res.out.Outcome != envelope.RequireApproval || res.out.Approval == nil || res.out.Approval.State != ApprovalPending {
-			t.Fatalf("after Drain: %d %+v", res.status, res.out)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("the approval wait did not end when the server drained")
-	}
+	return done, list.Approvals[0]
 }

@@ -449,27 +449,7 @@ func TestApprovalExpirySweptInBackground(t *testing.T) {
 func TestProposalWaitsForApproval(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{})
-	type waited struct {
-		status int
-		out    ProposalResponse
-	}
-	done := make(chan waited, 1)
-	go func() {
-		var out ProposalResponse
-		r := h.do(t, "POST", "/v1/sessions/w1/proposals?approval_wait_ms=20000", "acme-agent", "application/json", proposal("send_email", "m1", `{"to":"x"}`), &out)
-		done <- waited{r.StatusCode, out}
-	}()
-	var list struct {
-		Approvals []Approval `json:"approvals"`
-	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(list.Approvals) == 0 && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
-		h.do(t, "GET", "/v1/approvals", "acme-operator", "", "", &list)
-	}
-	if len(list.Approvals) != 1 {
-		t.Fatal("no pending approval appeared")
-	}
+	done, pending := proposeAwaitingApproval(t, h, "w1", 20000)
 	// The operator approves with aegisctl.
 	keyFile := filepath.Join(t.TempDir(), "key")
 	if err := os.WriteFile(keyFile, []byte("acme-operator\n"), 0o600); err != nil {
@@ -477,14 +457,14 @@ func TestProposalWaitsForApproval(t *testing.T) {
 	}
 	var stdout, stderr bytes.Buffer
 	code := ctl.Main(context.Background(), ctl.IO{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr},
-		[]string{"approve", list.Approvals[0].Token, "--allow", "--reason", "ticket 42", "--server", h.url, "--api-key-file", keyFile})
+		[]string{"approve", pending.Token, "--allow", "--reason", "ticket 42", "--server", h.url, "--api-key-file", keyFile})
 	if code != ctl.ExitOK || !strings.Contains(stdout.String(), `"approver":"acme-operator"`) || !strings.Contains(stdout.String(), `"reason":"ticket 42"`) {
 		t.Fatalf("aegisctl approve: exit %d, stdout %s, stderr %s", code, stdout.String(), stderr.String())
 	}
 	// A second use of the token fails with the server's code.
 	stderr.Reset()
 	code = ctl.Main(context.Background(), ctl.IO{Stdin: strings.NewReader(""), Stdout: &stdout, Stderr: &stderr},
-		[]string{"approve", list.Approvals[0].Token, "--deny", "--server", h.url, "--api-key-file", keyFile})
+		[]string{"approve", pending.Token, "--deny", "--server", h.url, "--api-key-file", keyFile})
 	if code != ctl.ExitFailed || !strings.Contains(stderr.String(), CodeApprovalNotPending) {
 		t.Fatalf("replayed aegisctl approve: exit %d, stderr %s", code, stderr.String())
 	}

@@ -316,21 +316,8 @@ func TestStoreGapIsReported(t *testing.T) {
 		DELETE FROM audit_events WHERE tenant_id = NEW.tenant_id AND session_id = NEW.session_id AND seq = NEW.seq; END`); err != nil {
 		t.Fatal(err)
 	}
-	var out, errOut bytes.Buffer
-	report := filepath.Join(t.TempDir(), "report.json")
-	args := []string{"--brokers", brokers, "--report", report, "--rate", "200", "--duration", "2s", "--sessions", "10",
-		"--store", "sqlite:" + file, "--store-sample", "1", "--drain-timeout", "3s"}
-	if code := Main(context.Background(), args, &out, &errOut); code != ExitFailed {
-		t.Fatalf("exit %d, want %d\n%s%s", code, ExitFailed, out.String(), errOut.String())
-	}
-	raw, err := os.ReadFile(report)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep Report
-	if err := json.Unmarshal(raw, &rep); err != nil {
-		t.Fatal(err)
-	}
+	rep := failingRun(t, "--brokers", brokers, "--rate", "200", "--duration", "2s", "--sessions", "10",
+		"--store", "sqlite:"+file, "--store-sample", "1", "--drain-timeout", "3s")
 	// Every session of 10 agents over 400 events reaches seq 5 once.
 	if rep.EventsSealed != rep.EventsPublished || rep.EventsStored != rep.EventsSealed-10 {
 		t.Errorf("sealed %d of %d published, stored %d; want all sealed and 10 fewer stored", rep.EventsSealed, rep.EventsPublished, rep.EventsStored)
@@ -446,11 +433,22 @@ func TestStoreErrorIsReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = db.Close()
+	rep := failingRun(t, "--brokers", brokers, "--rate", "100", "--duration", "1s", "--sessions", "5",
+		"--store", "sqlite:"+file, "--drain-timeout", "2s")
+	if !slices.ContainsFunc(rep.Problems, func(p string) bool {
+		return strings.Contains(p, "not seen in the store") && strings.Contains(p, "no such table")
+	}) {
+		t.Errorf("problems %q do not give the store's error", rep.Problems)
+	}
+}
+
+// failingRun runs the load tester with args, which must fail the run
+// (ExitFailed), and returns its JSON report.
+func failingRun(t *testing.T, args ...string) *Report {
+	t.Helper()
 	var out, errOut bytes.Buffer
 	report := filepath.Join(t.TempDir(), "report.json")
-	args := []string{"--brokers", brokers, "--report", report, "--rate", "100", "--duration", "1s", "--sessions", "5",
-		"--store", "sqlite:" + file, "--drain-timeout", "2s"}
-	if code := Main(context.Background(), args, &out, &errOut); code != ExitFailed {
+	if code := Main(context.Background(), append(args, "--report", report), &out, &errOut); code != ExitFailed {
 		t.Fatalf("exit %d, want %d\n%s%s", code, ExitFailed, out.String(), errOut.String())
 	}
 	raw, err := os.ReadFile(report)
@@ -461,9 +459,5 @@ func TestStoreErrorIsReported(t *testing.T) {
 	if err := json.Unmarshal(raw, &rep); err != nil {
 		t.Fatal(err)
 	}
-	if !slices.ContainsFunc(rep.Problems, func(p string) bool {
-		return strings.Contains(p, "not seen in the store") && strings.Contains(p, "no such table")
-	}) {
-		t.Errorf("problems %q do not give the store's error", rep.Problems)
-	}
+	return &rep
 }

@@ -11,9 +11,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"aegis.dev/aegis/ingest"
+	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/schemas/canon"
 	"aegis.dev/aegis/schemas/envelope"
 )
@@ -352,7 +352,7 @@ func (s *session) callTool(ctx context.Context, req *message) *message {
 			size = len(resp.Error.Message) + len(resp.Error.Data)
 			msg := resp.Error.Message
 			if limit > 0 && int64(size) > limit {
-				msg = string(trimToRune(msg, int(limit)))
+				msg = string(pipeline.TrimPartialRune([]byte(msg[:limit])))
 			}
 			raised["code"], raised["message"], raised["rpc_code"], raised["output_bytes"] = "UPSTREAM_ERROR", msg, resp.Error.Code, size
 		}
@@ -509,16 +509,4 @@ func methodLabel(method string) string {
 		return method
 	}
 	return "other"
-}
-
-// trimToRune returns the longest prefix of s of at most n bytes that does
-// not end inside a UTF-8 sequence.
-func trimToRune(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	for n > 0 && !utf8.RuneStart(s[n]) {
-		n--
-	}
-	return s[:n]
 }

@@ -281,14 +281,7 @@ func TestProjectorStoresLastHeadOfBatch(t *testing.T) {
 	msgs := []stream.Message{head("a", 1), head("a", 2), head("a", 3), head("b", 4), head("b", 5),
 		{Topic: k.topics.ChainHeads, Key: []byte("acme/b")}, // tombstone
 		head("c", 6), {Topic: k.topics.ChainHeads, Key: []byte("acme/c"), Value: []byte(`{"seq":"x"}`)}}
-	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: k.brokers})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Produce(context.Background(), msgs...); err != nil {
-		t.Fatal(err)
-	}
-	p.Close()
+	produceMessages(t, k.brokers, msgs...)
 	reg := prometheus.NewRegistry()
 	stop := startProjector(t, projector.Config{Brokers: k.brokers, Group: k.prefix + "projector", Topics: k.topics, BatchSize: len(msgs),
 		FlushInterval: 5 * time.Second}, st, reg)
@@ -527,14 +520,7 @@ func TestProjectorBoundsBatchBytes(t *testing.T) {
 		v := fmt.Sprintf(`{"seq":"x","pad":%q}`, strings.Repeat("p", size))
 		msgs = append(msgs, stream.Message{Topic: k.topics.ChainHeads, Key: []byte(fmt.Sprintf("acme/s%d", i)), Value: []byte(v)})
 	}
-	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: k.brokers})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := p.Produce(context.Background(), msgs...); err != nil {
-		t.Fatal(err)
-	}
-	p.Close()
+	produceMessages(t, k.brokers, msgs...)
 	reg := prometheus.NewRegistry()
 	stop := startProjector(t, projector.Config{Brokers: k.brokers, Group: k.prefix + "projector", Topics: k.topics, BatchSize: 1000,
 		BatchBytes: 3 * size, FlushInterval: 5 * time.Second}, st, reg)
@@ -553,5 +539,19 @@ func TestProjectorBoundsBatchBytes(t *testing.T) {
 	// At most 2 records of ~100 KiB fit in 300 KiB.
 	if writes < n/2 {
 		t.Errorf("%d writes for %d records of %d bytes with BatchBytes %d: a write held more than the bound", writes, n, size, 3*size)
+	}
+}
+
+// produceMessages writes msgs to the brokers and waits for their
+// acknowledgment.
+func produceMessages(t *testing.T, brokers []string, msgs ...stream.Message) {
+	t.Helper()
+	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: brokers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if err := p.Produce(context.Background(), msgs...); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -115,7 +115,7 @@ func (r *Rejection) Output(topic string, rec *stream.Record, maxRecordBytes int)
 		if len(t.Detail) > TruncatedDetailBytes {
 			// A detail may quote input (a key, an event type), which
 			// JSON can blow up six times (\u0001).
-			t.Detail = string(trimPartialRune([]byte(t.Detail[:TruncatedDetailBytes]))) + "… (detail truncated)"
+			t.Detail = string(TrimPartialRune([]byte(t.Detail[:TruncatedDetailBytes]))) + "… (detail truncated)"
 		}
 		t.truncate(rec.Value)
 		if len(t.Key) > TruncatedOriginalBytes {
@@ -141,15 +141,16 @@ func (r *Rejection) truncate(value []byte) {
 	// rejected_records, which has no columns for the fields above.
 	r.Detail += fmt.Sprintf(" (original truncated: first %d of %d bytes kept, sha256 %s)", len(prefix), len(value), r.OriginalSHA256)
 	r.Original, r.OriginalBase64 = "", nil
-	if p := trimPartialRune(prefix); utf8.Valid(p) {
+	if p := TrimPartialRune(prefix); utf8.Valid(p) {
 		r.Original = string(p)
 	} else {
 		r.OriginalBase64 = prefix
 	}
 }
 
-// trimPartialRune drops an incomplete UTF-8 sequence cut at the end of p.
-func trimPartialRune(p []byte) []byte {
+// TrimPartialRune drops an incomplete UTF-8 sequence cut at the end of p
+// (a prefix cut at a byte bound).
+func TrimPartialRune(p []byte) []byte {
 	for i := 1; i < utf8.UTFMax && i <= len(p); i++ {
 		if c := p[len(p)-i]; utf8.RuneStart(c) {
 			if !utf8.FullRune(p[len(p)-i:]) {

@@ -190,21 +190,7 @@ func TestEmbeddedAbortsTransactionsOpenAtACrash(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer e.Close()
-	adm, closeAdm, err := newAdmin(e.Brokers())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer closeAdm()
-	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	defer cancel()
-	var restored []string
-	if err := readLatest(rctx, adm, e.Brokers(), "state", []int32{0}, testLogger(), func(_ int32, _, v []byte) error {
-		restored = append(restored, string(v))
-		return nil
-	}); err != nil {
-		t.Fatalf("restore after the crash: %v", err)
-	}
-	if want := []string{"committed"}; !slices.Equal(restored, want) {
+	if restored, want := restoreState(ctx, t, e), []string{"committed"}; !slices.Equal(restored, want) {
 		t.Fatalf("restored %q, want %q", restored, want)
 	}
 
@@ -299,6 +285,15 @@ func TestEmbeddedAbortsATransactionOpenAtACleanCloseAndACrash(t *testing.T) {
 
 	e = start(crashed)
 	defer e.Close()
+	if restored, want := restoreState(ctx, t, e), []string{"committed"}; !slices.Equal(restored, want) {
+		t.Fatalf("restored %q, want %q", restored, want)
+	}
+}
+
+// restoreState reads partition 0 of topic "state" from e as a stage
+// restores its state (read_committed, to the end), within 10 s.
+func restoreState(ctx context.Context, t *testing.T, e *Embedded) []string {
+	t.Helper()
 	adm, closeAdm, err := newAdmin(e.Brokers())
 	if err != nil {
 		t.Fatal(err)
@@ -313,7 +308,5 @@ func TestEmbeddedAbortsATransactionOpenAtACleanCloseAndACrash(t *testing.T) {
 	}); err != nil {
 		t.Fatalf("restore after the crash: %v", err)
 	}
-	if want := []string{"committed"}; !slices.Equal(restored, want) {
-		t.Fatalf("restored %q, want %q", restored, want)
-	}
+	return restored
 }
