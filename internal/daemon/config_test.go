@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"os"
@@ -9,6 +11,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"aegis.dev/aegis/projector/stores"
 )
 
 func TestLoadFileThenFlags(t *testing.T) {
@@ -133,5 +137,29 @@ func TestLoopback(t *testing.T) {
 		if got := loopback(addr); got != want {
 			t.Errorf("loopback(%q) = %v, want %v", addr, got, want)
 		}
+	}
+}
+
+// TestProjectorStoreOpenIsRetried: a store that refuses the first
+// connections (a ClickHouse server restarting while the projector starts)
+// is opened once it answers, within the budget; past it the last error
+// is returned.
+func TestProjectorStoreOpenIsRetried(t *testing.T) {
+	fails := 2
+	open := func() (stores.Store, error) {
+		if fails > 0 {
+			fails--
+			return nil, errors.New("connection reset by peer")
+		}
+		return stores.Open(context.Background(), "sqlite:"+filepath.Join(t.TempDir(), "audit.db"))
+	}
+	st, err := openRetrying(open, 10*time.Second, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatalf("after two refusals: %v", err)
+	}
+	_ = st.Close()
+	fails = 100
+	if _, err := openRetrying(open, time.Second, slog.New(slog.DiscardHandler)); err == nil || fails < 97 {
+		t.Fatalf("past the budget: err %v after %d attempts", err, 100-fails)
 	}
 }

@@ -3,6 +3,8 @@ package daemon
 import (
 	"context"
 	"fmt"
+	"log/slog"
+	"time"
 
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/redact"
@@ -37,7 +39,8 @@ func (s *projectorStage) Run(ctx context.Context) error {
 // projector stage on it.
 func (d *Daemon) newProjector(brokers []string) (stageRunner, error) {
 	cfg := d.cfg
-	st, err := stores.Open(context.Background(), cfg.StoreURL())
+	st, err := openRetrying(func() (stores.Store, error) { return stores.Open(context.Background(), cfg.StoreURL()) },
+		storeOpenBudget, d.log)
 	if err != nil {
 		return nil, fmt.Errorf("aegisd: projector: %w", err)
 	}
@@ -54,3 +57,25 @@ func (d *Daemon) newProjector(brokers []string) (stageRunner, error) {
 
 // redactURL hides the secrets of a URL (redact.URL).
 func redactURL(raw string) string { return redact.URL(raw) }
+
+// storeOpenBudget bounds how long the projector retries opening its store
+// at start: a ClickHouse server that is restarting refuses connections
+// for a few seconds, and the projector retries its writes anyway.
+const storeOpenBudget = time.Minute
+
+// openRetrying calls open until it succeeds or budget has passed, waiting
+// 0.5 s, then twice as long up to 5 s, between attempts; it returns the
+// last error.
+func openRetrying(open func() (stores.Store, error), budget time.Duration, log *slog.Logger) (stores.Store, error) {
+	deadline := time.Now().Add(budget)
+	wait := 500 * time.Millisecond
+	for {
+		st, err := open()
+		if err == nil || time.Now().Add(wait).After(deadline) {
+			return st, err
+		}
+		log.Warn("audit store not reachable yet; retrying", "err", err, "in", wait)
+		time.Sleep(wait)
+		wait = min(2*wait, 5*time.Second)
+	}
+}
