@@ -129,6 +129,9 @@ type Config struct {
 	// bounds it (group.min.session.timeout.ms, 6s by default). Members
 	// heartbeat every third of it, at most every 3s.
 	SessionTimeout time.Duration `yaml:"session_timeout"`
+	// StallTimeout is how long a stage's loop may make no progress before
+	// its Kafka client is replaced (default 2m; docs/pipeline.md).
+	StallTimeout time.Duration `yaml:"stall_timeout"`
 	// Dev relaxes security for local development and says so loudly.
 	Dev bool `yaml:"dev"`
 	// Pprof serves Go's profiling endpoints under /debug/pprof/ on the HTTP
@@ -162,6 +165,7 @@ func Defaults() Config {
 		Instance:         host,
 		MaxEventBytes:    envelope.DefaultMaxEventBytes,
 		SessionTimeout:   45 * time.Second,
+		StallTimeout:     2 * time.Minute,
 		MaxBatch:         5000,
 		SealerBatchWait:  20 * time.Millisecond,
 		StoreBatch:       20000,
@@ -208,6 +212,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.Archive, "archive", c.Archive, "policy archive directory: bundles and manifests by digest, for aegisctl replay (default <data-dir>/policy-archive)")
 	fs.IntVar(&c.MaxEventBytes, "max-event-bytes", c.MaxEventBytes, "largest accepted event in bytes")
 	fs.DurationVar(&c.SessionTimeout, "session-timeout", c.SessionTimeout, "consumer group session timeout: how long a crashed instance's partitions wait before moving")
+	fs.DurationVar(&c.StallTimeout, "stall-timeout", c.StallTimeout, "how long a stage may make no progress before its Kafka client is replaced (1m..1h)")
 	fs.IntVar(&c.MaxBatch, "max-batch", c.MaxBatch, "most records a stage handles in one transaction")
 	fs.DurationVar(&c.SealerBatchWait, "sealer-batch-wait", c.SealerBatchWait, "how long the broker may hold the sealer's fetches to gather a larger batch (0 or 10ms..1s)")
 	fs.IntVar(&c.StoreBatch, "store-batch", c.StoreBatch, "records the projector buffers before writing them to the audit store (it also writes 1 s after the first)")
@@ -326,6 +331,9 @@ func (c *Config) Validate() error {
 	}
 	if c.SessionTimeout < time.Second || c.SessionTimeout > 30*time.Minute {
 		errs = append(errs, fmt.Errorf("session-timeout %s: must be 1s..30m", c.SessionTimeout))
+	}
+	if c.StallTimeout < time.Minute || c.StallTimeout > time.Hour {
+		errs = append(errs, fmt.Errorf("stall-timeout %s: must be 1m..1h", c.StallTimeout))
 	}
 	if !slices.Contains(stream.Compressions, c.KafkaCompression) {
 		errs = append(errs, fmt.Errorf("kafka-compression %q: want one of %s", c.KafkaCompression, strings.Join(stream.Compressions, ", ")))

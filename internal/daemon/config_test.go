@@ -61,6 +61,8 @@ func TestLoadRejects(t *testing.T) {
 		{"store batch bytes unbounded", []string{"--store-batch-bytes", "4294967296"}, "store-batch-bytes"},
 		{"sealer batch wait below Kafka's floor", []string{"--sealer-batch-wait", "5ms"}, "sealer-batch-wait"},
 		{"sealer batch wait too long", []string{"--sealer-batch-wait", "2s"}, "sealer-batch-wait"},
+		{"stall timeout below the transaction timeout", []string{"--stall-timeout", "30s"}, "stall-timeout"},
+		{"stall timeout that never fires", []string{"--stall-timeout", "0"}, "stall-timeout"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -377,6 +377,7 @@ func (d *Daemon) newStage(name string, brokers []string, api *ingest.Server) (st
 	tc.Group = cfg.TopicPrefix + name
 	tc.TransactionalID = cfg.TopicPrefix + name + "-" + cfg.Instance
 	tc.SessionTimeout = cfg.SessionTimeout
+	tc.StallTimeout = cfg.StallTimeout
 	tc.HeartbeatInterval = min(3*time.Second, cfg.SessionTimeout/3)
 	t, err := stream.NewTransactor(tc, newProcessor, stream.WithLogger(d.log), stream.WithRegisterer(d.reg), stream.WithStage(name))
 	if err != nil {

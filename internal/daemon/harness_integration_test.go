@@ -188,12 +188,35 @@ func (e *faultEnv) cleanup() {
 	e.mu.Lock()
 	procs := e.procs
 	e.mu.Unlock()
+	if e.t.Failed() {
+		// A stage that is still running when the test failed may be
+		// stuck: SIGQUIT makes the Go runtime write every goroutine's
+		// stack to its log before it exits.
+		for _, p := range procs {
+			if !p.exited() && p.cmd.Process.Signal(syscall.SIGQUIT) == nil {
+				p.wait(10 * time.Second)
+			}
+		}
+	}
 	for _, p := range procs {
 		p.kill()
 	}
+	for _, p := range procs {
+		// A stall the watchdog healed does not fail the test (nothing was
+		// lost), but where the client hung is worth seeing.
+		for line := range strings.SplitSeq(p.log(), "\n") {
+			if strings.Contains(line, "code=stream_stalled") {
+				e.t.Logf("--- %s: the stall watchdog fired:\n%s", p.label, strings.NewReplacer(`\n`, "\n", `\t`, "\t").Replace(line))
+			}
+		}
+	}
 	if e.t.Failed() {
 		for _, p := range procs {
-			e.t.Logf("--- %s (%s) last lines:\n%s", p.label, p.exitState(), p.tail(30))
+			log, stacks := splitGoroutineDump(p.log())
+			e.t.Logf("--- %s (%s) last lines:\n%s", p.label, p.exitState(), lastLines(log, 30))
+			if stacks != "" {
+				e.t.Logf("--- %s goroutines in the pipeline's code at SIGQUIT:\n%s", p.label, stacks)
+			}
 		}
 		e.t.Logf("topics kept for inspection: %s*", e.prefix)
 		return
@@ -263,6 +286,9 @@ func (e *faultEnv) start(stage, instance string, extra ...string) *stageProc {
 		"--http-addr", "127.0.0.1:0",
 		"--manifests", e.manifests,
 		"--session-timeout", faultSessionTimeout,
+		// The shortest allowed: a stalled Kafka client is replaced
+		// within the tests' verification windows.
+		"--stall-timeout", "1m",
 		"--data-dir", dir,
 	}, extra...)
 	cmd := exec.Command(e.bin, args...)
@@ -344,12 +370,34 @@ func (p *stageProc) log() string {
 	return string(b)
 }
 
-func (p *stageProc) tail(n int) string {
-	lines := strings.Split(strings.TrimRight(p.log(), "\n"), "\n")
+func (p *stageProc) tail(n int) string { return lastLines(p.log(), n) }
+
+// lastLines returns the last n lines of s.
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	if len(lines) > n {
 		lines = lines[len(lines)-n:]
 	}
 	return strings.Join(lines, "\n")
+}
+
+// splitGoroutineDump splits a process log into what the process logged and,
+// if it ended with the Go runtime's SIGQUIT dump, the stacks of the
+// goroutines that run this module's stream code or the Kafka client's group
+// and transaction code: where a stuck stage waits.
+func splitGoroutineDump(log string) (logged, stacks string) {
+	i := strings.Index(log, "SIGQUIT: quit")
+	if i < 0 {
+		return log, ""
+	}
+	var keep []string
+	for _, g := range strings.Split(log[i:], "\n\n") {
+		if strings.HasPrefix(g, "goroutine ") && (strings.Contains(g, "aegis.dev/aegis/internal/stream.") ||
+			strings.Contains(g, "kgo.(*groupConsumer)") || strings.Contains(g, "kgo.(*GroupTransactSession)")) {
+			keep = append(keep, g)
+		}
+	}
+	return log[:i], strings.Join(keep, "\n\n")
 }
 
 var httpAddrLine = regexp.MustCompile(`msg="http server listening" addr=(\S+)`)

@@ -302,7 +302,7 @@ func restoreState(ctx context.Context, t *testing.T, e *Embedded) []string {
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	var restored []string
-	if err := readLatest(rctx, adm, e.Brokers(), "state", []int32{0}, testLogger(), func(_ int32, _, v []byte) error {
+	if err := readLatest(rctx, adm, e.Brokers(), "state", []int32{0}, testLogger(), nil, func(_ int32, _, v []byte) error {
 		restored = append(restored, string(v))
 		return nil
 	}); err != nil {

@@ -33,6 +33,12 @@ var (
 	// ID took over: this instance is a zombie and must stop.
 	ErrFenced = errors.New("stream_fenced")
 
+	// ErrStalled reports that a transactional stage's loop made no
+	// progress for its stall timeout, and that its session did not end
+	// even after its Kafka client was closed: the process should exit and
+	// be restarted.
+	ErrStalled = errors.New("stream_stalled")
+
 	// ErrProduce reports records that the broker did not acknowledge.
 	ErrProduce = errors.New("stream_produce_failed")
 

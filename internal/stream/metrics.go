@@ -18,6 +18,7 @@ type metrics struct {
 	aborted      prometheus.Counter
 	restore      prometheus.Histogram
 	lag          *prometheus.GaugeVec
+	stalls       prometheus.Counter
 }
 
 // Metric names, documented for dashboards and alerts.
@@ -30,6 +31,7 @@ const (
 	metricTransactions = "aegis_stream_transactions_total"
 	metricRestore      = "aegis_stream_restore_seconds"
 	metricLag          = "aegis_stream_lag_records"
+	metricStalls       = "aegis_stream_stalls_total"
 )
 
 func newMetrics(reg prometheus.Registerer, stage string) (*metrics, error) {
@@ -63,6 +65,9 @@ func newMetrics(reg prometheus.Registerer, stage string) (*metrics, error) {
 		lag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: metricLag, Help: "Committed input records behind the last seen end offset, per owned partition.", ConstLabels: cl,
 		}, []string{"partition"}),
+		stalls: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: metricStalls, Help: "Sessions the stall watchdog replaced because their loop made no progress for the stall timeout.", ConstLabels: cl,
+		}),
 	}
 	if reg != nil {
 		var err error
@@ -88,6 +93,9 @@ func newMetrics(reg prometheus.Registerer, stage string) (*metrics, error) {
 			return nil, err
 		}
 		if m.lag, err = register(reg, m.lag); err != nil {
+			return nil, err
+		}
+		if m.stalls, err = register(reg, m.stalls); err != nil {
 			return nil, err
 		}
 	}

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"maps"
 	"slices"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -18,6 +19,10 @@ import (
 // reads a partition set; past it readLatest keeps only each key's latest
 // offset and reads the partitions a second time. A variable for tests.
 var restoreBudget = 64 << 20
+
+// restorePoll bounds one poll of a restore, so that a restore waiting for an
+// open transaction still reports progress.
+const restorePoll = time.Second
 
 // latestValue is what readLatest knows of one key: the offset of its
 // latest value and, while within the budget, a copy of that value.
@@ -48,8 +53,12 @@ type latestValue struct {
 // excluded according to its outcome. Both passes read the same committed
 // records below the same targets, and compaction never removes a key's
 // latest record, so the second pass finds every offset the first chose.
+//
+// progress, if not nil, is called at least every restorePoll while the read
+// goes on, including while it waits for an open transaction: the stage's
+// stall watchdog counts a restore that waits on the broker as alive.
 func readLatest(ctx context.Context, adm *kadm.Client, brokers []string, topic string, parts []int32, log *slog.Logger,
-	emit func(p int32, key, value []byte) error) error {
+	progress func(), emit func(p int32, key, value []byte) error) error {
 	starts, err := adm.ListStartOffsets(ctx, topic)
 	if err == nil {
 		err = starts.Error()
@@ -98,12 +107,20 @@ func readLatest(ctx context.Context, adm *kadm.Client, brokers []string, topic s
 		defer cl.Close()
 		open := maps.Clone(targets)
 		for len(open) > 0 {
-			fetches := cl.PollFetches(ctx)
+			pollCtx, cancel := context.WithTimeout(ctx, restorePoll)
+			fetches := cl.PollFetches(pollCtx)
+			cancel()
 			if ctx.Err() != nil {
 				return fmt.Errorf("stream: restore %s: %w", topic, ctx.Err())
 			}
+			if progress != nil {
+				progress()
+			}
 			var ferr error
 			fetches.EachError(func(_ string, p int32, err error) {
+				if errors.Is(err, context.DeadlineExceeded) {
+					return // the poll's own timeout
+				}
 				ferr = errors.Join(ferr, fmt.Errorf("partition %d: %w", p, err))
 			})
 			if ferr != nil {

@@ -6,9 +6,12 @@ import (
 	"math/rand/v2"
 	"runtime"
 	"strings"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
+	"github.com/twmb/franz-go/pkg/kgo"
 )
 
 // TestReadLatestWithinAndPastTheBudget: the latest value of every key that
@@ -45,7 +48,7 @@ func TestReadLatestWithinAndPastTheBudget(t *testing.T) {
 		old := restoreBudget
 		restoreBudget = budget
 		got := map[int32]string{}
-		err := readLatest(ctx, adm, e.Brokers(), topic, []int32{0, 1}, testLogger(), func(p int32, key, value []byte) error {
+		err := readLatest(ctx, adm, e.Brokers(), topic, []int32{0, 1}, testLogger(), nil, func(p int32, key, value []byte) error {
 			if got[p] != "" {
 				got[p] += " "
 			}
@@ -91,7 +94,7 @@ func BenchmarkReadLatest(b *testing.B) {
 			var heap uint64
 			for b.Loop() {
 				n := 0
-				err := readLatest(ctx, adm, e.Brokers(), topic, []int32{0}, testLogger(), func(int32, []byte, []byte) error {
+				err := readLatest(ctx, adm, e.Brokers(), topic, []int32{0}, testLogger(), nil, func(int32, []byte, []byte) error {
 					if n++; n == 10000 { // halfway through handing over: what the read holds
 						runtime.GC()
 						var ms runtime.MemStats
@@ -132,4 +135,47 @@ func stateTopic(tb testing.TB, topic string, partitions int32, msgs []Message) (
 	}
 	tb.Cleanup(closeAdm)
 	return e, adm
+}
+
+// TestReadLatestReportsProgressWhileWaiting keeps a transaction on the state
+// topic open for 2.5 s: the read waits for it, and must report progress
+// while it waits, so that the stage's stall watchdog does not take the wait
+// for a hung client.
+func TestReadLatestReportsProgressWhileWaiting(t *testing.T) {
+	const topic = "restore.wait"
+	e, adm := stateTopic(t, topic, 1, []Message{{Topic: topic, Key: []byte("a"), Value: []byte("1")}})
+	ctx := context.Background()
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.Brokers()...), kgo.TransactionalID("restore-wait"),
+		kgo.DefaultProduceTopic(topic), kgo.RecordPartitioner(kgo.ManualPartitioner()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	if err := cl.BeginTransaction(); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.ProduceSync(ctx, &kgo.Record{Key: []byte("b"), Value: []byte("2")}).FirstErr(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		time.Sleep(2500 * time.Millisecond)
+		if err := cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
+			t.Error(err)
+		}
+	}()
+	var beats atomic.Int32
+	got := map[string]string{}
+	err = readLatest(ctx, adm, e.Brokers(), topic, []int32{0}, testLogger(), func() { beats.Add(1) }, func(_ int32, k, v []byte) error {
+		got[string(k)] = string(v)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got["a"] != "1" || got["b"] != "2" {
+		t.Fatalf("restored %v, want a=1 and the committed b=2", got)
+	}
+	if n := beats.Load(); n < 3 { // the first record, two idle polls, the commit
+		t.Fatalf("progress reported %d times in a 2.5 s wait, want at least 3", n)
+	}
 }

@@ -1,6 +1,7 @@
 package stream
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -8,9 +9,12 @@ import (
 	"log/slog"
 	"maps"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
@@ -107,6 +111,11 @@ type TransactConfig struct {
 	// Compression of produced batches: none, snappy (default), lz4, zstd
 	// or gzip.
 	Compression string
+	// StallTimeout is how long the stage's loop may go without progress
+	// (a poll, a restore read, a transaction ended) before the stall
+	// watchdog replaces its Kafka client (default 2m, and at least
+	// TransactionTimeout + 30s). See Run.
+	StallTimeout time.Duration
 }
 
 func (c *TransactConfig) validate() error {
@@ -148,6 +157,12 @@ func (c *TransactConfig) validate() error {
 	if c.TransactionTimeout <= 0 {
 		c.TransactionTimeout = 40 * time.Second
 	}
+	if c.StallTimeout < 0 {
+		return fmt.Errorf("stream: transact: negative stall timeout: %w", ErrConfig)
+	}
+	if c.StallTimeout == 0 {
+		c.StallTimeout = max(2*time.Minute, c.TransactionTimeout+30*time.Second)
+	}
 	return nil
 }
 
@@ -179,6 +194,8 @@ type Transactor struct {
 
 	partitions      int32 // common partition count, set by Run before the first session
 	restoreFailures int   // consecutive Restore failures; owned by Run's goroutine
+
+	beat atomic.Int64 // when the session's loop last made progress, Unix nanoseconds
 
 	viewMu  sync.Mutex
 	view    map[int32]partView
@@ -271,9 +288,19 @@ func (v partView) lag() int64 {
 // after the shutdown sequence in the package documentation; or returns an
 // error when the stage cannot go on: a configuration or co-partitioning
 // error before joining, ErrProcess after a processor kept failing, ErrFenced
-// when a newer instance took over the transactional ID. Broker and restore
-// failures are retried with backoff and do not end Run. Run must not be
-// called twice at once on the same Transactor.
+// when a newer instance took over the transactional ID, ErrStalled when a
+// stalled session could not be ended. Broker and restore failures are
+// retried with backoff and do not end Run. Run must not be called twice at
+// once on the same Transactor.
+//
+// A watchdog guards each session: if its loop makes no progress for
+// StallTimeout (a call into the Kafka client that does not return), the
+// session's context is cancelled and its client closed, which ends the
+// client's pending calls, and a new session starts. The stall is logged at
+// error level with the stacks of the stage's goroutines and counted in
+// aegis_stream_stalls_total. A session that still does not end within
+// stallGrace is abandoned and Run returns ErrStalled: the process should
+// exit and be restarted.
 func (t *Transactor) Run(ctx context.Context) error {
 	adm, closeAdm, err := newAdmin(t.cfg.Brokers, kgo.WithLogger(kgoLogger{t.log.WithGroup("kafka")}))
 	if err != nil {
@@ -291,11 +318,11 @@ func (t *Transactor) Run(ctx context.Context) error {
 
 	backoff := t.cfg.RetryBackoff
 	for {
-		err := t.session(ctx, adm)
+		err := t.watched(ctx, adm)
 		if ctx.Err() != nil {
 			return nil
 		}
-		if errors.Is(err, ErrProcess) || errors.Is(err, ErrFenced) || errors.Is(err, ErrConfig) {
+		if errors.Is(err, ErrProcess) || errors.Is(err, ErrFenced) || errors.Is(err, ErrConfig) || errors.Is(err, ErrStalled) {
 			return err
 		}
 		if errors.Is(err, ErrRestore) {
@@ -333,6 +360,146 @@ func sleep(ctx context.Context, d time.Duration) bool {
 	}
 }
 
+// stallGrace is how long a stalled session has to end once its context is
+// cancelled and its client closed.
+var stallGrace = 30 * time.Second // a variable for tests
+
+// progress records that the session's loop is alive.
+func (t *Transactor) progress() { t.beat.Store(time.Now().UnixNano()) }
+
+// watched runs one session under the stall watchdog described at Run. A
+// stalled session that ends once its client is closed returns an error
+// wrapping ErrBroker (Run starts a new one); one that does not returns
+// ErrStalled.
+func (t *Transactor) watched(ctx context.Context, adm *kadm.Client) error {
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	closer := &sessionCloser{}
+	done := make(chan error, 1)
+	t.progress()
+	go func() { done <- t.session(sctx, adm, closer) }()
+	clock := stallClock{timeout: t.cfg.StallTimeout, interval: max(t.cfg.StallTimeout/10, 10*time.Millisecond), last: time.Now()}
+	tick := time.NewTicker(clock.interval)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			return err
+		case <-tick.C:
+		}
+		now := time.Now()
+		idle, stalled, paused := clock.check(now, time.Unix(0, t.beat.Load()))
+		if paused {
+			t.progress()
+		}
+		if !stalled || ctx.Err() != nil {
+			// A shutdown is not a stall: the session ends its open
+			// transaction within TransactionTimeout.
+			continue
+		}
+		t.m.stalls.Inc()
+		t.log.Error("stage made no progress: closing its Kafka client and starting a new session",
+			"code", ErrStalled.Error(), "idle", idle.Round(time.Second), "goroutines", streamStacks())
+		cancel()
+		// Closing the client ends its pending calls, except a
+		// transaction's End: the client leaves its group only after
+		// End returns, which its own deadline (TransactionTimeout)
+		// bounds. The grace covers that.
+		go closer.close()
+		graceFor := max(stallGrace, t.cfg.TransactionTimeout)
+		grace := time.NewTimer(graceFor)
+		select {
+		case err := <-done:
+			grace.Stop()
+			return fmt.Errorf("stream: no progress for %s, session replaced: %w (it ended with: %w)", idle.Round(time.Second), ErrBroker, err)
+		case <-grace.C:
+			// The session's goroutine is abandoned with the client it
+			// holds; Run ends, and so should the process.
+			t.log.Error("stalled session did not end after its client was closed", "code", ErrStalled.Error(), "goroutines", streamStacks())
+			return fmt.Errorf("stream: no progress for %s, and the session did not end within %s of its client being closed: %w", idle.Round(time.Second), graceFor, ErrStalled)
+		}
+	}
+}
+
+// stallClock tells a stalled loop from a paused process. The watchdog's
+// ticks come every interval; one that comes more than three intervals
+// after the previous means the whole process stood still (SIGSTOP, a
+// suspended VM, a starved machine), the loop included, so the count
+// starts over instead of replacing a session that had no chance to run:
+// a paused instance whose partitions moved must find out it was fenced,
+// not start a new session that fences its successor.
+type stallClock struct {
+	timeout, interval time.Duration
+	last              time.Time // the previous tick
+}
+
+// check returns, at a tick at now, how long the loop has been idle since
+// its last progress beat, whether that is a stall, and whether the process
+// was paused since the previous tick (the caller then records progress).
+func (c *stallClock) check(now, beat time.Time) (idle time.Duration, stalled, paused bool) {
+	paused = now.Sub(c.last) > 3*c.interval
+	c.last = now
+	if paused {
+		return 0, false, true
+	}
+	idle = now.Sub(beat)
+	return idle, idle >= c.timeout, false
+}
+
+// sessionCloser closes a session's client once, from the session itself or
+// from the stall watchdog, whichever comes first.
+type sessionCloser struct {
+	mu     sync.Mutex
+	s      *kgo.GroupTransactSession
+	closed bool
+	once   sync.Once
+}
+
+// set records the session's client; false means the watchdog closed the
+// session before it had one, and s must not be used.
+func (c *sessionCloser) set(s *kgo.GroupTransactSession) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.s = s
+	return true
+}
+
+// close closes the client if there is one and marks the session closed;
+// concurrent and later calls wait for the first to finish.
+func (c *sessionCloser) close() {
+	c.mu.Lock()
+	c.closed = true
+	s := c.s
+	c.mu.Unlock()
+	if s != nil {
+		c.once.Do(s.Close)
+	}
+}
+
+// streamStacks returns the stacks of the goroutines that run this package's
+// code or the Kafka client's group and transaction code, the places a stall
+// is found in, cut to 64 KiB.
+func streamStacks() string {
+	var buf bytes.Buffer
+	if err := pprof.Lookup("goroutine").WriteTo(&buf, 2); err != nil {
+		return err.Error()
+	}
+	var keep []string
+	for g := range strings.SplitSeq(buf.String(), "\n\n") {
+		if strings.Contains(g, "/internal/stream.") || strings.Contains(g, "kgo.(*groupConsumer)") || strings.Contains(g, "kgo.(*GroupTransactSession)") {
+			keep = append(keep, g)
+		}
+	}
+	out := strings.Join(keep, "\n\n")
+	if len(out) > 64<<10 {
+		out = strings.ToValidUTF8(out[:64<<10], "")
+	}
+	return out
+}
+
 // owned is the run loop's record of one owned partition.
 type owned struct {
 	proc Processor // nil: must be restored before processing
@@ -340,7 +507,7 @@ type owned struct {
 
 // session runs one GroupTransactSession until ctx is cancelled or an error
 // that needs a new session (or ends Run) happens.
-func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) {
+func (t *Transactor) session(ctx context.Context, adm *kadm.Client, closer *sessionCloser) (err error) {
 	t.evMu.Lock()
 	t.events = nil
 	t.evMu.Unlock()
@@ -391,7 +558,11 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) 
 	if err != nil {
 		return fmt.Errorf("stream: transact session: %w: %w", ErrConfig, err)
 	}
-	defer s.Close() // leaves the group after any open transaction was ended below
+	if !closer.set(s) {
+		s.Close()
+		return fmt.Errorf("stream: session closed by the stall watchdog: %w", ErrBroker)
+	}
+	defer closer.close() // leaves the group after any open transaction was ended below
 	workers := newWorkers(runtime.GOMAXPROCS(0))
 	defer workers.stop()
 
@@ -399,8 +570,12 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) 
 	// fences a previous incarnation with the same transactional ID and
 	// aborts the transaction it left open, which would otherwise hold back
 	// the state topic's stable offset and stall the restore below until
-	// the transaction timeout.
-	if _, _, err := s.Client().ProducerID(ctx); err != nil {
+	// the transaction timeout. The client retries CONCURRENT_TRANSACTIONS
+	// for as long as the context lasts, so the wait is bounded.
+	initCtx, cancelInit := context.WithTimeout(ctx, t.cfg.TransactionTimeout)
+	_, _, err = s.Client().ProducerID(initCtx)
+	cancelInit()
+	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
@@ -418,11 +593,15 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client) (err error) 
 	for {
 		// Polls wake up at least every idlePoll so that newly assigned
 		// partitions with nothing to consume still get restored.
+		t.progress()
 		pollCtx, cancelPoll := context.WithTimeout(ctx, idlePoll)
 		fetches := s.PollRecords(pollCtx, t.cfg.MaxBatch)
 		cancelPoll()
-		if ctx.Err() != nil || fetches.IsClientClosed() {
+		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if fetches.IsClientClosed() {
+			return fmt.Errorf("stream: the session's client was closed: %w", ErrBroker)
 		}
 		polled := time.Now()
 		var fetchErr error
@@ -688,7 +867,7 @@ func (t *Transactor) restore(ctx context.Context, adm *kadm.Client, parts map[in
 		}
 	}()
 	if t.cfg.State != "" {
-		err := readLatest(ctx, adm, t.cfg.Brokers, t.cfg.State, need, t.log, func(p int32, key, value []byte) error {
+		err := readLatest(ctx, adm, t.cfg.Brokers, t.cfg.State, need, t.log, t.progress, func(p int32, key, value []byte) error {
 			if err := procs[p].Restore(key, value); err != nil {
 				return fmt.Errorf("stream: restore %s/%d key %q: %w: %w", t.cfg.State, p, key, ErrRestore, err)
 			}

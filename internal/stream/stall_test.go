@@ -1,0 +1,165 @@
+package stream
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
+)
+
+// TestTransactStallHealsWhenTheSessionEnds wedges one Process call until
+// its context ends, as a call blocked on the network would: the watchdog
+// must cancel the session after StallTimeout, and a new session must
+// finish the input exactly once.
+func TestTransactStallHealsWhenTheSessionEnds(t *testing.T) {
+	e := startBroker(t)
+	tp := newTopology(t, e, 2)
+	want := map[string]int{}
+	produceInputs(t, e, tp.input, 8, 200, want)
+
+	var wedged atomic.Bool
+	hook := func(ctx context.Context, r *Record) error {
+		if string(r.Value) == "session-03/5" && wedged.CompareAndSwap(false, true) {
+			<-ctx.Done()
+			return ctx.Err()
+		}
+		return nil
+	}
+	cfg := tp.config(e, "txn-stall")
+	cfg.StallTimeout = 500 * time.Millisecond
+	reg := prometheus.NewRegistry()
+	tr, err := NewTransactor(cfg, tp.counters(hook), WithRegisterer(reg), WithLogger(testLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runAsync(t, tr)
+	out := readAtLeast(t, e, tp.output, sum(want), 20*time.Second, 300*time.Millisecond)
+	if !wedged.Load() {
+		t.Fatal("the wedge was never injected")
+	}
+	checkExactlyOnce(t, out, want, tp.partitions)
+	if n := metricValue(tr.m.stalls); n != 1 {
+		t.Fatalf("stalls = %v, want 1", n)
+	}
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+// TestTransactStallEndsRunWhenTheSessionHangs wedges a Process call for
+// good (it ignores its context): Run must give up with ErrStalled once the
+// grace after closing the client has passed, instead of hanging.
+func TestTransactStallEndsRunWhenTheSessionHangs(t *testing.T) {
+	defer func(g time.Duration) { stallGrace = g }(stallGrace)
+	stallGrace = 300 * time.Millisecond
+	e := startBroker(t)
+	tp := newTopology(t, e, 1)
+	produceInputs(t, e, tp.input, 1, 3, map[string]int{})
+
+	release := make(chan struct{})
+	defer close(release)
+	hook := func(context.Context, *Record) error { <-release; return nil }
+	cfg := tp.config(e, "txn-hang")
+	cfg.StallTimeout = 500 * time.Millisecond
+	cfg.TransactionTimeout = time.Second // the grace is at least this
+	tr, err := NewTransactor(cfg, tp.counters(hook), WithLogger(testLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	err = tr.Run(ctx)
+	if !errors.Is(err, ErrStalled) {
+		t.Fatalf("Run = %v after %s, want ErrStalled", err, time.Since(start).Round(time.Millisecond))
+	}
+	if n := metricValue(tr.m.stalls); n != 1 {
+		t.Fatalf("stalls = %v, want 1", n)
+	}
+}
+
+// TestStallClockSkipsAPausedProcess: a tick that comes long after the
+// previous one (the process was stopped) is not a stall, however old the
+// loop's last beat, and the count starts over from it.
+func TestStallClockSkipsAPausedProcess(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	c := stallClock{timeout: 10 * time.Second, interval: time.Second, last: t0}
+	if _, stalled, paused := c.check(t0.Add(time.Second), t0); stalled || paused {
+		t.Fatalf("1s after the beat: stalled %v, paused %v", stalled, paused)
+	}
+	// The process stood still for 5 minutes, the loop with it.
+	if _, stalled, paused := c.check(t0.Add(5*time.Minute), t0); stalled || !paused {
+		t.Fatalf("first tick after a pause: stalled %v, paused %v; want a pause, not a stall", stalled, paused)
+	}
+	beat := t0.Add(5 * time.Minute) // what the caller records on a pause
+	now := beat
+	for range 9 {
+		now = now.Add(time.Second)
+		if _, stalled, _ := c.check(now, beat); stalled {
+			t.Fatalf("stall %s after the pause", now.Sub(beat))
+		}
+	}
+	now = now.Add(time.Second)
+	if idle, stalled, paused := c.check(now, beat); !stalled || paused || idle != 10*time.Second {
+		t.Fatalf("10s of regular ticks without a beat: idle %s, stalled %v, paused %v; want a stall", idle, stalled, paused)
+	}
+}
+
+// TestTransactInitProducerIDIsBounded answers every InitProducerID with
+// CONCURRENT_TRANSACTIONS, which the Kafka client retries for as long as
+// its context lasts: the session must give up after the transaction timeout
+// and say so, instead of waiting silently for ever.
+func TestTransactInitProducerIDIsBounded(t *testing.T) {
+	e := startBroker(t)
+	tp := newTopology(t, e, 1)
+	var inits atomic.Int32
+	e.c.ControlKey(int16(kmsg.InitProducerID), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		e.c.KeepControl()
+		inits.Add(1)
+		resp := req.ResponseKind().(*kmsg.InitProducerIDResponse)
+		resp.ErrorCode = kerr.ConcurrentTransactions.Code
+		return resp, nil, true
+	})
+	var logs syncBuffer
+	cfg := tp.config(e, "txn-init")
+	cfg.TransactionTimeout = time.Second
+	cfg.StallTimeout = time.Minute // not the watchdog: the bound itself
+	tr, err := NewTransactor(cfg, tp.counters(nil), WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	runAsync(t, tr)
+	waitFor(t, "the session to report its failed producer ID", 10*time.Second, func() bool {
+		return strings.Contains(logs.String(), "init producer id")
+	})
+	if inits.Load() < 2 {
+		t.Fatalf("%d InitProducerID requests, want the client's retries", inits.Load())
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for a logger and a reader at once.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
