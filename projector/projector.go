@@ -54,6 +54,7 @@ import (
 	"aegis.dev/aegis/decider/session"
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/schemas/canon"
 	"aegis.dev/aegis/schemas/envelope"
 )
 
@@ -352,6 +353,12 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 			reject(rec, nil, ReasonBadHead, fmt.Sprintf("not a chain head: %v", err))
 			continue
 		}
+		if h.Seq > canon.MaxSafeInteger {
+			// No event has such a seq (envelopes refuse it), and
+			// SQLite's signed integers could not hold it anyway.
+			reject(rec, nil, ReasonBadHead, fmt.Sprintf("seq %d is above %d, the largest an event can have", h.Seq, uint64(canon.MaxSafeInteger)))
+			continue
+		}
 		headDone[string(rec.Key)] = true
 		b.Heads = append(b.Heads, h)
 	}
@@ -368,6 +375,13 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 			var r pipeline.Rejection
 			if err := json.Unmarshal(rec.Value, &r); err != nil {
 				reject(rec, nil, ReasonBadRejection, err.Error())
+				continue
+			}
+			if r.Seq > canon.MaxSafeInteger || r.Expected > canon.MaxSafeInteger+1 {
+				// Aegis names only seqs an event can have (or the next
+				// one); a larger one would be stored differently by
+				// SQLite (signed) and ClickHouse (unsigned).
+				reject(rec, nil, ReasonBadRejection, fmt.Sprintf("seq %d or expected_seq %d is above what an event can have (%d)", r.Seq, r.Expected, uint64(canon.MaxSafeInteger)))
 				continue
 			}
 			b.Rejected = append(b.Rejected, RejectedRow{Rejection: r, RejectedUnixMs: rec.Timestamp.UnixMilli()})

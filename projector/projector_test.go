@@ -19,6 +19,7 @@ import (
 	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/projector"
 	"aegis.dev/aegis/projector/sqlstore"
+	"aegis.dev/aegis/schemas/canon"
 	"aegis.dev/aegis/schemas/chain"
 	"aegis.dev/aegis/schemas/envelope"
 )
@@ -300,6 +301,50 @@ func TestProjectorStoresLastHeadOfBatch(t *testing.T) {
 	}
 	if written := rowsWritten(t, reg, "chain_heads"); written != 3 {
 		t.Errorf("chain_heads rows written = %v, want 3 (one per session)", written)
+	}
+}
+
+// TestProjectorRejectsSeqsNoEventCanHave: a chain head or a rejection that
+// names a seq above 2^53-1 (no envelope has one; only another Kafka writer
+// can put it there) is rejected, not stored: SQLite would have stored a seq
+// above 2^63 as a negative number and ClickHouse as the number itself.
+func TestProjectorRejectsSeqsNoEventCanHave(t *testing.T) {
+	k := startKafka(t, 1)
+	st := openSQLite(t)
+	head := func(sid string, seq uint64) stream.Message {
+		v, _ := json.Marshal(chain.Head{TenantID: "acme", SessionID: sid, Seq: seq, Hash: fmt.Sprintf("sha256:%064d", 1)})
+		return stream.Message{Topic: k.topics.ChainHeads, Key: []byte("acme/" + sid), Value: v}
+	}
+	rejection := func(seq, expected uint64) stream.Message {
+		v, _ := json.Marshal(pipeline.Rejection{V: 1, Stage: "sealer", Reason: "SEQ_GAP", TenantID: "acme", SessionID: "r", Seq: seq, Expected: expected})
+		return stream.Message{Topic: k.topics.Rejected, Key: []byte("acme/r"), Value: v}
+	}
+	msgs := []stream.Message{
+		head("a", 7), head("a", 1<<63+1), // the forged head is rejected, a@7 counts
+		head("b", canon.MaxSafeInteger),
+		rejection(1<<63+1, 0), rejection(3, 1<<63), rejection(canon.MaxSafeInteger, canon.MaxSafeInteger+1),
+	}
+	produceMessages(t, k.brokers, msgs...)
+	stop := startProjector(t, projector.Config{Brokers: k.brokers, Group: k.prefix + "projector", Topics: k.topics, BatchSize: len(msgs),
+		FlushInterval: 5 * time.Second}, st, prometheus.NewRegistry())
+	waitFor(t, "the rows", 20*time.Second, func() bool { return queryInt(t, st, "SELECT count(*) FROM rejected_records") == 4 })
+	stop()
+	heads, err := st.Heads(context.Background(), projector.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(heads); len(heads) != 2 || heads[0].Seq != 7 || heads[1].Seq != canon.MaxSafeInteger {
+		t.Errorf("heads = %s, want a@7 and b@2^53-1", got)
+	}
+	for q, want := range map[string]int64{
+		"SELECT count(*) FROM rejected_records WHERE reason = '" + projector.ReasonBadHead + "'":      1,
+		"SELECT count(*) FROM rejected_records WHERE reason = '" + projector.ReasonBadRejection + "'": 2,
+		"SELECT count(*) FROM rejected_records WHERE reason = 'SEQ_GAP' AND seq = 9007199254740991":   1,
+		"SELECT count(*) FROM rejected_records WHERE seq < 0 OR expected_seq < 0":                     0,
+	} {
+		if got := queryInt(t, st, q); got != want {
+			t.Errorf("%s = %d, want %d", q, got, want)
+		}
 	}
 }
 
