@@ -146,19 +146,25 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig, opts ...Option) (*Em
 			return nil, fmt.Errorf("stream: embedded broker on %s: recovering %s: %w", addr, cfg.DataDir, err)
 		}
 	}
-	c, err := kfake.NewCluster(append(kopts, listenOn(addr))...)
-	if err != nil {
-		unlock()
-		return nil, fmt.Errorf("stream: embedded broker on %s: %w: %w", addr, ErrBroker, err)
-	}
-	e := &Embedded{c: c, addr: c.ListenAddrs()[0], stop: make(chan struct{}), done: make(chan struct{})}
+	// The marker that tells the next start this one did not stop cleanly
+	// is in place before the broker accepts anything, and with
+	// SyncWrites it is on disk too: a power loss must not keep records
+	// of an open transaction and lose the marker that has them aborted.
 	if cfg.DataDir != "" {
-		if err := os.WriteFile(filepath.Join(cfg.DataDir, runningFile), nil, 0o644); err != nil {
-			c.Close()
+		if err := writeRunningMarker(cfg.DataDir, cfg.SyncWrites); err != nil {
 			unlock()
 			return nil, fmt.Errorf("stream: embedded broker: %w: %w", ErrConfig, err)
 		}
 	}
+	c, err := kfake.NewCluster(append(kopts, listenOn(addr))...)
+	if err != nil {
+		if cfg.DataDir != "" && !crashed {
+			_ = os.Remove(filepath.Join(cfg.DataDir, runningFile))
+		}
+		unlock()
+		return nil, fmt.Errorf("stream: embedded broker on %s: %w: %w", addr, ErrBroker, err)
+	}
+	e := &Embedded{c: c, addr: c.ListenAddrs()[0], stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(e.done)
 		select {
@@ -172,6 +178,30 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig, opts ...Option) (*Em
 		unlock()
 	}()
 	return e, nil
+}
+
+// writeRunningMarker creates dataDir's running marker; with sync, the file
+// and its directory entry are fsynced.
+func writeRunningMarker(dataDir string, sync bool) error {
+	f, err := os.OpenFile(filepath.Join(dataDir, runningFile), os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	if sync {
+		if err := f.Sync(); err != nil {
+			f.Close()
+			return err
+		}
+	}
+	if err := f.Close(); err != nil || !sync {
+		return err
+	}
+	d, err := os.Open(dataDir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
 }
 
 // dropOpenTxnSnapshots removes, before kfake loads a crashed DataDir, the

@@ -87,6 +87,10 @@ func testEmbeddedPersistsAcrossRestart(t *testing.T, sync bool) {
 		return e
 	}
 	e := start()
+	marker := filepath.Join(dir, runningFile)
+	if _, err := os.Stat(marker); err != nil {
+		t.Fatalf("running marker while the broker runs: %v", err)
+	}
 	tp := newTopology(t, e, 3)
 	want := map[string]int{}
 	produceInputs(t, e, tp.input, 9, 90, want)
@@ -101,6 +105,9 @@ func testEmbeddedPersistsAcrossRestart(t *testing.T, sync bool) {
 		t.Fatal(err)
 	}
 	e.Close()
+	if _, err := os.Stat(marker); !os.IsNotExist(err) {
+		t.Fatalf("running marker after a clean stop: %v, want none", err)
+	}
 
 	e = start()
 	defer e.Close()
