@@ -131,9 +131,25 @@ func (d *Daemon) Run(ctx context.Context) error {
 	brokers := cfg.Brokers
 	var emb *stream.Embedded
 	if len(brokers) == 0 {
-		emb, err = stream.StartEmbedded(context.WithoutCancel(ctx), stream.EmbeddedConfig{
+		// The broker outlives ctx (the stages end their transactions on
+		// it at shutdown; emb.Close stops it), but a shutdown while it
+		// starts, recovering from a crash, stops the start.
+		brokerCtx, stopBroker := context.WithCancel(context.WithoutCancel(ctx))
+		defer stopBroker()
+		stopWatch := context.AfterFunc(ctx, stopBroker)
+		emb, err = stream.StartEmbedded(brokerCtx, stream.EmbeddedConfig{
 			DataDir: filepath.Join(cfg.DataDir, "kafka"), Addr: cfg.KafkaAddr, Partitions: cfg.Partitions, SyncWrites: cfg.KafkaSyncWrites,
 		}, stream.WithLogger(d.log), stream.WithRegisterer(d.reg))
+		if !stopWatch() {
+			// Shut down while the broker started: nothing runs on it
+			// yet. An interrupted crash recovery runs again at the next
+			// start.
+			if err == nil {
+				emb.Close()
+			}
+			d.log.Info("shutdown requested while the embedded broker started", "error", err)
+			return nil
+		}
 		if err != nil {
 			return fmt.Errorf("aegisd: embedded broker: %w", err)
 		}

@@ -1,12 +1,15 @@
 package daemon
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -335,5 +338,33 @@ func TestEmbeddedSurvivesRestart(t *testing.T) {
 		if want := ev.Seq > 4; (ev.Decision.Reason == envelope.ReasonBudgetExceeded) != want {
 			t.Fatalf("%s seq %d: %s", ev.SessionID, ev.Seq, ev.Decision.Reason)
 		}
+	}
+}
+
+// TestShutdownWhileTheEmbeddedBrokerStarts: a shutdown that arrives while
+// the embedded broker starts (here, before: the data dir says the last run
+// crashed, so the start recovers it first) ends Run cleanly, without
+// running anything, and leaves the crash marker for the next start.
+func TestShutdownWhileTheEmbeddedBrokerStarts(t *testing.T) {
+	cfg := embeddedConfig(t)
+	marker := filepath.Join(cfg.DataDir, "kafka", "aegis.running")
+	if err := os.MkdirAll(filepath.Dir(marker), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(marker, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	var logs bytes.Buffer
+	d := New(cfg, slog.New(slog.NewTextHandler(&logs, nil)))
+	if err := d.Run(ctx); err != nil {
+		t.Fatalf("Run after a shutdown during the start = %v, want a clean stop\n%s", err, logs.String())
+	}
+	if !strings.Contains(logs.String(), "shutdown requested while the embedded broker started") {
+		t.Errorf("the log does not say the start was stopped:\n%s", logs.String())
+	}
+	if _, err := os.Stat(marker); err != nil {
+		t.Errorf("crash marker after the interrupted start: %v, want it kept", err)
 	}
 }

@@ -192,6 +192,15 @@ func TestEmbeddedAbortsTransactionsOpenAtACrash(t *testing.T) {
 	open.Close()
 	e.Close()
 
+	// A start whose context ends during the recovery (aegisd shut down
+	// while starting) stops, and leaves the recovery to the next start.
+	cancelled, cancel := context.WithCancel(ctx)
+	cancel()
+	if e, err := StartEmbedded(cancelled, EmbeddedConfig{DataDir: crashed, Addr: "127.0.0.1:0"}, WithLogger(testLogger())); err == nil {
+		e.Close()
+		t.Fatal("a start with an ended context recovered the data dir and started")
+	}
+
 	e, err = StartEmbedded(ctx, EmbeddedConfig{DataDir: crashed, Addr: "127.0.0.1:0"}, WithLogger(testLogger()))
 	if err != nil {
 		t.Fatal(err)
