@@ -146,8 +146,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 			// start.
 			if err == nil {
 				emb.Close()
+			} else if !errors.Is(err, context.Canceled) {
+				return fmt.Errorf("aegisd: embedded broker: %w", err)
 			}
-			d.log.Info("shutdown requested while the embedded broker started", "error", err)
+			d.log.Info("shutdown requested while the embedded broker started")
 			return nil
 		}
 		if err != nil {
@@ -306,6 +308,20 @@ func (d *Daemon) Run(ctx context.Context) error {
 		stageCtx[i]()
 		<-done[i]
 		d.log.Info("stage stopped", "stage", stages[i].name)
+	}
+	// A stage whose session did not stop at shutdown was abandoned
+	// (stream_stalled): the exit status says so.
+	for runErr == nil {
+		select {
+		case err := <-errc:
+			if errors.Is(err, stream.ErrStalled) {
+				d.log.Error("a stage did not stop cleanly", "err", err)
+				runErr = err
+			}
+			continue
+		default:
+		}
+		break
 	}
 	return runErr
 }

@@ -199,6 +199,10 @@ func TestEmbeddedAbortsTransactionsOpenAtACrash(t *testing.T) {
 	if e, err := StartEmbedded(cancelled, EmbeddedConfig{DataDir: crashed, Addr: "127.0.0.1:0"}, WithLogger(testLogger())); err == nil {
 		e.Close()
 		t.Fatal("a start with an ended context recovered the data dir and started")
+	} else if !errors.Is(err, context.Canceled) {
+		// aegisd tells a start stopped by its shutdown from a failed one
+		// by this.
+		t.Fatalf("start with an ended context: %v, want it to wrap context.Canceled", err)
 	}
 
 	e, err = StartEmbedded(ctx, EmbeddedConfig{DataDir: crashed, Addr: "127.0.0.1:0"}, WithLogger(testLogger()))

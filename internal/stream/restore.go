@@ -66,12 +66,18 @@ func readLatest(ctx context.Context, adm *kadm.Client, brokers []string, topic s
 	if err != nil {
 		return fmt.Errorf("stream: restore %s: list start offsets: %w: %w", topic, ErrBroker, err)
 	}
+	if progress != nil {
+		progress()
+	}
 	ends, err := adm.ListEndOffsets(ctx, topic)
 	if err == nil {
 		err = ends.Error()
 	}
 	if err != nil {
 		return fmt.Errorf("stream: restore %s: list end offsets: %w: %w", topic, ErrBroker, err)
+	}
+	if progress != nil {
+		progress()
 	}
 	targets := map[int32]int64{}
 	assign := map[int32]kgo.Offset{}

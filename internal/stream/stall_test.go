@@ -163,3 +163,62 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestStallBeatIsMonotonic: the watchdog compares the loop's last beat with
+// a monotonic now; the beat must carry a monotonic reading too, or the idle
+// time follows wall-clock steps (NTP, a resumed VM): a step forward fires a
+// spurious stall, a step back blinds the watchdog for as long.
+func TestStallBeatIsMonotonic(t *testing.T) {
+	var tr Transactor
+	tr.progress()
+	if b := tr.lastBeat(); !strings.Contains(b.String(), " m=") {
+		t.Fatalf("last beat %s has no monotonic clock reading", b)
+	}
+}
+
+// TestTransactShutdownIsBounded wedges a Process call for good, then shuts
+// the stage down: Run must return (ErrStalled) once the transaction timeout
+// and the grace have passed, instead of holding the process's exit.
+func TestTransactShutdownIsBounded(t *testing.T) {
+	defer func(g time.Duration) { stallGrace = g }(stallGrace)
+	stallGrace = 300 * time.Millisecond
+	e := startBroker(t)
+	tp := newTopology(t, e, 1)
+	produceInputs(t, e, tp.input, 1, 3, map[string]int{})
+
+	release := make(chan struct{})
+	defer close(release)
+	entered := make(chan struct{}, 1)
+	hook := func(context.Context, *Record) error {
+		select {
+		case entered <- struct{}{}:
+		default:
+		}
+		<-release
+		return nil
+	}
+	cfg := tp.config(e, "txn-shutdown")
+	cfg.TransactionTimeout = time.Second
+	cfg.StallTimeout = time.Hour // not the stall watchdog: the shutdown bound
+	tr, err := NewTransactor(cfg, tp.counters(hook), WithLogger(testLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	res := make(chan error, 1)
+	go func() { res <- tr.Run(ctx) }()
+	select {
+	case <-entered:
+	case <-time.After(20 * time.Second):
+		t.Fatal("Process was never called")
+	}
+	cancel()
+	select {
+	case err := <-res:
+		if !errors.Is(err, ErrStalled) {
+			t.Fatalf("Run after a shutdown with a hung session = %v, want ErrStalled", err)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Run did not return within 20s of the shutdown")
+	}
+}

@@ -112,9 +112,11 @@ type TransactConfig struct {
 	// or gzip.
 	Compression string
 	// StallTimeout is how long the stage's loop may go without progress
-	// (a poll, a restore read, a transaction ended) before the stall
-	// watchdog replaces its Kafka client (default 2m, and at least
-	// TransactionTimeout + 30s). See Run.
+	// (a poll, a restore read, a broker request answered, a transaction
+	// ended) before the stall watchdog replaces its Kafka client. The
+	// default is the larger of 2m and TransactionTimeout + 30s; a value
+	// set is used as it is, and below TransactionTimeout it can take a
+	// slow but live End for a stall. See Run.
 	StallTimeout time.Duration
 }
 
@@ -195,7 +197,7 @@ type Transactor struct {
 	partitions      int32 // common partition count, set by Run before the first session
 	restoreFailures int   // consecutive Restore failures; owned by Run's goroutine
 
-	beat atomic.Int64 // when the session's loop last made progress, Unix nanoseconds
+	beat atomic.Int64 // when the session's loop last made progress: nanoseconds since beatEpoch (monotonic)
 
 	viewMu  sync.Mutex
 	view    map[int32]partView
@@ -299,8 +301,11 @@ func (v partView) lag() int64 {
 // client's pending calls, and a new session starts. The stall is logged at
 // error level with the stacks of the stage's goroutines and counted in
 // aegis_stream_stalls_total. A session that still does not end within
-// stallGrace is abandoned and Run returns ErrStalled: the process should
-// exit and be restarted.
+// stallGrace (or TransactionTimeout, if longer) is abandoned and Run
+// returns ErrStalled: the process should exit and be restarted; the
+// Transactor must not be run again, as the abandoned session may still
+// touch it. After ctx is cancelled, a session that has not stopped within
+// TransactionTimeout + stallGrace is abandoned the same way.
 func (t *Transactor) Run(ctx context.Context) error {
 	adm, closeAdm, err := newAdmin(t.cfg.Brokers, kgo.WithLogger(kgoLogger{t.log.WithGroup("kafka")}))
 	if err != nil {
@@ -319,6 +324,9 @@ func (t *Transactor) Run(ctx context.Context) error {
 	backoff := t.cfg.RetryBackoff
 	for {
 		err := t.watched(ctx, adm)
+		if errors.Is(err, ErrStalled) {
+			return err // a session was abandoned, at shutdown too
+		}
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -364,8 +372,17 @@ func sleep(ctx context.Context, d time.Duration) bool {
 // cancelled and its client closed.
 var stallGrace = 30 * time.Second // a variable for tests
 
+// beatEpoch anchors progress beats on the monotonic clock: a beat stored as
+// Unix nanoseconds would lose the monotonic reading, and the watchdog would
+// then measure idleness on the wall clock, which NTP steps and suspends move.
+var beatEpoch = time.Now()
+
 // progress records that the session's loop is alive.
-func (t *Transactor) progress() { t.beat.Store(time.Now().UnixNano()) }
+func (t *Transactor) progress() { t.beat.Store(int64(time.Since(beatEpoch))) }
+
+// lastBeat returns when the session's loop last made progress, with a
+// monotonic clock reading.
+func (t *Transactor) lastBeat() time.Time { return beatEpoch.Add(time.Duration(t.beat.Load())) }
 
 // watched runs one session under the stall watchdog described at Run. A
 // stalled session that ends once its client is closed returns an error
@@ -381,20 +398,36 @@ func (t *Transactor) watched(ctx context.Context, adm *kadm.Client) error {
 	clock := stallClock{timeout: t.cfg.StallTimeout, interval: max(t.cfg.StallTimeout/10, 10*time.Millisecond), last: time.Now()}
 	tick := time.NewTicker(clock.interval)
 	defer tick.Stop()
+	shutdownIn := ctx.Done()
+	var shutdownOver <-chan time.Time
 	for {
 		select {
 		case err := <-done:
 			return err
+		case <-shutdownIn:
+			// A shutdown is not a stall: the session ends or aborts
+			// its open transaction within TransactionTimeout, then
+			// leaves its group. One that takes longer than that and
+			// the grace is abandoned, so that the process can exit.
+			shutdownIn = nil
+			over := time.NewTimer(t.cfg.TransactionTimeout + stallGrace)
+			defer over.Stop()
+			shutdownOver = over.C
+			continue
+		case <-shutdownOver:
+			t.log.Error("session did not stop at shutdown", "code", ErrStalled.Error(), "goroutines", streamStacks())
+			return fmt.Errorf("stream: the session did not stop within %s of the shutdown: %w", t.cfg.TransactionTimeout+stallGrace, ErrStalled)
 		case <-tick.C:
 		}
+		if ctx.Err() != nil {
+			continue
+		}
 		now := time.Now()
-		idle, stalled, paused := clock.check(now, time.Unix(0, t.beat.Load()))
+		idle, stalled, paused := clock.check(now, t.lastBeat())
 		if paused {
 			t.progress()
 		}
-		if !stalled || ctx.Err() != nil {
-			// A shutdown is not a stall: the session ends its open
-			// transaction within TransactionTimeout.
+		if !stalled {
 			continue
 		}
 		t.m.stalls.Inc()
@@ -578,6 +611,11 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client, closer *sess
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if initCtx.Err() != nil {
+			// kgo returns the context's error, not the coordinator's
+			// (e.g. CONCURRENT_TRANSACTIONS) that it kept retrying.
+			err = fmt.Errorf("no producer ID within %s (the coordinator kept refusing, e.g. CONCURRENT_TRANSACTIONS): %w", t.cfg.TransactionTimeout, err)
 		}
 		return classify("init producer id", err)
 	}
@@ -813,6 +851,9 @@ func (t *Transactor) observe(ctx context.Context, adm *kadm.Client, added []int3
 	if err != nil {
 		return nil, fmt.Errorf("stream: list end offsets of %s: %w: %w", t.cfg.Input, ErrBroker, err)
 	}
+	// Each admin request may take the client's retry timeout on a slow
+	// broker: an answered one is progress.
+	t.progress()
 	starts, err := adm.ListStartOffsets(ctx, t.cfg.Input)
 	if err == nil {
 		err = starts.Error()
@@ -820,6 +861,7 @@ func (t *Transactor) observe(ctx context.Context, adm *kadm.Client, added []int3
 	if err != nil {
 		return nil, fmt.Errorf("stream: list start offsets of %s: %w: %w", t.cfg.Input, ErrBroker, err)
 	}
+	t.progress()
 	commits, err := adm.FetchOffsets(ctx, t.cfg.Group)
 	if err != nil {
 		return nil, fmt.Errorf("stream: fetch offsets of group %s: %w: %w", t.cfg.Group, ErrBroker, err)
