@@ -15,15 +15,19 @@ import (
 // httpSink publishes through POST /v1/events. Sessions are sharded over
 // the workers by key, and each worker sends one request at a time, so a
 // session's events reach the gateway in seq order.
+//
+// Once ctx ends (Ctrl-C), the request in flight is cancelled and what is
+// still queued fails at once with ctx's error instead of being sent.
 type httpSink struct {
+	ctx    context.Context
 	r      *run
 	client *http.Client
 	queues []chan pending
 	wg     sync.WaitGroup
 }
 
-func newHTTPSink(r *run) *httpSink {
-	h := &httpSink{r: r, client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: r.cfg.HTTPConcurrency}}}
+func newHTTPSink(ctx context.Context, r *run) *httpSink {
+	h := &httpSink{ctx: ctx, r: r, client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: r.cfg.HTTPConcurrency}}}
 	for range r.cfg.HTTPConcurrency {
 		q := make(chan pending, 1<<16)
 		h.queues = append(h.queues, q)
@@ -67,7 +71,10 @@ func (h *httpSink) worker(q chan pending) {
 				break more
 			}
 		}
-		err := h.post(batch)
+		err := h.ctx.Err()
+		if err == nil {
+			err = h.post(batch)
+		}
 		for _, p := range batch {
 			h.r.acked(p.key, p.value, err)
 		}
@@ -83,7 +90,7 @@ func (h *httpSink) post(batch []pending) error {
 		body.Write(p.value)
 		body.WriteByte('\n')
 	}
-	req, err := http.NewRequestWithContext(context.Background(), http.MethodPost, strings.TrimSuffix(h.r.cfg.HTTP, "/")+"/v1/events", &body)
+	req, err := http.NewRequestWithContext(h.ctx, http.MethodPost, strings.TrimSuffix(h.r.cfg.HTTP, "/")+"/v1/events", &body)
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -391,6 +392,37 @@ func TestEveryEventDueIsScheduled(t *testing.T) {
 		if rep.EventsScheduled != 20_000 || rep.EventsPublished != 20_000 {
 			t.Fatalf("scheduled %d, published %d; want the 20,000 due in 200ms at 100,000/s", rep.EventsScheduled, rep.EventsPublished)
 		}
+	}
+}
+
+// TestInterruptStopsHTTPPublishing: Ctrl-C during an HTTP run ends it at
+// once, even with thousands of events queued for a slow gateway (here
+// 100 ms a request, one request at a time): the request in flight is
+// cancelled and the queue is not sent.
+func TestInterruptStopsHTTPPublishing(t *testing.T) {
+	brokers, _, _ := startDaemon(t)
+	var requests atomic.Int32
+	gw := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		requests.Add(1)
+		_, _ = io.Copy(io.Discard, r.Body)
+		select {
+		case <-r.Context().Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+		w.WriteHeader(http.StatusAccepted)
+	}))
+	defer gw.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(500*time.Millisecond, cancel)
+	start := time.Now()
+	_, err := Run(ctx, Config{Brokers: strings.Split(brokers, ","), HTTP: gw.URL, HTTPConcurrency: 1, HTTPBatch: 1,
+		Rate: 20_000, Duration: 10 * time.Second, Sessions: 100, DrainTimeout: 200 * time.Millisecond}, nil)
+	took := time.Since(start)
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Run = %v, want the interruption", err)
+	}
+	if took > 3*time.Second {
+		t.Fatalf("Run returned %s after the start, %d requests sent; want it to stop soon after the interrupt at 500ms", took.Round(time.Millisecond), requests.Load())
 	}
 }
 

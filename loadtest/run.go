@@ -366,7 +366,7 @@ func (r *run) publish(ctx context.Context) error {
 	var sink func([]pending)
 	var closeSink func() error
 	if r.cfg.HTTP != "" {
-		h := newHTTPSink(r)
+		h := newHTTPSink(ctx, r)
 		sink, closeSink = h.send, h.close
 	} else {
 		pub := NewPublisher(PublisherConfig{Brokers: r.cfg.Brokers, Topic: r.topics.Events, Async: true, Completion: r.completion, BatchTimeout: r.cfg.BatchTimeout})
