@@ -155,3 +155,55 @@ func filterCases(packs []*conformance.Pack, prefix string) []*conformance.Pack {
 	}
 	return out
 }
+
+// TestSharedKeySkipsIsolationCases: with one key for every tenant (an
+// operator's), the cases that check tenant isolation are skipped and say
+// why, instead of failing against a correct target; a case whose
+// credentialed steps all have their tenant's own key, or that sends none
+// (TEN-AUTH-005), still runs.
+func TestSharedKeySkipsIsolationCases(t *testing.T) {
+	packs, err := conformance.Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cases []*conformance.Case
+	for _, p := range packs {
+		for _, c := range p.Cases {
+			if strings.HasPrefix(c.ID, "TEN-AUTH-") {
+				cases = append(cases, c)
+			}
+		}
+	}
+	if len(cases) != 5 {
+		t.Fatalf("%d TEN-AUTH cases, want 5", len(cases))
+	}
+	pack := &conformance.Pack{Name: "auth", Cases: cases}
+	for _, tc := range []struct {
+		keys    map[string]string
+		skipped []string
+	}{
+		{map[string]string{"": "operator"}, []string{"TEN-AUTH-001", "TEN-AUTH-002", "TEN-AUTH-003", "TEN-AUTH-004"}},
+		{map[string]string{"": "operator", "conf-a": "ka"}, []string{"TEN-AUTH-004"}},
+		{map[string]string{"conf-a": "ka", "conf-b": "kb"}, nil},
+	} {
+		// Nothing listens on the target: a case that runs fails, one
+		// that is skipped does not reach it.
+		rep, err := conformance.Run(context.Background(), []*conformance.Pack{pack}, conformance.Options{
+			Target: "http://127.0.0.1:1", Keys: tc.keys, PollTimeout: time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var skipped []string
+		for _, c := range rep.Cases {
+			if c.Status == conformance.StatusSkip {
+				skipped = append(skipped, c.ID)
+				if !strings.Contains(c.Message, "own") {
+					t.Errorf("keys %v: %s skipped with %q", tc.keys, c.ID, c.Message)
+				}
+			}
+		}
+		if fmt.Sprint(skipped) != fmt.Sprint(tc.skipped) {
+			t.Errorf("keys %v: skipped %v, want %v", tc.keys, skipped, tc.skipped)
+		}
+	}
+}

@@ -157,11 +157,38 @@ func (r *runner) runCase(ctx context.Context, p *Pack, c *Case) CaseResult {
 	return res
 }
 
+// tenantWithoutKey returns the first tenant that a step of c acts as with
+// credentials and that has no key of its own in keys, or "".
+func tenantWithoutKey(c *Case, keys map[string]string) string {
+	if c.Scenario == nil {
+		if keys["default"] == "" {
+			return "default"
+		}
+		return ""
+	}
+	for _, s := range c.Scenario.Steps {
+		t := s.Tenant
+		if t == "" {
+			t = "default"
+		}
+		if !s.NoAuth && keys[t] == "" {
+			return t
+		}
+	}
+	return ""
+}
+
 func (r *runner) skipReason(c *Case) string {
 	for _, req := range c.Requires {
 		switch {
 		case req == RequireAuth && len(r.opts.Keys) == 0:
 			return "needs per-tenant API keys (--api-key TENANT=KEY); tenants are not isolated under aegisd --dev"
+		case req == RequireAuth:
+			// An isolation check sent with a key every tenant shares
+			// (an operator's) would fail against a correct target.
+			if t := tenantWithoutKey(c, r.opts.Keys); t != "" {
+				return "needs an API key of tenant " + t + "'s own (--api-key " + t + "=KEY); a key shared by every tenant cannot show isolation"
+			}
 		case req != RequireAuth && !slices.Contains(r.opts.Provides, req):
 			return "needs a target that provides " + req + " (--provides " + req + ")"
 		}
