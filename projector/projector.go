@@ -454,17 +454,14 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 		// The decision row describes the session before the proposal;
 		// it is written only with its event (a record the reducer
 		// refuses is rejected whole).
-		manifest, tainted := sessionManifest(sn, ev), sn.Tainted
+		d, decided := DecisionRowOf(sn, ev)
 		if err := sn.Apply(ev); err != nil {
 			// The sealer never writes such a record; keep it visible.
 			reject(s.rec, ev, ReasonBadSealed, err.Error())
 			continue
 		}
-		if ev.Decision != nil && ev.Type == envelope.ToolCallProposed {
-			tc, _ := ev.ToolCall()
-			b.Decisions = append(b.Decisions, DecisionRow{TenantID: ev.TenantID, SessionID: ev.SessionID, Seq: ev.Seq,
-				TsUnixMs: ev.TsUnixMs, Manifest: manifest, ToolName: tc.ToolName, CallID: tc.CallID,
-				Decision: *ev.Decision, Tainted: tainted, Hash: ev.Hash})
+		if decided {
+			b.Decisions = append(b.Decisions, d)
 		}
 		b.Events = append(b.Events, NewEventRow(ev, s.rec.Partition, s.rec.Offset))
 		if !dirty[k] {
@@ -481,15 +478,6 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 	}
 	p.evict()
 	return b, nil
-}
-
-// sessionManifest is the manifest the session runs under: named by its
-// first event.
-func sessionManifest(sn *session.Snapshot, ev *envelope.Event) string {
-	if sn.LastSeq == 0 {
-		return ev.Manifest
-	}
-	return sn.Manifest
 }
 
 // rebuild sets the cached snapshot of each session in keys to its state

@@ -2,6 +2,7 @@ package projector
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -236,6 +237,55 @@ type DecisionRow struct {
 	// Tainted is the session's taint state before the proposal.
 	Tainted bool
 	Hash    string
+}
+
+// DecisionRowOf returns the decisions row of ev, a sealed record applied
+// next to sn (the session's state before it), and whether ev has one: a
+// decided TOOL_CALL_PROPOSED. The projector writes exactly these rows, and
+// verify recomputes them to check the table.
+func DecisionRowOf(sn *session.Snapshot, ev *envelope.Event) (DecisionRow, bool) {
+	if ev.Decision == nil || ev.Type != envelope.ToolCallProposed {
+		return DecisionRow{}, false
+	}
+	manifest := sn.Manifest // the manifest the session runs under: named by its first event
+	if sn.LastSeq == 0 {
+		manifest = ev.Manifest
+	}
+	tc, _ := ev.ToolCall()
+	return DecisionRow{TenantID: ev.TenantID, SessionID: ev.SessionID, Seq: ev.Seq, TsUnixMs: ev.TsUnixMs, Manifest: manifest,
+		ToolName: tc.ToolName, CallID: tc.CallID, Decision: *ev.Decision, Tainted: sn.Tainted, Hash: ev.Hash}, true
+}
+
+// StoredDecision is a decisions row as a store reads it: the row, and its
+// event_date ("YYYY-MM-DD").
+type StoredDecision struct {
+	DecisionRow
+	EventDate string
+	// Invalid names a column whose stored value is not of its type
+	// (SQLite keeps such an edit); the row then matches no record.
+	Invalid string
+}
+
+// AppendDigest appends the row's stored columns to b in a fixed framing
+// (each value length-prefixed), with eventDate as its event_date: equal
+// columns give equal bytes.
+func (d *DecisionRow) AppendDigest(b []byte, eventDate string) []byte {
+	for _, s := range [...]string{d.TenantID, d.SessionID, strconv.FormatUint(d.Seq, 10), strconv.FormatInt(d.TsUnixMs, 10), eventDate,
+		d.Manifest, d.ToolName, d.CallID, string(d.Outcome), d.Reason, strconv.FormatInt(d.Constraints.MaxOutputBytes, 10),
+		strconv.FormatInt(d.Constraints.TimeoutMs, 10), d.PolicyRevision, d.ManifestDigest, d.InputDigest,
+		strconv.FormatBool(d.Tainted), d.Hash} {
+		b = strconv.AppendInt(b, int64(len(s)), 10)
+		b = append(b, ':')
+		b = append(b, s...)
+	}
+	return b
+}
+
+// DecisionReader reads the decisions table.
+type DecisionReader interface {
+	// Decisions passes the decisions rows selected by f to fn, ordered
+	// by tenant, session and seq.
+	Decisions(ctx context.Context, f Filter, fn func(*StoredDecision) error) error
 }
 
 // SnapshotRow is one row of session_snapshots: a session's latest state.

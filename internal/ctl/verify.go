@@ -3,9 +3,11 @@ package ctl
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash"
 	"hash/maphash"
 	"os"
 	"runtime"
@@ -14,6 +16,7 @@ import (
 	"sync"
 	"time"
 
+	"aegis.dev/aegis/decider/session"
 	"aegis.dev/aegis/projector"
 	"aegis.dev/aegis/projector/stores"
 	"aegis.dev/aegis/schemas/chain"
@@ -31,6 +34,12 @@ const ReasonColumnMismatch = "COLUMN_MISMATCH"
 // for every session it seals, so on a drained store such a session was not
 // written by the pipeline (or its head was deleted).
 const ReasonHeadMissing = "HEAD_MISSING"
+
+// ReasonDecisionsMismatch is the verify --store failure of a session whose
+// verified chain is intact but whose decisions rows (the table auditors
+// count outcomes and reasons in) are not the rows its records derive: a
+// row edited, deleted or added.
+const ReasonDecisionsMismatch = "DECISIONS_MISMATCH"
 
 // VerifyReport is what `aegisctl verify --json` prints.
 type VerifyReport struct {
@@ -194,16 +203,33 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 		extra    []chain.Failure
 		last     map[projector.SessionKey]*projector.EventRow
 		failedAt map[projector.SessionKey]bool
+		// The decisions rows the verified records derive, as a digest
+		// per session (decisionDigest), folded over the session's
+		// state as the projector does.
+		decisions map[projector.SessionKey]decisionDigest
+		cur       projector.SessionKey
+		sn        *session.Snapshot
+		dd        decisionDigest
 	}
 	ws := make([]*worker, workers)
 	var wg sync.WaitGroup
 	for i := range ws {
 		w := &worker{in: make(chan []*projector.EventRow, 4), v: chain.NewVerifier(),
-			last: map[projector.SessionKey]*projector.EventRow{}, failedAt: map[projector.SessionKey]bool{}}
+			last: map[projector.SessionKey]*projector.EventRow{}, failedAt: map[projector.SessionKey]bool{},
+			decisions: map[projector.SessionKey]decisionDigest{}}
 		ws[i] = w
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// A session's rows come one after another (the store reads
+			// them in session order), so one session is folded at a time.
+			endSession := func() {
+				if w.sn != nil {
+					w.decisions[w.cur] = w.dd.done()
+				}
+				w.sn = nil
+			}
+			defer endSession()
 			for rows := range w.in {
 				for _, r := range rows {
 					k := projector.SessionKey{TenantID: r.Event.TenantID, SessionID: r.Event.SessionID}
@@ -211,6 +237,10 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 						continue // an identical copy
 					}
 					w.last[k] = r
+					if k != w.cur || w.sn == nil {
+						endSession()
+						w.cur, w.sn, w.dd = k, session.New(k.TenantID, k.SessionID), newDecisionDigest()
+					}
 					if w.failedAt[k] {
 						continue
 					}
@@ -228,6 +258,17 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 					}
 					if w.v.Add(r.Event) != nil {
 						w.failedAt[k] = true
+						continue
+					}
+					if d, ok := projector.DecisionRowOf(w.sn, r.Event); ok {
+						w.dd.add(&d, projector.Date(d.TsUnixMs).Format(time.DateOnly), "")
+					}
+					if err := w.sn.Apply(r.Event); err != nil {
+						// The projector rejects such a record whole: it
+						// is not one the pipeline stored.
+						w.failedAt[k] = true
+						w.extra = append(w.extra, chain.Failure{TenantID: k.TenantID, SessionID: k.SessionID, Seq: r.Event.Seq,
+							Reason: chain.ReasonMalformed, Detail: "the session's state refuses the record: " + err.Error()})
 					}
 				}
 			}
@@ -319,6 +360,31 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 		rep.Sessions += len(w.last)
 		rep.Heads = append(rep.Heads, w.v.Heads()...)
 	}
+	if dr, ok := st.(projector.DecisionReader); ok {
+		failed := map[projector.SessionKey]bool{}
+		for _, fl := range rep.Failures {
+			failed[projector.SessionKey{TenantID: fl.TenantID, SessionID: fl.SessionID}] = true
+		}
+		expected := func(k projector.SessionKey) (decisionDigest, bool) {
+			w := ws[route(k.TenantID, k.SessionID)]
+			_, scanned := w.last[k]
+			return w.decisions[k], scanned
+		}
+		fs, seen, err := checkDecisions(ctx, dr, f, expected, failed)
+		if err != nil {
+			return VerifyReport{}, err
+		}
+		rep.Failures = append(rep.Failures, fs...)
+		// Sessions whose records decide something but that have no row.
+		for _, w := range ws {
+			for k, want := range w.decisions {
+				if want.n > 0 && !seen[k] && !failed[k] {
+					rep.Failures = append(rep.Failures, chain.Failure{TenantID: k.TenantID, SessionID: k.SessionID, Reason: ReasonDecisionsMismatch,
+						Detail: fmt.Sprintf("%d decisions rows expected, none stored", want.n)})
+				}
+			}
+		}
+	}
 	sort.SliceStable(rep.Failures, func(i, j int) bool {
 		a, b := rep.Failures[i], rep.Failures[j]
 		if a.TenantID != b.TenantID {
@@ -328,6 +394,91 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 	})
 	rep.OK = len(rep.Failures) == 0
 	return rep, nil
+}
+
+// decisionDigest sums a session's decisions rows in seq order: their count
+// and a SHA-256 over their columns (DecisionRow.AppendDigest).
+type decisionDigest struct {
+	h    hash.Hash
+	buf  []byte
+	n    int
+	sum  [sha256.Size]byte
+	last []byte // the previous row's bytes, to pass over identical copies
+}
+
+func newDecisionDigest() decisionDigest { return decisionDigest{h: sha256.New()} }
+
+// add folds one row in; an identical copy of the row before it (a
+// ClickHouse redelivery not merged yet) counts once.
+func (d *decisionDigest) add(r *projector.DecisionRow, eventDate, invalid string) {
+	d.buf = r.AppendDigest(d.buf[:0], eventDate)
+	if invalid != "" {
+		d.buf = append(d.buf, "invalid:"...)
+		d.buf = append(d.buf, invalid...)
+	}
+	if d.n > 0 && bytes.Equal(d.buf, d.last) {
+		return
+	}
+	d.last = append(d.last[:0], d.buf...)
+	d.h.Write(d.buf)
+	d.n++
+}
+
+// done returns the digest with its sum taken and its buffers dropped.
+func (d decisionDigest) done() decisionDigest {
+	out := decisionDigest{n: d.n}
+	if d.h != nil {
+		d.h.Sum(out.sum[:0])
+	}
+	return out
+}
+
+// checkDecisions reads the decisions rows selected by f and reports each
+// session whose rows are not the ones its verified records derive
+// (expected; scanned is false for a session with no stored record), and
+// returns the sessions that have rows. Sessions that already failed are
+// not checked again.
+func checkDecisions(ctx context.Context, dr projector.DecisionReader, f projector.Filter,
+	expected func(projector.SessionKey) (decisionDigest, bool), failed map[projector.SessionKey]bool) ([]chain.Failure, map[projector.SessionKey]bool, error) {
+	var out []chain.Failure
+	seen := map[projector.SessionKey]bool{}
+	compare := func(k projector.SessionKey, got decisionDigest) {
+		seen[k] = true
+		if failed[k] {
+			return
+		}
+		want, scanned := expected(k)
+		switch {
+		case !scanned:
+			out = append(out, chain.Failure{TenantID: k.TenantID, SessionID: k.SessionID, Reason: ReasonDecisionsMismatch,
+				Detail: fmt.Sprintf("%d decisions rows of a session with no stored record", got.n)})
+		case want.n != got.n || want.sum != got.sum:
+			out = append(out, chain.Failure{TenantID: k.TenantID, SessionID: k.SessionID, Reason: ReasonDecisionsMismatch,
+				Detail: fmt.Sprintf("the decisions rows are not those of the verified records (%d expected, %d stored, or a column differs): "+
+					"join decisions with audit_events on hash to find them", want.n, got.n)})
+		}
+	}
+	var cur projector.SessionKey
+	var dd decisionDigest
+	started := false
+	err := dr.Decisions(ctx, f, func(d *projector.StoredDecision) error {
+		k := projector.SessionKey{TenantID: d.TenantID, SessionID: d.SessionID}
+		if !started || k != cur {
+			if started {
+				compare(cur, dd.done())
+			}
+			cur, dd, started = k, newDecisionDigest(), true
+		}
+		dd.add(&d.DecisionRow, d.EventDate, d.Invalid)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	if started {
+		compare(cur, dd.done())
+	}
+	return out, seen, nil
 }
 
 // isCanonicalRecord reports an error unless line is exactly the canonical

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"aegis.dev/aegis/decider/session"
 	"aegis.dev/aegis/projector"
 	"aegis.dev/aegis/projector/stores"
 	"aegis.dev/aegis/schemas/chain"
@@ -20,6 +21,7 @@ func benchBatch(tb testing.TB, sessions, perSession int) *projector.Batch {
 	b := &projector.Batch{}
 	for s := range sessions {
 		var head *chain.Head
+		var sn *session.Snapshot
 		for i := range perSession {
 			e := &envelope.Event{V: 1, TenantID: fmt.Sprintf("tenant-%d", s%10), SessionID: fmt.Sprintf("session-%06d", s),
 				Seq: uint64(i + 1), TsUnixMs: day0 + int64(i)*1000, Manifest: "support-bot@1.0.0"}
@@ -40,6 +42,15 @@ func benchBatch(tb testing.TB, sessions, perSession int) *projector.Batch {
 			}
 			head = &h
 			b.Events = append(b.Events, projector.NewEventRow(e, 0, int64(len(b.Events))))
+			if sn == nil {
+				sn = session.New(e.TenantID, e.SessionID)
+			}
+			if d, ok := projector.DecisionRowOf(sn, e); ok {
+				b.Decisions = append(b.Decisions, d)
+			}
+			if err := sn.Apply(e); err != nil {
+				tb.Fatal(err)
+			}
 		}
 		b.Heads = append(b.Heads, *head)
 	}
@@ -56,6 +67,12 @@ func benchVerifyStore(b *testing.B, url string) {
 	defer st.Close()
 	for i := 0; i < len(batch.Events); i += 5000 {
 		part := &projector.Batch{Events: batch.Events[i:min(i+5000, len(batch.Events))]}
+		if err := st.Write(context.Background(), part); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := 0; i < len(batch.Decisions); i += 5000 {
+		part := &projector.Batch{Decisions: batch.Decisions[i:min(i+5000, len(batch.Decisions))]}
 		if err := st.Write(context.Background(), part); err != nil {
 			b.Fatal(err)
 		}
@@ -90,6 +107,12 @@ func BenchmarkVerifySelectionSQLite(b *testing.B) {
 	defer st.Close()
 	for i := 0; i < len(batch.Events); i += 5000 {
 		if err := st.Write(context.Background(), &projector.Batch{Events: batch.Events[i:min(i+5000, len(batch.Events))]}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for i := 0; i < len(batch.Decisions); i += 5000 {
+		part := &projector.Batch{Decisions: batch.Decisions[i:min(i+5000, len(batch.Decisions))]}
+		if err := st.Write(context.Background(), part); err != nil {
 			b.Fatal(err)
 		}
 	}

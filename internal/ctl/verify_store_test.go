@@ -161,12 +161,49 @@ func tamperCases(t testing.TB) []struct {
 			}
 			b.Heads = keep
 		}, ReasonHeadMissing},
+		// The decisions table is what auditors count outcomes in
+		// (docs/audit-queries.md): its rows must be the ones the
+		// verified records derive.
+		{"edited decisions row", func(b *projector.Batch) {
+			d := firstDecision(b)
+			if d.Outcome == envelope.Allow {
+				d.Outcome, d.Reason = envelope.Deny, envelope.ReasonEgressDeny
+			} else {
+				d.Outcome, d.Reason = envelope.Allow, envelope.ReasonOK
+			}
+		}, ReasonDecisionsMismatch},
+		{"decisions row with another taint", func(b *projector.Batch) {
+			firstDecision(b).Tainted = !firstDecision(b).Tainted
+		}, ReasonDecisionsMismatch},
+		{"deleted decisions row", func(b *projector.Batch) {
+			d := firstDecision(b)
+			b.Decisions = slices.DeleteFunc(b.Decisions, func(x projector.DecisionRow) bool {
+				return x.Seq == d.Seq && x.SessionID == d.SessionID && x.TenantID == d.TenantID
+			})
+		}, ReasonDecisionsMismatch},
+		{"forged decisions row", func(b *projector.Batch) {
+			d := *firstDecision(b)
+			d.Seq = b.Events[idx[0]].Event.Seq // the session's first record, not a proposal
+			if d.Seq == firstDecision(b).Seq {
+				d.Seq = b.Events[lastI].Event.Seq
+			}
+			b.Decisions = append(b.Decisions, d)
+		}, ReasonDecisionsMismatch},
 		{"spliced into another tenant", func(b *projector.Batch) {
 			e := cloneEvent(b.Events[1].Event)
 			e.TenantID = "mallory"
 			b.Events[1].Event = e
 		}, chain.ReasonSeqGap},
 	}
+}
+
+// firstDecision returns the batch's first decisions row, which belongs to
+// the first vector session.
+func firstDecision(b *projector.Batch) *projector.DecisionRow {
+	if len(b.Decisions) == 0 || b.Decisions[0].SessionID != b.Events[0].Event.SessionID || b.Decisions[0].TenantID != b.Events[0].Event.TenantID {
+		panic("the vectors' first session has no decision first")
+	}
+	return &b.Decisions[0]
 }
 
 func testVerifyStore(t *testing.T, newURL func(testing.TB) string) {

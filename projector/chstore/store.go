@@ -27,6 +27,7 @@ import (
 	"aegis.dev/aegis/projector"
 	"aegis.dev/aegis/schemas/chain"
 	chschema "aegis.dev/aegis/schemas/clickhouse"
+	"aegis.dev/aegis/schemas/envelope"
 )
 
 var (
@@ -373,6 +374,38 @@ FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 		}
 	}
 	return wrap("events", rows.Err())
+}
+
+// Decisions scans the decisions table (see projector.DecisionReader).
+// Copies of a row not merged yet are passed as they are.
+func (s *Store) Decisions(ctx context.Context, f projector.Filter, fn func(*projector.StoredDecision) error) error {
+	w, args := where(f)
+	rows, err := s.conn.Query(ctx, `SELECT tenant_id, session_id, seq, ts_unix_ms, event_date, manifest, tool_name, call_id,
+	outcome, reason, max_output_bytes, timeout_ms, policy_revision, manifest_digest, input_digest, tainted, hash
+FROM decisions`+w+` ORDER BY tenant_id, session_id, seq`, args...)
+	if err != nil {
+		return wrap("decisions", err)
+	}
+	defer func() { _ = rows.Close() }()
+	for rows.Next() {
+		var d projector.StoredDecision
+		var date time.Time
+		var outcome string
+		var tainted uint8
+		if err := rows.Scan(&d.TenantID, &d.SessionID, &d.Seq, &d.TsUnixMs, &date, &d.Manifest, &d.ToolName, &d.CallID,
+			&outcome, &d.Reason, &d.Constraints.MaxOutputBytes, &d.Constraints.TimeoutMs, &d.PolicyRevision, &d.ManifestDigest,
+			&d.InputDigest, &tainted, &d.Hash); err != nil {
+			return wrap("decisions", err)
+		}
+		d.EventDate, d.Outcome, d.Tainted = dateString(date), envelope.Outcome(outcome), tainted != 0
+		if tainted > 1 {
+			d.Invalid = fmt.Sprintf("column tainted holds %d, not 0 or 1", tainted)
+		}
+		if err := fn(&d); err != nil {
+			return err
+		}
+	}
+	return wrap("decisions", rows.Err())
 }
 
 // Heads returns the latest stored chain head of each session (see

@@ -21,6 +21,7 @@ import (
 
 	"aegis.dev/aegis/projector"
 	"aegis.dev/aegis/schemas/chain"
+	"aegis.dev/aegis/schemas/envelope"
 	sqlschema "aegis.dev/aegis/schemas/sqlite"
 )
 
@@ -282,6 +283,44 @@ FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 		}
 	}
 	return wrap("events", rows.Err())
+}
+
+// Decisions scans the decisions table (see projector.DecisionReader).
+func (s *Store) Decisions(ctx context.Context, f projector.Filter, fn func(*projector.StoredDecision) error) error {
+	w, args := where(f)
+	rows, err := s.db.QueryContext(ctx, `SELECT tenant_id, session_id, seq, ts_unix_ms, event_date, manifest, tool_name, call_id,
+	outcome, reason, max_output_bytes, timeout_ms, policy_revision, manifest_digest, input_digest, tainted, hash
+FROM decisions`+w+` ORDER BY tenant_id, session_id, seq`, args...)
+	if err != nil {
+		return wrap("decisions", err)
+	}
+	defer func() { _ = rows.Close() }()
+	for rows.Next() {
+		var d projector.StoredDecision
+		var seq, ts, maxOut, timeout, tainted intColumn
+		var outcome string
+		if err := rows.Scan(&d.TenantID, &d.SessionID, &seq, &ts, &d.EventDate, &d.Manifest, &d.ToolName, &d.CallID,
+			&outcome, &d.Reason, &maxOut, &timeout, &d.PolicyRevision, &d.ManifestDigest, &d.InputDigest, &tainted, &d.Hash); err != nil {
+			return wrap("decisions", err)
+		}
+		d.Seq, d.TsUnixMs, d.Outcome = uint64(seq.n), ts.n, envelope.Outcome(outcome)
+		d.Constraints.MaxOutputBytes, d.Constraints.TimeoutMs, d.Tainted = maxOut.n, timeout.n, tainted.n != 0
+		for _, c := range []struct {
+			name string
+			col  intColumn
+		}{{"seq", seq}, {"ts_unix_ms", ts}, {"max_output_bytes", maxOut}, {"timeout_ms", timeout}, {"tainted", tainted}} {
+			if c.col.bad != "" && d.Invalid == "" {
+				d.Invalid = fmt.Sprintf("column %s holds %s, not an integer", c.name, c.col.bad)
+			}
+		}
+		if tainted.n != 0 && tainted.n != 1 && d.Invalid == "" {
+			d.Invalid = fmt.Sprintf("column tainted holds %d, not 0 or 1", tainted.n)
+		}
+		if err := fn(&d); err != nil {
+			return err
+		}
+	}
+	return wrap("decisions", rows.Err())
 }
 
 // Heads returns the stored chain heads (see projector.HeadReader).

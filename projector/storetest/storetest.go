@@ -182,11 +182,8 @@ func BatchOf(t testing.TB, events []*envelope.Event) *projector.Batch {
 			order = append(order, k)
 		}
 		b.Events = append(b.Events, projector.NewEventRow(ev, 0, int64(i)))
-		if ev.Decision != nil {
-			tc, _ := ev.ToolCall()
-			b.Decisions = append(b.Decisions, projector.DecisionRow{TenantID: ev.TenantID, SessionID: ev.SessionID, Seq: ev.Seq,
-				TsUnixMs: ev.TsUnixMs, Manifest: s.Manifest, ToolName: tc.ToolName, CallID: tc.CallID, Decision: *ev.Decision,
-				Tainted: s.Tainted, Hash: ev.Hash})
+		if d, ok := projector.DecisionRowOf(s, ev); ok {
+			b.Decisions = append(b.Decisions, d)
 		}
 		if err := s.Apply(ev); err != nil {
 			t.Fatal(err)
