@@ -207,16 +207,22 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 		// per session (decisionDigest), folded over the session's
 		// state as the projector does.
 		decisions map[projector.SessionKey]decisionDigest
-		cur       projector.SessionKey
-		sn        *session.Snapshot
-		dd        decisionDigest
+		// cutoff is the seq of a verified record the session state
+		// refuses (sealed by an older pipeline whose reducer took it):
+		// the decisions rows from it on cannot be derived and are not
+		// checked.
+		cutoff  map[projector.SessionKey]uint64
+		cur     projector.SessionKey
+		sn      *session.Snapshot
+		dd      decisionDigest
+		stopped bool
 	}
 	ws := make([]*worker, workers)
 	var wg sync.WaitGroup
 	for i := range ws {
 		w := &worker{in: make(chan []*projector.EventRow, 4), v: chain.NewVerifier(),
 			last: map[projector.SessionKey]*projector.EventRow{}, failedAt: map[projector.SessionKey]bool{},
-			decisions: map[projector.SessionKey]decisionDigest{}}
+			decisions: map[projector.SessionKey]decisionDigest{}, cutoff: map[projector.SessionKey]uint64{}}
 		ws[i] = w
 		wg.Add(1)
 		go func() {
@@ -239,7 +245,7 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 					w.last[k] = r
 					if k != w.cur || w.sn == nil {
 						endSession()
-						w.cur, w.sn, w.dd = k, session.New(k.TenantID, k.SessionID), newDecisionDigest()
+						w.cur, w.sn, w.dd, w.stopped = k, session.New(k.TenantID, k.SessionID), newDecisionDigest(), false
 					}
 					if w.failedAt[k] {
 						continue
@@ -260,15 +266,22 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 						w.failedAt[k] = true
 						continue
 					}
-					if d, ok := projector.DecisionRowOf(w.sn, r.Event); ok {
-						w.dd.add(&d, projector.Date(d.TsUnixMs).Format(time.DateOnly), "")
+					if w.stopped {
+						continue
 					}
+					d, decided := projector.DecisionRowOf(w.sn, r.Event)
 					if err := w.sn.Apply(r.Event); err != nil {
-						// The projector rejects such a record whole: it
-						// is not one the pipeline stored.
-						w.failedAt[k] = true
-						w.extra = append(w.extra, chain.Failure{TenantID: k.TenantID, SessionID: k.SessionID, Seq: r.Event.Seq,
-							Reason: chain.ReasonMalformed, Detail: "the session's state refuses the record: " + err.Error()})
+						// A sealed, chained record the current reducer
+						// refuses was stored by an older pipeline (e.g.
+						// identifiers over 256 bytes before they were
+						// bounded): its chain is intact, but the rows
+						// that pipeline derived from here on cannot be
+						// recomputed.
+						w.stopped, w.cutoff[k] = true, r.Event.Seq
+						continue
+					}
+					if decided {
+						w.dd.add(&d, projector.Date(d.TsUnixMs).Format(time.DateOnly), "")
 					}
 				}
 			}
@@ -365,10 +378,10 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 		for _, fl := range rep.Failures {
 			failed[projector.SessionKey{TenantID: fl.TenantID, SessionID: fl.SessionID}] = true
 		}
-		expected := func(k projector.SessionKey) (decisionDigest, bool) {
+		expected := func(k projector.SessionKey) (decisionDigest, uint64, bool) {
 			w := ws[route(k.TenantID, k.SessionID)]
 			_, scanned := w.last[k]
-			return w.decisions[k], scanned
+			return w.decisions[k], w.cutoff[k], scanned
 		}
 		fs, seen, err := checkDecisions(ctx, dr, f, expected, failed)
 		if err != nil {
@@ -439,15 +452,17 @@ func (d decisionDigest) done() decisionDigest {
 // returns the sessions that have rows. Sessions that already failed are
 // not checked again.
 func checkDecisions(ctx context.Context, dr projector.DecisionReader, f projector.Filter,
-	expected func(projector.SessionKey) (decisionDigest, bool), failed map[projector.SessionKey]bool) ([]chain.Failure, map[projector.SessionKey]bool, error) {
+	expected func(projector.SessionKey) (decisionDigest, uint64, bool), failed map[projector.SessionKey]bool) ([]chain.Failure, map[projector.SessionKey]bool, error) {
 	var out []chain.Failure
 	seen := map[projector.SessionKey]bool{}
+	var want decisionDigest
+	var cutoff uint64
+	var scanned bool
 	compare := func(k projector.SessionKey, got decisionDigest) {
 		seen[k] = true
 		if failed[k] {
 			return
 		}
-		want, scanned := expected(k)
 		switch {
 		case !scanned:
 			out = append(out, chain.Failure{TenantID: k.TenantID, SessionID: k.SessionID, Reason: ReasonDecisionsMismatch,
@@ -468,6 +483,10 @@ func checkDecisions(ctx context.Context, dr projector.DecisionReader, f projecto
 				compare(cur, dd.done())
 			}
 			cur, dd, started = k, newDecisionDigest(), true
+			want, cutoff, scanned = expected(k)
+		}
+		if cutoff > 0 && d.Seq >= cutoff && d.Invalid == "" {
+			return nil // derived by an older reducer (see VerifyStore)
 		}
 		dd.add(&d.DecisionRow, d.EventDate, d.Invalid)
 		return nil

@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"context"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"aegis.dev/aegis/decider/session"
 	"aegis.dev/aegis/projector"
 	"aegis.dev/aegis/projector/stores"
 	"aegis.dev/aegis/projector/storetest"
@@ -580,5 +582,104 @@ func TestSQLTimeoutStopsTheQuery(t *testing.T) {
 	}
 	if code, _, stderr := run(t, "", "sql", "SELECT 1", "--store", url, "--timeout", "-1s"); code != ExitUsage {
 		t.Errorf("negative timeout: code %d stderr %q", code, stderr)
+	}
+}
+
+// TestVerifyOlderSessionTheStateNowRefuses: a session stored before
+// identifiers were bounded to 256 bytes (0a5d935) holds a record today's
+// session state refuses. Its chain is intact, so it verifies; the decisions
+// rows before that record are still checked.
+func TestVerifyOlderSessionTheStateNowRefuses(t *testing.T) {
+	long := strings.Repeat("t", 300)
+	build := func() *projector.Batch {
+		var head *chain.Head
+		b := &projector.Batch{}
+		sn := session.New("acme", "old")
+		for i, e := range []*envelope.Event{
+			{Type: envelope.ModelCallStarted, Payload: json.RawMessage(`{"call_id":"m","model":"gpt-x"}`)},
+			{Type: envelope.ToolCallProposed, Payload: json.RawMessage(`{"args":{},"call_id":"c1","tool_name":"web_fetch"}`),
+				Decision: &envelope.Decision{Outcome: envelope.Deny, Reason: envelope.ReasonEgressDeny, PolicyRevision: "sha256:p"}},
+			{Type: envelope.ToolResult, Payload: json.RawMessage(fmt.Sprintf(`{"call_id":"c","tool_name":%q}`, long))},
+			{Type: envelope.ToolCallProposed, Payload: json.RawMessage(`{"args":{},"call_id":"c2","tool_name":"web_fetch"}`),
+				Decision: &envelope.Decision{Outcome: envelope.Allow, Reason: envelope.ReasonOK, PolicyRevision: "sha256:p"}},
+		} {
+			e.V, e.TenantID, e.SessionID, e.Seq, e.TsUnixMs, e.Manifest = 1, "acme", "old", uint64(i+1), 1764000000000+int64(i), "bot@1"
+			h, err := chain.Link(head, e)
+			if err != nil {
+				t.Fatal(err)
+			}
+			head = &h
+			b.Events = append(b.Events, projector.NewEventRow(e, 0, int64(i)))
+			if d, ok := projector.DecisionRowOf(sn, e); ok {
+				b.Decisions = append(b.Decisions, d) // as the reducer of the time took them all
+			}
+			_ = sn.Apply(e)
+		}
+		b.Heads = []chain.Head{*head}
+		return b
+	}
+	verify := func(b *projector.Batch) VerifyReport {
+		url := sqliteURL(t)
+		writeStore(t, url, b)
+		st, err := stores.Open(context.Background(), url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer st.Close()
+		rep, err := VerifyStore(context.Background(), st, projector.Filter{}, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rep
+	}
+	if rep := verify(build()); !rep.OK {
+		t.Fatalf("an intact chain stored by an older pipeline fails verify: %+v", rep.Failures)
+	}
+	b := build()
+	b.Decisions[0].Outcome = envelope.Allow // the row before the refused record is still checked
+	if rep := verify(b); rep.OK {
+		t.Fatalf("edited decisions row before the refused record not detected")
+	}
+}
+
+// TestVerifySeesTextColumnsTurnedIntoBlobs: SQLite keeps a BLOB in a TEXT
+// column, and the audit queries compare outcome with a text literal, which
+// a blob never equals: casting the outcomes to blobs takes rows out of the
+// counts while the bytes stay the same. Verify must see it.
+func TestVerifySeesTextColumnsTurnedIntoBlobs(t *testing.T) {
+	url := sqliteURL(t)
+	b := storetest.BatchOf(t, storetest.Vectors(t))
+	writeStore(t, url, b)
+	path := strings.TrimPrefix(url, "sqlite:")
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	count := func() (n int) {
+		if err := db.QueryRow("SELECT count(*) FROM decisions WHERE outcome IN ('allow', 'deny', 'require_approval')").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	before := count()
+	if _, err := db.Exec("UPDATE decisions SET outcome = CAST(outcome AS BLOB), reason = CAST(reason AS BLOB)"); err != nil {
+		t.Fatal(err)
+	}
+	after := count()
+	db.Close()
+	st, err := stores.Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	rep, err := VerifyStore(context.Background(), st, projector.Filter{}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if before == 0 || after != 0 {
+		t.Fatalf("decisions counted: %d before the edit, %d after; want some, then none", before, after)
+	}
+	if rep.OK {
+		t.Fatalf("every decision hidden from the audit counts (%d -> %d) but verify is OK", before, after)
 	}
 }

@@ -298,12 +298,27 @@ FROM decisions`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 	for rows.Next() {
 		var d projector.StoredDecision
 		var seq, ts, maxOut, timeout, tainted intColumn
-		var outcome string
-		if err := rows.Scan(&d.TenantID, &d.SessionID, &seq, &ts, &d.EventDate, &d.Manifest, &d.ToolName, &d.CallID,
-			&outcome, &d.Reason, &maxOut, &timeout, &d.PolicyRevision, &d.ManifestDigest, &d.InputDigest, &tainted, &d.Hash); err != nil {
+		// A TEXT column edited to hold a BLOB reads back as the same
+		// bytes, but no text literal an audit query compares it with
+		// (outcome = 'deny') ever equals it: such a row is a finding.
+		var tenant, sess, date, manifest, tool, call, outcome, reason, policy, mdigest, idigest, hash textColumn
+		if err := rows.Scan(&tenant, &sess, &seq, &ts, &date, &manifest, &tool, &call,
+			&outcome, &reason, &maxOut, &timeout, &policy, &mdigest, &idigest, &tainted, &hash); err != nil {
 			return wrap("decisions", err)
 		}
-		d.Seq, d.TsUnixMs, d.Outcome = uint64(seq.n), ts.n, envelope.Outcome(outcome)
+		d.TenantID, d.SessionID, d.EventDate, d.Manifest, d.ToolName, d.CallID = tenant.s, sess.s, date.s, manifest.s, tool.s, call.s
+		d.Reason, d.PolicyRevision, d.ManifestDigest, d.InputDigest, d.Hash = reason.s, policy.s, mdigest.s, idigest.s, hash.s
+		for _, c := range []struct {
+			name string
+			col  textColumn
+		}{{"tenant_id", tenant}, {"session_id", sess}, {"event_date", date}, {"manifest", manifest}, {"tool_name", tool},
+			{"call_id", call}, {"outcome", outcome}, {"reason", reason}, {"policy_revision", policy},
+			{"manifest_digest", mdigest}, {"input_digest", idigest}, {"hash", hash}} {
+			if c.col.bad != "" && d.Invalid == "" {
+				d.Invalid = fmt.Sprintf("column %s holds %s, not text", c.name, c.col.bad)
+			}
+		}
+		d.Seq, d.TsUnixMs, d.Outcome = uint64(seq.n), ts.n, envelope.Outcome(outcome.s)
 		d.Constraints.MaxOutputBytes, d.Constraints.TimeoutMs, d.Tainted = maxOut.n, timeout.n, tainted.n != 0
 		for _, c := range []struct {
 			name string
@@ -425,6 +440,27 @@ func (s *Store) QueryEach(ctx context.Context, query string, fn func(cols []stri
 type intColumn struct {
 	n   int64
 	bad string
+}
+
+// textColumn scans a TEXT column; bad names a value SQLite kept as
+// another type (a BLOB).
+type textColumn struct {
+	s   string
+	bad string
+}
+
+func (c *textColumn) Scan(src any) error {
+	switch x := src.(type) {
+	case string:
+		c.s, c.bad = x, ""
+	case []byte:
+		c.s, c.bad = string(x), fmt.Sprintf("a blob of %d bytes", len(x))
+	case nil:
+		c.s, c.bad = "", "NULL"
+	default:
+		c.s, c.bad = fmt.Sprint(x), fmt.Sprintf("a %T", x)
+	}
+	return nil
 }
 
 func (c *intColumn) Scan(src any) error {
