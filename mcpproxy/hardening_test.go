@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"aegis.dev/aegis/ingest"
+	"aegis.dev/aegis/internal/testutil"
 	"aegis.dev/aegis/schemas/envelope"
 )
 
@@ -324,7 +325,7 @@ func TestStdioInFlightBounded(t *testing.T) {
 	for i := range 200 {
 		in.WriteString(`{"jsonrpc":"2.0","id":` + string(jsonInt(i+1)) + `,"method":"ping"}` + "\n")
 	}
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	done := make(chan error, 1)
 	go func() { done <- p.ServeStdio(context.Background(), strings.NewReader(in.String()), &out) }()
 	deadline := time.Now().Add(10 * time.Second)
@@ -342,23 +343,6 @@ func TestStdioInFlightBounded(t *testing.T) {
 	if n := strings.Count(out.String(), "\n"); n != 200 {
 		t.Fatalf("%d answers, want 200", n)
 	}
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // cancelUpstream holds requests until it receives notifications/cancelled
@@ -391,7 +375,7 @@ func TestStdioNotificationsPassBusyRequests(t *testing.T) {
 	up := &cancelUpstream{canceled: make(chan struct{})}
 	p := stdioProxy(t, up)
 	pr, pw := io.Pipe()
-	var out syncBuffer
+	var out testutil.SyncBuffer
 	done := make(chan error, 1)
 	go func() { done <- p.ServeStdio(context.Background(), pr, &out) }()
 	var in strings.Builder

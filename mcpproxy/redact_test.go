@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"aegis.dev/aegis/ingest"
+	"aegis.dev/aegis/internal/testutil"
 	"aegis.dev/aegis/schemas/envelope"
 )
 
@@ -49,7 +50,7 @@ func TestUpstreamCredentialsStayOut(t *testing.T) {
 	defer up.Close()
 	cfg := Defaults()
 	cfg.UpstreamURL, cfg.Addr = strings.Replace(up.URL, "http://", "http://svc:hunter2@", 1)+"/mcp?token=tok-SECRET", "127.0.0.1:0"
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	pipe := &recordingPipeline{}
 	p, err := New(cfg, pipe, nil, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
 	if err != nil {

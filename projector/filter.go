@@ -8,6 +8,11 @@ import "strings"
 const EventColumns = `v, tenant_id, session_id, seq, ts_unix_ms, event_type, manifest, payload,
 	decision, prev_hash, hash, tool_name, call_id, outcome, reason, policy_revision, kafka_partition, kafka_offset`
 
+// DecisionColumns is the column list, in order, of the decisions rows both
+// stores write and read back into StoredDecision.
+const DecisionColumns = `tenant_id, session_id, seq, ts_unix_ms, event_date, manifest, tool_name, call_id,
+	outcome, reason, max_output_bytes, timeout_ms, policy_revision, manifest_digest, input_digest, tainted, hash`
+
 // Where builds the WHERE clause (with a leading space, or empty) and its
 // arguments that select f over tables with tenant_id and session_id
 // columns, with ? placeholders. tuples turns the "(?, ?), …" list of

@@ -199,6 +199,21 @@ func tamperCases(t testing.TB) []struct {
 	}
 }
 
+// verifyStoreAt runs VerifyStore over the whole store at url.
+func verifyStoreAt(t testing.TB, url string) VerifyReport {
+	t.Helper()
+	st, err := stores.Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	rep, err := VerifyStore(context.Background(), st, projector.Filter{}, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
 // firstDecision returns the batch's first decisions row, which belongs to
 // the first vector session.
 func firstDecision(b *projector.Batch) *projector.DecisionRow {
@@ -621,16 +636,7 @@ func TestVerifyOlderSessionTheStateNowRefuses(t *testing.T) {
 	verify := func(b *projector.Batch) VerifyReport {
 		url := sqliteURL(t)
 		writeStore(t, url, b)
-		st, err := stores.Open(context.Background(), url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer st.Close()
-		rep, err := VerifyStore(context.Background(), st, projector.Filter{}, 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return rep
+		return verifyStoreAt(t, url)
 	}
 	if rep := verify(build()); !rep.OK {
 		t.Fatalf("an intact chain stored by an older pipeline fails verify: %+v", rep.Failures)
@@ -667,15 +673,7 @@ func TestVerifySeesTextColumnsTurnedIntoBlobs(t *testing.T) {
 	}
 	after := count()
 	db.Close()
-	st, err := stores.Open(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	rep, err := VerifyStore(context.Background(), st, projector.Filter{}, 1)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep := verifyStoreAt(t, url)
 	if before == 0 || after != 0 {
 		t.Fatalf("decisions counted: %d before the edit, %d after; want some, then none", before, after)
 	}

@@ -311,6 +311,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 	}
 	// A stage whose session did not stop at shutdown was abandoned
 	// (stream_stalled): the exit status says so.
+drain:
 	for runErr == nil {
 		select {
 		case err := <-errc:
@@ -318,10 +319,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 				d.log.Error("a stage did not stop cleanly", "err", err)
 				runErr = err
 			}
-			continue
 		default:
+			break drain
 		}
-		break
 	}
 	return runErr
 }

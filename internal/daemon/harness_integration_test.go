@@ -382,22 +382,14 @@ func lastLines(s string, n int) string {
 }
 
 // splitGoroutineDump splits a process log into what the process logged and,
-// if it ended with the Go runtime's SIGQUIT dump, the stacks of the
-// goroutines that run this module's stream code or the Kafka client's group
-// and transaction code: where a stuck stage waits.
+// if it ended with the Go runtime's SIGQUIT dump, the dump's
+// stream.PipelineStacks: where a stuck stage waits.
 func splitGoroutineDump(log string) (logged, stacks string) {
 	i := strings.Index(log, "SIGQUIT: quit")
 	if i < 0 {
 		return log, ""
 	}
-	var keep []string
-	for _, g := range strings.Split(log[i:], "\n\n") {
-		if strings.HasPrefix(g, "goroutine ") && (strings.Contains(g, "aegis.dev/aegis/internal/stream.") ||
-			strings.Contains(g, "kgo.(*groupConsumer)") || strings.Contains(g, "kgo.(*GroupTransactSession)")) {
-			keep = append(keep, g)
-		}
-	}
-	return log[:i], strings.Join(keep, "\n\n")
+	return log[:i], stream.PipelineStacks(log[i:])
 }
 
 var httpAddrLine = regexp.MustCompile(`msg="http server listening" addr=(\S+)`)

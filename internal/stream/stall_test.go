@@ -1,12 +1,10 @@
 package stream
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kerr"
 	"github.com/twmb/franz-go/pkg/kmsg"
+
+	"aegis.dev/aegis/internal/testutil"
 )
 
 // TestTransactStallHealsWhenTheSessionEnds wedges one Process call until
@@ -59,26 +59,11 @@ func TestTransactStallHealsWhenTheSessionEnds(t *testing.T) {
 // good (it ignores its context): Run must give up with ErrStalled once the
 // grace after closing the client has passed, instead of hanging.
 func TestTransactStallEndsRunWhenTheSessionHangs(t *testing.T) {
-	defer func(g time.Duration) { stallGrace = g }(stallGrace)
-	stallGrace = 300 * time.Millisecond
-	e := startBroker(t)
-	tp := newTopology(t, e, 1)
-	produceInputs(t, e, tp.input, 1, 3, map[string]int{})
-
-	release := make(chan struct{})
-	defer close(release)
-	hook := func(context.Context, *Record) error { <-release; return nil }
-	cfg := tp.config(e, "txn-hang")
-	cfg.StallTimeout = 500 * time.Millisecond
-	cfg.TransactionTimeout = time.Second // the grace is at least this
-	tr, err := NewTransactor(cfg, tp.counters(hook), WithLogger(testLogger()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	tr, _ := hungTransactor(t, "txn-hang", 500*time.Millisecond)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	start := time.Now()
-	err = tr.Run(ctx)
+	err := tr.Run(ctx)
 	if !errors.Is(err, ErrStalled) {
 		t.Fatalf("Run = %v after %s, want ErrStalled", err, time.Since(start).Round(time.Millisecond))
 	}
@@ -129,7 +114,7 @@ func TestTransactInitProducerIDIsBounded(t *testing.T) {
 		resp.ErrorCode = kerr.ConcurrentTransactions.Code
 		return resp, nil, true
 	})
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	cfg := tp.config(e, "txn-init")
 	cfg.TransactionTimeout = time.Second
 	cfg.StallTimeout = time.Minute // not the watchdog: the bound itself
@@ -144,24 +129,6 @@ func TestTransactInitProducerIDIsBounded(t *testing.T) {
 	if inits.Load() < 2 {
 		t.Fatalf("%d InitProducerID requests, want the client's retries", inits.Load())
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for a logger and a reader at once.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 // TestStallBeatIsMonotonic: the watchdog compares the loop's last beat with
@@ -180,30 +147,8 @@ func TestStallBeatIsMonotonic(t *testing.T) {
 // the stage down: Run must return (ErrStalled) once the transaction timeout
 // and the grace have passed, instead of holding the process's exit.
 func TestTransactShutdownIsBounded(t *testing.T) {
-	defer func(g time.Duration) { stallGrace = g }(stallGrace)
-	stallGrace = 300 * time.Millisecond
-	e := startBroker(t)
-	tp := newTopology(t, e, 1)
-	produceInputs(t, e, tp.input, 1, 3, map[string]int{})
-
-	release := make(chan struct{})
-	defer close(release)
-	entered := make(chan struct{}, 1)
-	hook := func(context.Context, *Record) error {
-		select {
-		case entered <- struct{}{}:
-		default:
-		}
-		<-release
-		return nil
-	}
-	cfg := tp.config(e, "txn-shutdown")
-	cfg.TransactionTimeout = time.Second
-	cfg.StallTimeout = time.Hour // not the stall watchdog: the shutdown bound
-	tr, err := NewTransactor(cfg, tp.counters(hook), WithLogger(testLogger()))
-	if err != nil {
-		t.Fatal(err)
-	}
+	// An hour: not the stall watchdog, the shutdown bound.
+	tr, entered := hungTransactor(t, "txn-shutdown", time.Hour)
 	ctx, cancel := context.WithCancel(context.Background())
 	res := make(chan error, 1)
 	go func() { res <- tr.Run(ctx) }()
@@ -221,4 +166,41 @@ func TestTransactShutdownIsBounded(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("Run did not return within 20s of the shutdown")
 	}
+}
+
+// hungTransactor returns a stage over one input partition holding three
+// records whose Process call blocks, ignoring its context, until the test
+// ends; entered receives once it has been called. The transaction timeout
+// is 1s and the grace after a stall 300ms (both bound how long Run waits
+// for the hung session), and the stall timeout is stall.
+func hungTransactor(t *testing.T, txnID string, stall time.Duration) (tr *Transactor, entered <-chan struct{}) {
+	t.Helper()
+	g := stallGrace
+	stallGrace = 300 * time.Millisecond
+	t.Cleanup(func() { stallGrace = g })
+	e := startBroker(t)
+	tp := newTopology(t, e, 1)
+	produceInputs(t, e, tp.input, 1, 3, map[string]int{})
+
+	release := make(chan struct{})
+	in := make(chan struct{}, 1)
+	hook := func(context.Context, *Record) error {
+		select {
+		case in <- struct{}{}:
+		default:
+		}
+		<-release
+		return nil
+	}
+	cfg := tp.config(e, txnID)
+	cfg.StallTimeout = stall
+	cfg.TransactionTimeout = time.Second
+	tr, err := NewTransactor(cfg, tp.counters(hook), WithLogger(testLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Registered last, so run first: the hung call returns before the
+	// broker closes.
+	t.Cleanup(func() { close(release) })
+	return tr, in
 }

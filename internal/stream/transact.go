@@ -512,25 +512,32 @@ func (c *sessionCloser) close() {
 	}
 }
 
-// streamStacks returns the stacks of the goroutines that run this package's
-// code or the Kafka client's group and transaction code, the places a stall
-// is found in, cut to 64 KiB.
+// streamStacks returns this process's PipelineStacks, cut to 64 KiB.
 func streamStacks() string {
 	var buf bytes.Buffer
 	if err := pprof.Lookup("goroutine").WriteTo(&buf, 2); err != nil {
 		return err.Error()
 	}
-	var keep []string
-	for g := range strings.SplitSeq(buf.String(), "\n\n") {
-		if strings.Contains(g, "/internal/stream.") || strings.Contains(g, "kgo.(*groupConsumer)") || strings.Contains(g, "kgo.(*GroupTransactSession)") {
-			keep = append(keep, g)
-		}
-	}
-	out := strings.Join(keep, "\n\n")
+	out := PipelineStacks(buf.String())
 	if len(out) > 64<<10 {
 		out = strings.ToValidUTF8(out[:64<<10], "")
 	}
 	return out
+}
+
+// PipelineStacks returns, from a Go goroutine dump (the goroutine profile
+// at debug level 2, or the runtime's SIGQUIT output), the stacks of the
+// goroutines that run this package's code or the Kafka client's group and
+// transaction code: where a stalled stage waits.
+func PipelineStacks(dump string) string {
+	var keep []string
+	for g := range strings.SplitSeq(dump, "\n\n") {
+		if strings.HasPrefix(g, "goroutine ") && (strings.Contains(g, "aegis.dev/aegis/internal/stream.") ||
+			strings.Contains(g, "kgo.(*groupConsumer)") || strings.Contains(g, "kgo.(*GroupTransactSession)")) {
+			keep = append(keep, g)
+		}
+	}
+	return strings.Join(keep, "\n\n")
 }
 
 // owned is the run loop's record of one owned partition.

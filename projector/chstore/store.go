@@ -380,8 +380,7 @@ FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 // Copies of a row not merged yet are passed as they are.
 func (s *Store) Decisions(ctx context.Context, f projector.Filter, fn func(*projector.StoredDecision) error) error {
 	w, args := where(f)
-	rows, err := s.conn.Query(ctx, `SELECT tenant_id, session_id, seq, ts_unix_ms, event_date, manifest, tool_name, call_id,
-	outcome, reason, max_output_bytes, timeout_ms, policy_revision, manifest_digest, input_digest, tainted, hash
+	rows, err := s.conn.Query(ctx, `SELECT `+projector.DecisionColumns+`
 FROM decisions`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 	if err != nil {
 		return wrap("decisions", err)

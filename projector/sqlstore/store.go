@@ -131,8 +131,7 @@ const (
 	insertEvent = `INSERT INTO audit_events (tenant_id, session_id, seq, ts_unix_ms, event_date, v, event_type, manifest,
 	tool_name, call_id, outcome, reason, policy_revision, payload, decision, prev_hash, hash, kafka_partition, kafka_offset)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`
-	insertDecision = `INSERT INTO decisions (tenant_id, session_id, seq, ts_unix_ms, event_date, manifest, tool_name, call_id,
-	outcome, reason, max_output_bytes, timeout_ms, policy_revision, manifest_digest, input_digest, tainted, hash)
+	insertDecision = `INSERT INTO decisions (` + projector.DecisionColumns + `)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`
 	upsertSnapshot = `INSERT INTO session_snapshots (tenant_id, session_id, last_seq, first_ts_unix_ms, last_ts_unix_ms,
 	first_event_date, manifest, events, steps, model_calls, tool_calls, tainted, loop_detected, terminated,
@@ -288,8 +287,7 @@ FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 // Decisions scans the decisions table (see projector.DecisionReader).
 func (s *Store) Decisions(ctx context.Context, f projector.Filter, fn func(*projector.StoredDecision) error) error {
 	w, args := where(f)
-	rows, err := s.db.QueryContext(ctx, `SELECT tenant_id, session_id, seq, ts_unix_ms, event_date, manifest, tool_name, call_id,
-	outcome, reason, max_output_bytes, timeout_ms, policy_revision, manifest_digest, input_digest, tainted, hash
+	rows, err := s.db.QueryContext(ctx, `SELECT `+projector.DecisionColumns+`
 FROM decisions`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 	if err != nil {
 		return wrap("decisions", err)
