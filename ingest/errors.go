@@ -40,6 +40,8 @@ const (
 	CodeInternal           = "INTERNAL"               // 500
 	CodeRequestTimeout     = "REQUEST_TIMEOUT"        // 408: the body did not arrive within the read timeout
 	CodeCanceled           = "REQUEST_CANCELED"       // 503: canceled before it completed (client gone, or the server shutting down)
+	CodeRouteNotFound      = "ROUTE_NOT_FOUND"        // 404: no endpoint at this path
+	CodeMethodNotAllowed   = "METHOD_NOT_ALLOWED"     // 405: the path takes other methods (listed in Allow)
 )
 
 // apiError is an error with an HTTP status and a stable code.

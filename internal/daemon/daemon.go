@@ -524,7 +524,7 @@ func (d *Daemon) handler(api *ingest.Server) http.Handler {
 		}
 		mux.Handle("/debug/pprof/", h)
 	}
-	return mux
+	return ingest.RouteErrors(mux)
 }
 
 // redacted returns the configuration as log attributes. It holds no

@@ -78,6 +78,13 @@ func referenceRequests(t *testing.T, d *Daemon) {
 	if code, body := get("/metrics"); code != 200 || !strings.Contains(body, "aegis_ingest_events_total") {
 		t.Fatalf("metrics: %d", code)
 	}
+	// Paths and methods the API does not serve get its error format too.
+	if code, body := get("/v1/no-such-endpoint"); code != 404 || !strings.Contains(body, `"code":"ROUTE_NOT_FOUND"`) {
+		t.Fatalf("unknown path: %d %s", code, body)
+	}
+	if code, body := get("/v1/events"); code != 405 || !strings.Contains(body, `"code":"METHOD_NOT_ALLOWED"`) {
+		t.Fatalf("GET /v1/events: %d %s", code, body)
+	}
 	// The accepted event goes all the way: sealed, projected into the
 	// embedded store, and served back by the session endpoints.
 	deadline = time.Now().Add(30 * time.Second)
