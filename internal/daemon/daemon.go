@@ -46,6 +46,9 @@ type Daemon struct {
 	started     chan struct{}
 	readStore   stores.Store // the audit store the HTTP API reads, if any
 	startOnce   sync.Once
+
+	// wrapStage, if set (tests), wraps each stage Run starts.
+	wrapStage func(name string, t stageRunner) stageRunner
 }
 
 // New returns a daemon for cfg (which must be valid). Metrics are
@@ -208,6 +211,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 			_ = ln.Close()
 			abandon()
 			return err
+		}
+		if d.wrapStage != nil {
+			t = d.wrapStage(name, t)
 		}
 		stages = append(stages, stage{name, t})
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -366,5 +367,56 @@ func TestShutdownWhileTheEmbeddedBrokerStarts(t *testing.T) {
 	}
 	if _, err := os.Stat(marker); err != nil {
 		t.Errorf("crash marker after the interrupted start: %v, want it kept", err)
+	}
+}
+
+// abandonedAtShutdown runs a stage and, once it has stopped, answers as
+// stream.Transact does when its session did not stop within its bound.
+type abandonedAtShutdown struct{ stageRunner }
+
+func (a abandonedAtShutdown) Run(ctx context.Context) error {
+	_ = a.stageRunner.Run(ctx)
+	return fmt.Errorf("stream: the session did not stop within 70s of the shutdown: %w", stream.ErrStalled)
+}
+
+// TestShutdownWithAnAbandonedStageFails checks the daemon's side of a
+// stage abandoned at shutdown: every other stage and the API still stop,
+// and Run returns the stall, so aegisd exits non-zero and its supervisor
+// knows the stop was not clean.
+func TestShutdownWithAnAbandonedStageFails(t *testing.T) {
+	cfg := embeddedConfig(t)
+	cfg.Dev = true
+	d := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	var wrapped []string
+	d.wrapStage = func(name string, s stageRunner) stageRunner {
+		wrapped = append(wrapped, name)
+		if name == TargetSealer {
+			return abandonedAtShutdown{s}
+		}
+		return s
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- d.Run(ctx) }()
+	if d.Brokers() == nil {
+		t.Fatalf("daemon did not start: %v", <-done)
+	}
+	if !strings.Contains(strings.Join(wrapped, ","), TargetSealer) {
+		t.Fatalf("stages %v: no sealer", wrapped)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !d.Ready(); time.Sleep(20 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("not ready within 30s")
+		}
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if !errors.Is(err, stream.ErrStalled) {
+			t.Fatalf("Run = %v, want the stall", err)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("Run did not return after the shutdown")
 	}
 }
