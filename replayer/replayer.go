@@ -376,12 +376,13 @@ func (r *runner) session(ctx context.Context, s *Session, res *partial) error {
 		}
 		res.decisions++
 		rec := ev.Decision
+		if field, recorded, bad := r.unreplayable(rec); bad {
+			diff(ev.Seq, field, recorded, "")
+			return nil
+		}
 		var revision, digest string
 		if rec != nil {
 			revision, digest = rec.PolicyRevision, rec.ManifestDigest
-		} else if r.cfg.Mode == ModeExact {
-			diff(ev.Seq, "decision", "absent", "")
-			return nil
 		}
 		eng, err := r.engine(revision, digest)
 		if err != nil {
@@ -444,6 +445,26 @@ func (r *runner) session(ctx context.Context, s *Session, res *partial) error {
 		}
 	}
 	return nil
+}
+
+// unreplayable names what a proposal's recorded decision lacks for it to
+// be replayed: the decision itself, or a policy revision or manifest
+// digest the replay loads from the archive (those the what-if candidate
+// does not replace) that is not a sha256 digest. The decider writes
+// nothing else, so such a row is a difference of its session; only a
+// well-formed digest that the archive lacks fails the job.
+func (r *runner) unreplayable(rec *envelope.Decision) (field, recorded string, bad bool) {
+	needRevision := r.cfg.Mode == ModeExact || r.candidate == nil
+	needManifest := r.cfg.Mode == ModeExact || r.cfg.Manifests == nil
+	switch {
+	case rec == nil:
+		return "decision", "absent", needRevision || needManifest
+	case needRevision && hexOf(rec.PolicyRevision) == "":
+		return "policy_revision", rec.PolicyRevision, true
+	case needManifest && rec.ManifestDigest != "" && hexOf(rec.ManifestDigest) == "":
+		return "manifest_digest", rec.ManifestDigest, true
+	}
+	return "", "", false
 }
 
 // compare reports whether the replayed decision is byte-identical to the

@@ -419,3 +419,58 @@ func TestWhatIfReportsConstraintChanges(t *testing.T) {
 		}
 	}
 }
+
+// TestUnreplayableRowIsAFinding: a proposal whose recorded decision does
+// not name what it must be replayed under (no decision, or a revision or
+// manifest digest that is not a sha256 digest, which the decider never
+// writes) is a difference of its session, not a failure of the job: the
+// other sessions are still replayed.
+func TestUnreplayableRowIsAFinding(t *testing.T) {
+	candidate := policy.Default()
+	reg := registry(t)
+	for _, c := range []struct {
+		name  string
+		cfg   replayer.Config
+		edit  func(d **envelope.Decision)
+		field string
+	}{
+		{"what-if manifests, no decision", replayer.Config{Mode: replayer.ModeWhatIf, Manifests: reg},
+			func(d **envelope.Decision) { *d = nil }, "decision"},
+		{"what-if policy, no decision", replayer.Config{Mode: replayer.ModeWhatIf, Candidate: candidate},
+			func(d **envelope.Decision) { *d = nil }, "decision"},
+		{"exact, revision not a digest", replayer.Config{Mode: replayer.ModeExact},
+			func(d **envelope.Decision) { (*d).PolicyRevision = "rev-1" }, "policy_revision"},
+		{"exact, manifest digest not a digest", replayer.Config{Mode: replayer.ModeExact},
+			func(d **envelope.Decision) { (*d).ManifestDigest = "registry" }, "manifest_digest"},
+		{"what-if manifests, revision not a digest", replayer.Config{Mode: replayer.ModeWhatIf, Manifests: reg},
+			func(d **envelope.Decision) { (*d).PolicyRevision = "sha256:../x" }, "policy_revision"},
+		{"what-if policy, manifest digest not a digest", replayer.Config{Mode: replayer.ModeWhatIf, Candidate: candidate},
+			func(d **envelope.Decision) { (*d).ManifestDigest = "sha256:" }, "manifest_digest"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			sessions := record(t, 5)
+			c.edit(&sessions[3].Events[1].Decision)
+			c.cfg.Archive = archive(t)
+			rep, err := replayer.Run(context.Background(), c.cfg, replayer.EventsSource(sessions))
+			if err != nil {
+				t.Fatalf("Run: %v", err)
+			}
+			if rep.Sessions != 5 || len(rep.Differences) != 1 {
+				t.Fatalf("%d sessions, differences %+v", rep.Sessions, rep.Differences)
+			}
+			if d := rep.Differences[0]; d.SessionID != "s0003" || d.Seq != 2 || d.Field != c.field {
+				t.Fatalf("difference %+v, want s0003 seq 2 %s", d, c.field)
+			}
+		})
+	}
+	// With both a candidate bundle and candidate manifests nothing
+	// recorded is needed: a proposal without a decision is replayed, its
+	// change has no "before".
+	sessions := record(t, 5)
+	sessions[3].Events[1].Decision = nil
+	rep, err := replayer.Run(context.Background(), replayer.Config{Mode: replayer.ModeWhatIf, Candidate: candidate, Manifests: reg},
+		replayer.EventsSource(sessions))
+	if err != nil || len(rep.Differences) != 0 || len(rep.Changes) != 1 || rep.Changes[0].Before != nil {
+		t.Fatalf("both replaced: %v, %+v", err, rep)
+	}
+}
