@@ -50,11 +50,16 @@ func hexOf(d string) string {
 	return h
 }
 
-// PutBundle stores b under its revision; an existing entry is kept.
+// PutBundle stores b under its revision; an existing entry is kept. A
+// Revision that is not that of b.Files is refused: it would name content
+// that decides otherwise.
 func (a *Archive) PutBundle(b *policy.Bundle) error {
 	h := hexOf(b.Revision)
 	if h == "" {
 		return fmt.Errorf("%w: bundle revision %q is not a sha256 digest", ErrArchive, b.Revision)
+	}
+	if got := policy.ComputeRevision(b.Files); got != b.Revision {
+		return fmt.Errorf("%w: bundle revision %s is not that of its files (%s)", ErrArchive, b.Revision, got)
 	}
 	dst := filepath.Join(a.Dir, "policies", h)
 	if _, err := os.Stat(dst); err == nil {

@@ -120,6 +120,17 @@ func TestArchive(t *testing.T) {
 		})
 	}
 
+	t.Run("bundle whose revision is not its files'", func(t *testing.T) {
+		a := &replayer.Archive{Dir: t.TempDir()}
+		b := policy.Default()
+		b.Files["decide.rego"] += "\n# edited\n"
+		if err := a.PutBundle(b); !errors.Is(err, replayer.ErrArchive) {
+			t.Fatalf("PutBundle: %v, want ErrArchive", err)
+		}
+		if _, err := a.Bundle(rev); !errors.Is(err, replayer.ErrMissingRevision) {
+			t.Fatalf("Bundle after a refused put: %v, want ErrMissingRevision", err)
+		}
+	})
 	t.Run("edited bundle", func(t *testing.T) {
 		a := archive(t)
 		dir := filepath.Join(a.Dir, "policies", rev[len("sha256:"):])

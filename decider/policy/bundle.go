@@ -53,13 +53,16 @@ var defaultFS embed.FS
 type Bundle struct {
 	// Revision identifies the policy: "sha256:" followed by the hex SHA-256
 	// of the policy files (not the tests) in the framing described at
-	// ComputeRevision.
+	// ComputeRevision. Empty: New computes it; any other value must be
+	// exactly that.
 	Revision string
 	Files    map[string]string
 }
 
 // Default returns the embedded default bundle (decider/policy/bundle). Each
-// call returns a fresh Bundle that the caller may modify.
+// call returns a fresh Bundle that the caller may modify (then set its
+// Revision to ComputeRevision(Files), or clear it: New refuses a Revision
+// that is not that of the files).
 func Default() *Bundle {
 	files := make(map[string]string)
 	err := fs.WalkDir(defaultFS, "bundle", func(path string, d fs.DirEntry, err error) error {

@@ -75,11 +75,18 @@ type Engine struct {
 
 // New compiles b and prepares its queries. Parse and compile errors
 // (including calls to builtins that are unavailable to policies, see
-// Capabilities) are returned wrapping ErrBundle; the caller must not run
-// without a policy.
+// Capabilities), and a b.Revision that is set but is not
+// ComputeRevision(b.Files), are returned wrapping ErrBundle; the caller
+// must not run without a policy.
 func New(b *Bundle) (*Engine, error) {
 	if b == nil {
 		return nil, fmt.Errorf("%w: nil bundle", ErrBundle)
+	}
+	// The revision names the files: a decision must never record one
+	// whose archived content decides otherwise.
+	e := &Engine{revision: ComputeRevision(b.Files)}
+	if b.Revision != "" && b.Revision != e.revision {
+		return nil, fmt.Errorf("%w: revision %s is not that of the files (%s)", ErrBundle, b.Revision, e.revision)
 	}
 	compiler, err := compile(b.Files)
 	if err != nil {
@@ -98,10 +105,6 @@ func New(b *Bundle) (*Engine, error) {
 			return pq, fmt.Errorf("%w: prepare %s: %w", ErrBundle, query, err)
 		}
 		return pq, nil
-	}
-	e := &Engine{revision: b.Revision}
-	if e.revision == "" {
-		e.revision = ComputeRevision(b.Files)
 	}
 	if e.decide, err = prepare(DecisionQuery); err != nil {
 		return nil, err

@@ -677,3 +677,18 @@ func withTools(tools ...string) func() *manifest.Manifest {
 		return m
 	}
 }
+
+// TestNewRejectsRevisionOfOtherFiles: a Bundle whose Revision is not that
+// of its files (Default() edited in place) does not compile: decisions
+// would name a revision whose archived content decides otherwise.
+func TestNewRejectsRevisionOfOtherFiles(t *testing.T) {
+	b := Default()
+	b.Files["decide.rego"] += "\n# edited\n"
+	if _, err := New(b); !errors.Is(err, ErrBundle) {
+		t.Fatalf("New: err = %v, want ErrBundle", err)
+	}
+	b.Revision = ComputeRevision(b.Files)
+	if _, err := New(b); err != nil {
+		t.Fatalf("New with the files' revision: %v", err)
+	}
+}
