@@ -193,17 +193,20 @@ func replay(ctx context.Context, env IO, o replayOptions) int {
 				rep.Identical = false
 			}
 		}
-		sort.SliceStable(rep.Differences, func(i, j int) bool {
-			a, b := rep.Differences[i], rep.Differences[j]
-			if a.TenantID != b.TenantID {
-				return a.TenantID < b.TenantID
-			}
-			if a.SessionID != b.SessionID {
-				return a.SessionID < b.SessionID
-			}
-			return a.Seq < b.Seq
-		})
 	}
+	// The findings added here (undecodable records of the sealed topic,
+	// snapshots without events) join the replay's own in the report's
+	// order: by tenant, session and seq.
+	sort.SliceStable(rep.Differences, func(i, j int) bool {
+		a, b := rep.Differences[i], rep.Differences[j]
+		if a.TenantID != b.TenantID {
+			return a.TenantID < b.TenantID
+		}
+		if a.SessionID != b.SessionID {
+			return a.SessionID < b.SessionID
+		}
+		return a.Seq < b.Seq
+	})
 	if o.report != "" {
 		if err := writeReportFile(o.report, rep); err != nil {
 			return fail(env, ExitRuntime, "replay: %v", err)

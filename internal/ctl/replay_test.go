@@ -178,6 +178,32 @@ func TestReplayFlow(t *testing.T) {
 		if code != ctl.ExitFailed || !strings.Contains(out+errOut, "undecodable") {
 			t.Errorf("exact with a damaged record: exit %d, want %d\n%s%s", code, ctl.ExitFailed, out, errOut)
 		}
+
+		// Such findings are sorted with the others, by tenant, session
+		// and seq (0: an undecodable record has none), whatever the
+		// partitions they were read from.
+		first, second := undecodableOrder(t)
+		p, err = stream.NewProducer(stream.ProducerConfig{Brokers: strings.Split(brokers, ",")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range []string{first, second} {
+			if err = p.Produce(context.Background(), stream.Message{Topic: "aegis.sealed", Key: []byte("acme/" + s), Value: []byte(`{"not":"sealed"}`)}); err != nil {
+				break
+			}
+		}
+		p.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		code, out, errOut = runCtl(t, "replay", "--brokers", brokers, "--policy-archive", archive, "--mode", "exact", "--json", "--session", first+","+second)
+		var rep replayer.Report
+		if err := json.Unmarshal([]byte(out), &rep); err != nil || code != ctl.ExitFailed {
+			t.Fatalf("exact with two damaged records: exit %d, %v\n%s%s", code, err, out, errOut)
+		}
+		if len(rep.Differences) != 2 || rep.Differences[0].SessionID != first || rep.Differences[1].SessionID != second {
+			t.Errorf("differences not sorted by session: %+v", rep.Differences)
+		}
 	})
 
 	if code, out, errOut := runCtl(t, "replay", "--store", url, "--mode", "exact"); code != ctl.ExitOK || !strings.Contains(out, "identical") {
@@ -255,6 +281,22 @@ func TestReplayFlow(t *testing.T) {
 	if code != ctl.ExitFailed || !strings.Contains(errOut, "FAIL acme/s00042 seq 2: HASH_MISMATCH") {
 		t.Fatalf("verify after tampering: exit %d\n%s%s", code, out, errOut)
 	}
+}
+
+// undecodableOrder returns two sessions of the recorded ones, first < second,
+// whose records are on partitions read in the other order (second's first).
+func undecodableOrder(t *testing.T) (first, second string) {
+	t.Helper()
+	part := func(i int) int32 { return stream.Partition([]byte(fmt.Sprintf("acme/s%05d", i)), 3) }
+	for i := 10; i < 100; i++ {
+		for j := i + 1; j < 100; j++ {
+			if part(j) < part(i) {
+				return fmt.Sprintf("s%05d", i), fmt.Sprintf("s%05d", j)
+			}
+		}
+	}
+	t.Fatal("no two sessions on partitions in reverse order")
+	return "", ""
 }
 
 // tamperFile edits the SQLite file in place as an attacker with write
