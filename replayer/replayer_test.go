@@ -485,3 +485,41 @@ func TestUnreplayableRowIsAFinding(t *testing.T) {
 		t.Fatalf("both replaced: %v, %+v", err, rep)
 	}
 }
+
+// TestReportIndependentOfWorkers: sessions replayed by any number of
+// workers give the same report bytes, wall time aside (docs/replay.md).
+func TestReportIndependentOfWorkers(t *testing.T) {
+	files := map[string]string{"deny_search.rego": "package aegis.decide\n\nviolations contains 1 if input.event.payload.tool_name == \"search\"\n"}
+	for k, v := range policy.Default().Files {
+		files[k] = v
+	}
+	candidate := &policy.Bundle{Files: files}
+	sessions := record(t, 60)
+	for i := 0; i < len(sessions); i += 3 {
+		sessions[i].Events[4].Decision.Reason = "EGRESS_DENY"
+	}
+	a := archive(t)
+	for _, mode := range []replayer.Mode{replayer.ModeExact, replayer.ModeWhatIf} {
+		var want []byte
+		for _, workers := range []int{1, 4, 16} {
+			cfg := replayer.Config{Mode: mode, Archive: a, Workers: workers}
+			if mode == replayer.ModeWhatIf {
+				cfg.Candidate = candidate
+			}
+			rep, err := replayer.Run(context.Background(), cfg, replayer.EventsSource(sessions))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep.Seconds = 0
+			got, err := json.Marshal(rep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if want == nil {
+				want = got
+			} else if string(got) != string(want) {
+				t.Fatalf("%s with %d workers: report differs from 1 worker's", mode, workers)
+			}
+		}
+	}
+}
