@@ -5,9 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/open-policy-agent/opa/v1/ast"
 
 	"aegis.dev/aegis/decider/session"
 	"aegis.dev/aegis/schemas/envelope"
@@ -691,4 +695,52 @@ func TestNewRejectsRevisionOfOtherFiles(t *testing.T) {
 	if _, err := New(b); err != nil {
 		t.Fatalf("New with the files' revision: %v", err)
 	}
+}
+
+// TestCapabilitiesPinned holds the builtins a policy may call to a
+// reviewed list for the linked OPA version. Upgrading OPA fails it when
+// builtins appear, disappear or change their nondeterministic mark: check
+// every new builtin for reads of the host (clock, network, environment,
+// files, randomness) and remove any that does (wallClock), then update
+// testdata/builtins.golden and the list in docs/policy.md.
+func TestCapabilitiesPinned(t *testing.T) {
+	var removed, available []string
+	allowed := map[string]bool{}
+	for _, b := range Capabilities().Builtins {
+		allowed[b.Name] = true
+		available = append(available, b.Name)
+	}
+	for _, b := range ast.CapabilitiesForThisVersion().Builtins {
+		if !allowed[b.Name] {
+			removed = append(removed, b.Name)
+		}
+	}
+	slices.Sort(removed)
+	wantRemoved := []string{
+		"crypto.x509.parse_and_verify_certificates", "crypto.x509.parse_and_verify_certificates_with_options",
+		"http.send", "io.jwt.decode_verify", "io.jwt.encode_sign", "io.jwt.encode_sign_raw",
+		"json.match_schema", "json.verify_schema", "net.lookup_ip_addr", "opa.runtime", "rand.intn", "uuid.rfc4122",
+	}
+	if !slices.Equal(removed, wantRemoved) {
+		t.Errorf("removed builtins %q, want %q", removed, wantRemoved)
+	}
+	slices.Sort(available)
+	golden, err := os.ReadFile("testdata/builtins.golden")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := strings.Fields(string(golden)); !slices.Equal(available, want) {
+		added, gone := diffNames(available, want), diffNames(want, available)
+		t.Errorf("available builtins changed: new %q, gone %q (review them, then update testdata/builtins.golden)", added, gone)
+	}
+}
+
+func diffNames(a, b []string) []string {
+	var out []string
+	for _, x := range a {
+		if !slices.Contains(b, x) {
+			out = append(out, x)
+		}
+	}
+	return out
 }
