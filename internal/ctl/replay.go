@@ -124,7 +124,13 @@ func replay(ctx context.Context, env IO, o replayOptions) int {
 		}
 		defer func() { _ = st.Close() }()
 		if filters, err = replayFilters(ctx, st, o); err != nil {
-			return fail(env, ExitFailed, "replay: selection: %v", err)
+			// A predicate of the user's the store refused is a finding
+			// about the selection (exit 1); without one, the store failed.
+			code := ExitRuntime
+			if o.where != "" {
+				code = ExitFailed
+			}
+			return fail(env, code, "replay: selection: %v", err)
 		}
 		if len(filters) == 0 {
 			// A selection that matches no session replays none (StoreSource
