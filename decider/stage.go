@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"aegis.dev/aegis/decider/session"
+	"aegis.dev/aegis/internal/grant"
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/statecache"
 	"aegis.dev/aegis/internal/stream"
@@ -64,6 +65,13 @@ type StageConfig struct {
 	ShadowTopic string
 	// State bounds the session snapshots kept in memory.
 	State pipeline.StateConfig
+	// ApprovalSecret, when set, is the secret the gateway signs approvals
+	// with: an APPROVAL_DECIDED without a valid grant (internal/grant) is
+	// rejected with pipeline.ReasonApprovalUnauthenticated before the
+	// sequence rule, so it takes no seq, changes no state and is never
+	// sealed. Without it every APPROVAL_DECIDED is honoured, as whoever
+	// can write the events topic recorded it.
+	ApprovalSecret []byte
 }
 
 // ShadowDiff is the value of a record on the shadow topic: a proposal the
@@ -250,6 +258,14 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 			// projector size their limits by it (pipeline.DecidedMaxBytes).
 			reject(rec, ev, envelope.CodeTooLarge, fmt.Sprintf("the event's canonical form is %d bytes, limit is %d", len(p.bare), maxEvent))
 			continue
+		}
+		if s.cfg.ApprovalSecret != nil && ev.Type == envelope.ApprovalDecided {
+			// Before the sequence rule: a forged decision must not take
+			// the seq the gateway's next event of the session needs.
+			if err := grant.VerifyEvent(s.cfg.ApprovalSecret, ev); err != nil {
+				reject(rec, ev, pipeline.ReasonApprovalUnauthenticated, err.Error())
+				continue
+			}
 		}
 		switch verdict, detail := st.Window.Check(ev.Seq, digest); verdict {
 		case pipeline.Duplicate:

@@ -18,6 +18,8 @@ import (
 
 	"aegis.dev/aegis/decider"
 	"aegis.dev/aegis/decider/session"
+	"aegis.dev/aegis/internal/grant"
+	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/schemas/canon"
 	"aegis.dev/aegis/schemas/envelope"
 )
@@ -283,7 +285,15 @@ func (s *Server) settle(ctx context.Context, e *approvalEntry, allow bool, appro
 	}
 	payload, _ := json.Marshal(map[string]any{"call_id": e.CallID, "decision": decision, "approver": approver, "reason": reason,
 		"tool_name": e.ToolName, "args_digest": e.ArgsDigest, "approval_id": e.ID, "expires_ms": e.ExpiresMs})
-	payload, _ = canon.Append(nil, payload)
+	// Signed: a decider with the approval secret honours no
+	// APPROVAL_DECIDED without the grant (internal/grant).
+	payload, err := grant.Sign(a.secret, e.TenantID, e.SessionID, payload)
+	if err != nil {
+		a.mu.Lock()
+		e.busy = false
+		a.mu.Unlock()
+		return Approval{}, fmt.Errorf("ingest: sign APPROVAL_DECIDED: %w", err)
+	}
 	ev := &envelope.Event{V: envelope.Version, TenantID: e.TenantID, SessionID: e.SessionID, TsUnixMs: now.UnixMilli(),
 		Type: envelope.ApprovalDecided, Payload: payload}
 	s.setHint(string(ev.Key()), e.RequestedSeq)
@@ -314,6 +324,10 @@ func (s *Server) settle(ctx context.Context, e *approvalEntry, allow bool, appro
 		defer cancel()
 		v, err := s.submit(bctx, ev, true, "approval")
 		if err == nil && v.Rejection != nil {
+			if v.Rejection.Reason == pipeline.ReasonApprovalUnauthenticated {
+				s.log.Error("the decider refused this gateway's signed APPROVAL_DECIDED: it checks grants with another approval secret; give every aegisd the same --approval-secret-file",
+					"approval", e.ID)
+			}
 			err = errf(rejectionStatus(v.Rejection.Reason), v.Rejection.Reason, "APPROVAL_DECIDED rejected: %s", v.Rejection.Detail)
 		}
 		a.mu.Lock()

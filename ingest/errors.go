@@ -111,6 +111,10 @@ func rejectionStatus(reason string) int {
 		return http.StatusConflict
 	case envelope.CodeTooLarge:
 		return http.StatusRequestEntityTooLarge
+	case pipeline.ReasonApprovalUnauthenticated:
+		// The decider refused the gateway's own grant: it checks with
+		// another approval secret than this gateway signs with.
+		return http.StatusForbidden
 	}
 	return http.StatusBadRequest
 }

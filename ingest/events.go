@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"mime"
 	"net"
 	"net/http"
 
+	"aegis.dev/aegis/internal/grant"
 	"aegis.dev/aegis/schemas/envelope"
 )
 
@@ -123,6 +125,22 @@ func splitEvents(mt string, body []byte, max int) ([][]byte, error) {
 	return out, nil
 }
 
+// signApproval sets the grant of ev, an APPROVAL_DECIDED, and returns
+// its canonical form, which must still fit the event limit.
+func (s *Server) signApproval(ev *envelope.Event) ([]byte, error) {
+	if err := grant.SignEvent(s.secret, ev); err != nil {
+		return nil, errf(http.StatusBadRequest, envelope.CodeInvalidField, "payload: %v", err)
+	}
+	v, err := ev.AppendCanonical(nil, false)
+	if err != nil {
+		return nil, fmt.Errorf("ingest: encode %s/%d: %w", ev.Key(), ev.Seq, err)
+	}
+	if len(v) > s.env.MaxEventBytes {
+		return nil, errf(http.StatusRequestEntityTooLarge, envelope.CodeTooLarge, "the signed APPROVAL_DECIDED would be %d bytes, limit is %d", len(v), s.env.MaxEventBytes)
+	}
+	return v, nil
+}
+
 // handleEvents is POST /v1/events. Validation is all or nothing: if any
 // event is invalid or foreign, nothing is published and the response
 // carries every event's result. Otherwise every event is published; the
@@ -154,6 +172,12 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p Principa
 			// An agent must not settle its own approvals: the decider
 			// honours any APPROVAL_DECIDED of the session.
 			err = errf(http.StatusForbidden, CodeForbidden, "role %s may not record APPROVAL_DECIDED; an operator settles approvals (POST /v1/approvals/{token})", p.Role)
+		}
+		if err == nil && ev.Type == envelope.ApprovalDecided {
+			// The operator's authority is what the gateway vouches for:
+			// it signs the decision with its own grant, replacing any the
+			// client sent, and publishes that canonical form.
+			raws[i], err = s.signApproval(ev)
 		}
 		if err != nil {
 			st, d := eventError(err)

@@ -77,6 +77,9 @@ type harnessOpts struct {
 	// lateRun: the gateway's Run starts only when the test calls
 	// harness.run; the HTTP API serves from the start.
 	lateRun bool
+	// deciderSecret, if set, is the decider's approval secret instead
+	// of the gateway's (a misconfigured deployment).
+	deciderSecret []byte
 }
 
 // newHarness runs an embedded broker, the decider stage (unless
@@ -106,8 +109,12 @@ func newHarness(tb testing.TB, o harnessOpts) *harness {
 	var wg sync.WaitGroup
 	var tr *stream.Transactor
 	var stopDecider func()
+	// The decider checks approval grants with the gateway's secret, as in
+	// an all-in-one aegisd; it starts once the gateway (and its secret)
+	// exists.
+	var approvalSecret []byte
 	startDecider := func() {
-		st := decider.NewStage(eng, decider.StageConfig{Topics: topics, Partitions: 3}, nil, nil)
+		st := decider.NewStage(eng, decider.StageConfig{Topics: topics, Partitions: 3, ApprovalSecret: approvalSecret}, nil, nil)
 		tc := st.TransactConfig()
 		tc.Brokers, tc.Group, tc.TransactionalID = emb.Brokers(), "aegis.decider", "aegis.decider-test"
 		tc.SessionTimeout, tc.HeartbeatInterval = 6*time.Second, time.Second
@@ -125,9 +132,6 @@ func newHarness(tb testing.TB, o harnessOpts) *harness {
 			}
 		}(tr)
 		stopDecider = func() { dcancel(); <-done }
-	}
-	if !o.noDecider {
-		startDecider()
 	}
 	cfg := Defaults()
 	if !o.dev {
@@ -157,6 +161,13 @@ func newHarness(tb testing.TB, o harnessOpts) *harness {
 		tb.Fatal(err)
 	}
 	srv.noExpirySweep = o.noExpirySweep
+	approvalSecret = srv.ApprovalSecret()
+	if o.deciderSecret != nil {
+		approvalSecret = o.deciderSecret
+	}
+	if !o.noDecider {
+		startDecider()
+	}
 	sctx, scancel := context.WithCancel(context.Background())
 	var runOnce sync.Once
 	run := func() {

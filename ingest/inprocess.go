@@ -82,6 +82,12 @@ func (s *Server) Record(ctx context.Context, ev *envelope.Event) (uint64, error)
 	if ev.Type == envelope.ToolCallProposed {
 		return 0, errors.New("ingest: Record: proposals go through Propose")
 	}
+	if ev.Type == envelope.ApprovalDecided {
+		// Record publishes for programs acting for agents (the MCP
+		// proxy): it never signs, so a decider with the approval secret
+		// would refuse it anyway.
+		return 0, errors.New("ingest: Record: approvals are settled through the approvals API")
+	}
 	if err := s.prepare(ev); err != nil {
 		return 0, err
 	}

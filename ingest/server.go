@@ -17,6 +17,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"aegis.dev/aegis/decider"
+	"aegis.dev/aegis/internal/grant"
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/schemas/envelope"
@@ -136,11 +137,8 @@ func New(cfg Config, env Env, opts ...Option) (*Server, error) {
 		}
 	}
 	if cfg.ApprovalSecretFile != "" {
-		if s.secret, err = os.ReadFile(cfg.ApprovalSecretFile); err != nil {
-			return nil, fmt.Errorf("ingest: approval secret: %w", err)
-		}
-		if len(s.secret) < 32 {
-			return nil, fmt.Errorf("ingest: approval secret %s: %d bytes, need at least 32", cfg.ApprovalSecretFile, len(s.secret))
+		if s.secret, err = grant.LoadSecret(cfg.ApprovalSecretFile); err != nil {
+			return nil, fmt.Errorf("ingest: %w", err)
 		}
 	} else {
 		s.secret = make([]byte, 32)
@@ -154,6 +152,18 @@ func New(cfg Config, env Env, opts ...Option) (*Server, error) {
 	}
 	return s, nil
 }
+
+// ApprovalSecret returns the secret the gateway signs approval tokens and
+// the grants of the APPROVAL_DECIDED events it publishes with: the file's
+// content, or the random secret generated for this process when no
+// --approval-secret-file was given. A decider stage in the same process
+// checks grants with it. The caller must not modify it.
+func (s *Server) ApprovalSecret() []byte { return s.secret }
+
+// GeneratedApprovalSecret reports that the approval secret was generated
+// for this process (no --approval-secret-file): no other process can
+// sign or check with it.
+func (s *Server) GeneratedApprovalSecret() bool { return s.cfg.ApprovalSecretFile == "" }
 
 // TLSConfig returns the listener's TLS configuration, or nil when the
 // configuration serves plain HTTP.

@@ -12,6 +12,8 @@ import (
 	"runtime/pprof"
 	"strings"
 	"time"
+
+	"aegis.dev/aegis/internal/grant"
 )
 
 // Exit codes of Main.
@@ -50,6 +52,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	runID := fs.String("run-id", "", "session-id prefix of this run (default: unique per run)")
 	cpuProfile := fs.String("cpuprofile", "", "write the load tester's own CPU profile to this file (go tool pprof)")
 	batchTimeout := fs.Duration("batch-timeout", 5*time.Millisecond, "Kafka publishing: how long a partition's partial batch waits before it is sent (kafka-go's BatchTimeout)")
+	secretFile := fs.String("approval-secret-file", "", "sign the mix's APPROVAL_DECIDED events with this approval secret (aegisd's --approval-secret-file); a decider refuses unsigned approvals published to Kafka")
 	badKey := fs.Int("fault-bad-key", 0, "publish the last event of this many sessions under a wrong key (Kafka only), to check that loss is reported")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -68,6 +71,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg := Config{Brokers: strings.Split(*brokers, ","), TopicPrefix: *prefix, HTTP: *httpURL, APIKey: *apiKey,
 		HTTPBatch: *batch, HTTPConcurrency: *conc, Rate: *rate, Ramp: *ramp, Duration: *duration, Warmup: *warmup, Sessions: *sessions,
 		Mix: m, Store: *store, StoreSample: *storeSample, DrainTimeout: *drain, RunID: *runID, FaultBadKey: *badKey, BatchTimeout: *batchTimeout}
+	if *secretFile != "" {
+		if cfg.ApprovalSecret, err = grant.LoadSecret(*secretFile); err != nil {
+			fmt.Fprintf(stderr, "aegis-loadtest: %v\n", err)
+			return ExitUsage
+		}
+	}
 	if os.Getenv("GOGC") == "" {
 		// The load tester shares the machine with the system it measures:
 		// trading memory for GC work leaves that CPU to the pipeline

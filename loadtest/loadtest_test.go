@@ -133,6 +133,13 @@ func startDaemon(t testing.TB) (brokers, httpURL, dataDir string) {
 	cfg.Instance = "loadtest"
 	cfg.Manifests = "../deploy/manifests"
 	cfg.Dev = true
+	// The mix publishes APPROVAL_DECIDED straight to Kafka: the load
+	// tester signs them with the daemon's approval secret
+	// (--approval-secret-file DATA-DIR/approval.secret).
+	cfg.Ingest.ApprovalSecretFile = filepath.Join(cfg.DataDir, "approval.secret")
+	if err := os.WriteFile(cfg.Ingest.ApprovalSecretFile, []byte("loadtest-approval-secret-0123456789abcdef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	d := daemon.New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -228,7 +235,7 @@ func TestMainEmbedded(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			file := filepath.Join(t.TempDir(), "report.json")
 			var out, errOut bytes.Buffer
-			args := append([]string{"--brokers", brokers, "--report", file}, tc.args...)
+			args := append([]string{"--brokers", brokers, "--report", file, "--approval-secret-file", filepath.Join(dataDir, "approval.secret")}, tc.args...)
 			if code := Main(context.Background(), args, &out, &errOut); code != tc.wantExit {
 				t.Fatalf("exit %d, want %d\n%s%s", code, tc.wantExit, out.String(), errOut.String())
 			}
@@ -317,7 +324,7 @@ func TestStoreGapIsReported(t *testing.T) {
 		DELETE FROM audit_events WHERE tenant_id = NEW.tenant_id AND session_id = NEW.session_id AND seq = NEW.seq; END`); err != nil {
 		t.Fatal(err)
 	}
-	rep := failingRun(t, "--brokers", brokers, "--rate", "200", "--duration", "2s", "--sessions", "10",
+	rep := failingRun(t, "--brokers", brokers, "--approval-secret-file", filepath.Join(dataDir, "approval.secret"), "--rate", "200", "--duration", "2s", "--sessions", "10",
 		"--store", "sqlite:"+file, "--store-sample", "1", "--drain-timeout", "3s")
 	// Every session of 10 agents over 400 events reaches seq 5 once.
 	if rep.EventsSealed != rep.EventsPublished || rep.EventsStored != rep.EventsSealed-10 {
@@ -448,7 +455,7 @@ func TestPublishErrorIsReported(t *testing.T) {
 // TestStoreErrorIsReported: when the store probe's queries fail, the
 // report says why the events were not seen in the store.
 func TestStoreErrorIsReported(t *testing.T) {
-	brokers, _, _ := startDaemon(t)
+	brokers, _, dataDir := startDaemon(t)
 	// A store whose schema is recorded as applied but whose audit_events
 	// table is gone: opening it succeeds, every probe query fails.
 	file := filepath.Join(t.TempDir(), "probe.db")
@@ -465,7 +472,7 @@ func TestStoreErrorIsReported(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = db.Close()
-	rep := failingRun(t, "--brokers", brokers, "--rate", "100", "--duration", "1s", "--sessions", "5",
+	rep := failingRun(t, "--brokers", brokers, "--approval-secret-file", filepath.Join(dataDir, "approval.secret"), "--rate", "100", "--duration", "1s", "--sessions", "5",
 		"--store", "sqlite:"+file, "--drain-timeout", "2s")
 	if !slices.ContainsFunc(rep.Problems, func(p string) bool {
 		return strings.Contains(p, "not seen in the store") && strings.Contains(p, "no such table")
@@ -492,4 +499,17 @@ func failingRun(t *testing.T, args ...string) *Report {
 		t.Fatal(err)
 	}
 	return &rep
+}
+
+// TestUnsignedApprovalsAreRefused: without the approval secret the mix's
+// APPROVAL_DECIDED events, published straight to Kafka, are rejected
+// APPROVAL_UNAUTHENTICATED, the approved calls stay unapproved, and the
+// run fails on those decisions.
+func TestUnsignedApprovalsAreRefused(t *testing.T) {
+	brokers, _, _ := startDaemon(t)
+	rep := failingRun(t, "--brokers", brokers, "--rate", "200", "--duration", "2s", "--sessions", "10",
+		"--mix", "model=1,tool=0,memory=0,sanitize=0,approval=3,handoff=0,denied=0", "--drain-timeout", "3s")
+	if rep.Rejected["APPROVAL_UNAUTHENTICATED"] == 0 || rep.DecisionsOK {
+		t.Errorf("rejected %v, decisions ok %v; want APPROVAL_UNAUTHENTICATED rejections and wrong decisions", rep.Rejected, rep.DecisionsOK)
+	}
 }

@@ -25,6 +25,8 @@
 # settings docs/pipeline.md ("Go runtime settings") recommends for such
 # processes. STAGE_GC=default runs them with Go's defaults instead, and GOGC
 # or GOMEMLIMIT set in the environment apply as given.
+# Every aegisd and the load tester share one approval secret the script
+# writes under the temp data dir.
 # Used by `make loadtest` and `make loadtest-smoke`.
 #
 #   RATE=3000 DURATION=30s SESSIONS=500 loadtest/run-stack.sh [extra aegis-loadtest flags]
@@ -39,7 +41,12 @@ KAFKA_ADDR=${KAFKA_ADDR:-127.0.0.1:19392} HTTP_PORT=${HTTP_PORT:-18380}
 data=$(mktemp -d)
 prefix="lt$(date +%s)."
 STORE=${STORE:-sqlite:$data/audit.db}
-base=(--dev --data-dir "$data" --manifests deploy/manifests --topic-prefix "$prefix" --pprof)
+# One approval secret for every aegisd and the load tester, which signs
+# the mix's APPROVAL_DECIDED events published straight to Kafka (the
+# decider refuses unsigned ones: docs/api.md#approvals).
+secret="$data/approval.secret"
+(umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$secret")
+base=(--dev --data-dir "$data" --manifests deploy/manifests --topic-prefix "$prefix" --pprof --approval-secret-file "$secret")
 read -ra extra <<<"${AEGISD_FLAGS:-}"
 base+=("${extra[@]}")
 probe=()
@@ -130,7 +137,7 @@ for p in "${cpu_pids[@]}"; do cpu_before+=("$(cpu_ticks "$p")"); done
 code=0
 start=$(date +%s.%N)
 TIMEFORMAT='aegis-loadtest CPU: %U s user + %S s system over %R s'
-time bin/aegis-loadtest --brokers "$BROKERS" --topic-prefix "$prefix" --rate "$RATE" --duration "$DURATION" \
+time bin/aegis-loadtest --brokers "$BROKERS" --topic-prefix "$prefix" --approval-secret-file "$secret" --rate "$RATE" --duration "$DURATION" \
   --sessions "$SESSIONS" "${probe[@]}" --report "$REPORT" "$@" || code=$?
 elapsed=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN {print b - a}')
 hz=$(getconf CLK_TCK)

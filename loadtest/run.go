@@ -17,6 +17,7 @@ import (
 	hdr "github.com/HdrHistogram/hdrhistogram-go"
 	kafka "github.com/segmentio/kafka-go"
 
+	"aegis.dev/aegis/internal/grant"
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/projector/stores"
@@ -75,6 +76,13 @@ type Config struct {
 	// sessions under a wrong key, which the pipeline rejects
 	// (KEY_MISMATCH): a deliberately broken run that must report loss.
 	FaultBadKey int
+	// ApprovalSecret, if set, signs the APPROVAL_DECIDED events of the
+	// mix (internal/grant), as the decider requires of approvals
+	// published straight to Kafka; it is the aegisd's
+	// --approval-secret-file. Without it those approvals are rejected
+	// APPROVAL_UNAUTHENTICATED and the run fails on the calls that stay
+	// unapproved.
+	ApprovalSecret []byte
 }
 
 // Progress is a live snapshot for the progress line.
@@ -426,6 +434,17 @@ func (r *run) nextEvent(a *agent, sched time.Time) pending {
 		sid := fmt.Sprintf("%s-a%d-s%d", r.cfg.RunID, a.n, a.count)
 		a.count++
 		evs := script(r.cfg.Mix, sessionSeed(sid), sid)
+		if r.cfg.ApprovalSecret != nil {
+			for i := range evs {
+				if evs[i].typ == envelope.ApprovalDecided {
+					p, err := grant.Sign(r.cfg.ApprovalSecret, Tenant, sid, []byte(evs[i].payload))
+					if err != nil {
+						panic("loadtest: sign the mix's approval: " + err.Error()) // the mix's own payloads are valid JSON
+					}
+					evs[i].payload = string(p)
+				}
+			}
+		}
 		s := &session{id: sid, key: Tenant + "/" + sid, events: evs,
 			sched: make([]int64, len(evs)), acked: make([]bool, len(evs)), sealed: make([]uint8, len(evs)), replied: make([]bool, len(evs))}
 		r.mu.Lock()

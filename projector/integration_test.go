@@ -144,6 +144,12 @@ func TestIntegrationProjectorClickHouseExactlyOnce(t *testing.T) {
 	dcfg := daemon.Defaults()
 	dcfg.Target, dcfg.Brokers, dcfg.TopicPrefix, dcfg.Partitions = "decider,sealer", k.brokers, k.prefix, 3
 	dcfg.DataDir, dcfg.HTTPAddr, dcfg.Instance, dcfg.LogLevel = t.TempDir(), "127.0.0.1:0", "it", "error"
+	// A decider on external brokers checks approval grants with the
+	// gateways' secret.
+	dcfg.Ingest.ApprovalSecretFile = filepath.Join(dcfg.DataDir, "approval.secret")
+	if err := os.WriteFile(dcfg.Ingest.ApprovalSecretFile, []byte("projector-it-approval-secret-0123456789"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := dcfg.Validate(); err != nil {
 		t.Fatal(err)
 	}

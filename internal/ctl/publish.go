@@ -3,26 +3,38 @@ package ctl
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 
+	"aegis.dev/aegis/internal/grant"
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/schemas/canon"
+	"aegis.dev/aegis/schemas/envelope"
 )
 
 // publishBatch is how many events one Produce call carries.
 const publishBatch = 1000
 
 func runPublish(ctx context.Context, env IO, args []string) int {
-	fs := newFlags(env, "publish", "--brokers HOST:PORT [--topic-prefix aegis.] < events.ndjson")
+	fs := newFlags(env, "publish", "--brokers HOST:PORT [--topic-prefix aegis.] [--approval-secret-file FILE] < events.ndjson")
 	brokers := fs.String("brokers", "", "comma-separated Kafka seed brokers (required)")
 	prefix := fs.String("topic-prefix", pipeline.DefaultTopicPrefix, "prefix of the pipeline's topic names")
+	secretFile := fs.String("approval-secret-file", "", "sign each APPROVAL_DECIDED with this approval secret (aegisd's --approval-secret-file), replacing any grant it carries; a decider refuses unsigned approvals")
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
 	if *brokers == "" || fs.NArg() > 0 {
 		fs.Usage()
 		return ExitUsage
+	}
+	var secret []byte
+	if *secretFile != "" {
+		var err error
+		if secret, err = grant.LoadSecret(*secretFile); err != nil {
+			return fail(env, ExitUsage, "publish: %v", err)
+		}
 	}
 	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: strings.Split(*brokers, ","), MaxRecordBytes: 4 << 20})
 	if err != nil {
@@ -53,7 +65,14 @@ func runPublish(ctx context.Context, env IO, args []string) int {
 		if err := json.Unmarshal(line, &k); err != nil || k.TenantID == "" || k.SessionID == "" {
 			return fmt.Errorf("line %d: cannot read tenant_id and session_id for the record key", n)
 		}
-		batch = append(batch, stream.Message{Topic: topic, Key: []byte(k.TenantID + "/" + k.SessionID), Value: append([]byte(nil), line...)})
+		value := append([]byte(nil), line...)
+		if secret != nil {
+			var err error
+			if value, err = signApproval(secret, value); err != nil {
+				return fmt.Errorf("line %d: %w", n, err)
+			}
+		}
+		batch = append(batch, stream.Message{Topic: topic, Key: []byte(k.TenantID + "/" + k.SessionID), Value: value})
 		if len(batch) == publishBatch {
 			return flush()
 		}
@@ -67,4 +86,33 @@ func runPublish(ctx context.Context, env IO, args []string) int {
 	}
 	fmt.Fprintf(env.Stderr, "aegisctl: published %d events to %s\n", total, topic)
 	return ExitOK
+}
+
+// signApproval returns event with its payload's grant set when it is an
+// APPROVAL_DECIDED (internal/grant), in canonical form; other events are
+// returned as they are.
+func signApproval(secret, event []byte) ([]byte, error) {
+	c, err := canon.Append(nil, event)
+	if err != nil {
+		return nil, err
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(c, &m); err != nil {
+		return nil, errors.New("not a JSON object")
+	}
+	var typ, tenant, session string
+	_ = json.Unmarshal(m["event_type"], &typ)
+	if typ != string(envelope.ApprovalDecided) {
+		return event, nil
+	}
+	_ = json.Unmarshal(m["tenant_id"], &tenant)
+	_ = json.Unmarshal(m["session_id"], &session)
+	if m["payload"], err = grant.Sign(secret, tenant, session, m["payload"]); err != nil {
+		return nil, err
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	return canon.Append(nil, b)
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -50,6 +51,12 @@ func benchDaemon(b *testing.B, target benchTarget) ([]string, pipeline.Topics) {
 	cfg.TopicPrefix = fmt.Sprintf("bench-%d-%d.", time.Now().UnixNano(), rand.IntN(1e6))
 	cfg.Instance = "bench"
 	cfg.Manifests = "testdata/manifests"
+	// A decider on external brokers checks approval grants with the
+	// gateways' secret.
+	cfg.Ingest.ApprovalSecretFile = filepath.Join(cfg.DataDir, "approval.secret")
+	if err := os.WriteFile(cfg.Ingest.ApprovalSecretFile, []byte("bench-approval-secret-0123456789abcdef"), 0o600); err != nil {
+		b.Fatal(err)
+	}
 	if err := cfg.Validate(); err != nil {
 		b.Fatal(err)
 	}

@@ -132,6 +132,13 @@ type Config struct {
 	// StallTimeout is how long a stage's loop may make no progress before
 	// its Kafka client is replaced (default 2m; docs/pipeline.md).
 	StallTimeout time.Duration `yaml:"stall_timeout"`
+	// UnauthenticatedApprovals makes the decider honour every
+	// APPROVAL_DECIDED, grant or not (internal/grant): whoever can write
+	// the events topic can then approve any call. Without it a decider
+	// checks grants with the approval secret: --approval-secret-file, or
+	// the secret of the HTTP gateway in its process; a decider with
+	// neither, on external brokers, refuses to start.
+	UnauthenticatedApprovals bool `yaml:"unauthenticated_approvals"`
 	// Dev relaxes security for local development and says so loudly.
 	Dev bool `yaml:"dev"`
 	// Pprof serves Go's profiling endpoints under /debug/pprof/ on the HTTP
@@ -220,6 +227,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.KafkaCompression, "kafka-compression", c.KafkaCompression, "compression of produced batches: "+strings.Join(stream.Compressions, ", "))
 	fs.IntVar(&c.StateSessions, "state-sessions", c.StateSessions, "most session states a stage keeps in memory; the others are spilled under DATA-DIR/state-spill and read back when needed")
 	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve /debug/pprof/ on the HTTP listener (for diagnosing memory and CPU)")
+	fs.BoolVar(&c.UnauthenticatedApprovals, "unauthenticated-approvals", c.UnauthenticatedApprovals, "decider: honour APPROVAL_DECIDED events without a valid grant, so anyone who can write the events topic can approve calls (default: refused with APPROVAL_UNAUTHENTICATED)")
 	fs.BoolVar(&c.Dev, "dev", c.Dev, "development mode: relaxed security, loudly announced")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.StringVar(&c.Store, "store", c.Store, "audit store of the projector: sqlite:PATH or clickhouse://HOST:PORT/DB (default sqlite:DATA-DIR/audit.db)")
@@ -368,6 +376,14 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Ingest.Validate(c.Dev); err != nil {
 		errs = append(errs, err)
+	}
+	if targets, _ := c.Targets(); slices.Contains(targets, TargetDecider) && len(c.Brokers) > 0 && !c.Ingest.Enabled(c.Dev) &&
+		c.Ingest.ApprovalSecretFile == "" && !c.UnauthenticatedApprovals {
+		// Deny by default: the gateway that signs approvals runs in
+		// another process, and a secret made up here would refuse them
+		// all, silently.
+		errs = append(errs, errors.New("approval-secret-file: a decider without the HTTP gateway in its process checks the grants of APPROVAL_DECIDED with the gateway's secret; "+
+			"give it the gateways' --approval-secret-file (or --unauthenticated-approvals to honour approvals from anyone who can write the events topic)"))
 	}
 	if targets, _ := c.Targets(); slices.Contains(targets, TargetMCPProxy) {
 		if err := c.MCP.Validate(); err != nil {

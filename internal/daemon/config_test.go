@@ -17,7 +17,7 @@ import (
 
 func TestLoadFileThenFlags(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "aegis.yaml")
-	yaml := "target: decider\nbrokers: [k1:9092, k2:9092]\npartitions: 12\ninstance: from-file\nmanifests: /etc/aegis/m\nmax_batch: 200\nstore_batch: 7000\nsealer_batch_wait: 50ms\n"
+	yaml := "target: decider\nbrokers: [k1:9092, k2:9092]\npartitions: 12\ninstance: from-file\nmanifests: /etc/aegis/m\nmax_batch: 200\nstore_batch: 7000\nsealer_batch_wait: 50ms\napproval_secret_file: /etc/aegis/approval.secret\n"
 	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -25,7 +25,7 @@ func TestLoadFileThenFlags(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Target != "decider" || strings.Join(cfg.Brokers, ",") != "k1:9092,k2:9092" || cfg.Manifests != "/etc/aegis/m" || cfg.MaxBatch != 200 || cfg.StoreBatch != 7000 || cfg.SealerBatchWait != 50*time.Millisecond {
+	if cfg.Target != "decider" || strings.Join(cfg.Brokers, ",") != "k1:9092,k2:9092" || cfg.Ingest.ApprovalSecretFile != "/etc/aegis/approval.secret" || cfg.Manifests != "/etc/aegis/m" || cfg.MaxBatch != 200 || cfg.StoreBatch != 7000 || cfg.SealerBatchWait != 50*time.Millisecond {
 		t.Fatalf("file values lost: %+v", cfg)
 	}
 	if cfg.Instance != "from-flag" || cfg.Partitions != 3 {
@@ -33,6 +33,25 @@ func TestLoadFileThenFlags(t *testing.T) {
 	}
 	if cfg.HTTPAddr != "127.0.0.1:8080" || cfg.DataDir != "./data" {
 		t.Fatalf("defaults lost: %+v", cfg)
+	}
+}
+
+// TestApprovalSecretOfSplitDecider: a decider on external brokers with no
+// gateway in its process needs the approval secret, or the explicit
+// opt-out; with the gateway (--dev here), or on the embedded broker, it
+// has one of its own.
+func TestApprovalSecretOfSplitDecider(t *testing.T) {
+	for _, args := range [][]string{
+		{"--brokers", "k1:9092", "--target", "decider", "--approval-secret-file", "/etc/aegis/approval.secret"},
+		{"--brokers", "k1:9092", "--target", "decider", "--unauthenticated-approvals"},
+		{"--brokers", "k1:9092", "--target", "decider", "--dev"},
+		{"--brokers", "k1:9092", "--target", "sealer,projector"},
+		{"--target", "decider"},
+		{},
+	} {
+		if _, err := Load(args, io.Discard); err != nil {
+			t.Errorf("%v: %v", args, err)
+		}
 	}
 }
 
@@ -63,6 +82,8 @@ func TestLoadRejects(t *testing.T) {
 		{"sealer batch wait too long", []string{"--sealer-batch-wait", "2s"}, "sealer-batch-wait"},
 		{"stall timeout below the transaction timeout", []string{"--stall-timeout", "30s"}, "stall-timeout"},
 		{"stall timeout that never fires", []string{"--stall-timeout", "0"}, "stall-timeout"},
+		{"split decider without the approval secret", []string{"--brokers", "k1:9092", "--target", "decider"}, "approval-secret-file"},
+		{"split stages with the decider without the approval secret", []string{"--brokers", "k1:9092", "--target", "decider,sealer"}, "unauthenticated-approvals"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

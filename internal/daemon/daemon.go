@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -24,6 +25,7 @@ import (
 	"aegis.dev/aegis/decider"
 	"aegis.dev/aegis/decider/policy"
 	"aegis.dev/aegis/ingest"
+	"aegis.dev/aegis/internal/grant"
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/projector/stores"
@@ -388,7 +390,11 @@ func (d *Daemon) newStage(name string, brokers []string, api *ingest.Server) (st
 		if err != nil {
 			return nil, err
 		}
-		sc := decider.StageConfig{Topics: d.topics, Partitions: cfg.Partitions, MaxEventBytes: cfg.MaxEventBytes, State: state}
+		secret, err := d.deciderApprovalSecret(api)
+		if err != nil {
+			return nil, err
+		}
+		sc := decider.StageConfig{Topics: d.topics, Partitions: cfg.Partitions, MaxEventBytes: cfg.MaxEventBytes, State: state, ApprovalSecret: secret}
 		if cfg.ShadowPolicy != "" {
 			if sc.Shadow, err = d.shadowEngine(); err != nil {
 				return nil, err
@@ -539,11 +545,49 @@ func (c Config) redacted() map[string]any {
 	return map[string]any{
 		"target": c.Target, "brokers": c.Brokers, "data_dir": c.DataDir, "kafka_addr": c.KafkaAddr, "kafka_sync_writes": c.KafkaSyncWrites,
 		"http_addr": c.HTTPAddr, "addr_file": c.AddrFile, "topic_prefix": c.TopicPrefix, "partitions": c.Partitions,
-		"instance": c.Instance, "manifests": c.Manifests, "policy": c.Policy,
+		"instance": c.Instance, "manifests": c.Manifests, "policy": c.Policy, "unauthenticated_approvals": c.UnauthenticatedApprovals,
 		"store": redactURL(c.StoreURL()), "max_event_bytes": c.MaxEventBytes, "max_batch": c.MaxBatch, "store_batch": c.StoreBatch, "store_batch_bytes": c.StoreBatchBytes, "session_timeout": c.SessionTimeout.String(), "dev": c.Dev, "pprof": c.Pprof,
 		"ingest": c.Ingest.Redacted(),
 		"mcp":    c.mcpRedacted(),
 	}
+}
+
+// deciderApprovalSecret returns the secret the decider checks approval
+// grants with (docs/api.md#approvals): --approval-secret-file; else the
+// secret of the gateway in this process (generated for it); nil with
+// --unauthenticated-approvals; else, on the embedded broker with no
+// gateway in the process, a secret generated here and held by nobody, so
+// that no APPROVAL_DECIDED is honoured. A decider on external brokers
+// with none of these does not pass Config.Validate.
+func (d *Daemon) deciderApprovalSecret(api *ingest.Server) ([]byte, error) {
+	cfg := d.cfg
+	if cfg.UnauthenticatedApprovals {
+		d.log.Warn("UNAUTHENTICATED APPROVALS: the decider honours every APPROVAL_DECIDED, grant or not; anyone who can write the events topic can approve any call (--unauthenticated-approvals)")
+		return nil, nil
+	}
+	if api != nil {
+		if api.GeneratedApprovalSecret() && len(cfg.Brokers) > 0 {
+			d.log.Warn("approval secret generated for this process: its decider honours only approvals signed by this process's gateway; give every aegisd of the deployment the same --approval-secret-file")
+		}
+		return api.ApprovalSecret(), nil
+	}
+	if cfg.Ingest.ApprovalSecretFile != "" {
+		s, err := grant.LoadSecret(cfg.Ingest.ApprovalSecretFile)
+		if err != nil {
+			return nil, fmt.Errorf("aegisd: decider: %w", err)
+		}
+		return s, nil
+	}
+	if len(cfg.Brokers) > 0 {
+		// Config.Validate refuses this.
+		return nil, errors.New("aegisd: decider: no approval secret (--approval-secret-file) and no --unauthenticated-approvals")
+	}
+	d.log.Info("no HTTP gateway in this process and no --approval-secret-file: the decider honours no APPROVAL_DECIDED (each needs a grant of the approval secret)")
+	secret := make([]byte, grant.MinSecretBytes)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, fmt.Errorf("aegisd: decider: approval secret: %w", err)
+	}
+	return secret, nil
 }
 
 // newIngest builds the HTTP API when it is enabled (--dev or --api-keys);

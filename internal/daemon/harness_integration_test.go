@@ -171,6 +171,11 @@ func newFaultEnv(t *testing.T, name string) *faultEnv {
 	// registered: cleanups run last-in first-out, so the logs still exist
 	// when cleanup prints their tails.
 	e.dir = t.TempDir()
+	// Every stage process gets the same approval secret: a decider on
+	// external brokers without one does not start.
+	if err := os.WriteFile(filepath.Join(e.dir, "approval.secret"), []byte("fault-harness-approval-secret-0123456789"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	// Created up front so that publishing can start before any stage.
@@ -290,6 +295,7 @@ func (e *faultEnv) start(stage, instance string, extra ...string) *stageProc {
 		// within the tests' verification windows.
 		"--stall-timeout", "1m",
 		"--data-dir", dir,
+		"--approval-secret-file", filepath.Join(e.dir, "approval.secret"),
 	}, extra...)
 	cmd := exec.Command(e.bin, args...)
 	cmd.Dir = dir

@@ -33,6 +33,11 @@ const (
 	ReasonMissingDecision = "MISSING_DECISION"
 	// ReasonUnexpectedDecision: a non-proposal event carries a decision.
 	ReasonUnexpectedDecision = "UNEXPECTED_DECISION"
+	// ReasonApprovalUnauthenticated: an APPROVAL_DECIDED without a valid
+	// grant (internal/grant), refused by a decider that has the approval
+	// secret: nobody holding the secret recorded this decision for this
+	// session.
+	ReasonApprovalUnauthenticated = "APPROVAL_UNAUTHENTICATED"
 )
 
 // Rejection is the value of a record on the rejected topic: why a record was

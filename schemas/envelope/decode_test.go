@@ -80,6 +80,12 @@ func TestDecodeRejects(t *testing.T) {
 		{"client prev_hash", base(`"seq":1,"prev_hash":"00"`), CodeUnknownField, "prev_hash"},
 		{"bad manifest ref", strings.Replace(validProposal, `support-bot@1.2.0`, `a b`, 1), CodeInvalidField, "manifest"},
 		{"approval bad decision", `{"tenant_id":"t","session_id":"s","seq":1,"ts_unix_ms":5,"event_type":"APPROVAL_DECIDED","payload":{"call_id":"c","decision":"maybe"}}`, CodeInvalidField, "payload.decision"},
+		{"approval grant not string", `{"tenant_id":"t","session_id":"s","seq":1,"ts_unix_ms":5,"event_type":"APPROVAL_DECIDED","payload":{"call_id":"c","decision":"allow","grant":7}}`, CodeInvalidField, "payload.grant"},
+		{"approval grant short", `{"tenant_id":"t","session_id":"s","seq":1,"ts_unix_ms":5,"event_type":"APPROVAL_DECIDED","payload":{"call_id":"c","decision":"allow","grant":"` + strings.Repeat("A", 42) + `"}}`, CodeInvalidField, "payload.grant"},
+		{"approval grant long", `{"tenant_id":"t","session_id":"s","seq":1,"ts_unix_ms":5,"event_type":"APPROVAL_DECIDED","payload":{"call_id":"c","decision":"allow","grant":"` + strings.Repeat("A", 44) + `"}}`, CodeInvalidField, "payload.grant"},
+		{"approval grant padded", `{"tenant_id":"t","session_id":"s","seq":1,"ts_unix_ms":5,"event_type":"APPROVAL_DECIDED","payload":{"call_id":"c","decision":"allow","grant":"` + strings.Repeat("A", 43) + `="}}`, CodeInvalidField, "payload.grant"},
+		{"approval grant std alphabet", `{"tenant_id":"t","session_id":"s","seq":1,"ts_unix_ms":5,"event_type":"APPROVAL_DECIDED","payload":{"call_id":"c","decision":"allow","grant":"` + strings.Repeat("+", 42) + `A"}}`, CodeInvalidField, "payload.grant"},
+		{"approval grant spare bits", `{"tenant_id":"t","session_id":"s","seq":1,"ts_unix_ms":5,"event_type":"APPROVAL_DECIDED","payload":{"call_id":"c","decision":"allow","grant":"` + strings.Repeat("A", 42) + `B"}}`, CodeInvalidField, "payload.grant"},
 		{"tool result is_error string", `{"tenant_id":"t","session_id":"s","seq":1,"ts_unix_ms":5,"event_type":"TOOL_RESULT","payload":{"is_error":"yes"}}`, CodeInvalidField, "payload.is_error"},
 		{"sanitized without key", `{"tenant_id":"t","session_id":"s","seq":1,"ts_unix_ms":5,"event_type":"SANITIZED_TEXT","payload":{}}`, CodeMissingField, "payload.key"},
 	}
@@ -223,5 +229,22 @@ func TestDecodeRejectsCaseVariantPayloadNames(t *testing.T) {
 		if _, err := Decode([]byte(in)); err != nil {
 			t.Fatalf("Decode(%s): %v", in, err)
 		}
+	}
+}
+
+func TestDecodeApprovalGrantShape(t *testing.T) {
+	for _, g := range []string{strings.Repeat("A", 43), strings.Repeat("_", 42) + "w", strings.Repeat("-", 42) + "8"} {
+		in := `{"tenant_id":"t","session_id":"s","seq":1,"ts_unix_ms":5,"event_type":"APPROVAL_DECIDED","payload":{"call_id":"c","decision":"allow","grant":"` + g + `"}}`
+		if _, err := Decode([]byte(in)); err != nil {
+			t.Errorf("grant %s: %v", g, err)
+		}
+	}
+	// A null grant counts as absent, like any optional member.
+	if _, err := Decode([]byte(`{"tenant_id":"t","session_id":"s","seq":1,"ts_unix_ms":5,"event_type":"APPROVAL_DECIDED","payload":{"call_id":"c","decision":"allow","grant":null}}`)); err != nil {
+		t.Error(err)
+	}
+	// On other event types "grant" is free-form.
+	if _, err := Decode([]byte(`{"tenant_id":"t","session_id":"s","seq":1,"ts_unix_ms":5,"event_type":"MEMORY_WRITE","payload":{"grant":7}}`)); err != nil {
+		t.Error(err)
 	}
 }

@@ -17,7 +17,7 @@ var payloadRules = map[Type][]fieldRule{
 	ToolResult:        {{"tool_name", kString, false}, {"call_id", kString, false}, {"is_error", kBool, false}, {"sanitizer_key", kString, false}, {"output_bytes", kNumber, false}},
 	PolicyDecision:    {{"call_id", kString, false}, {"outcome", kString, false}, {"reason", kString, false}},
 	ApprovalRequested: {{"call_id", kString, true}, {"tool_name", kString, false}},
-	ApprovalDecided:   {{"call_id", kString, true}, {"decision", kString, true}, {"approver", kString, false}, {"reason", kString, false}},
+	ApprovalDecided:   {{"call_id", kString, true}, {"decision", kString, true}, {"approver", kString, false}, {"reason", kString, false}, {"grant", kString, false}},
 	MemoryRead:        {{"key", kString, false}, {"sanitizer_key", kString, false}},
 	MemoryWrite:       {{"key", kString, false}},
 	HandoffRequested:  {{"from_agent", kString, false}, {"to_agent", kString, false}},
@@ -118,8 +118,32 @@ func checkPayload(t Type, payload json.RawMessage, client bool) error {
 				return &Error{Code: CodeInvalidField, Field: "payload.decision", Msg: fmt.Sprintf(`must be "allow" or "deny", got %s`, d)}
 			}
 		}
+		if t == ApprovalDecided && r.name == "grant" && !grantShape(raw) {
+			return &Error{Code: CodeInvalidField, Field: "payload.grant", Msg: "must be the unpadded base64url of 32 bytes (43 characters)"}
+		}
 	}
 	return nil
+}
+
+// GrantPattern is the shape of an APPROVAL_DECIDED payload's "grant":
+// the unpadded base64url of a 32-byte HMAC-SHA256 (internal/grant), in its
+// only encoding (the last character's two spare bits are zero). The
+// decoder checks the shape; the decider checks the MAC.
+const GrantPattern = "^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$"
+
+// grantShape reports whether raw, a canonical JSON string, matches
+// GrantPattern. Base64url characters need no escaping, so the canonical
+// string is the quoted characters themselves.
+func grantShape(raw []byte) bool {
+	if len(raw) != 45 || raw[0] != '"' || raw[44] != '"' {
+		return false
+	}
+	for _, c := range raw[1:43] {
+		if !('A' <= c && c <= 'Z' || 'a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return bytes.IndexByte([]byte("AEIMQUYcgkosw048"), raw[43]) >= 0
 }
 
 func (k kind) matches(raw json.RawMessage) bool {

@@ -97,3 +97,44 @@ func TestJSONSchemaMatchesDecoder(t *testing.T) {
 		t.Errorf("schema covers %d of %d event types", seen, len(Types))
 	}
 }
+
+// TestJSONSchemaGrantPattern keeps the schema's pattern of an
+// APPROVAL_DECIDED grant equal to the decoder's.
+func TestJSONSchemaGrantPattern(t *testing.T) {
+	raw, err := os.ReadFile("../event.schema.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var schema struct {
+		AllOf []struct {
+			If struct {
+				Properties struct {
+					EventType struct {
+						Const string `json:"const"`
+					} `json:"event_type"`
+				} `json:"properties"`
+			} `json:"if"`
+			Then struct {
+				Properties struct {
+					Payload struct {
+						Properties map[string]struct {
+							Pattern string `json:"pattern"`
+						} `json:"properties"`
+					} `json:"payload"`
+				} `json:"properties"`
+			} `json:"then"`
+		} `json:"allOf"`
+	}
+	if err := json.Unmarshal(raw, &schema); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range schema.AllOf {
+		if c.If.Properties.EventType.Const == string(ApprovalDecided) {
+			if got := c.Then.Properties.Payload.Properties["grant"].Pattern; got != GrantPattern {
+				t.Fatalf("schema grant pattern %q, decoder %q", got, GrantPattern)
+			}
+			return
+		}
+	}
+	t.Fatal("no APPROVAL_DECIDED rules in the schema")
+}
