@@ -309,3 +309,35 @@ func (u *bigErrorUpstream) roundTrip(ctx context.Context, req *message) (*messag
 	return &message{JSONRPC: "2.0", ID: req.ID, Error: &rpcError{Code: -32000, Message: strings.Repeat("y", 1024),
 		Data: json.RawMessage(`"` + strings.Repeat("z", 1024) + `"`)}}, nil
 }
+
+// shortErrorBigDataUpstream answers every tools/call with an error whose
+// message is short and whose data is 1 KiB.
+type shortErrorBigDataUpstream struct{ recUpstream }
+
+func (u *shortErrorBigDataUpstream) roundTrip(ctx context.Context, req *message) (*message, error) {
+	if req.Method != "tools/call" {
+		return u.recUpstream.roundTrip(ctx, req)
+	}
+	return &message{JSONRPC: "2.0", ID: req.ID, Error: &rpcError{Code: -32000, Message: "short",
+		Data: json.RawMessage(`"` + strings.Repeat("z", 1024) + `"`)}}, nil
+}
+
+// TestErrorWithLargeDataIsWithheld: a server error whose message is
+// within max_output_bytes but whose data is not is withheld and recorded
+// like any error over the limit (cutting the message to the limit must not
+// slice past its end).
+func TestErrorWithLargeDataIsWithheld(t *testing.T) {
+	pipe := &limitPipeline{}
+	_, url := inProcess(t, pipe, &shortErrorBigDataUpstream{}, nil)
+	c := connect(t, url)
+	m := c.request(t, "tools/call", map[string]any{"name": "echo", "arguments": map[string]any{}})
+	if m.Error == nil || !strings.Contains(m.Error.Message, "max_output_bytes 64") || strings.Contains(string(m.Error.Data), "zzzz") {
+		t.Fatalf("an error over the limit reached the agent: %+v", m.Error)
+	}
+	pipe.mu.Lock()
+	defer pipe.mu.Unlock()
+	last := pipe.payloads[len(pipe.payloads)-1]
+	if !strings.HasPrefix(last, "TOOL_RESULT ") || !strings.Contains(last, `"message":"short"`) || !strings.Contains(last, `"output_bytes":1031`) {
+		t.Fatalf("recorded %q, want an error TOOL_RESULT with its message and size", last)
+	}
+}

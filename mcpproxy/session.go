@@ -351,7 +351,7 @@ func (s *session) callTool(ctx context.Context, req *message) *message {
 		} else {
 			size = len(resp.Error.Message) + len(resp.Error.Data)
 			msg := resp.Error.Message
-			if limit > 0 && int64(size) > limit {
+			if limit > 0 && int64(len(msg)) > limit {
 				msg = string(pipeline.TrimPartialRune([]byte(msg[:limit])))
 			}
 			raised["code"], raised["message"], raised["rpc_code"], raised["output_bytes"] = "UPSTREAM_ERROR", msg, resp.Error.Code, size
