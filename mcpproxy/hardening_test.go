@@ -437,3 +437,105 @@ func TestIdleSessionsExpireWithoutRun(t *testing.T) {
 	mu.Unlock()
 	connect(t, url)
 }
+
+// methodsUpstream records every method it receives (requests and
+// notifications) and answers like a server of protocol 2025-11-25 that
+// supports tasks: a tools/call with params.task is answered with a task,
+// and tasks/result hands over the tool's (1 KiB) output.
+type methodsUpstream struct {
+	recUpstream
+	mu      sync.Mutex
+	methods []string
+}
+
+func (u *methodsUpstream) roundTrip(ctx context.Context, req *message) (*message, error) {
+	u.mu.Lock()
+	u.methods = append(u.methods, req.Method)
+	u.mu.Unlock()
+	var p map[string]json.RawMessage
+	_ = json.Unmarshal(req.Params, &p)
+	big := json.RawMessage(`{"content":[{"type":"text","text":"` + strings.Repeat("x", 1024) + `"}]}`)
+	switch {
+	case req.Method == "tools/call" && p["task"] != nil:
+		return &message{JSONRPC: "2.0", ID: req.ID, Result: json.RawMessage(`{"task":{"taskId":"t1","status":"working"}}`)}, nil
+	case req.Method == "tools/call":
+		return &message{JSONRPC: "2.0", ID: req.ID, Result: json.RawMessage(`{"content":[]}`)}, nil
+	case req.Method == "initialize" || req.Method == "ping":
+		return u.recUpstream.roundTrip(ctx, req)
+	}
+	// Whatever else it is asked, it answers with the tool's output: a
+	// server is free to give any method side effects and any content.
+	return &message{JSONRPC: "2.0", ID: req.ID, Result: big}, nil
+}
+
+func (u *methodsUpstream) send(ctx context.Context, m *message) error {
+	u.mu.Lock()
+	u.methods = append(u.methods, m.Method)
+	u.mu.Unlock()
+	return u.recUpstream.send(ctx, m)
+}
+
+func (u *methodsUpstream) seen() []string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]string(nil), u.methods...)
+}
+
+// TestOnlyKnownMethodsReachTheServer: the proxy guards tools/call and
+// audits the MCP methods it knows; a method it does not know (a vendor
+// method, tasks/* of protocol 2025-11-25, a tools/call spelt in another
+// letter case) could run anything at the server and bring anything back,
+// so it is refused, not forwarded. Likewise unknown notifications.
+func TestOnlyKnownMethodsReachTheServer(t *testing.T) {
+	up := &methodsUpstream{}
+	pipe := &limitPipeline{}
+	_, url := inProcess(t, pipe, up, nil)
+	c := connect(t, url)
+	before := len(up.seen())
+	for _, method := range []string{"Tools/call", "tools/call ", "TOOLS/CALL", "tasks/result", "tasks/get", "tasks/list", "x-vendor/exec", "sampling/createMessage"} {
+		m := c.request(t, method, map[string]any{"name": "rm_rf", "arguments": map[string]any{}, "taskId": "t1"})
+		if m.Error == nil || m.Error.Code != CodeMethodNotFound {
+			t.Errorf("%q: %+v %s, want %d", method, m.Error, m.Result, CodeMethodNotFound)
+		}
+	}
+	for _, method := range []string{"notifications/tasks/status", "notifications/x-vendor/exec"} {
+		if status, _, _ := c.post(t, `{"jsonrpc":"2.0","method":"`+method+`","params":{}}`); status != http.StatusAccepted {
+			t.Errorf("%s: status %d, want 202", method, status)
+		}
+	}
+	if got := up.seen()[before:]; len(got) != 0 {
+		t.Fatalf("the server received %q", got)
+	}
+}
+
+// TestTaskAugmentedCallIsRefused: a tools/call with params.task (MCP
+// 2025-11-25) would be answered with a task at once and run at the
+// server unbounded by the decision's timeout_ms, its output fetched later
+// with tasks/result, unbounded by max_output_bytes and recorded as no
+// TOOL_RESULT. The proxy refuses it before proposing.
+func TestTaskAugmentedCallIsRefused(t *testing.T) {
+	up := &methodsUpstream{}
+	pipe := &limitPipeline{}
+	_, url := inProcess(t, pipe, up, nil)
+	c := connect(t, url)
+	before := len(up.seen())
+	var got []string
+	for _, task := range []string{"task", "Task"} {
+		m := c.request(t, "tools/call", map[string]any{"name": "echo", "arguments": map[string]any{}, task: map[string]any{"ttl": 60000}})
+		got = append(got, string(m.Result))
+		if m.Error == nil || m.Error.Code != CodeInvalidParams {
+			t.Errorf("tools/call with params.%s: %+v %s, want %d", task, m.Error, m.Result, CodeInvalidParams)
+		}
+	}
+	m := c.request(t, "tasks/result", map[string]any{"taskId": "t1"})
+	got = append(got, string(m.Result))
+	if m.Error != nil {
+		got = append(got, string(m.Error.Data))
+	}
+	if strings.Contains(strings.Join(got, " "), "xxxx") {
+		t.Errorf("the tool's output reached the agent past max_output_bytes 64: %s", got)
+	}
+	if seen := up.seen()[before:]; len(seen) != 0 {
+		t.Fatalf("the server received %q", seen)
+	}
+}

@@ -62,11 +62,12 @@ func (s *session) close() {
 func (s *session) handle(ctx context.Context, m *message) *message {
 	s.touch()
 	switch {
-	case m.isNotification() && !strings.HasPrefix(m.Method, "notifications/"):
+	case m.isNotification() && m.Method != "notifications/cancelled" && !clientNotifications[m.Method]:
 		// A request without an id (or with id null) gets no answer, so it
 		// could not be decided: a tools/call sent this way would reach the
-		// server unrecorded. Only MCP's own notifications pass.
-		s.p.log.Warn("dropped a request sent as a notification", "session", s.id, "method", m.Method)
+		// server unrecorded. Only MCP's own client notifications pass;
+		// one the proxy does not know could mean anything to the server.
+		s.p.log.Warn("dropped a notification the proxy does not forward", "session", s.id, "method", m.Method)
 		s.p.metrics.requests.WithLabelValues(methodLabel(m.Method), "dropped").Inc()
 		return nil
 	case m.Method == "notifications/cancelled":
@@ -87,6 +88,13 @@ func (s *session) handle(ctx context.Context, m *message) *message {
 	case m.isResponse():
 		// The proxy relays no server requests, so no response is awaited.
 		return nil
+	case !requestMethods[m.Method]:
+		// Deny by default: a method the proxy neither decides nor audits
+		// (a vendor's, a later revision's such as tasks/result, tools/call
+		// in another letter case) could run anything at the server and
+		// bring anything back, past the decision and its limits.
+		s.p.metrics.requests.WithLabelValues(methodLabel(m.Method), "error").Inc()
+		return errorResponse(m.ID, CodeMethodNotFound, "aegis: method not forwarded: the proxy passes only the MCP methods it decides or audits", nil)
 	}
 	// A call may run longer than the idle timeout: the session is in use
 	// until it ends, and idle from then on.
@@ -268,6 +276,13 @@ func callParams(raw json.RawMessage) (name string, args json.RawMessage, meta ma
 			if k != known && strings.EqualFold(k, known) {
 				return "", nil, nil, fmt.Errorf("tools/call params: %q is not %q", k, known)
 			}
+		}
+		if strings.EqualFold(k, "task") {
+			// A task-augmented call (MCP 2025-11-25) is answered at once
+			// and runs on at the server, past the decision's timeout_ms;
+			// its result would come back through tasks/result, past
+			// max_output_bytes and without a TOOL_RESULT.
+			return "", nil, nil, errors.New("tools/call params.task: task-augmented calls are not supported by the Aegis proxy")
 		}
 	}
 	if err := json.Unmarshal(m["name"], &name); err != nil || name == "" {
@@ -492,20 +507,27 @@ const cancelNotifyTimeout = 5 * time.Second
 // notifyTimeout bounds a client's notification passed upstream.
 const notifyTimeout = 30 * time.Second
 
-// knownMethods are the MCP methods that get a metric label of their own;
-// any other method a client sends is counted as "other", so that clients
-// cannot add series to /metrics.
-var knownMethods = map[string]bool{
+// requestMethods are the client requests the proxy forwards: tools/call
+// is decided, the others audited (docs/mcp-proxy.md). Any other request is
+// answered CodeMethodNotFound and never reaches the server.
+var requestMethods = map[string]bool{
 	"initialize": true, "ping": true, "tools/list": true, "tools/call": true,
 	"resources/list": true, "resources/read": true, "resources/templates/list": true,
 	"resources/subscribe": true, "resources/unsubscribe": true,
 	"prompts/list": true, "prompts/get": true, "completion/complete": true, "logging/setLevel": true,
-	"notifications/initialized": true, "notifications/cancelled": true, "notifications/progress": true,
-	"notifications/roots/list_changed": true,
 }
 
+// clientNotifications are the client notifications the proxy forwards
+// (notifications/cancelled is handled in the proxy); others are dropped.
+var clientNotifications = map[string]bool{
+	"notifications/initialized": true, "notifications/progress": true, "notifications/roots/list_changed": true,
+}
+
+// methodLabel is the metric label of method: the method itself when the
+// proxy knows it, else "other", so that clients cannot add series to
+// /metrics.
 func methodLabel(method string) string {
-	if knownMethods[method] {
+	if requestMethods[method] || clientNotifications[method] || method == "notifications/cancelled" {
 		return method
 	}
 	return "other"

@@ -146,7 +146,7 @@ func TestStreamableHTTPTransport(t *testing.T) {
 		{"foreign origin", "POST", c.session, "application/json", ping, map[string]string{"Origin": "http://evil.example"}, 403, "origin"},
 		{"GET stream not offered", "GET", c.session, "", "", nil, 405, "POST"},
 		{"response from the client", "POST", c.session, "application/json", `{"jsonrpc":"2.0","id":9,"result":{}}`, nil, 202, ""},
-		{"unknown method forwarded", "POST", c.session, "application/json", `{"jsonrpc":"2.0","id":8,"method":"nope/nope"}`, nil, 200, "-32601"},
+		{"unknown method refused", "POST", c.session, "application/json", `{"jsonrpc":"2.0","id":8,"method":"nope/nope"}`, nil, 200, "not forwarded"},
 		{"delete", "DELETE", c.session, "", "", nil, 204, ""},
 		{"deleted session", "POST", c.session, "application/json", ping, nil, 404, "unknown"},
 	}
