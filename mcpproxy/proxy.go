@@ -10,7 +10,7 @@
 // Aegis session: tools/call becomes a TOOL_CALL_PROPOSED decided by the
 // decider; deny answers JSON-RPC error CodeDenied, require_approval answers
 // CodeApprovalRequired with the approval token, allow forwards the call and
-// records TOOL_CALL_EXECUTED and TOOL_RESULT (or ERROR_RAISED). tools/list
+// records TOOL_CALL_EXECUTED (before sending it) and TOOL_RESULT. tools/list
 // shows only the tools the session's manifest declares; other methods are
 // forwarded and recorded. docs/mcp-proxy.md is the user's reference.
 //

@@ -131,6 +131,11 @@ func (s *session) forward(ctx context.Context, req *message) (*message, error) {
 		ctx, cancel = context.WithTimeout(ctx, s.p.cfg.UpstreamTimeout)
 		defer cancel()
 	}
+	if err := ctx.Err(); err != nil {
+		// Cancelled (or out of time) before it was sent: the server
+		// never sees it.
+		return errorResponse(req.ID, CodeInternalError, "upstream MCP server: not sent: "+err.Error(), nil), err
+	}
 	up := *req
 	up.ID = s.ids.next()
 	resp, err := s.up.roundTrip(ctx, &up)
@@ -341,6 +346,14 @@ func (s *session) callTool(ctx context.Context, req *message) *message {
 		return errorResponse(req.ID, CodeDenied, "aegis: tool call denied: "+dec.Reason, data)
 	}
 
+	// TOOL_CALL_EXECUTED is written before the call is sent: the server
+	// never runs a call the log does not show as executed. It says that
+	// the call was handed to the server; the TOOL_RESULT after it says how
+	// it ended (UPSTREAM_UNAVAILABLE: whether the server ran it is unknown).
+	ref := map[string]any{"tool_name": name, "call_id": callID, "source": "mcp"}
+	if err := s.record(ctx, envelope.ToolCallExecuted, ref); err != nil {
+		return errorResponse(req.ID, CodeInternalError, "aegis: the audit record could not be written; the call was not forwarded: "+err.Error(), nil)
+	}
 	fctx := ctx
 	if ms := dec.Constraints.TimeoutMs; ms > 0 {
 		var cancel context.CancelFunc
@@ -348,10 +361,6 @@ func (s *session) callTool(ctx context.Context, req *message) *message {
 		defer cancel()
 	}
 	resp, ferr := s.forward(fctx, req)
-	ref := map[string]any{"tool_name": name, "call_id": callID, "source": "mcp"}
-	if err := s.record(ctx, envelope.ToolCallExecuted, ref); err != nil {
-		return auditFailed(req.ID, err)
-	}
 	if ferr != nil || resp.Error != nil {
 		// The agent gets the server's error message and data (or, when
 		// the server did not answer properly, a message that may quote

@@ -198,3 +198,22 @@ func TestCallIDIsStablePerCall(t *testing.T) {
 		t.Fatal("a non-string _meta call id was accepted")
 	}
 }
+
+// TestExecutedRecordedBeforeTheServerRuns: TOOL_CALL_EXECUTED is written
+// before the call is sent; when it cannot be written the call is not sent,
+// so the server never runs a call the log does not show as executed.
+func TestExecutedRecordedBeforeTheServerRuns(t *testing.T) {
+	pipe := &scriptedPipeline{outcome: envelope.Allow, failRecord: envelope.ToolCallExecuted}
+	up := &recUpstream{}
+	_, url := inProcess(t, pipe, up, nil)
+	c := connect(t, url)
+	m := c.request(t, "tools/call", map[string]any{"name": "echo", "arguments": map[string]any{}})
+	if m.Error == nil || m.Error.Code != CodeInternalError {
+		t.Fatalf("tools/call: %+v %s, want an internal error", m.Error, m.Result)
+	}
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	if len(up.executed) != 0 {
+		t.Fatalf("the server ran %q though TOOL_CALL_EXECUTED was not recorded", up.executed)
+	}
+}
