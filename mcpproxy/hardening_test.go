@@ -317,7 +317,7 @@ func (u *blockingUpstream) roundTrip(ctx context.Context, req *message) (*messag
 }
 
 // A stdio client that sends many requests at once has at most
-// maxStdioInFlight of them handled at a time; all are answered.
+// maxSessionInFlight of them handled at a time; all are answered.
 func TestStdioInFlightBounded(t *testing.T) {
 	up := &blockingUpstream{release: make(chan struct{})}
 	p := stdioProxy(t, up)
@@ -329,7 +329,7 @@ func TestStdioInFlightBounded(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- p.ServeStdio(context.Background(), strings.NewReader(in.String()), &out) }()
 	deadline := time.Now().Add(10 * time.Second)
-	for up.inFlight.Load() < maxStdioInFlight && time.Now().Before(deadline) {
+	for up.inFlight.Load() < maxSessionInFlight && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
 	time.Sleep(100 * time.Millisecond) // room for more to start, if they could
@@ -337,8 +337,8 @@ func TestStdioInFlightBounded(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if m := up.max.Load(); m != maxStdioInFlight {
-		t.Fatalf("%d requests in flight at most, want %d", m, maxStdioInFlight)
+	if m := up.max.Load(); m != maxSessionInFlight {
+		t.Fatalf("%d requests in flight at most, want %d", m, maxSessionInFlight)
 	}
 	if n := strings.Count(out.String(), "\n"); n != 200 {
 		t.Fatalf("%d answers, want 200", n)
@@ -369,7 +369,7 @@ func (u *cancelUpstream) send(ctx context.Context, m *message) error {
 	return u.recUpstream.send(ctx, m)
 }
 
-// A notification is passed on while maxStdioInFlight requests wait for
+// A notification is passed on while maxSessionInFlight requests wait for
 // the upstream: a client can cancel them.
 func TestStdioNotificationsPassBusyRequests(t *testing.T) {
 	up := &cancelUpstream{canceled: make(chan struct{})}
@@ -379,7 +379,7 @@ func TestStdioNotificationsPassBusyRequests(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- p.ServeStdio(context.Background(), pr, &out) }()
 	var in strings.Builder
-	for i := range maxStdioInFlight {
+	for i := range maxSessionInFlight {
 		in.WriteString(`{"jsonrpc":"2.0","id":` + string(jsonInt(i+1)) + `,"method":"ping"}` + "\n")
 	}
 	in.WriteString(`{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":1}}` + "\n")
@@ -387,7 +387,7 @@ func TestStdioNotificationsPassBusyRequests(t *testing.T) {
 	select {
 	case <-up.canceled:
 	case <-time.After(3 * time.Second):
-		t.Errorf("notifications/cancelled not forwarded within 3s: %d requests in flight hold the reader", maxStdioInFlight)
+		t.Errorf("notifications/cancelled not forwarded within 3s: %d requests in flight hold the reader", maxSessionInFlight)
 		close(up.canceled)
 	}
 	pw.Close()
@@ -537,5 +537,72 @@ func TestTaskAugmentedCallIsRefused(t *testing.T) {
 	}
 	if seen := up.seen()[before:]; len(seen) != 0 {
 		t.Fatalf("the server received %q", seen)
+	}
+}
+
+// heldUpstream holds every tools/call until release is closed.
+type heldUpstream struct {
+	recUpstream
+	release       chan struct{}
+	inFlight, max atomic.Int64
+}
+
+func (u *heldUpstream) roundTrip(ctx context.Context, req *message) (*message, error) {
+	if req.Method == "tools/call" {
+		n := u.inFlight.Add(1)
+		for m := u.max.Load(); n > m && !u.max.CompareAndSwap(m, n); m = u.max.Load() {
+		}
+		defer u.inFlight.Add(-1)
+		select {
+		case <-u.release:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return u.recUpstream.roundTrip(ctx, req)
+}
+
+// TestHTTPSessionInFlightBounded: like a stdio session, an HTTP session
+// has at most maxSessionInFlight requests in progress; more are refused
+// (429) without reaching the pipeline or the server.
+func TestHTTPSessionInFlightBounded(t *testing.T) {
+	up := &heldUpstream{release: make(chan struct{})}
+	pipe := &countingPipeline{}
+	_, url := inProcess(t, pipe, up, nil)
+	c := connect(t, url)
+	const n = maxSessionInFlight + 16
+	var wg sync.WaitGroup
+	var refused atomic.Int64
+	statuses := make(chan int, n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "id": i + 100, "method": "tools/call",
+				"params": map[string]any{"name": "echo", "arguments": map[string]any{"i": i}}})
+			status, _, _ := c.post(t, string(b))
+			if status == http.StatusTooManyRequests {
+				refused.Add(1)
+			}
+			statuses <- status
+		}()
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for up.inFlight.Load()+refused.Load() < n && up.inFlight.Load() < n && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // room for more to start, if they could
+	close(up.release)
+	wg.Wait()
+	close(statuses)
+	if m := up.max.Load(); m > maxSessionInFlight {
+		t.Fatalf("%d calls of one session in flight at the server, want at most %d", m, maxSessionInFlight)
+	}
+	if r := refused.Load(); r != n-maxSessionInFlight || pipe.proposals.Load() != maxSessionInFlight {
+		t.Fatalf("%d refused and %d proposed, want %d and %d", r, pipe.proposals.Load(), n-maxSessionInFlight, maxSessionInFlight)
+	}
+	// Once they are answered, the session takes requests again.
+	if m := c.request(t, "ping", nil); m.Error != nil {
+		t.Fatalf("ping after the burst: %+v", m.Error)
 	}
 }

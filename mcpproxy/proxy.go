@@ -323,7 +323,7 @@ func (p *Proxy) newSession(tenant, id string) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &session{p: p, tenant: tenant, id: id, up: up}
+	s := &session{p: p, tenant: tenant, id: id, up: up, slots: make(chan struct{}, maxSessionInFlight)}
 	s.touch()
 	return s, nil
 }

@@ -35,8 +35,9 @@ type session struct {
 	up       upstream
 	ids      idSource
 	mu       sync.Mutex
-	lastUsed atomic.Int64 // unix ms, for idle expiry
-	active   atomic.Int64 // requests in progress; a session with any is not idle
+	lastUsed atomic.Int64  // unix ms, for idle expiry
+	active   atomic.Int64  // requests in progress; a session with any is not idle
+	slots    chan struct{} // one per request in progress, maxSessionInFlight at most
 	closed   sync.Once
 
 	// flights are the client's requests in progress, by their id: a

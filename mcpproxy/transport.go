@@ -128,6 +128,19 @@ func (p *Proxy) post(w http.ResponseWriter, r *http.Request, tenant string) {
 	} else if s = p.lookup(w, r, tenant); s == nil {
 		return
 	}
+	if m.isRequest() {
+		// Bounded like a stdio session's; notifications (a cancellation,
+		// say) always pass.
+		select {
+		case s.slots <- struct{}{}:
+			defer func() { <-s.slots }()
+		default:
+			w.Header().Set("Retry-After", "1")
+			writeMessage(w, http.StatusTooManyRequests, errorResponse(m.ID, CodeInternalError,
+				fmt.Sprintf("aegis: %d requests of this session in progress, the limit; retry once one is answered", maxSessionInFlight), nil))
+			return
+		}
+	}
 	resp := s.handle(r.Context(), m)
 	if m.Method == "initialize" {
 		if resp != nil && resp.Error != nil && r.Header.Get(headerSession) == "" {
@@ -238,8 +251,10 @@ func httpError(w http.ResponseWriter, status int, format string, args ...any) {
 	writeMessage(w, status, errorResponse(nil, CodeInvalidRequest, fmt.Sprintf(format, args...), nil))
 }
 
-// maxStdioInFlight bounds the requests of a stdio session handled at once.
-const maxStdioInFlight = 64
+// maxSessionInFlight bounds the requests of one session in progress at
+// once: a stdio session reads its next request when one is answered, an
+// HTTP session answers more with 429.
+const maxSessionInFlight = 64
 
 // ServeStdio serves one MCP session on newline-delimited JSON-RPC: it
 // reads messages from in, handles requests concurrently and writes each
@@ -268,7 +283,6 @@ func (p *Proxy) ServeStdio(ctx context.Context, in io.Reader, out io.Writer) err
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	inFlight := make(chan struct{}, maxStdioInFlight)
 	type line struct {
 		b    []byte
 		long bool // over MaxMessageBytes: read and dropped
@@ -321,18 +335,18 @@ func (p *Proxy) ServeStdio(ctx context.Context, in io.Reader, out io.Writer) err
 				s.handle(ctx, m)
 				continue
 			}
-			// At most maxStdioInFlight requests are handled at once; the
+			// At most maxSessionInFlight requests are handled at once; the
 			// reader waits for a slot, so a client cannot start goroutines
 			// without bound.
 			select {
-			case inFlight <- struct{}{}:
+			case s.slots <- struct{}{}:
 			case <-ctx.Done():
 				return nil
 			}
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				defer func() { <-inFlight }()
+				defer func() { <-s.slots }()
 				defer func() {
 					// One message must not take the process (and the stages
 					// it may run) down with it, as net/http ensures for HTTP.
