@@ -606,3 +606,21 @@ func TestHTTPSessionInFlightBounded(t *testing.T) {
 		t.Fatalf("ping after the burst: %+v", m.Error)
 	}
 }
+
+// TestMalformedToolsListIsRecorded: a tools/list the server answered with
+// something other than a listing reached the server like any other, so it
+// is recorded as a failed listing before the agent gets its error.
+func TestMalformedToolsListIsRecorded(t *testing.T) {
+	pipe := &recordingPipeline{}
+	_, url := inProcess(t, pipe, &recUpstream{listNull: true}, nil)
+	c := connect(t, url)
+	if m := c.request(t, "tools/list", map[string]any{}); m.Error == nil || m.Error.Code != CodeInternalError {
+		t.Fatalf("tools/list: %+v", m)
+	}
+	pipe.mu.Lock()
+	defer pipe.mu.Unlock()
+	last := pipe.payloads[len(pipe.payloads)-1]
+	if !strings.HasPrefix(last, "CHECKPOINT_CREATED ") || !strings.Contains(last, `"mcp:tools/list"`) || !strings.Contains(last, `"is_error":true`) {
+		t.Fatalf("recorded %q, want a failed tools/list", last)
+	}
+}

@@ -224,24 +224,25 @@ func (s *session) forwardAudited(ctx context.Context, req *message) *message {
 // manifest no tool is listed: deny by default. The listing is recorded
 // like any other method (CHECKPOINT_CREATED), with the names it hid.
 func (s *session) listTools(ctx context.Context, req *message) *message {
-	resp, err := s.forward(ctx, req)
-	if err != nil || resp.Error != nil {
-		failed := map[string]any{"source": "mcp", "mcp_method": req.Method, "checkpoint_id": "mcp:tools/list", "is_error": true}
-		if resp.Error != nil {
-			failed["error_code"] = resp.Error.Code
+	resp, _ := s.forward(ctx, req)
+	var result map[string]json.RawMessage
+	var tools []json.RawMessage
+	if resp.Error == nil {
+		// A listing the proxy cannot read is a failed one, and recorded
+		// as such: the server was asked all the same.
+		if err := json.Unmarshal(resp.Result, &result); err != nil || result == nil {
+			resp = errorResponse(req.ID, CodeInternalError, "upstream tools/list result is not an object", nil)
+		} else if err := json.Unmarshal(result["tools"], &tools); err != nil && len(result["tools"]) > 0 {
+			resp = errorResponse(req.ID, CodeInternalError, "upstream tools/list result has no tools array", nil)
 		}
+	}
+	if resp.Error != nil {
+		failed := map[string]any{"source": "mcp", "mcp_method": req.Method, "checkpoint_id": "mcp:tools/list", "is_error": true,
+			"error_code": resp.Error.Code}
 		if err := s.record(ctx, envelope.CheckpointCreated, failed); err != nil {
 			return auditFailed(req.ID, err)
 		}
 		return resp
-	}
-	var result map[string]json.RawMessage
-	if err := json.Unmarshal(resp.Result, &result); err != nil || result == nil {
-		return errorResponse(req.ID, CodeInternalError, "upstream tools/list result is not an object", nil)
-	}
-	var tools []json.RawMessage
-	if err := json.Unmarshal(result["tools"], &tools); err != nil && len(result["tools"]) > 0 {
-		return errorResponse(req.ID, CodeInternalError, "upstream tools/list result has no tools array", nil)
 	}
 	declared := s.p.declared(s.tenant)
 	kept, hidden := make([]json.RawMessage, 0, len(tools)), []string{}
