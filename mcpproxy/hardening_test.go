@@ -624,3 +624,48 @@ func TestMalformedToolsListIsRecorded(t *testing.T) {
 		t.Fatalf("recorded %q, want a failed tools/list", last)
 	}
 }
+
+// paramsUpstream records the params of every request it gets.
+type paramsUpstream struct {
+	recUpstream
+	mu     sync.Mutex
+	params []string
+}
+
+func (u *paramsUpstream) roundTrip(ctx context.Context, req *message) (*message, error) {
+	u.mu.Lock()
+	u.params = append(u.params, req.Method+" "+string(req.Params))
+	u.mu.Unlock()
+	return u.recUpstream.roundTrip(ctx, req)
+}
+
+// TestReadParamsReadAsTheServerReadsThem: the MEMORY_READ of a
+// resources/read or prompts/get names what was read. Params that a
+// server reading keys case-sensitively and Go's decoder would read
+// differently ("uri" and "URI", a duplicate key) are refused, not
+// recorded under one name while the server reads the other.
+func TestReadParamsReadAsTheServerReadsThem(t *testing.T) {
+	up := &paramsUpstream{}
+	_, url := inProcess(t, &recordingPipeline{}, up, nil)
+	c := connect(t, url)
+	before := len(up.params)
+	for i, body := range []string{
+		`{"jsonrpc":"2.0","id":1,"method":"resources/read","params":{"uri":"file:///public","URI":"file:///secret"}}`,
+		`{"jsonrpc":"2.0","id":2,"method":"resources/read","params":{"uri":"file:///public","uri":"file:///secret"}}`,
+		`{"jsonrpc":"2.0","id":3,"method":"prompts/get","params":{"name":"a","Name":"b"}}`,
+	} {
+		_, _, m := c.post(t, body)
+		if m == nil || m.Error == nil || m.Error.Code != CodeInvalidParams {
+			t.Errorf("request %d: %+v, want %d", i+1, m, CodeInvalidParams)
+		}
+	}
+	up.mu.Lock()
+	got := up.params[before:]
+	up.mu.Unlock()
+	if len(got) != 0 {
+		t.Fatalf("the server received %q", got)
+	}
+	if m := c.request(t, "resources/read", map[string]any{"uri": "file:///notes"}); m.Error != nil {
+		t.Fatalf("a plain resources/read: %+v", m.Error)
+	}
+}

@@ -186,6 +186,17 @@ func auditFailed(id json.RawMessage, err error) *message {
 // read does); ping is not recorded; every other method is recorded as
 // CHECKPOINT_CREATED, a marker without effect on session state.
 func (s *session) forwardAudited(ctx context.Context, req *message) *message {
+	// The MEMORY_READ names what is read: the server must read the same.
+	switch req.Method {
+	case "resources/read":
+		if _, err := strictParams(req.Method, req.Params, "uri", "_meta"); err != nil {
+			return errorResponse(req.ID, CodeInvalidParams, err.Error(), nil)
+		}
+	case "prompts/get":
+		if _, err := strictParams(req.Method, req.Params, "name", "arguments", "_meta"); err != nil {
+			return errorResponse(req.ID, CodeInvalidParams, err.Error(), nil)
+		}
+	}
 	resp, _ := s.forward(ctx, req)
 	if req.Method == "ping" {
 		return resp
@@ -271,19 +282,11 @@ func (s *session) listTools(ctx context.Context, req *message) *message {
 // name, arguments or _meta only in case, are refused, since Go's decoder
 // and the server could otherwise read different calls out of one message.
 func callParams(raw json.RawMessage) (name string, args json.RawMessage, meta map[string]json.RawMessage, err error) {
-	if _, err := canon.Append(nil, raw); err != nil {
-		return "", nil, nil, fmt.Errorf("tools/call params: %w", err)
-	}
-	var m map[string]json.RawMessage
-	if err := json.Unmarshal(raw, &m); err != nil || m == nil {
-		return "", nil, nil, errors.New("tools/call params must be an object")
+	m, err := strictParams("tools/call", raw, "name", "arguments", "_meta")
+	if err != nil {
+		return "", nil, nil, err
 	}
 	for k := range m {
-		for _, known := range []string{"name", "arguments", "_meta"} {
-			if k != known && strings.EqualFold(k, known) {
-				return "", nil, nil, fmt.Errorf("tools/call params: %q is not %q", k, known)
-			}
-		}
 		if strings.EqualFold(k, "task") {
 			// A task-augmented call (MCP 2025-11-25) is answered at once
 			// and runs on at the server, past the decision's timeout_ms;
@@ -301,6 +304,29 @@ func callParams(raw json.RawMessage) (name string, args json.RawMessage, meta ma
 		}
 	}
 	return name, m["arguments"], meta, nil
+}
+
+// strictParams decodes the params of method as an object that a server
+// reading keys case-sensitively and Go's decoder (case-insensitive, last
+// duplicate wins) read alike: it refuses duplicate keys (and anything
+// else that is not canonical JSON's input) and keys that differ from a
+// known one only in letter case.
+func strictParams(method string, raw json.RawMessage, known ...string) (map[string]json.RawMessage, error) {
+	if _, err := canon.Append(nil, raw); err != nil {
+		return nil, fmt.Errorf("%s params: %w", method, err)
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil || m == nil {
+		return nil, fmt.Errorf("%s params must be an object", method)
+	}
+	for k := range m {
+		for _, kn := range known {
+			if k != kn && strings.EqualFold(k, kn) {
+				return nil, fmt.Errorf("%s params: %q is not %q", method, k, kn)
+			}
+		}
+	}
+	return m, nil
 }
 
 // callTool is the guarded path: propose, and forward only on allow.
