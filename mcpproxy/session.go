@@ -199,6 +199,12 @@ func (s *session) forwardAudited(ctx context.Context, req *message) *message {
 	}
 	resp, _ := s.forward(ctx, req)
 	if req.Method == "ping" {
+		// Not recorded, so nothing the server wrote may reach the agent:
+		// a ping's result is empty, and its error is the proxy's.
+		if resp.Error != nil {
+			return errorResponse(req.ID, CodeInternalError, "upstream MCP server: ping failed", nil)
+		}
+		resp.Result = json.RawMessage("{}")
 		return resp
 	}
 	payload := map[string]any{"source": "mcp", "mcp_method": req.Method, "is_error": resp.Error != nil}
