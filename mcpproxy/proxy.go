@@ -11,8 +11,9 @@
 // decider; deny answers JSON-RPC error CodeDenied, require_approval answers
 // CodeApprovalRequired with the approval token, allow forwards the call and
 // records TOOL_CALL_EXECUTED (before sending it) and TOOL_RESULT. tools/list
-// shows only the tools the session's manifest declares; other methods are
-// forwarded and recorded. docs/mcp-proxy.md is the user's reference.
+// shows only the tools the session's manifest declares; the other MCP
+// methods are forwarded and recorded, and any other method is refused.
+// docs/mcp-proxy.md is the user's reference.
 //
 // The proxy publishes through the ingest gateway's in-process API
 // (ingest.Server.Propose and Record): the same producer, seq allocation and
