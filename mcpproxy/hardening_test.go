@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -698,5 +699,60 @@ func TestPingCarriesNothingOfTheServers(t *testing.T) {
 			(!fail && string(m.Result) != "{}") || (fail && m.Error == nil) {
 			t.Fatalf("ping (server fails: %v): %s %+v", fail, m.Result, m.Error)
 		}
+	}
+}
+
+// An HTTP upstream that redirects does not get the call sent on to the
+// server it names: the proxy's client delivers only to --mcp-upstream-url.
+func TestUpstreamRedirectIsNotFollowed(t *testing.T) {
+	var elsewhere atomic.Int64
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhere.Add(1)
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = io.WriteString(w, `{"jsonrpc":"2.0","id":1,"result":{}}`)
+	}))
+	defer other.Close()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+"/mcp", http.StatusTemporaryRedirect)
+	}))
+	defer srv.Close()
+	cfg := Defaults()
+	cfg.UpstreamURL = srv.URL
+	p, err := New(cfg, &countingPipeline{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := newHTTPUpstream(srv.URL, p.client, 64<<10)
+	_, err = u.roundTrip(context.Background(), &message{JSONRPC: "2.0", ID: json.RawMessage("1"), Method: "tools/call", Params: json.RawMessage(`{"name":"x","arguments":{}}`)})
+	if err == nil || !strings.Contains(err.Error(), "redirected") {
+		t.Fatalf("roundTrip = %v, want a refused redirect", err)
+	}
+	if n := elsewhere.Load(); n != 0 {
+		t.Fatalf("the server redirected to got %d requests", n)
+	}
+}
+
+// A dropped notification's method is the client's: the log line keeps
+// a bounded prefix of it.
+func TestDroppedNotificationLogIsBounded(t *testing.T) {
+	var logs testutil.SyncBuffer
+	cfg := Defaults()
+	cfg.UpstreamCmd = "unused"
+	p, err := New(cfg, &countingPipeline{}, nil, WithLogger(slog.New(slog.NewTextHandler(&logs, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.dial = func() (upstream, error) { return &recUpstream{}, nil }
+	t.Cleanup(p.closeAll)
+	hs := httptest.NewServer(p.Handler())
+	t.Cleanup(hs.Close)
+	c := connect(t, hs.URL)
+	method := strings.Repeat("m", 1<<20)
+	if status, _, _ := c.post(t, `{"jsonrpc":"2.0","method":"`+method+`"}`); status != http.StatusAccepted {
+		t.Fatalf("status %d", status)
+	}
+	out := logs.String()
+	if !strings.Contains(out, "dropped a notification") || !strings.Contains(out, "(1048576 bytes)") || len(out) > 8<<10 {
+		t.Fatalf("log of %d bytes: %.300s", len(out), out)
 	}
 }

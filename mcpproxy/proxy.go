@@ -238,6 +238,13 @@ func WithStdio(in io.Reader, out io.Writer) Option {
 // stderr (default os.Stderr).
 func WithUpstreamStderr(w io.Writer) Option { return func(p *Proxy) { p.upStderr = w } }
 
+// refuseRedirect keeps calls on the server --mcp-upstream-url names: a
+// redirect would send a decided call, its body and the session's headers
+// to a server nobody configured. The redirect is an upstream failure.
+func refuseRedirect(req *http.Request, _ []*http.Request) error {
+	return fmt.Errorf("mcpproxy: the upstream redirected to %s; calls go only to --mcp-upstream-url", redactURL(req.URL.String()))
+}
+
 // WithHTTPClient sets the client of a Streamable HTTP upstream (default: a
 // client of its own).
 func WithHTTPClient(c *http.Client) Option { return func(p *Proxy) { p.client = c } }
@@ -283,7 +290,7 @@ func New(cfg Config, pipe Pipeline, manifests Manifests, opts ...Option) (*Proxy
 		return nil, errors.New("mcpproxy: a Pipeline is required")
 	}
 	p := &Proxy{cfg: cfg, pipe: pipe, manifests: manifests, log: slog.New(slog.DiscardHandler), stdin: os.Stdin, stdout: os.Stdout,
-		upStderr: os.Stderr, client: &http.Client{}, now: time.Now, sessions: make(map[string]*session), opening: make(map[string]int), ready: make(chan struct{})}
+		upStderr: os.Stderr, client: &http.Client{CheckRedirect: refuseRedirect}, now: time.Now, sessions: make(map[string]*session), opening: make(map[string]int), ready: make(chan struct{})}
 	for _, o := range opts {
 		o(p)
 	}

@@ -68,7 +68,7 @@ func (s *session) handle(ctx context.Context, m *message) *message {
 		// could not be decided: a tools/call sent this way would reach the
 		// server unrecorded. Only MCP's own client notifications pass;
 		// one the proxy does not know could mean anything to the server.
-		s.p.log.Warn("dropped a notification the proxy does not forward", "session", s.id, "method", m.Method)
+		s.p.log.Warn("dropped a notification the proxy does not forward", "session", s.id, "method", clip(m.Method, 128))
 		s.p.metrics.requests.WithLabelValues(methodLabel(m.Method), "dropped").Inc()
 		return nil
 	case m.Method == "notifications/cancelled":
@@ -574,4 +574,13 @@ func methodLabel(method string) string {
 		return method
 	}
 	return "other"
+}
+
+// clip shortens a client-sent string for a log line: at most n bytes of
+// it, and its length when it was longer.
+func clip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return fmt.Sprintf("%s… (%d bytes)", strings.ToValidUTF8(s[:n], ""), len(s))
 }
