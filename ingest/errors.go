@@ -126,8 +126,24 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
+	// The server has no WriteTimeout (a request may wait for an approval
+	// far longer than any write should take): each answer gets its own
+	// deadline, so a client that does not read it holds no handler, and
+	// the answer's memory, for long. Cleared afterwards: the connection's
+	// next request must not inherit it.
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout(len(b))))
+	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
 	w.WriteHeader(status)
 	_, _ = w.Write(append(b, '\n'))
+}
+
+// An answer of n bytes may take answerWriteTime plus one second per
+// answerWriteRate bytes to write (a client reading at least 64 KiB/s).
+var answerWriteTime, answerWriteRate = 30 * time.Second, 64 << 10
+
+func writeTimeout(n int) time.Duration {
+	return answerWriteTime + time.Duration(n/answerWriteRate)*time.Second
 }
 
 func writeError(w http.ResponseWriter, err error) {
