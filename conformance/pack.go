@@ -5,8 +5,11 @@
 // scenario: ordered steps that publish events and proposals, settle
 // approvals, read sessions back from the audit store, verify their chains,
 // replay them offline, and (when the runner owns the store) tamper with the
-// stored rows and expect verification to fail. docs/conformance.md is the
-// reference of the pack format and of the reports.
+// stored rows and expect verification to fail. Reads of the audit store
+// are decided only behind barriers, which show that the target processed
+// and stored everything the case published before (barrier.go).
+// docs/conformance.md is the reference of the pack format and of the
+// reports.
 package conformance
 
 import (
@@ -106,7 +109,9 @@ type Step struct {
 	Approve *Approve `yaml:"approve,omitempty" json:"approve,omitempty"`
 	// Snapshot reads GET /v1/sessions/{session}, Sealed its events, Verify
 	// its chain verification; these poll until Expect holds or the poll
-	// timeout passes (the audit store is written asynchronously).
+	// timeout passes (the audit store is written asynchronously), then
+	// pass the session's barrier and read once more: Expect must hold on
+	// that read (docs/conformance.md#barriers).
 	Snapshot bool `yaml:"snapshot,omitempty" json:"snapshot,omitempty"`
 	Sealed   bool `yaml:"sealed,omitempty" json:"sealed,omitempty"`
 	Verify   bool `yaml:"verify,omitempty" json:"verify,omitempty"`

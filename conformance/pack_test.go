@@ -3,6 +3,7 @@ package conformance_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
@@ -62,16 +63,41 @@ func TestLoopIdenticalCaseSendsDifferentSpellings(t *testing.T) {
 	packs = filterCases(packs, "LOOP-SCN-001")
 	var mu sync.Mutex
 	var args []string
+	var sentinel string // the end barrier's event, stored at seq 5
 	n := 0
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
-		if !strings.HasSuffix(r.URL.Path, "/proposals") {
-			_, _ = w.Write([]byte(`{"snapshot":{"events":4,"loop":{"detected":true,"seq":3}}}`))
-			return
-		}
 		b, _ := io.ReadAll(r.Body)
 		mu.Lock()
 		defer mu.Unlock()
+		switch {
+		case r.URL.Path == "/v1/events": // the end barrier's sentinel
+			var evs []struct {
+				Payload json.RawMessage `json:"payload"`
+			}
+			_ = json.Unmarshal(b, &evs)
+			sentinel = string(evs[0].Payload)
+			w.WriteHeader(http.StatusAccepted)
+			_, _ = w.Write([]byte(`{"accepted":1}`))
+			return
+		case strings.HasSuffix(r.URL.Path, "/events"): // the barriers' store reads
+			if r.URL.Query().Get("after_seq") == "3" {
+				_, _ = w.Write([]byte(`{"events":[{"seq":4,"hash":"h4"}]}`))
+			} else {
+				_, _ = w.Write([]byte(`{"events":[{"seq":5,"prev_hash":"h4","payload":` + sentinel + `}]}`))
+			}
+			return
+		case strings.HasSuffix(r.URL.Path, "/verify"):
+			_, _ = w.Write([]byte(`{"valid":true,"events":5}`))
+			return
+		case !strings.HasSuffix(r.URL.Path, "/proposals"):
+			_, _ = w.Write([]byte(`{"snapshot":{"events":4,"loop":{"detected":true,"seq":3}}}`))
+			return
+		case bytes.Contains(b, []byte(`"seq":9007199254740991`)): // the barriers' probe
+			w.WriteHeader(http.StatusConflict)
+			_, _ = w.Write([]byte(`{"error":{"code":"SEQ_GAP","expected_seq":5}}`))
+			return
+		}
 		n++
 		if i := bytes.Index(b, []byte(`"args":`)); i >= 0 {
 			if j := bytes.IndexByte(b[i:], '}'); j >= 0 { // the args are a flat object

@@ -58,7 +58,7 @@ type Options struct {
 	// Concurrency bounds the cases in flight (default 8).
 	Concurrency int
 	// PollTimeout bounds how long audit-store reads wait for the expected
-	// state (default 30s).
+	// state, and each wait of a barrier (default 30s).
 	PollTimeout time.Duration
 	// Client is the HTTP client (default: a client with a 70s timeout).
 	Client *http.Client
@@ -132,12 +132,20 @@ type caseRun struct {
 	ev     []Evidence
 	where  string
 	noAuth bool
+	// gen counts the case's steps that may have written; marks holds
+	// what the last barrier of each session saw (marked: those sessions
+	// in order), written the sessions that events and propose steps wrote.
+	gen      int
+	marks    map[sessionKey]barrierMark
+	marked   []sessionKey
+	written  []sessionKey
+	barriers int
 }
 
 func (r *runner) runCase(ctx context.Context, p *Pack, c *Case) CaseResult {
 	start := time.Now()
 	res := CaseResult{Pack: p.Name, ID: c.ID, Requirement: c.Requirement, Description: c.Description}
-	cr := &caseRun{r: r, c: c, sid: strings.ToLower(c.ID) + "-" + r.opts.RunID, vars: make(map[string]any)}
+	cr := &caseRun{r: r, c: c, sid: strings.ToLower(c.ID) + "-" + r.opts.RunID, vars: make(map[string]any), marks: make(map[sessionKey]barrierMark)}
 	var err error
 	if skip := r.skipReason(c); skip != "" {
 		res.Status, res.Message = StatusSkip, skip
@@ -234,6 +242,9 @@ func (cr *caseRun) scenario(ctx context.Context) error {
 			cr.vars[s.Name] = resp.json
 		}
 	}
+	if err := cr.endBarrier(ctx); err != nil {
+		return fmt.Errorf("end: %w", err)
+	}
 	return nil
 }
 
@@ -265,6 +276,7 @@ func (cr *caseRun) step(ctx context.Context, s *Step) (*response, error) {
 		if err != nil {
 			return nil, err
 		}
+		cr.wrote(tenant, session)
 		resp, err := cr.do(ctx, http.MethodPost, "/v1/events", tenant, "application/json", body)
 		if err != nil {
 			return nil, err
@@ -275,6 +287,7 @@ func (cr *caseRun) step(ctx context.Context, s *Step) (*response, error) {
 		if err != nil {
 			return nil, err
 		}
+		cr.wrote(tenant, session)
 		resp, err := cr.do(ctx, http.MethodPost, "/v1/sessions/"+url.PathEscape(session)+"/proposals?tenant_id="+url.QueryEscape(tenant), tenant, "application/json", body)
 		if err != nil {
 			return nil, err
@@ -295,6 +308,7 @@ func (cr *caseRun) step(ctx context.Context, s *Step) (*response, error) {
 		if err != nil {
 			return nil, err
 		}
+		cr.gen++ // the gateway publishes the settlement (and a re-proposal) to the approval's session
 		resp, err := cr.do(ctx, http.MethodPost, "/v1/approvals/"+url.PathEscape(cr.str(s.Approve.Token))+"?tenant_id="+url.QueryEscape(tenant), tenant, "application/json", body)
 		if err != nil {
 			return nil, err
@@ -312,7 +326,7 @@ func (cr *caseRun) step(ctx context.Context, s *Step) (*response, error) {
 		if s.Sealed {
 			p += "&limit=1000"
 		}
-		return cr.poll(ctx, http.MethodGet, p, tenant, want)
+		return cr.read(ctx, p, tenant, session, want)
 	case s.HTTP != nil:
 		h := s.HTTP
 		var body []byte
@@ -329,14 +343,25 @@ func (cr *caseRun) step(ctx context.Context, s *Step) (*response, error) {
 		if ct == "" {
 			ct = "application/json"
 		}
+		if h.Method != http.MethodGet && h.Method != http.MethodHead {
+			cr.gen++ // any other request may write, to sessions the runner cannot tell
+		}
 		resp, err := cr.do(ctx, h.Method, cr.str(h.Path), tenant, ct, body)
 		if err != nil {
 			return nil, err
 		}
 		return resp, check(want, 200, resp)
 	case s.Tamper != nil:
+		if err := cr.settleWritten(ctx); err != nil {
+			return nil, err
+		}
 		return nil, cr.tamper(ctx, s.Tamper)
 	case s.Replay != nil:
+		for _, sess := range s.Replay {
+			if err := cr.settle(ctx, tenant, cr.str(sess)); err != nil {
+				return nil, err
+			}
+		}
 		return nil, cr.replay(ctx, tenant, s.Replay)
 	}
 	return nil, errors.New("step has no action")
@@ -370,6 +395,32 @@ func (cr *caseRun) envelope(tenant, session string, e *Event, full bool) map[str
 		env["payload"] = cr.expand(e.Payload)
 	}
 	return env
+}
+
+// read is a snapshot, sealed or verify step: it polls p until want holds,
+// passes the session's barrier (unless passed since the case's last write)
+// and then reads p once more, which must still satisfy want. The first
+// match alone could be a state on its way to another: an exact count or an
+// absence holds only once everything published before is stored.
+func (cr *caseRun) read(ctx context.Context, p, tenant, session string, want Expect) (*response, error) {
+	resp, err := cr.poll(ctx, http.MethodGet, p, tenant, want)
+	if err != nil {
+		return resp, err
+	}
+	if cr.settled(tenant, session) {
+		return resp, nil
+	}
+	if err := cr.settle(ctx, tenant, session); err != nil {
+		return resp, err
+	}
+	final, err := cr.do(ctx, http.MethodGet, p, tenant, "", nil)
+	if err != nil {
+		return nil, err
+	}
+	if err := check(want, 200, final); err != nil {
+		return final, fmt.Errorf("after the barrier: %w", err)
+	}
+	return final, nil
 }
 
 func (cr *caseRun) poll(ctx context.Context, method, p, tenant string, want Expect) (*response, error) {
