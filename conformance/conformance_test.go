@@ -18,17 +18,30 @@ import (
 	"aegis.dev/aegis/internal/daemon"
 )
 
-// decideLog replays through `aegisctl decide --events`.
-func decideLog(ctx context.Context, events, manifests string) ([]byte, error) {
-	var out, errb bytes.Buffer
-	if code := ctl.Main(ctx, ctl.IO{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb}, []string{"decide", "--events", events, "--manifests", manifests}); code != ctl.ExitOK {
-		return nil, fmt.Errorf("aegisctl decide exited %d: %s", code, errb.String())
+// decideLog replays through `aegisctl decide --events` with the
+// conformance policy bundle, which startEmbedded's aegisd runs.
+func decideLog(tb testing.TB) conformance.DecideLogFunc {
+	tb.Helper()
+	dir := tb.TempDir()
+	if err := conformance.WritePolicy(dir); err != nil {
+		tb.Fatal(err)
 	}
-	return out.Bytes(), nil
+	return func(ctx context.Context, events, manifests string) ([]byte, error) {
+		var out, errb bytes.Buffer
+		if code := ctl.Main(ctx, ctl.IO{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb}, []string{"decide", "--events", events, "--manifests", manifests, "--policy", dir}); code != ctl.ExitOK {
+			return nil, fmt.Errorf("aegisctl decide exited %d: %s", code, errb.String())
+		}
+		return out.Bytes(), nil
+	}
 }
 
-// startEmbedded runs aegisd in-process (--dev, temp data dir, the packs'
-// manifests) and returns its base URL and audit store path.
+// embeddedProvides is what startEmbedded's aegisd provides.
+var embeddedProvides = []string{conformance.RequireShortApprovalTTL, conformance.RequireConformancePolicy}
+
+// startEmbedded runs aegisd in-process (temp data dir, the packs'
+// manifests, the conformance policy bundle, one operator key per tenant,
+// a 10 s approval TTL) and returns its base URL, audit store path and
+// keys.
 func startEmbedded(tb testing.TB, packs []*conformance.Pack, mutate func(*daemon.Config)) (string, string, map[string]string) {
 	tb.Helper()
 	dir := tb.TempDir()
@@ -43,6 +56,10 @@ func startEmbedded(tb testing.TB, packs []*conformance.Pack, mutate func(*daemon
 	cfg.Partitions = 3
 	cfg.Instance = "conformance"
 	cfg.Manifests = mdir
+	cfg.Policy = filepath.Join(dir, "policy")
+	if err := conformance.WritePolicy(cfg.Policy); err != nil {
+		tb.Fatal(err)
+	}
 	keyFile, keys, err := conformance.Credentials(packs)
 	if err != nil {
 		tb.Fatal(err)
@@ -128,7 +145,7 @@ func TestPacksEmbedded(t *testing.T) {
 		packs = filterCases(packs, only)
 	}
 	base, store, keys := startEmbedded(t, packs, nil)
-	rep, err := conformance.Run(context.Background(), packs, conformance.Options{Target: base, Keys: keys, Provides: []string{conformance.RequireShortApprovalTTL}, StorePath: store, DecideLog: decideLog, Concurrency: 12})
+	rep, err := conformance.Run(context.Background(), packs, conformance.Options{Target: base, Keys: keys, Provides: embeddedProvides, StorePath: store, DecideLog: decideLog(t), Concurrency: 12})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -60,7 +60,7 @@ func TestPacksIntegration(t *testing.T) {
 		c.Instance = prefix + "it"
 	})
 	rep, err := conformance.Run(context.Background(), packs, conformance.Options{Target: base, Keys: keys,
-		Provides: []string{conformance.RequireShortApprovalTTL}, DecideLog: decideLog, Concurrency: 12})
+		Provides: embeddedProvides, DecideLog: decideLog(t), Concurrency: 12})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -50,17 +50,25 @@ func addrFromFile(tb testing.TB, file string) string {
 }
 
 // TestRunnerAgainstSeparateAegisdIntegration runs `aegisctl conformance run --target`
-// against aegisd started as its own process with --dev and the shipped
-// manifests (the documented precondition), then `aegisctl conformance run`
-// without a target, which starts aegisd itself.
+// against aegisd started as its own process with --dev, the shipped
+// manifests and the bundle of `aegisctl conformance policy` (the
+// documented preconditions), then `aegisctl conformance run` without a
+// target, which starts aegisd itself.
 func TestRunnerAgainstSeparateAegisdIntegration(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and starts aegisd processes")
 	}
 	bin := buildAegisd(t)
+	// The conformance policy bundle as an operator writes it.
+	policyDir := filepath.Join(t.TempDir(), "policy")
+	var pout, perr bytes.Buffer
+	if code := ctl.Main(context.Background(), ctl.IO{Stdin: strings.NewReader(""), Stdout: &pout, Stderr: &perr},
+		[]string{"conformance", "policy", "--out", policyDir}); code != ctl.ExitOK {
+		t.Fatalf("conformance policy: exit %d: %s", code, perr.String())
+	}
 	addrFile := filepath.Join(t.TempDir(), "addrs.json")
 	cmd := exec.Command(bin, "--dev", "--data-dir", t.TempDir(), "--kafka-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-		"--addr-file", addrFile, "--partitions", "3", "--instance", "live", "--manifests", "manifests", "--log-level", "error")
+		"--addr-file", addrFile, "--partitions", "3", "--instance", "live", "--manifests", "manifests", "--policy", policyDir, "--log-level", "error")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -77,7 +85,7 @@ func TestRunnerAgainstSeparateAegisdIntegration(t *testing.T) {
 	reportFile, junitFile := filepath.Join(dir, "report.json"), filepath.Join(dir, "junit.xml")
 	var out, errb bytes.Buffer
 	code := ctl.Main(context.Background(), ctl.IO{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb},
-		[]string{"conformance", "run", "--target", "http://" + addr, "--report", reportFile, "--junit", junitFile})
+		[]string{"conformance", "run", "--target", "http://" + addr, "--provides", conformance.RequireConformancePolicy, "--report", reportFile, "--junit", junitFile})
 	if code != ctl.ExitOK {
 		t.Fatalf("exit %d\n%s\n%s\naegisd: %s", code, out.String(), errb.String(), stderr.String())
 	}

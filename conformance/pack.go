@@ -60,8 +60,9 @@ type Case struct {
 	Decide      *Decide   `yaml:"decide,omitempty" json:"decide,omitempty"`
 	Scenario    *Scenario `yaml:"scenario,omitempty" json:"scenario,omitempty"`
 	// Requires names what the target must offer for the case to run
-	// (Options.Provides): RequireAuth, RequireShortApprovalTTL. A run
-	// without it reports the case as skipped.
+	// (Options.Provides): RequireAuth, RequireShortApprovalTTL,
+	// RequireConformancePolicy. A run without it reports the case as
+	// skipped.
 	Requires []string `yaml:"requires,omitempty" json:"requires,omitempty"`
 }
 
@@ -181,11 +182,20 @@ const (
 	// RequireShortApprovalTTL: aegisd runs with --approval-ttl of at most
 	// 10s, so that an approval expires while the case waits.
 	RequireShortApprovalTTL = "short-approval-ttl"
+	// RequireConformancePolicy: aegisd runs the conformance policy bundle
+	// (WritePolicy: the default bundle plus rules that make the evaluation
+	// of a few conformance.* tools fail), and replays use it too.
+	RequireConformancePolicy = "conformance-policy"
 )
+
+// Requires returns every value Case.Requires may hold.
+func Requires() []string {
+	return []string{RequireAuth, RequireShortApprovalTTL, RequireConformancePolicy}
+}
 
 func knownRequirements(rs []string) bool {
 	for _, r := range rs {
-		if r != RequireAuth && r != RequireShortApprovalTTL {
+		if !slices.Contains(Requires(), r) {
 			return false
 		}
 	}
@@ -294,7 +304,7 @@ func (c *Case) check() error {
 	case (c.Decide == nil) == (c.Scenario == nil):
 		return errors.New("exactly one of decide and scenario must be set")
 	case !knownRequirements(c.Requires):
-		return fmt.Errorf("requires %q: only %q and %q are defined", c.Requires, RequireAuth, RequireShortApprovalTTL)
+		return fmt.Errorf("requires %q: only %q are defined", c.Requires, Requires())
 	case c.Decide != nil && c.Decide.Request == nil:
 		return errors.New("decide without a request")
 	case c.Decide != nil && c.Decide.Expect.Outcome == "" && c.Decide.Expect.Code == "":

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -48,6 +49,21 @@ func TestParseRejectsEmptyTamperAndReplay(t *testing.T) {
 		if p, err := conformance.Parse([]byte(pack)); !errors.Is(err, conformance.ErrPack) {
 			t.Errorf("%s: %v, %+v", step, err, p)
 		}
+	}
+}
+
+// TestParseRequires: requires takes the capabilities the runner knows and
+// nothing else (a misspelt one would otherwise skip the case forever).
+func TestParseRequires(t *testing.T) {
+	for _, req := range conformance.Requires() {
+		pack := "cases:\n  - {id: ONE-001, requirement: REQ-DENY-DEFAULT, description: d, requires: [" + req + "], decide: {request: {event: {}}, expect: {outcome: deny}}}\n"
+		if _, err := conformance.Parse([]byte(pack)); err != nil {
+			t.Errorf("requires %s: %v", req, err)
+		}
+	}
+	pack := "cases:\n  - {id: ONE-001, requirement: REQ-DENY-DEFAULT, description: d, requires: [conformance-polcy], decide: {request: {event: {}}, expect: {outcome: deny}}}\n"
+	if p, err := conformance.Parse([]byte(pack)); !errors.Is(err, conformance.ErrPack) {
+		t.Errorf("requires conformance-polcy: %v, %+v", err, p)
 	}
 }
 
@@ -120,5 +136,44 @@ func TestLoopIdenticalCaseSendsDifferentSpellings(t *testing.T) {
 	}
 	if args[0] == args[1] || args[0] == args[2] || args[1] == args[2] {
 		t.Errorf("the three identical calls were sent with the same bytes:\n%s\n%s\n%s", args[0], args[1], args[2])
+	}
+}
+
+// TestConformancePolicyCasesSkipWithoutIt: without --provides
+// conformance-policy, the cases that need the conformance policy bundle
+// are skipped and say how to provide it; the others run.
+func TestConformancePolicyCasesSkipWithoutIt(t *testing.T) {
+	packs, err := conformance.Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	packs = filterCases(packs, "POL-")
+	needs := make(map[string]bool)
+	for _, p := range packs {
+		for _, c := range p.Cases {
+			needs[c.ID] = slices.Contains(c.Requires, conformance.RequireConformancePolicy)
+		}
+	}
+	// Nothing listens on the target: a case that runs fails, one that is
+	// skipped does not reach it.
+	unused := func(context.Context, string, string) ([]byte, error) { return nil, errors.New("not reached") }
+	rep, err := conformance.Run(context.Background(), packs, conformance.Options{Target: "http://127.0.0.1:1", PollTimeout: time.Millisecond, DecideLog: unused})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var skipped []string
+	for _, c := range rep.Cases {
+		if (c.Status == conformance.StatusSkip) != needs[c.ID] {
+			t.Errorf("%s: %s %s", c.ID, c.Status, c.Message)
+		}
+		if c.Status == conformance.StatusSkip {
+			skipped = append(skipped, c.ID)
+			if !strings.Contains(c.Message, "aegisctl conformance policy") {
+				t.Errorf("%s skipped with %q", c.ID, c.Message)
+			}
+		}
+	}
+	if len(skipped) < 4 {
+		t.Errorf("skipped %v, want the four POL-ERR cases", skipped)
 	}
 }

@@ -50,8 +50,10 @@ type Options struct {
 	// replay steps are skipped.
 	DecideLog DecideLogFunc
 	// Provides lists what the target offers beyond the basics
-	// (RequireShortApprovalTTL, RequireAuth); RequireAuth is implied by
-	// Keys. Cases requiring anything else are skipped.
+	// (RequireShortApprovalTTL, RequireConformancePolicy, RequireAuth);
+	// RequireAuth is implied by Keys. Cases requiring anything else are
+	// skipped. With RequireConformancePolicy, DecideLog must decide with
+	// the conformance policy bundle (WritePolicy) too.
 	Provides []string
 	// RunID makes the run's session ids unique (default: the start time).
 	RunID string
@@ -197,6 +199,8 @@ func (r *runner) skipReason(c *Case) string {
 			if t := tenantWithoutKey(c, r.opts.Keys); t != "" {
 				return "needs an API key of tenant " + t + "'s own (--api-key " + t + "=KEY); a key shared by every tenant cannot show isolation"
 			}
+		case req == RequireConformancePolicy && !slices.Contains(r.opts.Provides, req):
+			return "needs a target that runs the conformance policy bundle (aegisctl conformance policy --out DIR, aegisd --policy DIR) and --provides " + req
 		case req != RequireAuth && !slices.Contains(r.opts.Provides, req):
 			return "needs a target that provides " + req + " (--provides " + req + ")"
 		}

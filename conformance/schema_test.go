@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -12,7 +13,8 @@ import (
 )
 
 // TestSchemaMatchesTypes: schemas/conformance-pack.schema.json names
-// exactly the fields the Go decoder accepts, object by object.
+// exactly the fields the Go decoder accepts, object by object, and the
+// values of requires it accepts.
 func TestSchemaMatchesTypes(t *testing.T) {
 	b, err := os.ReadFile("../schemas/conformance-pack.schema.json")
 	if err != nil {
@@ -40,6 +42,20 @@ func TestSchemaMatchesTypes(t *testing.T) {
 	if err := json.Unmarshal(stepProps["http"], &httpDef); err != nil {
 		t.Fatal(err)
 	}
+	t.Run("requires", func(t *testing.T) {
+		var requires struct {
+			Items struct {
+				Enum []string `json:"enum"`
+			} `json:"items"`
+		}
+		if err := json.Unmarshal(schema.Defs["case"].Properties["requires"], &requires); err != nil {
+			t.Fatal(err)
+		}
+		got, want := slices.Sorted(slices.Values(requires.Items.Enum)), slices.Sorted(slices.Values(conformance.Requires()))
+		if !reflect.DeepEqual(got, want) {
+			t.Errorf("schema requires %v, the decoder accepts %v", got, want)
+		}
+	})
 	for _, tc := range []struct {
 		name  string
 		typ   any

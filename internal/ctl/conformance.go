@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -37,10 +38,14 @@ func (k keyFlags) Set(v string) error {
 	return nil
 }
 
-// runConformance is `aegisctl conformance run`.
+// runConformance is `aegisctl conformance run` and `aegisctl conformance
+// policy`.
 func runConformance(ctx context.Context, env IO, args []string) int {
+	if len(args) > 0 && args[0] == "policy" {
+		return runConformancePolicy(env, args[1:])
+	}
 	if len(args) == 0 || args[0] != "run" {
-		return fail(env, ExitUsage, "conformance: usage: aegisctl conformance run [--target URL] [--api-key [TENANT=]KEY]... [--packs DIR] [--report FILE] [--junit FILE]")
+		return fail(env, ExitUsage, "conformance: usage: aegisctl conformance run [--target URL] [--api-key [TENANT=]KEY]... [--packs DIR] [--report FILE] [--junit FILE] | aegisctl conformance policy --out DIR")
 	}
 	fs := newFlags(env, "conformance run", "[--target URL] [--api-key [TENANT=]KEY]... [--packs DIR] [--report FILE] [--junit FILE] [--aegisd PATH]")
 	target := fs.String("target", "", "base URL of a running aegisd's HTTP API; empty: start an embedded aegisd (--aegisd) with its own data dir, keys and manifests")
@@ -51,7 +56,7 @@ func runConformance(ctx context.Context, env IO, args []string) int {
 	junit := fs.String("junit", "", "write JUnit XML to FILE")
 	aegisd := fs.String("aegisd", "", "aegisd binary for the embedded run (default: aegisd next to aegisctl, then on PATH)")
 	concurrency := fs.Int("concurrency", 8, "cases run at once")
-	provides := fs.String("provides", "", "comma-separated target capabilities cases may require: short-approval-ttl (aegisd --approval-ttl <= 10s); auth is implied by --api-key")
+	provides := fs.String("provides", "", "comma-separated target capabilities cases may require: short-approval-ttl (aegisd --approval-ttl <= 10s), conformance-policy (aegisd --policy with the bundle of 'aegisctl conformance policy'); auth is implied by --api-key")
 	if code, ok := parse(fs, args[1:]); !ok {
 		return code
 	}
@@ -68,7 +73,7 @@ func runConformance(ctx context.Context, env IO, args []string) int {
 	if err != nil {
 		return fail(env, ExitUsage, "conformance run: %v", err)
 	}
-	opts := conformance.Options{Target: *target, Keys: keys, Concurrency: *concurrency, DecideLog: decideLogFunc(env)}
+	opts := conformance.Options{Target: *target, Keys: keys, Concurrency: *concurrency}
 	for _, p := range strings.Split(*provides, ",") {
 		if p = strings.TrimSpace(p); p != "" {
 			opts.Provides = append(opts.Provides, p)
@@ -81,6 +86,21 @@ func runConformance(ctx context.Context, env IO, args []string) int {
 		}
 		defer stop()
 	}
+	// Replays decide with the policy the target runs: the conformance
+	// bundle when the target provides it.
+	policyDir := ""
+	if slices.Contains(opts.Provides, conformance.RequireConformancePolicy) {
+		dir, err := os.MkdirTemp("", "aegis-conformance-policy-")
+		if err != nil {
+			return fail(env, ExitRuntime, "conformance run: %v", err)
+		}
+		defer func() { _ = os.RemoveAll(dir) }()
+		if err := conformance.WritePolicy(dir); err != nil {
+			return fail(env, ExitRuntime, "conformance run: %v", err)
+		}
+		policyDir = dir
+	}
+	opts.DecideLog = decideLogFunc(policyDir)
 	rep, err := conformance.Run(ctx, packs, opts)
 	if err != nil {
 		return fail(env, ExitRuntime, "conformance run: %v", err)
@@ -120,11 +140,40 @@ func writeFileWith(path string, write func(w io.Writer) error) error {
 	return f.Close()
 }
 
-// decideLogFunc replays through `aegisctl decide --events`, in process.
-func decideLogFunc(env IO) conformance.DecideLogFunc {
+// runConformancePolicy is `aegisctl conformance policy --out DIR`: it
+// writes the conformance policy bundle, for a live target whose operator
+// wants the cases that require conformance-policy to run.
+func runConformancePolicy(env IO, args []string) int {
+	fs := newFlags(env, "conformance policy", "--out DIR")
+	out := fs.String("out", "", "directory to write the bundle into (aegisd --policy DIR)")
+	if code, ok := parse(fs, args); !ok {
+		return code
+	}
+	if fs.NArg() > 0 || *out == "" {
+		return fail(env, ExitUsage, "conformance policy: usage: aegisctl conformance policy --out DIR")
+	}
+	if err := conformance.WritePolicy(*out); err != nil {
+		return fail(env, ExitRuntime, "conformance policy: %v", err)
+	}
+	b, err := conformance.PolicyBundle()
+	if err != nil {
+		return fail(env, ExitRuntime, "conformance policy: %v", err)
+	}
+	fmt.Fprintf(env.Stdout, "conformance policy bundle %s written to %s: run aegisd --policy %s, then aegisctl conformance run --provides %s\n",
+		b.Revision, *out, *out, conformance.RequireConformancePolicy)
+	return ExitOK
+}
+
+// decideLogFunc replays through `aegisctl decide --events`, in process,
+// with the policy bundle in policyDir ("": the built-in one).
+func decideLogFunc(policyDir string) conformance.DecideLogFunc {
 	return func(ctx context.Context, events, manifests string) ([]byte, error) {
 		var out, errb bytes.Buffer
-		code := runDecide(ctx, IO{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb}, []string{"--events", events, "--manifests", manifests})
+		args := []string{"--events", events, "--manifests", manifests}
+		if policyDir != "" {
+			args = append(args, "--policy", policyDir)
+		}
+		code := runDecide(ctx, IO{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb}, args)
 		if code != ExitOK {
 			return nil, fmt.Errorf("aegisctl decide --events exited %d: %s", code, strings.TrimSpace(errb.String()))
 		}
@@ -137,8 +186,9 @@ func decideLogFunc(env IO) conformance.DecideLogFunc {
 var embeddedStopGrace = 30 * time.Second
 
 // startEmbeddedAegisd starts aegisd as a child process on loopback with a
-// temporary data dir, the packs' manifests, one operator key per tenant,
-// and a short approval TTL, and points opts at it (target, keys, store).
+// temporary data dir, the packs' manifests, the conformance policy bundle,
+// one operator key per tenant, and a short approval TTL, and points opts
+// at it (target, keys, store, what it provides).
 func startEmbeddedAegisd(ctx context.Context, env IO, bin string, packs []*conformance.Pack, opts *conformance.Options) (func(), error) {
 	if bin == "" {
 		if self, err := os.Executable(); err == nil {
@@ -159,8 +209,12 @@ func startEmbeddedAegisd(ctx context.Context, env IO, bin string, packs []*confo
 		return nil, err
 	}
 	cleanup := func() { _ = os.RemoveAll(dir) }
-	mdir := filepath.Join(dir, "manifests")
+	mdir, pdir := filepath.Join(dir, "manifests"), filepath.Join(dir, "policy")
 	if err := conformance.WriteManifests(mdir, packs); err != nil {
+		cleanup()
+		return nil, err
+	}
+	if err := conformance.WritePolicy(pdir); err != nil {
 		cleanup()
 		return nil, err
 	}
@@ -184,7 +238,7 @@ func startEmbeddedAegisd(ctx context.Context, env IO, bin string, packs []*confo
 	data, addrFile := filepath.Join(dir, "data"), filepath.Join(dir, "addrs.json")
 	cctx, cancel := context.WithCancel(ctx)
 	cmd := exec.CommandContext(cctx, bin, "--data-dir", data, "--kafka-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-		"--addr-file", addrFile, "--partitions", "3", "--instance", "conformance", "--manifests", mdir,
+		"--addr-file", addrFile, "--partitions", "3", "--instance", "conformance", "--manifests", mdir, "--policy", pdir,
 		"--api-keys", filepath.Join(dir, "keys.json"), "--approval-secret-file", filepath.Join(dir, "approval.secret"),
 		"--approval-ttl", "10s", "--log-level", "warn")
 	cmd.Stderr = env.Stderr
@@ -217,7 +271,7 @@ func startEmbeddedAegisd(ctx context.Context, env IO, bin string, packs []*confo
 		return nil, err
 	}
 	opts.Target, opts.Keys, opts.StorePath = base, keys, filepath.Join(data, "audit.db")
-	opts.Provides = append(opts.Provides, conformance.RequireShortApprovalTTL)
+	opts.Provides = append(opts.Provides, conformance.RequireShortApprovalTTL, conformance.RequireConformancePolicy)
 	return stop, nil
 }
 

@@ -69,3 +69,30 @@ func TestConformanceEmbeddedStopIsBounded(t *testing.T) {
 		t.Fatal("conformance run did not return: it waits for an aegisd that ignores SIGTERM")
 	}
 }
+
+// TestConformancePolicyWritesTheBundle: `aegisctl conformance policy --out
+// DIR` writes a bundle that aegisd and `aegisctl decide --policy` load: the
+// default one plus the conformance rules, which deny POLICY_ERROR for
+// their tools and leave other decisions as they were.
+func TestConformancePolicyWritesTheBundle(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "policy")
+	if code, stdout, stderr := run(t, "", "conformance", "policy", "--out", dir); code != ExitOK || !strings.Contains(stdout, "--provides conformance-policy") {
+		t.Fatalf("exit %d\n%s%s", code, stdout, stderr)
+	}
+	for _, f := range []string{"conformance.rego", "decide.rego", "manifest.rego", "tools.rego"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Error(err)
+		}
+	}
+	const m = `{"schema":"aegis.dev/manifest/v0.1","name":"p","version":"1.0.0","publisher":"c","permissions":{"tools":["search","conformance.builtin_error","conformance.conflict"]}}`
+	for tool, want := range map[string]string{"search": `"reason":"OK"`, "conformance.builtin_error": `"reason":"POLICY_ERROR"`, "conformance.conflict": `"reason":"POLICY_ERROR"`} {
+		req := `{"manifest":` + m + `,"event":{"tenant_id":"t","session_id":"s","seq":1,"ts_unix_ms":1767225601000,"event_type":"TOOL_CALL_PROPOSED","payload":{"tool_name":"` + tool + `","call_id":"c1","args":{}}}}`
+		code, stdout, stderr := run(t, req, "decide", "--policy", dir)
+		if code != ExitOK || !strings.Contains(stdout, want) {
+			t.Errorf("%s: exit %d, want %s\n%s%s", tool, code, want, stdout, stderr)
+		}
+	}
+	if code, _, stderr := run(t, "", "conformance", "policy"); code != ExitUsage {
+		t.Errorf("without --out: exit %d: %s", code, stderr)
+	}
+}

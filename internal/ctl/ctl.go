@@ -48,7 +48,7 @@ func commands() map[string]command {
 		"approve":     {"settle an approval through aegisd: 'approve TOKEN --allow|--deny [--reason TEXT]'", runApprove},
 		"publish":     {"publish NDJSON events from stdin to the events topic, keyed and partitioned as the pipeline requires", runPublish},
 		"export":      {"write the records of a pipeline topic as NDJSON (e.g. aegis.sealed for verify --file)", runExport},
-		"conformance": {"run the conformance packs against aegisd: 'conformance run [--target URL]'", runConformance},
+		"conformance": {"run the conformance packs against aegisd: 'conformance run [--target URL]'; write their policy bundle: 'conformance policy --out DIR'", runConformance},
 		"replay":      {"replay recorded sessions: verify the chain, re-decide exactly, or what-if under a candidate policy", runReplay},
 	}
 }
