@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -743,4 +744,34 @@ func diffNames(a, b []string) []string {
 		}
 	}
 	return out
+}
+
+// A bundle's own violation whose number reasons does not name denies with
+// POLICY_ERROR; it never lets the default bundle fall through to allow.
+func TestUnnamedViolationDenies(t *testing.T) {
+	in := Input{Event: proposal("search", `{}`), Snapshot: snapshot(), Manifest: testManifest()}
+	base, err := New(Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := base.Eval(context.Background(), in); err != nil || got.Outcome != envelope.Allow {
+		t.Fatalf("default bundle: %+v, %v; want allow", got, err)
+	}
+	for _, tc := range []struct{ rule, want string }{
+		{`violations contains 0 if input.event.payload.tool_name == "search"`, envelope.ReasonPolicyError},
+		{`violations contains 9 if input.event.payload.tool_name == "search"`, envelope.ReasonPolicyError},
+		{`violations contains "mine" if input.event.payload.tool_name == "search"`, envelope.ReasonPolicyError},
+		{`violations contains 1 if input.event.payload.tool_name == "search"`, envelope.ReasonPermissionUndeclared},
+	} {
+		files := maps.Clone(Default().Files)
+		files["mine.rego"] = "package aegis.decide\n\n" + tc.rule + "\n"
+		e, err := New(&Bundle{Revision: ComputeRevision(files), Files: files})
+		if err != nil {
+			t.Fatalf("%s: %v", tc.rule, err)
+		}
+		got, err := e.Eval(context.Background(), in)
+		if err != nil || got.Outcome != envelope.Deny || got.Reason != tc.want {
+			t.Errorf("%s: %+v, %v; want deny %s", tc.rule, got, err, tc.want)
+		}
+	}
 }

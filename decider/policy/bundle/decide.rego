@@ -46,7 +46,9 @@ checked := input.manifest_index.allow if {
 	# tainted agent wash its taint away).
 	input.snapshot.terminated == true
 } else := {"outcome": "deny", "reason": r} if {
-	r := reasons[min(violations)]
+	# A violation reasons does not name (a bundle's own member, e.g. 0
+	# or 9) still denies: it must never fall through to allow.
+	r := object.get(reasons, min(violations), "POLICY_ERROR")
 } else := {"outcome": "require_approval", "reason": "APPROVAL_REQUIRED"} if {
 	cls.approval
 	not approved
@@ -55,7 +57,9 @@ checked := input.manifest_index.allow if {
 # reasons maps a rule's priority to its reason code; the lowest violated
 # priority wins (min of the empty set is undefined). Another file of the
 # bundle can add its own members to violations, e.g.
-# `violations contains 1 if input.event.payload.tool_name == "search"`.
+# `violations contains 1 if input.event.payload.tool_name == "search"`;
+# when the lowest member has no reason here, the decision is deny
+# POLICY_ERROR.
 reasons := {
 	1: "PERMISSION_UNDECLARED",
 	2: "EGRESS_DENY",
