@@ -16,7 +16,9 @@ import (
 // Store is what the session endpoints read: the audit store's sealed
 // events (projector.Store satisfies it). A store that also implements
 // projector.HeadReader lets verify check each chain against the sealer's
-// head, which catches a truncated tail.
+// head, which catches a truncated tail; one that implements
+// projector.DecisionReader and projector.SnapshotReader (both audit stores
+// do) has the session's decisions and session_snapshots rows checked too.
 type Store interface {
 	Events(ctx context.Context, f projector.Filter, fn func(*projector.EventRow) error) error
 }
@@ -188,8 +190,10 @@ func (s *Server) handleSessionEvents(w http.ResponseWriter, r *http.Request, p P
 // handleVerify is GET /v1/sessions/{session}/verify: the session checked
 // exactly as `aegisctl verify --store` checks it (ctl.VerifyStore): every
 // stored record re-hashed and re-linked, the filter columns checked against
-// the records, identical redelivered copies tolerated, and, when the store
-// keeps chain heads, the last record checked against the sealer's head.
+// the records, identical redelivered copies tolerated, when the store
+// keeps chain heads, the last record checked against the sealer's head,
+// and, when it reads them back, the session's decisions and
+// session_snapshots rows checked against the rows its records derive.
 func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request, p Principal) {
 	f, err := s.sessionScope(r, p)
 	if err != nil {

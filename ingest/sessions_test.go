@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"testing"
 
+	"aegis.dev/aegis/decider/session"
+	"aegis.dev/aegis/internal/ctl"
 	"aegis.dev/aegis/projector"
 	"aegis.dev/aegis/projector/sqlstore"
 	"aegis.dev/aegis/schemas/chain"
@@ -20,7 +22,9 @@ import (
 // sealedStore returns a SQLite audit store holding sealed sessions:
 // acme/s1 with n events, acme/tampered whose seq 2 payload was edited after
 // sealing, acme/truncated whose head says one more record than stored,
-// acme/gap whose seq 2 was deleted, and globex/s1.
+// acme/gap whose seq 2 was deleted, acme/snapedit whose session_snapshots
+// row says it is tainted, and globex/s1. Every session has the snapshot row
+// the projector writes for it (projector.NewSnapshotRow).
 func sealedStore(tb testing.TB, n int) *sqlstore.Store {
 	tb.Helper()
 	st, _ := sealedStoreAt(tb, n)
@@ -40,6 +44,14 @@ func sealedStoreAt(tb testing.TB, n int) (*sqlstore.Store, string) {
 	var b projector.Batch
 	seal := func(tenant, sess string, count int, edit func(*envelope.Event)) {
 		var head *chain.Head
+		sn := session.New(tenant, sess)
+		defer func() {
+			row, err := projector.NewSnapshotRow(sn)
+			if err != nil {
+				tb.Fatal(err)
+			}
+			b.Snapshots = append(b.Snapshots, row)
+		}()
 		for seq := 1; seq <= count; seq++ {
 			e, err := envelope.Decode([]byte(ev(tenant, sess, seq, "MODEL_CALL_STARTED", fmt.Sprintf(`{"model":"m%d"}`, seq))))
 			if err != nil {
@@ -50,6 +62,9 @@ func sealedStoreAt(tb testing.TB, n int) (*sqlstore.Store, string) {
 				tb.Fatal(err)
 			}
 			head = &h
+			if err := sn.Apply(e); err != nil {
+				tb.Fatal(err)
+			}
 			if edit != nil && seq == 2 {
 				edit(e)
 			}
@@ -63,6 +78,8 @@ func sealedStoreAt(tb testing.TB, n int) (*sqlstore.Store, string) {
 	seal("acme", "truncated", 3, nil)
 	b.Heads[len(b.Heads)-1].Seq, b.Heads[len(b.Heads)-1].Hash = 4, "ff"
 	seal("acme", "gap", 3, nil)
+	seal("acme", "snapedit", 3, nil)
+	b.Snapshots[len(b.Snapshots)-1].Tainted = true
 	b.Events = slices.DeleteFunc(b.Events, func(r projector.EventRow) bool { return r.Event.SessionID == "gap" && r.Event.Seq == 2 })
 	if err := st.Write(ctx, &b); err != nil {
 		tb.Fatal(err)
@@ -162,6 +179,7 @@ func TestSessionVerify(t *testing.T) {
 		{"s1", true, ""},
 		{"tampered", false, chain.ReasonHashMismatch},
 		{"truncated", false, chain.ReasonTruncated},
+		{"snapedit", false, ctl.ReasonSnapshotMismatch},
 	} {
 		t.Run(tc.session, func(t *testing.T) {
 			var res VerifyResult

@@ -13,6 +13,12 @@ const EventColumns = `v, tenant_id, session_id, seq, ts_unix_ms, event_type, man
 const DecisionColumns = `tenant_id, session_id, seq, ts_unix_ms, event_date, manifest, tool_name, call_id,
 	outcome, reason, max_output_bytes, timeout_ms, policy_revision, manifest_digest, input_digest, tainted, hash`
 
+// SnapshotColumns is the column list, in order, of the session_snapshots
+// rows both stores write and read back into StoredSnapshot.
+const SnapshotColumns = `tenant_id, session_id, last_seq, first_ts_unix_ms, last_ts_unix_ms, first_event_date, manifest,
+	events, steps, model_calls, tool_calls, tainted, loop_detected, terminated, pending_approvals, handoff_state,
+	snapshot, snapshot_hash`
+
 // Where builds the WHERE clause (with a leading space, or empty) and its
 // arguments that select f over tables with tenant_id and session_id
 // columns, with ? placeholders. tuples turns the "(?, ?), …" list of

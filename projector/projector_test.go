@@ -604,8 +604,8 @@ func produceMessages(t *testing.T, brokers []string, msgs ...stream.Message) {
 
 // TestProjectorStoreVerifies: a store written by the projector over
 // batches of several sizes, with its session cache evicting, a restart, and
-// a second consumer group re-reading everything, verifies, decisions table
-// included.
+// a second consumer group re-reading everything, verifies, decisions and
+// session_snapshots tables included.
 func TestProjectorStoreVerifies(t *testing.T) {
 	k := startKafka(t, 3)
 	st := openSQLite(t)
@@ -633,7 +633,27 @@ func TestProjectorStoreVerifies(t *testing.T) {
 	if n := queryInt(t, st, "SELECT count(*) FROM decisions"); n == 0 {
 		t.Fatal("no decisions rows: the check had nothing to compare")
 	}
+	if n := queryInt(t, st, "SELECT count(*) FROM session_snapshots WHERE last_seq = 45 AND tainted = 1"); n != sessions {
+		t.Fatalf("%d tainted session_snapshots rows at seq 45, want %d: the check had less to compare", n, sessions)
+	}
 	if !rep.OK {
 		t.Fatalf("real projector store does not verify: %+v", rep.Failures)
+	}
+	// The snapshot check compares what the projector wrote: the same
+	// store with one session's row replaced by an untainted one fails.
+	var row projector.SnapshotRow
+	if err := st.Snapshots(context.Background(), projector.Filter{TenantID: "acme", SessionID: "s00007"}, func(r *projector.StoredSnapshot) error {
+		row = r.SnapshotRow
+		return nil
+	}); err != nil || row.LastSeq != 45 {
+		t.Fatalf("snapshot row %+v: %v", row, err)
+	}
+	row.Tainted, row.LastSeq = false, 46
+	if err := st.Write(context.Background(), &projector.Batch{Snapshots: []projector.SnapshotRow{row}}); err != nil {
+		t.Fatal(err)
+	}
+	if rep, err := ctl.VerifyStore(context.Background(), st, projector.Filter{}, 4); err != nil || rep.OK || len(rep.Failures) != 1 ||
+		rep.Failures[0].SessionID != "s00007" || rep.Failures[0].Reason != ctl.ReasonSnapshotMismatch {
+		t.Fatalf("a replaced snapshot row: %+v %v, want one %s of s00007", rep.Failures, err, ctl.ReasonSnapshotMismatch)
 	}
 }

@@ -288,36 +288,119 @@ type DecisionReader interface {
 	Decisions(ctx context.Context, f Filter, fn func(*StoredDecision) error) error
 }
 
-// SnapshotRow is one row of session_snapshots: a session's latest state.
+// SnapshotRow is one row of session_snapshots: a session's state after its
+// last projected event, as the columns both stores write. NewSnapshotRow
+// derives it; the projector writes exactly these rows, and verify derives
+// them again from the verified records to check the table.
 type SnapshotRow struct {
-	Snapshot *session.Snapshot
-	// JSON is the snapshot's canonical JSON and Hash its "sha256:" digest.
+	TenantID, SessionID string
+	LastSeq             uint64
+	FirstTsUnixMs       int64
+	LastTsUnixMs        int64
+	// FirstEventDate is the first_event_date column, YYYY-MM-DD:
+	// Date(first_ts_unix_ms). ClickHouse partitions the table on it.
+	FirstEventDate string
+	Manifest       string
+	Events         int64
+	Steps          int64
+	ModelCalls     int64
+	ToolCalls      int64
+	Tainted        bool
+	LoopDetected   bool
+	Terminated     bool
+	// PendingApprovals counts the snapshot's approvals still pending.
+	PendingApprovals uint32
+	HandoffState     string
+	// JSON is the snapshot column, the snapshot's canonical JSON, and
+	// Hash the snapshot_hash column, its "sha256:" digest (the one the
+	// decider computes).
 	JSON string
 	Hash string
 }
 
-// NewSnapshotRow captures s.
+// NewSnapshotRow derives the session_snapshots row of s.
 func NewSnapshotRow(s *session.Snapshot) (SnapshotRow, error) {
 	b, err := s.Canonical()
 	if err != nil {
 		return SnapshotRow{}, fmt.Errorf("projector: snapshot of %s/%s: %w", s.TenantID, s.SessionID, err)
 	}
-	h, err := s.Hash()
-	if err != nil {
-		return SnapshotRow{}, fmt.Errorf("projector: snapshot of %s/%s: %w", s.TenantID, s.SessionID, err)
-	}
-	return SnapshotRow{Snapshot: s.Clone(), JSON: string(b), Hash: h}, nil
-}
-
-// PendingApprovals counts the snapshot's approvals still pending.
-func (r *SnapshotRow) PendingApprovals() uint32 {
-	var n uint32
-	for _, a := range r.Snapshot.Approvals {
+	var pending uint32
+	for _, a := range s.Approvals {
 		if a.State == session.ApprovalPending {
-			n++
+			pending++
 		}
 	}
-	return n
+	return SnapshotRow{TenantID: s.TenantID, SessionID: s.SessionID, LastSeq: s.LastSeq, FirstTsUnixMs: s.FirstTsMs,
+		LastTsUnixMs: s.LastTsMs, FirstEventDate: Date(s.FirstTsMs).Format(time.DateOnly), Manifest: s.Manifest,
+		Events: s.Events, Steps: s.Steps, ModelCalls: s.ModelCalls, ToolCalls: s.ToolCalls, Tainted: s.Tainted,
+		LoopDetected: s.Loop.Detected, Terminated: s.Terminated, PendingApprovals: pending, HandoffState: s.Handoff.State,
+		JSON: string(b), Hash: session.HashCanonical(b)}, nil
+}
+
+// Day is the first_event_date the row is written with: FirstEventDate (as
+// NewSnapshotRow sets it), or Date(first_ts_unix_ms) when it is empty or
+// not a date.
+func (r *SnapshotRow) Day() time.Time {
+	if d, err := time.Parse(time.DateOnly, r.FirstEventDate); err == nil {
+		return d
+	}
+	return Date(r.FirstTsUnixMs)
+}
+
+// Diff compares r with o column by column, the snapshot column (JSON)
+// excepted, and names the first that differs with both values; ok is
+// true when every one is equal.
+func (r *SnapshotRow) Diff(o *SnapshotRow) (column, mine, theirs string, ok bool) {
+	x, y := *r, *o
+	x.JSON, y.JSON = "", ""
+	if x == y {
+		return "", "", "", true
+	}
+	u, i, b := strconv.FormatUint, strconv.FormatInt, strconv.FormatBool
+	for _, c := range [...]struct{ name, a, b string }{
+		{"tenant_id", r.TenantID, o.TenantID},
+		{"session_id", r.SessionID, o.SessionID},
+		{"last_seq", u(r.LastSeq, 10), u(o.LastSeq, 10)},
+		{"first_ts_unix_ms", i(r.FirstTsUnixMs, 10), i(o.FirstTsUnixMs, 10)},
+		{"last_ts_unix_ms", i(r.LastTsUnixMs, 10), i(o.LastTsUnixMs, 10)},
+		{"first_event_date", r.FirstEventDate, o.FirstEventDate},
+		{"manifest", r.Manifest, o.Manifest},
+		{"events", i(r.Events, 10), i(o.Events, 10)},
+		{"steps", i(r.Steps, 10), i(o.Steps, 10)},
+		{"model_calls", i(r.ModelCalls, 10), i(o.ModelCalls, 10)},
+		{"tool_calls", i(r.ToolCalls, 10), i(o.ToolCalls, 10)},
+		{"tainted", b(r.Tainted), b(o.Tainted)},
+		{"loop_detected", b(r.LoopDetected), b(o.LoopDetected)},
+		{"terminated", b(r.Terminated), b(o.Terminated)},
+		{"pending_approvals", u(uint64(r.PendingApprovals), 10), u(uint64(o.PendingApprovals), 10)},
+		{"handoff_state", r.HandoffState, o.HandoffState},
+		{"snapshot_hash", r.Hash, o.Hash},
+	} {
+		if c.a != c.b {
+			return c.name, c.a, c.b, false
+		}
+	}
+	return "", "", "", true
+}
+
+// StoredSnapshot is a session_snapshots row as a store reads it.
+type StoredSnapshot struct {
+	SnapshotRow
+	// Invalid names a column whose stored value is not of its type
+	// (SQLite keeps such an edit); the row then matches no session.
+	Invalid string
+}
+
+// SnapshotReader reads the session_snapshots table.
+type SnapshotReader interface {
+	// Snapshots passes the session_snapshots rows of the sessions
+	// selected by f (f.AfterSeq aside: a row is a whole session's) to
+	// fn, ordered by tenant and session: each session's row with the
+	// highest last_seq, the one a query with FINAL or argMax reads. A
+	// store that keeps copies until a merge passes every copy of that
+	// version as stored, so that a different one with the same version
+	// (a forgery) is seen; older versions are not passed.
+	Snapshots(ctx context.Context, f Filter, fn func(*StoredSnapshot) error) error
 }
 
 // RejectedRow is one row of rejected_records.

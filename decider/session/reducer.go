@@ -400,6 +400,12 @@ func (s *Snapshot) Hash() (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return HashCanonical(b), nil
+}
+
+// HashCanonical returns the snapshot hash of a snapshot's canonical JSON
+// b: what Hash returns for the snapshot whose Canonical is b.
+func HashCanonical(b []byte) string {
 	sum := sha256.Sum256(b)
-	return "sha256:" + hex.EncodeToString(sum[:]), nil
+	return "sha256:" + hex.EncodeToString(sum[:])
 }

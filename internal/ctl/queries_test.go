@@ -100,6 +100,7 @@ var wantQueries = map[string]string{
 	"denials-by-reason": "[acme 2026-01-01 BUDGET_EXCEEDED 1] [acme 2026-01-01 EGRESS_DENY 1] [acme 2026-01-01 TAINTED_TO_HIGH_RISK 1]",
 	"budget-sessions":   "[acme s1 1 2]",
 	"tainted-proposals": "[acme s2 2 shell deny TAINTED_TO_HIGH_RISK]",
+	"tainted-sessions":  "[acme s2 2 1]",
 	"pending-approvals": fmt.Sprintf("[acme s3 c9 deploy %d] [acme s4 c5 deploy %d]", day0, day0+2000),
 	"broken-links":      "[globex s2 3]",
 	"head-mismatches":   "[globex s3 2 1]",

@@ -19,7 +19,8 @@ import (
 )
 
 // replayBenchStore fills a SQLite store with sessions×per events decided by
-// the default bundle (a third of them proposals, as in benchBatch) and
+// the default bundle (a third of them proposals, as in benchBatch), with the
+// decisions and session_snapshots rows the projector writes for them, and
 // returns it with the archive those decisions name.
 func replayBenchStore(b *testing.B, sessions, per int) (stores.Store, *replayer.Archive) {
 	b.Helper()
@@ -53,6 +54,7 @@ func replayBenchStore(b *testing.B, sessions, per int) (stores.Store, *replayer.
 	for s := range sessions {
 		sid := fmt.Sprintf("session-%06d", s)
 		snap := session.New("acme", sid)
+		proj := session.New("acme", sid) // the projector's own fold of the sealed records
 		var head *chain.Head
 		for i := range per {
 			e := &envelope.Event{V: 1, TenantID: "acme", SessionID: sid, Seq: uint64(i + 1), TsUnixMs: day0 + int64(i)*1000}
@@ -74,7 +76,18 @@ func replayBenchStore(b *testing.B, sessions, per int) (stores.Store, *replayer.
 			}
 			head = &h
 			batch.Events = append(batch.Events, projector.NewEventRow(e, 0, int64(s*per+i)))
+			if d, ok := projector.DecisionRowOf(proj, e); ok {
+				batch.Decisions = append(batch.Decisions, d)
+			}
+			if err := proj.Apply(e); err != nil {
+				b.Fatal(err)
+			}
 		}
+		row, err := projector.NewSnapshotRow(proj)
+		if err != nil {
+			b.Fatal(err)
+		}
+		batch.Snapshots = append(batch.Snapshots, row)
 		batch.Heads = append(batch.Heads, *head)
 		if len(batch.Events) >= 5000 {
 			flush()

@@ -41,6 +41,14 @@ const ReasonHeadMissing = "HEAD_MISSING"
 // row edited, deleted or added.
 const ReasonDecisionsMismatch = "DECISIONS_MISMATCH"
 
+// ReasonSnapshotMismatch is the verify --store failure of a session whose
+// verified chain is intact but whose session_snapshots row (the table
+// auditors ask which sessions are tainted, looping or terminated) is not
+// the row its records fold into: a column edited, the row deleted, a stale
+// row (another last_seq than the session's last record), or a row for a
+// session with no stored record.
+const ReasonSnapshotMismatch = "SNAPSHOT_MISMATCH"
+
 // VerifyReport is what `aegisctl verify --json` prints.
 type VerifyReport struct {
 	OK       bool            `json:"ok"`
@@ -189,10 +197,14 @@ type ChainSource interface {
 // VerifyStore recomputes every hash of the stored sessions selected by f
 // from their rows (docs/chain.md), checks the filter columns against the
 // hashed payload and decision, and compares each session with its stored
-// chain head. Sessions are verified in parallel by workers goroutines (0:
-// one per CPU); each session's first failure is reported, sorted by tenant
-// and session. Identical copies of a row (a ClickHouse redelivery not yet
-// merged) count once; a different row with the same seq fails SEQ_ORDER.
+// chain head. Where the store reads them back (projector.DecisionReader,
+// projector.SnapshotReader), the decisions and session_snapshots rows of
+// each verified session are compared with the rows its records derive
+// (DECISIONS_MISMATCH, SNAPSHOT_MISMATCH). Sessions are verified in
+// parallel by workers goroutines (0: one per CPU); each session's first
+// failure is reported, sorted by tenant and session. Identical copies of a
+// row (a ClickHouse redelivery not yet merged) count once; a different row
+// with the same seq fails SEQ_ORDER.
 func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, workers int) (VerifyReport, error) {
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
@@ -211,18 +223,22 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 		// refuses (sealed by an older pipeline whose reducer took it):
 		// the decisions rows from it on cannot be derived and are not
 		// checked.
-		cutoff  map[projector.SessionKey]uint64
-		cur     projector.SessionKey
-		sn      *session.Snapshot
-		dd      decisionDigest
-		stopped bool
+		cutoff map[projector.SessionKey]uint64
+		// The session_snapshots row the verified records fold into,
+		// per session (see expectedSnapshot).
+		snapshots map[projector.SessionKey]expectedSnapshot
+		cur       projector.SessionKey
+		sn        *session.Snapshot
+		dd        decisionDigest
+		stopped   bool
 	}
 	ws := make([]*worker, workers)
 	var wg sync.WaitGroup
 	for i := range ws {
 		w := &worker{in: make(chan []*projector.EventRow, 4), v: chain.NewVerifier(),
 			last: map[projector.SessionKey]*projector.EventRow{}, failedAt: map[projector.SessionKey]bool{},
-			decisions: map[projector.SessionKey]decisionDigest{}, cutoff: map[projector.SessionKey]uint64{}}
+			decisions: map[projector.SessionKey]decisionDigest{}, cutoff: map[projector.SessionKey]uint64{},
+			snapshots: map[projector.SessionKey]expectedSnapshot{}}
 		ws[i] = w
 		wg.Add(1)
 		go func() {
@@ -232,6 +248,9 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 			endSession := func() {
 				if w.sn != nil {
 					w.decisions[w.cur] = w.dd.done()
+					if !w.failedAt[w.cur] {
+						w.snapshots[w.cur] = newExpectedSnapshot(w.sn, w.stopped, w.last[w.cur].Event.Seq)
+					}
 				}
 				w.sn = nil
 			}
@@ -373,11 +392,13 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 		rep.Sessions += len(w.last)
 		rep.Heads = append(rep.Heads, w.v.Heads()...)
 	}
+	// The derived tables are checked for the sessions whose chain
+	// verified; a session reports its first failure only.
+	failed := map[projector.SessionKey]bool{}
+	for _, fl := range rep.Failures {
+		failed[projector.SessionKey{TenantID: fl.TenantID, SessionID: fl.SessionID}] = true
+	}
 	if dr, ok := st.(projector.DecisionReader); ok {
-		failed := map[projector.SessionKey]bool{}
-		for _, fl := range rep.Failures {
-			failed[projector.SessionKey{TenantID: fl.TenantID, SessionID: fl.SessionID}] = true
-		}
 		expected := func(k projector.SessionKey) (decisionDigest, uint64, bool) {
 			w := ws[route(k.TenantID, k.SessionID)]
 			_, scanned := w.last[k]
@@ -394,6 +415,30 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 				if want.n > 0 && !seen[k] && !failed[k] {
 					rep.Failures = append(rep.Failures, chain.Failure{TenantID: k.TenantID, SessionID: k.SessionID, Reason: ReasonDecisionsMismatch,
 						Detail: fmt.Sprintf("%d decisions rows expected, none stored", want.n)})
+				}
+			}
+		}
+		for _, fl := range rep.Failures {
+			failed[projector.SessionKey{TenantID: fl.TenantID, SessionID: fl.SessionID}] = true
+		}
+	}
+	if sr, ok := st.(projector.SnapshotReader); ok {
+		expected := func(k projector.SessionKey) (expectedSnapshot, bool) {
+			w := ws[route(k.TenantID, k.SessionID)]
+			want, scanned := w.snapshots[k]
+			return want, scanned
+		}
+		fs, seen, err := checkSnapshots(ctx, sr, f, expected, failed)
+		if err != nil {
+			return VerifyReport{}, err
+		}
+		rep.Failures = append(rep.Failures, fs...)
+		// Sessions whose records are stored but whose row is not.
+		for _, w := range ws {
+			for k, want := range w.snapshots {
+				if !seen[k] && !failed[k] {
+					rep.Failures = append(rep.Failures, chain.Failure{TenantID: k.TenantID, SessionID: k.SessionID, Reason: ReasonSnapshotMismatch,
+						Detail: fmt.Sprintf("no session_snapshots row; the verified records end at seq %d", want.row.LastSeq)})
 				}
 			}
 		}
@@ -496,6 +541,82 @@ func checkDecisions(ctx context.Context, dr projector.DecisionReader, f projecto
 	}
 	if started {
 		compare(cur, dd.done())
+	}
+	return out, seen, nil
+}
+
+// expectedSnapshot is the session_snapshots row a verified session's
+// records fold into (projector.NewSnapshotRow), kept without its snapshot
+// JSON: jsonSum is the JSON's SHA-256. A partial one is of a session the
+// state could not fold to its end (a record today's reducer refuses,
+// sealed by an older pipeline): only its tenant, session and last_seq
+// are known.
+type expectedSnapshot struct {
+	row     projector.SnapshotRow
+	jsonSum [sha256.Size]byte
+	partial bool
+}
+
+// newExpectedSnapshot derives the row of sn, the state of a verified
+// session whose last record is lastSeq; stopped says that sn was not
+// folded to its end.
+func newExpectedSnapshot(sn *session.Snapshot, stopped bool, lastSeq uint64) expectedSnapshot {
+	if !stopped {
+		if row, err := projector.NewSnapshotRow(sn); err == nil {
+			e := expectedSnapshot{row: row, jsonSum: sha256.Sum256([]byte(row.JSON))}
+			e.row.JSON = ""
+			return e
+		}
+		// A state with no canonical form: the projector could not
+		// have written it either (it retries such a batch), so it
+		// cannot be recomputed; as for a record the state refuses.
+	}
+	return expectedSnapshot{row: projector.SnapshotRow{TenantID: sn.TenantID, SessionID: sn.SessionID, LastSeq: lastSeq}, partial: true}
+}
+
+// checkSnapshots reads the session_snapshots rows selected by f and
+// reports each session whose row is not the one its verified records fold
+// into (expected; false for a session with no stored record), and returns
+// the sessions that have a row. Sessions that already failed are not
+// checked again.
+func checkSnapshots(ctx context.Context, sr projector.SnapshotReader, f projector.Filter,
+	expected func(projector.SessionKey) (expectedSnapshot, bool), failed map[projector.SessionKey]bool) ([]chain.Failure, map[projector.SessionKey]bool, error) {
+	var out []chain.Failure
+	seen := map[projector.SessionKey]bool{}
+	reported := map[projector.SessionKey]bool{}
+	err := sr.Snapshots(ctx, f, func(got *projector.StoredSnapshot) error {
+		k := projector.SessionKey{TenantID: got.TenantID, SessionID: got.SessionID}
+		seen[k] = true
+		if failed[k] || reported[k] {
+			return nil
+		}
+		var detail string
+		want, scanned := expected(k)
+		switch {
+		case !scanned:
+			detail = fmt.Sprintf("a session_snapshots row (last_seq %d) of a session with no stored record", got.LastSeq)
+		case got.Invalid != "":
+			detail = "session_snapshots " + got.Invalid
+		case want.partial:
+			// Only last_seq can be derived (see expectedSnapshot).
+			if got.LastSeq != want.row.LastSeq {
+				detail = fmt.Sprintf("the session_snapshots row has last_seq %d; the verified records end at seq %d", got.LastSeq, want.row.LastSeq)
+			}
+		default:
+			if col, w, g, ok := want.row.Diff(&got.SnapshotRow); !ok {
+				detail = fmt.Sprintf("session_snapshots column %s is %q; the verified records fold into %q", col, g, w)
+			} else if sha256.Sum256([]byte(got.JSON)) != want.jsonSum {
+				detail = "session_snapshots column snapshot is not the state the verified records fold into"
+			}
+		}
+		if detail != "" {
+			reported[k] = true
+			out = append(out, chain.Failure{TenantID: k.TenantID, SessionID: k.SessionID, Reason: ReasonSnapshotMismatch, Detail: detail})
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
 	}
 	return out, seen, nil
 }

@@ -52,9 +52,37 @@ func benchBatch(tb testing.TB, sessions, perSession int) *projector.Batch {
 				tb.Fatal(err)
 			}
 		}
+		row, err := projector.NewSnapshotRow(sn)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		b.Snapshots = append(b.Snapshots, row)
 		b.Heads = append(b.Heads, *head)
 	}
 	return b
+}
+
+// writeInParts writes batch to st as the projector's batches would reach
+// it, at most 5,000 rows of a table per write, heads last.
+func writeInParts(tb testing.TB, st stores.Store, batch *projector.Batch) {
+	tb.Helper()
+	const part = 5000
+	var parts []*projector.Batch
+	for i := 0; i < len(batch.Events); i += part {
+		parts = append(parts, &projector.Batch{Events: batch.Events[i:min(i+part, len(batch.Events))]})
+	}
+	for i := 0; i < len(batch.Decisions); i += part {
+		parts = append(parts, &projector.Batch{Decisions: batch.Decisions[i:min(i+part, len(batch.Decisions))]})
+	}
+	for i := 0; i < len(batch.Snapshots); i += part {
+		parts = append(parts, &projector.Batch{Snapshots: batch.Snapshots[i:min(i+part, len(batch.Snapshots))]})
+	}
+	parts = append(parts, &projector.Batch{Heads: batch.Heads})
+	for _, p := range parts {
+		if err := st.Write(context.Background(), p); err != nil {
+			tb.Fatal(err)
+		}
+	}
 }
 
 func benchVerifyStore(b *testing.B, url string) {
@@ -65,21 +93,7 @@ func benchVerifyStore(b *testing.B, url string) {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	for i := 0; i < len(batch.Events); i += 5000 {
-		part := &projector.Batch{Events: batch.Events[i:min(i+5000, len(batch.Events))]}
-		if err := st.Write(context.Background(), part); err != nil {
-			b.Fatal(err)
-		}
-	}
-	for i := 0; i < len(batch.Decisions); i += 5000 {
-		part := &projector.Batch{Decisions: batch.Decisions[i:min(i+5000, len(batch.Decisions))]}
-		if err := st.Write(context.Background(), part); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := st.Write(context.Background(), &projector.Batch{Heads: batch.Heads}); err != nil {
-		b.Fatal(err)
-	}
+	writeInParts(b, st, batch)
 	b.ResetTimer()
 	start := time.Now()
 	for b.Loop() {
@@ -105,20 +119,7 @@ func BenchmarkVerifySelectionSQLite(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer st.Close()
-	for i := 0; i < len(batch.Events); i += 5000 {
-		if err := st.Write(context.Background(), &projector.Batch{Events: batch.Events[i:min(i+5000, len(batch.Events))]}); err != nil {
-			b.Fatal(err)
-		}
-	}
-	for i := 0; i < len(batch.Decisions); i += 5000 {
-		part := &projector.Batch{Decisions: batch.Decisions[i:min(i+5000, len(batch.Decisions))]}
-		if err := st.Write(context.Background(), part); err != nil {
-			b.Fatal(err)
-		}
-	}
-	if err := st.Write(context.Background(), &projector.Batch{Heads: batch.Heads}); err != nil {
-		b.Fatal(err)
-	}
+	writeInParts(b, st, batch)
 	var f projector.Filter
 	for i := range selected {
 		h := batch.Heads[i*sessions/selected]

@@ -191,6 +191,37 @@ func tamperCases(t testing.TB) []struct {
 			}
 			b.Decisions = append(b.Decisions, d)
 		}, ReasonDecisionsMismatch},
+		// session_snapshots is where auditors ask which sessions are
+		// tainted, looping or terminated: its row must be the one the
+		// verified records fold into.
+		{"snapshot row with another taint", func(b *projector.Batch) {
+			firstSnapshot(b).Tainted = !firstSnapshot(b).Tainted
+		}, ReasonSnapshotMismatch},
+		{"snapshot row no longer terminated", func(b *projector.Batch) {
+			firstSnapshot(b).Terminated = !firstSnapshot(b).Terminated
+		}, ReasonSnapshotMismatch},
+		{"snapshot row with another count", func(b *projector.Batch) { firstSnapshot(b).ToolCalls++ }, ReasonSnapshotMismatch},
+		{"snapshot JSON edited", func(b *projector.Batch) {
+			r := firstSnapshot(b)
+			edited := strings.Replace(r.JSON, `"terminated":true`, `"terminated":false`, 1)
+			if edited == r.JSON {
+				panic("the first vector session's snapshot is not terminated")
+			}
+			r.JSON = edited
+		}, ReasonSnapshotMismatch},
+		{"snapshot_hash edited", func(b *projector.Batch) {
+			firstSnapshot(b).Hash = "sha256:" + strings.Repeat("0", 64)
+		}, ReasonSnapshotMismatch},
+		{"deleted snapshot row", func(b *projector.Batch) {
+			r := firstSnapshot(b)
+			b.Snapshots = slices.DeleteFunc(b.Snapshots, func(x projector.SnapshotRow) bool {
+				return x.TenantID == r.TenantID && x.SessionID == r.SessionID
+			})
+		}, ReasonSnapshotMismatch},
+		{"stale snapshot row (an earlier batch's)", func(b *projector.Batch) {
+			*firstSnapshot(b) = snapshotThrough(b, b.Events[idx[1]].Event.Seq)
+		}, ReasonSnapshotMismatch},
+		{"snapshot row ahead of the records", func(b *projector.Batch) { firstSnapshot(b).LastSeq++ }, ReasonSnapshotMismatch},
 		{"spliced into another tenant", func(b *projector.Batch) {
 			e := cloneEvent(b.Events[1].Event)
 			e.TenantID = "mallory"
@@ -221,6 +252,35 @@ func firstDecision(b *projector.Batch) *projector.DecisionRow {
 		panic("the vectors' first session has no decision first")
 	}
 	return &b.Decisions[0]
+}
+
+// firstSnapshot returns the batch's first session_snapshots row, which
+// belongs to the first vector session.
+func firstSnapshot(b *projector.Batch) *projector.SnapshotRow {
+	if len(b.Snapshots) == 0 || b.Snapshots[0].SessionID != b.Events[0].Event.SessionID || b.Snapshots[0].TenantID != b.Events[0].Event.TenantID {
+		panic("the vectors' first session has no snapshot row first")
+	}
+	return &b.Snapshots[0]
+}
+
+// snapshotThrough is the session_snapshots row of the batch's first
+// session after its records up to seq: the row a projector batch ending
+// there wrote.
+func snapshotThrough(b *projector.Batch, seq uint64) projector.SnapshotRow {
+	first := b.Events[0].Event
+	sn := session.New(first.TenantID, first.SessionID)
+	for _, r := range b.Events {
+		if r.Event.TenantID == first.TenantID && r.Event.SessionID == first.SessionID && r.Event.Seq <= seq {
+			if err := sn.Apply(r.Event); err != nil {
+				panic(err)
+			}
+		}
+	}
+	row, err := projector.NewSnapshotRow(sn)
+	if err != nil {
+		panic(err)
+	}
+	return row
 }
 
 func testVerifyStore(t *testing.T, newURL func(testing.TB) string) {
@@ -370,13 +430,9 @@ func TestIntegrationCopiesThatKeepTheHash(t *testing.T) {
 func testSnapshotHashes(t *testing.T, newURL func(testing.TB) string) {
 	vec := storetest.Vectors(t)
 	b := storetest.BatchOf(t, vec)
-	odd := *b.Snapshots[0].Snapshot
+	odd := b.Snapshots[0]
 	odd.SessionID = `it's ?\ odd`
-	row, err := projector.NewSnapshotRow(&odd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.Snapshots = append(b.Snapshots, row)
+	b.Snapshots = append(b.Snapshots, odd)
 	url := newURL(t)
 	writeStore(t, url, b)
 	st, err := stores.Open(context.Background(), url)
@@ -524,15 +580,24 @@ func testVerifySince(t *testing.T, newURL func(testing.TB) string) {
 	for _, c := range []struct {
 		name   string
 		drop   func(i int) bool
+		edit   func(b *projector.Batch)
 		code   int
 		reason string
 	}{
-		{"untouched", func(int) bool { return false }, ExitOK, ""},
-		{"tail deleted", func(i int) bool { return i == lastI }, ExitFailed, chain.ReasonTruncated},
-		{"session deleted", func(i int) bool { return slices.Contains(idx, i) }, ExitFailed, chain.ReasonMissingSession},
+		{"untouched", func(int) bool { return false }, nil, ExitOK, ""},
+		{"tail deleted", func(i int) bool { return i == lastI }, nil, ExitFailed, chain.ReasonTruncated},
+		{"session deleted", func(i int) bool { return slices.Contains(idx, i) }, nil, ExitFailed, chain.ReasonMissingSession},
+		// A session verified whole has its derived rows checked too.
+		{"snapshot row edited", func(int) bool { return false }, func(b *projector.Batch) { firstSnapshot(b).Tainted = true },
+			ExitFailed, ReasonSnapshotMismatch},
+		{"decisions row edited", func(int) bool { return false }, func(b *projector.Batch) { firstDecision(b).Tainted = true },
+			ExitFailed, ReasonDecisionsMismatch},
 	} {
 		url := newURL(t)
 		b := storetest.BatchOf(t, vec)
+		if c.edit != nil {
+			c.edit(b)
+		}
 		var keep []projector.EventRow
 		for i, r := range b.Events {
 			if !c.drop(i) {
@@ -631,6 +696,15 @@ func TestVerifyOlderSessionTheStateNowRefuses(t *testing.T) {
 			_ = sn.Apply(e)
 		}
 		b.Heads = []chain.Head{*head}
+		// The reducer of the time folded every record into the
+		// session's row; today's stops before seq 3, so only the row's
+		// presence and last_seq can be checked.
+		row, err := projector.NewSnapshotRow(sn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		row.LastSeq, row.LastTsUnixMs, row.Events, row.Steps, row.ToolCalls = head.Seq, 1764000000003, 4, 3, 2
+		b.Snapshots = []projector.SnapshotRow{row}
 		return b
 	}
 	verify := func(b *projector.Batch) VerifyReport {
@@ -645,6 +719,16 @@ func TestVerifyOlderSessionTheStateNowRefuses(t *testing.T) {
 	b.Decisions[0].Outcome = envelope.Allow // the row before the refused record is still checked
 	if rep := verify(b); rep.OK {
 		t.Fatalf("edited decisions row before the refused record not detected")
+	}
+	for name, edit := range map[string]func(b *projector.Batch){
+		"stale snapshot row": func(b *projector.Batch) { b.Snapshots[0].LastSeq = 2 },
+		"no snapshot row":    func(b *projector.Batch) { b.Snapshots = nil },
+	} {
+		b := build()
+		edit(b)
+		if rep := verify(b); rep.OK || rep.Failures[0].Reason != ReasonSnapshotMismatch {
+			t.Errorf("%s of a session the state now refuses: %+v, want %s", name, rep.Failures, ReasonSnapshotMismatch)
+		}
 	}
 }
 
@@ -679,5 +763,125 @@ func TestVerifySeesTextColumnsTurnedIntoBlobs(t *testing.T) {
 	}
 	if rep.OK {
 		t.Fatalf("every decision hidden from the audit counts (%d -> %d) but verify is OK", before, after)
+	}
+}
+
+// testSnapshotRows: the session_snapshots check beyond the tamper cases:
+// a row forged for a session with no record, the column named, and the
+// copies ClickHouse keeps until a merge (copies is true for it): an older
+// version beside the latest is not a finding, a different row of the
+// latest version is, whichever was written first.
+func testSnapshotRows(t *testing.T, newURL func(testing.TB) string, copies bool) {
+	vec := storetest.Vectors(t)
+	verify := func(t *testing.T, url string, args ...string) VerifyReport {
+		t.Helper()
+		code, out, stderr := run(t, "", append([]string{"verify", "--store", url, "--json"}, args...)...)
+		var rep VerifyReport
+		if err := json.Unmarshal([]byte(out), &rep); err != nil || (code == ExitOK) != rep.OK {
+			t.Fatalf("code %d out %q stderr %q: %v", code, out, stderr, err)
+		}
+		return rep
+	}
+	t.Run("row of a session with no record", func(t *testing.T) {
+		url := newURL(t)
+		b := storetest.BatchOf(t, vec)
+		ghost := b.Snapshots[0]
+		ghost.SessionID = "ghost"
+		b.Snapshots = append(b.Snapshots, ghost)
+		writeStore(t, url, b)
+		for _, args := range [][]string{nil, {"--tenant", ghost.TenantID}, {"--tenant", ghost.TenantID, "--session", ghost.SessionID}} {
+			rep := verify(t, url, args...)
+			if len(rep.Failures) != 1 || rep.Failures[0].SessionID != ghost.SessionID || rep.Failures[0].Reason != ReasonSnapshotMismatch {
+				t.Errorf("%v: failures %+v, want one %s of %s", args, rep.Failures, ReasonSnapshotMismatch, ghost.SessionID)
+			}
+		}
+	})
+	t.Run("the failure names the column", func(t *testing.T) {
+		url := newURL(t)
+		b := storetest.BatchOf(t, vec)
+		firstSnapshot(b).Tainted = true
+		writeStore(t, url, b)
+		rep := verify(t, url)
+		if len(rep.Failures) != 1 || !strings.Contains(rep.Failures[0].Detail, "column tainted") {
+			t.Errorf("failures %+v, want one naming column tainted", rep.Failures)
+		}
+	})
+	t.Run("an older version written after the latest", func(t *testing.T) {
+		url := newURL(t)
+		b := storetest.BatchOf(t, vec)
+		writeStore(t, url, b)
+		writeStore(t, url, &projector.Batch{Snapshots: []projector.SnapshotRow{snapshotThrough(b, 2)}})
+		if rep := verify(t, url); !rep.OK {
+			t.Errorf("an older version of a row (a redelivered earlier batch) is a finding: %+v", rep.Failures)
+		}
+	})
+	for _, forgedFirst := range []bool{false, true} {
+		t.Run(fmt.Sprintf("another row of the latest version, written first %v", forgedFirst), func(t *testing.T) {
+			url := newURL(t)
+			b := storetest.BatchOf(t, vec)
+			forged := *firstSnapshot(b)
+			forged.Tainted = !forged.Tainted
+			forgery := &projector.Batch{Snapshots: []projector.SnapshotRow{forged}}
+			if forgedFirst {
+				writeStore(t, url, forgery)
+			}
+			writeStore(t, url, b)
+			if !forgedFirst {
+				writeStore(t, url, forgery)
+			}
+			rep := verify(t, url)
+			// SQLite replaces a row by a later version only, so a
+			// forgery written second never reached the table.
+			if stored := copies || forgedFirst; stored != !rep.OK || stored && rep.Failures[0].Reason != ReasonSnapshotMismatch {
+				t.Errorf("forgery stored %v: failures %+v", stored, rep.Failures)
+			}
+		})
+	}
+	t.Run("a newer version than the records", func(t *testing.T) {
+		url := newURL(t)
+		b := storetest.BatchOf(t, vec)
+		writeStore(t, url, b)
+		forged := *firstSnapshot(b)
+		forged.LastSeq++
+		writeStore(t, url, &projector.Batch{Snapshots: []projector.SnapshotRow{forged}})
+		if rep := verify(t, url); rep.OK || rep.Failures[0].Reason != ReasonSnapshotMismatch {
+			t.Errorf("failures %+v, want %s", rep.Failures, ReasonSnapshotMismatch)
+		}
+	})
+}
+
+func TestVerifySnapshotRowsSQLite(t *testing.T) { testSnapshotRows(t, sqliteURL, false) }
+
+func TestIntegrationVerifySnapshotRowsClickHouse(t *testing.T) {
+	testSnapshotRows(t, clickhouseURL, true)
+}
+
+// TestVerifySeesSnapshotColumnsOfAnotherType: SQLite keeps a value that
+// does not convert to its column's type. A session_snapshots column edited
+// that way is a finding, not a failed read: text, a real or a value out of
+// range in an integer column (a tainted of 2 is in no "tainted = 1" count;
+// a pending_approvals of 2^32 would read back as 0), a blob in a text one.
+func TestVerifySeesSnapshotColumnsOfAnotherType(t *testing.T) {
+	for _, set := range []string{
+		"tainted = 'no'", "tainted = 2", "terminated = 0.5", "last_seq = 'six'", "events = 6.5",
+		"pending_approvals = 4294967296", "snapshot = CAST(snapshot AS BLOB)", "handoff_state = CAST(handoff_state AS BLOB)",
+	} {
+		t.Run(set, func(t *testing.T) {
+			url := sqliteURL(t)
+			writeStore(t, url, storetest.BatchOf(t, storetest.Vectors(t)))
+			db, err := sql.Open("sqlite", strings.TrimPrefix(url, "sqlite:"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := db.Exec("UPDATE session_snapshots SET " + set + " WHERE tenant_id = 'acme' AND session_id = 'sess-1'")
+			if n, _ := res.RowsAffected(); err != nil || n != 1 {
+				t.Fatalf("%d rows: %v", n, err)
+			}
+			db.Close()
+			rep := verifyStoreAt(t, url)
+			if rep.OK || len(rep.Failures) != 1 || rep.Failures[0].Reason != ReasonSnapshotMismatch || rep.Failures[0].SessionID != "sess-1" {
+				t.Errorf("failures %+v, want one %s of acme/sess-1", rep.Failures, ReasonSnapshotMismatch)
+			}
+		})
 	}
 }

@@ -31,9 +31,11 @@ import (
 )
 
 var (
-	_ projector.Store      = (*Store)(nil)
-	_ projector.HeadReader = (*Store)(nil)
-	_ projector.Querier    = (*Store)(nil)
+	_ projector.Store          = (*Store)(nil)
+	_ projector.HeadReader     = (*Store)(nil)
+	_ projector.Querier        = (*Store)(nil)
+	_ projector.DecisionReader = (*Store)(nil)
+	_ projector.SnapshotReader = (*Store)(nil)
 )
 
 // Store is a ClickHouse audit store. It is safe for concurrent use.
@@ -265,13 +267,12 @@ func (s *Store) Write(ctx context.Context, b *projector.Batch) error {
 	if err != nil {
 		return err
 	}
-	err = insert("session_snapshots", "tenant_id, session_id, last_seq, first_ts_unix_ms, last_ts_unix_ms, first_event_date, manifest, events, steps, model_calls, tool_calls, tainted, loop_detected, terminated, pending_approvals, handoff_state, snapshot, snapshot_hash",
-		len(b.Snapshots), func(i int) int64 { return b.Snapshots[i].Snapshot.FirstTsMs }, func(i int) ([]any, error) {
+	err = insert("session_snapshots", projector.SnapshotColumns,
+		len(b.Snapshots), func(i int) int64 { return b.Snapshots[i].Day().UnixMilli() }, func(i int) ([]any, error) {
 			r := &b.Snapshots[i]
-			sn := r.Snapshot
-			return []any{sn.TenantID, sn.SessionID, sn.LastSeq, sn.FirstTsMs, sn.LastTsMs, projector.Date(sn.FirstTsMs), sn.Manifest,
-				sn.Events, sn.Steps, sn.ModelCalls, sn.ToolCalls, b8(sn.Tainted), b8(sn.Loop.Detected), b8(sn.Terminated),
-				r.PendingApprovals(), sn.Handoff.State, r.JSON, r.Hash}, nil
+			return []any{r.TenantID, r.SessionID, r.LastSeq, r.FirstTsUnixMs, r.LastTsUnixMs, r.Day(), r.Manifest,
+				r.Events, r.Steps, r.ModelCalls, r.ToolCalls, b8(r.Tainted), b8(r.LoopDetected), b8(r.Terminated),
+				r.PendingApprovals, r.HandoffState, r.JSON, r.Hash}, nil
 		})
 	if err != nil {
 		return err
@@ -405,6 +406,52 @@ FROM decisions`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 		}
 	}
 	return wrap("decisions", rows.Err())
+}
+
+// Snapshots scans session_snapshots (see projector.SnapshotReader)
+// without FINAL: of each session's rows it reads those with the highest
+// last_seq, so that an older version a merge has not removed yet is not
+// taken for the session's row, while two different rows of that version
+// (a forgery inserted with the projector's version) both reach the caller.
+func (s *Store) Snapshots(ctx context.Context, f projector.Filter, fn func(*projector.StoredSnapshot) error) error {
+	f.AfterSeq = 0
+	w, args := where(f)
+	cond := " WHERE"
+	if w != "" {
+		cond = w + " AND"
+	}
+	rows, err := s.conn.Query(ctx, `SELECT `+projector.SnapshotColumns+`
+FROM session_snapshots`+cond+` (tenant_id, session_id, last_seq) IN
+	(SELECT tenant_id, session_id, max(last_seq) FROM session_snapshots`+w+` GROUP BY tenant_id, session_id)
+ORDER BY tenant_id, session_id`, append(append([]any{}, args...), args...)...)
+	if err != nil {
+		return wrap("snapshots", err)
+	}
+	defer func() { _ = rows.Close() }()
+	for rows.Next() {
+		var r projector.StoredSnapshot
+		var date time.Time
+		var tainted, loop, terminated uint8
+		if err := rows.Scan(&r.TenantID, &r.SessionID, &r.LastSeq, &r.FirstTsUnixMs, &r.LastTsUnixMs, &date, &r.Manifest,
+			&r.Events, &r.Steps, &r.ModelCalls, &r.ToolCalls, &tainted, &loop, &terminated, &r.PendingApprovals,
+			&r.HandoffState, &r.JSON, &r.Hash); err != nil {
+			return wrap("snapshots", err)
+		}
+		r.FirstEventDate = dateString(date)
+		r.Tainted, r.LoopDetected, r.Terminated = tainted != 0, loop != 0, terminated != 0
+		for _, c := range []struct {
+			name string
+			v    uint8
+		}{{"tainted", tainted}, {"loop_detected", loop}, {"terminated", terminated}} {
+			if c.v > 1 && r.Invalid == "" {
+				r.Invalid = fmt.Sprintf("column %s holds %d, not 0 or 1", c.name, c.v)
+			}
+		}
+		if err := fn(&r); err != nil {
+			return err
+		}
+	}
+	return wrap("snapshots", rows.Err())
 }
 
 // Heads returns the latest stored chain head of each session (see

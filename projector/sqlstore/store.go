@@ -26,9 +26,11 @@ import (
 )
 
 var (
-	_ projector.Store      = (*Store)(nil)
-	_ projector.HeadReader = (*Store)(nil)
-	_ projector.Querier    = (*Store)(nil)
+	_ projector.Store          = (*Store)(nil)
+	_ projector.HeadReader     = (*Store)(nil)
+	_ projector.Querier        = (*Store)(nil)
+	_ projector.DecisionReader = (*Store)(nil)
+	_ projector.SnapshotReader = (*Store)(nil)
 )
 
 // Store is a SQLite audit store. It is safe for concurrent use; writes are
@@ -133,9 +135,7 @@ const (
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`
 	insertDecision = `INSERT INTO decisions (` + projector.DecisionColumns + `)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`
-	upsertSnapshot = `INSERT INTO session_snapshots (tenant_id, session_id, last_seq, first_ts_unix_ms, last_ts_unix_ms,
-	first_event_date, manifest, events, steps, model_calls, tool_calls, tainted, loop_detected, terminated,
-	pending_approvals, handoff_state, snapshot, snapshot_hash)
+	upsertSnapshot = `INSERT INTO session_snapshots (` + projector.SnapshotColumns + `)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 ON CONFLICT (tenant_id, session_id) DO UPDATE SET last_seq = excluded.last_seq,
 	first_ts_unix_ms = excluded.first_ts_unix_ms, last_ts_unix_ms = excluded.last_ts_unix_ms,
@@ -219,10 +219,9 @@ func write(ctx context.Context, tx *sql.Tx, b *projector.Batch) error {
 	}
 	err = each("session_snapshots", upsertSnapshot, len(b.Snapshots), func(i int) ([]any, error) {
 		r := &b.Snapshots[i]
-		sn := r.Snapshot
-		return []any{sn.TenantID, sn.SessionID, int64(sn.LastSeq), sn.FirstTsMs, sn.LastTsMs, day(sn.FirstTsMs), sn.Manifest,
-			sn.Events, sn.Steps, sn.ModelCalls, sn.ToolCalls, boolInt(sn.Tainted), boolInt(sn.Loop.Detected),
-			boolInt(sn.Terminated), r.PendingApprovals(), sn.Handoff.State, r.JSON, r.Hash}, nil
+		return []any{r.TenantID, r.SessionID, int64(r.LastSeq), r.FirstTsUnixMs, r.LastTsUnixMs, r.Day().Format(time.DateOnly),
+			r.Manifest, r.Events, r.Steps, r.ModelCalls, r.ToolCalls, boolInt(r.Tainted), boolInt(r.LoopDetected),
+			boolInt(r.Terminated), r.PendingApprovals, r.HandoffState, r.JSON, r.Hash}, nil
 	})
 	if err != nil {
 		return err
@@ -334,6 +333,70 @@ FROM decisions`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 		}
 	}
 	return wrap("decisions", rows.Err())
+}
+
+// Snapshots scans session_snapshots (see projector.SnapshotReader): the
+// table holds one row per session.
+func (s *Store) Snapshots(ctx context.Context, f projector.Filter, fn func(*projector.StoredSnapshot) error) error {
+	f.AfterSeq = 0
+	w, args := where(f)
+	rows, err := s.db.QueryContext(ctx, `SELECT `+projector.SnapshotColumns+`
+FROM session_snapshots`+w+` ORDER BY tenant_id, session_id`, args...)
+	if err != nil {
+		return wrap("snapshots", err)
+	}
+	defer func() { _ = rows.Close() }()
+	for rows.Next() {
+		var r projector.StoredSnapshot
+		// As for decisions: a value SQLite kept in a column of another
+		// type (text in an INTEGER column, a BLOB in a TEXT one) is a
+		// finding, not a failed read.
+		var seq, firstTs, lastTs, events, steps, models, tools, tainted, loop, terminated, pending intColumn
+		var tenant, sess, date, manifest, handoff, snapshot, hash textColumn
+		if err := rows.Scan(&tenant, &sess, &seq, &firstTs, &lastTs, &date, &manifest, &events, &steps, &models, &tools,
+			&tainted, &loop, &terminated, &pending, &handoff, &snapshot, &hash); err != nil {
+			return wrap("snapshots", err)
+		}
+		r.TenantID, r.SessionID, r.FirstEventDate, r.Manifest = tenant.s, sess.s, date.s, manifest.s
+		r.HandoffState, r.JSON, r.Hash = handoff.s, snapshot.s, hash.s
+		r.LastSeq, r.FirstTsUnixMs, r.LastTsUnixMs = uint64(seq.n), firstTs.n, lastTs.n
+		r.Events, r.Steps, r.ModelCalls, r.ToolCalls = events.n, steps.n, models.n, tools.n
+		r.Tainted, r.LoopDetected, r.Terminated, r.PendingApprovals = tainted.n != 0, loop.n != 0, terminated.n != 0, uint32(pending.n)
+		for _, c := range []struct {
+			name string
+			col  textColumn
+		}{{"tenant_id", tenant}, {"session_id", sess}, {"first_event_date", date}, {"manifest", manifest},
+			{"handoff_state", handoff}, {"snapshot", snapshot}, {"snapshot_hash", hash}} {
+			if c.col.bad != "" && r.Invalid == "" {
+				r.Invalid = fmt.Sprintf("column %s holds %s, not text", c.name, c.col.bad)
+			}
+		}
+		// Every integer column's value is read whole, and the columns
+		// read into narrower types (the 0/1 flags, pending_approvals,
+		// the unsigned last_seq) must hold a value of that type: a
+		// tainted of 2 counts in no "tainted = 1" query.
+		const anything = -1
+		for _, c := range []struct {
+			name string
+			col  intColumn
+			max  int64 // anything: no bound
+		}{{"last_seq", seq, 1<<63 - 1}, {"first_ts_unix_ms", firstTs, anything}, {"last_ts_unix_ms", lastTs, anything},
+			{"events", events, anything}, {"steps", steps, anything}, {"model_calls", models, anything},
+			{"tool_calls", tools, anything}, {"tainted", tainted, 1}, {"loop_detected", loop, 1}, {"terminated", terminated, 1},
+			{"pending_approvals", pending, 1<<32 - 1}} {
+			switch {
+			case r.Invalid != "":
+			case c.col.bad != "":
+				r.Invalid = fmt.Sprintf("column %s holds %s, not an integer", c.name, c.col.bad)
+			case c.max != anything && (c.col.n < 0 || c.col.n > c.max):
+				r.Invalid = fmt.Sprintf("column %s holds %d, not in 0..%d", c.name, c.col.n, c.max)
+			}
+		}
+		if err := fn(&r); err != nil {
+			return err
+		}
+	}
+	return wrap("snapshots", rows.Err())
 }
 
 // Heads returns the stored chain heads (see projector.HeadReader).

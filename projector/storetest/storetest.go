@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -24,11 +25,12 @@ import (
 	"aegis.dev/aegis/schemas/envelope"
 )
 
-// Store is what the suite tests: a projector store that also serves heads
-// and SQL.
+// Store is what the suite tests: a projector store that also serves heads,
+// session_snapshots rows and SQL.
 type Store interface {
 	projector.Store
 	projector.HeadReader
+	projector.SnapshotReader
 	projector.Querier
 }
 
@@ -46,6 +48,7 @@ func Run(t *testing.T, d Dialect, open func(t testing.TB) Store) {
 	t.Run("RoundTripRebuildsSealedRecords", func(t *testing.T) { testRoundTrip(t, open(t)) })
 	t.Run("RedeliveryIsInvisible", func(t *testing.T) { testRedelivery(t, d, open(t)) })
 	t.Run("SnapshotsAndHeadsOnlyMoveForward", func(t *testing.T) { testForward(t, d, open(t)) })
+	t.Run("SnapshotsReadBackLatest", func(t *testing.T) { testSnapshotsRead(t, open(t)) })
 	t.Run("Filters", func(t *testing.T) { testFilters(t, open(t)) })
 	t.Run("QueryTypesAndReadOnly", func(t *testing.T) { testQuery(t, open(t)) })
 	t.Run("AnyClientTime", func(t *testing.T) { testClientTimes(t, d, open(t)) })
@@ -344,6 +347,85 @@ func testForward(t *testing.T, d Dialect, s Store) {
 	}
 	if len(heads) != 1 || heads[0] != full.Heads[0] {
 		t.Errorf("heads after an older write: %v, want %v", heads, full.Heads)
+	}
+}
+
+// snapshots reads every session_snapshots row f selects.
+func snapshots(t testing.TB, s Store, f projector.Filter) []projector.StoredSnapshot {
+	t.Helper()
+	var out []projector.StoredSnapshot
+	if err := s.Snapshots(context.Background(), f, func(r *projector.StoredSnapshot) error { out = append(out, *r); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// testSnapshotsRead: the session_snapshots rows read back exactly as
+// written, the latest version of each session only (an older one written
+// after it, as a redelivered earlier batch is, included), selected as the
+// events are.
+func testSnapshotsRead(t *testing.T, s Store) {
+	ctx := context.Background()
+	vec := Vectors(t)
+	b := BatchOf(t, vec)
+	first := b.Snapshots[0]
+	older := BatchOf(t, vec[:1]).Snapshots[0]
+	if older.TenantID != first.TenantID || older.SessionID != first.SessionID || older.LastSeq >= first.LastSeq {
+		t.Fatal("the first vector has no later event in its session")
+	}
+	for _, w := range []*projector.Batch{{Snapshots: []projector.SnapshotRow{older}}, b, b, {Snapshots: []projector.SnapshotRow{older}}} {
+		if err := s.Write(ctx, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := snapshots(t, s, projector.Filter{})
+	// Identical copies of the latest version may come back (ClickHouse
+	// before a merge); the distinct rows are the written ones, in order.
+	got = slices.CompactFunc(got, func(a, b projector.StoredSnapshot) bool { return a == b })
+	if len(got) != len(b.Snapshots) {
+		t.Fatalf("%d rows read, %d sessions written: %+v", len(got), len(b.Snapshots), got)
+	}
+	want := slices.Clone(b.Snapshots)
+	slices.SortFunc(want, func(x, y projector.SnapshotRow) int {
+		if x.TenantID != y.TenantID {
+			return strings.Compare(x.TenantID, y.TenantID)
+		}
+		return strings.Compare(x.SessionID, y.SessionID)
+	})
+	for i := range got {
+		if got[i].Invalid != "" || got[i].SnapshotRow != want[i] {
+			t.Errorf("row %d read back as %+v, written %+v", i, got[i], want[i])
+		}
+	}
+	last := vec[len(vec)-1]
+	var maxTs int64
+	for _, ev := range vec {
+		maxTs = max(maxTs, ev.TsUnixMs)
+	}
+	for _, c := range []struct {
+		name string
+		f    projector.Filter
+	}{
+		{"tenant", projector.Filter{TenantID: last.TenantID}},
+		{"session", projector.Filter{TenantID: last.TenantID, SessionID: last.SessionID, AfterSeq: 1}},
+		{"sessions", projector.Filter{Sessions: []projector.SessionKey{{TenantID: last.TenantID, SessionID: last.SessionID}, {TenantID: "none", SessionID: "x"}}}},
+		{"since", projector.Filter{SinceUnixMs: maxTs}},
+		{"nothing", projector.Filter{TenantID: "nobody"}},
+	} {
+		var keys, rowKeys []string
+		for _, r := range all(t, s, c.f) {
+			if k := r.Event.TenantID + "/" + r.Event.SessionID; !slices.Contains(keys, k) {
+				keys = append(keys, k)
+			}
+		}
+		for _, r := range snapshots(t, s, c.f) {
+			if k := r.TenantID + "/" + r.SessionID; !slices.Contains(rowKeys, k) {
+				rowKeys = append(rowKeys, k)
+			}
+		}
+		if !slices.Equal(rowKeys, keys) {
+			t.Errorf("%s: snapshots of %v, events of %v", c.name, rowKeys, keys)
+		}
 	}
 }
 
