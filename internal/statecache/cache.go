@@ -14,10 +14,13 @@
 // The spill and index files are created in Dir and unlinked at once, so
 // they never outlive the process (their blocks are freed when the Cache is
 // closed or the process exits, crash included) and no two caches share
-// one. The spill file is rewritten without its dead records when they make
-// up more than half of it. A Cache is rebuilt from the state topic after
-// every abort like any other processor state, so it needs no durability of
-// its own.
+// one. The index keeps a CRC-32C of each spilled state, so a state damaged
+// on disk, or a record that is not the one spilled last for its key, fails
+// Get with ErrCorrupt instead of being decoded. The spill file is
+// rewritten without its dead records when they make up more than half of
+// it. A Cache is rebuilt from the state topic after every abort like any
+// other processor state, so it needs no durability of its own; an error of
+// any method leaves it unusable, and its processor is rebuilt the same way.
 //
 // A Cache is not safe for concurrent use; a processor is used by one
 // goroutine at a time.
@@ -26,6 +29,7 @@ package statecache
 import (
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
 )
 
@@ -74,6 +78,7 @@ type node[T any] struct {
 type ref struct {
 	off int64
 	n   int32
+	sum uint32 // CRC-32C (Castagnoli) of the n bytes at off
 }
 
 // Stats counts a Cache's traffic.
@@ -113,9 +118,15 @@ func (c *Cache[T]) Get(key string) (*T, error) {
 	if err != nil || !ok {
 		return nil, err
 	}
+	if r.off < 0 || r.off > c.size-int64(r.n) {
+		return nil, fmt.Errorf("statecache: spilled %q: %d bytes at offset %d, past the spill file's %d: %w", key, r.n, r.off, c.size, ErrCorrupt)
+	}
 	b := make([]byte, r.n)
 	if _, err := c.file.ReadAt(b, r.off); err != nil {
 		return nil, fmt.Errorf("statecache: read %q from spill file: %w", key, err)
+	}
+	if crc32.Checksum(b, castagnoli) != r.sum {
+		return nil, fmt.Errorf("statecache: spilled %q at offset %d: checksum mismatch: %w", key, r.off, ErrCorrupt)
 	}
 	v, err := c.codec.Decode(key, b)
 	if err != nil {
@@ -219,7 +230,7 @@ func (c *Cache[T]) append(key string, b []byte) error {
 	if _, err := c.file.WriteAt(b, c.size); err != nil {
 		return fmt.Errorf("statecache: spill %q: %w", key, err)
 	}
-	if err := c.cold.put(hashKey(key), ref{off: c.size, n: int32(len(b))}); err != nil {
+	if err := c.cold.put(hashKey(key), ref{off: c.size, n: int32(len(b)), sum: crc32.Checksum(b, castagnoli)}); err != nil {
 		return err
 	}
 	c.size += int64(len(b))
@@ -227,6 +238,12 @@ func (c *Cache[T]) append(key string, b []byte) error {
 }
 
 var errTooLarge = errors.New("too large to spill")
+
+// ErrCorrupt reports a spilled state that is not what was spilled: damaged
+// on disk, or not the record the index says it is.
+var ErrCorrupt = errors.New("statecache: corrupt spill record")
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // maybeCompact rewrites the spill file with only its live records once
 // dead ones (states loaded back or replaced) are the majority.
@@ -251,7 +268,7 @@ func (c *Cache[T]) maybeCompact() error {
 		if _, err := f.WriteAt(buf, off); err != nil {
 			return ref{}, fmt.Errorf("statecache: compact: write: %w", err)
 		}
-		r := ref{off: off, n: s.ref.n}
+		r := ref{off: off, n: s.ref.n, sum: s.ref.sum}
 		off += int64(s.ref.n)
 		return r, nil
 	})

@@ -1,7 +1,9 @@
 package statecache
 
 import (
+	"bytes"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"os"
@@ -226,5 +228,70 @@ func TestBytesKeys(t *testing.T) {
 	}
 	if c.Stats().Loaded == 0 {
 		t.Fatal("nothing was read back from the spill file")
+	}
+}
+
+// TestCorruptSpillIsDetected: a spilled state damaged on disk, or one the
+// index locates at the wrong record (here an older one of the same
+// session), must fail Get, so that the stage aborts and rebuilds from its
+// state topic, instead of being decoded into a state the log does not back.
+func TestCorruptSpillIsDetected(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		damage  func(t *testing.T, c *Cache[state])
+		corrupt bool // the error is ErrCorrupt, not the read's own
+	}{
+		{"a digit of the state changed", func(t *testing.T, c *Cache[state]) {
+			b := make([]byte, c.size)
+			if _, err := c.file.ReadAt(b, 0); err != nil {
+				t.Fatal(err)
+			}
+			i := bytes.LastIndex(b, []byte(`"count":1234`))
+			if i < 0 {
+				t.Fatalf("state not found in the spill file: %q", b)
+			}
+			if _, err := c.file.WriteAt([]byte("9"), int64(i+len(`"count":`))); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+		{"the index points at an older record of the session", func(t *testing.T, c *Cache[state]) {
+			i, r, ok, err := c.cold.find(hashKey("a"))
+			if err != nil || !ok || r.off == 0 {
+				t.Fatalf("find a = %d, %+v, %v, %v; want a record past the first", i, r, ok, err)
+			}
+			if err := c.cold.write(i, slot{h: hashKey("a"), ref: ref{off: 0, n: r.n, sum: r.sum}}); err != nil {
+				t.Fatal(err)
+			}
+		}, true},
+		{"the spill file truncated", func(t *testing.T, c *Cache[state]) {
+			if err := c.file.Truncate(c.size / 2); err != nil {
+				t.Fatal(err)
+			}
+		}, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := New(Config{MaxHot: 1, Dir: t.TempDir()}, codec)
+			defer c.Close()
+			put := func(key string, count int) {
+				t.Helper()
+				if err := c.Put(key, &state{Key: key, Count: count}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// a is spilled at offset 0 with count 1000, read back, and
+			// spilled again with count 1234: the same length.
+			put("a", 1000)
+			put("b", 1)
+			if v, err := c.Get("a"); err != nil || v == nil || v.Count != 1000 {
+				t.Fatalf("Get a = %+v, %v", v, err)
+			}
+			put("a", 1234)
+			put("b", 2)
+			tc.damage(t, c)
+			v, err := c.Get("a")
+			if err == nil || tc.corrupt && !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("Get of a damaged spilled state = %+v, %v; want an error", v, err)
+			}
+		})
 	}
 }

@@ -16,8 +16,8 @@ import (
 // the codec anyway.
 //
 // A slot is slotSize bytes: the key hash, the state's offset and length in
-// the spill file. Length 0 marks an empty slot, -1 a deleted one; deleted
-// slots are reclaimed when the table is rebuilt.
+// the spill file, and its CRC-32C. Length 0 marks an empty slot, -1 a
+// deleted one; deleted slots are reclaimed when the table is rebuilt.
 type index struct {
 	cfg   Config
 	f     *os.File
@@ -55,6 +55,7 @@ func (x *index) read(i uint64) (slot, error) {
 	copy(s.h[:], x.buf[:16])
 	s.ref.off = int64(binary.LittleEndian.Uint64(x.buf[16:24]))
 	s.ref.n = int32(binary.LittleEndian.Uint32(x.buf[24:28]))
+	s.ref.sum = binary.LittleEndian.Uint32(x.buf[28:32])
 	return s, nil
 }
 
@@ -62,6 +63,7 @@ func (x *index) write(i uint64, s slot) error {
 	copy(x.buf[:16], s.h[:])
 	binary.LittleEndian.PutUint64(x.buf[16:24], uint64(s.ref.off))
 	binary.LittleEndian.PutUint32(x.buf[24:28], uint32(s.ref.n))
+	binary.LittleEndian.PutUint32(x.buf[28:32], s.ref.sum)
 	if _, err := x.f.WriteAt(x.buf[:], int64(i*slotSize)); err != nil {
 		return fmt.Errorf("statecache: write index slot %d: %w", i, err)
 	}
@@ -180,6 +182,7 @@ func (x *index) each(f *os.File, slots uint64, fn func(i uint64, s slot) error) 
 			}
 			copy(s.h[:], b[:16])
 			s.ref.off = int64(binary.LittleEndian.Uint64(b[16:24]))
+			s.ref.sum = binary.LittleEndian.Uint32(b[28:32])
 			if err := fn(base+j, s); err != nil {
 				return err
 			}
