@@ -27,6 +27,7 @@ import (
 	"aegis.dev/aegis/ingest"
 	"aegis.dev/aegis/internal/grant"
 	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/statecache"
 	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/projector/stores"
 	"aegis.dev/aegis/replayer"
@@ -382,6 +383,9 @@ func (d *Daemon) newStage(name string, brokers []string, api *ingest.Server) (st
 	var newProcessor func(int32) stream.Processor
 	state := pipeline.StateConfig{Sessions: cfg.StateSessions, Dir: cfg.SpillDir()}
 	if err := os.MkdirAll(state.Dir, 0o700); err != nil {
+		return nil, fmt.Errorf("aegisd: %s: spill directory: %w", name, err)
+	}
+	if err := statecache.CheckDir(state.Dir); err != nil {
 		return nil, fmt.Errorf("aegisd: %s: spill directory: %w", name, err)
 	}
 	switch name {

@@ -285,6 +285,17 @@ func (c *Cache[T]) maybeCompact() error {
 	return old.Close()
 }
 
+// CheckDir reports an error if spill files cannot be created in dir (not
+// writable, a read-only file system): a stage checks it at start rather
+// than fail at its first eviction, which may come hours later.
+func CheckDir(dir string) error {
+	f, err := createUnlinked(dir, "check")
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
 func createUnlinked(dir, name string) (*os.File, error) {
 	if name == "" {
 		name = "state"
