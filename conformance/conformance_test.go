@@ -38,11 +38,26 @@ func decideLog(tb testing.TB) conformance.DecideLogFunc {
 // embeddedProvides is what startEmbedded's aegisd provides.
 var embeddedProvides = []string{conformance.RequireShortApprovalTTL, conformance.RequireConformancePolicy}
 
+// embeddedTarget is an aegisd started by startEmbedded.
+type embeddedTarget struct {
+	Base, Store string // the HTTP API's base URL, the SQLite audit store
+	Keys        map[string]string
+	Brokers     []string // the embedded broker, or the configured ones
+	TopicPrefix string
+	Secret      []byte // the approval secret
+}
+
+// options are the run options of every capability the target provides
+// (without the store, which only TestPacksEmbedded owns).
+func (e embeddedTarget) options(tb testing.TB) conformance.Options {
+	return conformance.Options{Target: e.Base, Keys: e.Keys, Provides: embeddedProvides, DecideLog: decideLog(tb), Concurrency: 12,
+		Brokers: e.Brokers, TopicPrefix: e.TopicPrefix, ApprovalSecret: e.Secret}
+}
+
 // startEmbedded runs aegisd in-process (temp data dir, the packs'
 // manifests, the conformance policy bundle, one operator key per tenant,
-// a 10 s approval TTL) and returns its base URL, audit store path and
-// keys.
-func startEmbedded(tb testing.TB, packs []*conformance.Pack, mutate func(*daemon.Config)) (string, string, map[string]string) {
+// a 10 s approval TTL, an approval secret file).
+func startEmbedded(tb testing.TB, packs []*conformance.Pack, mutate func(*daemon.Config)) embeddedTarget {
 	tb.Helper()
 	dir := tb.TempDir()
 	mdir := filepath.Join(dir, "manifests")
@@ -69,7 +84,8 @@ func startEmbedded(tb testing.TB, packs []*conformance.Pack, mutate func(*daemon
 		tb.Fatal(err)
 	}
 	cfg.Ingest.ApprovalSecretFile = filepath.Join(dir, "approval.secret")
-	if err := os.WriteFile(cfg.Ingest.ApprovalSecretFile, []byte("conformance-approval-secret-0123456789abcdef"), 0o600); err != nil {
+	secret := []byte("conformance-approval-secret-0123456789abcdef")
+	if err := os.WriteFile(cfg.Ingest.ApprovalSecretFile, secret, 0o600); err != nil {
 		tb.Fatal(err)
 	}
 	// Short enough for the expiry case to see an approval expire, long
@@ -97,7 +113,8 @@ func startEmbedded(tb testing.TB, packs []*conformance.Pack, mutate func(*daemon
 	})
 	base := "http://" + d.HTTPAddr()
 	waitReady(tb, base)
-	return base, strings.TrimPrefix(cfg.StoreURL(), "sqlite:"), keys
+	return embeddedTarget{Base: base, Store: strings.TrimPrefix(cfg.StoreURL(), "sqlite:"), Keys: keys,
+		Brokers: d.Brokers(), TopicPrefix: cfg.TopicPrefix, Secret: secret}
 }
 
 func waitReady(tb testing.TB, base string) {
@@ -144,8 +161,10 @@ func TestPacksEmbedded(t *testing.T) {
 	if only := os.Getenv("AEGIS_CONFORMANCE_CASES"); only != "" {
 		packs = filterCases(packs, only)
 	}
-	base, store, keys := startEmbedded(t, packs, nil)
-	rep, err := conformance.Run(context.Background(), packs, conformance.Options{Target: base, Keys: keys, Provides: embeddedProvides, StorePath: store, DecideLog: decideLog(t), Concurrency: 12})
+	target := startEmbedded(t, packs, nil)
+	opts := target.options(t)
+	opts.StorePath = target.Store
+	rep, err := conformance.Run(context.Background(), packs, opts)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,19 +28,21 @@ func buildAegisd(tb testing.TB) string {
 	return bin
 }
 
-// addrFromFile waits for aegisd's --addr-file and returns its HTTP address.
-func addrFromFile(tb testing.TB, file string) string {
+// addrFromFile waits for aegisd's --addr-file and returns its HTTP address
+// and its embedded broker's.
+func addrFromFile(tb testing.TB, file string) (string, string) {
 	tb.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
 		if b, err := os.ReadFile(file); err == nil {
 			var addrs struct {
-				HTTP string `json:"http"`
+				HTTP  string `json:"http"`
+				Kafka string `json:"kafka"`
 			}
-			if err := json.Unmarshal(b, &addrs); err != nil || addrs.HTTP == "" {
+			if err := json.Unmarshal(b, &addrs); err != nil || addrs.HTTP == "" || addrs.Kafka == "" {
 				tb.Fatalf("addr file: %q (%v)", b, err)
 			}
-			return addrs.HTTP
+			return addrs.HTTP, addrs.Kafka
 		}
 		if time.Now().After(deadline) {
 			tb.Fatalf("aegisd did not write %s", file)
@@ -67,8 +69,15 @@ func TestRunnerAgainstSeparateAegisdIntegration(t *testing.T) {
 		t.Fatalf("conformance policy: exit %d: %s", code, perr.String())
 	}
 	addrFile := filepath.Join(t.TempDir(), "addrs.json")
+	// The operator's approval secret, given to aegisd and to the runner
+	// (the signed-approval case).
+	secretFile := filepath.Join(t.TempDir(), "approval.secret")
+	if err := os.WriteFile(secretFile, []byte("live-conformance-approval-secret-0123456789"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cmd := exec.Command(bin, "--dev", "--data-dir", t.TempDir(), "--kafka-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
-		"--addr-file", addrFile, "--partitions", "3", "--instance", "live", "--manifests", "manifests", "--policy", policyDir, "--log-level", "error")
+		"--addr-file", addrFile, "--partitions", "3", "--instance", "live", "--manifests", "manifests", "--policy", policyDir,
+		"--approval-secret-file", secretFile, "--log-level", "error")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -78,14 +87,15 @@ func TestRunnerAgainstSeparateAegisdIntegration(t *testing.T) {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
 	})
-	addr := addrFromFile(t, addrFile)
+	addr, kafka := addrFromFile(t, addrFile)
 	waitReady(t, "http://"+addr)
 
 	dir := t.TempDir()
 	reportFile, junitFile := filepath.Join(dir, "report.json"), filepath.Join(dir, "junit.xml")
 	var out, errb bytes.Buffer
 	code := ctl.Main(context.Background(), ctl.IO{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb},
-		[]string{"conformance", "run", "--target", "http://" + addr, "--provides", conformance.RequireConformancePolicy, "--report", reportFile, "--junit", junitFile})
+		[]string{"conformance", "run", "--target", "http://" + addr, "--provides", conformance.RequireConformancePolicy,
+			"--brokers", kafka, "--topic-prefix", "aegis.", "--approval-secret-file", secretFile, "--report", reportFile, "--junit", junitFile})
 	if code != ctl.ExitOK {
 		t.Fatalf("exit %d\n%s\n%s\naegisd: %s", code, out.String(), errb.String(), stderr.String())
 	}
@@ -153,7 +163,8 @@ cases:
 	if err := os.WriteFile(filepath.Join(dir, "wrong.yaml"), []byte(pack), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	base, _, keys := startEmbedded(t, packs, nil)
+	target := startEmbedded(t, packs, nil)
+	base, keys := target.Base, target.Keys
 	reportFile := filepath.Join(t.TempDir(), "report.json")
 	var out, errb bytes.Buffer
 	code := ctl.Main(context.Background(), ctl.IO{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb},

@@ -1,10 +1,12 @@
 // Package conformance runs the Aegis conformance packs: YAML files of cases,
 // each tied to a requirement of docs/requirements.md, that check a
-// deployment over its public HTTP API. A case is either a stateless decision
-// request (POST /v1/policy/decide) with the expected outcome and reason, or a
-// scenario: ordered steps that publish events and proposals, settle
-// approvals, read sessions back from the audit store, verify their chains,
-// replay them offline, and (when the runner owns the store) tamper with the
+// deployment over its public interfaces: the HTTP API and, for events
+// published straight to Kafka, the events and rejected topics (kafka.go).
+// A case is either a stateless decision request (POST /v1/policy/decide)
+// with the expected outcome and reason, or a scenario: ordered steps that
+// publish events (over HTTP or Kafka) and proposals, settle approvals,
+// read sessions back from the audit store, verify their chains, replay
+// them offline, and (when the runner owns the store) tamper with the
 // stored rows and expect verification to fail. Reads of the audit store
 // are decided only behind barriers, which show that the target processed
 // and stored everything the case published before (barrier.go).
@@ -60,8 +62,9 @@ type Case struct {
 	Decide      *Decide   `yaml:"decide,omitempty" json:"decide,omitempty"`
 	Scenario    *Scenario `yaml:"scenario,omitempty" json:"scenario,omitempty"`
 	// Requires names what the target must offer for the case to run
-	// (Options.Provides): RequireAuth, RequireShortApprovalTTL,
-	// RequireConformancePolicy. A run without it reports the case as
+	// (Options.Provides, Keys, Brokers, ApprovalSecret): RequireAuth,
+	// RequireShortApprovalTTL, RequireConformancePolicy, RequireKafka,
+	// RequireApprovalSecret. A run without it reports the case as
 	// skipped.
 	Requires []string `yaml:"requires,omitempty" json:"requires,omitempty"`
 }
@@ -101,8 +104,21 @@ type Step struct {
 	// Session is the session of events, propose, snapshot, sealed, verify.
 	Session string `yaml:"session,omitempty" json:"session,omitempty"`
 
-	// Events publishes envelopes over POST /v1/events (one JSON array).
+	// Events publishes envelopes: over POST /v1/events (one JSON array),
+	// or, with Via "kafka", straight to the target's events topic.
 	Events []*Event `yaml:"events,omitempty" json:"events,omitempty"`
+	// Via is how an events step publishes: "http" (the default) or
+	// "kafka": to the events topic with the project's producer, keyed
+	// "<tenant>/<session>" and partitioned by murmur2 like the gateway's
+	// records, each acknowledged by the brokers before the next step. A
+	// case with such a step requires RequireKafka.
+	Via string `yaml:"via,omitempty" json:"via,omitempty"`
+	// Sign sets the grant of every APPROVAL_DECIDED of a Kafka events step
+	// with the deployment's approval secret (Options.ApprovalSecret,
+	// internal/grant), replacing any grant the event carries, as
+	// `aegisctl publish --approval-secret-file` does. A case with such a
+	// step requires RequireApprovalSecret.
+	Sign bool `yaml:"sign,omitempty" json:"sign,omitempty"`
 	// Propose publishes a proposal and waits for its decision (POST
 	// /v1/sessions/{session}/proposals).
 	Propose *Event `yaml:"propose,omitempty" json:"propose,omitempty"`
@@ -170,8 +186,17 @@ type Expect struct {
 	Code string `yaml:"code,omitempty" json:"code,omitempty"`
 	// Fields maps dotted paths of the JSON response (object keys and list
 	// indexes: "snapshot.loop.detected", "failures.0.reason") to the
-	// values they must equal.
+	// values they must equal. On a Kafka events step with Rejected, the
+	// "response" is the rejection record.
 	Fields map[string]any `yaml:"fields,omitempty" json:"fields,omitempty"`
+	// Rejected, on a Kafka events step of one event, is the reason the
+	// pipeline must reject that record with: the runner reads the
+	// rejected topic until the rejection of exactly that record (its
+	// topic, partition and offset) arrives, within the poll timeout.
+	// Fields are then checked against the rejection ({v, stage, reason,
+	// detail, tenant_id, session_id, seq, expected_seq, topic, partition,
+	// offset, key, original}).
+	Rejected string `yaml:"rejected,omitempty" json:"rejected,omitempty"`
 }
 
 // What a case may require of the target (Case.Requires, Options.Provides).
@@ -186,11 +211,26 @@ const (
 	// (WritePolicy: the default bundle plus rules that make the evaluation
 	// of a few conformance.* tools fail), and replays use it too.
 	RequireConformancePolicy = "conformance-policy"
+	// RequireKafka: the runner can publish to the target's Kafka brokers
+	// (Options.Brokers) and read its rejected topic; implied by Brokers.
+	// Every case with a Kafka events step requires it.
+	RequireKafka = "kafka"
+	// RequireApprovalSecret: the runner holds the deployment's approval
+	// secret (Options.ApprovalSecret), to sign approvals the way the
+	// gateway does; implied by ApprovalSecret. Every case with a sign
+	// step requires it.
+	RequireApprovalSecret = "approval-secret"
+)
+
+// Via values of an events step.
+const (
+	ViaHTTP  = "http"
+	ViaKafka = "kafka"
 )
 
 // Requires returns every value Case.Requires may hold.
 func Requires() []string {
-	return []string{RequireAuth, RequireShortApprovalTTL, RequireConformancePolicy}
+	return []string{RequireAuth, RequireShortApprovalTTL, RequireConformancePolicy, RequireKafka, RequireApprovalSecret}
 }
 
 func knownRequirements(rs []string) bool {
@@ -335,6 +375,47 @@ func (c *Case) check() error {
 		if (s.Tamper != nil || s.Replay != nil) && !reflect.ValueOf(s.Expect).IsZero() {
 			return fmt.Errorf("steps[%d]: tamper and replay steps check nothing against expect (follow them with a verify or sealed step)", i)
 		}
+		if err := c.checkVia(s); err != nil {
+			return fmt.Errorf("steps[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// checkVia checks the Kafka-only keys of a step: via, sign and
+// expect.rejected.
+func (c *Case) checkVia(s *Step) error {
+	switch s.Via {
+	case "", ViaHTTP, ViaKafka:
+	default:
+		return fmt.Errorf("via %q: only %q and %q are defined", s.Via, ViaHTTP, ViaKafka)
+	}
+	if s.Via != "" && s.Events == nil {
+		return errors.New("via applies to events steps only")
+	}
+	if s.Via != ViaKafka {
+		switch {
+		case s.Sign:
+			return errors.New("sign applies to Kafka events steps only (via: kafka): the gateway signs the approvals it publishes itself")
+		case s.Expect.Rejected != "":
+			return errors.New("expect.rejected applies to Kafka events steps only (via: kafka): the gateway answers a rejection itself")
+		}
+		return nil
+	}
+	e := s.Expect
+	switch {
+	case !slices.Contains(c.Requires, RequireKafka):
+		return fmt.Errorf("a Kafka events step needs the case to declare requires: [%s]", RequireKafka)
+	case s.Sign && !slices.Contains(c.Requires, RequireApprovalSecret):
+		return fmt.Errorf("a sign step needs the case to declare requires: [%s]", RequireApprovalSecret)
+	case s.NoAuth:
+		return errors.New("no_auth: a Kafka events step sends no credentials anyway")
+	case e.Status != 0 || e.Outcome != "" || e.Reason != "" || e.Code != "":
+		return errors.New("a Kafka events step has no HTTP response: expect only rejected (and fields of the rejection)")
+	case e.Fields != nil && e.Rejected == "":
+		return errors.New("expect.fields on a Kafka events step are fields of the rejection: name the reason in expect.rejected")
+	case e.Rejected != "" && len(s.Events) != 1:
+		return errors.New("expect.rejected needs exactly one event in the step")
 	}
 	return nil
 }

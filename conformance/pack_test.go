@@ -177,3 +177,41 @@ func TestConformancePolicyCasesSkipWithoutIt(t *testing.T) {
 		t.Errorf("skipped %v, want the four POL-ERR cases", skipped)
 	}
 }
+
+// TestParseKafkaSteps: via, sign and expect.rejected are checked where
+// the pack is loaded: a Kafka step must be declared (requires: [kafka],
+// and approval-secret for sign), and its expect can hold only what a
+// Kafka publisher can observe, the rejection of one record.
+func TestParseKafkaSteps(t *testing.T) {
+	const ev = `events: [{seq: 1, type: MODEL_CALL_STARTED}]`
+	const two = `events: [{seq: 1, type: MODEL_CALL_STARTED}, {seq: 2, type: MODEL_CALL_STARTED}]`
+	for _, tc := range []struct {
+		requires, step string
+		ok             bool
+	}{
+		{"[kafka]", `{session: s, via: kafka, ` + ev + `}`, true},
+		{"[kafka]", `{session: s, via: kafka, ` + two + `}`, true},
+		{"[]", `{session: s, via: http, ` + ev + `}`, true},
+		{"[kafka]", `{session: s, via: kafka, ` + ev + `, expect: {rejected: SEQ_GAP, fields: {expected_seq: 1}}}`, true},
+		{"[kafka, approval-secret]", `{session: s, via: kafka, sign: true, ` + ev + `}`, true},
+		{"[]", `{session: s, via: kafka, ` + ev + `}`, false},                                    // undeclared: a run without brokers would fail it
+		{"[kafka]", `{session: s, via: kafka, sign: true, ` + ev + `}`, false},                   // sign without approval-secret
+		{"[kafka]", `{session: s, via: mqtt, ` + ev + `}`, false},                                // unknown transport
+		{"[kafka]", `{session: s, via: kafka, snapshot: true}`, false},                           // via on a read
+		{"[kafka, approval-secret]", `{session: s, sign: true, ` + ev + `}`, false},              // the gateway signs itself
+		{"[kafka]", `{session: s, ` + ev + `, expect: {rejected: SEQ_GAP}}`, false},              // the gateway answers itself
+		{"[kafka]", `{session: s, via: kafka, ` + two + `, expect: {rejected: SEQ_GAP}}`, false}, // which one?
+		{"[kafka]", `{session: s, via: kafka, ` + ev + `, expect: {status: 202}}`, false},        // no HTTP response
+		{"[kafka]", `{session: s, via: kafka, ` + ev + `, expect: {fields: {seq: 1}}}`, false},   // fields of what?
+		{"[kafka]", `{session: s, via: kafka, no_auth: true, ` + ev + `}`, false},
+	} {
+		pack := "cases:\n  - {id: ONE-001, requirement: REQ-KAFKA-INGEST, description: d, requires: " + tc.requires + ", scenario: {steps: [" + tc.step + "]}}\n"
+		_, err := conformance.Parse([]byte(pack))
+		if tc.ok && err != nil {
+			t.Errorf("%s %s: %v", tc.requires, tc.step, err)
+		}
+		if !tc.ok && !errors.Is(err, conformance.ErrPack) {
+			t.Errorf("%s %s: accepted", tc.requires, tc.step)
+		}
+	}
+}

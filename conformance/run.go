@@ -64,6 +64,17 @@ type Options struct {
 	PollTimeout time.Duration
 	// Client is the HTTP client (default: a client with a 70s timeout).
 	Client *http.Client
+	// Brokers are the target's Kafka seed brokers, for Kafka events steps
+	// (RequireKafka). Empty: cases that require kafka are skipped.
+	Brokers []string
+	// TopicPrefix is the prefix of the target's topic names (aegisd
+	// --topic-prefix; default "aegis.").
+	TopicPrefix string
+	// ApprovalSecret is the deployment's approval secret (the contents of
+	// aegisd's --approval-secret-file), for sign steps
+	// (RequireApprovalSecret). Empty: cases that require approval-secret
+	// are skipped.
+	ApprovalSecret []byte
 }
 
 // Run runs every case of packs and returns the report. It fails only on
@@ -93,6 +104,12 @@ func Run(ctx context.Context, packs []*Pack, opts Options) (*Report, error) {
 		return nil, err
 	}
 	r := &runner{opts: opts, manifests: mdir}
+	if len(opts.Brokers) > 0 {
+		if r.kafka, err = newKafkaClient(opts.Brokers, opts.TopicPrefix); err != nil {
+			return nil, err
+		}
+		defer r.kafka.close()
+	}
 	type job struct {
 		pack *Pack
 		c    *Case
@@ -123,6 +140,7 @@ func Run(ctx context.Context, packs []*Pack, opts Options) (*Report, error) {
 type runner struct {
 	opts      Options
 	manifests string
+	kafka     *kafkaClient // nil without Options.Brokers
 }
 
 // caseRun is the state of one case: its session id and step responses.
@@ -199,6 +217,12 @@ func (r *runner) skipReason(c *Case) string {
 			if t := tenantWithoutKey(c, r.opts.Keys); t != "" {
 				return "needs an API key of tenant " + t + "'s own (--api-key " + t + "=KEY); a key shared by every tenant cannot show isolation"
 			}
+		case req == RequireKafka && r.kafka == nil:
+			return "needs the target's Kafka brokers (--brokers HOST:PORT and, if not aegis., --topic-prefix) to publish to its events topic and read its rejected topic"
+		case req == RequireKafka:
+		case req == RequireApprovalSecret && len(r.opts.ApprovalSecret) == 0:
+			return "needs the deployment's approval secret (--approval-secret-file: aegisd's) to sign approvals as the gateway does"
+		case req == RequireApprovalSecret:
 		case req == RequireConformancePolicy && !slices.Contains(r.opts.Provides, req):
 			return "needs a target that runs the conformance policy bundle (aegisctl conformance policy --out DIR, aegisd --policy DIR) and --provides " + req
 		case req != RequireAuth && !slices.Contains(r.opts.Provides, req):
@@ -271,6 +295,8 @@ func (cr *caseRun) step(ctx context.Context, s *Step) (*response, error) {
 	}
 	session := cr.str(s.Session)
 	switch {
+	case s.Events != nil && s.Via == ViaKafka:
+		return cr.kafkaEvents(ctx, s, tenant, session, want)
 	case s.Events != nil:
 		evs := make([]map[string]any, len(s.Events))
 		for i, e := range s.Events {
@@ -591,11 +617,7 @@ func (cr *caseRun) str(s string) string {
 		case "run":
 			return cr.r.opts.RunID
 		}
-		head, rest, _ := strings.Cut(name, ".")
-		v, ok := cr.vars[head]
-		if ok && rest != "" {
-			v, ok = lookup(v, rest)
-		}
+		v, ok := cr.value(name)
 		if !ok {
 			return m
 		}
@@ -606,10 +628,31 @@ func (cr *caseRun) str(s string) string {
 	})
 }
 
-// expand expands the templates in every string of v.
+// value resolves the template NAME.PATH to a value of an earlier step's
+// response.
+func (cr *caseRun) value(name string) (any, bool) {
+	head, rest, _ := strings.Cut(name, ".")
+	v, ok := cr.vars[head]
+	if ok && rest != "" {
+		v, ok = lookup(v, rest)
+	}
+	return v, ok
+}
+
+// expand expands the templates in every string of v. A string that is
+// one {{NAME.PATH}} template of a value that is not a string (a number,
+// an object) becomes that value, so that a number read from an earlier
+// response is sent as a number.
 func (cr *caseRun) expand(v any) any {
 	switch x := v.(type) {
 	case string:
+		if m := templ.FindStringSubmatchIndex(x); m != nil && m[0] == 0 && m[1] == len(x) {
+			if val, ok := cr.value(x[m[2]:m[3]]); ok {
+				if _, isStr := val.(string); !isStr {
+					return val
+				}
+			}
+		}
 		return cr.str(x)
 	case map[string]any:
 		out := make(map[string]any, len(x))

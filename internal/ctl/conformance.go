@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"aegis.dev/aegis/conformance"
+	"aegis.dev/aegis/internal/grant"
+	"aegis.dev/aegis/internal/pipeline"
 )
 
 // keyFlags collects --api-key values: KEY (every tenant) or TENANT=KEY.
@@ -47,7 +49,7 @@ func runConformance(ctx context.Context, env IO, args []string) int {
 	if len(args) == 0 || args[0] != "run" {
 		return fail(env, ExitUsage, "conformance: usage: aegisctl conformance run [--target URL] [--api-key [TENANT=]KEY]... [--packs DIR] [--report FILE] [--junit FILE] | aegisctl conformance policy --out DIR")
 	}
-	fs := newFlags(env, "conformance run", "[--target URL] [--api-key [TENANT=]KEY]... [--packs DIR] [--report FILE] [--junit FILE] [--aegisd PATH]")
+	fs := newFlags(env, "conformance run", "[--target URL] [--api-key [TENANT=]KEY]... [--brokers HOST:PORT[,...]] [--topic-prefix P] [--approval-secret-file FILE] [--packs DIR] [--report FILE] [--junit FILE] [--aegisd PATH]")
 	target := fs.String("target", "", "base URL of a running aegisd's HTTP API; empty: start an embedded aegisd (--aegisd) with its own data dir, keys and manifests")
 	keys := keyFlags{}
 	fs.Var(keys, "api-key", "API key for every tenant (KEY) or for one tenant (TENANT=KEY); repeatable. None: no credentials (aegisd --dev)")
@@ -56,7 +58,10 @@ func runConformance(ctx context.Context, env IO, args []string) int {
 	junit := fs.String("junit", "", "write JUnit XML to FILE")
 	aegisd := fs.String("aegisd", "", "aegisd binary for the embedded run (default: aegisd next to aegisctl, then on PATH)")
 	concurrency := fs.Int("concurrency", 8, "cases run at once")
-	provides := fs.String("provides", "", "comma-separated target capabilities cases may require: short-approval-ttl (aegisd --approval-ttl <= 10s), conformance-policy (aegisd --policy with the bundle of 'aegisctl conformance policy'); auth is implied by --api-key")
+	provides := fs.String("provides", "", "comma-separated target capabilities cases may require: short-approval-ttl (aegisd --approval-ttl <= 10s), conformance-policy (aegisd --policy with the bundle of 'aegisctl conformance policy'); auth is implied by --api-key, kafka by --brokers, approval-secret by --approval-secret-file")
+	brokers := fs.String("brokers", "", "comma-separated Kafka seed brokers of the target, for the cases that publish to its events topic (requires: [kafka]); none: those cases are skipped")
+	topicPrefix := fs.String("topic-prefix", pipeline.DefaultTopicPrefix, "prefix of the target's topic names (aegisd --topic-prefix)")
+	secretFile := fs.String("approval-secret-file", "", "the target's approval secret (aegisd --approval-secret-file), for the cases that sign approvals (requires: [approval-secret]); none: those cases are skipped")
 	if code, ok := parse(fs, args[1:]); !ok {
 		return code
 	}
@@ -73,13 +78,29 @@ func runConformance(ctx context.Context, env IO, args []string) int {
 	if err != nil {
 		return fail(env, ExitUsage, "conformance run: %v", err)
 	}
-	opts := conformance.Options{Target: *target, Keys: keys, Concurrency: *concurrency}
+	opts := conformance.Options{Target: *target, Keys: keys, Concurrency: *concurrency, TopicPrefix: *topicPrefix}
 	for _, p := range strings.Split(*provides, ",") {
 		if p = strings.TrimSpace(p); p != "" {
 			opts.Provides = append(opts.Provides, p)
 		}
 	}
+	for _, b := range strings.Split(*brokers, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			opts.Brokers = append(opts.Brokers, b)
+		}
+	}
+	if err := pipeline.ValidatePrefix(*topicPrefix); err != nil {
+		return fail(env, ExitUsage, "conformance run: --topic-prefix: %v", err)
+	}
+	if *secretFile != "" {
+		if opts.ApprovalSecret, err = grant.LoadSecret(*secretFile); err != nil {
+			return fail(env, ExitUsage, "conformance run: %v", err)
+		}
+	}
 	if *target == "" {
+		if len(opts.Brokers) > 0 || opts.ApprovalSecret != nil || *topicPrefix != pipeline.DefaultTopicPrefix {
+			return fail(env, ExitUsage, "conformance run: --brokers, --topic-prefix and --approval-secret-file describe a --target; the embedded run uses its own aegisd's")
+		}
 		stop, err := startEmbeddedAegisd(ctx, env, *aegisd, packs, &opts)
 		if err != nil {
 			return fail(env, ExitRuntime, "conformance run: %v", err)
@@ -257,7 +278,7 @@ func startEmbeddedAegisd(ctx context.Context, env IO, bin string, packs []*confo
 		<-exited
 		cleanup()
 	}
-	addr, err := waitAddr(ctx, addrFile, exited, 90*time.Second)
+	addr, kafka, err := waitAddr(ctx, addrFile, exited, 90*time.Second)
 	if err != nil {
 		stop()
 		if waitErr != nil {
@@ -271,6 +292,13 @@ func startEmbeddedAegisd(ctx context.Context, env IO, bin string, packs []*confo
 		return nil, err
 	}
 	opts.Target, opts.Keys, opts.StorePath = base, keys, filepath.Join(data, "audit.db")
+	// The embedded broker and the approval secret aegisd was given: the
+	// Kafka cases publish there and the sign steps sign with it.
+	opts.Brokers, opts.TopicPrefix = []string{kafka}, pipeline.DefaultTopicPrefix
+	if opts.ApprovalSecret, err = grant.LoadSecret(filepath.Join(dir, "approval.secret")); err != nil {
+		stop()
+		return nil, err
+	}
 	opts.Provides = append(opts.Provides, conformance.RequireShortApprovalTTL, conformance.RequireConformancePolicy)
 	return stop, nil
 }
@@ -280,28 +308,30 @@ func fileExists(p string) bool {
 	return err == nil && !st.IsDir()
 }
 
-// waitAddr returns the HTTP address aegisd wrote to its --addr-file, once
-// it appears; it fails early when the process exited.
-func waitAddr(ctx context.Context, file string, exited <-chan struct{}, limit time.Duration) (string, error) {
+// waitAddr returns the HTTP address and the embedded broker's address
+// aegisd wrote to its --addr-file, once it appears; it fails early when
+// the process exited.
+func waitAddr(ctx context.Context, file string, exited <-chan struct{}, limit time.Duration) (string, string, error) {
 	deadline := time.Now().Add(limit)
 	for {
 		if b, err := os.ReadFile(file); err == nil {
 			var addrs struct {
-				HTTP string `json:"http"`
+				HTTP  string `json:"http"`
+				Kafka string `json:"kafka"`
 			}
-			if err := json.Unmarshal(b, &addrs); err != nil || addrs.HTTP == "" {
-				return "", fmt.Errorf("aegisd addr file %s: %q", file, b)
+			if err := json.Unmarshal(b, &addrs); err != nil || addrs.HTTP == "" || addrs.Kafka == "" {
+				return "", "", fmt.Errorf("aegisd addr file %s: %q", file, b)
 			}
-			return addrs.HTTP, nil
+			return addrs.HTTP, addrs.Kafka, nil
 		}
 		if time.Now().After(deadline) {
-			return "", fmt.Errorf("aegisd did not write %s within %s", file, limit)
+			return "", "", fmt.Errorf("aegisd did not write %s within %s", file, limit)
 		}
 		select {
 		case <-ctx.Done():
-			return "", ctx.Err()
+			return "", "", ctx.Err()
 		case <-exited:
-			return "", errors.New("aegisd exited before listening")
+			return "", "", errors.New("aegisd exited before listening")
 		case <-time.After(50 * time.Millisecond):
 		}
 	}

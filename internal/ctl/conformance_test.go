@@ -25,10 +25,11 @@ func TestConformanceEmbeddedStopIsBounded(t *testing.T) {
 	defer srv.Close()
 	dir := t.TempDir()
 	pidFile := filepath.Join(dir, "pid")
-	// A fake aegisd: writes the test server's address to --addr-file,
+	// A fake aegisd: writes the test server's address to --addr-file
+	// (and a broker nothing listens on: the pack has no Kafka case),
 	// then ignores SIGTERM.
 	script := "#!/bin/sh\nwhile [ $# -gt 0 ]; do if [ \"$1\" = --addr-file ]; then f=$2; fi; shift; done\n" +
-		"echo $$ > " + pidFile + "\nprintf '{\"http\":\"%s\"}' " + strings.TrimPrefix(srv.URL, "http://") + " > \"$f\"\ntrap '' TERM\nexec sleep 300\n"
+		"echo $$ > " + pidFile + "\nprintf '{\"http\":\"%s\",\"kafka\":\"127.0.0.1:1\"}' " + strings.TrimPrefix(srv.URL, "http://") + " > \"$f\"\ntrap '' TERM\nexec sleep 300\n"
 	bin := filepath.Join(dir, "aegisd")
 	if err := os.WriteFile(bin, []byte(script), 0o755); err != nil {
 		t.Fatal(err)
@@ -94,5 +95,26 @@ func TestConformancePolicyWritesTheBundle(t *testing.T) {
 	}
 	if code, _, stderr := run(t, "", "conformance", "policy"); code != ExitUsage {
 		t.Errorf("without --out: exit %d: %s", code, stderr)
+	}
+}
+
+// TestConformanceKafkaFlags: --brokers, --topic-prefix and
+// --approval-secret-file describe a live target; the embedded run uses
+// its own aegisd's broker and secret and refuses them, and a bad prefix
+// or secret file is a usage error before anything starts.
+func TestConformanceKafkaFlags(t *testing.T) {
+	short := filepath.Join(t.TempDir(), "short.secret")
+	if err := os.WriteFile(short, []byte("too short"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"--brokers", "127.0.0.1:9092"},
+		{"--approval-secret-file", short, "--target", "http://127.0.0.1:1"},
+		{"--topic-prefix", "bad prefix/", "--target", "http://127.0.0.1:1"},
+	} {
+		code, _, stderr := run(t, "", append([]string{"conformance", "run", "--aegisd", "/nonexistent/aegisd"}, args...)...)
+		if code != ExitUsage {
+			t.Errorf("%v: exit %d, want %d: %s", args, code, ExitUsage, stderr)
+		}
 	}
 }
