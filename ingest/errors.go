@@ -126,16 +126,22 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Content-Type-Options", "nosniff")
-	// The server has no WriteTimeout (a request may wait for an approval
-	// far longer than any write should take): each answer gets its own
-	// deadline, so a client that does not read it holds no handler, and
-	// the answer's memory, for long. Cleared afterwards: the connection's
-	// next request must not inherit it.
-	rc := http.NewResponseController(w)
-	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout(len(b))))
-	defer func() { _ = rc.SetWriteDeadline(time.Time{}) }()
+	defer BoundWrite(w, len(b))()
 	w.WriteHeader(status)
 	_, _ = w.Write(append(b, '\n'))
+}
+
+// BoundWrite gives the answer of n bytes about to be written to w a write
+// deadline, and returns the function that clears it once written. The
+// servers have no WriteTimeout (a request may wait for an approval far
+// longer than any write should take), so each answer gets its own: a
+// client that does not read it holds no handler, and the answer's memory,
+// for long. Cleared afterwards: the connection's next request must not
+// inherit it.
+func BoundWrite(w http.ResponseWriter, n int) (clear func()) {
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout(n)))
+	return func() { _ = rc.SetWriteDeadline(time.Time{}) }
 }
 
 // An answer of n bytes may take answerWriteTime plus one second per

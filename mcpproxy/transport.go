@@ -241,9 +241,11 @@ func (p *Proxy) lookup(w http.ResponseWriter, r *http.Request, tenant string) *s
 }
 
 func writeMessage(w http.ResponseWriter, status int, m *message) {
+	b := append(encode(m), '\n')
+	defer ingest.BoundWrite(w, len(b))()
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_, _ = w.Write(append(encode(m), '\n'))
+	_, _ = w.Write(b)
 }
 
 // httpError answers a transport-level error as a JSON-RPC error without id.

@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"aegis.dev/aegis/decider"
 	"aegis.dev/aegis/ingest"
@@ -215,5 +216,29 @@ func TestExecutedRecordedBeforeTheServerRuns(t *testing.T) {
 	defer up.mu.Unlock()
 	if len(up.executed) != 0 {
 		t.Fatalf("the server ran %q though TOOL_CALL_EXECUTED was not recorded", up.executed)
+	}
+}
+
+// deadlineRecorder records the write deadlines a handler sets.
+type deadlineRecorder struct {
+	*httptest.ResponseRecorder
+	deadlines []time.Time
+}
+
+func (d *deadlineRecorder) SetWriteDeadline(t time.Time) error {
+	d.deadlines = append(d.deadlines, t)
+	return nil
+}
+
+// An answer to the agent is written under a deadline that is cleared
+// afterwards, as the HTTP API's answers are (ingest.BoundWrite).
+func TestAnswersHaveAWriteDeadline(t *testing.T) {
+	rec := &deadlineRecorder{ResponseRecorder: httptest.NewRecorder()}
+	writeMessage(rec, http.StatusOK, &message{JSONRPC: "2.0", ID: json.RawMessage("1"), Result: json.RawMessage(`{}`)})
+	if len(rec.deadlines) != 2 || rec.deadlines[0].IsZero() || time.Until(rec.deadlines[0]) > time.Minute || !rec.deadlines[1].IsZero() {
+		t.Fatalf("deadlines %v: want one within a minute, then cleared", rec.deadlines)
+	}
+	if rec.Code != http.StatusOK || !strings.Contains(rec.Body.String(), `"result":{}`) {
+		t.Fatalf("answer %d %q", rec.Code, rec.Body)
 	}
 }
