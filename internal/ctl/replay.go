@@ -3,6 +3,7 @@ package ctl
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -162,7 +163,7 @@ func replay(ctx context.Context, env IO, o replayOptions) int {
 	var snapshots map[projector.SessionKey]storedSnapshot
 	var replayed sync.Map // exact mode: the sessions the source yielded
 	if o.mode == replayer.ModeExact && st != nil {
-		if snapshots, err = snapshotHashes(ctx, st, o.store, filters); err != nil {
+		if snapshots, err = snapshotHashes(ctx, st, filters); err != nil {
 			return fail(env, ExitRuntime, "replay: %v", err)
 		}
 		cfg.SnapshotHash = func(t, s string) (uint64, string, bool) {
@@ -364,57 +365,34 @@ type storedSnapshot struct {
 // snapshotHashes reads the stored snapshot hash of every selected session:
 // one string per session, for the final-snapshot comparison. It reads the
 // selection's rows only, so its memory follows the selection, not the
-// store.
-func snapshotHashes(ctx context.Context, st stores.Store, url string, filters []projector.Filter) (map[projector.SessionKey]storedSnapshot, error) {
-	kind, _ := stores.Parse(url)
+// store. It uses the reader verify uses (projector.SnapshotReader): each
+// session's latest version, and every unmerged ClickHouse copy of it, so
+// that copies which disagree (a forged copy FINAL might pick) or a column
+// SQLite holds in another type never pass as the recorded hash.
+func snapshotHashes(ctx context.Context, st stores.Store, filters []projector.Filter) (map[projector.SessionKey]storedSnapshot, error) {
+	sr, ok := st.(projector.SnapshotReader)
+	if !ok {
+		return nil, errors.New("the store cannot read session_snapshots")
+	}
 	out := map[projector.SessionKey]storedSnapshot{}
 	for _, f := range filters {
-		q := "SELECT tenant_id, session_id, last_seq, snapshot_hash FROM session_snapshots"
-		if kind == stores.ClickHouse {
-			q += " FINAL"
-		}
-		_, rows, err := st.Query(ctx, q+literalWhere(kind, f))
+		err := sr.Snapshots(ctx, f, func(r *projector.StoredSnapshot) error {
+			k := projector.SessionKey{TenantID: r.TenantID, SessionID: r.SessionID}
+			h := r.Hash
+			if r.Invalid != "" {
+				h = "(session_snapshots." + r.Invalid + " is not of its type)"
+			}
+			if prev, seen := out[k]; seen && prev.hash != h {
+				h = "(copies of the row disagree: " + prev.hash + ", " + h + ")"
+			}
+			out[k] = storedSnapshot{r.LastSeq, h}
+			return nil
+		})
 		if err != nil {
 			return nil, err
 		}
-		for _, r := range rows {
-			var seq uint64
-			if _, err := fmt.Sscan(fmt.Sprint(r[2]), &seq); err != nil {
-				return nil, fmt.Errorf("session_snapshots.last_seq %v: %w", r[2], err)
-			}
-			out[projector.SessionKey{TenantID: fmt.Sprint(r[0]), SessionID: fmt.Sprint(r[1])}] = storedSnapshot{seq, fmt.Sprint(r[3])}
-		}
 	}
 	return out, nil
-}
-
-// literalWhere is f's WHERE clause (projector.Filter.Where) with its
-// arguments written in as literals of the store's dialect, for the
-// read-only Querier, which takes no arguments. The clause's text is the
-// filter's own, so every ? in it is a placeholder.
-func literalWhere(kind stores.Kind, f projector.Filter) string {
-	w, args := f.Where(func(list string) string {
-		if kind == stores.SQLite {
-			return "VALUES " + list
-		}
-		return list
-	})
-	var b strings.Builder
-	for _, part := range strings.SplitAfter(w, "?") {
-		if !strings.HasSuffix(part, "?") || len(args) == 0 {
-			b.WriteString(part)
-			continue
-		}
-		b.WriteString(strings.TrimSuffix(part, "?"))
-		switch a := args[0].(type) {
-		case string:
-			b.WriteString(sqlString(kind, a))
-		default:
-			fmt.Fprint(&b, a)
-		}
-		args = args[1:]
-	}
-	return b.String()
 }
 
 // badRecord is a sealed-topic record that does not decode: a result of

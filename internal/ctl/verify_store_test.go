@@ -467,7 +467,7 @@ func testSnapshotHashes(t *testing.T, newURL func(testing.TB) string) {
 		{"no tenant", []projector.Filter{{TenantID: "o'ther"}}, nil},
 	}
 	for _, c := range cases {
-		got, err := snapshotHashes(context.Background(), st, url, c.filters)
+		got, err := snapshotHashes(context.Background(), st, c.filters)
 		if err != nil {
 			t.Fatalf("%s: %v", c.name, err)
 		}
@@ -883,5 +883,34 @@ func TestVerifySeesSnapshotColumnsOfAnotherType(t *testing.T) {
 				t.Errorf("failures %+v, want one %s of acme/sess-1", rep.Failures, ReasonSnapshotMismatch)
 			}
 		})
+	}
+}
+
+// TestIntegrationSnapshotHashesSeeForgedCopyClickHouse: until a merge,
+// ClickHouse keeps every copy of a session_snapshots row, and FINAL
+// returns the last one inserted. A forged copy of the latest version
+// inserted before the genuine one was invisible to the exact replay's
+// snapshot comparison; copies that disagree never pass as the hash now.
+func TestIntegrationSnapshotHashesSeeForgedCopyClickHouse(t *testing.T) {
+	url := clickhouseURL(t)
+	b := storetest.BatchOf(t, storetest.Vectors(t))
+	genuine := *firstSnapshot(b)
+	forged := genuine
+	forged.Hash = "sha256:" + strings.Repeat("0", 64)
+	writeStore(t, url, &projector.Batch{Snapshots: []projector.SnapshotRow{forged}})
+	writeStore(t, url, b)
+	ctx := context.Background()
+	st, err := stores.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	got, err := snapshotHashes(ctx, st, []projector.Filter{{TenantID: genuine.TenantID, SessionID: genuine.SessionID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := got[projector.SessionKey{TenantID: genuine.TenantID, SessionID: genuine.SessionID}]
+	if h.seq != genuine.LastSeq || h.hash == genuine.Hash || !strings.Contains(h.hash, "disagree") {
+		t.Fatalf("stored snapshot %+v: a forged copy passed as the genuine hash %s", h, genuine.Hash)
 	}
 }
