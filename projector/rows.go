@@ -256,6 +256,38 @@ func DecisionRowOf(sn *session.Snapshot, ev *envelope.Event) (DecisionRow, bool)
 		ToolName: tc.ToolName, CallID: tc.CallID, Decision: *ev.Decision, Tainted: sn.Tainted, Hash: ev.Hash}, true
 }
 
+// Diff names the first column in which the decisions rows r and o differ
+// (with r's and o's values), or ok when they are the same row.
+func (r *DecisionRow) Diff(o *DecisionRow) (column, mine, theirs string, ok bool) {
+	if *r == *o {
+		return "", "", "", true
+	}
+	u, i, b := strconv.FormatUint, strconv.FormatInt, strconv.FormatBool
+	for _, c := range [...]struct{ name, a, b string }{
+		{"tenant_id", r.TenantID, o.TenantID},
+		{"session_id", r.SessionID, o.SessionID},
+		{"seq", u(r.Seq, 10), u(o.Seq, 10)},
+		{"ts_unix_ms", i(r.TsUnixMs, 10), i(o.TsUnixMs, 10)},
+		{"manifest", r.Manifest, o.Manifest},
+		{"tool_name", r.ToolName, o.ToolName},
+		{"call_id", r.CallID, o.CallID},
+		{"outcome", string(r.Outcome), string(o.Outcome)},
+		{"reason", r.Reason, o.Reason},
+		{"policy_revision", r.PolicyRevision, o.PolicyRevision},
+		{"manifest_digest", r.ManifestDigest, o.ManifestDigest},
+		{"input_digest", r.InputDigest, o.InputDigest},
+		{"max_output_bytes", fmt.Sprint(r.Constraints.MaxOutputBytes), fmt.Sprint(o.Constraints.MaxOutputBytes)},
+		{"timeout_ms", fmt.Sprint(r.Constraints.TimeoutMs), fmt.Sprint(o.Constraints.TimeoutMs)},
+		{"tainted", b(r.Tainted), b(o.Tainted)},
+		{"hash", r.Hash, o.Hash},
+	} {
+		if c.a != c.b {
+			return c.name, c.a, c.b, false
+		}
+	}
+	return "decision", fmt.Sprintf("%+v", r.Decision), fmt.Sprintf("%+v", o.Decision), false
+}
+
 // StoredDecision is a decisions row as a store reads it: the row, and its
 // event_date ("YYYY-MM-DD").
 type StoredDecision struct {

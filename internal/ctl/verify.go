@@ -408,16 +408,31 @@ func VerifyStore(ctx context.Context, st ChainSource, f projector.Filter, worker
 		if err != nil {
 			return VerifyReport{}, err
 		}
-		rep.Failures = append(rep.Failures, fs...)
 		// Sessions whose records decide something but that have no row.
 		for _, w := range ws {
 			for k, want := range w.decisions {
 				if want.n > 0 && !seen[k] && !failed[k] {
-					rep.Failures = append(rep.Failures, chain.Failure{TenantID: k.TenantID, SessionID: k.SessionID, Reason: ReasonDecisionsMismatch,
+					fs = append(fs, chain.Failure{TenantID: k.TenantID, SessionID: k.SessionID, Reason: ReasonDecisionsMismatch,
 						Detail: fmt.Sprintf("%d decisions rows expected, none stored", want.n)})
 				}
 			}
 		}
+		// The digests say which sessions differ; a second read of those
+		// (few) sessions says where.
+		for i := range fs {
+			k := projector.SessionKey{TenantID: fs[i].TenantID, SessionID: fs[i].SessionID}
+			if _, _, scanned := expected(k); !scanned || i >= maxLocated {
+				continue
+			}
+			seq, detail, err := locateDecisions(ctx, st, dr, k, ws[route(k.TenantID, k.SessionID)].cutoff[k])
+			if err != nil {
+				return VerifyReport{}, err
+			}
+			if detail != "" {
+				fs[i].Seq, fs[i].Detail = seq, detail
+			}
+		}
+		rep.Failures = append(rep.Failures, fs...)
 		for _, fl := range rep.Failures {
 			failed[projector.SessionKey{TenantID: fl.TenantID, SessionID: fl.SessionID}] = true
 		}
@@ -543,6 +558,81 @@ func checkDecisions(ctx context.Context, dr projector.DecisionReader, f projecto
 		compare(cur, dd.done())
 	}
 	return out, seen, nil
+}
+
+// maxLocated bounds the DECISIONS_MISMATCH sessions verify reads again to
+// name the first row that differs; the others keep the session's count.
+const maxLocated = 1000
+
+// locateDecisions reads session k's records and decisions rows again and
+// names the first row in which they differ: its seq and what differs.
+// Rows from cutoff on (a record the current reducer refuses, see
+// VerifyStore) are not compared. An empty detail: no difference found
+// (the store changed between the reads).
+func locateDecisions(ctx context.Context, st ChainSource, dr projector.DecisionReader, k projector.SessionKey, cutoff uint64) (uint64, string, error) {
+	f := projector.Filter{TenantID: k.TenantID, SessionID: k.SessionID}
+	var derived []projector.DecisionRow
+	sn := session.New(k.TenantID, k.SessionID)
+	var last *projector.EventRow
+	stopped := false
+	err := st.Events(ctx, f, func(r *projector.EventRow) error {
+		if last != nil && last.Event.Seq == r.Event.Seq && projector.SameRow(last, r) {
+			return nil
+		}
+		last = r
+		if stopped || (cutoff > 0 && r.Event.Seq >= cutoff) {
+			stopped = true
+			return nil
+		}
+		d, decided := projector.DecisionRowOf(sn, r.Event)
+		// A record the reducer refuses ends the comparison, as in
+		// VerifyStore (its cutoff).
+		stopped = sn.Apply(r.Event) != nil
+		if decided && !stopped {
+			derived = append(derived, d)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, "", err
+	}
+	var stored []projector.StoredDecision
+	err = dr.Decisions(ctx, f, func(d *projector.StoredDecision) error {
+		if cutoff > 0 && d.Seq >= cutoff && d.Invalid == "" {
+			return nil
+		}
+		if n := len(stored); n > 0 && stored[n-1] == *d {
+			return nil // an identical copy
+		}
+		stored = append(stored, *d)
+		return nil
+	})
+	if err != nil {
+		return 0, "", err
+	}
+	for i := 0; i < len(derived) || i < len(stored); i++ {
+		switch {
+		case i == len(stored):
+			return derived[i].Seq, fmt.Sprintf("seq %d: no decisions row; the record decides %s %s", derived[i].Seq, derived[i].Outcome, derived[i].Reason), nil
+		case i == len(derived):
+			return stored[i].Seq, fmt.Sprintf("seq %d: a decisions row (%s %s) no verified record derives", stored[i].Seq, stored[i].Outcome, stored[i].Reason), nil
+		case stored[i].Invalid != "":
+			return stored[i].Seq, fmt.Sprintf("seq %d: decisions.%s is not of its type", stored[i].Seq, stored[i].Invalid), nil
+		case stored[i].Seq != derived[i].Seq:
+			s := min(stored[i].Seq, derived[i].Seq)
+			if stored[i].Seq < derived[i].Seq {
+				return s, fmt.Sprintf("seq %d: a decisions row (%s %s) no verified record derives", s, stored[i].Outcome, stored[i].Reason), nil
+			}
+			return s, fmt.Sprintf("seq %d: no decisions row; the record decides %s %s", s, derived[i].Outcome, derived[i].Reason), nil
+		}
+		if col, mine, theirs, same := derived[i].Diff(&stored[i].DecisionRow); !same {
+			return derived[i].Seq, fmt.Sprintf("seq %d: column %s is %q, the record says %q", derived[i].Seq, col, theirs, mine), nil
+		}
+		if want := projector.Date(derived[i].TsUnixMs).Format(time.DateOnly); stored[i].EventDate != want {
+			return derived[i].Seq, fmt.Sprintf("seq %d: column event_date is %q, the record says %q", derived[i].Seq, stored[i].EventDate, want), nil
+		}
+	}
+	return 0, "", nil
 }
 
 // expectedSnapshot is the session_snapshots row a verified session's

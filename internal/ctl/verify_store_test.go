@@ -914,3 +914,63 @@ func TestIntegrationSnapshotHashesSeeForgedCopyClickHouse(t *testing.T) {
 		t.Fatalf("stored snapshot %+v: a forged copy passed as the genuine hash %s", h, genuine.Hash)
 	}
 }
+
+// testDecisionsMismatchNamesTheRow: a DECISIONS_MISMATCH names the first
+// row that differs, by seq, and what differs, not only the session.
+func testDecisionsMismatchNamesTheRow(t *testing.T, newURL func(testing.TB) string) {
+	vec := storetest.Vectors(t)
+	for _, tc := range []struct {
+		name   string
+		tamper func(b *projector.Batch) uint64 // returns the seq to name
+		detail string
+	}{
+		{"outcome edited", func(b *projector.Batch) uint64 {
+			d := firstDecision(b)
+			if d.Outcome == envelope.Allow {
+				d.Outcome, d.Reason = envelope.Deny, envelope.ReasonEgressDeny
+			} else {
+				d.Outcome, d.Reason = envelope.Allow, envelope.ReasonOK
+			}
+			return d.Seq
+		}, "column outcome is"},
+		{"taint edited", func(b *projector.Batch) uint64 {
+			d := firstDecision(b)
+			d.Tainted = !d.Tainted
+			return d.Seq
+		}, "column tainted is"},
+		{"row deleted", func(b *projector.Batch) uint64 {
+			d := *firstDecision(b)
+			b.Decisions = b.Decisions[1:]
+			return d.Seq
+		}, "no decisions row; the record decides"},
+		{"row forged", func(b *projector.Batch) uint64 {
+			d := *firstDecision(b)
+			d.Seq = b.Events[0].Event.Seq // the session's first record, not a proposal
+			b.Decisions = append(b.Decisions, d)
+			return d.Seq
+		}, "a decisions row (" + ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			url := newURL(t)
+			b := storetest.BatchOf(t, vec)
+			seq := tc.tamper(b)
+			writeStore(t, url, b)
+			rep := verifyStoreAt(t, url)
+			if len(rep.Failures) != 1 || rep.Failures[0].Reason != ReasonDecisionsMismatch {
+				t.Fatalf("failures %+v, want one %s", rep.Failures, ReasonDecisionsMismatch)
+			}
+			t.Log(rep.Failures[0].Detail)
+			if f := rep.Failures[0]; f.Seq != seq || !strings.Contains(f.Detail, fmt.Sprintf("seq %d: ", seq)) || !strings.Contains(f.Detail, tc.detail) {
+				t.Errorf("failure %+v: want seq %d and %q", f, seq, tc.detail)
+			}
+		})
+	}
+}
+
+func TestDecisionsMismatchNamesTheRowSQLite(t *testing.T) {
+	testDecisionsMismatchNamesTheRow(t, sqliteURL)
+}
+
+func TestIntegrationDecisionsMismatchNamesTheRowClickHouse(t *testing.T) {
+	testDecisionsMismatchNamesTheRow(t, clickhouseURL)
+}
