@@ -1,16 +1,20 @@
 package conformance
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"aegis.dev/aegis/internal/grant"
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/schemas/envelope"
 )
 
 // Kafka events steps (Step.Via "kafka") publish the way a fleet does:
@@ -38,6 +42,28 @@ type kafkaClient struct {
 	brokers []string
 	topics  pipeline.Topics
 	prod    *stream.Producer
+
+	// The partition count of the events topic, listed once, when a case
+	// first pins a record (Step.Partition).
+	countOnce sync.Once
+	count     int32
+	countErr  error
+}
+
+// partitions returns the partition count of the events topic.
+func (k *kafkaClient) partitions(ctx context.Context) (int32, error) {
+	k.countOnce.Do(func() {
+		offs, err := stream.EndOffsets(ctx, k.brokers, k.topics.Events)
+		switch {
+		case err != nil:
+			k.countErr = fmt.Errorf("list the partitions of %s: %w", k.topics.Events, err)
+		case len(offs) == 0:
+			k.countErr = fmt.Errorf("%s has no partitions", k.topics.Events)
+		default:
+			k.count = int32(len(offs))
+		}
+	})
+	return k.count, k.countErr
 }
 
 func newKafkaClient(brokers []string, prefix string) (*kafkaClient, error) {
@@ -47,7 +73,11 @@ func newKafkaClient(brokers []string, prefix string) (*kafkaClient, error) {
 	if err := pipeline.ValidatePrefix(prefix); err != nil {
 		return nil, fmt.Errorf("conformance: %w", err)
 	}
-	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: brokers}, stream.WithStage("conformance"))
+	// Records up to the events topic's limit for the default
+	// --max-event-bytes, so that a record over that limit (pad_to)
+	// reaches the decider, which rejects it TOO_LARGE.
+	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: brokers, MaxRecordBytes: pipeline.MaxRecordBytes(envelope.DefaultMaxEventBytes)},
+		stream.WithStage("conformance"))
 	if err != nil {
 		return nil, fmt.Errorf("conformance: kafka: %w", err)
 	}
@@ -56,12 +86,89 @@ func newKafkaClient(brokers []string, prefix string) (*kafkaClient, error) {
 
 func (k *kafkaClient) close() { k.prod.Close() }
 
-// published is where one record of a Kafka step was written.
+// published is where one record of a Kafka step was written. Key is
+// absent for a record without a key.
 type published struct {
-	Topic     string `json:"topic"`
-	Partition int32  `json:"partition"`
-	Offset    int64  `json:"offset"`
-	Key       string `json:"key"`
+	Topic     string  `json:"topic"`
+	Partition int32   `json:"partition"`
+	Offset    int64   `json:"offset"`
+	Key       *string `json:"key,omitempty"`
+}
+
+// record is what a Kafka step writes: its key (nil: none), its value, and
+// the partition it is pinned to (pin false: the key's murmur2 partition).
+type record struct {
+	key       []byte
+	value     []byte
+	pin       bool
+	partition int32
+}
+
+// kafkaValue is the value of the record of e: the raw bytes, or the
+// envelope of the short form (signed with sign), padded to e.PadTo.
+func (cr *caseRun) kafkaValue(e *Event, tenant, session string, sign bool) ([]byte, error) {
+	var b []byte
+	switch {
+	case e.Raw != "":
+		b = []byte(cr.str(e.Raw))
+	case e.RawBase64 != "":
+		var err error
+		if b, err = base64.StdEncoding.DecodeString(e.RawBase64); err != nil {
+			return nil, fmt.Errorf("raw_base64: %w", err)
+		}
+	default:
+		env := cr.envelope(tenant, session, e, true)
+		var err error
+		if b, err = json.Marshal(env); err != nil {
+			return nil, err
+		}
+		if sign && env["event_type"] == "APPROVAL_DECIDED" {
+			if b, err = signEvent(cr.r.opts.ApprovalSecret, tenant, session, b); err != nil {
+				return nil, fmt.Errorf("sign: %w", err)
+			}
+		}
+	}
+	if e.PadTo > 0 {
+		if len(b) > e.PadTo {
+			return nil, fmt.Errorf("pad_to %d: the record is already %d bytes", e.PadTo, len(b))
+		}
+		b = append(b, bytes.Repeat([]byte{' '}, e.PadTo-len(b))...)
+	}
+	return b, nil
+}
+
+// kafkaKey is the record key of a Kafka step: "<tenant>/<session>", or
+// the step's key (templates expanded), or none.
+func (cr *caseRun) kafkaKey(s *Step, tenant, session string) []byte {
+	switch {
+	case s.NoKey:
+		return nil
+	case s.Key != nil:
+		return append([]byte{}, cr.str(*s.Key)...) // "" is an empty key, not none
+	}
+	return []byte(tenant + "/" + session)
+}
+
+// kafkaPartition is where a Kafka step pins its records with key, if it
+// does.
+func (cr *caseRun) kafkaPartition(ctx context.Context, s *Step, key []byte) (pin bool, partition int32, err error) {
+	if s.Partition == nil {
+		return false, 0, nil
+	}
+	n, err := cr.r.kafka.partitions(ctx)
+	if err != nil {
+		return false, 0, err
+	}
+	if s.Partition.Wrong {
+		if n < 2 {
+			return false, 0, fmt.Errorf("partition: %s needs two partitions or more; %s has %d", PartitionWrong, cr.r.kafka.topics.Events, n)
+		}
+		return true, (stream.Partition(key, n) + 1) % n, nil
+	}
+	if s.Partition.N >= n {
+		return false, 0, fmt.Errorf("partition %d: %s has %d partitions", s.Partition.N, cr.r.kafka.topics.Events, n)
+	}
+	return true, s.Partition.N, nil
 }
 
 // kafkaEvents is an events step with via: kafka. It returns the
@@ -69,20 +176,18 @@ type published struct {
 // response for templates.
 func (cr *caseRun) kafkaEvents(ctx context.Context, s *Step, tenant, session string, want Expect) (*response, error) {
 	k := cr.r.kafka
-	key := tenant + "/" + session
-	values := make([][]byte, len(s.Events))
+	key := cr.kafkaKey(s, tenant, session)
+	pin, partition, err := cr.kafkaPartition(ctx, s, key)
+	if err != nil {
+		return nil, err
+	}
+	recs := make([]record, len(s.Events))
 	for i, e := range s.Events {
-		env := cr.envelope(tenant, session, e, true)
-		b, err := json.Marshal(env)
+		b, err := cr.kafkaValue(e, tenant, session, s.Sign)
 		if err != nil {
 			return nil, err
 		}
-		if s.Sign && env["event_type"] == "APPROVAL_DECIDED" {
-			if b, err = signEvent(cr.r.opts.ApprovalSecret, tenant, session, b); err != nil {
-				return nil, fmt.Errorf("sign: %w", err)
-			}
-		}
-		values[i] = b
+		recs[i] = record{key: key, value: b, pin: pin, partition: partition}
 	}
 	var start map[int32]int64
 	if want.Rejected != "" {
@@ -93,21 +198,21 @@ func (cr *caseRun) kafkaEvents(ctx context.Context, s *Step, tenant, session str
 		}
 	}
 	cr.wrote(tenant, session)
-	recs, err := k.produce(ctx, key, values)
-	ev := Evidence{Step: cr.where, Method: kafkaEvidence, Path: k.topics.Events + " key " + key, Request: string(joinLines(values))}
+	done, err := k.produce(ctx, recs)
+	ev := Evidence{Step: cr.where, Method: kafkaEvidence, Path: k.topics.Events + " " + describeKey(key, pin, partition), Request: evidenceValues(recs)}
 	if err != nil {
 		ev.Error = err.Error()
 		cr.ev = append(cr.ev, ev)
 		return nil, fmt.Errorf("publish to %s: %w", k.topics.Events, err)
 	}
-	ev.Response = mustJSON(recs)
+	ev.Response = mustJSON(done)
 	cr.ev = append(cr.ev, ev)
 	if want.Rejected == "" {
 		var out any
-		_ = json.Unmarshal([]byte(mustJSON(map[string]any{"records": recs})), &out)
+		_ = json.Unmarshal([]byte(mustJSON(map[string]any{"records": done})), &out)
 		return &response{json: out}, nil
 	}
-	rec := recs[0]
+	rec := done[0]
 	rj, err := cr.rejection(ctx, rec, start[rec.Partition])
 	if err != nil {
 		return nil, err
@@ -125,32 +230,62 @@ func withField(m map[string]any, k string, v any) map[string]any {
 	return out
 }
 
-func joinLines(vs [][]byte) []byte {
+// describeKey says how a step's records are keyed and placed, for the
+// evidence.
+func describeKey(key []byte, pin bool, partition int32) string {
+	d := "no key"
+	if key != nil {
+		d = fmt.Sprintf("key %q", key)
+	}
+	if pin {
+		d += fmt.Sprintf(" pinned to partition %d", partition)
+	}
+	return d
+}
+
+// evidenceValues writes the values of recs one a line, for the evidence:
+// a value that is not UTF-8 as "base64:…", and each cut to its first
+// evidenceValueBytes (a record padded past the size limit is 1 MiB).
+func evidenceValues(recs []record) string {
 	var out []byte
-	for i, v := range vs {
+	for i, r := range recs {
 		if i > 0 {
 			out = append(out, '\n')
 		}
+		v := r.value
+		if !utf8.Valid(v) {
+			v = []byte("base64:" + base64.StdEncoding.EncodeToString(v))
+		}
+		if len(v) > evidenceValueBytes {
+			v = append(pipeline.TrimPartialRune(v[:evidenceValueBytes:evidenceValueBytes]), fmt.Sprintf("… (%d bytes)", len(r.value))...)
+		}
 		out = append(out, v...)
 	}
-	return out
+	return string(out)
 }
 
-// produce writes values under key in order and returns where each was
-// written once the brokers acknowledged all of them.
-func (k *kafkaClient) produce(ctx context.Context, key string, values [][]byte) ([]published, error) {
-	out := make([]published, len(values))
-	errs := make([]error, len(values))
+const evidenceValueBytes = 4 << 10
+
+// produce writes recs in order and returns where each was written once
+// the brokers acknowledged all of them.
+func (k *kafkaClient) produce(ctx context.Context, recs []record) ([]published, error) {
+	out := make([]published, len(recs))
+	errs := make([]error, len(recs))
 	var wg sync.WaitGroup
-	wg.Add(len(values))
-	for i, v := range values {
-		k.prod.ProduceAsync(ctx, stream.Message{Topic: k.topics.Events, Key: []byte(key), Value: v}, func(r *stream.Record, err error) {
+	wg.Add(len(recs))
+	for i, rec := range recs {
+		m := stream.Message{Topic: k.topics.Events, Key: rec.key, Value: rec.value, Pin: rec.pin, Partition: rec.partition}
+		k.prod.ProduceAsync(ctx, m, func(r *stream.Record, err error) {
 			defer wg.Done()
 			if err != nil {
 				errs[i] = err
 				return
 			}
-			out[i] = published{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset, Key: key}
+			out[i] = published{Topic: r.Topic, Partition: r.Partition, Offset: r.Offset}
+			if rec.key != nil {
+				key := string(rec.key)
+				out[i].Key = &key
+			}
 		})
 	}
 	wg.Wait()

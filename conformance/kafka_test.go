@@ -191,3 +191,47 @@ func TestKafkaCasesSkipWithoutBrokers(t *testing.T) {
 		}
 	}
 }
+
+// TestWrongPartitionCaseSkipsOnOnePartition: on an events topic of one
+// partition every partition is every key's, so the case of a record off
+// its key's partition is skipped (saying why) rather than failed; the
+// other raw-record cases run there as everywhere.
+func TestWrongPartitionCaseSkipsOnOnePartition(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts an aegisd")
+	}
+	packs, err := conformance.Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	target := startEmbedded(t, packs, func(c *daemon.Config) { c.Partitions = 1 })
+	var pick []*conformance.Case
+	var kafka *conformance.Pack
+	for _, p := range packs {
+		for _, c := range p.Cases {
+			if c.ID == "KAFKA-RAW-011" || c.ID == "KAFKA-RAW-010" {
+				pick = append(pick, c)
+				kafka = p
+			}
+		}
+	}
+	if len(pick) != 2 {
+		t.Fatalf("found %d of KAFKA-RAW-010 and -011", len(pick))
+	}
+	one := *kafka
+	one.Cases = pick
+	opts := target.options(t)
+	rep, err := conformance.Run(context.Background(), []*conformance.Pack{&one}, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range rep.Cases {
+		want := conformance.StatusPass
+		if c.ID == "KAFKA-RAW-011" {
+			want = conformance.StatusSkip
+		}
+		if c.Status != want || (want == conformance.StatusSkip && !strings.Contains(c.Message, "two partitions")) {
+			t.Errorf("%s: %s %s, want %s", c.ID, c.Status, c.Message, want)
+		}
+	}
+}

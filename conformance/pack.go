@@ -16,6 +16,7 @@ package conformance
 
 import (
 	"bytes"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -119,6 +120,15 @@ type Step struct {
 	// `aegisctl publish --approval-secret-file` does. A case with such a
 	// step requires RequireApprovalSecret.
 	Sign bool `yaml:"sign,omitempty" json:"sign,omitempty"`
+	// Key replaces the record key of a Kafka events step
+	// ("<tenant>/<session>" of the step); "" is an empty key. NoKey
+	// sends the records without a key (a null key). Partition pins the
+	// records to a partition instead of the murmur2 partition of their
+	// key. These write what a misconfigured client would, for the
+	// pipeline's KEY_MISMATCH and WRONG_PARTITION.
+	Key       *string    `yaml:"key,omitempty" json:"key,omitempty"`
+	NoKey     bool       `yaml:"no_key,omitempty" json:"no_key,omitempty"`
+	Partition *Partition `yaml:"partition,omitempty" json:"partition,omitempty"`
 	// Propose publishes a proposal and waits for its decision (POST
 	// /v1/sessions/{session}/proposals).
 	Propose *Event `yaml:"propose,omitempty" json:"propose,omitempty"`
@@ -148,12 +158,65 @@ type Step struct {
 
 // Event is an envelope in short form. Session and tenant come from the
 // step; TS defaults to 1767225600000 + 1000 × Seq.
+//
+// On a Kafka events step, Raw (templates expanded) or RawBase64 (the
+// bytes as they are) is instead the exact value of the record, for input
+// no envelope can express: it excludes the short-form fields. PadTo
+// appends spaces (JSON whitespace) to the value, short form or raw, until
+// it is that many bytes long.
 type Event struct {
-	Seq      uint64         `yaml:"seq,omitempty" json:"seq,omitempty"`
-	TS       int64          `yaml:"ts,omitempty" json:"ts,omitempty"`
-	Type     string         `yaml:"type,omitempty" json:"type,omitempty"`
-	Manifest string         `yaml:"manifest,omitempty" json:"manifest,omitempty"`
-	Payload  map[string]any `yaml:"payload,omitempty" json:"payload,omitempty"`
+	Seq       uint64         `yaml:"seq,omitempty" json:"seq,omitempty"`
+	TS        int64          `yaml:"ts,omitempty" json:"ts,omitempty"`
+	Type      string         `yaml:"type,omitempty" json:"type,omitempty"`
+	Manifest  string         `yaml:"manifest,omitempty" json:"manifest,omitempty"`
+	Payload   map[string]any `yaml:"payload,omitempty" json:"payload,omitempty"`
+	Raw       string         `yaml:"raw,omitempty" json:"raw,omitempty"`
+	RawBase64 string         `yaml:"raw_base64,omitempty" json:"raw_base64,omitempty"`
+	PadTo     int            `yaml:"pad_to,omitempty" json:"pad_to,omitempty"`
+}
+
+// raw reports whether e is a raw record (Raw or RawBase64).
+func (e *Event) raw() bool { return e.Raw != "" || e.RawBase64 != "" }
+
+// shortForm reports whether e sets any field of the short form.
+func (e *Event) shortForm() bool {
+	return e.Seq != 0 || e.TS != 0 || e.Type != "" || e.Manifest != "" || e.Payload != nil
+}
+
+// Partition is where a Kafka events step writes its records: partition N
+// of the events topic, or, with Wrong ("partition: wrong" in a pack), the
+// partition after the murmur2 partition of the record key (modulo the
+// topic's partition count), which is never the key's own when the topic
+// has two or more partitions. A run whose events topic has one partition
+// skips the cases with a wrong-partition step.
+type Partition struct {
+	N     int32
+	Wrong bool
+}
+
+// PartitionWrong is the pack spelling of Partition.Wrong.
+const PartitionWrong = "wrong"
+
+// UnmarshalYAML reads a partition number or "wrong".
+func (p *Partition) UnmarshalYAML(n *yaml.Node) error {
+	if n.Kind == yaml.ScalarNode && n.Tag == "!!str" && n.Value == PartitionWrong {
+		*p = Partition{Wrong: true}
+		return nil
+	}
+	var i int32
+	if err := n.Decode(&i); err != nil || i < 0 {
+		return fmt.Errorf("line %d: partition %q: a partition number (0 or more) or %q", n.Line, n.Value, PartitionWrong)
+	}
+	*p = Partition{N: i}
+	return nil
+}
+
+// MarshalJSON writes the pack spelling.
+func (p Partition) MarshalJSON() ([]byte, error) {
+	if p.Wrong {
+		return json.Marshal(PartitionWrong)
+	}
+	return json.Marshal(p.N)
 }
 
 // Approve is the body of POST /v1/approvals/{token}.
@@ -382,8 +445,8 @@ func (c *Case) check() error {
 	return nil
 }
 
-// checkVia checks the Kafka-only keys of a step: via, sign and
-// expect.rejected.
+// checkVia checks the Kafka-only keys of a step: via, sign, key, no_key,
+// partition, the raw records and expect.rejected.
 func (c *Case) checkVia(s *Step) error {
 	switch s.Via {
 	case "", ViaHTTP, ViaKafka:
@@ -395,6 +458,10 @@ func (c *Case) checkVia(s *Step) error {
 	}
 	if s.Via != ViaKafka {
 		switch {
+		case s.Key != nil || s.NoKey || s.Partition != nil:
+			return errors.New("key, no_key and partition apply to Kafka events steps only (via: kafka): the gateway keys and places its records itself")
+		case slices.ContainsFunc(s.Events, func(e *Event) bool { return e.raw() || e.PadTo != 0 }):
+			return errors.New("raw, raw_base64 and pad_to apply to Kafka events steps only (via: kafka); send raw HTTP bodies with an http step")
 		case s.Sign:
 			return errors.New("sign applies to Kafka events steps only (via: kafka): the gateway signs the approvals it publishes itself")
 		case s.Expect.Rejected != "":
@@ -416,6 +483,33 @@ func (c *Case) checkVia(s *Step) error {
 		return errors.New("expect.fields on a Kafka events step are fields of the rejection: name the reason in expect.rejected")
 	case e.Rejected != "" && len(s.Events) != 1:
 		return errors.New("expect.rejected needs exactly one event in the step")
+	case s.Key != nil && s.NoKey:
+		return errors.New("key and no_key: a record has a key or none")
+	}
+	for i, ev := range s.Events {
+		if err := ev.checkRaw(s.Sign); err != nil {
+			return fmt.Errorf("events[%d]: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// checkRaw checks the raw-record keys of an event of a Kafka step.
+func (e *Event) checkRaw(sign bool) error {
+	switch {
+	case e.Raw != "" && e.RawBase64 != "":
+		return errors.New("raw and raw_base64: one value per record")
+	case e.raw() && e.shortForm():
+		return errors.New("raw or raw_base64 is the whole record: no seq, ts, type, manifest or payload beside it")
+	case e.raw() && sign:
+		return errors.New("sign rewrites envelopes; a raw record is sent as it is")
+	case e.PadTo < 0:
+		return fmt.Errorf("pad_to %d: a length in bytes", e.PadTo)
+	}
+	if e.RawBase64 != "" {
+		if _, err := base64.StdEncoding.DecodeString(e.RawBase64); err != nil {
+			return fmt.Errorf("raw_base64: %w", err)
+		}
 	}
 	return nil
 }

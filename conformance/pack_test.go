@@ -204,6 +204,31 @@ func TestParseKafkaSteps(t *testing.T) {
 		{"[kafka]", `{session: s, via: kafka, ` + ev + `, expect: {status: 202}}`, false},        // no HTTP response
 		{"[kafka]", `{session: s, via: kafka, ` + ev + `, expect: {fields: {seq: 1}}}`, false},   // fields of what?
 		{"[kafka]", `{session: s, via: kafka, no_auth: true, ` + ev + `}`, false},
+		// Raw records, keys and partitions.
+		{"[kafka]", `{session: s, via: kafka, events: [{raw: '{"v":'}], expect: {rejected: INVALID_JSON}}`, true},
+		{"[kafka]", `{session: s, via: kafka, events: [{raw_base64: /w==}], expect: {rejected: INVALID_UTF8}}`, true},
+		{"[kafka]", `{session: s, via: kafka, events: [{seq: 1, type: MODEL_CALL_STARTED, pad_to: 2000000}]}`, true},
+		{"[kafka]", `{session: s, via: kafka, key: "t/other", ` + ev + `}`, true},
+		{"[kafka]", `{session: s, via: kafka, key: "", ` + ev + `}`, true},
+		{"[kafka]", `{session: s, via: kafka, no_key: true, ` + ev + `}`, true},
+		{"[kafka]", `{session: s, via: kafka, partition: 2, ` + ev + `}`, true},
+		{"[kafka]", `{session: s, via: kafka, partition: wrong, events: [{raw: x}]}`, true},
+		{"[kafka]", `{session: s, via: kafka, events: [{raw: x, seq: 1}]}`, false},      // raw beside a short-form field
+		{"[kafka]", `{session: s, via: kafka, events: [{raw: x, payload: {}}]}`, false}, // the same
+		{"[kafka]", `{session: s, via: kafka, events: [{raw_base64: /w==, type: MODEL_CALL_STARTED}]}`, false},
+		{"[kafka]", `{session: s, via: kafka, events: [{raw: x, raw_base64: /w==}]}`, false},            // two values
+		{"[kafka]", `{session: s, via: kafka, events: [{raw_base64: "not base64!"}]}`, false},           // undecodable
+		{"[kafka, approval-secret]", `{session: s, via: kafka, sign: true, events: [{raw: x}]}`, false}, // nothing to sign
+		{"[kafka]", `{session: s, via: kafka, events: [{raw: x, pad_to: -1}]}`, false},
+		{"[kafka]", `{session: s, via: kafka, key: k, no_key: true, ` + ev + `}`, false}, // a key and none
+		{"[kafka]", `{session: s, via: kafka, partition: -1, ` + ev + `}`, false},
+		{"[kafka]", `{session: s, via: kafka, partition: elsewhere, ` + ev + `}`, false},
+		{"[kafka]", `{session: s, via: kafka, partition: "2", ` + ev + `}`, false}, // a string is not a number
+		{"[kafka]", `{session: s, events: [{raw: x}]}`, false},                     // the gateway takes JSON arrays
+		{"[kafka]", `{session: s, events: [{seq: 1, pad_to: 10}]}`, false},
+		{"[kafka]", `{session: s, key: k, ` + ev + `}`, false}, // the gateway keys itself
+		{"[kafka]", `{session: s, via: http, no_key: true, ` + ev + `}`, false},
+		{"[kafka]", `{session: s, partition: 0, ` + ev + `}`, false},
 	} {
 		pack := "cases:\n  - {id: ONE-001, requirement: REQ-KAFKA-INGEST, description: d, requires: " + tc.requires + ", scenario: {steps: [" + tc.step + "]}}\n"
 		_, err := conformance.Parse([]byte(pack))

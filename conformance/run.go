@@ -167,7 +167,7 @@ func (r *runner) runCase(ctx context.Context, p *Pack, c *Case) CaseResult {
 	res := CaseResult{Pack: p.Name, ID: c.ID, Requirement: c.Requirement, Description: c.Description}
 	cr := &caseRun{r: r, c: c, sid: strings.ToLower(c.ID) + "-" + r.opts.RunID, vars: make(map[string]any), marks: make(map[sessionKey]barrierMark)}
 	var err error
-	if skip := r.skipReason(c); skip != "" {
+	if skip := r.skipReason(ctx, c); skip != "" {
 		res.Status, res.Message = StatusSkip, skip
 	} else {
 		if c.Decide != nil {
@@ -206,7 +206,7 @@ func tenantWithoutKey(c *Case, keys map[string]string) string {
 	return ""
 }
 
-func (r *runner) skipReason(c *Case) string {
+func (r *runner) skipReason(ctx context.Context, c *Case) string {
 	for _, req := range c.Requires {
 		switch {
 		case req == RequireAuth && len(r.opts.Keys) == 0:
@@ -238,6 +238,12 @@ func (r *runner) skipReason(c *Case) string {
 		}
 		if s.Replay != nil && r.opts.DecideLog == nil {
 			return "replay steps need a log decider"
+		}
+		if s.Partition != nil && s.Partition.Wrong && r.kafka != nil {
+			// An error listing them fails the step instead.
+			if n, err := r.kafka.partitions(ctx); err == nil && n < 2 {
+				return fmt.Sprintf("partition: %s needs an events topic of two partitions or more; %s has %d, so every partition is every key's", PartitionWrong, r.kafka.topics.Events, n)
+			}
 		}
 	}
 	return ""
