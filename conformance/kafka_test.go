@@ -197,9 +197,6 @@ func TestKafkaCasesSkipWithoutBrokers(t *testing.T) {
 // its key's partition is skipped (saying why) rather than failed; the
 // other raw-record cases run there as everywhere.
 func TestWrongPartitionCaseSkipsOnOnePartition(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts an aegisd")
-	}
 	packs, err := conformance.Builtin()
 	if err != nil {
 		t.Fatal(err)
