@@ -756,3 +756,27 @@ func TestDroppedNotificationLogIsBounded(t *testing.T) {
 		t.Fatalf("log of %d bytes: %.300s", len(out), out)
 	}
 }
+
+// A request that also carries a result or an error is not JSON-RPC: it is
+// refused before it is proposed, so nothing of it reaches the server.
+func TestRequestWithResultOrErrorIsRefused(t *testing.T) {
+	up := &recUpstream{}
+	pipe := &countingPipeline{}
+	_, url := inProcess(t, pipe, up, nil)
+	c := connect(t, url)
+	for _, body := range []string{
+		`{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{}},"result":{"content":[]}}`,
+		`{"jsonrpc":"2.0","id":8,"method":"tools/call","params":{"name":"echo","arguments":{}},"error":{"code":1,"message":"x"}}`,
+		`{"jsonrpc":"2.0","id":9,"method":"ping","result":null}`,
+	} {
+		_, raw, m := c.post(t, body)
+		if m == nil || m.Error == nil || m.Error.Code != CodeInvalidRequest {
+			t.Errorf("%s: answered %s, want invalid request", body, raw)
+		}
+	}
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	if len(up.executed) != 0 || pipe.proposals.Load() != 0 {
+		t.Fatalf("upstream ran %q, %d proposals", up.executed, pipe.proposals.Load())
+	}
+}

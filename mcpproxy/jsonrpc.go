@@ -76,6 +76,11 @@ func parseMessage(b []byte) (*message, *rpcError) {
 	if m.Method == "" && len(m.ID) == 0 {
 		return nil, &rpcError{Code: CodeInvalidRequest, Message: "neither a request, a notification nor a response"}
 	}
+	if m.Method != "" && (m.Result != nil || m.Error != nil) {
+		// JSON-RPC 2.0: a request carries no result or error. Forwarded,
+		// they would reach the server as part of a decided request.
+		return nil, &rpcError{Code: CodeInvalidRequest, Message: "a request or notification with a result or error member"}
+	}
 	return &m, nil
 }
 
