@@ -17,7 +17,8 @@ import (
 	"net/url"
 	"time"
 
-	_ "modernc.org/sqlite" // registers the "sqlite" database/sql driver
+	"modernc.org/sqlite" // also registers the "sqlite" database/sql driver
+	sqlite3 "modernc.org/sqlite/lib"
 
 	"aegis.dev/aegis/projector"
 	"aegis.dev/aegis/schemas/chain"
@@ -458,7 +459,19 @@ func (s *Store) Query(ctx context.Context, query string) ([]string, [][]any, err
 // columns first, with a nil row), so that a large result is never held
 // whole (see projector.RowStreamer).
 func (s *Store) QueryEach(ctx context.Context, query string, fn func(cols []string, row []any) error) error {
-	tx, err := s.ro.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	conn, err := s.ro.Conn(ctx)
+	if err != nil {
+		return wrap("query", err)
+	}
+	defer func() { _ = conn.Close() }()
+	// A query can end its transaction with a COMMIT of its own and go on
+	// with further statements; ATTACH (and VACUUM INTO, which attaches)
+	// would then create and write other files, which the read-only open
+	// of the store does not cover. No database can be attached.
+	if _, err := sqlite.Limit(conn, sqlite3.SQLITE_LIMIT_ATTACHED, 0); err != nil {
+		return wrap("query", err)
+	}
+	tx, err := conn.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
 	if err != nil {
 		return wrap("query", err)
 	}

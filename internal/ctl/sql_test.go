@@ -1,0 +1,42 @@
+package ctl
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// TestSQLNeverWritesFiles: no statement sent to `aegisctl sql` creates or
+// writes a file, not even through ATTACH or VACUUM INTO after ending the
+// read-only transaction with a COMMIT of its own.
+func TestSQLNeverWritesFiles(t *testing.T) {
+	url := sqliteURL(t)
+	writeStore(t, url, auditFixture(t))
+	dir := t.TempDir()
+	for _, q := range []string{
+		"ATTACH 'file:" + dir + "/a.db?mode=rwc' AS x",
+		"ATTACH '" + dir + "/b.db' AS x",
+		"COMMIT; ATTACH 'file:" + dir + "/c.db?mode=rwc' AS x; PRAGMA query_only=0; CREATE TABLE x.t(a); SELECT 1",
+		"COMMIT; VACUUM INTO '" + dir + "/d.db'",
+	} {
+		if code, out, _ := run(t, "", "sql", q, "--store", url); code != ExitFailed {
+			t.Errorf("%s: exit %d, want %d (out %q)", q, code, ExitFailed, out)
+		}
+	}
+	if ents, _ := os.ReadDir(dir); len(ents) > 0 {
+		t.Errorf("sql wrote %s", ents[0].Name())
+	}
+}
+
+// TestSQLMissingStore: a store path that names no file is an environment
+// error, not a new empty store.
+func TestSQLMissingStore(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "typo.db")
+	code, _, stderr := run(t, "", "sql", "SELECT 1", "--store", "sqlite:"+path)
+	if code != ExitRuntime {
+		t.Errorf("exit %d, want %d (stderr %q)", code, ExitRuntime, stderr)
+	}
+	if _, err := os.Stat(path); err == nil {
+		t.Errorf("sql created %s", path)
+	}
+}
