@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	iofs "io/fs"
 	"strings"
 
 	"aegis.dev/aegis/internal/grant"
@@ -33,6 +34,10 @@ func runPublish(ctx context.Context, env IO, args []string) int {
 	if *secretFile != "" {
 		var err error
 		if secret, err = grant.LoadSecret(*secretFile); err != nil {
+			var pathErr *iofs.PathError
+			if errors.As(err, &pathErr) {
+				return fail(env, ExitRuntime, "publish: %v", err)
+			}
 			return fail(env, ExitUsage, "publish: %v", err)
 		}
 	}
@@ -44,11 +49,13 @@ func runPublish(ctx context.Context, env IO, args []string) int {
 	topic := pipeline.NewTopics(*prefix).Events
 	var batch []stream.Message
 	total := 0
+	var produceErr error // a broker failure, as opposed to a bad line
 	flush := func() error {
 		if len(batch) == 0 {
 			return nil
 		}
 		if err := p.Produce(ctx, batch...); err != nil {
+			produceErr = err
 			return err
 		}
 		total += len(batch)
@@ -58,11 +65,12 @@ func runPublish(ctx context.Context, env IO, args []string) int {
 	err = eachLine(env.Stdin, func(n int, line []byte) error {
 		// Only the key is derived here; the pipeline validates the event
 		// and rejects it with a reason if it is bad.
-		var k struct {
-			TenantID  string `json:"tenant_id"`
-			SessionID string `json:"session_id"`
-		}
-		if err := json.Unmarshal(line, &k); err != nil || k.TenantID == "" || k.SessionID == "" {
+		// The members are matched exactly: encoding/json would also
+		// take "TENANT_ID" for tenant_id, which the pipeline does not.
+		var m map[string]json.RawMessage
+		var k struct{ TenantID, SessionID string }
+		if json.Unmarshal(line, &m) != nil || json.Unmarshal(m["tenant_id"], &k.TenantID) != nil ||
+			json.Unmarshal(m["session_id"], &k.SessionID) != nil || k.TenantID == "" || k.SessionID == "" {
 			return fmt.Errorf("line %d: cannot read tenant_id and session_id for the record key", n)
 		}
 		value := append([]byte(nil), line...)
@@ -82,7 +90,11 @@ func runPublish(ctx context.Context, env IO, args []string) int {
 		err = flush()
 	}
 	if err != nil {
-		return fail(env, ExitFailed, "publish: %v (%d events acknowledged before)", err, total)
+		code := ExitFailed
+		if produceErr != nil {
+			code = ExitRuntime
+		}
+		return fail(env, code, "publish: %v (%d events acknowledged before)", err, total)
 	}
 	fmt.Fprintf(env.Stderr, "aegisctl: published %d events to %s\n", total, topic)
 	return ExitOK

@@ -2,7 +2,11 @@ package ctl
 
 import (
 	"bytes"
+	"context"
+	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 
 	"aegis.dev/aegis/internal/grant"
 	"aegis.dev/aegis/schemas/envelope"
@@ -28,5 +32,47 @@ func TestPublishSignsApprovals(t *testing.T) {
 	other := []byte(`{"tenant_id":"acme","session_id":"s1","seq":1,"ts_unix_ms":5,"event_type":"MODEL_CALL_STARTED"}`)
 	if got, err := signApproval(secret, other); err != nil || !bytes.Equal(got, other) {
 		t.Fatalf("other event: %s %v", got, err)
+	}
+}
+
+// TestPublishStopsAtUnreadableKey: a line without the exact members
+// tenant_id and session_id stops publish at that line with exit 1 and
+// nothing sent, as docs/cli.md says (encoding/json alone would read
+// "TENANT_ID" as tenant_id).
+func TestPublishStopsAtUnreadableKey(t *testing.T) {
+	for _, line := range []string{
+		`not json`,
+		`{"tenant_id":"acme"}`,
+		`{"TENANT_ID":"acme","Session_Id":"s1","seq":1}`,
+		`{"tenant_id":"acme","session_Id":"s1","seq":1}`,
+	} {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		var out, stderr bytes.Buffer
+		code := Main(ctx, IO{Stdin: strings.NewReader(line + "\n"), Stdout: &out, Stderr: &stderr}, []string{"publish", "--brokers", "127.0.0.1:1"})
+		cancel()
+		if code != ExitFailed || !strings.Contains(stderr.String(), "line 1: cannot read tenant_id and session_id") {
+			t.Errorf("%s: exit %d, stderr %q", line, code, stderr.String())
+		}
+	}
+}
+
+// TestPublishMissingSecretFile: an approval secret file that cannot be
+// read is an environment error (exit 3), not a usage error.
+func TestPublishMissingSecretFile(t *testing.T) {
+	code, _, stderr := run(t, "", "publish", "--brokers", "127.0.0.1:1", "--approval-secret-file", filepath.Join(t.TempDir(), "nope"))
+	if code != ExitRuntime {
+		t.Errorf("exit %d, want %d (stderr %q)", code, ExitRuntime, stderr)
+	}
+}
+
+// TestPublishBrokerFailureIsRuntime: events that cannot be acknowledged
+// are an environment error (exit 3), told apart from a bad line (exit 1).
+func TestPublishBrokerFailureIsRuntime(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	var out, stderr bytes.Buffer
+	line := `{"tenant_id":"acme","session_id":"s1","seq":1}` + "\n"
+	if code := Main(ctx, IO{Stdin: strings.NewReader(line), Stdout: &out, Stderr: &stderr}, []string{"publish", "--brokers", "127.0.0.1:1"}); code != ExitRuntime {
+		t.Errorf("exit %d, want %d (stderr %q)", code, ExitRuntime, stderr.String())
 	}
 }
