@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"os"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -44,14 +43,9 @@ func runSQL(ctx context.Context, env IO, args []string) int {
 	if *timeout < 0 {
 		return fail(env, ExitUsage, "sql: --timeout %v: must not be negative", *timeout)
 	}
-	// Opening a store creates it when it does not exist: a mistyped path
-	// must not become a new, empty store that every query finds empty.
-	if kind, err := stores.Parse(*store); err == nil && kind == stores.SQLite {
-		if _, err := os.Stat(strings.TrimPrefix(*store, "sqlite:")); err != nil {
-			return fail(env, ExitRuntime, "sql: %v", err)
-		}
-	}
-	st, err := stores.Open(ctx, *store)
+	// Only an existing store: a mistyped path or database must not become
+	// a new, empty store that every query finds empty.
+	st, err := stores.OpenExisting(ctx, *store)
 	if err != nil {
 		return fail(env, ExitRuntime, "sql: %v", err)
 	}

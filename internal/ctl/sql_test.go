@@ -1,9 +1,13 @@
 package ctl
 
 import (
+	"context"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	"aegis.dev/aegis/projector/stores"
 )
 
 // TestSQLNeverWritesFiles: no statement sent to `aegisctl sql` creates or
@@ -38,5 +42,26 @@ func TestSQLMissingStore(t *testing.T) {
 	}
 	if _, err := os.Stat(path); err == nil {
 		t.Errorf("sql created %s", path)
+	}
+}
+
+// TestIntegrationSQLMissingClickHouseDatabase: a mistyped ClickHouse
+// database is an error, not a new, empty store created with its schema.
+func TestIntegrationSQLMissingClickHouseDatabase(t *testing.T) {
+	base := clickhouseURL(t) // a database of its own, dropped at the end
+	st, err := stores.Open(context.Background(), base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = st.Close()
+	typo := base + "_typo"
+	code, _, stderr := run(t, "", "sql", "SELECT count(*) FROM audit_events", "--store", typo)
+	if code != ExitRuntime || !strings.Contains(stderr, "does not hold the current audit schema") {
+		t.Fatalf("exit %d, want %d (stderr %q)", code, ExitRuntime, stderr)
+	}
+	// The typo database was not created.
+	code, out, stderr := run(t, "", "sql", "SELECT count(*) AS n FROM system.databases WHERE name = '"+typo[strings.LastIndex(typo, "/")+1:]+"'", "--store", base, "--format", "csv")
+	if code != ExitOK || !strings.Contains(out, "n\n0") {
+		t.Fatalf("exit %d, out %q, stderr %q: the typo database exists", code, out, stderr)
 	}
 }

@@ -55,6 +55,11 @@ type Config struct {
 	User, Password string
 	// DialTimeout bounds connecting (default 5s).
 	DialTimeout time.Duration
+	// Existing opens only a database that holds the current schema:
+	// Open then never creates or migrates anything (readers such as
+	// `aegisctl sql`, for which a mistyped name must not become a new,
+	// empty store).
+	Existing bool
 }
 
 // readTimeout bounds how long a request waits for the server's next packet.
@@ -114,6 +119,10 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 			return s, nil
 		}
 		_ = conn.Close()
+	}
+	if cfg.Existing {
+		return nil, fmt.Errorf("chstore: database %s does not hold the current audit schema (created and migrated by the projector, not by readers): %w",
+			cfg.Database, projector.ErrStore)
 	}
 	boot, err := clickhouse.Open(opts("default"))
 	if err != nil {

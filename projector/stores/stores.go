@@ -8,6 +8,7 @@ package stores
 import (
 	"context"
 	"fmt"
+	"os"
 	"strings"
 
 	"aegis.dev/aegis/internal/redact"
@@ -49,6 +50,26 @@ func Parse(url string) (Kind, error) {
 		return ClickHouse, nil
 	}
 	return "", fmt.Errorf("store %q: want sqlite:PATH or clickhouse://HOST:PORT/DB: %w", redact.URL(url), projector.ErrStore)
+}
+
+// OpenExisting opens the store at url only if it exists with the current
+// schema: it creates and migrates nothing, so a mistyped URL is an error,
+// not a new, empty store.
+func OpenExisting(ctx context.Context, url string) (Store, error) {
+	kind, err := Parse(url)
+	if err != nil {
+		return nil, err
+	}
+	if kind == SQLite {
+		path := strings.TrimPrefix(url, "sqlite:")
+		if _, err := os.Stat(path); err != nil {
+			return nil, fmt.Errorf("store %s: %w (%w)", path, err, projector.ErrStore)
+		}
+		return sqlstore.Open(ctx, path)
+	}
+	cfg, _ := chstore.ParseURL(url)
+	cfg.Existing = true
+	return chstore.Open(ctx, cfg)
 }
 
 // Open opens the store at url, creating its schema if needed.
