@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"time"
 
 	"modernc.org/sqlite" // also registers the "sqlite" database/sql driver
@@ -67,6 +68,43 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		return nil, fmt.Errorf("sqlstore: open %s read-only: %w: %w", path, projector.ErrStore, err)
 	}
 	s.ro = ro
+	return s, nil
+}
+
+// OpenExisting opens the store at path for reading only: the file must
+// exist and hold the current schema. Nothing is created, migrated or
+// changed, not even the journal mode (readers such as `aegisctl sql`, for
+// which a mistyped path must not become a new store, nor a query migrate
+// one). Writes through the Store fail.
+func OpenExisting(ctx context.Context, path string) (*Store, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("sqlstore: %w: %w", projector.ErrStore, err)
+	}
+	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() + "?mode=ro&_pragma=busy_timeout(10000)&_pragma=query_only(1)"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		return nil, fmt.Errorf("sqlstore: open %s read-only: %w: %w", path, projector.ErrStore, err)
+	}
+	ro, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("sqlstore: open %s read-only: %w: %w", path, projector.ErrStore, err)
+	}
+	s := &Store{db: db, ro: ro}
+	_, migrations, err := projector.Migrations(sqlschema.Files())
+	if err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	have, err := s.SchemaVersion(ctx)
+	if err == nil && len(migrations) > 0 && have < migrations[len(migrations)-1].Version {
+		err = fmt.Errorf("schema version %d, current is %d", have, migrations[len(migrations)-1].Version)
+	}
+	if err != nil {
+		_ = s.Close()
+		return nil, fmt.Errorf("sqlstore: %s does not hold the current audit schema (created and migrated by the projector, not by readers): %w: %w",
+			path, projector.ErrStore, err)
+	}
 	return s, nil
 }
 

@@ -3,7 +3,9 @@ package sqlstore_test
 import (
 	"context"
 	"database/sql"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"aegis.dev/aegis/internal/ctl"
@@ -89,4 +91,58 @@ func TestVerifyReportsTextInIntegerColumns(t *testing.T) {
 			}
 		})
 	}
+}
+
+// OpenExisting creates, migrates and changes nothing: a missing file stays
+// missing, a store of an older schema stays at it, and a current store
+// opens for reading only.
+func TestOpenExisting(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "typo.db")
+	if _, err := sqlstore.OpenExisting(ctx, missing); err == nil {
+		t.Fatal("a missing store opened")
+	}
+	if _, err := os.Stat(missing); err == nil {
+		t.Fatal("OpenExisting created the missing store")
+	}
+
+	path := filepath.Join(dir, "audit.db")
+	st, err := sqlstore.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	current, err := st.SchemaVersion(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = st.Close()
+	ro, err := sqlstore.OpenExisting(ctx, path)
+	if err != nil {
+		t.Fatalf("a current store: %v", err)
+	}
+	if _, rows, err := ro.Query(ctx, "SELECT count(*) FROM audit_events"); err != nil || len(rows) != 1 {
+		t.Fatalf("query: %v %v", rows, err)
+	}
+	if err := ro.Write(ctx, &projector.Batch{Heads: []chain.Head{{TenantID: "t", SessionID: "s", Seq: 1, Hash: "sha256:" + strings.Repeat("0", 64)}}}); err == nil {
+		t.Fatal("a write through a store opened by OpenExisting succeeded")
+	}
+	_ = ro.Close()
+
+	// An older schema: the last migration not applied.
+	db, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec("DELETE FROM schema_version WHERE version = ?", current); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sqlstore.OpenExisting(ctx, path); err == nil || !strings.Contains(err.Error(), "current audit schema") {
+		t.Fatalf("an older schema opened: %v", err)
+	}
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM schema_version WHERE version = ?", current).Scan(&n); err != nil || n != 0 {
+		t.Fatalf("OpenExisting migrated the store (%d rows of version %d, %v)", n, current, err)
+	}
+	_ = db.Close()
 }

@@ -8,7 +8,6 @@ package stores
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 
 	"aegis.dev/aegis/internal/redact"
@@ -61,11 +60,7 @@ func OpenExisting(ctx context.Context, url string) (Store, error) {
 		return nil, err
 	}
 	if kind == SQLite {
-		path := strings.TrimPrefix(url, "sqlite:")
-		if _, err := os.Stat(path); err != nil {
-			return nil, fmt.Errorf("store %s: %w (%w)", path, err, projector.ErrStore)
-		}
-		return sqlstore.Open(ctx, path)
+		return sqlstore.OpenExisting(ctx, strings.TrimPrefix(url, "sqlite:"))
 	}
 	cfg, _ := chstore.ParseURL(url)
 	cfg.Existing = true
