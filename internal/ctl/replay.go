@@ -120,7 +120,7 @@ func replay(ctx context.Context, env IO, o replayOptions) int {
 		err     error
 	)
 	if o.store != "" {
-		if st, err = stores.Open(ctx, o.store); err != nil {
+		if st, err = stores.OpenExisting(ctx, o.store); err != nil {
 			return fail(env, ExitRuntime, "replay: %v", err)
 		}
 		defer func() { _ = st.Close() }()

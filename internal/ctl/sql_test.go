@@ -65,3 +65,22 @@ func TestIntegrationSQLMissingClickHouseDatabase(t *testing.T) {
 		t.Fatalf("exit %d, out %q, stderr %q: the typo database exists", code, out, stderr)
 	}
 }
+
+// A reader of the store given a path that does not exist fails (exit 3)
+// and creates nothing: `verify` of a new, empty store would pass with no
+// session verified.
+func TestReadersDoNotCreateAStore(t *testing.T) {
+	for _, args := range [][]string{
+		{"verify", "--store"},
+		{"replay", "--mode", "verify", "--store"},
+	} {
+		path := filepath.Join(t.TempDir(), "typo.db")
+		code, _, stderr := run(t, "", append(args, "sqlite:"+path)...)
+		if code != ExitRuntime {
+			t.Errorf("%v: exit %d, want %d (stderr %q)", args, code, ExitRuntime, stderr)
+		}
+		if _, err := os.Stat(path); err == nil {
+			t.Errorf("%v created %s", args, path)
+		}
+	}
+}

@@ -91,7 +91,7 @@ func runVerify(ctx context.Context, env IO, args []string) int {
 			}
 			f.SinceUnixMs = ms
 		}
-		st, err := stores.Open(ctx, *store)
+		st, err := stores.OpenExisting(ctx, *store)
 		if err != nil {
 			return fail(env, ExitRuntime, "verify: %v", err)
 		}
