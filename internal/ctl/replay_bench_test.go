@@ -12,6 +12,7 @@ import (
 	"aegis.dev/aegis/decider/session"
 	"aegis.dev/aegis/projector"
 	"aegis.dev/aegis/projector/stores"
+	"aegis.dev/aegis/projector/storetest"
 	"aegis.dev/aegis/replayer"
 	"aegis.dev/aegis/schemas/chain"
 	"aegis.dev/aegis/schemas/envelope"
@@ -51,10 +52,10 @@ func replayBenchStore(b *testing.B, sessions, per int) (stores.Store, *replayer.
 		}
 		batch = &projector.Batch{}
 	}
+	var events []*envelope.Event
 	for s := range sessions {
 		sid := fmt.Sprintf("session-%06d", s)
 		snap := session.New("acme", sid)
-		proj := session.New("acme", sid) // the projector's own fold of the sealed records
 		var head *chain.Head
 		for i := range per {
 			e := &envelope.Event{V: 1, TenantID: "acme", SessionID: sid, Seq: uint64(i + 1), TsUnixMs: day0 + int64(i)*1000}
@@ -75,24 +76,16 @@ func replayBenchStore(b *testing.B, sessions, per int) (stores.Store, *replayer.
 				b.Fatal(err)
 			}
 			head = &h
-			batch.Events = append(batch.Events, projector.NewEventRow(e, 0, int64(s*per+i)))
-			if d, ok := projector.DecisionRowOf(proj, e); ok {
-				batch.Decisions = append(batch.Decisions, d)
-			}
-			if err := proj.Apply(e); err != nil {
-				b.Fatal(err)
-			}
+			events = append(events, e)
 		}
-		row, err := projector.NewSnapshotRow(proj)
-		if err != nil {
-			b.Fatal(err)
-		}
-		batch.Snapshots = append(batch.Snapshots, row)
-		batch.Heads = append(batch.Heads, *head)
-		if len(batch.Events) >= 5000 {
+		if len(events) >= 5000 {
+			// The rows the projector writes for them.
+			batch = storetest.BatchOf(b, events)
 			flush()
+			events = events[:0]
 		}
 	}
+	batch = storetest.BatchOf(b, events)
 	flush()
 	return st, arch
 }

@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"aegis.dev/aegis/decider/session"
 	"aegis.dev/aegis/projector"
 	"aegis.dev/aegis/projector/stores"
+	"aegis.dev/aegis/projector/storetest"
 	"aegis.dev/aegis/schemas/chain"
 	"aegis.dev/aegis/schemas/envelope"
 )
@@ -18,10 +18,9 @@ import (
 // model calls, proposals with decisions, tool results (~300-byte records).
 func benchBatch(tb testing.TB, sessions, perSession int) *projector.Batch {
 	tb.Helper()
-	b := &projector.Batch{}
+	events := make([]*envelope.Event, 0, sessions*perSession)
 	for s := range sessions {
 		var head *chain.Head
-		var sn *session.Snapshot
 		for i := range perSession {
 			e := &envelope.Event{V: 1, TenantID: fmt.Sprintf("tenant-%d", s%10), SessionID: fmt.Sprintf("session-%06d", s),
 				Seq: uint64(i + 1), TsUnixMs: day0 + int64(i)*1000, Manifest: "support-bot@1.0.0"}
@@ -41,25 +40,11 @@ func benchBatch(tb testing.TB, sessions, perSession int) *projector.Batch {
 				tb.Fatal(err)
 			}
 			head = &h
-			b.Events = append(b.Events, projector.NewEventRow(e, 0, int64(len(b.Events))))
-			if sn == nil {
-				sn = session.New(e.TenantID, e.SessionID)
-			}
-			if d, ok := projector.DecisionRowOf(sn, e); ok {
-				b.Decisions = append(b.Decisions, d)
-			}
-			if err := sn.Apply(e); err != nil {
-				tb.Fatal(err)
-			}
+			events = append(events, e)
 		}
-		row, err := projector.NewSnapshotRow(sn)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		b.Snapshots = append(b.Snapshots, row)
-		b.Heads = append(b.Heads, *head)
 	}
-	return b
+	// The rows the projector writes for them.
+	return storetest.BatchOf(tb, events)
 }
 
 // writeInParts writes batch to st as the projector's batches would reach

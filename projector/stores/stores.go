@@ -54,28 +54,23 @@ func Parse(url string) (Kind, error) {
 // OpenExisting opens the store at url only if it exists with the current
 // schema: it creates and migrates nothing, so a mistyped URL is an error,
 // not a new, empty store.
-func OpenExisting(ctx context.Context, url string) (Store, error) {
-	kind, err := Parse(url)
-	if err != nil {
-		return nil, err
-	}
-	if kind == SQLite {
-		return sqlstore.OpenExisting(ctx, strings.TrimPrefix(url, "sqlite:"))
-	}
-	cfg, _ := chstore.ParseURL(url)
-	cfg.Existing = true
-	return chstore.Open(ctx, cfg)
-}
+func OpenExisting(ctx context.Context, url string) (Store, error) { return open(ctx, url, true) }
 
 // Open opens the store at url, creating its schema if needed.
-func Open(ctx context.Context, url string) (Store, error) {
+func Open(ctx context.Context, url string) (Store, error) { return open(ctx, url, false) }
+
+func open(ctx context.Context, url string, existing bool) (Store, error) {
 	kind, err := Parse(url)
 	if err != nil {
 		return nil, err
 	}
 	if kind == SQLite {
+		if existing {
+			return sqlstore.OpenExisting(ctx, strings.TrimPrefix(url, "sqlite:"))
+		}
 		return sqlstore.Open(ctx, strings.TrimPrefix(url, "sqlite:"))
 	}
 	cfg, _ := chstore.ParseURL(url)
+	cfg.Existing = existing
 	return chstore.Open(ctx, cfg)
 }

@@ -8,39 +8,48 @@ import (
 	"testing"
 )
 
-// TestJSONSchemaMatchesDecoder keeps schemas/event.schema.json, which other
-// languages validate against, in step with the decoder's rules.
-func TestJSONSchemaMatchesDecoder(t *testing.T) {
+// eventSchema is what the tests read of schemas/event.schema.json.
+type eventSchema struct {
+	Required   []string `json:"required"`
+	Properties map[string]struct {
+		Enum []string `json:"enum"`
+	} `json:"properties"`
+	AllOf []struct {
+		If struct {
+			Properties struct {
+				EventType struct {
+					Const string `json:"const"`
+				} `json:"event_type"`
+			} `json:"properties"`
+		} `json:"if"`
+		Then struct {
+			Properties struct {
+				Payload struct {
+					Properties map[string]json.RawMessage `json:"properties"`
+					Required   []string                   `json:"required"`
+				} `json:"payload"`
+			} `json:"properties"`
+		} `json:"then"`
+	} `json:"allOf"`
+}
+
+func readEventSchema(t *testing.T) eventSchema {
+	t.Helper()
 	raw, err := os.ReadFile("../event.schema.json")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var schema struct {
-		Required   []string `json:"required"`
-		Properties map[string]struct {
-			Enum []string `json:"enum"`
-		} `json:"properties"`
-		AllOf []struct {
-			If struct {
-				Properties struct {
-					EventType struct {
-						Const string `json:"const"`
-					} `json:"event_type"`
-				} `json:"properties"`
-			} `json:"if"`
-			Then struct {
-				Properties struct {
-					Payload struct {
-						Properties map[string]json.RawMessage `json:"properties"`
-						Required   []string                   `json:"required"`
-					} `json:"payload"`
-				} `json:"properties"`
-			} `json:"then"`
-		} `json:"allOf"`
-	}
+	var schema eventSchema
 	if err := json.Unmarshal(raw, &schema); err != nil {
 		t.Fatal(err)
 	}
+	return schema
+}
+
+// TestJSONSchemaMatchesDecoder keeps schemas/event.schema.json, which other
+// languages validate against, in step with the decoder's rules.
+func TestJSONSchemaMatchesDecoder(t *testing.T) {
+	schema := readEventSchema(t)
 	var types []string
 	for _, ty := range Types {
 		types = append(types, string(ty))
@@ -101,37 +110,14 @@ func TestJSONSchemaMatchesDecoder(t *testing.T) {
 // TestJSONSchemaGrantPattern keeps the schema's pattern of an
 // APPROVAL_DECIDED grant equal to the decoder's.
 func TestJSONSchemaGrantPattern(t *testing.T) {
-	raw, err := os.ReadFile("../event.schema.json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var schema struct {
-		AllOf []struct {
-			If struct {
-				Properties struct {
-					EventType struct {
-						Const string `json:"const"`
-					} `json:"event_type"`
-				} `json:"properties"`
-			} `json:"if"`
-			Then struct {
-				Properties struct {
-					Payload struct {
-						Properties map[string]struct {
-							Pattern string `json:"pattern"`
-						} `json:"properties"`
-					} `json:"payload"`
-				} `json:"properties"`
-			} `json:"then"`
-		} `json:"allOf"`
-	}
-	if err := json.Unmarshal(raw, &schema); err != nil {
-		t.Fatal(err)
-	}
+	schema := readEventSchema(t)
 	for _, c := range schema.AllOf {
 		if c.If.Properties.EventType.Const == string(ApprovalDecided) {
-			if got := c.Then.Properties.Payload.Properties["grant"].Pattern; got != GrantPattern {
-				t.Fatalf("schema grant pattern %q, decoder %q", got, GrantPattern)
+			var grant struct {
+				Pattern string `json:"pattern"`
+			}
+			if err := json.Unmarshal(c.Then.Properties.Payload.Properties["grant"], &grant); err != nil || grant.Pattern != GrantPattern {
+				t.Fatalf("schema grant pattern %q (%v), decoder %q", grant.Pattern, err, GrantPattern)
 			}
 			return
 		}
