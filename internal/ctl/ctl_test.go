@@ -154,6 +154,12 @@ func TestDecideStateless(t *testing.T) {
 		{"unknown request field", `{"event":` + event + `,"evnt":1}`, ExitFailed, "", ""},
 		{"trailing garbage", `{"event":` + event + `} x`, ExitFailed, "", ""},
 	}
+	// A request over the bound is refused as too large, not cut and then
+	// misreported as malformed JSON.
+	big := `{"event":` + event + `,"snapshot":{"tenant_id":"acme","session_id":"s9","pad":"` + strings.Repeat("x", maxDecideRequest) + `"}}`
+	if code, _, stderr := run(t, big, "decide"); code != ExitFailed || !strings.Contains(stderr, "larger than") {
+		t.Fatalf("oversize request: exit %d, stderr %q", code, stderr)
+	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			code, out, stderr := run(t, tc.req, "decide")

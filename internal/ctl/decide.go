@@ -83,6 +83,10 @@ type staticManifest struct{ m *manifest.Manifest }
 
 func (s staticManifest) Resolve(string, string) (*manifest.Manifest, error) { return s.m, nil }
 
+// maxDecideRequest bounds the request `aegisctl decide` reads from stdin:
+// room for an event, a snapshot and a manifest of the largest size each.
+const maxDecideRequest = envelope.DefaultMaxEventBytes * 4
+
 func runDecide(ctx context.Context, env IO, args []string) int {
 	fs := newFlags(env, "decide", "[--events FILE] [--manifest FILE | --manifests DIR] [--policy DIR] (< request.json)")
 	var pf policyFlags
@@ -101,9 +105,12 @@ func runDecide(ctx context.Context, env IO, args []string) int {
 	if *events != "" {
 		return decideLog(ctx, env, eng, *events)
 	}
-	in, err := io.ReadAll(io.LimitReader(env.Stdin, envelope.DefaultMaxEventBytes*4+1))
+	in, err := io.ReadAll(io.LimitReader(env.Stdin, maxDecideRequest+1))
 	if err != nil {
 		return fail(env, ExitRuntime, "decide: read stdin: %v", err)
+	}
+	if len(in) > maxDecideRequest {
+		return fail(env, ExitFailed, "decide: request is larger than %d bytes", maxDecideRequest)
 	}
 	d, err := DecideOne(ctx, eng, in, pf.manifestDir != "" || pf.manifestFile != "")
 	if err != nil {

@@ -42,28 +42,41 @@ func runExport(ctx context.Context, env IO, args []string) int {
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	n, err := Export(ctx, strings.Split(*brokers, ","), name, *latest, env)
+	st, err := Export(ctx, strings.Split(*brokers, ","), name, *latest, env)
 	if err != nil {
 		return fail(env, ExitRuntime, "export %s: %v", name, err)
 	}
-	fmt.Fprintf(env.Stderr, "aegisctl: exported %d records from %s\n", n, name)
+	fmt.Fprintf(env.Stderr, "aegisctl: exported %d records from %s", st.Records, name)
+	if st.Tombstones > 0 {
+		fmt.Fprintf(env.Stderr, " (%d tombstones not written)", st.Tombstones)
+	}
+	fmt.Fprintln(env.Stderr)
 	return ExitOK
+}
+
+// ExportStats counts what Export read: the records it wrote and the
+// tombstones (records with a null value) it did not.
+type ExportStats struct {
+	Records    int
+	Tombstones int
 }
 
 // Export writes the value of every committed record of topic, one per line,
 // partition by partition in offset order, up to the end offsets observed
-// when it starts; memory stays bounded whatever the topic's size. With
-// latestPerKey it writes only the last value of each key (keys in the order
-// first seen), which holds one value per key in memory.
-func Export(ctx context.Context, brokers []string, topic string, latestPerKey bool, env IO) (int, error) {
+// when it starts; memory stays bounded whatever the topic's size. A
+// tombstone has no value to write and is counted instead: no line stands
+// for it. With latestPerKey it writes only the last value of each key (keys
+// in the order first seen), which holds one value per key in memory; a key
+// whose last record is a tombstone is deleted and not written.
+func Export(ctx context.Context, brokers []string, topic string, latestPerKey bool, env IO) (ExportStats, error) {
+	var st ExportStats
 	ends, err := stream.EndOffsets(ctx, brokers, topic)
 	if err != nil {
-		return 0, err
+		return st, err
 	}
 	w := bufio.NewWriterSize(env.Stdout, 256<<10)
-	n := 0
 	write := func(v []byte) error {
-		n++
+		st.Records++
 		if _, err := w.Write(v); err != nil {
 			return err
 		}
@@ -77,7 +90,13 @@ func Export(ctx context.Context, brokers []string, topic string, latestPerKey bo
 			continue
 		}
 		err := readPartition(ctx, brokers, topic, p, end, func(r *stream.Record) error {
+			if r.Value == nil {
+				st.Tombstones++
+			}
 			if !latestPerKey {
+				if r.Value == nil {
+					return nil
+				}
 				return write(r.Value)
 			}
 			if _, seen := latest[string(r.Key)]; !seen {
@@ -87,15 +106,18 @@ func Export(ctx context.Context, brokers []string, topic string, latestPerKey bo
 			return nil
 		})
 		if err != nil {
-			return n, err
+			return st, err
 		}
 	}
 	for _, k := range keys {
+		if latest[k] == nil {
+			continue
+		}
 		if err := write(latest[k]); err != nil {
-			return n, err
+			return st, err
 		}
 	}
-	return n, w.Flush()
+	return st, w.Flush()
 }
 
 // readPartition calls fn with every committed record of one partition below

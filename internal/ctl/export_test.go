@@ -45,3 +45,47 @@ func TestExportShadowDiffs(t *testing.T) {
 		t.Fatalf("unknown topic: exit %d: %s", code, stderr)
 	}
 }
+
+// TestExportTombstones: a record with a null value (a tombstone) has no
+// line in the export, plain or latest-per-key, where it deletes its key;
+// the count on stderr says how many there were.
+func TestExportTombstones(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	broker, err := stream.StartEmbedded(ctx, stream.EmbeddedConfig{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broker.Close()
+	topic := pipeline.NewTopics(pipeline.DefaultTopicPrefix).ChainHeads
+	if err := stream.EnsureTopics(ctx, broker.Brokers(), []stream.TopicSpec{{Name: topic, Partitions: 1}}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: broker.Brokers()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for _, m := range []struct{ key, value string }{
+		{"a/1", `{"h":1}`}, {"b/1", `{"h":2}`}, {"a/1", ""}, {"c/1", `{"h":3}`}, {"c/1", ""}, {"c/1", `{"h":4}`},
+	} {
+		msg := stream.Message{Topic: topic, Key: []byte(m.key)}
+		if m.value != "" {
+			msg.Value = []byte(m.value)
+		}
+		if err := p.Produce(ctx, msg); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, stdout, stderr := run(t, "", "export", "--brokers", broker.Addr(), "--topic", "chain-heads")
+	if want := "{\"h\":1}\n{\"h\":2}\n{\"h\":3}\n{\"h\":4}\n"; code != ExitOK || stdout != want {
+		t.Fatalf("export: exit %d, stdout %q, want %q, stderr %s", code, stdout, want, stderr)
+	}
+	if !strings.Contains(stderr, "exported 4 records") || !strings.Contains(stderr, "2 tombstones not written") {
+		t.Fatalf("stderr %q", stderr)
+	}
+	code, stdout, stderr = run(t, "", "export", "--brokers", broker.Addr(), "--topic", "chain-heads", "--latest-per-key")
+	if want := "{\"h\":2}\n{\"h\":4}\n"; code != ExitOK || stdout != want {
+		t.Fatalf("export --latest-per-key: exit %d, stdout %q, want %q, stderr %s", code, stdout, want, stderr)
+	}
+}
