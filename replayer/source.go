@@ -5,7 +5,6 @@ import (
 	"fmt"
 
 	"aegis.dev/aegis/projector"
-	"aegis.dev/aegis/schemas/envelope"
 )
 
 // StoreSource streams the sessions of an audit store selected by each of
@@ -82,34 +81,4 @@ func EventsSource(sessions []*Session) Source {
 		}
 		return nil
 	}
-}
-
-// Grouper assembles sessions from events read in an order that keeps each
-// session's events in seq order but interleaves sessions (a partition of
-// the sealed topic). Events of a session must not be split across groupers.
-type Grouper struct {
-	order    []*Session
-	sessions map[[2]string]*Session
-}
-
-// Add appends ev to its session.
-func (g *Grouper) Add(ev *envelope.Event) {
-	if g.sessions == nil {
-		g.sessions = map[[2]string]*Session{}
-	}
-	k := [2]string{ev.TenantID, ev.SessionID}
-	s := g.sessions[k]
-	if s == nil {
-		s = &Session{TenantID: ev.TenantID, SessionID: ev.SessionID}
-		g.sessions[k] = s
-		g.order = append(g.order, s)
-	}
-	s.Events = append(s.Events, ev)
-}
-
-// Sessions returns the assembled sessions in first-seen order and resets g.
-func (g *Grouper) Sessions() []*Session {
-	out := g.order
-	g.order, g.sessions = nil, nil
-	return out
 }

@@ -422,11 +422,15 @@ func (b *badRecords) all() []badRecord {
 }
 
 // kafkaSource reads the sealed topic partition by partition up to the end
-// offsets seen at start. A session lives on one partition, so each
-// partition's sessions are assembled in memory (bounded by one partition)
-// and replayed before the next partition is read. Records that do not
-// decode, or are not written as their canonical form, go to bad: findings
-// of the job, not failures to run it.
+// offsets seen at start. A session lives on one partition, and its events
+// are interleaved with other sessions' there, so each partition is read
+// twice: the first pass notes the offset of each selected session's last
+// record (one small entry per session), the second assembles the sessions
+// and hands each one to fn as soon as its last record is read. Memory holds
+// the sessions whose records are interleaved at a point of the partition
+// (the sessions open at once), not the partition. Records that do not
+// decode, or are not written as their canonical form, go to bad (from the
+// first pass): findings of the job, not failures to run it.
 func kafkaSource(brokers []string, topic string, o replayOptions, bad *badRecords) replayer.Source {
 	return func(ctx context.Context, fn func(*replayer.Session) error) error {
 		ends, err := stream.EndOffsets(ctx, brokers, topic)
@@ -438,44 +442,74 @@ func kafkaSource(brokers []string, topic string, o replayOptions, bad *badRecord
 		for _, s := range o.sessions {
 			want[s] = true
 		}
+		selected := func(tenant, session string) bool {
+			return (o.tenant == "" || tenant == o.tenant) && (len(want) == 0 || want[session])
+		}
+		type last struct {
+			offset  int64
+			inRange bool
+		}
 		for p := int32(0); p < int32(len(ends)); p++ {
 			if ends[p] <= 0 {
 				continue
 			}
-			var g replayer.Grouper
-			inRange := map[[2]string]bool{}
+			lasts := map[[2]string]last{}
 			err := readPartition(ctx, brokers, topic, p, ends[p], func(r *stream.Record) error {
 				ev, err := dec.Decode(r.Value)
 				if err != nil {
 					tenant, session, _ := strings.Cut(string(r.Key), "/")
-					if (o.tenant != "" && tenant != o.tenant) || (len(want) > 0 && !want[session]) {
-						return nil
+					if selected(tenant, session) {
+						bad.add(badRecord{tenant: tenant, session: session, where: fmt.Sprintf("%s partition %d offset %d", topic, p, r.Offset), err: err})
 					}
-					bad.add(badRecord{tenant: tenant, session: session, where: fmt.Sprintf("%s partition %d offset %d", topic, p, r.Offset), err: err})
 					return nil
 				}
-				if (o.tenant != "" && ev.TenantID != o.tenant) || (len(want) > 0 && !want[ev.SessionID]) {
+				if !selected(ev.TenantID, ev.SessionID) {
 					return nil
 				}
 				if err := isCanonicalRecord(ev, r.Value); err != nil {
 					bad.add(badRecord{tenant: ev.TenantID, session: ev.SessionID, where: fmt.Sprintf("%s partition %d offset %d (seq %d)", topic, p, r.Offset, ev.Seq), err: err})
 				}
-				if (o.since == 0 || ev.TsUnixMs >= o.since) && (o.until == 0 || ev.TsUnixMs < o.until) {
-					inRange[[2]string{ev.TenantID, ev.SessionID}] = true
-				}
-				g.Add(ev)
+				k := [2]string{ev.TenantID, ev.SessionID}
+				l := lasts[k]
+				l.offset = r.Offset
+				l.inRange = l.inRange || ((o.since == 0 || ev.TsUnixMs >= o.since) && (o.until == 0 || ev.TsUnixMs < o.until))
+				lasts[k] = l
 				return nil
 			})
 			if err != nil {
 				return err
 			}
-			for _, s := range g.Sessions() {
-				if !inRange[[2]string{s.TenantID, s.SessionID}] {
-					continue
+			open := map[[2]string]*replayer.Session{}
+			err = readPartition(ctx, brokers, topic, p, ends[p], func(r *stream.Record) error {
+				ev, err := dec.Decode(r.Value)
+				if err != nil {
+					return nil
 				}
-				if err := fn(s); err != nil {
-					return err
+				k := [2]string{ev.TenantID, ev.SessionID}
+				l, ok := lasts[k]
+				if !ok || !l.inRange {
+					return nil
 				}
+				s := open[k]
+				if s == nil {
+					s = &replayer.Session{TenantID: ev.TenantID, SessionID: ev.SessionID}
+					open[k] = s
+				}
+				s.Events = append(s.Events, ev)
+				if r.Offset != l.offset {
+					return nil
+				}
+				delete(open, k)
+				return fn(s)
+			})
+			if err != nil {
+				return err
+			}
+			if len(open) > 0 {
+				// The partition changed between the passes: offsets below
+				// the end seen at start are immutable in a log that is only
+				// appended to, so this is a topic rewritten under the job.
+				return fmt.Errorf("%s partition %d changed while it was read (%d sessions without their last record)", topic, p, len(open))
 			}
 		}
 		return nil
