@@ -429,8 +429,8 @@ func (b *badRecords) all() []badRecord {
 // and hands each one to fn as soon as its last record is read. Memory holds
 // the sessions whose records are interleaved at a point of the partition
 // (the sessions open at once), not the partition. Records that do not
-// decode, or are not written as their canonical form, go to bad (from the
-// first pass): findings of the job, not failures to run it.
+// decode, or are not written as their canonical form, go to bad (in the
+// second pass): findings of the job, not failures to run it.
 func kafkaSource(brokers []string, topic string, o replayOptions, bad *badRecords) replayer.Source {
 	return func(ctx context.Context, fn func(*replayer.Session) error) error {
 		ends, err := stream.EndOffsets(ctx, brokers, topic)
@@ -456,18 +456,8 @@ func kafkaSource(brokers []string, topic string, o replayOptions, bad *badRecord
 			lasts := map[[2]string]last{}
 			err := readPartition(ctx, brokers, topic, p, ends[p], func(r *stream.Record) error {
 				ev, err := dec.Decode(r.Value)
-				if err != nil {
-					tenant, session, _ := strings.Cut(string(r.Key), "/")
-					if selected(tenant, session) {
-						bad.add(badRecord{tenant: tenant, session: session, where: fmt.Sprintf("%s partition %d offset %d", topic, p, r.Offset), err: err})
-					}
+				if err != nil || !selected(ev.TenantID, ev.SessionID) {
 					return nil
-				}
-				if !selected(ev.TenantID, ev.SessionID) {
-					return nil
-				}
-				if err := isCanonicalRecord(ev, r.Value); err != nil {
-					bad.add(badRecord{tenant: ev.TenantID, session: ev.SessionID, where: fmt.Sprintf("%s partition %d offset %d (seq %d)", topic, p, r.Offset, ev.Seq), err: err})
 				}
 				k := [2]string{ev.TenantID, ev.SessionID}
 				l := lasts[k]
@@ -483,11 +473,21 @@ func kafkaSource(brokers []string, topic string, o replayOptions, bad *badRecord
 			err = readPartition(ctx, brokers, topic, p, ends[p], func(r *stream.Record) error {
 				ev, err := dec.Decode(r.Value)
 				if err != nil {
+					tenant, session, _ := strings.Cut(string(r.Key), "/")
+					if selected(tenant, session) {
+						bad.add(badRecord{tenant: tenant, session: session, where: fmt.Sprintf("%s partition %d offset %d", topic, p, r.Offset), err: err})
+					}
 					return nil
 				}
 				k := [2]string{ev.TenantID, ev.SessionID}
 				l, ok := lasts[k]
-				if !ok || !l.inRange {
+				if !ok {
+					return nil
+				}
+				if err := isCanonicalRecord(ev, r.Value); err != nil {
+					bad.add(badRecord{tenant: ev.TenantID, session: ev.SessionID, where: fmt.Sprintf("%s partition %d offset %d (seq %d)", topic, p, r.Offset, ev.Seq), err: err})
+				}
+				if !l.inRange {
 					return nil
 				}
 				s := open[k]
