@@ -51,10 +51,20 @@ type stdioUpstream struct {
 	wmu    sync.Mutex // serializes writes to stdin
 	broken error      // a write stopped mid-message: the framing is lost
 
+	// replies holds the answers to the server's own requests, written by
+	// their own goroutine: a write blocked on a full stdin must not stop
+	// the read loop from delivering responses (the server may be waiting
+	// for its stdout to drain before it reads stdin again).
+	replies chan *message
+
 	mu      sync.Mutex
 	pending map[string]chan *message
 	err     error // why the upstream closed
 }
+
+// maxServerRequests bounds the server requests waiting for their answer to
+// be written; a server that sends more at once gets no answer to the rest.
+const maxServerRequests = 64
 
 // dialStdio starts argv as the upstream server. Its stderr goes to
 // stderr (nil: discarded). The process outlives no one: close ends it.
@@ -85,15 +95,28 @@ func dialStdio(argv []string, stderr io.Writer, max int64, writeTimeout time.Dur
 		return nil, fmt.Errorf("mcpproxy: start upstream %s: %w", argv[0], err)
 	}
 	u := &stdioUpstream{cmd: cmd, stdin: stdin, done: make(chan struct{}), max: max, writeTimeout: writeTimeout,
-		pending: make(map[string]chan *message)}
+		pending: make(map[string]chan *message), replies: make(chan *message, maxServerRequests)}
 	go u.read(stdout)
+	go u.reply()
 	return u, nil
+}
+
+// reply writes the answers to the server's requests until stdout ends.
+func (u *stdioUpstream) reply() {
+	for {
+		select {
+		case m := <-u.replies:
+			_ = u.write(context.Background(), m)
+		case <-u.done:
+			return
+		}
+	}
 }
 
 // read dispatches the server's messages until its stdout ends. Requests
 // from the server (sampling, roots, elicitation) are answered with
-// CodeMethodNotFound: the proxy does not relay server-initiated requests.
-// Server notifications are dropped.
+// CodeMethodNotFound, through reply: the proxy does not relay
+// server-initiated requests. Server notifications are dropped.
 func (u *stdioUpstream) read(stdout io.Reader) {
 	defer close(u.done)
 	r := bufio.NewReaderSize(stdout, 64<<10)
@@ -118,7 +141,10 @@ func (u *stdioUpstream) read(stdout io.Reader) {
 						ch <- m
 					}
 				case m.isRequest():
-					_ = u.write(context.Background(), errorResponse(m.ID, CodeMethodNotFound, "the Aegis MCP proxy does not relay server requests", nil))
+					select {
+					case u.replies <- errorResponse(m.ID, CodeMethodNotFound, "the Aegis MCP proxy does not relay server requests", nil):
+					default:
+					}
 				}
 			}
 		}
