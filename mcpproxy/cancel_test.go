@@ -1,15 +1,19 @@
 package mcpproxy
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -339,5 +343,56 @@ func TestErrorWithLargeDataIsWithheld(t *testing.T) {
 	last := pipe.payloads[len(pipe.payloads)-1]
 	if !strings.HasPrefix(last, "TOOL_RESULT ") || !strings.Contains(last, `"message":"short"`) || !strings.Contains(last, `"output_bytes":1031`) {
 		t.Fatalf("recorded %q, want an error TOOL_RESULT with its message and size", last)
+	}
+}
+
+// TestHTTPErrorStatusWithinMaxOutputBytes: an HTTP server's error status
+// carries its words in two places, the reason phrase (whose length it
+// chooses) and the body. The phrase never reaches the agent (the status
+// text is the proxy's); the body does only within the decision's
+// max_output_bytes (64 here), and is withheld, its size recorded, past it.
+func TestHTTPErrorStatusWithinMaxOutputBytes(t *testing.T) {
+	fake := &fakeHTTPServer{sessions: map[string]bool{}}
+	var body atomic.Value
+	body.Store("")
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(b))
+		if !strings.Contains(string(b), `"tools/call"`) {
+			fake.ServeHTTP(w, r)
+			return
+		}
+		// A status line with a reason phrase of the server's choosing.
+		conn, buf, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close()
+		text := body.Load().(string)
+		fmt.Fprintf(buf, "HTTP/1.1 500 %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n%s", strings.Repeat("P", 4096), len(text), text)
+		_ = buf.Flush()
+	}))
+	defer srv.Close()
+	pipe := &limitPipeline{}
+	_, url := inProcess(t, pipe, newHTTPUpstream(srv.URL, srv.Client(), 1<<20), nil)
+	c := connect(t, url)
+
+	body.Store("short reason")
+	m := c.request(t, "tools/call", map[string]any{"name": "echo", "arguments": map[string]any{}})
+	if m.Error == nil || !strings.Contains(m.Error.Message, "500 Internal Server Error: short reason") || strings.Contains(m.Error.Message, "PPPP") {
+		t.Fatalf("error within the limit: %+v", m.Error)
+	}
+
+	body.Store(strings.Repeat("z", 300))
+	m = c.request(t, "tools/call", map[string]any{"name": "echo", "arguments": map[string]any{}})
+	if m.Error == nil || strings.Contains(m.Error.Message, "zzzz") || !strings.Contains(m.Error.Message, "300-byte body") {
+		t.Fatalf("a body over max_output_bytes reached the agent: %+v", m.Error)
+	}
+	pipe.mu.Lock()
+	defer pipe.mu.Unlock()
+	last := pipe.payloads[len(pipe.payloads)-1]
+	if !strings.HasPrefix(last, "TOOL_RESULT ") || strings.Contains(last, "zzzz") || strings.Contains(last, "PPPP") || !strings.Contains(last, `"output_bytes":300`) {
+		t.Fatalf("recorded %q, want an error TOOL_RESULT with the body's size, without the body", last)
 	}
 }

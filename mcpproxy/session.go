@@ -404,7 +404,15 @@ func (s *session) callTool(ctx context.Context, req *message) *message {
 		// The decision's max_output_bytes bounds what the server may put
 		// in the agent's context, its error's message and data included.
 		size, limit := 0, dec.Constraints.MaxOutputBytes
-		if ferr != nil {
+		if se := (*statusError)(nil); errors.As(ferr, &se) && limit > 0 && int64(len(se.body)) > limit {
+			// The body an HTTP server sent with its error status is its
+			// output: past the limit it is withheld, its size recorded.
+			cut := *se
+			cut.body = nil
+			msg := fmt.Sprintf("%s (its %d-byte body is over the decision's max_output_bytes %d; withheld)", cut.Error(), len(se.body), limit)
+			raised["code"], raised["message"], raised["output_bytes"] = "UPSTREAM_UNAVAILABLE", msg, len(se.body)
+			resp = errorResponse(req.ID, CodeInternalError, "upstream MCP server: "+msg, nil)
+		} else if ferr != nil {
 			raised["code"], raised["message"] = "UPSTREAM_UNAVAILABLE", ferr.Error()
 		} else {
 			size = len(resp.Error.Message) + len(resp.Error.Data)

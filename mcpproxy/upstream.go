@@ -277,6 +277,30 @@ func (u *httpUpstream) post(ctx context.Context, m *message) (*http.Response, er
 	return resp, nil
 }
 
+// maxStatusBody bounds what is kept of the body of an answer other than
+// 200 OK.
+const maxStatusBody = 512
+
+// statusError is an HTTP upstream's answer other than 200 OK: the status
+// code (not the server's reason phrase, whose length the server chooses)
+// and the start of the body. The body is the server's words: it reaches
+// the agent only within a decision's max_output_bytes.
+type statusError struct {
+	name string
+	code int
+	body []byte
+}
+
+func (e *statusError) Error() string {
+	msg := fmt.Sprintf("%v: %s answered %d %s", errUpstreamClosed, e.name, e.code, http.StatusText(e.code))
+	if len(e.body) > 0 {
+		msg += ": " + string(e.body)
+	}
+	return msg
+}
+
+func (e *statusError) Unwrap() error { return errUpstreamClosed }
+
 func (u *httpUpstream) roundTrip(ctx context.Context, req *message) (*message, error) {
 	resp, err := u.post(ctx, req)
 	if err != nil {
@@ -284,8 +308,8 @@ func (u *httpUpstream) roundTrip(ctx context.Context, req *message) (*message, e
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 512))
-		return nil, fmt.Errorf("%w: %s answered %s: %s", errUpstreamClosed, u.name, resp.Status, bytes.TrimSpace(b))
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, maxStatusBody))
+		return nil, &statusError{name: u.name, code: resp.StatusCode, body: bytes.TrimSpace(b)}
 	}
 	if req.Method == "initialize" {
 		if s := resp.Header.Get(headerSession); s != "" {
@@ -362,7 +386,7 @@ func (u *httpUpstream) send(ctx context.Context, msg *message) error {
 	defer resp.Body.Close()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode/100 != 2 {
-		return fmt.Errorf("%w: %s answered %s", errUpstreamClosed, u.name, resp.Status)
+		return &statusError{name: u.name, code: resp.StatusCode}
 	}
 	return nil
 }
