@@ -13,26 +13,13 @@ import (
 // docs/replay.md#shadow-mode) is one of the topics export reads, under the
 // same prefix rule as the others.
 func TestExportShadowDiffs(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	broker, err := stream.StartEmbedded(ctx, stream.EmbeddedConfig{Addr: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
 	const prefix = "t."
 	topic := pipeline.ShadowTopic(prefix)
 	if topic != "t.shadow-diffs" {
 		t.Fatalf("shadow topic %q", topic)
 	}
-	if err := stream.EnsureTopics(ctx, broker.Brokers(), []stream.TopicSpec{{Name: topic, Partitions: 2}}); err != nil {
-		t.Fatal(err)
-	}
-	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: broker.Brokers()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	broker, p := topicBroker(t, topic, 2)
+	ctx := context.Background()
 	value := `{"tenant_id":"acme","session_id":"s1","seq":1,"call_id":"c1","tool_name":"search","active":{"outcome":"allow","reason":"OK"},"shadow":{"outcome":"deny","reason":"PERMISSION_UNDECLARED"}}`
 	if err := p.Produce(ctx, stream.Message{Topic: topic, Key: []byte("acme/s1"), Value: []byte(value)}); err != nil {
 		t.Fatal(err)
@@ -50,22 +37,8 @@ func TestExportShadowDiffs(t *testing.T) {
 // line in the export, plain or latest-per-key, where it deletes its key;
 // the count on stderr says how many there were.
 func TestExportTombstones(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	broker, err := stream.StartEmbedded(ctx, stream.EmbeddedConfig{Addr: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
-	topic := pipeline.NewTopics(pipeline.DefaultTopicPrefix).ChainHeads
-	if err := stream.EnsureTopics(ctx, broker.Brokers(), []stream.TopicSpec{{Name: topic, Partitions: 1}}); err != nil {
-		t.Fatal(err)
-	}
-	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: broker.Brokers()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
+	ctx, topic := context.Background(), pipeline.NewTopics(pipeline.DefaultTopicPrefix).ChainHeads
+	broker, p := topicBroker(t, topic, 1)
 	for _, m := range []struct{ key, value string }{
 		{"a/1", `{"h":1}`}, {"b/1", `{"h":2}`}, {"a/1", ""}, {"c/1", `{"h":3}`}, {"c/1", ""}, {"c/1", `{"h":4}`},
 	} {
@@ -88,4 +61,26 @@ func TestExportTombstones(t *testing.T) {
 	if want := "{\"h\":2}\n{\"h\":4}\n"; code != ExitOK || stdout != want {
 		t.Fatalf("export --latest-per-key: exit %d, stdout %q, want %q, stderr %s", code, stdout, want, stderr)
 	}
+}
+
+// topicBroker starts an embedded broker with topic (of partitions
+// partitions) and a producer to it, both closed when the test ends.
+func topicBroker(t *testing.T, topic string, partitions int32) (*stream.Embedded, *stream.Producer) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	broker, err := stream.StartEmbedded(ctx, stream.EmbeddedConfig{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { broker.Close() })
+	if err := stream.EnsureTopics(ctx, broker.Brokers(), []stream.TopicSpec{{Name: topic, Partitions: partitions}}); err != nil {
+		t.Fatal(err)
+	}
+	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: broker.Brokers()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return broker, p
 }

@@ -15,17 +15,8 @@ import (
 // to the replay as soon as its last record is read, not after the whole
 // partition is in memory, and keeps the time and session selection.
 func TestKafkaSourceStreamsSessions(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	broker, err := stream.StartEmbedded(ctx, stream.EmbeddedConfig{Addr: "127.0.0.1:0"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer broker.Close()
-	topic := pipeline.NewTopics(pipeline.DefaultTopicPrefix).Sealed
-	if err := stream.EnsureTopics(ctx, broker.Brokers(), []stream.TopicSpec{{Name: topic, Partitions: 1}}); err != nil {
-		t.Fatal(err)
-	}
+	ctx, topic := context.Background(), pipeline.NewTopics(pipeline.DefaultTopicPrefix).Sealed
+	broker, p := topicBroker(t, topic, 1)
 	ev := func(session string, seq, ts int) string {
 		return `{"tenant_id":"acme","session_id":"` + session + `","seq":` + strconv.Itoa(seq) + `,"ts_unix_ms":` + strconv.Itoa(ts) + `,"event_type":"MODEL_CALL_STARTED","payload":{}}`
 	}
@@ -35,11 +26,6 @@ func TestKafkaSourceStreamsSessions(t *testing.T) {
 	if code != ExitOK {
 		t.Fatalf("seal: exit %d: %s", code, stderr)
 	}
-	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: broker.Brokers()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
 	sessions := []string{"a", "b", "c", "b", "c", "a"}
 	for i, line := range strings.Split(strings.TrimSpace(sealed), "\n") {
 		session := sessions[i]
