@@ -178,6 +178,13 @@ func (p *processor) Process(_ context.Context, batch []*stream.Record, emit func
 		case ev.Type == envelope.ToolCallProposed && ev.Decision == nil:
 			reject(rec, ev, pipeline.ReasonMissingDecision, "a proposal must be decided before it is sealed", 0)
 			continue
+		case ev.Type == envelope.ToolCallProposed && ev.Decision.Outcome == "":
+			// The decoder reads every member of a decision as
+			// optional, and the canonical form writes a missing one
+			// as "": sealed, {} would read as a decision with an
+			// empty outcome.
+			reject(rec, ev, pipeline.ReasonMissingDecision, "the proposal's decision has no outcome", 0)
+			continue
 		case ev.Type != envelope.ToolCallProposed && ev.Decision != nil:
 			reject(rec, ev, pipeline.ReasonUnexpectedDecision, "only proposals carry decisions", 0)
 			continue

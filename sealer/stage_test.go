@@ -228,3 +228,21 @@ func TestSealerRefusesRecordsThatOutgrowTheSealedLimit(t *testing.T) {
 		t.Fatalf("sealed %+v, %v: want seq 1 after genesis", ev, err)
 	}
 }
+
+// TestSealerRejectsADecisionWithoutOutcome: a proposal on the decided topic
+// whose decision has no outcome was not written by the decider (it always
+// decides allow, deny or require_approval). It is rejected instead of being
+// sealed with an empty outcome, and the head does not move.
+func TestSealerRejectsADecisionWithoutOutcome(t *testing.T) {
+	p := New(Config{Topics: topics, Partitions: partitions}, nil, nil).NewProcessor(0)
+	for _, d := range []string{`,"decision":{}`, `,"decision":{"reason":"OK","constraints":{},"policy_revision":"p","manifest_digest":"m","input_digest":"i"}`} {
+		out := run(t, p, decided("s1", 1, envelope.ToolCallProposed, d))
+		if got := reasons(t, out); len(got) != 1 || got[0] != pipeline.ReasonMissingDecision || len(byTopic(out, topics.Sealed)) != 0 {
+			t.Fatalf("decision %s: rejections %v, %d sealed", d, got, len(byTopic(out, topics.Sealed)))
+		}
+	}
+	out := run(t, p, decided("s1", 1, envelope.ToolCallProposed, decision))
+	if sealed := byTopic(out, topics.Sealed); len(sealed) != 1 || len(reasons(t, out)) != 0 {
+		t.Fatalf("the decided proposal: %d sealed, rejections %v", len(sealed), reasons(t, out))
+	}
+}

@@ -29,7 +29,7 @@ const (
 	// so its content cannot be compared; it was accepted long ago.
 	ReasonSeqStale = "SEQ_STALE"
 	// ReasonMissingDecision: a proposal reached the sealer without a
-	// decision.
+	// decision, or with one that has no outcome.
 	ReasonMissingDecision = "MISSING_DECISION"
 	// ReasonUnexpectedDecision: a non-proposal event carries a decision.
 	ReasonUnexpectedDecision = "UNEXPECTED_DECISION"
