@@ -35,7 +35,7 @@ type Config struct {
 	MaxEventBytes int
 	// MaxRecordBytes is the largest record the pipeline's topics carry
 	// (default pipeline.MaxRecordBytes(envelope.DefaultMaxEventBytes));
-	// it bounds the rejections the sealer writes.
+	// it bounds the sealed records and the rejections the sealer writes.
 	MaxRecordBytes int
 	// State bounds the chain heads kept in memory.
 	State pipeline.StateConfig
@@ -72,12 +72,19 @@ func New(cfg Config, reg prometheus.Registerer, log *slog.Logger) *Stage {
 	return &Stage{cfg: cfg, metrics: pipeline.NewMetrics(reg, StageName), state: pipeline.NewStateMetrics(reg, StageName), log: log.With("stage", StageName)}
 }
 
-// TransactConfig returns the runtime configuration of the stage's topics;
-// the caller sets brokers, group and transactional ID.
 // sealedExtraBytes is what a sealed record may add to its decided record
 // (prev_hash and hash): pipeline.SealedMaxBytes - pipeline.DecidedMaxBytes.
 const sealedExtraBytes = 64 << 10
 
+// sealedLimit is the largest sealed record value the stage emits with a key
+// of keyBytes: what the sealed topic's readers take, and no more than the
+// topic itself carries, which is less when the event limit is under 64 KiB.
+func (s *Stage) sealedLimit(keyBytes int) int {
+	return min(s.cfg.MaxEventBytes+sealedExtraBytes, s.cfg.MaxRecordBytes-keyBytes-pipeline.RecordOverhead)
+}
+
+// TransactConfig returns the runtime configuration of the stage's topics;
+// the caller sets brokers, group and transactional ID.
 func (s *Stage) TransactConfig() stream.TransactConfig {
 	t := s.cfg.Topics
 	return stream.TransactConfig{Input: t.Decided, State: t.ChainHeads, Outputs: []string{t.Sealed, t.Rejected}, Partitions: s.cfg.Partitions}
@@ -219,7 +226,7 @@ func (p *processor) Process(_ context.Context, batch []*stream.Record, emit func
 		if p.buf, err = ev.AppendCanonical(p.buf[:0], true); err != nil {
 			return fmt.Errorf("sealer: encode %s seq %d: %w", key, ev.Seq, err)
 		}
-		if limit := s.cfg.MaxEventBytes + sealedExtraBytes; len(p.buf) > limit {
+		if limit := s.sealedLimit(len(rec.Key)); len(p.buf) > limit {
 			// Only a record the decider did not write can grow this
 			// much once canonical (1e15 is 1000000000000000): the
 			// sealed topic and its readers take no more. The head

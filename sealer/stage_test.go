@@ -246,3 +246,32 @@ func TestSealerRejectsADecisionWithoutOutcome(t *testing.T) {
 		t.Fatalf("the decided proposal: %d sealed, rejections %v", len(sealed), reasons(t, out))
 	}
 }
+
+// TestSealedRecordsFitTheSealedTopic: with a small event limit the sealed
+// topic carries less than the sealed readers' limit (twice the event limit
+// plus 64 KiB against the limit plus 128 KiB). A decided record the
+// decider did not write that grows past what the topic carries once
+// canonical must be rejected TOO_LARGE, not produced: the broker would
+// refuse it and the stage would stop on the same batch after its retries.
+func TestSealedRecordsFitTheSealedTopic(t *testing.T) {
+	const maxEvent = 1 << 10 // aegisd's smallest --max-event-bytes
+	st := New(Config{Topics: topics, Partitions: partitions, MaxEventBytes: pipeline.DecidedMaxBytes(maxEvent),
+		MaxRecordBytes: pipeline.MaxRecordBytes(maxEvent)}, nil, nil)
+	rec := decided("s1", 1, envelope.ModelCallStarted, "")
+	rec.Value = []byte(fmt.Sprintf(`{"tenant_id":"acme","session_id":"s1","seq":1,"ts_unix_ms":1001,"event_type":"MODEL_CALL_STARTED","payload":{"n":[%s1]}}`,
+		strings.Repeat("1e15,", 30<<10/5)))
+	if len(rec.Value) > pipeline.DecidedMaxBytes(maxEvent) {
+		t.Fatalf("the record is %d bytes, over the input limit", len(rec.Value))
+	}
+	p := st.NewProcessor(rec.Partition)
+	defer p.(*processor).Close()
+	out := run(t, p, rec)
+	for _, o := range out {
+		if n := len(o.Key) + len(o.Value); n > pipeline.MaxRecordBytes(maxEvent) {
+			t.Fatalf("a %d-byte record on %s, which carries %d", n, o.Topic, pipeline.MaxRecordBytes(maxEvent))
+		}
+	}
+	if got := reasons(t, out); len(got) != 1 || got[0] != envelope.CodeTooLarge {
+		t.Fatalf("rejections %v, %d sealed", got, len(byTopic(out, topics.Sealed)))
+	}
+}

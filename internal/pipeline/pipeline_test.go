@@ -371,7 +371,7 @@ func TestRejectionFitsItsTopic(t *testing.T) {
 	}
 	for name, rec := range cases {
 		out := NewRejection("decider", rec, "R", "d").Output("aegis.rejected", rec, limit)
-		if len(out.Key)+len(out.Value)+recordOverhead > limit {
+		if len(out.Key)+len(out.Value)+RecordOverhead > limit {
 			t.Fatalf("%s: %d + %d bytes", name, len(out.Key), len(out.Value))
 		}
 		var r Rejection
@@ -400,7 +400,7 @@ func TestRejectionFitsItsTopic(t *testing.T) {
 		"detail quoting the type": {Key: []byte("acme/s1"), Value: []byte(`{"event_type":"` + big + `"}`)},
 	} {
 		out := NewRejection("decider", rec, "R", fmt.Sprintf("quoted %q", big)).Output("aegis.rejected", rec, limit)
-		if len(out.Key)+len(out.Value)+recordOverhead > limit {
+		if len(out.Key)+len(out.Value)+RecordOverhead > limit {
 			t.Fatalf("%s: %d + %d bytes", name, len(out.Key), len(out.Value))
 		}
 		var r Rejection

@@ -83,9 +83,9 @@ const TruncatedOriginalBytes = 4 << 10
 // TruncatedDetailBytes is how much of the detail such a rejection keeps.
 const TruncatedDetailBytes = 1 << 10
 
-// recordOverhead bounds what a record adds to its key and value in a batch
+// RecordOverhead bounds what a record adds to its key and value in a batch
 // of one (batch header, lengths, timestamp and offset deltas).
-const recordOverhead = 1 << 10
+const RecordOverhead = 1 << 10
 
 // NewRejection describes rec as rejected by stage for reason.
 func NewRejection(stage string, rec *stream.Record, reason, detail string) *Rejection {
@@ -115,7 +115,7 @@ func (r *Rejection) WithEvent(ev *envelope.Event) *Rejection {
 func (r *Rejection) Output(topic string, rec *stream.Record, maxRecordBytes int) stream.Output {
 	key := rec.Key
 	b := r.encode()
-	if maxRecordBytes > 0 && len(key)+len(b)+recordOverhead > maxRecordBytes {
+	if maxRecordBytes > 0 && len(key)+len(b)+RecordOverhead > maxRecordBytes {
 		t := *r
 		if len(t.Detail) > TruncatedDetailBytes {
 			// A detail may quote input (a key, an event type), which
