@@ -117,7 +117,7 @@ func (h *HeadRecord) appendJSON(b []byte) ([]byte, error) {
 	b = append(b, `,"seq":`...)
 	b = strconv.AppendUint(b, h.Seq, 10)
 	b = append(b, `,"hash":"`...)
-	b = append(b, h.Hash...) // "sha256:" + hex, written by chain.Link
+	b = append(b, h.Hash...) // lower-case hex (chain.Link, decodeHead): verbatim in JSON
 	b = append(b, `","window":`...)
 	if b, err = h.Window.AppendJSON(b); err != nil {
 		return b, err
@@ -134,7 +134,23 @@ func decodeHead(key string, value []byte) (*HeadRecord, error) {
 	if h.Seq != h.Window.Last || len(h.Hash) != len(chain.Genesis) || key != h.TenantID+"/"+h.SessionID {
 		return nil, fmt.Errorf("inconsistent head record (seq %d, window %d)", h.Seq, h.Window.Last)
 	}
+	if !lowerHex(h.Hash) {
+		// Not a hash chain.Link wrote: chained on, it would break the
+		// session's chain, and written back verbatim (appendJSON) a
+		// quote or backslash would make the head record unreadable.
+		return nil, fmt.Errorf("head hash %q is not lower-case hex", h.Hash)
+	}
 	return &h, nil
+}
+
+// lowerHex reports whether s is lower-case hexadecimal.
+func lowerHex(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }
 
 type processor struct {

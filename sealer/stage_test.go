@@ -117,6 +117,11 @@ func TestSealerRestoreRejectsInconsistentHeads(t *testing.T) {
 		"not json":       `{`,
 		"window behind":  `{"tenant_id":"acme","session_id":"s","seq":3,"hash":"` + chain.Genesis + `","window":{"last_seq":2}}`,
 		"truncated hash": `{"tenant_id":"acme","session_id":"s","seq":1,"hash":"ab","window":{"last_seq":1}}`,
+		// 64 characters, but not what chain.Link writes: written back
+		// verbatim, the quote would make the next head record invalid
+		// JSON, which no restore could read.
+		"quote in hash":   `{"tenant_id":"acme","session_id":"s","seq":1,"hash":"\"` + chain.Genesis[1:] + `","window":{"last_seq":1}}`,
+		"upper-case hash": `{"tenant_id":"acme","session_id":"s","seq":1,"hash":"` + strings.ToUpper(chain.Genesis[:62]) + `AB","window":{"last_seq":1}}`,
 	} {
 		if err := p.Restore([]byte("acme/s"), []byte(v)); err == nil {
 			t.Errorf("%s: accepted", name)
