@@ -76,7 +76,8 @@ type TransactConfig struct {
 	MaxBatch int
 	// MaxRecordBytes bounds one produced record batch, and so the largest
 	// output record (default 1,000,012, Kafka's default
-	// max.message.bytes).
+	// max.message.bytes). Batches to a topic whose max.message.bytes,
+	// read when Run starts, is lower are bounded by that instead.
 	MaxRecordBytes int
 	// MaxProcessRetries is how many times a batch whose Process failed,
 	// or a restore whose Restore failed, is retried before RunTransact
@@ -194,8 +195,9 @@ type Transactor struct {
 	evMu   sync.Mutex
 	events []assignEvent // assignment changes from group callbacks, applied by Run
 
-	partitions      int32 // common partition count, set by Run before the first session
-	restoreFailures int   // consecutive Restore failures; owned by Run's goroutine
+	partitions      int32            // common partition count, set by Run before the first session
+	batchBytes      map[string]int32 // per produced topic, the largest batch it takes; set by Run like partitions
+	restoreFailures int              // consecutive Restore failures; owned by Run's goroutine
 
 	beat atomic.Int64 // when the session's loop last made progress: nanoseconds since beatEpoch (monotonic)
 
@@ -317,6 +319,9 @@ func (t *Transactor) Run(ctx context.Context) error {
 		return err
 	}
 	t.partitions = n
+	if t.batchBytes, err = topicBatchBytes(ctx, adm, t.cfg.topics(), t.maxRecordBytes()); err != nil {
+		return err
+	}
 	t.restoreFailures = 0
 	t.setRunning(true)
 	defer t.setRunning(false)
@@ -570,7 +575,7 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client, closer *sess
 		// (default 5s) rate-limits: each hit would stall the stage 5s.
 		kgo.MetadataMinAge(transactMetadataMinAge),
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
-		kgo.ProducerBatchMaxBytes(t.maxRecordBytes()),
+		kgo.ProducerBatchMaxBytesFn(t.batchMaxBytes),
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 			t.pushEvent(true, m[t.cfg.Input])
 		}),
@@ -1172,6 +1177,50 @@ func classify(op string, err error) error {
 		return fmt.Errorf("stream: %s: %w", op, err)
 	}
 	return fmt.Errorf("stream: %s: %w: %w", op, ErrBroker, err)
+}
+
+// batchMaxBytes is the largest record batch the session produces to topic.
+func (t *Transactor) batchMaxBytes(topic string) int32 {
+	if n, ok := t.batchBytes[topic]; ok {
+		return n
+	}
+	return t.maxRecordBytes()
+}
+
+// topicBatchBytes returns, for each topic, the largest record batch the
+// stage may send it: limit (MaxRecordBytes), or the topic's own
+// max.message.bytes where that is lower. One cap for every topic made the
+// client gather a transaction's small records into batches of up to limit,
+// which a topic with a lower max.message.bytes (an output beside a state
+// topic that carries larger records) refused as a whole, MESSAGE_TOO_LARGE,
+// though every record fitted: the stage stopped on that batch.
+func topicBatchBytes(ctx context.Context, adm *kadm.Client, topics []string, limit int32) (map[string]int32, error) {
+	cfgs, err := adm.DescribeTopicConfigs(ctx, topics...)
+	if err != nil {
+		return nil, fmt.Errorf("stream: describe topic configs: %w: %w", ErrBroker, err)
+	}
+	out := make(map[string]int32, len(topics))
+	for _, topic := range topics {
+		rc, err := cfgs.On(topic, nil)
+		if err == nil {
+			err = rc.Err
+		}
+		if err != nil {
+			return nil, fmt.Errorf("stream: describe topic %s: %w: %w", topic, ErrBroker, err)
+		}
+		out[topic] = limit
+		for _, c := range rc.Configs {
+			if c.Key != "max.message.bytes" || c.Value == nil {
+				continue
+			}
+			if n, err := strconv.ParseInt(*c.Value, 10, 32); err == nil && n < int64(limit) {
+				// franz-go takes no cap below 512 bytes; a
+				// topic that small refuses any record anyway.
+				out[topic] = int32(max(n, 512))
+			}
+		}
+	}
+	return out, nil
 }
 
 func (t *Transactor) maxRecordBytes() int32 {

@@ -542,3 +542,55 @@ func TestTransactStopsOnAPermanentProduceError(t *testing.T) {
 		t.Errorf("%d attempts, want 3 (the first and MaxProcessRetries more)", n)
 	}
 }
+
+// fanOut emits, for every input record, n records of size bytes to out.
+type fanOut struct {
+	out     string
+	n, size int
+}
+
+func (*fanOut) Restore(_, _ []byte) error { return nil }
+
+func (f *fanOut) Process(_ context.Context, batch []*Record, emit func(Output)) error {
+	for _, r := range batch {
+		for range f.n {
+			v := make([]byte, f.size)
+			_, _ = rand.Read(v)
+			emit(Output{Topic: f.out, Partition: r.Partition, Key: r.Key, Value: v})
+		}
+	}
+	return nil
+}
+
+// TestTransactBatchesFitEachTopic: MaxRecordBytes may be larger than an
+// output topic's max.message.bytes (a stage's state topic carries larger
+// records than its outputs). Many small records of one transaction must
+// still be sent to each topic in batches it accepts, not in one batch of
+// up to MaxRecordBytes that the broker refuses MESSAGE_TOO_LARGE, which
+// stopped the stage though every record fits.
+func TestTransactBatchesFitEachTopic(t *testing.T) {
+	e := startBroker(t)
+	ctx := context.Background()
+	tp := topology{input: "fan.in", state: "fan.state", output: "fan.out", partitions: 1}
+	if err := EnsureTopics(ctx, e.Brokers(), []TopicSpec{
+		{Name: tp.input, Partitions: 1},
+		{Name: tp.state, Partitions: 1, Cleanup: CleanupCompact, Configs: map[string]string{"max.message.bytes": "2097152"}},
+		{Name: tp.output, Partitions: 1, Configs: map[string]string{"max.message.bytes": "65536"}},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	const inputs, fan = 20, 100
+	produceInputs(t, e, tp.input, 1, inputs, map[string]int{})
+	cfg := tp.config(e, "txn-fan")
+	cfg.MaxRecordBytes, cfg.Compression = 2<<20, "none"
+	cfg.MaxProcessRetries = 1
+	tr, err := NewTransactor(cfg, func(int32) Processor { return &fanOut{out: tp.output, n: fan, size: 1 << 10} }, WithLogger(testLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runAsync(t, tr)
+	readAtLeast(t, e, tp.output, inputs*fan, 30*time.Second, 0)
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
