@@ -186,9 +186,13 @@ func (c *Consumer) Position(topic string, partition int32) int64 {
 }
 
 // Commit commits, for a group Consumer, the offsets just past the given
-// records (the highest per partition), synchronously. Records of partitions
-// the consumer no longer owns fail the commit; their new owner reads them
-// again.
+// records (the highest per partition), synchronously. Records of a
+// partition the consumer no longer owns are committed too, as long as it is
+// still a member of the group: neither the client nor the broker checks
+// ownership, so the partition's offset can move back behind what its new
+// owner committed (which then reads those records again) or ahead of what
+// the new owner has read. Either is safe for a sink that commits only
+// records it has written; a commit after the consumer left the group fails.
 func (c *Consumer) Commit(ctx context.Context, recs ...*Record) error {
 	if len(recs) == 0 {
 		return nil
