@@ -41,12 +41,19 @@ func runPublish(ctx context.Context, env IO, args []string) int {
 			return fail(env, ExitUsage, "publish: %v", err)
 		}
 	}
-	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: strings.Split(*brokers, ","), MaxRecordBytes: 4 << 20})
+	topic := pipeline.NewTopics(*prefix).Events
+	// Batches no larger than the events topic takes: one over its
+	// max.message.bytes is refused as a whole. When the broker cannot say
+	// (no topic yet), the size aegisd gives the topic by default.
+	batchBytes, err := stream.MaxMessageBytes(ctx, strings.Split(*brokers, ","), topic)
+	if err != nil {
+		batchBytes = pipeline.MaxRecordBytes(envelope.DefaultMaxEventBytes)
+	}
+	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: strings.Split(*brokers, ","), MaxRecordBytes: batchBytes})
 	if err != nil {
 		return fail(env, ExitRuntime, "publish: %v", err)
 	}
 	defer p.Close()
-	topic := pipeline.NewTopics(*prefix).Events
 	var batch []stream.Message
 	total := 0
 	var produceErr error // a broker failure, as opposed to a bad line

@@ -3,12 +3,17 @@ package ctl
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
+	"fmt"
+	"math/rand/v2"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"aegis.dev/aegis/internal/grant"
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/schemas/envelope"
 )
 
@@ -74,5 +79,43 @@ func TestPublishBrokerFailureIsRuntime(t *testing.T) {
 	line := `{"tenant_id":"acme","session_id":"s1","seq":1}` + "\n"
 	if code := Main(ctx, IO{Stdin: strings.NewReader(line), Stdout: &out, Stderr: &stderr}, []string{"publish", "--brokers", "127.0.0.1:1"}); code != ExitRuntime {
 		t.Errorf("exit %d, want %d (stderr %q)", code, ExitRuntime, stderr.String())
+	}
+}
+
+// TestPublishBatchesFitTheEventsTopic: publish sends batches no larger
+// than the events topic takes. Many events of one session go to one
+// partition; gathered into a batch over the topic's max.message.bytes
+// (~2 MiB by default) they would be refused as a whole, though each fits.
+func TestPublishBatchesFitTheEventsTopic(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	broker, err := stream.StartEmbedded(ctx, stream.EmbeddedConfig{Addr: "127.0.0.1:0"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer broker.Close()
+	topics := pipeline.NewTopics(pipeline.DefaultTopicPrefix)
+	if err := stream.EnsureTopics(ctx, broker.Brokers(), topics.Specs(1, envelope.DefaultMaxEventBytes)); err != nil {
+		t.Fatal(err)
+	}
+	var in strings.Builder
+	const n = 3000
+	rnd := rand.New(rand.NewPCG(1, 2))
+	raw := make([]byte, 3000)
+	for i := 1; i <= n; i++ {
+		for j := range raw {
+			raw[j] = byte(rnd.Uint32())
+		}
+		// Incompressible, so batches are as large compressed as not.
+		fmt.Fprintf(&in, `{"tenant_id":"acme","session_id":"s1","seq":%d,"ts_unix_ms":5,"event_type":"MODEL_CALL_STARTED","payload":{"pad":"%s"}}`+"\n", i, base64.StdEncoding.EncodeToString(raw))
+	}
+	var out, stderr bytes.Buffer
+	code := Main(ctx, IO{Stdin: strings.NewReader(in.String()), Stdout: &out, Stderr: &stderr}, []string{"publish", "--brokers", broker.Addr()})
+	if code != ExitOK {
+		t.Fatalf("publish of %d events of 4 KB: exit %d: %s", n, code, stderr.String())
+	}
+	ends, err := stream.EndOffsets(ctx, broker.Brokers(), topics.Events)
+	if err != nil || ends[0] != n {
+		t.Fatalf("events topic holds %v (%v), want %d", ends, err, n)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strconv"
 	"strings"
@@ -277,6 +278,23 @@ func EndOffsets(ctx context.Context, brokers []string, topic string) (map[int32]
 		return nil, fmt.Errorf("stream: end offsets of %s: no partitions: %w", topic, ErrTopicMissing)
 	}
 	return out, nil
+}
+
+// MaxMessageBytes returns the max.message.bytes of topic: the largest
+// record batch the broker takes for it. A producer that gathers records
+// into larger batches has them refused as a whole (MESSAGE_TOO_LARGE),
+// though each record fits.
+func MaxMessageBytes(ctx context.Context, brokers []string, topic string) (int, error) {
+	adm, closeAdm, err := newAdmin(brokers)
+	if err != nil {
+		return 0, err
+	}
+	defer closeAdm()
+	caps, err := topicBatchBytes(ctx, adm, []string{topic}, math.MaxInt32)
+	if err != nil {
+		return 0, err
+	}
+	return int(caps[topic]), nil
 }
 
 // DeleteTopicsWithPrefix deletes every topic whose name starts with prefix
