@@ -66,7 +66,8 @@ const StageName = "projector"
 const (
 	// ReasonBadHead: a chain-heads record is not a JSON head.
 	ReasonBadHead = "BAD_HEAD_RECORD"
-	// ReasonBadRejection: a rejected-topic record is not a JSON rejection.
+	// ReasonBadRejection: a rejected-topic record is not a JSON rejection
+	// (one that names its stage, reason and source topic).
 	ReasonBadRejection = "BAD_REJECTION_RECORD"
 	// ReasonBadSealed: a sealed record does not decode or does not follow
 	// its session's previous event (the decoder's code is in the detail).
@@ -375,6 +376,14 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 			var r pipeline.Rejection
 			if err := json.Unmarshal(rec.Value, &r); err != nil {
 				reject(rec, nil, ReasonBadRejection, err.Error())
+				continue
+			}
+			if r.Stage == "" || r.Reason == "" || r.Topic == "" {
+				// JSON, but no rejection: every rejection names its stage,
+				// reason and source topic (pipeline.NewRejection). Stored
+				// as one, it would keep none of the record's bytes, and all
+				// such records would share one identity.
+				reject(rec, nil, ReasonBadRejection, "not a rejection: stage, reason or topic is missing")
 				continue
 			}
 			if r.Seq > canon.MaxSafeInteger || r.Expected > canon.MaxSafeInteger+1 {

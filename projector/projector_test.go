@@ -317,7 +317,7 @@ func TestProjectorRejectsSeqsNoEventCanHave(t *testing.T) {
 		return stream.Message{Topic: k.topics.ChainHeads, Key: []byte("acme/" + sid), Value: v}
 	}
 	rejection := func(seq, expected uint64) stream.Message {
-		v, _ := json.Marshal(pipeline.Rejection{V: 1, Stage: "sealer", Reason: "SEQ_GAP", TenantID: "acme", SessionID: "r", Seq: seq, Expected: expected})
+		v, _ := json.Marshal(pipeline.Rejection{V: 1, Stage: "sealer", Reason: "SEQ_GAP", TenantID: "acme", SessionID: "r", Seq: seq, Expected: expected, Topic: k.topics.Decided})
 		return stream.Message{Topic: k.topics.Rejected, Key: []byte("acme/r"), Value: v}
 	}
 	msgs := []stream.Message{
@@ -346,6 +346,42 @@ func TestProjectorRejectsSeqsNoEventCanHave(t *testing.T) {
 		if got := queryInt(t, st, q); got != want {
 			t.Errorf("%s = %d, want %d", q, got, want)
 		}
+	}
+}
+
+// TestProjectorRejectsJSONThatIsNoRejection: a record on the rejected topic
+// that is JSON but names no stage, reason or source topic (null, {}, an
+// object of other members; only another Kafka writer can put it there) is
+// a BAD_REJECTION_RECORD that keeps its bytes, like one that is not JSON.
+// Stored as a rejection it kept nothing of the record, and every such
+// record had the same identity, so all but one of them vanished.
+func TestProjectorRejectsJSONThatIsNoRejection(t *testing.T) {
+	k := startKafka(t, 1)
+	st := openSQLite(t)
+	good, _ := json.Marshal(pipeline.Rejection{V: 1, Stage: "decider", Reason: "SEQ_GAP", TenantID: "acme", SessionID: "r", Seq: 3, Expected: 2,
+		Topic: k.topics.Events, Offset: 9})
+	var msgs []stream.Message
+	for _, v := range []string{`null`, `{}`, `{"note":"not a rejection"}`, `{"stage":"decider","reason":"SEQ_GAP"}`, string(good)} {
+		msgs = append(msgs, stream.Message{Topic: k.topics.Rejected, Key: []byte("acme/r"), Value: []byte(v)})
+	}
+	produceMessages(t, k.brokers, msgs...)
+	stop := startProjector(t, projector.Config{Brokers: k.brokers, Group: k.prefix + "projector", Topics: k.topics, BatchSize: len(msgs),
+		FlushInterval: 5 * time.Second}, st, prometheus.NewRegistry())
+	waitFor(t, "the good rejection", 20*time.Second, func() bool {
+		return queryInt(t, st, "SELECT count(*) FROM rejected_records WHERE stage = 'decider' AND source_offset = 9") == 1
+	})
+	stop()
+	_, rows, err := st.Query(context.Background(), "SELECT original FROM rejected_records WHERE stage = 'projector' AND reason = '"+
+		projector.ReasonBadRejection+"' ORDER BY source_offset")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprint([][]any{{"null"}, {"{}"}, {`{"note":"not a rejection"}`}, {`{"stage":"decider","reason":"SEQ_GAP"}`}})
+	if got := fmt.Sprint(rows); got != want {
+		t.Errorf("%s rows keep %s, want %s", projector.ReasonBadRejection, got, want)
+	}
+	if n := queryInt(t, st, "SELECT count(*) FROM rejected_records"); n != 5 {
+		t.Errorf("%d rejected_records rows for 5 records", n)
 	}
 }
 
