@@ -51,8 +51,12 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	if path == "" {
 		return nil, fmt.Errorf("sqlstore: empty path: %w", projector.ErrStore)
 	}
+	// synchronous(FULL): the projector commits a batch's offsets once
+	// Write returns, so the batch must be on disk by then; in WAL mode
+	// NORMAL syncs only at checkpoints, and a power loss could roll back
+	// batches whose offsets were committed. FULL costs one sync per batch.
 	dsn := "file:" + (&url.URL{Path: path}).EscapedPath() +
-		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(NORMAL)&_pragma=foreign_keys(1)"
+		"?_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=synchronous(FULL)&_pragma=foreign_keys(1)"
 	db, err := sql.Open("sqlite", dsn)
 	if err != nil {
 		return nil, fmt.Errorf("sqlstore: open %s: %w: %w", path, projector.ErrStore, err)
