@@ -367,7 +367,12 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 		switch rec.Topic {
 		case t.Sealed:
 			ev, err := dec.Decode(rec.Value)
-			if err != nil || ev.Hash == "" {
+			if err == nil && ev.Hash == "" {
+				// A valid event the sealer never wrote: the decoder takes
+				// it, but it has no link in any chain.
+				err = &envelope.Error{Code: envelope.CodeMissingField, Field: "hash", Msg: "not a sealed record"}
+			}
+			if err != nil {
 				reject(rec, nil, ReasonBadSealed, fmt.Sprintf("%s: %v", envelope.Code(err), err))
 				continue
 			}

@@ -385,6 +385,28 @@ func TestProjectorRejectsJSONThatIsNoRejection(t *testing.T) {
 	}
 }
 
+// TestProjectorNamesWhyAnUnsealedRecordIsRejected: a valid event without
+// the sealer's hash on the sealed topic is a BAD_SEALED_RECORD whose detail
+// names the missing hash, not INVALID_JSON with a nil error.
+func TestProjectorNamesWhyAnUnsealedRecordIsRejected(t *testing.T) {
+	k := startKafka(t, 1)
+	st := openSQLite(t)
+	ev := `{"event_type":"MODEL_CALL_STARTED","payload":{"call_id":"m","model":"gpt-x"},"seq":1,"session_id":"s1","tenant_id":"acme","ts_unix_ms":1767225600000,"v":1}`
+	produceMessages(t, k.brokers, stream.Message{Topic: k.topics.Sealed, Key: []byte("acme/s1"), Value: []byte(ev)})
+	stop := startProjector(t, projector.Config{Brokers: k.brokers, Group: k.prefix + "projector", Topics: k.topics, BatchSize: 1,
+		FlushInterval: 50 * time.Millisecond}, st, prometheus.NewRegistry())
+	waitFor(t, "the rejection", 20*time.Second, func() bool { return queryInt(t, st, "SELECT count(*) FROM rejected_records") == 1 })
+	stop()
+	_, rows, err := st.Query(context.Background(), "SELECT reason, detail, original FROM rejected_records")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := rows[0]; r[0] != projector.ReasonBadSealed || !strings.HasPrefix(r[1].(string), envelope.CodeMissingField+": ") ||
+		!strings.Contains(r[1].(string), "hash") || r[2] != ev {
+		t.Errorf("rejected as %q", r)
+	}
+}
+
 // rowsWritten returns the rows-written counter of table from reg.
 func rowsWritten(t *testing.T, reg *prometheus.Registry, table string) float64 {
 	t.Helper()
