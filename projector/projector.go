@@ -100,7 +100,7 @@ type Config struct {
 	MaxRetryBackoff time.Duration
 	// DrainTimeout bounds the final write on shutdown (default 30s).
 	DrainTimeout time.Duration
-	// MaxEventBytes bounds one sealed record (default 1 MiB plus 64 KiB
+	// MaxEventBytes bounds one sealed record (default 1 MiB plus 128 KiB
 	// for the decision and chain fields).
 	MaxEventBytes int
 	// SessionTimeout is the consumer group session timeout (default 45s):
