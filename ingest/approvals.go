@@ -190,6 +190,10 @@ func (a *approvals) open(rep *decider.Reply, args json.RawMessage, expires time.
 	defer a.mu.Unlock()
 	k := callKey{rep.TenantID, rep.SessionID, rep.CallID, rep.ToolName, digest}
 	if e := a.pending[k]; e != nil {
+		// The decider's approval is now the one requested at the later
+		// seq: the reply of other arguments proposed before it, but
+		// handled after it, must not supersede it.
+		e.RequestedSeq = max(e.RequestedSeq, rep.Seq)
 		return e, nil
 	}
 	// The decider now waits for an approval of this call, not of the
@@ -269,6 +273,7 @@ func (s *Server) settle(ctx context.Context, e *approvalEntry, allow bool, appro
 		return Approval{}, errf(http.StatusConflict, CodeApprovalNotPending, "approval %s is %s", e.ID, e.State)
 	}
 	e.busy = true
+	requested := e.RequestedSeq // a re-proposal of the call may raise it
 	a.mu.Unlock()
 
 	now := s.now()
@@ -296,7 +301,7 @@ func (s *Server) settle(ctx context.Context, e *approvalEntry, allow bool, appro
 	}
 	ev := &envelope.Event{V: envelope.Version, TenantID: e.TenantID, SessionID: e.SessionID, TsUnixMs: now.UnixMilli(),
 		Type: envelope.ApprovalDecided, Payload: payload}
-	s.setHint(string(ev.Key()), e.RequestedSeq)
+	s.setHint(string(ev.Key()), requested)
 
 	// The record is published and confirmed apart from the caller: once
 	// APPROVAL_DECIDED may be in the log, the entry stays busy until the
