@@ -92,13 +92,12 @@ func NewConsumer(cfg ConsumerConfig, opts ...Option) (*Consumer, error) {
 		return nil, fmt.Errorf("stream: consumer: FromOffsets with a group: %w", ErrConfig)
 	}
 	o := buildOptions("consumer", opts)
-	kopts := []kgo.Opt{
-		kgo.SeedBrokers(cfg.Brokers...),
+	kopts := append(o.security.seed(cfg.Brokers),
 		kgo.WithLogger(kgoLogger{o.logger.With("stage", o.stage).WithGroup("kafka")}),
 		// Markers are fetched so that Position moves past them; Poll
 		// never returns them.
 		kgo.KeepControlRecords(),
-	}
+	)
 	if cfg.ReadUncommitted {
 		kopts = append(kopts, kgo.FetchIsolationLevel(kgo.ReadUncommitted()))
 	} else {

@@ -244,7 +244,7 @@ func dropOpenTxnSnapshots(dataDir string) error {
 // transactional with no marker after them: on a broker just reloaded after
 // a crash, the transactions that were open when it died.
 func abortOpenTransactions(ctx context.Context, brokers []string, log *slog.Logger) error {
-	adm, closeAdm, err := newAdmin(brokers)
+	adm, closeAdm, err := newAdmin(brokers, Security{})
 	if err != nil {
 		return err
 	}

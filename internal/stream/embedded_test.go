@@ -314,7 +314,7 @@ func TestEmbeddedAbortsATransactionOpenAtACleanCloseAndACrash(t *testing.T) {
 // restores its state (read_committed, to the end), within 10 s.
 func restoreState(ctx context.Context, t *testing.T, e *Embedded) []string {
 	t.Helper()
-	adm, closeAdm, err := newAdmin(e.Brokers())
+	adm, closeAdm, err := newAdmin(e.Brokers(), Security{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -322,7 +322,7 @@ func restoreState(ctx context.Context, t *testing.T, e *Embedded) []string {
 	rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	var restored []string
-	if err := readLatest(rctx, adm, e.Brokers(), "state", []int32{0}, testLogger(), nil, func(_ int32, _, v []byte) error {
+	if err := readLatest(rctx, adm, Security{}.seed(e.Brokers()), "state", []int32{0}, testLogger(), nil, func(_ int32, _, v []byte) error {
 		restored = append(restored, string(v))
 		return nil
 	}); err != nil {

@@ -11,14 +11,17 @@ import (
 )
 
 // Option sets a program-level dependency (logger, metrics registerer, stage
-// label) on a Transactor, Producer, Consumer or Embedded broker. Options are
-// for what programs inject; what operators set lives in the Config structs.
+// label, the cluster's security) on a Transactor, Producer, Consumer or
+// Embedded broker, or on an admin call. Options are for what programs
+// inject; what operators set lives in the Config structs (the security's
+// in SecurityConfig, which programs load and inject).
 type Option func(*options)
 
 type options struct {
 	logger     *slog.Logger
 	registerer prometheus.Registerer
 	stage      string
+	security   Security
 }
 
 func buildOptions(defaultStage string, opts []Option) options {
@@ -47,6 +50,14 @@ func WithLogger(l *slog.Logger) Option {
 // restarted in one process.
 func WithRegisterer(reg prometheus.Registerer) Option {
 	return func(o *options) { o.registerer = reg }
+}
+
+// WithSecurity sets how the component's clients reach a secured cluster
+// (TLS, SASL), overriding the default of plaintext without authentication.
+// Operators configure it with SecurityConfig; programs load that and pass
+// the result here, to every component and admin call of the cluster.
+func WithSecurity(s Security) Option {
+	return func(o *options) { o.security = s }
 }
 
 // WithStage sets the value of the "stage" label on metrics and logs,

@@ -42,12 +42,12 @@ func NewProducer(cfg ProducerConfig, opts ...Option) (*Producer, error) {
 	}
 	o := buildOptions("producer", opts)
 	kopts := []kgo.Opt{
-		kgo.SeedBrokers(cfg.Brokers...),
 		kgo.WithLogger(kgoLogger{o.logger.With("stage", o.stage).WithGroup("kafka")}),
 		kgo.RequiredAcks(kgo.AllISRAcks()),
 		kgo.RecordPartitioner(pinPartitioner{kgo.StickyKeyPartitioner(nil)}),
 		kgo.ProducerLinger(cfg.Linger),
 	}
+	kopts = append(kopts, o.security.seed(cfg.Brokers)...)
 	if cfg.MaxRecordBytes > 0 {
 		kopts = append(kopts, kgo.ProducerBatchMaxBytes(int32(cfg.MaxRecordBytes)))
 	}

@@ -57,7 +57,7 @@ type latestValue struct {
 // progress, if not nil, is called at least every restorePoll while the read
 // goes on, including while it waits for an open transaction: the stage's
 // stall watchdog counts a restore that waits on the broker as alive.
-func readLatest(ctx context.Context, adm *kadm.Client, brokers []string, topic string, parts []int32, log *slog.Logger,
+func readLatest(ctx context.Context, adm *kadm.Client, seed []kgo.Opt, topic string, parts []int32, log *slog.Logger,
 	progress func(), emit func(p int32, key, value []byte) error) error {
 	starts, err := adm.ListStartOffsets(ctx, topic)
 	if err == nil {
@@ -99,14 +99,13 @@ func readLatest(ctx context.Context, adm *kadm.Client, brokers []string, topic s
 	// read streams the committed keyed records of the assigned partitions
 	// below their targets to fn.
 	read := func(fn func(r *kgo.Record) error) error {
-		cl, err := kgo.NewClient(
-			kgo.SeedBrokers(brokers...),
+		cl, err := kgo.NewClient(append(slices.Clip(seed),
 			kgo.WithLogger(kgoLogger{log.WithGroup("kafka")}),
 			kgo.ConsumePartitions(map[string]map[int32]kgo.Offset{topic: assign}),
 			kgo.FetchIsolationLevel(kgo.ReadCommitted()),
 			kgo.KeepControlRecords(),
 			kgo.FetchMaxWait(defaultFetchMaxWait),
-		)
+		)...)
 		if err != nil {
 			return fmt.Errorf("stream: restore %s: client: %w: %w", topic, ErrConfig, err)
 		}

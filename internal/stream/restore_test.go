@@ -48,7 +48,7 @@ func TestReadLatestWithinAndPastTheBudget(t *testing.T) {
 		old := restoreBudget
 		restoreBudget = budget
 		got := map[int32]string{}
-		err := readLatest(ctx, adm, e.Brokers(), topic, []int32{0, 1}, testLogger(), nil, func(p int32, key, value []byte) error {
+		err := readLatest(ctx, adm, Security{}.seed(e.Brokers()), topic, []int32{0, 1}, testLogger(), nil, func(p int32, key, value []byte) error {
 			if got[p] != "" {
 				got[p] += " "
 			}
@@ -94,7 +94,7 @@ func BenchmarkReadLatest(b *testing.B) {
 			var heap uint64
 			for b.Loop() {
 				n := 0
-				err := readLatest(ctx, adm, e.Brokers(), topic, []int32{0}, testLogger(), nil, func(int32, []byte, []byte) error {
+				err := readLatest(ctx, adm, Security{}.seed(e.Brokers()), topic, []int32{0}, testLogger(), nil, func(int32, []byte, []byte) error {
 					if n++; n == 10000 { // halfway through handing over: what the read holds
 						runtime.GC()
 						var ms runtime.MemStats
@@ -129,7 +129,7 @@ func stateTopic(tb testing.TB, topic string, partitions int32, msgs []Message) (
 	if err := p.Produce(ctx, msgs...); err != nil {
 		tb.Fatal(err)
 	}
-	adm, closeAdm, err := newAdmin(e.Brokers())
+	adm, closeAdm, err := newAdmin(e.Brokers(), Security{})
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -165,7 +165,7 @@ func TestReadLatestReportsProgressWhileWaiting(t *testing.T) {
 	}()
 	var beats atomic.Int32
 	got := map[string]string{}
-	err = readLatest(ctx, adm, e.Brokers(), topic, []int32{0}, testLogger(), func() { beats.Add(1) }, func(_ int32, k, v []byte) error {
+	err = readLatest(ctx, adm, Security{}.seed(e.Brokers()), topic, []int32{0}, testLogger(), func() { beats.Add(1) }, func(_ int32, k, v []byte) error {
 		got[string(k)] = string(v)
 		return nil
 	})

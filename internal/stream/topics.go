@@ -54,7 +54,7 @@ func (s TopicSpec) cleanup() Cleanup {
 // wrapping ErrTopicMismatch: EnsureTopics does not change either, because
 // that silently breaks co-partitioning or state. The one change it makes
 // to an existing topic is raising max.message.bytes to the spec's.
-func EnsureTopics(ctx context.Context, brokers []string, specs []TopicSpec) error {
+func EnsureTopics(ctx context.Context, brokers []string, specs []TopicSpec, opts ...Option) error {
 	for _, s := range specs {
 		if s.Name == "" || s.Partitions < 1 {
 			return fmt.Errorf("stream: topic spec %q with %d partitions: %w", s.Name, s.Partitions, ErrConfig)
@@ -63,7 +63,7 @@ func EnsureTopics(ctx context.Context, brokers []string, specs []TopicSpec) erro
 			return fmt.Errorf("stream: topic %s: cleanup policy %q: %w", s.Name, c, ErrConfig)
 		}
 	}
-	adm, closeAdm, err := newAdmin(brokers)
+	adm, closeAdm, err := newAdmin(brokers, buildOptions("admin", opts).security)
 	if err != nil {
 		return err
 	}
@@ -245,11 +245,11 @@ func checkCoPartitioned(ctx context.Context, adm *kadm.Client, topics []string, 
 }
 
 // newAdmin returns an admin client on a fresh kgo client and its closer.
-func newAdmin(brokers []string, extra ...kgo.Opt) (*kadm.Client, func(), error) {
+func newAdmin(brokers []string, sec Security, extra ...kgo.Opt) (*kadm.Client, func(), error) {
 	if len(brokers) == 0 {
 		return nil, nil, fmt.Errorf("stream: no brokers: %w", ErrConfig)
 	}
-	cl, err := kgo.NewClient(append([]kgo.Opt{kgo.SeedBrokers(brokers...)}, extra...)...)
+	cl, err := kgo.NewClient(append(sec.seed(brokers), extra...)...)
 	if err != nil {
 		return nil, nil, fmt.Errorf("stream: admin client: %w: %w", ErrConfig, err)
 	}
@@ -259,8 +259,8 @@ func newAdmin(brokers []string, extra ...kgo.Opt) (*kadm.Client, func(), error) 
 // EndOffsets returns, per partition of topic, the offset a read_committed
 // reader reaches when it has read everything committed so far (the last
 // stable offset). Exports use it to know when they are done.
-func EndOffsets(ctx context.Context, brokers []string, topic string) (map[int32]int64, error) {
-	adm, closeAdm, err := newAdmin(brokers)
+func EndOffsets(ctx context.Context, brokers []string, topic string, opts ...Option) (map[int32]int64, error) {
+	adm, closeAdm, err := newAdmin(brokers, buildOptions("admin", opts).security)
 	if err != nil {
 		return nil, err
 	}
@@ -284,8 +284,8 @@ func EndOffsets(ctx context.Context, brokers []string, topic string) (map[int32]
 // record batch the broker takes for it. A producer that gathers records
 // into larger batches has them refused as a whole (MESSAGE_TOO_LARGE),
 // though each record fits.
-func MaxMessageBytes(ctx context.Context, brokers []string, topic string) (int, error) {
-	adm, closeAdm, err := newAdmin(brokers)
+func MaxMessageBytes(ctx context.Context, brokers []string, topic string, opts ...Option) (int, error) {
+	adm, closeAdm, err := newAdmin(brokers, buildOptions("admin", opts).security)
 	if err != nil {
 		return 0, err
 	}
@@ -301,11 +301,11 @@ func MaxMessageBytes(ctx context.Context, brokers []string, topic string) (int, 
 // and returns the names it deleted, sorted. It is for the throwaway topics
 // of tests and load tests, which give each run a prefix of its own. An empty
 // prefix, or one of Kafka's internal topics ("__"), is refused.
-func DeleteTopicsWithPrefix(ctx context.Context, brokers []string, prefix string) ([]string, error) {
+func DeleteTopicsWithPrefix(ctx context.Context, brokers []string, prefix string, opts ...Option) ([]string, error) {
 	if prefix == "" || strings.HasPrefix(prefix, "__") {
 		return nil, fmt.Errorf("stream: delete topics: prefix %q: %w", prefix, ErrConfig)
 	}
-	adm, closeAdm, err := newAdmin(brokers)
+	adm, closeAdm, err := newAdmin(brokers, buildOptions("admin", opts).security)
 	if err != nil {
 		return nil, err
 	}

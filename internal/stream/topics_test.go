@@ -154,7 +154,7 @@ func TestEnsureTopicsRaisesMaxMessageBytes(t *testing.T) {
 	if err := EnsureTopics(ctx, e.Brokers(), []TopicSpec{spec("small", "1048576"), spec("large", "1048576")}); err != nil {
 		t.Fatal(err)
 	}
-	adm, closeAdm, err := newAdmin(e.Brokers())
+	adm, closeAdm, err := newAdmin(e.Brokers(), Security{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -195,6 +195,8 @@ type Transactor struct {
 	evMu   sync.Mutex
 	events []assignEvent // assignment changes from group callbacks, applied by Run
 
+	sec Security // how the clients reach the cluster
+
 	partitions      int32            // common partition count, set by Run before the first session
 	batchBytes      map[string]int32 // per produced topic, the largest batch it takes; set by Run like partitions
 	restoreFailures int              // consecutive Restore failures; owned by Run's goroutine
@@ -248,6 +250,7 @@ func NewTransactor(cfg TransactConfig, newProcessor func(partition int32) Proces
 		cfg:     cfg,
 		newProc: newProcessor,
 		log:     o.logger.With("stage", o.stage),
+		sec:     o.security,
 		m:       m,
 		view:    map[int32]partView{},
 	}, nil
@@ -309,7 +312,7 @@ func (v partView) lag() int64 {
 // touch it. After ctx is cancelled, a session that has not stopped within
 // TransactionTimeout + stallGrace is abandoned the same way.
 func (t *Transactor) Run(ctx context.Context) error {
-	adm, closeAdm, err := newAdmin(t.cfg.Brokers, kgo.WithLogger(kgoLogger{t.log.WithGroup("kafka")}))
+	adm, closeAdm, err := newAdmin(t.cfg.Brokers, t.sec, kgo.WithLogger(kgoLogger{t.log.WithGroup("kafka")}))
 	if err != nil {
 		return err
 	}
@@ -558,8 +561,7 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client, closer *sess
 	t.evMu.Unlock()
 	t.setRunning(true)
 
-	opts := []kgo.Opt{
-		kgo.SeedBrokers(t.cfg.Brokers...),
+	opts := append(t.sec.seed(t.cfg.Brokers),
 		kgo.WithLogger(kgoLogger{t.log.WithGroup("kafka")}),
 		kgo.ConsumerGroup(t.cfg.Group),
 		kgo.ConsumeTopics(t.cfg.Input),
@@ -585,7 +587,7 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client, closer *sess
 		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 			t.pushEvent(false, m[t.cfg.Input])
 		}),
-	}
+	)
 	if t.cfg.BatchWait > 0 {
 		// Later options win: the batch wait replaces FetchMaxWait.
 		opts = append(opts, kgo.FetchMaxWait(t.cfg.BatchWait), kgo.FetchMinBytes(batchWaitBytes))
@@ -921,7 +923,7 @@ func (t *Transactor) restore(ctx context.Context, adm *kadm.Client, parts map[in
 		}
 	}()
 	if t.cfg.State != "" {
-		err := readLatest(ctx, adm, t.cfg.Brokers, t.cfg.State, need, t.log, t.progress, func(p int32, key, value []byte) error {
+		err := readLatest(ctx, adm, t.sec.seed(t.cfg.Brokers), t.cfg.State, need, t.log, t.progress, func(p int32, key, value []byte) error {
 			if err := procs[p].Restore(key, value); err != nil {
 				return fmt.Errorf("stream: restore %s/%d key %q: %w: %w", t.cfg.State, p, key, ErrRestore, err)
 			}
