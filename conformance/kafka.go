@@ -40,6 +40,7 @@ const kafkaEvidence = "KAFKA"
 // kafkaClient is a run's connection to the target's brokers.
 type kafkaClient struct {
 	brokers []string
+	sec     stream.Option // the cluster's security, for every client
 	topics  pipeline.Topics
 	prod    *stream.Producer
 
@@ -53,7 +54,7 @@ type kafkaClient struct {
 // partitions returns the partition count of the events topic.
 func (k *kafkaClient) partitions(ctx context.Context) (int32, error) {
 	k.countOnce.Do(func() {
-		offs, err := stream.EndOffsets(ctx, k.brokers, k.topics.Events)
+		offs, err := stream.EndOffsets(ctx, k.brokers, k.topics.Events, k.sec)
 		switch {
 		case err != nil:
 			k.countErr = fmt.Errorf("list the partitions of %s: %w", k.topics.Events, err)
@@ -66,7 +67,7 @@ func (k *kafkaClient) partitions(ctx context.Context) (int32, error) {
 	return k.count, k.countErr
 }
 
-func newKafkaClient(brokers []string, prefix string) (*kafkaClient, error) {
+func newKafkaClient(brokers []string, sec stream.Security, prefix string) (*kafkaClient, error) {
 	if prefix == "" {
 		prefix = pipeline.DefaultTopicPrefix
 	}
@@ -77,11 +78,11 @@ func newKafkaClient(brokers []string, prefix string) (*kafkaClient, error) {
 	// --max-event-bytes, so that a record over that limit (pad_to)
 	// reaches the decider, which rejects it TOO_LARGE.
 	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: brokers, MaxRecordBytes: pipeline.MaxRecordBytes(envelope.DefaultMaxEventBytes)},
-		stream.WithStage("conformance"))
+		stream.WithStage("conformance"), stream.WithSecurity(sec))
 	if err != nil {
 		return nil, fmt.Errorf("conformance: kafka: %w", err)
 	}
-	return &kafkaClient{brokers: brokers, topics: pipeline.NewTopics(prefix), prod: p}, nil
+	return &kafkaClient{brokers: brokers, sec: stream.WithSecurity(sec), topics: pipeline.NewTopics(prefix), prod: p}, nil
 }
 
 func (k *kafkaClient) close() { k.prod.Close() }
@@ -192,7 +193,7 @@ func (cr *caseRun) kafkaEvents(ctx context.Context, s *Step, tenant, session str
 	var start map[int32]int64
 	if want.Rejected != "" {
 		var err error
-		if start, err = stream.EndOffsets(ctx, k.brokers, k.topics.Rejected); err != nil {
+		if start, err = stream.EndOffsets(ctx, k.brokers, k.topics.Rejected, k.sec); err != nil {
 			cr.ev = append(cr.ev, Evidence{Step: cr.where, Method: kafkaEvidence, Path: k.topics.Rejected, Error: err.Error()})
 			return nil, fmt.Errorf("list the end offsets of %s: %w", k.topics.Rejected, err)
 		}
@@ -303,7 +304,7 @@ func (cr *caseRun) rejection(ctx context.Context, rec published, from int64) (*r
 	ev := Evidence{Step: cr.where, Method: kafkaEvidence, Path: path}
 	c, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: k.brokers,
 		Start: stream.FromOffsets(map[string]map[int32]int64{k.topics.Rejected: {rec.Partition: from}}), FetchMaxWait: 100 * time.Millisecond},
-		stream.WithStage("conformance"))
+		stream.WithStage("conformance"), k.sec)
 	if err != nil {
 		ev.Error = err.Error()
 		cr.ev = append(cr.ev, ev)

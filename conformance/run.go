@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"aegis.dev/aegis/internal/stream"
 	_ "aegis.dev/aegis/projector/sqlstore" // registers the "sqlite" database/sql driver for tamper steps
 )
 
@@ -67,6 +68,9 @@ type Options struct {
 	// Brokers are the target's Kafka seed brokers, for Kafka events steps
 	// (RequireKafka). Empty: cases that require kafka are skipped.
 	Brokers []string
+	// KafkaSecurity is how the runner's Kafka clients reach Brokers (TLS,
+	// SASL; zero: plaintext).
+	KafkaSecurity stream.Security
 	// TopicPrefix is the prefix of the target's topic names (aegisd
 	// --topic-prefix; default "aegis.").
 	TopicPrefix string
@@ -105,7 +109,7 @@ func Run(ctx context.Context, packs []*Pack, opts Options) (*Report, error) {
 	}
 	r := &runner{opts: opts, manifests: mdir}
 	if len(opts.Brokers) > 0 {
-		if r.kafka, err = newKafkaClient(opts.Brokers, opts.TopicPrefix); err != nil {
+		if r.kafka, err = newKafkaClient(opts.Brokers, opts.KafkaSecurity, opts.TopicPrefix); err != nil {
 			return nil, err
 		}
 		defer r.kafka.close()

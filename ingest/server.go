@@ -42,6 +42,9 @@ type Env struct {
 	// Compression of the batches the gateway publishes (aegisd's
 	// --kafka-compression; "" is snappy).
 	Compression string
+	// Security is how the gateway's clients reach the brokers (TLS,
+	// SASL; zero: plaintext).
+	Security stream.Security
 }
 
 // Option sets a program-level dependency of a Server.
@@ -146,7 +149,7 @@ func New(cfg Config, env Env, opts ...Option) (*Server, error) {
 	}
 	s.appr = newApprovals(s.secret, cfg.MaxPendingApprovals)
 	s.prod, err = stream.NewProducer(stream.ProducerConfig{Brokers: env.Brokers, MaxRecordBytes: pipeline.MaxRecordBytes(env.MaxEventBytes), Compression: env.Compression},
-		stream.WithLogger(s.log), stream.WithRegisterer(s.reg), stream.WithStage("ingest"))
+		stream.WithLogger(s.log), stream.WithRegisterer(s.reg), stream.WithStage("ingest"), stream.WithSecurity(env.Security))
 	if err != nil {
 		return nil, fmt.Errorf("ingest: producer: %w", err)
 	}
@@ -249,7 +252,7 @@ func (s *Server) tailStart(ctx context.Context) (start map[string]map[int32]int6
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				ends[i], errs[i] = stream.EndOffsets(ctx, s.env.Brokers, topic)
+				ends[i], errs[i] = stream.EndOffsets(ctx, s.env.Brokers, topic, stream.WithSecurity(s.env.Security))
 			}()
 		}
 		wg.Wait()
@@ -330,7 +333,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return nil
 	}
 	c, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: s.env.Brokers, Start: stream.FromOffsets(start)},
-		stream.WithLogger(s.log), stream.WithStage("ingest-replies"))
+		stream.WithLogger(s.log), stream.WithStage("ingest-replies"), stream.WithSecurity(s.env.Security))
 	if err != nil {
 		return fmt.Errorf("ingest: reply tail: %w", err)
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"aegis.dev/aegis/internal/grant"
+	"aegis.dev/aegis/internal/stream"
 )
 
 // Exit codes of Main.
@@ -54,6 +55,8 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	batchTimeout := fs.Duration("batch-timeout", 5*time.Millisecond, "Kafka publishing: how long a partition's partial batch waits before it is sent (kafka-go's BatchTimeout)")
 	secretFile := fs.String("approval-secret-file", "", "sign the mix's APPROVAL_DECIDED events with this approval secret (aegisd's --approval-secret-file); a decider refuses unsigned approvals published to Kafka")
 	badKey := fs.Int("fault-bad-key", 0, "publish the last event of this many sessions under a wrong key (Kafka only), to check that loss is reported")
+	var ksec stream.SecurityConfig
+	ksec.RegisterFlags(fs)
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return ExitOK
@@ -71,6 +74,14 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	cfg := Config{Brokers: strings.Split(*brokers, ","), TopicPrefix: *prefix, HTTP: *httpURL, APIKey: *apiKey,
 		HTTPBatch: *batch, HTTPConcurrency: *conc, Rate: *rate, Ramp: *ramp, Duration: *duration, Warmup: *warmup, Sessions: *sessions,
 		Mix: m, Store: *store, StoreSample: *storeSample, DrainTimeout: *drain, RunID: *runID, FaultBadKey: *badKey, BatchTimeout: *batchTimeout}
+	if err := ksec.Validate(); err != nil {
+		fmt.Fprintf(stderr, "aegis-loadtest: %v\n", err)
+		return ExitUsage
+	}
+	if cfg.KafkaSecurity, err = ksec.Load(); err != nil {
+		fmt.Fprintf(stderr, "aegis-loadtest: %v\n", err)
+		return ExitRuntime
+	}
 	if *secretFile != "" {
 		if cfg.ApprovalSecret, err = grant.LoadSecret(*secretFile); err != nil {
 			fmt.Fprintf(stderr, "aegis-loadtest: %v\n", err)

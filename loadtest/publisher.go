@@ -10,6 +10,10 @@ import (
 	"time"
 
 	kafka "github.com/segmentio/kafka-go"
+	"github.com/segmentio/kafka-go/sasl/plain"
+	"github.com/segmentio/kafka-go/sasl/scram"
+
+	"aegis.dev/aegis/internal/stream"
 )
 
 // Publisher writes events to the events topic with kafka-go, keyed by
@@ -23,6 +27,9 @@ type Publisher struct {
 type PublisherConfig struct {
 	Brokers []string
 	Topic   string
+	// Security is how the writer reaches the brokers (TLS, SASL; zero:
+	// plaintext).
+	Security stream.Security
 	// BatchTimeout is how long a partial batch waits (default 5ms; kafka-go's
 	// own default of 1s would dominate latency figures).
 	BatchTimeout time.Duration
@@ -34,12 +41,17 @@ type PublisherConfig struct {
 
 // NewPublisher returns a Publisher. It acknowledges with acks=all
 // (kafka-go's default is none, which would hide loss).
-func NewPublisher(cfg PublisherConfig) *Publisher {
+func NewPublisher(cfg PublisherConfig) (*Publisher, error) {
 	bt := cfg.BatchTimeout
 	if bt <= 0 {
 		bt = 5 * time.Millisecond
 	}
+	transport, err := kafkaTransport(cfg.Security)
+	if err != nil {
+		return nil, err
+	}
 	return &Publisher{w: &kafka.Writer{
+		Transport:    transport,
 		Addr:         kafka.TCP(cfg.Brokers...),
 		Topic:        cfg.Topic,
 		Balancer:     &kafka.Murmur2Balancer{},
@@ -48,7 +60,35 @@ func NewPublisher(cfg PublisherConfig) *Publisher {
 		BatchSize:    1000,
 		Async:        cfg.Async,
 		Completion:   cfg.Completion,
-	}}
+	}}, nil
+}
+
+// kafkaTransport returns kafka-go's transport for sec: nil (kafka-go's
+// default) for plaintext, else one with its TLS and SASL.
+func kafkaTransport(sec stream.Security) (kafka.RoundTripper, error) {
+	if sec.TLS == nil && sec.SASL.Mechanism == "" {
+		return nil, nil
+	}
+	t := &kafka.Transport{TLS: sec.TLS}
+	a := sec.SASL
+	switch a.Mechanism {
+	case "":
+	case stream.SASLPlain:
+		t.SASL = plain.Mechanism{Username: a.Username, Password: a.Password}
+	case stream.SASLScramSHA256, stream.SASLScramSHA512:
+		algo := scram.SHA256
+		if a.Mechanism == stream.SASLScramSHA512 {
+			algo = scram.SHA512
+		}
+		m, err := scram.Mechanism(algo, a.Username, a.Password)
+		if err != nil {
+			return nil, fmt.Errorf("loadtest: SASL %s: %w", a.Mechanism, err)
+		}
+		t.SASL = m
+	default:
+		return nil, fmt.Errorf("loadtest: SASL mechanism %q: want one of %v", a.Mechanism, stream.SASLMechanisms)
+	}
+	return t, nil
 }
 
 // Message is one event to publish.

@@ -59,7 +59,10 @@ func TestOrdinaryClientToVerifiedExport(t *testing.T) {
 	}
 	topics := pipeline.NewTopics(pipeline.DefaultTopicPrefix)
 
-	pub := NewPublisher(PublisherConfig{Brokers: brokers, Topic: topics.Events})
+	pub, err := NewPublisher(PublisherConfig{Brokers: brokers, Topic: topics.Events})
+	if err != nil {
+		t.Fatal(err)
+	}
 	var msgs []Message
 	const sessions, perSession = 13, 8 // 12 via kafka-go, 1 via aegisctl publish
 	for s := 0; s < sessions-1; s++ {

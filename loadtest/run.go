@@ -28,8 +28,11 @@ import (
 // Config is one load-test run. Brokers are always needed: the outcome is
 // read from the sealed topic even when events go through the HTTP API.
 type Config struct {
-	Brokers     []string
-	TopicPrefix string // default pipeline.DefaultTopicPrefix
+	Brokers []string
+	// KafkaSecurity is how every Kafka client of the run reaches Brokers
+	// (TLS, SASL; zero: plaintext).
+	KafkaSecurity stream.Security
+	TopicPrefix   string // default pipeline.DefaultTopicPrefix
 	// HTTP, if set, publishes through POST {HTTP}/v1/events instead of
 	// Kafka, HTTPBatch events per request (default 100) over
 	// HTTPConcurrency connections (default 8); sessions are sharded over
@@ -211,7 +214,7 @@ func Run(ctx context.Context, cfg Config, progress func(Progress)) (*Report, err
 	// Read from the current ends: only this run's records.
 	starts := map[string]map[int32]int64{}
 	for _, t := range []string{r.topics.Sealed, r.topics.Decisions, r.topics.Rejected} {
-		ends, err := stream.EndOffsets(ctx, cfg.Brokers, t)
+		ends, err := stream.EndOffsets(ctx, cfg.Brokers, t, stream.WithSecurity(cfg.KafkaSecurity))
 		if err != nil {
 			return nil, fmt.Errorf("%w: end offsets of %s: %w", ErrRuntime, t, err)
 		}
@@ -230,7 +233,8 @@ func Run(ctx context.Context, cfg Config, progress func(Progress)) (*Report, err
 		for _, t := range topics {
 			from[t] = starts[t]
 		}
-		cons, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: cfg.Brokers, Start: stream.FromOffsets(from), FetchMaxWait: 50 * time.Millisecond})
+		cons, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: cfg.Brokers, Start: stream.FromOffsets(from), FetchMaxWait: 50 * time.Millisecond},
+			stream.WithSecurity(cfg.KafkaSecurity))
 		if err != nil {
 			return nil, fmt.Errorf("%w: %w", ErrRuntime, err)
 		}
@@ -323,7 +327,7 @@ func (r *run) readers() [][]string {
 func (r *run) catchUp(ctx context.Context, readErr chan error) error {
 	ends := map[string]map[int32]int64{}
 	for _, t := range []string{r.topics.Sealed, r.topics.Decisions, r.topics.Rejected} {
-		e, err := stream.EndOffsets(ctx, r.cfg.Brokers, t)
+		e, err := stream.EndOffsets(ctx, r.cfg.Brokers, t, stream.WithSecurity(r.cfg.KafkaSecurity))
 		if err != nil {
 			return fmt.Errorf("%w: end offsets of %s: %w", ErrRuntime, t, err)
 		}
@@ -377,7 +381,10 @@ func (r *run) publish(ctx context.Context) error {
 		h := newHTTPSink(ctx, r)
 		sink, closeSink = h.send, h.close
 	} else {
-		pub := NewPublisher(PublisherConfig{Brokers: r.cfg.Brokers, Topic: r.topics.Events, Async: true, Completion: r.completion, BatchTimeout: r.cfg.BatchTimeout})
+		pub, err := NewPublisher(PublisherConfig{Brokers: r.cfg.Brokers, Security: r.cfg.KafkaSecurity, Topic: r.topics.Events, Async: true, Completion: r.completion, BatchTimeout: r.cfg.BatchTimeout})
+		if err != nil {
+			return err
+		}
 		sink = func(ps []pending) {
 			msgs := make([]Message, len(ps))
 			for i, p := range ps {

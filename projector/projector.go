@@ -106,6 +106,9 @@ type Config struct {
 	// SessionTimeout is the consumer group session timeout (default 45s):
 	// how long a crashed projector keeps its partitions.
 	SessionTimeout time.Duration
+	// Security is how the projector's consumer reaches the brokers (TLS,
+	// SASL; zero: plaintext).
+	Security stream.Security
 	// CachedSessions bounds the snapshots kept in memory (default
 	// 10,000); beyond it, terminated and then least recently used ones are
 	// dropped, down to nine tenths of it, and rebuilt from the store when
@@ -163,7 +166,7 @@ func New(cfg Config, store Store, reg prometheus.Registerer, log *slog.Logger) (
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	opts := []stream.Option{stream.WithLogger(log), stream.WithStage(StageName)}
+	opts := []stream.Option{stream.WithLogger(log), stream.WithStage(StageName), stream.WithSecurity(cfg.Security)}
 	if reg != nil {
 		opts = append(opts, stream.WithRegisterer(reg))
 	}

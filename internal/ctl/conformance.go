@@ -62,6 +62,7 @@ func runConformance(ctx context.Context, env IO, args []string) int {
 	brokers := fs.String("brokers", "", "comma-separated Kafka seed brokers of the target, for the cases that publish to its events topic (requires: [kafka]); none: those cases are skipped")
 	topicPrefix := fs.String("topic-prefix", pipeline.DefaultTopicPrefix, "prefix of the target's topic names (aegisd --topic-prefix)")
 	secretFile := fs.String("approval-secret-file", "", "the target's approval secret (aegisd --approval-secret-file), for the cases that sign approvals (requires: [approval-secret]); none: those cases are skipped")
+	ksec := kafkaSecurity(fs)
 	if code, ok := parse(fs, args[1:]); !ok {
 		return code
 	}
@@ -92,14 +93,20 @@ func runConformance(ctx context.Context, env IO, args []string) int {
 	if err := pipeline.ValidatePrefix(*topicPrefix); err != nil {
 		return fail(env, ExitUsage, "conformance run: --topic-prefix: %v", err)
 	}
+	if err := ksec.Validate(); err != nil {
+		return fail(env, ExitUsage, "conformance run: %v", err)
+	}
+	if opts.KafkaSecurity, err = ksec.Load(); err != nil {
+		return fail(env, ExitRuntime, "conformance run: %v", err)
+	}
 	if *secretFile != "" {
 		if opts.ApprovalSecret, err = grant.LoadSecret(*secretFile); err != nil {
 			return fail(env, ExitUsage, "conformance run: %v", err)
 		}
 	}
 	if *target == "" {
-		if len(opts.Brokers) > 0 || opts.ApprovalSecret != nil || *topicPrefix != pipeline.DefaultTopicPrefix {
-			return fail(env, ExitUsage, "conformance run: --brokers, --topic-prefix and --approval-secret-file describe a --target; the embedded run uses its own aegisd's")
+		if len(opts.Brokers) > 0 || opts.ApprovalSecret != nil || *topicPrefix != pipeline.DefaultTopicPrefix || ksec.Enabled() {
+			return fail(env, ExitUsage, "conformance run: --brokers, --topic-prefix, --kafka-tls*, --kafka-sasl-* and --approval-secret-file describe a --target; the embedded run uses its own aegisd's")
 		}
 		stop, err := startEmbeddedAegisd(ctx, env, *aegisd, packs, &opts)
 		if err != nil {

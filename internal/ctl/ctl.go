@@ -5,6 +5,7 @@
 package ctl
 
 import (
+	"aegis.dev/aegis/internal/stream"
 	"bufio"
 	"context"
 	"errors"
@@ -95,6 +96,28 @@ func newFlags(env IO, name, synopsis string) *flag.FlagSet {
 		fs.PrintDefaults()
 	}
 	return fs
+}
+
+// kafkaSecurity declares the --kafka-tls* and --kafka-sasl-* flags of a
+// command that reaches Kafka (the same flags as aegisd's).
+func kafkaSecurity(fs *flag.FlagSet) *stream.SecurityConfig {
+	var c stream.SecurityConfig
+	c.RegisterFlags(fs)
+	return &c
+}
+
+// clusterOption loads the security flags into the option every Kafka call
+// of the command passes. A nil option comes with the exit code: 2 for
+// flags that cannot work together, 3 for files that cannot be read.
+func clusterOption(env IO, cmd string, c *stream.SecurityConfig) (stream.Option, int) {
+	if err := c.Validate(); err != nil {
+		return nil, fail(env, ExitUsage, "%s: %v", cmd, err)
+	}
+	sec, err := c.Load()
+	if err != nil {
+		return nil, fail(env, ExitRuntime, "%s: %v", cmd, err)
+	}
+	return stream.WithSecurity(sec), ExitOK
 }
 
 // parse parses args; it returns an exit code and false when the command must

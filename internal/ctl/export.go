@@ -29,6 +29,7 @@ func runExport(ctx context.Context, env IO, args []string) int {
 	topic := fs.String("topic", "sealed", "which topic: events, decided, decisions, sealed, rejected, decider-state, chain-heads, shadow-diffs")
 	latest := fs.Bool("latest-per-key", false, "print only the latest value of each key (for the compacted state topics, e.g. chain-heads for verify --heads)")
 	timeout := fs.Duration("timeout", 5*time.Minute, "give up when the export takes longer")
+	ksec := kafkaSecurity(fs)
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
@@ -36,13 +37,17 @@ func runExport(ctx context.Context, env IO, args []string) int {
 		fs.Usage()
 		return ExitUsage
 	}
+	cluster, code := clusterOption(env, "export", ksec)
+	if cluster == nil {
+		return code
+	}
 	name, ok := exportTopics(*prefix)[*topic]
 	if !ok {
 		return fail(env, ExitUsage, "export: unknown topic %q", *topic)
 	}
 	ctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
-	st, err := Export(ctx, strings.Split(*brokers, ","), name, *latest, env)
+	st, err := Export(ctx, strings.Split(*brokers, ","), name, *latest, env, cluster)
 	if err != nil {
 		return fail(env, ExitRuntime, "export %s: %v", name, err)
 	}
@@ -68,9 +73,9 @@ type ExportStats struct {
 // for it. With latestPerKey it writes only the last value of each key (keys
 // in the order first seen), which holds one value per key in memory; a key
 // whose last record is a tombstone is deleted and not written.
-func Export(ctx context.Context, brokers []string, topic string, latestPerKey bool, env IO) (ExportStats, error) {
+func Export(ctx context.Context, brokers []string, topic string, latestPerKey bool, env IO, opts ...stream.Option) (ExportStats, error) {
 	var st ExportStats
-	ends, err := stream.EndOffsets(ctx, brokers, topic)
+	ends, err := stream.EndOffsets(ctx, brokers, topic, opts...)
 	if err != nil {
 		return st, err
 	}
@@ -89,7 +94,7 @@ func Export(ctx context.Context, brokers []string, topic string, latestPerKey bo
 		if end <= 0 {
 			continue
 		}
-		err := readPartition(ctx, brokers, topic, p, end, func(r *stream.Record) error {
+		err := readPartition(ctx, brokers, topic, p, end, opts, func(r *stream.Record) error {
 			if r.Value == nil {
 				st.Tombstones++
 			}
@@ -122,8 +127,8 @@ func Export(ctx context.Context, brokers []string, topic string, latestPerKey bo
 
 // readPartition calls fn with every committed record of one partition below
 // end, in offset order.
-func readPartition(ctx context.Context, brokers []string, topic string, p int32, end int64, fn func(*stream.Record) error) error {
-	c, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: brokers, Start: stream.FromOffsets(map[string]map[int32]int64{topic: {p: 0}})})
+func readPartition(ctx context.Context, brokers []string, topic string, p int32, end int64, opts []stream.Option, fn func(*stream.Record) error) error {
+	c, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: brokers, Start: stream.FromOffsets(map[string]map[int32]int64{topic: {p: 0}})}, opts...)
 	if err != nil {
 		return err
 	}

@@ -23,12 +23,17 @@ func runPublish(ctx context.Context, env IO, args []string) int {
 	brokers := fs.String("brokers", "", "comma-separated Kafka seed brokers (required)")
 	prefix := fs.String("topic-prefix", pipeline.DefaultTopicPrefix, "prefix of the pipeline's topic names")
 	secretFile := fs.String("approval-secret-file", "", "sign each APPROVAL_DECIDED with this approval secret (aegisd's --approval-secret-file), replacing any grant it carries; a decider refuses unsigned approvals")
+	ksec := kafkaSecurity(fs)
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
 	if *brokers == "" || fs.NArg() > 0 {
 		fs.Usage()
 		return ExitUsage
+	}
+	cluster, code := clusterOption(env, "publish", ksec)
+	if cluster == nil {
+		return code
 	}
 	var secret []byte
 	if *secretFile != "" {
@@ -45,11 +50,11 @@ func runPublish(ctx context.Context, env IO, args []string) int {
 	// Batches no larger than the events topic takes: one over its
 	// max.message.bytes is refused as a whole. When the broker cannot say
 	// (no topic yet), the size aegisd gives the topic by default.
-	batchBytes, err := stream.MaxMessageBytes(ctx, strings.Split(*brokers, ","), topic)
+	batchBytes, err := stream.MaxMessageBytes(ctx, strings.Split(*brokers, ","), topic, cluster)
 	if err != nil {
 		batchBytes = pipeline.MaxRecordBytes(envelope.DefaultMaxEventBytes)
 	}
-	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: strings.Split(*brokers, ","), MaxRecordBytes: batchBytes})
+	p, err := stream.NewProducer(stream.ProducerConfig{Brokers: strings.Split(*brokers, ","), MaxRecordBytes: batchBytes}, cluster)
 	if err != nil {
 		return fail(env, ExitRuntime, "publish: %v", err)
 	}

@@ -33,6 +33,7 @@ const replaySessionsPerScan = 2000
 type replayOptions struct {
 	mode                   replayer.Mode
 	store, brokers, prefix string
+	kafka                  *stream.SecurityConfig // with brokers
 	tenant, where          string
 	sessions               []string
 	since, until           int64
@@ -60,6 +61,7 @@ func runReplay(ctx context.Context, env IO, args []string) int {
 	fs.StringVar(&o.report, "report", "", "write the JSON report (what-if: the DiffReport) to this file")
 	fs.BoolVar(&o.asJSON, "json", false, "print the JSON report on stdout instead of the summary")
 	fs.IntVar(&o.workers, "workers", 0, "sessions replayed at once (default: one per CPU)")
+	o.kafka = kafkaSecurity(fs)
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
@@ -141,7 +143,11 @@ func replay(ctx context.Context, env IO, o replayOptions) int {
 			src = replayer.StoreSource(st, filters...)
 		}
 	} else {
-		src = kafkaSource(strings.Split(o.brokers, ","), pipeline.NewTopics(o.prefix).Sealed, o, &bad)
+		cluster, code := clusterOption(env, "replay", o.kafka)
+		if cluster == nil {
+			return code
+		}
+		src = kafkaSource(strings.Split(o.brokers, ","), []stream.Option{cluster}, pipeline.NewTopics(o.prefix).Sealed, o, &bad)
 	}
 	if o.mode == replayer.ModeVerify {
 		return replayVerify(ctx, env, o, st, filters, src, &bad)
@@ -431,9 +437,9 @@ func (b *badRecords) all() []badRecord {
 // (the sessions open at once), not the partition. Records that do not
 // decode, or are not written as their canonical form, go to bad (in the
 // second pass): findings of the job, not failures to run it.
-func kafkaSource(brokers []string, topic string, o replayOptions, bad *badRecords) replayer.Source {
+func kafkaSource(brokers []string, opts []stream.Option, topic string, o replayOptions, bad *badRecords) replayer.Source {
 	return func(ctx context.Context, fn func(*replayer.Session) error) error {
-		ends, err := stream.EndOffsets(ctx, brokers, topic)
+		ends, err := stream.EndOffsets(ctx, brokers, topic, opts...)
 		if err != nil {
 			return err
 		}
@@ -454,7 +460,7 @@ func kafkaSource(brokers []string, topic string, o replayOptions, bad *badRecord
 				continue
 			}
 			lasts := map[[2]string]last{}
-			err := readPartition(ctx, brokers, topic, p, ends[p], func(r *stream.Record) error {
+			err := readPartition(ctx, brokers, topic, p, ends[p], opts, func(r *stream.Record) error {
 				ev, err := dec.Decode(r.Value)
 				if err != nil {
 					return nil //nolint:nilerr // reported by the second pass
@@ -473,7 +479,7 @@ func kafkaSource(brokers []string, topic string, o replayOptions, bad *badRecord
 				return err
 			}
 			open := map[[2]string]*replayer.Session{}
-			err = readPartition(ctx, brokers, topic, p, ends[p], func(r *stream.Record) error {
+			err = readPartition(ctx, brokers, topic, p, ends[p], opts, func(r *stream.Record) error {
 				ev, err := dec.Decode(r.Value)
 				if err != nil {
 					tenant, session, _ := strings.Cut(string(r.Key), "/")

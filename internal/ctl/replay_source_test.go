@@ -36,7 +36,7 @@ func TestKafkaSourceStreamsSessions(t *testing.T) {
 	order := func(o replayOptions) string {
 		var bad badRecords
 		var got []string
-		err := kafkaSource(broker.Brokers(), topic, o, &bad)(ctx, func(s *replayer.Session) error {
+		err := kafkaSource(broker.Brokers(), nil, topic, o, &bad)(ctx, func(s *replayer.Session) error {
 			seqs := ""
 			for _, e := range s.Events {
 				seqs += strconv.Itoa(int(e.Seq))

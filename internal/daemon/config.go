@@ -123,6 +123,11 @@ type Config struct {
 	// snappy (default), lz4, zstd or gzip. On loopback or a fast LAN,
 	// none saves CPU on both aegisd and the brokers (docs/benchmarks.md).
 	KafkaCompression string `yaml:"kafka_compression"`
+	// KafkaSecurity is how aegisd reaches brokers that take only TLS or
+	// SASL connections (--kafka-tls*, --kafka-sasl-*; kafka_tls*,
+	// kafka_sasl_* keys). It applies to --brokers; the embedded broker
+	// listens on loopback without either.
+	KafkaSecurity stream.SecurityConfig `yaml:",inline"`
 	// SessionTimeout is the consumer group session timeout of the stages
 	// (default 45s): how long the partitions of a crashed instance stay
 	// unowned before the group hands them to a live one. The broker
@@ -225,6 +230,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.IntVar(&c.StoreBatch, "store-batch", c.StoreBatch, "records the projector buffers before writing them to the audit store (it also writes 1 s after the first)")
 	fs.IntVar(&c.StoreBatchBytes, "store-batch-bytes", c.StoreBatchBytes, "most record bytes in one write to the audit store (1 MiB..1 GiB)")
 	fs.StringVar(&c.KafkaCompression, "kafka-compression", c.KafkaCompression, "compression of produced batches: "+strings.Join(stream.Compressions, ", "))
+	c.KafkaSecurity.RegisterFlags(fs)
 	fs.IntVar(&c.StateSessions, "state-sessions", c.StateSessions, "most session states a stage keeps in memory; the others are spilled under DATA-DIR/state-spill and read back when needed")
 	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve /debug/pprof/ on the HTTP listener (for diagnosing memory and CPU)")
 	fs.BoolVar(&c.UnauthenticatedApprovals, "unauthenticated-approvals", c.UnauthenticatedApprovals, "decider: honour APPROVAL_DECIDED events without a valid grant, so anyone who can write the events topic can approve calls (default: refused with APPROVAL_UNAUTHENTICATED)")
@@ -363,6 +369,12 @@ func (c *Config) Validate() error {
 	}
 	if len(c.Brokers) == 0 && c.DataDir == "" {
 		errs = append(errs, errors.New("data-dir: required for the embedded broker"))
+	}
+	if err := c.KafkaSecurity.Validate(); err != nil {
+		errs = append(errs, err)
+	}
+	if len(c.Brokers) == 0 && c.KafkaSecurity.Enabled() {
+		errs = append(errs, errors.New("kafka-tls*, kafka-sasl-*: only with --brokers (the embedded broker listens on loopback without TLS or SASL)"))
 	}
 	if len(c.Brokers) > 0 && c.KafkaSyncWrites {
 		errs = append(errs, errors.New("kafka-sync-writes: only for the embedded broker (with --brokers, durability is the brokers' setting)"))

@@ -42,6 +42,10 @@ type Daemon struct {
 	reg    *prometheus.Registry
 	topics pipeline.Topics
 
+	// sec is how the clients reach --brokers (set by Run before any
+	// client starts; zero for the embedded broker).
+	sec stream.Security
+
 	mu          sync.Mutex
 	brokers     []string
 	transactors map[string]stageRunner
@@ -135,6 +139,12 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	}
 	brokers := cfg.Brokers
+	if len(brokers) > 0 {
+		if d.sec, err = cfg.KafkaSecurity.Load(); err != nil {
+			return fmt.Errorf("aegisd: %w", err)
+		}
+		d.log.Info("kafka brokers", "brokers", brokers, "security", d.sec.String())
+	}
 	var emb *stream.Embedded
 	if len(brokers) == 0 {
 		// The broker outlives ctx (the stages end their transactions on
@@ -171,7 +181,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		// disagreement to its event's partition.
 		specs = append(specs, stream.TopicSpec{Name: cfg.shadowTopic(), Partitions: cfg.Partitions, Cleanup: stream.CleanupDelete})
 	}
-	if err := stream.EnsureTopics(ctx, brokers, specs); err != nil {
+	if err := stream.EnsureTopics(ctx, brokers, specs, stream.WithSecurity(d.sec)); err != nil {
 		return fmt.Errorf("aegisd: topics: %w", err)
 	}
 
@@ -427,7 +437,7 @@ func (d *Daemon) newStage(name string, brokers []string, api *ingest.Server) (st
 	tc.SessionTimeout = cfg.SessionTimeout
 	tc.StallTimeout = cfg.StallTimeout
 	tc.HeartbeatInterval = min(3*time.Second, cfg.SessionTimeout/3)
-	t, err := stream.NewTransactor(tc, newProcessor, stream.WithLogger(d.log), stream.WithRegisterer(d.reg), stream.WithStage(name))
+	t, err := stream.NewTransactor(tc, newProcessor, stream.WithLogger(d.log), stream.WithRegisterer(d.reg), stream.WithStage(name), stream.WithSecurity(d.sec))
 	if err != nil {
 		return nil, fmt.Errorf("aegisd: %s: %w", name, err)
 	}
@@ -624,7 +634,7 @@ func (d *Daemon) newIngest(brokers []string) (*ingest.Server, error) {
 		return nil, fmt.Errorf("aegisd: ingest: audit store: %w", err)
 	}
 	api, err := ingest.New(d.cfg.Ingest, ingest.Env{Brokers: brokers, Topics: d.topics, MaxEventBytes: d.cfg.MaxEventBytes, Dev: d.cfg.Dev, Engine: eng,
-		Compression: d.cfg.KafkaCompression},
+		Compression: d.cfg.KafkaCompression, Security: d.sec},
 		ingest.WithLogger(d.log), ingest.WithRegisterer(d.reg), ingest.WithStore(st))
 	if err != nil {
 		_ = st.Close()

@@ -46,7 +46,7 @@ func (d *Daemon) newProjector(brokers []string) (stageRunner, error) {
 	}
 	p, err := projector.New(projector.Config{Brokers: brokers, Group: cfg.TopicPrefix + TargetProjector, Topics: d.topics,
 		BatchSize: cfg.StoreBatch, BatchBytes: cfg.StoreBatchBytes, MaxEventBytes: pipeline.SealedMaxBytes(cfg.MaxEventBytes), SessionTimeout: cfg.SessionTimeout,
-		CachedSessions: cfg.StateSessions}, st, d.reg, d.log)
+		CachedSessions: cfg.StateSessions, Security: d.sec}, st, d.reg, d.log)
 	if err != nil {
 		_ = st.Close()
 		return nil, fmt.Errorf("aegisd: projector: %w", err)
