@@ -8,6 +8,9 @@ GOLANGCI := $(shell $(GO) env GOPATH)/bin/golangci-lint
 # Real services used by the integration suites (deploy/README.md).
 export AEGIS_TEST_KAFKA ?= 127.0.0.1:19092
 export AEGIS_TEST_CLICKHOUSE ?= clickhouse://127.0.0.1:19000/aegis_test
+# The same broker's SASL_SSL listener and the files its clients need.
+export AEGIS_TEST_KAFKA_SECURE ?= 127.0.0.1:19094
+export AEGIS_TEST_KAFKA_SECURE_DIR ?= $(CURDIR)/.cache/kafka/client
 
 .PHONY: help build run test test-unit test-integration lint vet services services-stop bench fuzz loadtest loadtest-smoke clean
 

@@ -373,6 +373,13 @@ func (c *Config) Validate() error {
 	if err := c.KafkaSecurity.Validate(); err != nil {
 		errs = append(errs, err)
 	}
+	if len(c.Brokers) == 0 && !c.Dev && !loopback(c.KafkaAddr) {
+		// Deny by default: the embedded broker authenticates no one, and
+		// whoever reaches it can write every topic, the decisions the
+		// sealer seals included.
+		errs = append(errs, fmt.Errorf("kafka-addr %s: the embedded broker has no TLS, authentication or ACLs, so anyone who reaches it could write any topic; "+
+			"listen on loopback, or run external brokers (--brokers with --kafka-tls*, --kafka-sasl-* and ACLs), or pass --dev", c.KafkaAddr))
+	}
 	if len(c.Brokers) == 0 && c.KafkaSecurity.Enabled() {
 		errs = append(errs, errors.New("kafka-tls*, kafka-sasl-*: only with --brokers (the embedded broker listens on loopback without TLS or SASL)"))
 	}

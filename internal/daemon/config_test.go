@@ -12,8 +12,33 @@ import (
 	"testing"
 	"time"
 
+	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/projector/stores"
 )
+
+// TestKafkaSecurityFromFileAndFlags: the Kafka security settings are read
+// from the file's kafka_* keys and the flags like every other setting, and
+// the start log names files, never a secret.
+func TestKafkaSecurityFromFileAndFlags(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "aegis.yaml")
+	yaml := "brokers: [k1:9093]\ntarget: sealer\nkafka_tls_ca_file: /etc/aegis/ca.pem\nkafka_sasl_mechanism: SCRAM-SHA-512\nkafka_sasl_username: aegis\nkafka_sasl_password_file: /etc/aegis/kafka.password\n"
+	if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := Load([]string{"--config", path, "--kafka-sasl-username", "aegis-sealer"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := stream.SecurityConfig{TLSCAFile: "/etc/aegis/ca.pem", SASLMechanism: "SCRAM-SHA-512", SASLUsername: "aegis-sealer", SASLPasswordFile: "/etc/aegis/kafka.password"}
+	if cfg.KafkaSecurity != want {
+		t.Fatalf("kafka security %+v, want %+v", cfg.KafkaSecurity, want)
+	}
+	// --dev lets the embedded broker listen beyond loopback (with a
+	// warning at start).
+	if _, err := Load([]string{"--dev", "--kafka-addr", "0.0.0.0:9092"}, io.Discard); err != nil {
+		t.Fatal(err)
+	}
+}
 
 func TestLoadFileThenFlags(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "aegis.yaml")
@@ -84,6 +109,12 @@ func TestLoadRejects(t *testing.T) {
 		{"stall timeout that never fires", []string{"--stall-timeout", "0"}, "stall-timeout"},
 		{"split decider without the approval secret", []string{"--brokers", "k1:9092", "--target", "decider"}, "approval-secret-file"},
 		{"split stages with the decider without the approval secret", []string{"--brokers", "k1:9092", "--target", "decider,sealer"}, "unauthenticated-approvals"},
+		{"embedded broker on every interface", []string{"--kafka-addr", "0.0.0.0:9092"}, "kafka-addr 0.0.0.0:9092"},
+		{"embedded broker on a LAN address", []string{"--kafka-addr", "10.1.2.3:9092"}, "no TLS, authentication or ACLs"},
+		{"Kafka security for the embedded broker", []string{"--kafka-sasl-mechanism", "PLAIN", "--kafka-sasl-username", "u", "--kafka-sasl-password-file", "/p"}, "only with --brokers"},
+		{"SASL user without a mechanism", []string{"--brokers", "k1:9092", "--target", "sealer", "--kafka-sasl-username", "u"}, "kafka-sasl-mechanism"},
+		{"unknown SASL mechanism", []string{"--brokers", "k1:9092", "--target", "sealer", "--kafka-sasl-mechanism", "GSSAPI", "--kafka-sasl-username", "u", "--kafka-sasl-password-file", "/p"}, "GSSAPI"},
+		{"client certificate without its key", []string{"--brokers", "k1:9092", "--target", "sealer", "--kafka-tls-cert-file", "/c.pem"}, "kafka-tls-key-file"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

@@ -174,6 +174,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		defer emb.Close()
 		brokers = emb.Brokers()
 		d.log.Info("embedded Kafka broker listening", "addr", emb.Addr(), "data_dir", filepath.Join(cfg.DataDir, "kafka"))
+		if !loopback(cfg.KafkaAddr) {
+			d.log.Warn("DEVELOPMENT MODE: the embedded Kafka broker listens on a non-loopback address without TLS, authentication or ACLs; anyone who reaches it may write any topic", "flag", "--kafka-addr", "addr", cfg.KafkaAddr)
+		}
 	}
 	specs := d.topics.Specs(cfg.Partitions, cfg.MaxEventBytes)
 	if cfg.ShadowPolicy != "" {
