@@ -71,8 +71,17 @@ func storeError(err error) error {
 // that deduplicate at merge time may repeat a row). A row whose columns do
 // not rebuild a record ends the scan with 409 MALFORMED.
 func (s *Server) scan(ctx context.Context, f projector.Filter, fn func(*projector.EventRow) error) error {
+	_, err := s.scanRows(ctx, f, fn)
+	return err
+}
+
+// scanRows is scan that also counts the rows the store sent, repeats
+// included (a scan with f.Limit that got f.Limit rows may have more).
+func (s *Server) scanRows(ctx context.Context, f projector.Filter, fn func(*projector.EventRow) error) (int, error) {
 	var last uint64
-	return s.store.Events(ctx, f, func(row *projector.EventRow) error {
+	n := 0
+	err := s.store.Events(ctx, f, func(row *projector.EventRow) error {
+		n++
 		if row.Event.Seq == last && last != 0 {
 			return nil
 		}
@@ -82,6 +91,7 @@ func (s *Server) scan(ctx context.Context, f projector.Filter, fn func(*projecto
 		}
 		return fn(row)
 	})
+	return n, err
 }
 
 // malformed is the answer to a stored row that is not a sealed record.
@@ -158,23 +168,34 @@ func (s *Server) handleSessionEvents(w http.ResponseWriter, r *http.Request, p P
 		writeJSON(w, http.StatusOK, page) // no seq is larger
 		return
 	}
-	f.AfterSeq = after
-	var lastSeq uint64
-	err = s.scan(r.Context(), f, func(row *projector.EventRow) error {
-		if row.Event.Seq <= after {
+	// The store sends at most limit+1 rows a query: the page and one more
+	// that says whether a next page exists. Repeats of a row (ClickHouse
+	// before its merges) take places in that count, so a query that got
+	// all it asked for without filling the page is followed by another
+	// after the last seq it saw.
+	lastSeq := after
+	for {
+		f.AfterSeq, f.Limit = lastSeq, limit+1
+		var rows int
+		rows, err = s.scanRows(r.Context(), f, func(row *projector.EventRow) error {
+			if row.Event.Seq <= lastSeq {
+				return nil
+			}
+			if len(page.Events) == limit {
+				page.NextCursor = strconv.FormatUint(lastSeq, 10)
+				return errStop
+			}
+			b, err := row.Event.AppendCanonical(nil, true)
+			if err != nil {
+				return malformed(row.Event.Seq, err)
+			}
+			page.Events, lastSeq = append(page.Events, b), row.Event.Seq
 			return nil
+		})
+		if err != nil || rows < f.Limit || lastSeq >= maxSeq {
+			break
 		}
-		if len(page.Events) == limit {
-			page.NextCursor = strconv.FormatUint(lastSeq, 10)
-			return errStop
-		}
-		b, err := row.Event.AppendCanonical(nil, true)
-		if err != nil {
-			return malformed(row.Event.Seq, err)
-		}
-		page.Events, lastSeq = append(page.Events, b), row.Event.Seq
-		return nil
-	})
+	}
 	var ae *apiError
 	switch {
 	case errors.As(err, &ae):

@@ -87,6 +87,68 @@ func sealedStoreAt(tb testing.TB, n int) (*sqlstore.Store, string) {
 	return st, path
 }
 
+// repeatingStore sends every row twice, as ClickHouse does with copies it
+// has not merged yet, and applies the page limit to what it sends.
+type repeatingStore struct{ Store }
+
+func (r repeatingStore) Events(ctx context.Context, f projector.Filter, fn func(*projector.EventRow) error) error {
+	limit := f.Limit
+	f.Limit = 0
+	sent := 0
+	return r.Store.Events(ctx, f, func(row *projector.EventRow) error {
+		for range 2 {
+			if limit > 0 && sent == limit {
+				return nil
+			}
+			sent++
+			if err := fn(row); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// TestSessionPagesSeeEveryRowThroughRepeats: the store sends a page and
+// one more row at most; repeated rows take places in that count, and the
+// page is still complete and still says when more follow.
+func TestSessionPagesSeeEveryRowThroughRepeats(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{noDecider: true, store: repeatingStore{sealedStore(t, 25)}})
+	var seqs []uint64
+	cursor, pages := "", 0
+	for pages < 10 {
+		var page EventsPage
+		path := "/v1/sessions/s1/events?limit=10"
+		if cursor != "" {
+			path += "&after_seq=" + cursor
+		}
+		if r := h.do(t, "GET", path, "acme-auditor", "", "", &page); r.StatusCode != 200 {
+			t.Fatalf("%s: %d", path, r.StatusCode)
+		}
+		pages++
+		for _, raw := range page.Events {
+			e, err := envelope.Decoder{Sealed: true}.Decode(raw)
+			if err != nil {
+				t.Fatal(err)
+			}
+			seqs = append(seqs, e.Seq)
+		}
+		if page.NextCursor == "" {
+			break
+		}
+		cursor = page.NextCursor
+	}
+	if pages != 3 || len(seqs) != 25 {
+		t.Fatalf("%d pages, seqs %v", pages, seqs)
+	}
+	for i := range seqs {
+		if seqs[i] != uint64(i+1) {
+			t.Fatalf("seqs %v", seqs)
+		}
+	}
+}
+
 func TestSessionReadsPaginateWithoutCap(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{noDecider: true, store: sealedStore(t, 25)})

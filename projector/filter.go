@@ -1,6 +1,9 @@
 package projector
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+)
 
 // EventColumns is the column list, in order, of the audit_events rows both
 // stores read back into StoredEvent; each store appends event_date as a
@@ -23,7 +26,8 @@ const SnapshotColumns = `tenant_id, session_id, last_seq, first_ts_unix_ms, last
 // arguments that select f over tables with tenant_id and session_id
 // columns, with ? placeholders. tuples turns the "(?, ?), …" list of
 // f.Sessions into the operand of IN: ClickHouse takes the list as it is,
-// SQLite needs it as a VALUES list.
+// SQLite needs it as a VALUES list. f.Limit is not part of it
+// (LimitClause).
 func (f Filter) Where(tuples func(list string) string) (string, []any) {
 	var conds []string
 	var args []any
@@ -52,4 +56,12 @@ func (f Filter) Where(tuples func(list string) string) (string, []any) {
 		return "", nil
 	}
 	return " WHERE " + strings.Join(conds, " AND "), args
+}
+
+// LimitClause is the " LIMIT n" of f.Limit for an events scan, or "".
+func (f Filter) LimitClause() string {
+	if f.Limit <= 0 {
+		return ""
+	}
+	return " LIMIT " + strconv.Itoa(f.Limit)
 }

@@ -42,6 +42,10 @@ type Filter struct {
 	// session's events), so that paging does not read the session from
 	// its start each time. At most 1<<53 (the largest seq).
 	AfterSeq uint64
+	// Limit, if positive, ends an events scan after this many rows (a
+	// page): the store sends no more, rather than the reader stopping
+	// after reading them.
+	Limit int
 }
 
 // HeadReader is implemented by stores that keep the sealer's chain heads.

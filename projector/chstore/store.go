@@ -356,6 +356,14 @@ func where(f projector.Filter) (string, []any) {
 	return f.Where(func(list string) string { return list })
 }
 
+// closeRows ends a scan. A scan stopped before its last row cancels its
+// query first: clickhouse-go's Rows.Close reads every remaining row, so a
+// page of 100 events of a long session would transfer the rest of it.
+func closeRows(rows driver.Rows, cancel context.CancelFunc) {
+	cancel()
+	_ = rows.Close()
+}
+
 // Events scans audit_events without FINAL, so that a second, different row
 // with the same key (an inserted forgery not yet merged away) reaches the
 // verifier; copies share a seq and so come out adjacent.
@@ -363,12 +371,14 @@ func (s *Store) Events(ctx context.Context, f projector.Filter, fn func(*project
 	w, args := where(f)
 	// event_date is read as a Date, not with toString: 18.16 prints day 0
 	// (1970-01-01) as 0000-00-00.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	rows, err := s.conn.Query(ctx, `SELECT `+projector.EventColumns+`, event_date
-FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
+FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`+f.LimitClause(), args...)
 	if err != nil {
 		return wrap("events", err)
 	}
-	defer func() { _ = rows.Close() }()
+	defer closeRows(rows, cancel)
 	for rows.Next() {
 		var e projector.StoredEvent
 		var v uint8
@@ -390,12 +400,14 @@ FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 // Copies of a row not merged yet are passed as they are.
 func (s *Store) Decisions(ctx context.Context, f projector.Filter, fn func(*projector.StoredDecision) error) error {
 	w, args := where(f)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	rows, err := s.conn.Query(ctx, `SELECT `+projector.DecisionColumns+`
 FROM decisions`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 	if err != nil {
 		return wrap("decisions", err)
 	}
-	defer func() { _ = rows.Close() }()
+	defer closeRows(rows, cancel)
 	for rows.Next() {
 		var d projector.StoredDecision
 		var date time.Time
@@ -429,6 +441,8 @@ func (s *Store) Snapshots(ctx context.Context, f projector.Filter, fn func(*proj
 	if w != "" {
 		cond = w + " AND"
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	rows, err := s.conn.Query(ctx, `SELECT `+projector.SnapshotColumns+`
 FROM session_snapshots`+cond+` (tenant_id, session_id, last_seq) IN
 	(SELECT tenant_id, session_id, max(last_seq) FROM session_snapshots`+w+` GROUP BY tenant_id, session_id)
@@ -436,7 +450,7 @@ ORDER BY tenant_id, session_id`, append(append([]any{}, args...), args...)...)
 	if err != nil {
 		return wrap("snapshots", err)
 	}
-	defer func() { _ = rows.Close() }()
+	defer closeRows(rows, cancel)
 	for rows.Next() {
 		var r projector.StoredSnapshot
 		var date time.Time
@@ -479,12 +493,14 @@ func (s *Store) LastEvents(ctx context.Context, f projector.Filter) ([]chain.Hea
 // tenant_id, session_id, seq and hash columns) and the hash stored with it.
 func (s *Store) lastPerSession(ctx context.Context, table, op string, f projector.Filter) ([]chain.Head, error) {
 	w, args := where(f)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	rows, err := s.conn.Query(ctx, "SELECT tenant_id, session_id, max(seq), argMax(hash, seq) FROM "+table+w+
 		" GROUP BY tenant_id, session_id ORDER BY tenant_id, session_id", args...)
 	if err != nil {
 		return nil, wrap(op, err)
 	}
-	defer func() { _ = rows.Close() }()
+	defer closeRows(rows, cancel)
 	var out []chain.Head
 	for rows.Next() {
 		var h chain.Head
@@ -515,11 +531,13 @@ func (s *Store) Query(ctx context.Context, query string) ([]string, [][]any, err
 // whole (see projector.RowStreamer).
 func (s *Store) QueryEach(ctx context.Context, query string, fn func(cols []string, row []any) error) error {
 	ctx = clickhouse.Context(ctx, clickhouse.WithSettings(clickhouse.Settings{"readonly": 1}))
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	rows, err := s.conn.Query(ctx, query)
 	if err != nil {
 		return wrap("query", err)
 	}
-	defer func() { _ = rows.Close() }()
+	defer closeRows(rows, cancel)
 	cols := rows.Columns()
 	types := rows.ColumnTypes()
 	if err := fn(cols, nil); err != nil {

@@ -292,7 +292,7 @@ func where(f projector.Filter) (string, []any) {
 func (s *Store) Events(ctx context.Context, f projector.Filter, fn func(*projector.EventRow) error) error {
 	w, args := where(f)
 	rows, err := s.db.QueryContext(ctx, `SELECT `+projector.EventColumns+`, event_date
-FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`, args...)
+FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`+f.LimitClause(), args...)
 	if err != nil {
 		return wrap("events", err)
 	}

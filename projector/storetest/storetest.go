@@ -474,6 +474,9 @@ func testFilters(t *testing.T, s Store) {
 		{"after seq", projector.Filter{TenantID: last.TenantID, SessionID: last.SessionID, AfterSeq: 1}, countIf(vec, func(e *envelope.Event) bool {
 			return e.TenantID == last.TenantID && e.SessionID == last.SessionID && e.Seq > 1
 		})},
+		{"a page: after seq, at most 2", projector.Filter{TenantID: last.TenantID, SessionID: last.SessionID, AfterSeq: 1, Limit: 2}, min(2, countIf(vec, func(e *envelope.Event) bool {
+			return e.TenantID == last.TenantID && e.SessionID == last.SessionID && e.Seq > 1
+		}))},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
