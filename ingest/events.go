@@ -129,6 +129,9 @@ func splitEvents(mt string, body []byte, max int) ([][]byte, error) {
 // its canonical form, which must still fit the event limit.
 func (s *Server) signApproval(ev *envelope.Event) ([]byte, error) {
 	if err := grant.SignEvent(s.secret, ev); err != nil {
+		if errors.Is(err, grant.ErrUnbound) {
+			return nil, errf(http.StatusBadRequest, envelope.CodeMissingField, "payload: %v", err)
+		}
 		return nil, errf(http.StatusBadRequest, envelope.CodeInvalidField, "payload: %v", err)
 	}
 	v, err := ev.AppendCanonical(nil, false)

@@ -55,7 +55,7 @@ func TestEventsAuthAndTenants(t *testing.T) {
 		{"operator of its tenant", "acme-operator", ev("acme", "a1", 2, "MODEL_CALL_STARTED", `{}`), 202, ""},
 		{"agent settles an approval", "acme-agent", ev("acme", "a1", 3, "APPROVAL_DECIDED", `{"call_id":"m1","decision":"allow","approver":"acme-operator"}`), 403, CodeForbidden},
 		{"batch with an agent's approval", "acme-agent", "[" + ev("acme", "a1", 3, "MODEL_CALL_STARTED", `{}`) + "," + ev("acme", "a1", 4, "APPROVAL_DECIDED", `{"call_id":"m1","decision":"allow"}`) + "]", 403, CodeForbidden},
-		{"operator records an approval", "acme-operator", ev("acme", "a1", 3, "APPROVAL_DECIDED", `{"call_id":"m1","decision":"deny"}`), 202, ""},
+		{"operator records an approval", "acme-operator", ev("acme", "a1", 3, "APPROVAL_DECIDED", `{"call_id":"m1","decision":"deny","tool_name":"send_email","args_digest":"`+strings.Repeat("0", 64)+`"}`), 202, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var resp EventsResponse

@@ -2,10 +2,12 @@ package ingest
 
 import (
 	"bytes"
+	"encoding/json"
 	"net/http"
 	"strings"
 	"testing"
 
+	"aegis.dev/aegis/decider/session"
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/schemas/envelope"
 )
@@ -18,7 +20,20 @@ func TestOperatorApprovalEventIsSigned(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{})
 	requireApproval(t, h, "acme-agent", "sig1", "m1", `{}`)
-	forged := ev("acme", "sig1", 0, "APPROVAL_DECIDED", `{"call_id":"m1","decision":"allow","approver":"ops","grant":"`+strings.Repeat("A", 43)+`"}`)
+	digest, err := session.CallDigest("send_email", json.RawMessage(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An approval that does not name the call's tool and arguments is
+	// refused: signed, it would settle whatever is pending under m1 by
+	// the time it lands, arguments the operator never saw included.
+	var unbound EventsResponse
+	if r := h.do(t, "POST", "/v1/events", "acme-operator", "application/json",
+		ev("acme", "sig1", 0, "APPROVAL_DECIDED", `{"call_id":"m1","decision":"allow","approver":"ops"}`), &unbound); r.StatusCode != http.StatusBadRequest ||
+		unbound.Error == nil || unbound.Error.Code != envelope.CodeMissingField {
+		t.Fatalf("operator's approval without tool and args digest: %d %+v", r.StatusCode, unbound.Error)
+	}
+	forged := ev("acme", "sig1", 0, "APPROVAL_DECIDED", `{"call_id":"m1","decision":"allow","approver":"ops","tool_name":"send_email","args_digest":"`+digest+`","grant":"`+strings.Repeat("A", 43)+`"}`)
 	var resp EventsResponse
 	if r := h.do(t, "POST", "/v1/events", "acme-operator", "application/json", forged, &resp); r.StatusCode != http.StatusAccepted || resp.Results[0].Status != "accepted" {
 		t.Fatalf("operator's approval: %d %+v", r.StatusCode, resp)

@@ -1,11 +1,13 @@
 package loadtest
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
 	"strings"
 
+	dsession "aegis.dev/aegis/decider/session"
 	"aegis.dev/aegis/schemas/envelope"
 )
 
@@ -130,11 +132,18 @@ func script(m Mix, seed uint64, sid string) []event {
 			}
 			tools = append(tools, "git_push", "git_push")
 			id := next()
-			p := fmt.Sprintf(`{"tool_name":"git_push","call_id":%q,"args":{"remote":"https://github.com/aegis/sim.git","branch":"feature/%s-%s"}}`, id, sid, id)
+			args := fmt.Sprintf(`{"remote":"https://github.com/aegis/sim.git","branch":"feature/%s-%s"}`, sid, id)
+			p := fmt.Sprintf(`{"tool_name":"git_push","call_id":%q,"args":%s}`, id, args)
+			// The decision names the exact call it approves, as a
+			// gateway's does (a grant covers nothing less).
+			digest, err := dsession.CallDigest("git_push", json.RawMessage(args))
+			if err != nil {
+				panic("loadtest: the mix's call digest: " + err.Error()) // the mix's own args are valid JSON
+			}
 			evs = append(evs,
 				event{typ: envelope.ToolCallProposed, payload: p, want: "require_approval/APPROVAL_REQUIRED"},
 				event{typ: envelope.ApprovalRequested, payload: fmt.Sprintf(`{"call_id":%q,"tool_name":"git_push"}`, id)},
-				event{typ: envelope.ApprovalDecided, payload: fmt.Sprintf(`{"call_id":%q,"decision":"allow","approver":"ops-sim","reason":"load test"}`, id)},
+				event{typ: envelope.ApprovalDecided, payload: fmt.Sprintf(`{"call_id":%q,"decision":"allow","approver":"ops-sim","reason":"load test","tool_name":"git_push","args_digest":%q}`, id, digest)},
 				event{typ: envelope.ToolCallProposed, payload: p, want: "allow/OK"},
 				event{typ: envelope.ToolCallExecuted, payload: fmt.Sprintf(`{"tool_name":"git_push","call_id":%q}`, id)},
 				event{typ: envelope.ToolResult, payload: fmt.Sprintf(`{"tool_name":"git_push","call_id":%q,"is_error":false,"output_bytes":120,"sanitizer_key":"k0"}`, id)})

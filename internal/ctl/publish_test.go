@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"path/filepath"
@@ -22,7 +23,7 @@ import (
 // leaves other events as they are.
 func TestPublishSignsApprovals(t *testing.T) {
 	secret := bytes.Repeat([]byte("p"), 32)
-	line := []byte(`{"tenant_id":"acme","session_id":"s1","seq":2,"ts_unix_ms":5,"event_type":"APPROVAL_DECIDED","payload":{"call_id":"c1","decision":"allow","grant":"` + string(bytes.Repeat([]byte("A"), 43)) + `"}}`)
+	line := []byte(`{"tenant_id":"acme","session_id":"s1","seq":2,"ts_unix_ms":5,"event_type":"APPROVAL_DECIDED","payload":{"call_id":"c1","decision":"allow","tool_name":"send_email","args_digest":"` + strings.Repeat("0", 64) + `","grant":"` + string(bytes.Repeat([]byte("A"), 43)) + `"}}`)
 	out, err := signApproval(secret, line)
 	if err != nil {
 		t.Fatal(err)
@@ -33,6 +34,11 @@ func TestPublishSignsApprovals(t *testing.T) {
 	}
 	if err := grant.VerifyEvent(secret, ev); err != nil {
 		t.Fatalf("%s: %v", out, err)
+	}
+	// An approval that does not name its call's tool and arguments is
+	// not signed: publish stops at its line (exit 1).
+	if _, err := signApproval(secret, []byte(`{"tenant_id":"acme","session_id":"s1","seq":2,"ts_unix_ms":5,"event_type":"APPROVAL_DECIDED","payload":{"call_id":"c1","decision":"allow"}}`)); !errors.Is(err, grant.ErrUnbound) {
+		t.Fatalf("unbound approval: %v", err)
 	}
 	other := []byte(`{"tenant_id":"acme","session_id":"s1","seq":1,"ts_unix_ms":5,"event_type":"MODEL_CALL_STARTED"}`)
 	if got, err := signApproval(secret, other); err != nil || !bytes.Equal(got, other) {

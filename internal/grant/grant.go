@@ -49,6 +49,13 @@ const MinSecretBytes = 32
 // ErrMissing: the payload carries no grant (or a null one).
 var ErrMissing = errors.New("APPROVAL_DECIDED carries no grant")
 
+// ErrUnbound: the APPROVAL_DECIDED does not name the exact call it
+// settles. A decision that names only a call_id would settle whatever is
+// pending under it, arguments the approver never saw included (the agent
+// may propose the call_id again with other arguments before the decision
+// lands), so no such decision is signed or honoured.
+var ErrUnbound = errors.New("APPROVAL_DECIDED must name the call it settles: call_id, tool_name and args_digest (the lowercase hex call digest)")
+
 // ErrInvalid: the grant is not the secret's MAC of this event.
 var ErrInvalid = errors.New("APPROVAL_DECIDED grant does not verify for this tenant, session and payload")
 
@@ -95,6 +102,33 @@ func split(payload []byte) (bare []byte, raw json.RawMessage, err error) {
 	return bare, raw, nil
 }
 
+// bound checks that bare names the call it settles: a call_id, a
+// tool_name and an args_digest of the call digest's form.
+func bound(bare []byte) error {
+	var p struct {
+		CallID     *string `json:"call_id"`
+		ToolName   *string `json:"tool_name"`
+		ArgsDigest *string `json:"args_digest"`
+	}
+	if err := json.Unmarshal(bare, &p); err != nil || p.CallID == nil || *p.CallID == "" ||
+		p.ToolName == nil || *p.ToolName == "" || p.ArgsDigest == nil || !isCallDigest(*p.ArgsDigest) {
+		return ErrUnbound
+	}
+	return nil
+}
+
+func isCallDigest(s string) bool {
+	if len(s) != 2*sha256.Size {
+		return false
+	}
+	for i := range len(s) {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 // mac is the grant of bare (a canonical payload without grant).
 func mac(secret []byte, tenant, session string, bare []byte) ([]byte, error) {
 	msg, err := json.Marshal(struct {
@@ -129,10 +163,14 @@ func Compute(secret []byte, tenant, session string, payload []byte) (string, err
 }
 
 // Sign returns payload in canonical form with its grant member set to
-// the grant of tenant/session, replacing any grant it carried.
+// the grant of tenant/session, replacing any grant it carried. A payload
+// that does not name the call it settles is refused (ErrUnbound).
 func Sign(secret []byte, tenant, session string, payload []byte) ([]byte, error) {
 	bare, _, err := split(payload)
 	if err != nil {
+		return nil, err
+	}
+	if err := bound(bare); err != nil {
 		return nil, err
 	}
 	sum, err := mac(secret, tenant, session, bare)
@@ -167,7 +205,9 @@ func SignEvent(secret []byte, ev *envelope.Event) error {
 
 // Verify checks the grant of an APPROVAL_DECIDED payload of the session
 // tenant/session: nil when it is the secret's, ErrMissing when the
-// payload has none, ErrInvalid (possibly wrapped) otherwise.
+// payload has none, ErrUnbound when the payload does not name the call
+// it settles (whatever its grant), ErrInvalid (possibly wrapped)
+// otherwise.
 func Verify(secret []byte, tenant, session string, payload []byte) error {
 	bare, raw, err := split(payload)
 	if err != nil {
@@ -175,6 +215,9 @@ func Verify(secret []byte, tenant, session string, payload []byte) error {
 	}
 	if raw == nil || string(raw) == "null" {
 		return ErrMissing
+	}
+	if err := bound(bare); err != nil {
+		return err
 	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {

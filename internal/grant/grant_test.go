@@ -11,7 +11,10 @@ import (
 
 var secret = bytes.Repeat([]byte("k"), 32)
 
-const payload = `{"call_id":"c1","decision":"deny","approver":"ops","tool_name":"send_email","args_digest":"abc"}`
+// digest is the call digest of send_email with {"to":"k@example.com"}.
+const digest = "93b58ff102e9503d13043030bd79ebe629bcfb4e4721b1585f6aecab26fb3606"
+
+const payload = `{"call_id":"c1","decision":"deny","approver":"ops","tool_name":"send_email","args_digest":"` + digest + `"}`
 
 func TestSignVerify(t *testing.T) {
 	signed, err := Sign(secret, "acme", "s1", []byte(payload))
@@ -32,7 +35,7 @@ func TestSignVerify(t *testing.T) {
 		t.Fatalf("decoded event: %v", err)
 	}
 	// Key order and a grant already present do not matter.
-	again, err := Sign(secret, "acme", "s1", []byte(`{"grant":"x","tool_name":"send_email","args_digest":"abc","approver":"ops","decision":"deny","call_id":"c1"}`))
+	again, err := Sign(secret, "acme", "s1", []byte(`{"grant":"x","tool_name":"send_email","args_digest":"`+digest+`","approver":"ops","decision":"deny","call_id":"c1"}`))
 	if err != nil || !bytes.Equal(again, signed) {
 		t.Fatalf("re-sign: %s %v, want %s", again, err, signed)
 	}
@@ -59,6 +62,29 @@ func TestSignVerify(t *testing.T) {
 		{"not base64", "acme", "s1", secret, strings.Replace(string(signed), g, strings.Repeat("!", 43), 1), ErrInvalid},
 		{"not a string", "acme", "s1", secret, strings.Replace(string(signed), `"`+g+`"`, `7`, 1), ErrInvalid},
 	}
+	// A decision that does not name the exact call is refused whatever
+	// its grant: one the secret's MAC covers (Compute signs anything)
+	// would otherwise settle whatever is pending under the call_id.
+	for name, p := range map[string]string{
+		"no tool_name":             `{"call_id":"c1","decision":"allow","args_digest":"` + digest + `"}`,
+		"no args_digest":           `{"call_id":"c1","decision":"allow","tool_name":"send_email"}`,
+		"empty tool_name":          `{"call_id":"c1","decision":"allow","tool_name":"","args_digest":"` + digest + `"}`,
+		"args_digest not a digest": `{"call_id":"c1","decision":"allow","tool_name":"send_email","args_digest":"abc"}`,
+		"args_digest upper case":   `{"call_id":"c1","decision":"allow","tool_name":"send_email","args_digest":"` + strings.ToUpper(digest) + `"}`,
+		"no call_id":               `{"decision":"allow","tool_name":"send_email","args_digest":"` + digest + `"}`,
+	} {
+		if _, err := Sign(secret, "acme", "s1", []byte(p)); !errors.Is(err, ErrUnbound) {
+			t.Errorf("Sign %s: %v, want ErrUnbound", name, err)
+		}
+		mac, err := Compute(secret, "acme", "s1", []byte(p))
+		if err != nil {
+			t.Fatal(err)
+		}
+		withGrant := strings.Replace(p, `{`, `{"grant":"`+mac+`",`, 1)
+		if err := Verify(secret, "acme", "s1", []byte(withGrant)); !errors.Is(err, ErrUnbound) {
+			t.Errorf("Verify %s: %v, want ErrUnbound", name, err)
+		}
+	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := Verify(tc.secret, tc.tenant, tc.session, []byte(tc.payload)); !errors.Is(err, tc.want) {
@@ -71,13 +97,13 @@ func TestSignVerify(t *testing.T) {
 // TestGrantVector pins the MAC input (docs/envelope.md#approval-grants),
 // computed independently of this package.
 func TestGrantVector(t *testing.T) {
-	g, err := Compute([]byte("0123456789abcdef0123456789abcdef"), "t", "s", []byte(`{"decision":"allow","call_id":"c"}`))
+	g, err := Compute([]byte("0123456789abcdef0123456789abcdef"), "t", "s", []byte(`{"tool_name":"send_email","decision":"allow","call_id":"c","args_digest":"`+digest+`"}`))
 	if err != nil {
 		t.Fatal(err)
 	}
 	// HMAC-SHA256 over
-	// {"domain":"aegis.approval-grant.v1","payload":{"call_id":"c","decision":"allow"},"session_id":"s","tenant_id":"t"}
-	if want := "O26oOodJx-YaOrcQKq0V3OHcXfJ4qRylz0bFyuzFer8"; g != want {
+	// {"domain":"aegis.approval-grant.v1","payload":{"args_digest":"93b5…3606","call_id":"c","decision":"allow","tool_name":"send_email"},"session_id":"s","tenant_id":"t"}
+	if want := "3K38sgk97jFOZq7y1qsbbBjphjV0C6pkGGIPeDJD5w4"; g != want {
 		t.Fatalf("grant %s, want %s", g, want)
 	}
 }
