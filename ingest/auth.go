@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"slices"
 	"strings"
 
 	"aegis.dev/aegis/schemas/envelope"
@@ -36,6 +37,37 @@ type Principal struct {
 	// dev mode, where any tenant goes.
 	Tenant string
 	Role   Role
+	// Manifests, if not empty, are the only manifest references the
+	// principal's events may name (KeyEntry.Manifests).
+	Manifests []string
+}
+
+// AllowsManifest reports whether the principal may publish events that
+// name the manifest reference ref: any when it has no Manifests list;
+// otherwise ref must be one of them, or name@version of a bare name in
+// it. The empty ref (the tenant's default) is allowed only when listed as
+// "default".
+func (p Principal) AllowsManifest(ref string) bool {
+	if len(p.Manifests) == 0 {
+		return true
+	}
+	if ref == "" {
+		ref = "default"
+	}
+	name, _, _ := strings.Cut(ref, "@")
+	for _, m := range p.Manifests {
+		if m == ref || (!strings.Contains(m, "@") && m == name) {
+			return true
+		}
+	}
+	return false
+}
+
+// manifestError is the 403 for an event naming a manifest the principal
+// may not use.
+func (p Principal) manifestError(ref string) error {
+	return errf(http.StatusForbidden, CodeManifestForbidden, "credentials %q may publish only events naming the manifests %s (manifest %q); a session takes its manifest from its first event",
+		p.ID, strings.Join(p.Manifests, ", "), ref)
 }
 
 // can reports whether the principal's role includes any of roles.
@@ -70,6 +102,12 @@ type KeyEntry struct {
 	Role     Role   `json:"role"`
 	SHA256   string `json:"sha256,omitempty"`
 	ClientCN string `json:"client_cn,omitempty"`
+	// Manifests, if set, are the manifest references the key's events
+	// must name ("name" for any version of it, "name@version", "default"
+	// for the tenant's default): an agent key of one kind of agent cannot
+	// open a session under the manifest of a more trusted kind. Every
+	// event published with the key must then carry "manifest".
+	Manifests []string `json:"manifests,omitempty"`
 }
 
 // Keys authenticates requests. It is immutable and safe for concurrent use.
@@ -111,7 +149,12 @@ func NewKeys(entries []KeyEntry) (*Keys, error) {
 		default:
 			return nil, fmt.Errorf("%s: role %q: want agent, operator or auditor", where, e.Role)
 		}
-		p := Principal{ID: e.ID, Tenant: e.Tenant, Role: e.Role}
+		for _, m := range e.Manifests {
+			if m == "" || strings.TrimSpace(m) != m {
+				return nil, fmt.Errorf("%s: manifests: %q is not a manifest reference", where, m)
+			}
+		}
+		p := Principal{ID: e.ID, Tenant: e.Tenant, Role: e.Role, Manifests: slices.Clone(e.Manifests)}
 		switch {
 		case e.SHA256 != "" && e.ClientCN == "":
 			b, err := hex.DecodeString(strings.ToLower(e.SHA256))

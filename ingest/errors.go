@@ -21,6 +21,7 @@ const (
 	CodeUnauthenticated    = "UNAUTHENTICATED"        // 401: no or unknown credentials
 	CodeForbidden          = "FORBIDDEN"              // 403: the role may not call this endpoint
 	CodeTenantMismatch     = "TENANT_MISMATCH"        // 403: the request names another tenant than the credentials
+	CodeManifestForbidden  = "MANIFEST_FORBIDDEN"     // 403: an event names a manifest the credentials may not use (KeyEntry.Manifests)
 	CodeManifestNotAllowed = "MANIFEST_NOT_ALLOWED"   // 403: a caller-supplied manifest outside dev mode, by a role that may not test policies
 	CodeMalformedRequest   = "MALFORMED_REQUEST"      // 400: the request (not an event in it) is malformed
 	CodeBodyTooLarge       = "BODY_TOO_LARGE"         // 413: the body exceeds --max-body-bytes

@@ -30,6 +30,8 @@ var testKeys = map[string]KeyEntry{
 	"acme-auditor":  {ID: "acme-auditor", Tenant: "acme", Role: RoleAuditor},
 	"globex-agent":  {ID: "globex-agent", Tenant: "globex", Role: RoleAgent},
 	"globex-op":     {ID: "globex-op", Tenant: "globex", Role: RoleOperator},
+	// An agent key bound to one kind of agent's manifests.
+	"acme-support": {ID: "acme-support", Tenant: "acme", Role: RoleAgent, Manifests: []string{"support", "triage@2.0.0"}},
 }
 
 // clock is a settable test clock.

@@ -108,6 +108,10 @@ func (s *Server) handleProposal(w http.ResponseWriter, r *http.Request, p Princi
 		writeJSON(w, st, ErrorBody{Error: d})
 		return
 	}
+	if !p.AllowsManifest(ev.Manifest) {
+		writeError(w, p.manifestError(ev.Manifest))
+		return
+	}
 	if err := s.admit(ev.TenantID, 1); err != nil {
 		writeError(w, err)
 		return

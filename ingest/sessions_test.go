@@ -87,6 +87,36 @@ func sealedStoreAt(tb testing.TB, n int) (*sqlstore.Store, string) {
 	return st, path
 }
 
+// pageThrough reads every page of path as an auditor of acme, following
+// next_cursor (at most 100 pages), and returns the seqs and the page count.
+func pageThrough(t *testing.T, h *harness, path string) (seqs []uint64, pages int) {
+	t.Helper()
+	cursor := ""
+	for pages < 100 {
+		var page EventsPage
+		p := path
+		if cursor != "" {
+			p += "&after_seq=" + cursor
+		}
+		if r := h.do(t, "GET", p, "acme-auditor", "", "", &page); r.StatusCode != 200 {
+			t.Fatalf("%s: %d", p, r.StatusCode)
+		}
+		pages++
+		for _, raw := range page.Events {
+			e, err := envelope.Decoder{Sealed: true}.Decode(raw)
+			if err != nil || e.TenantID != "acme" || e.Hash == "" {
+				t.Fatalf("record %s: %v", raw, err)
+			}
+			seqs = append(seqs, e.Seq)
+		}
+		if page.NextCursor == "" {
+			break
+		}
+		cursor = page.NextCursor
+	}
+	return seqs, pages
+}
+
 // repeatingStore sends every row twice, as ClickHouse does with copies it
 // has not merged yet, and applies the page limit to what it sends.
 type repeatingStore struct{ Store }
@@ -115,30 +145,7 @@ func (r repeatingStore) Events(ctx context.Context, f projector.Filter, fn func(
 func TestSessionPagesSeeEveryRowThroughRepeats(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{noDecider: true, store: repeatingStore{sealedStore(t, 25)}})
-	var seqs []uint64
-	cursor, pages := "", 0
-	for pages < 10 {
-		var page EventsPage
-		path := "/v1/sessions/s1/events?limit=10"
-		if cursor != "" {
-			path += "&after_seq=" + cursor
-		}
-		if r := h.do(t, "GET", path, "acme-auditor", "", "", &page); r.StatusCode != 200 {
-			t.Fatalf("%s: %d", path, r.StatusCode)
-		}
-		pages++
-		for _, raw := range page.Events {
-			e, err := envelope.Decoder{Sealed: true}.Decode(raw)
-			if err != nil {
-				t.Fatal(err)
-			}
-			seqs = append(seqs, e.Seq)
-		}
-		if page.NextCursor == "" {
-			break
-		}
-		cursor = page.NextCursor
-	}
+	seqs, pages := pageThrough(t, h, "/v1/sessions/s1/events?limit=10")
 	if pages != 3 || len(seqs) != 25 {
 		t.Fatalf("%d pages, seqs %v", pages, seqs)
 	}
@@ -152,30 +159,7 @@ func TestSessionPagesSeeEveryRowThroughRepeats(t *testing.T) {
 func TestSessionReadsPaginateWithoutCap(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{noDecider: true, store: sealedStore(t, 25)})
-	var seqs []uint64
-	cursor, pages := "", 0
-	for {
-		var page EventsPage
-		path := "/v1/sessions/s1/events?limit=10"
-		if cursor != "" {
-			path += "&after_seq=" + cursor
-		}
-		if r := h.do(t, "GET", path, "acme-auditor", "", "", &page); r.StatusCode != 200 {
-			t.Fatalf("%s: %d", path, r.StatusCode)
-		}
-		pages++
-		for _, raw := range page.Events {
-			e, err := envelope.Decoder{Sealed: true}.Decode(raw)
-			if err != nil || e.TenantID != "acme" || e.Hash == "" {
-				t.Fatalf("record %s: %v", raw, err)
-			}
-			seqs = append(seqs, e.Seq)
-		}
-		if page.NextCursor == "" {
-			break
-		}
-		cursor = page.NextCursor
-	}
+	seqs, pages := pageThrough(t, h, "/v1/sessions/s1/events?limit=10")
 	if pages != 3 || len(seqs) != 25 || seqs[0] != 1 || seqs[24] != 25 {
 		t.Fatalf("%d pages, seqs %v", pages, seqs)
 	}

@@ -94,36 +94,67 @@ func TestTenantSessionLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	url := keyedProxy(t, keys, func(c *Config) { c.MaxSessions, c.MaxTenantSessions = 4, 3 })
+	var got []int
+	for range 4 {
+		got = append(got, initializeWith(t, url, "key-acme"))
+	}
+	got = append(got, initializeWith(t, url, "key-globex"))
+	if want := []int{200, 200, 200, 503, 200}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("statuses %v, want %v (acme stops at 3 of 4 sessions, globex gets the last)", got, want)
+	}
+}
+
+// TestKeyBoundToOtherManifests: a key bound to manifests (ingest
+// KeyEntry.Manifests) may not use a proxy whose --mcp-manifest is not one
+// of them: its sessions would be decided under that manifest.
+func TestKeyBoundToOtherManifests(t *testing.T) {
+	keys, err := ingest.NewKeys([]ingest.KeyEntry{
+		{ID: "support", Tenant: "acme", Role: ingest.RoleAgent, SHA256: ingest.HashKey("key-support"), Manifests: []string{"support"}},
+		{ID: "deploy", Tenant: "acme", Role: ingest.RoleAgent, SHA256: ingest.HashKey("key-deploy"), Manifests: []string{"deploy-bot"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := keyedProxy(t, keys, func(c *Config) { c.Manifest = "deploy-bot@1.2.0" })
+	for key, want := range map[string]int{"key-support": http.StatusForbidden, "key-deploy": http.StatusOK} {
+		if got := initializeWith(t, url, key); got != want {
+			t.Errorf("%s: status %d, want %d", key, got, want)
+		}
+	}
+}
+
+// keyedProxy serves a proxy that authenticates with keys, over a recording
+// upstream, with the config edit applied; it returns its URL.
+func keyedProxy(t *testing.T, keys *ingest.Keys, edit func(*Config)) string {
+	t.Helper()
 	cfg := Defaults()
-	cfg.UpstreamCmd, cfg.MaxSessions, cfg.MaxTenantSessions = "unused", 4, 3
+	cfg.UpstreamCmd = "unused"
+	edit(&cfg)
 	p, err := New(cfg, &countingPipeline{}, nil, WithKeys(keys))
 	if err != nil {
 		t.Fatal(err)
 	}
 	p.dial = func() (upstream, error) { return &recUpstream{}, nil }
 	hs := httptest.NewServer(p.Handler())
-	defer hs.Close()
-	defer p.closeAll()
-	initialize := func(key string) int {
-		req, _ := http.NewRequest("POST", hs.URL, strings.NewReader(`{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}`))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Accept", "application/json, text/event-stream")
-		req.Header.Set("Authorization", "Bearer "+key)
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		return resp.StatusCode
+	t.Cleanup(hs.Close)
+	t.Cleanup(p.closeAll)
+	return hs.URL
+}
+
+// initializeWith sends an initialize with the API key and returns the
+// HTTP status.
+func initializeWith(t *testing.T, url, key string) int {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, strings.NewReader(`{"jsonrpc":"2.0","id":0,"method":"initialize","params":{}}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Accept", "application/json, text/event-stream")
+	req.Header.Set("Authorization", "Bearer "+key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
 	}
-	var got []int
-	for range 4 {
-		got = append(got, initialize("key-acme"))
-	}
-	got = append(got, initialize("key-globex"))
-	if want := []int{200, 200, 200, 503, 200}; fmt.Sprint(got) != fmt.Sprint(want) {
-		t.Fatalf("statuses %v, want %v (acme stops at 3 of 4 sessions, globex gets the last)", got, want)
-	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
 
 // TestInitializeNotificationOpensNothing: an initialize without an id is

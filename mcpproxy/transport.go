@@ -65,6 +65,12 @@ func (p *Proxy) Handler() http.Handler {
 				httpError(w, http.StatusForbidden, "role %s may not use the MCP proxy", pr.Role)
 				return
 			}
+			if !pr.AllowsManifest(p.cfg.Manifest) {
+				// The proxy names its --mcp-manifest on every session's
+				// events: a key bound to other manifests may not use it.
+				httpError(w, http.StatusForbidden, "key %q may not open sessions under this proxy's manifest %q", pr.ID, p.cfg.Manifest)
+				return
+			}
 			tenant = pr.Tenant
 		}
 		switch r.Method {

@@ -1,0 +1,61 @@
+package ingest
+
+import (
+	"net/http"
+	"strings"
+	"testing"
+)
+
+// TestKeyBoundToManifests: a key with a manifests list publishes only
+// events that name one of them, over POST /v1/events and the proposals
+// endpoint alike; naming another manifest, or none (the tenant's
+// default), is 403 MANIFEST_FORBIDDEN and nothing is published. A key
+// without a list names any manifest of its tenant.
+func TestKeyBoundToManifests(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	withManifest := func(session, ref string) string {
+		e := ev("acme", session, 1, "MODEL_CALL_STARTED", `{}`)
+		if ref == "" {
+			return e
+		}
+		return strings.Replace(e, `"event_type"`, `"manifest":"`+ref+`","event_type"`, 1)
+	}
+	for _, tc := range []struct {
+		name, key, ref string
+		status         int
+	}{
+		{"its manifest", "acme-support", "support", http.StatusAccepted},
+		{"a version of its manifest", "acme-support", "support@1.4.0", http.StatusAccepted},
+		{"the version it may use", "acme-support", "triage@2.0.0", http.StatusAccepted},
+		{"another version", "acme-support", "triage@2.1.0", http.StatusForbidden},
+		{"another agent manifest", "acme-support", "deploy-bot", http.StatusForbidden},
+		{"the tenant default", "acme-support", "", http.StatusForbidden},
+		{"a name that only starts like its own", "acme-support", "supporter", http.StatusForbidden},
+		{"a key without a list", "acme-agent", "deploy-bot", http.StatusAccepted},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var resp EventsResponse
+			r := h.do(t, "POST", "/v1/events", tc.key, "application/json", withManifest("mk-"+strings.ReplaceAll(tc.name, " ", "-"), tc.ref), &resp)
+			if r.StatusCode != tc.status {
+				t.Fatalf("status %d, want %d (%+v)", r.StatusCode, tc.status, resp.Error)
+			}
+			if tc.status == http.StatusForbidden && (resp.Error == nil || resp.Error.Code != CodeManifestForbidden || resp.Accepted != 0) {
+				t.Fatalf("error %+v, accepted %d", resp.Error, resp.Accepted)
+			}
+		})
+	}
+	var out struct {
+		Error ErrorDetail `json:"error"`
+	}
+	if r := h.do(t, "POST", "/v1/sessions/mk-prop/proposals", "acme-support", "application/json", proposal("send_email", "c1", `{}`), &out); r.StatusCode != http.StatusForbidden || out.Error.Code != CodeManifestForbidden {
+		t.Fatalf("proposal under the tenant's default: %d %+v", r.StatusCode, out.Error)
+	}
+	if r := h.do(t, "POST", "/v1/sessions/mk-prop/proposals", "acme-support", "application/json",
+		`{"manifest":"support","payload":{"tool_name":"send_email","call_id":"c1","args":{}}}`, &out); r.StatusCode != http.StatusOK {
+		t.Fatalf("proposal under its manifest: %d %+v", r.StatusCode, out.Error)
+	}
+	if _, err := NewKeys([]KeyEntry{{ID: "x", Tenant: "acme", Role: RoleAgent, SHA256: HashKey("x"), Manifests: []string{""}}}); err == nil {
+		t.Fatal("an empty manifest reference was accepted")
+	}
+}
