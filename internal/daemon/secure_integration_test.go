@@ -32,6 +32,11 @@ func TestSecuredKafkaIntegration(t *testing.T) {
 	if addr == "" || dir == "" {
 		t.Fatalf("%s and %s are not set (the Makefile exports them; deploy/kafka/kafka.sh serves the listener)", secureKafkaEnv, secureKafkaDirEnv)
 	}
+	for _, f := range []string{"ca.pem", "sasl-password"} {
+		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
+			t.Fatalf("%v: deploy/kafka/kafka.sh writes it when it starts the broker; a broker it reused (started from another checkout) has its files there", err)
+		}
+	}
 	sec := []string{
 		"--kafka-tls-ca-file", filepath.Join(dir, "ca.pem"),
 		"--kafka-sasl-mechanism", "SCRAM-SHA-512",
