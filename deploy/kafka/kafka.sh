@@ -3,7 +3,7 @@
 # mode: one process is both broker and controller) on 127.0.0.1 for
 # integration and fault tests.
 #
-# Usage: deploy/kafka/kafka.sh start|stop|status|wait|restart|topics [args...]
+# Usage: deploy/kafka/kafka.sh start|stop|status|wait|restart|topics|acls [args...]
 #
 #   start    fetch the broker jars with Maven if needed, format storage on the
 #            first run, launch the broker in the background. Returns once the
@@ -21,14 +21,20 @@
 #   restart  stop, start with the same data, wait. For broker-restart tests.
 #   topics   run org.apache.kafka.tools.TopicCommand against the broker with
 #            the remaining arguments, e.g. `topics --list`.
+#   acls     run org.apache.kafka.tools.AclCommand against the broker (as a
+#            super user) with the remaining arguments, e.g. `acls --list`.
 #
 # Environment:
 #   KAFKA_PORT             broker (client) port, default 19092
 #   KAFKA_CONTROLLER_PORT  KRaft controller port, default 19093
 #   KAFKA_SECURE_PORT      SASL_SSL listener port, default 19094: TLS with a
 #                          self-signed certificate for 127.0.0.1 and SCRAM-SHA-512
-#                          user "aegis"; what a client needs is written to
-#                          .cache/kafka/client/ (ca.pem, sasl-password)
+#                          users "aegis" and "fleet"; what a client needs is
+#                          written to .cache/kafka/client/ (ca.pem, sasl-password,
+#                          fleet-password). The broker runs Kafka's
+#                          StandardAuthorizer: plaintext clients are super users,
+#                          and a resource without ACLs is open to everyone, so only
+#                          resources given ACLs (`acls`) are restricted.
 #   KAFKA_HEAP_OPTS        JVM heap flags, default "-Xms1g -Xmx1g -XX:+AlwaysPreTouch"
 #                          (Kafka's own default heap, committed and touched at start)
 #   KAFKA_GC_OPTS          JVM garbage collector flags, default G1 with the
@@ -61,6 +67,7 @@ secure_port="${KAFKA_SECURE_PORT:-19094}"
 tls_dir="${cache_dir}/tls"
 client_dir="${cache_dir}/client"
 sasl_user="aegis"
+fleet_user="fleet"
 heap_opts="${KAFKA_HEAP_OPTS:--Xms1g -Xmx1g -XX:+AlwaysPreTouch}"
 gc_opts="${KAFKA_GC_OPTS:--XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent}"
 wait_timeout="${KAFKA_WAIT_TIMEOUT:-120}"
@@ -154,9 +161,12 @@ ensure_secrets() {
 	if [[ ! -s "${tls_dir}/store-password" ]]; then
 		(umask 077 && od -An -tx1 -N24 /dev/urandom | tr -d ' \n' >"${tls_dir}/store-password")
 	fi
-	if [[ ! -s "${client_dir}/sasl-password" ]]; then
-		(umask 077 && od -An -tx1 -N24 /dev/urandom | tr -d ' \n' >"${client_dir}/sasl-password")
-	fi
+	local f
+	for f in sasl-password fleet-password; do
+		if [[ ! -s "${client_dir}/${f}" ]]; then
+			(umask 077 && od -An -tx1 -N24 /dev/urandom | tr -d ' \n' >"${client_dir}/${f}")
+		fi
+	done
 	if [[ ! -s "${tls_dir}/broker.p12" || ! -s "${client_dir}/ca.pem" ]]; then
 		ensure_tools
 		local pass
@@ -190,6 +200,11 @@ controller.listener.names=CONTROLLER
 log.dirs=${data_dir}
 
 # The secure listener: TLS (self-signed, tls/broker.p12) and SCRAM-SHA-512.
+# ACLs restrict only the resources given some: plaintext clients (the
+# tests, the controller) are super users.
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:ANONYMOUS
+allow.everyone.if.no.acl.found=true
 sasl.enabled.mechanisms=SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_ssl.ssl.keystore.type=PKCS12
@@ -306,15 +321,20 @@ cmd_wait() {
 		((SECONDS < deadline)) || wait_failed "${bootstrap} accepts connections but no metadata request succeeded after ${wait_timeout}s"
 		sleep 1
 	done
-	# The secure listener's SCRAM user (kept in the cluster metadata;
-	# setting it again is harmless).
-	until run_class org.apache.kafka.tools.ConfigCommand --bootstrap-server "${bootstrap}" --alter \
-		--entity-type users --entity-name "${sasl_user}" \
-		--add-config "SCRAM-SHA-512=[password=$(<"${client_dir}/sasl-password")]" >/dev/null 2>&1; do
-		((SECONDS < deadline)) || wait_failed "the SCRAM user ${sasl_user} could not be set after ${wait_timeout}s"
-		sleep 1
+	# The secure listener's SCRAM users (kept in the cluster metadata;
+	# setting them again is harmless).
+	local user file
+	for user in "${sasl_user}:sasl-password" "${fleet_user}:fleet-password"; do
+		file="${user#*:}"
+		user="${user%%:*}"
+		until run_class org.apache.kafka.tools.ConfigCommand --bootstrap-server "${bootstrap}" --alter \
+			--entity-type users --entity-name "${user}" \
+			--add-config "SCRAM-SHA-512=[password=$(<"${client_dir}/${file}")]" >/dev/null 2>&1; do
+			((SECONDS < deadline)) || wait_failed "the SCRAM user ${user} could not be set after ${wait_timeout}s"
+			sleep 1
+		done
 	done
-	log "broker on ${bootstrap} is ready (SASL_SSL on 127.0.0.1:${secure_port}: user ${sasl_user}, ${client_dir}/ca.pem, ${client_dir}/sasl-password)"
+	log "broker on ${bootstrap} is ready (SASL_SSL on 127.0.0.1:${secure_port}: users ${sasl_user}, ${fleet_user}; ${client_dir}/ca.pem, sasl-password, fleet-password)"
 }
 
 wait_failed() {
@@ -375,6 +395,11 @@ cmd_status() {
 	return 3
 }
 
+cmd_acls() {
+	fetch_libs
+	run_class org.apache.kafka.tools.AclCommand --bootstrap-server "${bootstrap}" "$@"
+}
+
 cmd_topics() {
 	fetch_libs
 	run_class org.apache.kafka.tools.TopicCommand --bootstrap-server "${bootstrap}" "$@"
@@ -394,8 +419,9 @@ main() {
 		cmd_wait
 		;;
 	topics) cmd_topics "$@" ;;
+	acls) cmd_acls "$@" ;;
 	*)
-		printf 'usage: %s start|stop|status|wait|restart|topics [TopicCommand args...]\n' "$0" >&2
+		printf 'usage: %s start|stop|status|wait|restart|topics [TopicCommand args...]|acls [AclCommand args...]\n' "$0" >&2
 		exit 2
 		;;
 	esac
