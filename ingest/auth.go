@@ -149,6 +149,12 @@ func NewKeys(entries []KeyEntry) (*Keys, error) {
 		default:
 			return nil, fmt.Errorf("%s: role %q: want agent, operator or auditor", where, e.Role)
 		}
+		if e.Manifests != nil && len(e.Manifests) == 0 {
+			// An empty list would bind the key to no manifest, yet a
+			// Principal without a list may name any: refuse it rather
+			// than read it as unbound.
+			return nil, fmt.Errorf("%s: manifests: an empty list; omit it for a key that may name any manifest of its tenant", where)
+		}
 		for _, m := range e.Manifests {
 			if m == "" || strings.TrimSpace(m) != m {
 				return nil, fmt.Errorf("%s: manifests: %q is not a manifest reference", where, m)

@@ -2,6 +2,8 @@ package ingest
 
 import (
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -57,5 +59,27 @@ func TestKeyBoundToManifests(t *testing.T) {
 	}
 	if _, err := NewKeys([]KeyEntry{{ID: "x", Tenant: "acme", Role: RoleAgent, SHA256: HashKey("x"), Manifests: []string{""}}}); err == nil {
 		t.Fatal("an empty manifest reference was accepted")
+	}
+}
+
+// TestKeyEmptyManifestsList: "manifests": [] in the keys file binds the
+// key to no manifest at all; it must not be read as no list (any
+// manifest of the tenant), so the file is refused.
+func TestKeyEmptyManifestsList(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "keys.json")
+	file := `{"keys": [{"id": "bot", "tenant": "acme", "role": "agent", "sha256": "` + HashKey("bot-key") + `", "manifests": []}]}`
+	if err := os.WriteFile(path, []byte(file), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := LoadKeys(path)
+	if err == nil {
+		r, _ := http.NewRequest("POST", "/v1/events", nil)
+		r.Header.Set("Authorization", "Bearer bot-key")
+		p, _ := keys.Authenticate(r)
+		t.Fatalf("an empty manifests list was accepted: the key may name any manifest (deploy-bot allowed: %v)", p.AllowsManifest("deploy-bot"))
+	}
+	if !strings.Contains(err.Error(), "manifests") {
+		t.Fatalf("error %q does not name the manifests list", err)
 	}
 }
