@@ -152,3 +152,38 @@ func replyReasons(tb testing.TB, out map[string][]stream.Output) []string {
 	}
 	return reasons
 }
+
+// TestManifestMismatchRejected: a session's manifest is its first event's.
+// A later event that names another manifest is rejected MANIFEST_MISMATCH
+// and takes no seq; one that names the same manifest, or none, is
+// accepted.
+func TestManifestMismatchRejected(t *testing.T) {
+	stage := NewStage(newEngine(t, policy.Default()), StageConfig{Topics: topics, Partitions: 3}, nil, nil)
+	withManifest := func(seq uint64, ref, typ, payload string) *stream.Record {
+		r := eventRec("m", seq, typ, payload)
+		if ref != "" {
+			r.Value = bytes.Replace(r.Value, []byte(`"event_type"`), []byte(`"manifest":"`+ref+`","event_type"`), 1)
+		}
+		return r
+	}
+	out := process(t, stage.NewProcessor(stream.Partition([]byte("acme/m"), 3)),
+		withManifest(1, "support", "MODEL_CALL_STARTED", `{}`),
+		withManifest(2, "deploy-bot", "TOOL_CALL_PROPOSED", sendEmail),
+		withManifest(2, "support", "MODEL_CALL_STARTED", `{}`),
+		withManifest(3, "", "MODEL_CALL_STARTED", `{}`),
+		withManifest(4, "support@1.0.0", "MODEL_CALL_STARTED", `{}`))
+	var reasons []string
+	for _, o := range out[topics.Rejected] {
+		var rj pipeline.Rejection
+		if err := json.Unmarshal(o.Value, &rj); err != nil {
+			t.Fatal(err)
+		}
+		reasons = append(reasons, fmt.Sprintf("%s@%d", rj.Reason, rj.Seq))
+	}
+	if want := "[MANIFEST_MISMATCH@2 MANIFEST_MISMATCH@4]"; fmt.Sprint(reasons) != want {
+		t.Fatalf("rejections %v, want %s (the same manifest by another reference is another reference)", reasons, want)
+	}
+	if n := len(out[topics.Decided]); n != 3 {
+		t.Fatalf("%d decided events, want 3 (seqs 1, 2 and 3)", n)
+	}
+}

@@ -279,6 +279,13 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 			emit(r.Output(t.Rejected, rec, maxRecord))
 			continue
 		}
+		if ev.Manifest != "" && st.Snapshot.Events > 0 && ev.Manifest != st.Snapshot.Manifest {
+			// After the sequence rule, so that an exact retry of the
+			// first event stays a duplicate; the rejected event takes no
+			// seq.
+			reject(rec, ev, pipeline.ReasonManifestMismatch, fmt.Sprintf("the session's manifest is %q (named by its first event); this event names %q", st.Snapshot.Manifest, ev.Manifest))
+			continue
+		}
 		var shadow *envelope.Decision
 		if s.cfg.Shadow != nil && ev.Type == envelope.ToolCallProposed {
 			if shadow, _, _, err = s.cfg.Shadow.decideResolved(ctx, st.Snapshot, ev, p.bare); err != nil {

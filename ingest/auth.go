@@ -45,14 +45,16 @@ type Principal struct {
 // AllowsManifest reports whether the principal may publish events that
 // name the manifest reference ref: any when it has no Manifests list;
 // otherwise ref must be one of them, or name@version of a bare name in
-// it. The empty ref (the tenant's default) is allowed only when listed as
-// "default".
+// it. A bound principal must name its manifest on every event: an event
+// without one would be decided under whatever manifest its session was
+// opened with, while the decider refuses an event that names another
+// manifest than its session's (MANIFEST_MISMATCH).
 func (p Principal) AllowsManifest(ref string) bool {
 	if len(p.Manifests) == 0 {
 		return true
 	}
 	if ref == "" {
-		ref = "default"
+		return false
 	}
 	name, _, _ := strings.Cut(ref, "@")
 	for _, m := range p.Manifests {

@@ -100,7 +100,8 @@ func eventError(err error) (int, ErrorDetail) {
 }
 
 // rejectionError maps a pipeline rejection of a record the gateway
-// published to its HTTP status: sequence reasons are 409, TOO_LARGE (the
+// published to its HTTP status: sequence reasons and MANIFEST_MISMATCH
+// (the session was opened under another manifest) are 409, TOO_LARGE (the
 // event's canonical form is over the limit) 413, the rest 400.
 func rejectionError(r *pipeline.Rejection) *ErrorBody {
 	return &ErrorBody{Error: ErrorDetail{Code: r.Reason, Message: r.Detail, ExpectedSeq: r.Expected}}
@@ -108,7 +109,7 @@ func rejectionError(r *pipeline.Rejection) *ErrorBody {
 
 func rejectionStatus(reason string) int {
 	switch reason {
-	case pipeline.ReasonSeqConflict, pipeline.ReasonSeqGap, pipeline.ReasonSeqStale:
+	case pipeline.ReasonSeqConflict, pipeline.ReasonSeqGap, pipeline.ReasonSeqStale, pipeline.ReasonManifestMismatch:
 		return http.StatusConflict
 	case envelope.CodeTooLarge:
 		return http.StatusRequestEntityTooLarge

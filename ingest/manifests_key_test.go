@@ -83,3 +83,24 @@ func TestKeyEmptyManifestsList(t *testing.T) {
 		t.Fatalf("error %q does not name the manifests list", err)
 	}
 }
+
+// TestBoundKeyCannotActInAnotherManifestsSession: a bound key that knows
+// the id of a session opened under another manifest cannot act in it:
+// its events must name its own manifest, and the decider refuses an
+// event naming another manifest than its session's (409
+// MANIFEST_MISMATCH, nothing recorded).
+func TestBoundKeyCannotActInAnotherManifestsSession(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	var out ProposalResponse
+	if r := h.do(t, "POST", "/v1/sessions/shared/proposals", "acme-agent", "application/json", proposal("send_email", "c1", `{}`), &out); r.StatusCode != http.StatusOK {
+		t.Fatalf("the session opens under the tenant's default: %d", r.StatusCode)
+	}
+	var e struct {
+		Error ErrorDetail `json:"error"`
+	}
+	if r := h.do(t, "POST", "/v1/sessions/shared/proposals", "acme-support", "application/json",
+		`{"manifest":"support","payload":{"tool_name":"send_email","call_id":"c2","args":{}}}`, &e); r.StatusCode != http.StatusConflict || e.Error.Code != "MANIFEST_MISMATCH" {
+		t.Fatalf("a bound key in a session of another manifest: %d %+v", r.StatusCode, e.Error)
+	}
+}

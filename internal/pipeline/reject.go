@@ -38,6 +38,11 @@ const (
 	// secret: nobody holding the secret recorded this decision for this
 	// session.
 	ReasonApprovalUnauthenticated = "APPROVAL_UNAUTHENTICATED"
+	// ReasonManifestMismatch: an event names another manifest than the
+	// one its session was opened with (its first event's). A session's
+	// manifest never changes; refusing the event keeps a key bound to one
+	// manifest from acting in a session opened under another.
+	ReasonManifestMismatch = "MANIFEST_MISMATCH"
 )
 
 // Rejection is the value of a record on the rejected topic: why a record was
