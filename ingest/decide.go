@@ -139,6 +139,10 @@ func (s *Server) completeDecideRequest(req map[string]json.RawMessage, tenant st
 	if p.Tenant != "" && ev.TenantID != p.Tenant {
 		return errf(http.StatusForbidden, CodeTenantMismatch, "credentials of tenant %q may not decide for tenant %q", p.Tenant, ev.TenantID)
 	}
+	if !p.AllowsManifest(ev.Manifest) {
+		// A key bound to manifests asks only under them, as it publishes.
+		return p.manifestError(ev.Manifest)
+	}
 	req["event"] = fixed
 	if snap == nil {
 		return nil

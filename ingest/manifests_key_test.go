@@ -104,3 +104,23 @@ func TestBoundKeyCannotActInAnotherManifestsSession(t *testing.T) {
 		t.Fatalf("a bound key in a session of another manifest: %d %+v", r.StatusCode, e.Error)
 	}
 }
+
+// TestBoundKeyDecidesUnderItsManifests: a bound key asks stateless
+// decisions only under its manifests, as it publishes.
+func TestBoundKeyDecidesUnderItsManifests(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	for ref, want := range map[string]int{"": http.StatusForbidden, "deploy-bot": http.StatusForbidden, "support": http.StatusOK} {
+		body := `{"event":{"event_type":"TOOL_CALL_PROPOSED","payload":{"tool_name":"read_file","call_id":"c1","args":{}}}}`
+		if ref != "" {
+			body = strings.Replace(body, `"event_type"`, `"manifest":"`+ref+`","event_type"`, 1)
+		}
+		var out struct {
+			Error *ErrorDetail `json:"error"`
+		}
+		r := h.do(t, "POST", "/v1/policy/decide", "acme-support", "application/json", body, &out)
+		if r.StatusCode != want || (want == http.StatusForbidden && (out.Error == nil || out.Error.Code != CodeManifestForbidden)) {
+			t.Errorf("manifest %q: %d %+v, want %d", ref, r.StatusCode, out.Error, want)
+		}
+	}
+}
