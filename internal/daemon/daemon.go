@@ -566,6 +566,11 @@ func (c Config) redacted() map[string]any {
 		"store": redactURL(c.StoreURL()), "max_event_bytes": c.MaxEventBytes, "max_batch": c.MaxBatch, "store_batch": c.StoreBatch, "store_batch_bytes": c.StoreBatchBytes, "session_timeout": c.SessionTimeout.String(), "dev": c.Dev, "pprof": c.Pprof,
 		"ingest": c.Ingest.Redacted(),
 		"mcp":    c.mcpRedacted(),
+		// Paths and the user name only: the password stays in its file.
+		"kafka_tls": c.KafkaSecurity.TLS, "kafka_tls_ca_file": c.KafkaSecurity.TLSCAFile, "kafka_tls_cert_file": c.KafkaSecurity.TLSCertFile,
+		"kafka_tls_key_file": c.KafkaSecurity.TLSKeyFile, "kafka_tls_server_name": c.KafkaSecurity.TLSServerName,
+		"kafka_sasl_mechanism": c.KafkaSecurity.SASLMechanism, "kafka_sasl_username": c.KafkaSecurity.SASLUsername,
+		"kafka_sasl_password_file": c.KafkaSecurity.SASLPasswordFile,
 	}
 }
 
