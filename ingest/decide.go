@@ -51,6 +51,10 @@ func (s *Server) handleDecide(w http.ResponseWriter, r *http.Request, p Principa
 		writeJSON(w, st, ErrorBody{Error: detail})
 		return
 	}
+	if err := p.allowsSnapshotManifest(req["snapshot"]); err != nil {
+		writeError(w, err)
+		return
+	}
 	body, _ = json.Marshal(req)
 	if err := s.admit(tenant, 1); err != nil {
 		writeError(w, err)
@@ -184,6 +188,25 @@ func (s *Server) completeDecideRequest(req map[string]json.RawMessage, tenant st
 	}
 	req["snapshot"], _ = json.Marshal(translated)
 	return nil
+}
+
+// allowsSnapshotManifest checks, for a key bound to manifests, the
+// manifest a stateless decision is made under when the snapshot has
+// events: the snapshot's, named by its session's first event, or the
+// tenant's default when it names none (decider.Engine.Resolve), not the
+// event's. A snapshot that does not decode is left to the decision.
+func (p Principal) allowsSnapshotManifest(raw json.RawMessage) error {
+	if len(p.Manifests) == 0 || len(raw) == 0 {
+		return nil
+	}
+	var snap struct {
+		Manifest string `json:"manifest"`
+		Events   int64  `json:"events"`
+	}
+	if err := json.Unmarshal(raw, &snap); err != nil || snap.Events == 0 || p.AllowsManifest(snap.Manifest) {
+		return nil
+	}
+	return p.manifestError(snap.Manifest)
 }
 
 func isEnvelopeError(err error) bool {

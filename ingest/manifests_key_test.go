@@ -124,3 +124,29 @@ func TestBoundKeyDecidesUnderItsManifests(t *testing.T) {
 		}
 	}
 }
+
+// TestBoundKeyDecidesUnderItsManifestsWhateverTheSnapshot: a stateless
+// decision is made under the snapshot's manifest once the snapshot has
+// events (the session's first event named it), so a bound key may not
+// send a snapshot of another manifest's session, nor of one without
+// manifest (the tenant's default), beside an event naming its own.
+func TestBoundKeyDecidesUnderItsManifestsWhateverTheSnapshot(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{})
+	for snap, want := range map[string]int{
+		`{"manifest":"deploy-bot","events":1,"last_seq":1}`: http.StatusForbidden,
+		`{"events":1,"last_seq":1}`:                         http.StatusForbidden,
+		`{"steps_consumed":1}`:                              http.StatusForbidden,
+		`{"manifest":"support","events":1,"last_seq":1}`:    http.StatusOK,
+		`{"events":0}`:                                      http.StatusOK,
+	} {
+		body := `{"event":{"manifest":"support","event_type":"TOOL_CALL_PROPOSED","payload":{"tool_name":"read_file","call_id":"c1","args":{}}},"snapshot":` + snap + `}`
+		var out struct {
+			Error *ErrorDetail `json:"error"`
+		}
+		r := h.do(t, "POST", "/v1/policy/decide", "acme-support", "application/json", body, &out)
+		if r.StatusCode != want || (want == http.StatusForbidden && (out.Error == nil || out.Error.Code != CodeManifestForbidden)) {
+			t.Errorf("snapshot %s: %d %+v, want %d", snap, r.StatusCode, out.Error, want)
+		}
+	}
+}
