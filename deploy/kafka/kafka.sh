@@ -322,7 +322,12 @@ cmd_wait() {
 		sleep 1
 	done
 	# The secure listener's SCRAM users (kept in the cluster metadata;
-	# setting them again is harmless).
+	# setting them again is harmless). A broker this checkout did not start
+	# (reused by `start`) has its passwords in another checkout.
+	if [[ ! -s "${client_dir}/sasl-password" || ! -s "${client_dir}/fleet-password" ]]; then
+		log "broker on ${bootstrap} is ready; ${client_dir} has no SASL passwords (the broker was started from elsewhere), so its secure listener's users are not set from here"
+		return 0
+	fi
 	local user file
 	for user in "${sasl_user}:sasl-password" "${fleet_user}:fleet-password"; do
 		file="${user#*:}"
