@@ -203,10 +203,10 @@ func (p Principal) allowsSnapshotManifest(raw json.RawMessage) error {
 		Manifest string `json:"manifest"`
 		Events   int64  `json:"events"`
 	}
-	if err := json.Unmarshal(raw, &snap); err != nil || snap.Events == 0 || p.AllowsManifest(snap.Manifest) {
-		return nil
+	if json.Unmarshal(raw, &snap) == nil && snap.Events > 0 && !p.AllowsManifest(snap.Manifest) {
+		return p.manifestError(snap.Manifest)
 	}
-	return p.manifestError(snap.Manifest)
+	return nil
 }
 
 func isEnvelopeError(err error) bool {
