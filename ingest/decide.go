@@ -203,7 +203,7 @@ func (p Principal) allowsSnapshotManifest(raw json.RawMessage) error {
 		Manifest string `json:"manifest"`
 		Events   int64  `json:"events"`
 	}
-	if json.Unmarshal(raw, &snap) == nil && snap.Events > 0 && !p.AllowsManifest(snap.Manifest) {
+	if json.Unmarshal(raw, &snap) == nil && snap.Events != 0 && !p.AllowsManifest(snap.Manifest) {
 		return p.manifestError(snap.Manifest)
 	}
 	return nil
