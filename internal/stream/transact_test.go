@@ -516,14 +516,7 @@ func (o *oversizeEmitter) Process(_ context.Context, batch []*Record, emit func(
 func TestTransactStopsOnAPermanentProduceError(t *testing.T) {
 	e := startBroker(t)
 	ctx := context.Background()
-	tp := topology{input: "big.in", state: "big.state", output: "big.out", partitions: 1}
-	if err := EnsureTopics(ctx, e.Brokers(), []TopicSpec{
-		{Name: tp.input, Partitions: 1},
-		{Name: tp.state, Partitions: 1, Cleanup: CleanupCompact},
-		{Name: tp.output, Partitions: 1, Configs: map[string]string{"max.message.bytes": "4096"}},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	tp := limitedTopology(t, e, "big", nil, map[string]string{"max.message.bytes": "4096"})
 	produceInputs(t, e, tp.input, 1, 1, map[string]int{})
 	var calls atomic.Int32
 	cfg := tp.config(e, "txn-big")
@@ -570,15 +563,7 @@ func (f *fanOut) Process(_ context.Context, batch []*Record, emit func(Output)) 
 // stopped the stage though every record fits.
 func TestTransactBatchesFitEachTopic(t *testing.T) {
 	e := startBroker(t)
-	ctx := context.Background()
-	tp := topology{input: "fan.in", state: "fan.state", output: "fan.out", partitions: 1}
-	if err := EnsureTopics(ctx, e.Brokers(), []TopicSpec{
-		{Name: tp.input, Partitions: 1},
-		{Name: tp.state, Partitions: 1, Cleanup: CleanupCompact, Configs: map[string]string{"max.message.bytes": "2097152"}},
-		{Name: tp.output, Partitions: 1, Configs: map[string]string{"max.message.bytes": "65536"}},
-	}); err != nil {
-		t.Fatal(err)
-	}
+	tp := limitedTopology(t, e, "fan", map[string]string{"max.message.bytes": "2097152"}, map[string]string{"max.message.bytes": "65536"})
 	const inputs, fan = 20, 100
 	produceInputs(t, e, tp.input, 1, inputs, map[string]int{})
 	cfg := tp.config(e, "txn-fan")
@@ -593,4 +578,19 @@ func TestTransactBatchesFitEachTopic(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatalf("Run: %v", err)
 	}
+}
+
+// limitedTopology makes a one-partition topology named name.in, .state
+// and .out, with the given configs on its state and output topics.
+func limitedTopology(t *testing.T, e *Embedded, name string, state, out map[string]string) topology {
+	t.Helper()
+	tp := topology{input: name + ".in", state: name + ".state", output: name + ".out", partitions: 1}
+	if err := EnsureTopics(context.Background(), e.Brokers(), []TopicSpec{
+		{Name: tp.input, Partitions: 1},
+		{Name: tp.state, Partitions: 1, Cleanup: CleanupCompact, Configs: state},
+		{Name: tp.output, Partitions: 1, Configs: out},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	return tp
 }
