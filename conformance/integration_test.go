@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -68,4 +69,65 @@ func TestPacksIntegration(t *testing.T) {
 		return strings.HasPrefix(c.ID, "TAMP-") && c.ID != "TAMP-BASE-001"
 	})
 	t.Logf("%d passed, %d failed, %d skipped in %d ms", rep.Passed, rep.Failed, rep.Skipped, rep.DurationMs)
+}
+
+// TestPacksSecuredKafkaIntegration runs the cases that publish to Kafka
+// against aegisd on the real broker's SASL_SSL listener (TLS + SCRAM,
+// AEGIS_TEST_KAFKA_SECURE), the runner's Kafka clients reaching it with
+// the same security: the runner's path of `aegisctl conformance run
+// --brokers … --kafka-tls-ca-file … --kafka-sasl-*`.
+func TestPacksSecuredKafkaIntegration(t *testing.T) {
+	addr := requireEnv(t, "AEGIS_TEST_KAFKA_SECURE", "the Makefile exports it; deploy/kafka/kafka.sh serves the listener")
+	dir := requireEnv(t, "AEGIS_TEST_KAFKA_SECURE_DIR", "the Makefile exports it: deploy/kafka/kafka.sh writes ca.pem and sasl-password there")
+	plain := requireEnv(t, "AEGIS_TEST_KAFKA", "set AEGIS_TEST_KAFKA=127.0.0.1:19092")
+	packs, err := conformance.Builtin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	packs = append(filterCases(packs, "KAFKA-"), filterCases(packs, "APPR-KAFKA-")...)
+	if n := countCases(packs); n < 20 {
+		t.Fatalf("%d Kafka cases, want at least 20", n)
+	}
+	sec := stream.SecurityConfig{TLSCAFile: filepath.Join(dir, "ca.pem"), SASLMechanism: stream.SASLScramSHA512,
+		SASLUsername: "aegis", SASLPasswordFile: filepath.Join(dir, "sasl-password")}
+	security, err := sec.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	prefix := fmt.Sprintf("conformance-sec-%d.", time.Now().UnixNano())
+	t.Cleanup(func() {
+		if t.Failed() {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := stream.DeleteTopicsWithPrefix(ctx, strings.Split(plain, ","), prefix); err != nil {
+			t.Logf("topics %s* not deleted: %v", prefix, err)
+		}
+	})
+	target := startEmbedded(t, packs, func(c *daemon.Config) {
+		c.Brokers = []string{addr}
+		c.KafkaSecurity = sec
+		c.TopicPrefix = prefix
+		c.Instance = prefix + "it"
+	})
+	opts := target.options(t)
+	opts.KafkaSecurity = security
+	rep, err := conformance.Run(context.Background(), packs, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	failures(t, rep, nil)
+	if rep.Skipped > 0 {
+		t.Errorf("%d cases skipped", rep.Skipped)
+	}
+	t.Logf("%d passed, %d failed, %d skipped in %d ms", rep.Passed, rep.Failed, rep.Skipped, rep.DurationMs)
+}
+
+func countCases(packs []*conformance.Pack) int {
+	n := 0
+	for _, p := range packs {
+		n += len(p.Cases)
+	}
+	return n
 }
