@@ -41,19 +41,7 @@ func TestPacksIntegration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	prefix := fmt.Sprintf("conformance-%d.", time.Now().UnixNano())
-	// Registered before the daemon starts, so it runs after the daemon has
-	// stopped; a failed run keeps its topics for inspection.
-	t.Cleanup(func() {
-		if t.Failed() {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if _, err := stream.DeleteTopicsWithPrefix(ctx, strings.Split(brokers, ","), prefix); err != nil {
-			t.Logf("topics %s* not deleted: %v", prefix, err)
-		}
-	})
+	prefix := topicPrefix(t, "conformance-", brokers)
 	target := startEmbedded(t, packs, func(c *daemon.Config) {
 		c.Brokers = strings.Split(brokers, ",")
 		c.TopicPrefix = prefix
@@ -94,17 +82,7 @@ func TestPacksSecuredKafkaIntegration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	prefix := fmt.Sprintf("conformance-sec-%d.", time.Now().UnixNano())
-	t.Cleanup(func() {
-		if t.Failed() {
-			return
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		defer cancel()
-		if _, err := stream.DeleteTopicsWithPrefix(ctx, strings.Split(plain, ","), prefix); err != nil {
-			t.Logf("topics %s* not deleted: %v", prefix, err)
-		}
-	})
+	prefix := topicPrefix(t, "conformance-sec-", plain)
 	target := startEmbedded(t, packs, func(c *daemon.Config) {
 		c.Brokers = []string{addr}
 		c.KafkaSecurity = sec
@@ -130,4 +108,24 @@ func countCases(packs []*conformance.Pack) int {
 		n += len(p.Cases)
 	}
 	return n
+}
+
+// topicPrefix returns a topic prefix of its own for the test, whose
+// topics are deleted (through the plaintext brokers) when it ends: call it
+// before the daemon starts, so that the deletion runs after the daemon has
+// stopped. A failed test keeps its topics for inspection.
+func topicPrefix(t *testing.T, name, brokers string) string {
+	t.Helper()
+	prefix := fmt.Sprintf("%s%d.", name, time.Now().UnixNano())
+	t.Cleanup(func() {
+		if t.Failed() {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if _, err := stream.DeleteTopicsWithPrefix(ctx, strings.Split(brokers, ","), prefix); err != nil {
+			t.Logf("topics %s* not deleted: %v", prefix, err)
+		}
+	})
+	return prefix
 }
