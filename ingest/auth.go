@@ -105,10 +105,11 @@ type KeyEntry struct {
 	SHA256   string `json:"sha256,omitempty"`
 	ClientCN string `json:"client_cn,omitempty"`
 	// Manifests, if set, are the manifest references the key's events
-	// must name ("name" for any version of it, "name@version", "default"
-	// for the tenant's default): an agent key of one kind of agent cannot
-	// open a session under the manifest of a more trusted kind. Every
-	// event published with the key must then carry "manifest".
+	// must name ("name" for any version of it, "name@version"; the
+	// tenant's default manifest by its name): an agent key of one kind of
+	// agent cannot open a session under the manifest of a more trusted
+	// kind. Every event published with the key must then carry
+	// "manifest".
 	Manifests []string `json:"manifests,omitempty"`
 }
 

@@ -263,27 +263,25 @@ func (r *DecisionRow) Diff(o *DecisionRow) (column, mine, theirs string, ok bool
 		return "", "", "", true
 	}
 	u, i, b := strconv.FormatUint, strconv.FormatInt, strconv.FormatBool
-	for _, c := range [...]struct{ name, a, b string }{
-		{"tenant_id", r.TenantID, o.TenantID},
-		{"session_id", r.SessionID, o.SessionID},
-		{"seq", u(r.Seq, 10), u(o.Seq, 10)},
-		{"ts_unix_ms", i(r.TsUnixMs, 10), i(o.TsUnixMs, 10)},
-		{"manifest", r.Manifest, o.Manifest},
-		{"tool_name", r.ToolName, o.ToolName},
-		{"call_id", r.CallID, o.CallID},
-		{"outcome", string(r.Outcome), string(o.Outcome)},
-		{"reason", r.Reason, o.Reason},
-		{"policy_revision", r.PolicyRevision, o.PolicyRevision},
-		{"manifest_digest", r.ManifestDigest, o.ManifestDigest},
-		{"input_digest", r.InputDigest, o.InputDigest},
-		{"max_output_bytes", fmt.Sprint(r.Constraints.MaxOutputBytes), fmt.Sprint(o.Constraints.MaxOutputBytes)},
-		{"timeout_ms", fmt.Sprint(r.Constraints.TimeoutMs), fmt.Sprint(o.Constraints.TimeoutMs)},
-		{"tainted", b(r.Tainted), b(o.Tainted)},
-		{"hash", r.Hash, o.Hash},
-	} {
-		if c.a != c.b {
-			return c.name, c.a, c.b, false
-		}
+	if column, mine, theirs, ok := firstDiff(
+		columnPair{"tenant_id", r.TenantID, o.TenantID},
+		columnPair{"session_id", r.SessionID, o.SessionID},
+		columnPair{"seq", u(r.Seq, 10), u(o.Seq, 10)},
+		columnPair{"ts_unix_ms", i(r.TsUnixMs, 10), i(o.TsUnixMs, 10)},
+		columnPair{"manifest", r.Manifest, o.Manifest},
+		columnPair{"tool_name", r.ToolName, o.ToolName},
+		columnPair{"call_id", r.CallID, o.CallID},
+		columnPair{"outcome", string(r.Outcome), string(o.Outcome)},
+		columnPair{"reason", r.Reason, o.Reason},
+		columnPair{"policy_revision", r.PolicyRevision, o.PolicyRevision},
+		columnPair{"manifest_digest", r.ManifestDigest, o.ManifestDigest},
+		columnPair{"input_digest", r.InputDigest, o.InputDigest},
+		columnPair{"max_output_bytes", fmt.Sprint(r.Constraints.MaxOutputBytes), fmt.Sprint(o.Constraints.MaxOutputBytes)},
+		columnPair{"timeout_ms", fmt.Sprint(r.Constraints.TimeoutMs), fmt.Sprint(o.Constraints.TimeoutMs)},
+		columnPair{"tainted", b(r.Tainted), b(o.Tainted)},
+		columnPair{"hash", r.Hash, o.Hash},
+	); !ok {
+		return column, mine, theirs, false
 	}
 	return "decision", fmt.Sprintf("%+v", r.Decision), fmt.Sprintf("%+v", o.Decision), false
 }
@@ -389,27 +387,36 @@ func (r *SnapshotRow) Diff(o *SnapshotRow) (column, mine, theirs string, ok bool
 		return "", "", "", true
 	}
 	u, i, b := strconv.FormatUint, strconv.FormatInt, strconv.FormatBool
-	for _, c := range [...]struct{ name, a, b string }{
-		{"tenant_id", r.TenantID, o.TenantID},
-		{"session_id", r.SessionID, o.SessionID},
-		{"last_seq", u(r.LastSeq, 10), u(o.LastSeq, 10)},
-		{"first_ts_unix_ms", i(r.FirstTsUnixMs, 10), i(o.FirstTsUnixMs, 10)},
-		{"last_ts_unix_ms", i(r.LastTsUnixMs, 10), i(o.LastTsUnixMs, 10)},
-		{"first_event_date", r.FirstEventDate, o.FirstEventDate},
-		{"manifest", r.Manifest, o.Manifest},
-		{"events", i(r.Events, 10), i(o.Events, 10)},
-		{"steps", i(r.Steps, 10), i(o.Steps, 10)},
-		{"model_calls", i(r.ModelCalls, 10), i(o.ModelCalls, 10)},
-		{"tool_calls", i(r.ToolCalls, 10), i(o.ToolCalls, 10)},
-		{"tainted", b(r.Tainted), b(o.Tainted)},
-		{"loop_detected", b(r.LoopDetected), b(o.LoopDetected)},
-		{"terminated", b(r.Terminated), b(o.Terminated)},
-		{"pending_approvals", u(uint64(r.PendingApprovals), 10), u(uint64(o.PendingApprovals), 10)},
-		{"handoff_state", r.HandoffState, o.HandoffState},
-		{"snapshot_hash", r.Hash, o.Hash},
-	} {
-		if c.a != c.b {
-			return c.name, c.a, c.b, false
+	return firstDiff(
+		columnPair{"tenant_id", r.TenantID, o.TenantID},
+		columnPair{"session_id", r.SessionID, o.SessionID},
+		columnPair{"last_seq", u(r.LastSeq, 10), u(o.LastSeq, 10)},
+		columnPair{"first_ts_unix_ms", i(r.FirstTsUnixMs, 10), i(o.FirstTsUnixMs, 10)},
+		columnPair{"last_ts_unix_ms", i(r.LastTsUnixMs, 10), i(o.LastTsUnixMs, 10)},
+		columnPair{"first_event_date", r.FirstEventDate, o.FirstEventDate},
+		columnPair{"manifest", r.Manifest, o.Manifest},
+		columnPair{"events", i(r.Events, 10), i(o.Events, 10)},
+		columnPair{"steps", i(r.Steps, 10), i(o.Steps, 10)},
+		columnPair{"model_calls", i(r.ModelCalls, 10), i(o.ModelCalls, 10)},
+		columnPair{"tool_calls", i(r.ToolCalls, 10), i(o.ToolCalls, 10)},
+		columnPair{"tainted", b(r.Tainted), b(o.Tainted)},
+		columnPair{"loop_detected", b(r.LoopDetected), b(o.LoopDetected)},
+		columnPair{"terminated", b(r.Terminated), b(o.Terminated)},
+		columnPair{"pending_approvals", u(uint64(r.PendingApprovals), 10), u(uint64(o.PendingApprovals), 10)},
+		columnPair{"handoff_state", r.HandoffState, o.HandoffState},
+		columnPair{"snapshot_hash", r.Hash, o.Hash},
+	)
+}
+
+// columnPair is one column of two rows, its values written as text.
+type columnPair struct{ name, mine, theirs string }
+
+// firstDiff names the first of cols whose two values differ; ok when none
+// does.
+func firstDiff(cols ...columnPair) (column, mine, theirs string, ok bool) {
+	for _, c := range cols {
+		if c.mine != c.theirs {
+			return c.name, c.mine, c.theirs, false
 		}
 	}
 	return "", "", "", true

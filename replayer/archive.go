@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"aegis.dev/aegis/decider/policy"
+	"aegis.dev/aegis/schemas/chain"
 	"aegis.dev/aegis/schemas/manifest"
 )
 
@@ -39,13 +40,8 @@ type Archive struct {
 // such a digest (so it can never name a path outside the archive).
 func hexOf(d string) string {
 	h, ok := strings.CutPrefix(d, "sha256:")
-	if !ok || len(h) != 64 {
+	if !ok || !chain.IsHash(h) {
 		return ""
-	}
-	for _, c := range h {
-		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return ""
-		}
 	}
 	return h
 }

@@ -134,23 +134,13 @@ func decodeHead(key string, value []byte) (*HeadRecord, error) {
 	if h.Seq != h.Window.Last || len(h.Hash) != len(chain.Genesis) || key != h.TenantID+"/"+h.SessionID {
 		return nil, fmt.Errorf("inconsistent head record (seq %d, window %d)", h.Seq, h.Window.Last)
 	}
-	if !lowerHex(h.Hash) {
+	if !chain.IsHash(h.Hash) {
 		// Not a hash chain.Link wrote: chained on, it would break the
 		// session's chain, and written back verbatim (appendJSON) a
 		// quote or backslash would make the head record unreadable.
 		return nil, fmt.Errorf("head hash %q is not lower-case hex", h.Hash)
 	}
 	return &h, nil
-}
-
-// lowerHex reports whether s is lower-case hexadecimal.
-func lowerHex(s string) bool {
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 type processor struct {

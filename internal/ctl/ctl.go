@@ -5,7 +5,6 @@
 package ctl
 
 import (
-	"aegis.dev/aegis/internal/stream"
 	"bufio"
 	"context"
 	"errors"
@@ -16,6 +15,7 @@ import (
 	"strings"
 
 	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
 )
 
 // Exit codes shared by every command.

@@ -34,6 +34,7 @@ import (
 	"os"
 
 	"aegis.dev/aegis/schemas/canon"
+	"aegis.dev/aegis/schemas/chain"
 	"aegis.dev/aegis/schemas/envelope"
 )
 
@@ -111,22 +112,10 @@ func bound(bare []byte) error {
 		ArgsDigest *string `json:"args_digest"`
 	}
 	if err := json.Unmarshal(bare, &p); err != nil || p.CallID == nil || *p.CallID == "" ||
-		p.ToolName == nil || *p.ToolName == "" || p.ArgsDigest == nil || !isCallDigest(*p.ArgsDigest) {
+		p.ToolName == nil || *p.ToolName == "" || p.ArgsDigest == nil || !chain.IsHash(*p.ArgsDigest) {
 		return ErrUnbound
 	}
 	return nil
-}
-
-func isCallDigest(s string) bool {
-	if len(s) != 2*sha256.Size {
-		return false
-	}
-	for i := range len(s) {
-		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return false
-		}
-	}
-	return true
 }
 
 // mac is the grant of bare (a canonical payload without grant).

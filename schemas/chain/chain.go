@@ -21,6 +21,20 @@ import (
 // Genesis is the prev_hash of the first event of every session: 64 zeros.
 const Genesis = "0000000000000000000000000000000000000000000000000000000000000000"
 
+// IsHash reports whether s has the form of a hash Hash returns (and of
+// any SHA-256 digest Aegis writes bare): 64 lower-case hex digits.
+func IsHash(s string) bool {
+	if len(s) != 2*sha256.Size {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
+}
+
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 // Hash computes the chain hash of e (its "hash" member is ignored).
