@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -215,5 +216,36 @@ func TestProjectorStoreOpenIsRetried(t *testing.T) {
 	fails = 100
 	if _, err := openRetrying(open, time.Second, slog.New(slog.DiscardHandler)); err == nil || fails < 97 {
 		t.Fatalf("past the budget: err %v after %d attempts", err, 100-fails)
+	}
+}
+
+// TestOpenSecretFilesAreNamed: a secret file every user can read is
+// named in a warning (setting and path, never the content); one readable
+// by its owner only, or by a group, is not.
+func TestOpenSecretFilesAreNamed(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, mode os.FileMode) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte("S3cretS3cretS3cretS3cretS3cretS3cret"), mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(p, mode); err != nil { // umask
+			t.Fatal(err)
+		}
+		return p
+	}
+	cfg := Defaults()
+	cfg.Ingest.ApprovalSecretFile = write("approval.secret", 0o644)
+	cfg.KafkaSecurity.SASLPasswordFile = write("sasl.password", 0o600)
+	cfg.KafkaSecurity.TLSKeyFile = write("client.key", 0o640)
+	cfg.Ingest.TLSKey = write("server.key", 0o604)
+	got := cfg.openSecretFiles()
+	want := []openSecret{{"approval-secret-file", cfg.Ingest.ApprovalSecretFile, 0o644}, {"tls-key", cfg.Ingest.TLSKey, 0o604}}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("open secret files %+v, want %+v", got, want)
+	}
+	cfg.Ingest.ApprovalSecretFile = filepath.Join(dir, "missing")
+	if got := cfg.openSecretFiles(); len(got) != 1 || got[0].setting != "tls-key" {
+		t.Fatalf("with a missing file: %+v", got)
 	}
 }

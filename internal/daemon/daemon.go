@@ -131,6 +131,10 @@ func (d *Daemon) Run(ctx context.Context) error {
 		d.log.Warn("DEVELOPMENT MODE: security is relaxed; never run --dev in production")
 	}
 	d.log.Info("starting aegisd", "config", cfg.redacted())
+	for _, w := range cfg.openSecretFiles() {
+		d.log.Warn("a secret file is readable by every user of this machine; make it readable by aegisd's user only (chmod 600, or defaultMode 0400 for a mounted secret)",
+			"setting", w.setting, "file", w.path, "mode", w.mode.String())
+	}
 
 	if cfg.AddrFile != "" {
 		// A file left by an earlier run must not name this run's ports.
@@ -572,6 +576,36 @@ func (c Config) redacted() map[string]any {
 		"kafka_sasl_mechanism": c.KafkaSecurity.SASLMechanism, "kafka_sasl_username": c.KafkaSecurity.SASLUsername,
 		"kafka_sasl_password_file": c.KafkaSecurity.SASLPasswordFile,
 	}
+}
+
+// openSecret is a secret file that every user of the machine can read.
+type openSecret struct {
+	setting, path string
+	mode          fs.FileMode
+}
+
+// openSecretFiles lists the configured files holding secrets (the approval
+// secret, the Kafka SASL password, the TLS private keys) that other users
+// can read. They are warned about rather than refused: a mounted secret is
+// often world-readable by default, and refusing would stop a deployment
+// that works. Files that cannot be read are left to the code that reads
+// them, which names the error.
+func (c Config) openSecretFiles() []openSecret {
+	var open []openSecret
+	for _, f := range []struct{ setting, path string }{
+		{"approval-secret-file", c.Ingest.ApprovalSecretFile},
+		{"kafka-sasl-password-file", c.KafkaSecurity.SASLPasswordFile},
+		{"kafka-tls-key-file", c.KafkaSecurity.TLSKeyFile},
+		{"tls-key", c.Ingest.TLSKey},
+	} {
+		if f.path == "" {
+			continue
+		}
+		if st, err := os.Stat(f.path); err == nil && st.Mode().IsRegular() && st.Mode().Perm()&0o004 != 0 {
+			open = append(open, openSecret{f.setting, f.path, st.Mode().Perm()})
+		}
+	}
+	return open
 }
 
 // deciderApprovalSecret returns the secret the decider checks approval
