@@ -56,6 +56,13 @@ type Config struct {
 	// on this gateway (default 10000); a require_approval answer that would
 	// open one more is 429 TOO_MANY_APPROVALS.
 	MaxPendingApprovals int `yaml:"max_pending_approvals"`
+	// MaxClockSkew, if positive, refuses an event whose ts_unix_ms is
+	// further than this from the gateway's clock (400 CLOCK_SKEW). The
+	// decider's time rules (the wall-time budget) read the publisher's
+	// timestamps and never a clock, so that replays are exact; this bound
+	// keeps agents that publish over HTTP from stopping their own clock.
+	// 0 (the default) accepts any time, for imports of recorded sessions.
+	MaxClockSkew time.Duration `yaml:"max_clock_skew"`
 }
 
 // Defaults returns the configuration with every default applied.
@@ -87,6 +94,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.Int64Var(&c.MaxBodyBytes, "max-body-bytes", c.MaxBodyBytes, "largest HTTP request body in bytes")
 	fs.IntVar(&c.MaxBatchEvents, "max-batch-events", c.MaxBatchEvents, "most events in one POST /v1/events")
 	fs.IntVar(&c.MaxPendingApprovals, "max-pending-approvals", c.MaxPendingApprovals, "most approvals one tenant may have pending on this gateway")
+	fs.DurationVar(&c.MaxClockSkew, "max-clock-skew", c.MaxClockSkew, "refuse events whose ts_unix_ms is further than this from the gateway's clock (400 CLOCK_SKEW; 0: accept any time)")
 }
 
 // Enabled reports whether the API is served: in dev mode (without
@@ -123,6 +131,9 @@ func (c *Config) Validate(dev bool) error {
 	if c.MaxBatchEvents < 1 || c.MaxBatchEvents > 100000 {
 		errs = append(errs, fmt.Errorf("max-batch-events %d: must be 1..100000", c.MaxBatchEvents))
 	}
+	if c.MaxClockSkew != 0 && (c.MaxClockSkew < time.Second || c.MaxClockSkew > 7*24*time.Hour) {
+		errs = append(errs, fmt.Errorf("max-clock-skew %s: must be 0 or 1s..168h", c.MaxClockSkew))
+	}
 	if c.MaxPendingApprovals < 1 {
 		errs = append(errs, fmt.Errorf("max-pending-approvals %d: must be >= 1", c.MaxPendingApprovals))
 	}
@@ -141,6 +152,7 @@ func (c Config) Redacted() map[string]any {
 		"approval_secret_file": c.ApprovalSecretFile != "", "approval_ttl": c.ApprovalTTL.String(),
 		"proposal_timeout": c.ProposalTimeout.String(), "rate_limit": c.RateLimit, "rate_burst": c.RateBurst,
 		"max_body_bytes": c.MaxBodyBytes, "max_batch_events": c.MaxBatchEvents, "max_pending_approvals": c.MaxPendingApprovals,
+		"max_clock_skew": c.MaxClockSkew.String(),
 	}
 }
 

@@ -24,6 +24,7 @@ const (
 	CodeManifestForbidden  = "MANIFEST_FORBIDDEN"     // 403: an event names a manifest the credentials may not use (KeyEntry.Manifests)
 	CodeManifestNotAllowed = "MANIFEST_NOT_ALLOWED"   // 403: a caller-supplied manifest outside dev mode, by a role that may not test policies
 	CodeMalformedRequest   = "MALFORMED_REQUEST"      // 400: the request (not an event in it) is malformed
+	CodeClockSkew          = "CLOCK_SKEW"             // 400: ts_unix_ms is further than --max-clock-skew from the gateway's clock
 	CodeBodyTooLarge       = "BODY_TOO_LARGE"         // 413: the body exceeds --max-body-bytes
 	CodeTooManyEvents      = "TOO_MANY_EVENTS"        // 413: more events than --max-batch-events in one request
 	CodeUnsupportedMedia   = "UNSUPPORTED_MEDIA_TYPE" // 415

@@ -174,6 +174,9 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p Principa
 		if err == nil && !p.AllowsManifest(ev.Manifest) {
 			err = p.manifestError(ev.Manifest)
 		}
+		if err == nil {
+			err = s.checkClock(ev)
+		}
 		if err == nil && ev.Type == envelope.ApprovalDecided && !p.can(RoleOperator) {
 			// An agent must not settle its own approvals: the decider
 			// honours any APPROVAL_DECIDED of the session.

@@ -112,6 +112,10 @@ func (s *Server) handleProposal(w http.ResponseWriter, r *http.Request, p Princi
 		writeError(w, p.manifestError(ev.Manifest))
 		return
 	}
+	if err := s.checkClock(ev); err != nil {
+		writeError(w, err)
+		return
+	}
 	if err := s.admit(ev.TenantID, 1); err != nil {
 		writeError(w, err)
 		return

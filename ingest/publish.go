@@ -160,6 +160,22 @@ func (s *Server) decodeClient(raw []byte) (ev *envelope.Event, assign bool, err 
 	return ev, true, nil
 }
 
+// checkClock refuses an event stamped further than --max-clock-skew from
+// the gateway's clock (docs/api.md#clock-skew).
+func (s *Server) checkClock(ev *envelope.Event) error {
+	if s.cfg.MaxClockSkew <= 0 {
+		return nil
+	}
+	// ts_unix_ms > 0 (the decoder) and now > 0: the difference cannot overflow.
+	now := s.now().UnixMilli()
+	d := ev.TsUnixMs - now
+	if d > s.cfg.MaxClockSkew.Milliseconds() || -d > s.cfg.MaxClockSkew.Milliseconds() {
+		return errf(http.StatusBadRequest, CodeClockSkew, "ts_unix_ms %d is %+d ms from the gateway's clock (%d); at most %s either way is accepted (--max-clock-skew)",
+			ev.TsUnixMs, d, now, s.cfg.MaxClockSkew)
+	}
+	return nil
+}
+
 // normalize rewrites the top-level members of a JSON object with fix.
 // The document first passes the strict canonical gate (duplicate keys,
 // invalid UTF-8, unsafe numbers, trailing data are errors with the

@@ -171,6 +171,8 @@ func TestLimitsThatDisableABoundAreRefused(t *testing.T) {
 		{"--max-body-bytes", "9223372036854775807"},
 		{"--max-body-bytes", "2048"}, // below one event of --max-event-bytes
 		{"--rate-limit", "NaN"},
+		{"--max-clock-skew", "-1s"},
+		{"--max-clock-skew", "500ms"}, // below the resolution of clocks it is meant for
 		{"--rate-limit", "+Inf"},
 		{"--dev", "--target", "all,mcp-proxy", "--mcp-upstream-cmd", "server", "--mcp-max-message-bytes", "9223372036854775807"},
 		{"--dev", "--target", "all,mcp-proxy", "--mcp-upstream-cmd", "server", "--mcp-max-upstream-bytes", "9223372036854775807"},
