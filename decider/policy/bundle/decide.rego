@@ -264,9 +264,11 @@ complete_state if {
 	is_number(s.steps)
 	is_number(s.tool_calls)
 	is_number(s.first_ts_ms)
+	is_number(s.last_ts_ms)
 	is_number(s.consecutive_errors)
 	is_boolean(s.tainted)
 	is_boolean(s.loop.detected)
+	is_boolean(s.terminated)
 }
 
 # cls is the classification of the proposed tool (network, exec, high_risk,

@@ -201,8 +201,8 @@ test_minimal_input if {
 	d := decide.decision with input as {
 		"event": {"event_type": "TOOL_CALL_PROPOSED", "ts_unix_ms": 2000,
 		          "payload": {"tool_name": "rm", "call_id": "c1", "args": {}}},
-		"snapshot": {"events": 0, "steps": 0, "tool_calls": 0, "first_ts_ms": 0,
-		             "tainted": false, "consecutive_errors": 0, "loop": {"detected": false}},
+		"snapshot": {"events": 0, "steps": 0, "tool_calls": 0, "first_ts_ms": 0, "last_ts_ms": 0,
+		             "tainted": false, "consecutive_errors": 0, "loop": {"detected": false}, "terminated": false},
 		"manifest": {"permissions": {"tools": ["search"]}},
 		"call_digest": "d1",
 	}
@@ -210,8 +210,8 @@ test_minimal_input if {
 	s := decide.decision with input as {
 		"event": {"event_type": "TOOL_CALL_PROPOSED", "ts_unix_ms": 2000,
 		          "payload": {"tool_name": "search", "call_id": "c1", "args": {}}},
-		"snapshot": {"events": 0, "steps": 0, "tool_calls": 0, "first_ts_ms": 0,
-		             "tainted": false, "consecutive_errors": 0, "loop": {"detected": false}},
+		"snapshot": {"events": 0, "steps": 0, "tool_calls": 0, "first_ts_ms": 0, "last_ts_ms": 0,
+		             "tainted": false, "consecutive_errors": 0, "loop": {"detected": false}, "terminated": false},
 		"manifest": {"permissions": {"tools": ["search"]}},
 		"call_digest": "d1",
 	}
@@ -221,7 +221,7 @@ test_minimal_input if {
 # A snapshot without a field the rules compare fails closed. (object.union
 # merges nested objects, so the snapshot is removed before it is replaced.)
 test_incomplete_snapshot_denied if {
-	every field in ["events", "steps", "tool_calls", "first_ts_ms", "consecutive_errors", "tainted", "loop"] {
+	every field in ["events", "steps", "tool_calls", "first_ts_ms", "last_ts_ms", "consecutive_errors", "tainted", "loop", "terminated"] {
 		inp := input_for("search", {})
 		partial := object.remove(inp.snapshot, [field])
 		reason_for(object.union(object.remove(inp, ["snapshot"]), {"snapshot": partial})) == "POLICY_ERROR"
