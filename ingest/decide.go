@@ -114,7 +114,6 @@ func (s *Server) completeDecideRequest(req map[string]json.RawMessage, tenant st
 		_ = json.Unmarshal(v, &lastSeq)
 	}
 	now := s.now().UnixMilli()
-	var ts int64
 	fixed, err := s.normalize(raw, func(m map[string]json.RawMessage) error {
 		if _, ok := m["tenant_id"]; !ok {
 			m["tenant_id"], _ = json.Marshal(tenant)
@@ -125,10 +124,7 @@ func (s *Server) completeDecideRequest(req map[string]json.RawMessage, tenant st
 		if _, ok := m["seq"]; !ok {
 			m["seq"], _ = json.Marshal(lastSeq + 1)
 		}
-		if v, ok := m["ts_unix_ms"]; ok {
-			_ = json.Unmarshal(v, &ts)
-		} else {
-			ts = now
+		if _, ok := m["ts_unix_ms"]; !ok {
 			m["ts_unix_ms"], _ = json.Marshal(now)
 		}
 		return nil
@@ -183,7 +179,8 @@ func (s *Server) completeDecideRequest(req map[string]json.RawMessage, tenant st
 	}
 	translated["steps"], translated["tool_calls"], translated["events"] = steps, calls, events
 	if events > 0 {
-		translated["first_ts_ms"], translated["last_ts_ms"] = ts-wall, ts
+		// The event time as decoded: the client may spell it 1.7e12.
+		translated["first_ts_ms"], translated["last_ts_ms"] = ev.TsUnixMs-wall, ev.TsUnixMs
 		translated["last_seq"] = ev.Seq - 1
 	}
 	req["snapshot"], _ = json.Marshal(translated)

@@ -2,6 +2,7 @@ package ingest
 
 import (
 	"net/http"
+	"strings"
 	"testing"
 
 	"aegis.dev/aegis/schemas/envelope"
@@ -96,5 +97,30 @@ func TestDecideSameAsAegisctl(t *testing.T) {
 	}
 	if d != *want {
 		t.Fatalf("http %+v\nctl  %+v", d, *want)
+	}
+}
+
+// TestDecideReferenceSnapshotAtDecodedTime: a reference-shape snapshot is
+// translated at the event time the decoder reads, however the client
+// spells the number (1.7672256e12 is 1767225600000), so one event gets
+// one decision.
+func TestDecideReferenceSnapshotAtDecodedTime(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{dev: true, noDecider: true})
+	var want envelope.Decision
+	for i, ts := range []string{`1767225600000`, `1.7672256e12`, `1767225600000.0`} {
+		body := strings.Replace(quickStartDecide, `"event_type": "TOOL_CALL_PROPOSED",`, `"event_type": "TOOL_CALL_PROPOSED", "ts_unix_ms": `+ts+`,`, 1)
+		var d envelope.Decision
+		if r := h.do(t, "POST", "/v1/policy/decide", "", "application/json", body, &d); r.StatusCode != http.StatusOK {
+			t.Fatalf("ts %s: status %d", ts, r.StatusCode)
+		}
+		if i == 0 {
+			if d.Outcome != envelope.Allow {
+				t.Fatalf("ts %s: %+v", ts, d)
+			}
+			want = d
+		} else if d != want {
+			t.Fatalf("ts %s: %+v, want %+v", ts, d, want)
+		}
 	}
 }
