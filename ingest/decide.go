@@ -115,16 +115,16 @@ func (s *Server) completeDecideRequest(req map[string]json.RawMessage, tenant st
 	}
 	now := s.now().UnixMilli()
 	fixed, err := s.normalize(raw, func(m map[string]json.RawMessage) error {
-		if _, ok := m["tenant_id"]; !ok {
+		if _, ok := given(m, "tenant_id"); !ok {
 			m["tenant_id"], _ = json.Marshal(tenant)
 		}
-		if _, ok := m["session_id"]; !ok {
+		if _, ok := given(m, "session_id"); !ok {
 			m["session_id"] = json.RawMessage(`"stateless"`)
 		}
-		if _, ok := m["seq"]; !ok {
+		if _, ok := given(m, "seq"); !ok {
 			m["seq"], _ = json.Marshal(lastSeq + 1)
 		}
-		if _, ok := m["ts_unix_ms"]; !ok {
+		if _, ok := given(m, "ts_unix_ms"); !ok {
 			m["ts_unix_ms"], _ = json.Marshal(now)
 		}
 		return nil

@@ -60,6 +60,7 @@ func TestDecideRolesAndManifests(t *testing.T) {
 	}{
 		{"agent under the registry", "acme-agent", `{"event":{"event_type":"TOOL_CALL_PROPOSED","payload":{"tool_name":"read_file","call_id":"c1"}}}`, 200, "", envelope.Allow, "OK"},
 		{"registry denies undeclared", "acme-agent", undeclared, 200, "", envelope.Deny, "PERMISSION_UNDECLARED"},
+		{"null members are filled in", "acme-agent", `{"event":{"tenant_id":null,"session_id":null,"seq":null,"ts_unix_ms":null,"event_type":"TOOL_CALL_PROPOSED","payload":{"tool_name":"read_file","call_id":"c1"}}}`, 200, "", envelope.Allow, "OK"},
 		{"agent may not bring a manifest", "acme-agent", quickStartDecide, 403, CodeManifestNotAllowed, "", ""},
 		{"operator may test a manifest", "acme-operator", quickStartDecide, 200, "", envelope.Allow, "OK"},
 		{"auditor asks under the registry", "acme-auditor", undeclared, 200, "", envelope.Deny, "PERMISSION_UNDECLARED"},

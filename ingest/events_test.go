@@ -153,6 +153,29 @@ func TestEventsBatchShapes(t *testing.T) {
 	}
 }
 
+// TestEventsSeqNullOrZeroIsAssigned: a null member counts as absent
+// (docs/envelope.md), and 0 is 0 however it is spelt, so "seq": null, -0
+// and 0.0 ask for a gateway-assigned seq like an absent seq and 0 do.
+func TestEventsSeqNullOrZeroIsAssigned(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{dev: true})
+	good := ev("acme", "z1", 1, "MODEL_CALL_STARTED", `{}`)
+	for i, seq := range []string{`"seq":0,`, `"seq":null,`, `"seq":-0,`, `"seq":0.0,`, `"seq":0e3,`, ``} {
+		var resp EventsResponse
+		r := h.do(t, "POST", "/v1/events", "", "application/json", strings.Replace(good, `"seq":1,`, seq, 1), &resp)
+		if r.StatusCode != 202 || len(resp.Results) != 1 || resp.Results[0].Seq != uint64(i+1) {
+			t.Fatalf("%s: status %d, body %+v %+v", seq, r.StatusCode, resp, resp.Error)
+		}
+	}
+	// Any other seq is the client's own, and must be valid.
+	for _, seq := range []string{`"seq":-1,`, `"seq":0.5,`, `"seq":"0",`} {
+		var resp errResp
+		if r := h.do(t, "POST", "/v1/events", "", "application/json", strings.Replace(good, `"seq":1,`, seq, 1), &resp); r.StatusCode != 400 || resp.Error.Code != "INVALID_FIELD" {
+			t.Fatalf("%s: got %d %+v", seq, r.StatusCode, resp.Error)
+		}
+	}
+}
+
 func TestRateLimitRetryAfter(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{cfg: func(c *Config) { c.RateLimit, c.RateBurst = 0.5, 2 }})

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"aegis.dev/aegis/decider"
+	"aegis.dev/aegis/schemas/canon"
 	"aegis.dev/aegis/schemas/envelope"
 )
 
@@ -68,7 +69,10 @@ func (s *Server) handleProposal(w http.ResponseWriter, r *http.Request, p Princi
 	fixed, err := s.normalize(body, func(m map[string]json.RawMessage) error {
 		set := func(k string, v any) error {
 			want, _ := json.Marshal(v)
-			if got, ok := m[k]; ok && string(got) != string(want) {
+			if c, err := canon.Append(nil, want); err == nil {
+				want = c
+			}
+			if got, ok := given(m, k); ok && string(got) != string(want) {
 				return errf(http.StatusBadRequest, CodeMalformedRequest, "%s %s does not match the request (%s)", k, got, want)
 			}
 			m[k] = want
@@ -89,10 +93,10 @@ func (s *Server) handleProposal(w http.ResponseWriter, r *http.Request, p Princi
 		if err := set("event_type", envelope.ToolCallProposed); err != nil {
 			return err
 		}
-		if v, ok := m["seq"]; !ok || string(v) == "0" {
+		if v, ok := given(m, "seq"); !ok || string(v) == "0" {
 			assign, m["seq"] = true, json.RawMessage("1")
 		}
-		if _, ok := m["ts_unix_ms"]; !ok {
+		if _, ok := given(m, "ts_unix_ms"); !ok {
 			m["ts_unix_ms"], _ = json.Marshal(s.now().UnixMilli())
 		}
 		return nil

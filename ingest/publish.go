@@ -133,8 +133,8 @@ func brokerError(err error) error {
 }
 
 // decodeClient decodes one event a client sent. A seq of 0 or an absent
-// seq asks the gateway to assign it (assign is then true and ev.Seq is a
-// placeholder).
+// (or null) seq asks the gateway to assign it (assign is then true and
+// ev.Seq is a placeholder).
 func (s *Server) decodeClient(raw []byte) (ev *envelope.Event, assign bool, err error) {
 	ev, err = s.dec.Decode(raw)
 	if err == nil {
@@ -145,7 +145,7 @@ func (s *Server) decodeClient(raw []byte) (ev *envelope.Event, assign bool, err 
 		return nil, false, err
 	}
 	fixed, ferr := s.normalize(raw, func(m map[string]json.RawMessage) error {
-		if v, ok := m["seq"]; ok && string(v) != "0" {
+		if v, ok := given(m, "seq"); ok && string(v) != "0" {
 			return err
 		}
 		m["seq"] = json.RawMessage("1")
@@ -199,6 +199,21 @@ func (s *Server) normalize(raw []byte, fix func(map[string]json.RawMessage) erro
 		return nil, err
 	}
 	return json.Marshal(m)
+}
+
+// given returns the canonical form of the member k of m (as normalize
+// passes it to fix) and whether it is there: a null member counts as
+// absent, as it does for the decoder (docs/envelope.md), and a value is
+// compared as the decoder reads it, so "seq": -0 and 0.0 are 0.
+func given(m map[string]json.RawMessage, k string) (json.RawMessage, bool) {
+	v, ok := m[k]
+	if !ok || string(v) == "null" {
+		return nil, false
+	}
+	if c, err := canon.Append(nil, v); err == nil {
+		v = c
+	}
+	return v, true
 }
 
 // rejected builds the error response of a pipeline rejection.
