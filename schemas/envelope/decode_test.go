@@ -54,6 +54,8 @@ func TestDecodeRejects(t *testing.T) {
 		{"duplicate key", base(`"seq":1,"seq":2`), CodeDuplicateKey, ""},
 		{"huge seq", base(`"seq":9007199254740993`), CodeNumberOutOfRange, ""},
 		{"huge number in payload", strings.Replace(validProposal, `"c1"`, `"c1","n":18446744073709551616`, 1), CodeNumberOutOfRange, ""},
+		{"number spelt beyond 2^53", strings.Replace(validProposal, `"c1"`, `"c1","n":1e20`, 1), CodeNumberOutOfRange, ""},
+		{"nested too deep", strings.Replace(validProposal, `"c1"`, `"c1","n":`+strings.Repeat("[", 127)+strings.Repeat("]", 127), 1), CodeInvalidJSON, ""},
 		{"unknown field", base(`"seq":1,"sequence":1`), CodeUnknownField, "sequence"},
 		{"missing tenant", strings.Replace(validProposal, `"tenant_id":"acme",`, ``, 1), CodeMissingField, "tenant_id"},
 		{"empty tenant", strings.Replace(validProposal, `"acme"`, `""`, 1), CodeInvalidField, "tenant_id"},
@@ -70,6 +72,7 @@ func TestDecodeRejects(t *testing.T) {
 		{"lowercase type", strings.Replace(validProposal, `TOOL_CALL_PROPOSED`, `tool_call_proposed`, 1), CodeUnknownEventType, "event_type"},
 		{"missing type", strings.Replace(validProposal, `"event_type":"TOOL_CALL_PROPOSED",`, ``, 1), CodeMissingField, "event_type"},
 		{"bad version", base(`"seq":1,"v":2`), CodeUnsupportedVersion, "v"},
+		{"version not an integer", base(`"seq":1,"v":"1"`), CodeInvalidField, "v"},
 		{"payload not object", strings.Replace(validProposal, `{"tool_name":"web_fetch","call_id":"c1","args":{"domain":"api.example.com"}}`, `[1]`, 1), CodeInvalidField, "payload"},
 		{"proposal without tool", strings.Replace(validProposal, `"tool_name":"web_fetch",`, ``, 1), CodeMissingField, "payload.tool_name"},
 		{"proposal tool not string", strings.Replace(validProposal, `"web_fetch"`, `7`, 1), CodeInvalidField, "payload.tool_name"},
@@ -103,6 +106,23 @@ func TestDecodeRejects(t *testing.T) {
 				t.Fatalf("Code() = %s", Code(err))
 			}
 		})
+	}
+}
+
+// TestDecodeReadsNumbersByValue: the decoder reads the canonical form, in
+// which a number is its double's value (RFC 8785), so an integral value
+// with a fraction or exponent is that integer, and nesting within
+// canon.MaxDepth is accepted.
+func TestDecodeReadsNumbersByValue(t *testing.T) {
+	for _, seq := range []string{`1.0`, `1e0`, `0.1e1`, `1.0000000000000001`} {
+		e, err := Decode([]byte(strings.Replace(validProposal, `"seq":1`, `"seq":`+seq, 1)))
+		if err != nil || e.Seq != 1 {
+			t.Fatalf("seq %s: %v", seq, err)
+		}
+	}
+	deep := strings.Replace(validProposal, `"c1"`, `"c1","n":`+strings.Repeat("[", 126)+strings.Repeat("]", 126), 1)
+	if _, err := Decode([]byte(deep)); err != nil {
+		t.Fatalf("128 levels: %v", err)
 	}
 }
 
