@@ -176,6 +176,30 @@ func TestEventsSeqNullOrZeroIsAssigned(t *testing.T) {
 	}
 }
 
+// TestEventsAssignedSeqSizedAsSent: an event whose seq the gateway
+// assigns, or a proposal, is held to the size limit as the client wrote it
+// (and as canonical JSON writes it), not as json.Marshal rewrites it with
+// "<" as the six bytes "\u003c".
+func TestEventsAssignedSeqSizedAsSent(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{dev: true})
+	blob := strings.Repeat("<&>", 70<<10) // 210 KiB, 1.2 MiB escaped
+	for _, seq := range []int{1, 0} {
+		var resp EventsResponse
+		r := h.do(t, "POST", "/v1/events", "", "application/json", ev("acme", "big", seq, "MODEL_CALL_STARTED", `{"html":"`+blob+`"}`), &resp)
+		if r.StatusCode != 202 || resp.Results[0].Seq != uint64(2-seq) {
+			t.Fatalf("seq %d: status %d, %+v %+v", seq, r.StatusCode, resp.Results, resp.Error)
+		}
+	}
+	var out struct {
+		ProposalResponse
+		Error ErrorDetail `json:"error"`
+	}
+	if r := h.do(t, "POST", "/v1/sessions/big/proposals", "", "application/json", `{"payload":{"tool_name":"search","call_id":"c1","args":{"q":"`+blob+`"}}}`, &out); r.StatusCode != 200 || out.Seq != 1 {
+		t.Fatalf("proposal: status %d, %+v", r.StatusCode, out)
+	}
+}
+
 func TestRateLimitRetryAfter(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t, harnessOpts{cfg: func(c *Config) { c.RateLimit, c.RateBurst = 0.5, 2 }})

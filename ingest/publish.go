@@ -198,7 +198,14 @@ func (s *Server) normalize(raw []byte, fix func(map[string]json.RawMessage) erro
 	if err := fix(m); err != nil {
 		return nil, err
 	}
-	return json.Marshal(m)
+	b, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	// json.Marshal writes "<", ">", "&", U+2028 and U+2029 as six-byte
+	// escapes: the result is held to the size limit in canonical form,
+	// as the decider holds the event.
+	return canon.Append(nil, b)
 }
 
 // given returns the canonical form of the member k of m (as normalize
