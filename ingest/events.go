@@ -68,6 +68,11 @@ func (s *Server) readBody(w http.ResponseWriter, r *http.Request, allowed ...str
 	return mt, body, nil
 }
 
+// jsonSpace is the white space JSON allows around a value (RFC 8259);
+// bytes.TrimSpace would also drop \v, \f, U+0085, U+00A0, U+2028, … so
+// that an event with such bytes around it was accepted.
+const jsonSpace = " \t\r\n"
+
 // splitEvents splits a body into its events: one JSON object, a JSON
 // array of objects, or NDJSON (one object per non-blank line). It stops at
 // the first event over max (TOO_MANY_EVENTS), so that a body of millions of
@@ -79,7 +84,7 @@ func splitEvents(mt string, body []byte, max int) ([][]byte, error) {
 	if mt == mediaNDJSON {
 		var out [][]byte
 		for line := range bytes.SplitSeq(body, []byte("\n")) {
-			if line = bytes.TrimSpace(line); len(line) > 0 {
+			if line = bytes.Trim(line, jsonSpace); len(line) > 0 {
 				if len(out) == max {
 					return nil, tooMany()
 				}
@@ -91,7 +96,7 @@ func splitEvents(mt string, body []byte, max int) ([][]byte, error) {
 		}
 		return out, nil
 	}
-	trimmed := bytes.TrimSpace(body)
+	trimmed := bytes.Trim(body, jsonSpace)
 	if len(trimmed) == 0 {
 		return nil, errf(http.StatusBadRequest, CodeMalformedRequest, "empty body")
 	}
