@@ -23,6 +23,7 @@ type jsonSchema struct {
 	Items                *jsonSchema            `json:"items"`
 	UniqueItems          bool                   `json:"uniqueItems"`
 	AnyOf                []*jsonSchema          `json:"anyOf"`
+	Not                  *jsonSchema            `json:"not"`
 	Pattern              string                 `json:"pattern"`
 	MinLength            *int                   `json:"minLength"`
 	MaxLength            *int                   `json:"maxLength"`
@@ -56,6 +57,9 @@ func (s *jsonSchema) accepts(tb testing.TB, v string) bool {
 		return false
 	}
 	if s.Pattern != "" && !regexp.MustCompile(s.Pattern).MatchString(v) {
+		return false
+	}
+	if s.Not != nil && s.Not.accepts(tb, v) {
 		return false
 	}
 	if len(s.AnyOf) > 0 {
@@ -156,7 +160,7 @@ func TestSchemaAgreesWithValidator(t *testing.T) {
 			[]string{"example.com", "a.b.c.example.com", "localhost", "10.0.0.1", "xn--bcher-kva.example", "a-b.example.com", "*.example.com", "*.a.example.com",
 				long(63, "a") + ".com", strings.Repeat(long(62, "a")+".", 4) + "a", "*." + strings.Repeat(long(62, "a")+".", 4) + "a",
 				"", "*", "*.", "*.com", "*example.com", "a.*.com", "*.*.example.com", "EXAMPLE.com", "example.com.", ".example.com", "a..b", "-a.com", "a-.com", "a_b.com",
-				"https://example.com", "example.com:443", "example.com/x", "::1", "[::1]", long(64, "a") + ".com", strings.Repeat(long(62, "a")+".", 4) + "ab", "é.com"}},
+				"https://example.com", "example.com:443", "example.com/x", "::1", "[::1]", "*.0.1", "*.169.254", "*.example.123", "*.example.x1", "*.0.0x1", "*.a.0x", "*.a.0xg", long(64, "a") + ".com", strings.Repeat(long(62, "a")+".", 4) + "ab", "é.com"}},
 		{"permissions.exec.allowed_bins[0]", perm.Properties["exec"].Properties["allowed_bins"].Items, func(m *Manifest, v string) { m.Permissions.Exec.AllowedBins = []string{v} },
 			[]string{"git", "/usr/bin/python3", "*", "", "a b", "a\nb"}},
 		{"sandbox.image", s.Properties["sandbox"].Properties["image"], func(m *Manifest, v string) { m.Sandbox.Image = v },

@@ -216,7 +216,7 @@ func isLowerHex(s string, n int) bool {
 
 // domainProblem returns the code and problem of a bad permissions.net.domains
 // entry, or an empty problem if d is an exact host name or "*." followed by
-// a host name of at least two labels.
+// a host name of at least two labels whose last label is not a number.
 func domainProblem(d string) (Code, string) {
 	switch {
 	case d == "":
@@ -244,7 +244,24 @@ func domainProblem(d string) (Code, string) {
 	if wildcard && !strings.Contains(host, ".") {
 		return CodeInvalidValue, fmt.Sprintf(`%q would match a whole top-level domain: name at least two labels after "*."`, d)
 	}
+	if wildcard && ipv4Number(host[strings.LastIndexByte(host, '.')+1:]) {
+		// No top-level domain is a number: URL parsers read a host whose
+		// last label is one as an IPv4 address, so "*.0.1" would match
+		// 127.0.0.1 and 10.0.0.1 rather than any sub-domain.
+		return CodeInvalidValue, fmt.Sprintf(`%q ends in a numeric label: it would match IPv4 addresses (list an address as an exact entry)`, d)
+	}
 	return "", ""
+}
+
+// ipv4Number reports whether a lowercase label is a number in the sense of
+// the WHATWG URL standard's IPv4 parser: decimal digits, or "0x" followed
+// by hexadecimal digits (possibly none). A host whose last label is such a
+// number is parsed as an IPv4 address.
+func ipv4Number(label string) bool {
+	if hex, ok := strings.CutPrefix(label, "0x"); ok {
+		return isLowerHex(hex, len(hex))
+	}
+	return numeric(label)
 }
 
 // hostProblem returns why h is not a lowercase host name (labels of 1..63

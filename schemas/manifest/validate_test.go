@@ -129,6 +129,10 @@ func TestValidate(t *testing.T) {
 		{"domain with space", func(m *Manifest) { m.Permissions.Net.Domains[0] = "api example.com" }, []want{{"permissions.net.domains[0]", CodeInvalidValue, "only a-z, 0-9"}}},
 		{"domain duplicate", func(m *Manifest) { m.Permissions.Net.Domains = append(m.Permissions.Net.Domains, "*.wikipedia.org") }, []want{{"permissions.net.domains[2]", CodeDuplicateValue, "already listed at permissions.net.domains[1]"}}},
 		{"domain single label and IPv4", func(m *Manifest) { m.Permissions.Net.Domains = []string{"localhost", "10.0.0.1"} }, nil},
+		{"domain star over IPv4 addresses", func(m *Manifest) { m.Permissions.Net.Domains[1] = "*.0.1" }, []want{{"permissions.net.domains[1]", CodeInvalidValue, "IPv4"}}},
+		{"domain star over a numeric top-level label", func(m *Manifest) { m.Permissions.Net.Domains[1] = "*.example.123" }, []want{{"permissions.net.domains[1]", CodeInvalidValue, "IPv4"}}},
+		{"domain star over a hexadecimal last label", func(m *Manifest) { m.Permissions.Net.Domains[1] = "*.0.0x1" }, []want{{"permissions.net.domains[1]", CodeInvalidValue, "IPv4"}}},
+		{"domain star with digits in the last label", func(m *Manifest) { m.Permissions.Net.Domains[1] = "*.example.x1" }, nil},
 
 		{"bin empty", func(m *Manifest) { m.Permissions.Exec.AllowedBins[0] = "" }, []want{{"permissions.exec.allowed_bins[0]", CodeRequired, "must not be empty"}}},
 		{"bin with space", func(m *Manifest) { m.Permissions.Exec.AllowedBins[1] = "python3 -c" }, []want{{"permissions.exec.allowed_bins[1]", CodeInvalidValue, "whitespace"}}},
