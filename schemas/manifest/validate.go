@@ -5,6 +5,7 @@ import (
 	"regexp"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 )
 
 // Limits enforced by Validate. A budget of 0 means "use the default"; a
@@ -77,6 +78,8 @@ func (m *Manifest) validate() []FieldError {
 		p.add("publisher", CodeRequired, "is required")
 	case len(m.Publisher) > MaxTextLen:
 		p.add("publisher", CodeOutOfRange, "must be at most %d bytes", MaxTextLen)
+	case !utf8.ValidString(m.Publisher):
+		p.add("publisher", CodeInvalidValue, "must be valid UTF-8")
 	case hasControl(m.Publisher):
 		p.add("publisher", CodeInvalidValue, "must not contain control characters")
 	}
@@ -184,14 +187,19 @@ func (b *Budgets) validate(p *problems) {
 	}
 }
 
-// checkToken reports an empty, over-long or whitespace-bearing string and
-// returns whether s passed.
+// checkToken reports an empty, over-long, invalid UTF-8 or whitespace-bearing
+// string and returns whether s passed. Invalid UTF-8 reaches Validate only
+// from a manifest built in code (Parse rejects it); json.Marshal would write
+// it as U+FFFD, so two manifests that decide differently would share one
+// digest.
 func checkToken(p *problems, path, s string) bool {
 	switch {
 	case s == "":
 		p.add(path, CodeRequired, "must not be empty")
 	case len(s) > MaxTextLen:
 		p.add(path, CodeOutOfRange, "must be at most %d bytes", MaxTextLen)
+	case !utf8.ValidString(s):
+		p.add(path, CodeInvalidValue, "%q must be valid UTF-8", s)
 	case strings.IndexFunc(s, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }) >= 0:
 		p.add(path, CodeInvalidValue, "%q must not contain whitespace or control characters", s)
 	default:

@@ -98,12 +98,15 @@ func TestValidate(t *testing.T) {
 		{"publisher missing", func(m *Manifest) { m.Publisher = "" }, []want{{"publisher", CodeRequired, "is required"}}},
 		{"publisher blank", func(m *Manifest) { m.Publisher = "  " }, []want{{"publisher", CodeRequired, "is required"}}},
 		{"publisher too long", func(m *Manifest) { m.Publisher = strings.Repeat("p", 257) }, []want{{"publisher", CodeOutOfRange, "at most 256"}}},
+		{"publisher invalid UTF-8", func(m *Manifest) { m.Publisher = "Example \xffCorp" }, []want{{"publisher", CodeInvalidValue, "UTF-8"}}},
 		{"publisher control character", func(m *Manifest) { m.Publisher = "Example\nCorp" }, []want{{"publisher", CodeInvalidValue, "control characters"}}},
 
 		{"tool empty", func(m *Manifest) { m.Permissions.Tools[1] = "" }, []want{{"permissions.tools[1]", CodeRequired, "must not be empty"}}},
 		{"tool with space", func(m *Manifest) { m.Permissions.Tools[0] = "web search" }, []want{{"permissions.tools[0]", CodeInvalidValue, "whitespace"}}},
 		{"tool wildcard", func(m *Manifest) { m.Permissions.Tools[0] = "*" }, []want{{"permissions.tools[0]", CodeInvalidValue, "no wildcards"}}},
 		{"tool too long", func(m *Manifest) { m.Permissions.Tools[0] = strings.Repeat("t", 257) }, []want{{"permissions.tools[0]", CodeOutOfRange, "at most 256"}}},
+		{"tool invalid UTF-8", func(m *Manifest) { m.Permissions.Tools[0] = "search\xff" }, []want{{"permissions.tools[0]", CodeInvalidValue, "UTF-8"}}},
+		{"bin invalid UTF-8", func(m *Manifest) { m.Permissions.Exec.AllowedBins[0] = "git\xc3" }, []want{{"permissions.exec.allowed_bins[0]", CodeInvalidValue, "UTF-8"}}},
 		{"tool duplicate", func(m *Manifest) { m.Permissions.Tools = append(m.Permissions.Tools, "search") }, []want{{"permissions.tools[3]", CodeDuplicateValue, "already declared at permissions.tools[0]"}}},
 
 		{"domain empty", func(m *Manifest) { m.Permissions.Net.Domains[0] = "" }, []want{{"permissions.net.domains[0]", CodeRequired, "must not be empty"}}},
