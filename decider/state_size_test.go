@@ -28,7 +28,7 @@ func TestWorstCaseStateRecordFitsItsTopic(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := `{"schema":"aegis.dev/manifest/v0.1","name":"m","version":"1.0.0","publisher":"p","permissions":{"tools":["send_email"],` +
-		`"approval_required":["send_email"],"budgets":{"max_tool_calls":100000,"max_steps":100000,"max_wall_time_ms":86400000}}}`
+		`"approval_required":["send_email"],"budgets":{"max_tool_calls":4096,"max_steps":100000,"max_wall_time_ms":86400000}}}`
 	if err := os.WriteFile(filepath.Join(dir, "acme", "default.json"), []byte(m), 0o644); err != nil {
 		t.Fatal(err)
 	}

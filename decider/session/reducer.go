@@ -21,7 +21,9 @@ const (
 	MaxRecentTools = 13
 	// MaxCallDigests bounds the identical-call table; once full, new
 	// distinct calls are not tracked (identical repeats of tracked calls
-	// still are).
+	// still are). A manifest's max_tool_calls is at most this
+	// (manifest.MaxMaxToolCalls), so the tool-call budget runs out before
+	// an untracked call could be repeated.
 	MaxCallDigests = 4096
 	// MaxTaintSources bounds the list of taint sources kept for audit.
 	MaxTaintSources = 32

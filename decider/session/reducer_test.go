@@ -10,6 +10,7 @@ import (
 
 	"aegis.dev/aegis/schemas/canon"
 	"aegis.dev/aegis/schemas/envelope"
+	"aegis.dev/aegis/schemas/manifest"
 )
 
 // ev builds the next event of session t/s.
@@ -404,5 +405,17 @@ func TestApprovedCallIDWithOtherArguments(t *testing.T) {
 	apply(t, s, ev(4, 40, envelope.ApprovalDecided, `{"call_id":"c1","decision":"allow","args_digest":"`+a.ArgsDigest+`"}`))
 	if st := s.Approvals["c1"].State; st != ApprovalApproved {
 		t.Fatalf("the decision for the new arguments: %s", st)
+	}
+}
+
+// TestCallTableHoldsEveryToolCallBudget: the identical-call table holds as
+// many distinct calls as the largest tool-call budget a manifest may set.
+// Otherwise a session could fill the table with distinct proposals (denied
+// ones count too) and then repeat an untracked call without end: the
+// policy's max_identical_calls check sees no count for it.
+func TestCallTableHoldsEveryToolCallBudget(t *testing.T) {
+	if manifest.MaxMaxToolCalls > MaxCallDigests {
+		t.Fatalf("manifest.MaxMaxToolCalls = %d exceeds MaxCallDigests = %d: max_identical_calls goes unenforced past the table",
+			manifest.MaxMaxToolCalls, MaxCallDigests)
 	}
 }

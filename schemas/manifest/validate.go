@@ -12,7 +12,7 @@ import (
 // budget above its maximum is rejected rather than clamped.
 const (
 	MaxMaxSteps          = 100000
-	MaxMaxToolCalls      = 100000
+	MaxMaxToolCalls      = 4096     // distinct calls the decider counts for max_identical_calls (session.MaxCallDigests)
 	MaxMaxWallTimeMs     = 86400000 // 24 h
 	MaxMaxOutputBytes    = 1 << 30  // 1 GiB
 	MaxTimeoutMs         = 3600000  // 1 h

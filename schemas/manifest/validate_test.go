@@ -154,7 +154,7 @@ func TestValidate(t *testing.T) {
 		{"budget negative timeout", func(m *Manifest) { m.Permissions.Budgets.TimeoutMs = -1 }, []want{{"permissions.budgets.timeout_ms", CodeOutOfRange, "must be >= 0"}}},
 		{"budget negative wall time", func(m *Manifest) { m.Permissions.Budgets.MaxWallTimeMs = -1 }, []want{{"permissions.budgets.max_wall_time_ms", CodeOutOfRange, "must be >= 0"}}},
 		{"budget steps too high", func(m *Manifest) { m.Permissions.Budgets.MaxSteps = MaxMaxSteps + 1 }, []want{{"permissions.budgets.max_steps", CodeOutOfRange, "at most 100000"}}},
-		{"budget tool calls too high", func(m *Manifest) { m.Permissions.Budgets.MaxToolCalls = MaxMaxToolCalls + 1 }, []want{{"permissions.budgets.max_tool_calls", CodeOutOfRange, "at most 100000"}}},
+		{"budget tool calls too high", func(m *Manifest) { m.Permissions.Budgets.MaxToolCalls = MaxMaxToolCalls + 1 }, []want{{"permissions.budgets.max_tool_calls", CodeOutOfRange, "at most 4096"}}},
 		{"budget wall time too high", func(m *Manifest) { m.Permissions.Budgets.MaxWallTimeMs = MaxMaxWallTimeMs + 1 }, []want{{"permissions.budgets.max_wall_time_ms", CodeOutOfRange, "at most 86400000"}}},
 		{"budget output too high", func(m *Manifest) { m.Permissions.Budgets.MaxOutputBytes = 1 << 40 }, []want{{"permissions.budgets.max_output_bytes", CodeOutOfRange, "at most 1073741824"}}},
 		{"budget identical calls too high", func(m *Manifest) { m.Permissions.Budgets.MaxIdenticalCalls = 1001 }, []want{{"permissions.budgets.max_identical_calls", CodeOutOfRange, "at most 1000"}}},
