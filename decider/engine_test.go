@@ -178,6 +178,53 @@ func TestTerminatedSessionDecidesNothing(t *testing.T) {
 	}
 }
 
+// TestApprovedCallRunsUnderOneIdenticalCall: with max_identical_calls 1,
+// an approval-required call runs once after its approval. The proposal
+// that asked for the approval is not counted against it; before, the
+// approved call was its own second identical call, denied LOOP_DETECTED,
+// and the sticky loop flag ended the session.
+func TestApprovedCallRunsUnderOneIdenticalCall(t *testing.T) {
+	pe, err := policy.New(policy.Default())
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &manifest.Manifest{Schema: manifest.Schema, Name: "once", Version: "1.0.0", Publisher: "acme",
+		Permissions: manifest.Permissions{Tools: []string{"send_email"}, ApprovalRequired: []string{"send_email"},
+			Budgets: manifest.Budgets{MaxIdenticalCalls: 1}}}
+	reg, err := manifest.NewRegistry(nil, map[string]*manifest.Manifest{"acme": m})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := NewEngine(pe, reg)
+	ctx := context.Background()
+	snap := session.New("acme", "s")
+	step := func(ev *envelope.Event) {
+		t.Helper()
+		if err := e.Step(ctx, snap, ev); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ask := proposal("acme", 1, "send_email", `{"to":"a@example.com"}`)
+	step(ask)
+	if ask.Decision.Outcome != envelope.RequireApproval {
+		t.Fatalf("first proposal: %+v, want require_approval", ask.Decision)
+	}
+	grant := fmt.Sprintf(`{"call_id":"c1","decision":"allow","tool_name":"send_email","args_digest":%q}`, snap.Approvals["c1"].ArgsDigest)
+	step(&envelope.Event{V: 1, TenantID: "acme", SessionID: "s", Seq: 2, TsUnixMs: 1767225600002, Type: envelope.ApprovalDecided, Payload: json.RawMessage(grant)})
+	run := proposal("acme", 3, "send_email", `{"to":"a@example.com"}`)
+	run.Payload = ask.Payload // same call_id, tool and arguments
+	step(run)
+	if run.Decision.Outcome != envelope.Allow {
+		t.Fatalf("approved call: %s %s, want allow", run.Decision.Outcome, run.Decision.Reason)
+	}
+	again := proposal("acme", 4, "send_email", `{"to":"a@example.com"}`)
+	again.Payload = ask.Payload
+	step(again)
+	if again.Decision.Reason != envelope.ReasonLoopDetected {
+		t.Fatalf("second run of the approved call: %s %s, want LOOP_DETECTED", again.Decision.Outcome, again.Decision.Reason)
+	}
+}
+
 // TestBackdatedProposalStaysOverTheWallTime: once the session's events
 // span the wall-time budget, a proposal stamped earlier is still over it.
 func TestBackdatedProposalStaysOverTheWallTime(t *testing.T) {

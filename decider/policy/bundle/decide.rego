@@ -181,10 +181,11 @@ violations contains 3 if {
 	input.snapshot.last_ts_ms - input.snapshot.first_ts_ms >= input.manifest_index.budgets.max_wall_time_ms
 }
 
-# 4. A loop: the sticky flag; the (max_identical_calls+1)-th identical call;
-# no progress (too many failed results in a row); a repeated tool-name
-# sequence. The first three read input.call_digest (an input without it
-# is denied POLICY_ERROR by complete_state before they count).
+# 4. A loop: the sticky flag; the (max_identical_calls+1)-th identical call
+# (for an approved call, not counting the proposal that asked for the
+# approval); no progress (too many failed results in a row); a repeated
+# tool-name sequence. The first three read input.call_digest (an input
+# without it is denied POLICY_ERROR by complete_state before they count).
 violations contains 4 if {
 	input.snapshot.loop.detected == true
 	_ = input.call_digest
@@ -192,6 +193,14 @@ violations contains 4 if {
 
 violations contains 4 if {
 	input.snapshot.calls[input.call_digest] >= input.manifest_index.budgets.max_identical_calls
+	not approved
+}
+
+# An approved call (rule 7) was proposed once before, to ask for the
+# approval; that proposal is not counted against it, or with
+# max_identical_calls 1 an approved call could never run.
+violations contains 4 if {
+	input.snapshot.calls[input.call_digest] > input.manifest_index.budgets.max_identical_calls
 }
 
 # A call not counted yet has been seen 0 times: a loop only when

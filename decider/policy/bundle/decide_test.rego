@@ -281,3 +281,18 @@ test_egress_url_host_forms if {
 	reason_for(input_for("http_get", {"url": "https://api.example.com../"})) == "EGRESS_DENY"
 	reason_for(input_for("http_get", {"url": "https://api.example.com\nx"})) == "EGRESS_DENY"
 }
+
+# The proposal that asked for an approval is not counted against
+# max_identical_calls when the approved call is proposed: with 1, the
+# approved call runs once (it used to be its own second identical call, a
+# sticky loop), and a second run of it is a loop.
+test_approved_call_not_counted_against_its_request if {
+	m := object.union(fixture_manifest, {"permissions": {"budgets": {"max_identical_calls": 1}}})
+	approved := {"c1": {"tool_name": "send_email", "args_digest": "d1", "state": "approved"}}
+	inp := object.union(with_snapshot("send_email", {}, {"calls": {"d1": 1}, "approvals": approved}), {"manifest": m})
+	reason_for(inp) == "OK"
+	reason_for(object.union(inp, {"snapshot": {"calls": {"d1": 2}}})) == "LOOP_DETECTED"
+	pending := {"c1": {"tool_name": "send_email", "args_digest": "d1", "state": "pending"}}
+	reason_for(object.union(inp, {"snapshot": {"approvals": pending}})) == "LOOP_DETECTED"
+	reason_for(object.union(with_snapshot("search", {}, {"calls": {"d1": 1}}), {"manifest": m})) == "LOOP_DETECTED"
+}
