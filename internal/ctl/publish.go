@@ -7,6 +7,7 @@ import (
 	"fmt"
 	iofs "io/fs"
 	"strings"
+	"time"
 
 	"aegis.dev/aegis/internal/grant"
 	"aegis.dev/aegis/internal/pipeline"
@@ -19,15 +20,16 @@ import (
 const publishBatch = 1000
 
 func runPublish(ctx context.Context, env IO, args []string) int {
-	fs := newFlags(env, "publish", "--brokers HOST:PORT [--topic-prefix aegis.] [--approval-secret-file FILE] < events.ndjson")
+	fs := newFlags(env, "publish", "--brokers HOST:PORT [--topic-prefix aegis.] [--approval-secret-file FILE] [--timeout 2m] < events.ndjson")
 	brokers := fs.String("brokers", "", "comma-separated Kafka seed brokers (required)")
 	prefix := fs.String("topic-prefix", pipeline.DefaultTopicPrefix, "prefix of the pipeline's topic names")
 	secretFile := fs.String("approval-secret-file", "", "sign each APPROVAL_DECIDED with this approval secret (aegisd's --approval-secret-file), replacing any grant it carries; a decider refuses unsigned approvals")
+	timeout := fs.Duration("timeout", 2*time.Minute, "give up when the brokers have not acknowledged a batch within this long")
 	ksec := kafkaSecurity(fs)
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
-	if *brokers == "" || fs.NArg() > 0 {
+	if *brokers == "" || fs.NArg() > 0 || *timeout <= 0 {
 		fs.Usage()
 		return ExitUsage
 	}
@@ -50,7 +52,9 @@ func runPublish(ctx context.Context, env IO, args []string) int {
 	// Batches no larger than the events topic takes: one over its
 	// max.message.bytes is refused as a whole. When the broker cannot say
 	// (no topic yet), the size aegisd gives the topic by default.
-	batchBytes, err := stream.MaxMessageBytes(ctx, strings.Split(*brokers, ","), topic, cluster)
+	mctx, cancel := context.WithTimeout(ctx, *timeout)
+	batchBytes, err := stream.MaxMessageBytes(mctx, strings.Split(*brokers, ","), topic, cluster)
+	cancel()
 	if err != nil {
 		batchBytes = pipeline.MaxRecordBytes(envelope.DefaultMaxEventBytes)
 	}
@@ -66,7 +70,11 @@ func runPublish(ctx context.Context, env IO, args []string) int {
 		if len(batch) == 0 {
 			return nil
 		}
-		if err := p.Produce(ctx, batch...); err != nil {
+		// The client retries unreachable brokers for ever; the
+		// deadline turns that into exit 3.
+		bctx, cancel := context.WithTimeout(ctx, *timeout)
+		defer cancel()
+		if err := p.Produce(bctx, batch...); err != nil {
 			produceErr = err
 			return err
 		}

@@ -125,3 +125,23 @@ func TestPublishBatchesFitTheEventsTopic(t *testing.T) {
 		t.Fatalf("events topic holds %v (%v), want %d", ends, err, n)
 	}
 }
+
+// TestPublishGivesUpOnUnreachableBrokers: brokers that never acknowledge
+// (here: nothing listens) end publish with exit 3 once a batch has waited
+// --timeout, instead of retrying for ever.
+func TestPublishGivesUpOnUnreachableBrokers(t *testing.T) {
+	var out, stderr bytes.Buffer
+	line := `{"tenant_id":"acme","session_id":"s1","seq":1}` + "\n"
+	done := make(chan int, 1)
+	go func() {
+		done <- Main(context.Background(), IO{Stdin: strings.NewReader(line), Stdout: &out, Stderr: &stderr}, []string{"publish", "--brokers", "127.0.0.1:1", "--timeout", "500ms"})
+	}()
+	select {
+	case code := <-done:
+		if code != ExitRuntime || !strings.Contains(stderr.String(), "0 events acknowledged before") {
+			t.Errorf("exit %d, want %d (stderr %q)", code, ExitRuntime, stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("publish to unreachable brokers did not give up")
+	}
+}
