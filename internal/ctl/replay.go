@@ -272,6 +272,9 @@ func replayVerify(ctx context.Context, env IO, o replayOptions, st stores.Store,
 		}
 	}
 	total.OK = len(total.Failures) == 0
+	if total.Failures == nil {
+		total.Failures = []chain.Failure{} // [] in the report, as printVerify prints it
+	}
 	if o.report != "" {
 		if err := writeReportFile(o.report, total); err != nil {
 			return fail(env, ExitRuntime, "replay: %v", err)

@@ -974,3 +974,34 @@ func TestDecisionsMismatchNamesTheRowSQLite(t *testing.T) {
 func TestIntegrationDecisionsMismatchNamesTheRowClickHouse(t *testing.T) {
 	testDecisionsMismatchNamesTheRow(t, clickhouseURL)
 }
+
+// TestReplayVerifyReportIsTheJSONReport: replay --mode verify --report
+// writes the report --json prints (aegisctl verify --json's), an empty
+// failures list included, not null.
+func TestReplayVerifyReportIsTheJSONReport(t *testing.T) {
+	url := sqliteURL(t)
+	writeStore(t, url, storetest.BatchOf(t, storetest.Vectors(t)))
+	report := filepath.Join(t.TempDir(), "verify.json")
+	code, _, stderr := run(t, "", "replay", "--store", url, "--mode", "verify", "--report", report)
+	if code != ExitOK {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	code, out, stderr := run(t, "", "replay", "--store", url, "--mode", "verify", "--json")
+	if code != ExitOK {
+		t.Fatalf("--json: exit %d: %s", code, stderr)
+	}
+	b, err := os.ReadFile(report)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fromFile, printed map[string]any
+	if err := json.Unmarshal(b, &fromFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal([]byte(out), &printed); err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(fromFile) != fmt.Sprint(printed) {
+		t.Errorf("--report wrote %s, --json printed %s", b, out)
+	}
+}
