@@ -66,7 +66,8 @@ type RowStreamer interface {
 // queries.
 type Querier interface {
 	// Query runs one SELECT and returns the column names and every row,
-	// each value a string, an integer, a float, a time.Time or nil.
+	// each value a string, an integer, a float, a time.Time or nil (a
+	// ClickHouse array: a []any of these).
 	Query(ctx context.Context, sql string) (columns []string, rows [][]any, err error)
 }
 

@@ -582,6 +582,19 @@ func plain(dbType string, v any) any {
 			dbType = strings.TrimSuffix(strings.TrimPrefix(dbType, wrapper), ")")
 		}
 	}
+	// An array's elements are plain values of its element type: an
+	// Array(UInt8) would otherwise stay a []uint8, which JSON writes as
+	// base64.
+	if elem, ok := strings.CutPrefix(dbType, "Array("); ok {
+		if s := reflect.ValueOf(v); s.Kind() == reflect.Slice {
+			elem = strings.TrimSuffix(elem, ")")
+			out := make([]any, s.Len())
+			for i := range out {
+				out[i] = plain(elem, s.Index(i).Interface())
+			}
+			return out
+		}
+	}
 	switch x := v.(type) {
 	case uint8:
 		return int64(x)

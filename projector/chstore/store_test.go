@@ -2,6 +2,7 @@ package chstore_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -115,5 +116,19 @@ func TestIntegrationReadOnlyUserOpensAStore(t *testing.T) {
 	if st, err := chstore.Open(ctx, cfg); err == nil {
 		_ = st.Close()
 		t.Error("read-only user opened a database that does not exist")
+	}
+}
+
+// TestIntegrationQueryArrays: arrays read by a query hold plain values, so
+// `aegisctl sql --format json` writes the numbers and days a query returns
+// (an Array(UInt8) was a base64 string).
+func TestIntegrationQueryArrays(t *testing.T) {
+	s := openFresh(t)
+	_, rows, err := s.Query(context.Background(), "SELECT [toUInt8(1), toUInt8(0)] AS flags, [toDate('2026-01-01')] AS days")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b, err := json.Marshal(rows); err != nil || string(b) != `[[[1,0],["2026-01-01"]]]` {
+		t.Errorf("rows %s (%v), want [[[1,0],[\"2026-01-01\"]]]", b, err)
 	}
 }
