@@ -11,11 +11,13 @@
 package chstore
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"net/url"
 	"reflect"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -356,6 +358,45 @@ func where(f projector.Filter) (string, []any) {
 	return f.Where(func(list string) string { return list })
 }
 
+// maxListBytes bounds the session list one query names. clickhouse-go
+// binds the list into the query's text, the server parses at most
+// max_query_size of it (256 KiB by default; a read-only account cannot
+// raise it), and the snapshots query names the list twice.
+const maxListBytes = 96 << 10
+
+// chunks splits the session list of f, when it is too long for one query,
+// into lists that fit, in (tenant_id, session_id) order, so that reading
+// them one after the other keeps the order of the rows; nil when f fits.
+func chunks(f projector.Filter) []projector.Filter {
+	// A bound value is quoted, its quotes and backslashes escaped.
+	size := func(k projector.SessionKey) int { return 2*(len(k.TenantID)+len(k.SessionID)) + 10 }
+	total := 0
+	for _, k := range f.Sessions {
+		total += size(k)
+	}
+	if total <= maxListBytes {
+		return nil
+	}
+	keys := slices.Clone(f.Sessions)
+	slices.SortFunc(keys, func(a, b projector.SessionKey) int {
+		return cmp.Or(strings.Compare(a.TenantID, b.TenantID), strings.Compare(a.SessionID, b.SessionID))
+	})
+	keys = slices.Compact(keys) // a session named twice is read once
+	var out []projector.Filter
+	start, n := 0, 0
+	for i, k := range keys {
+		if i > start && n+size(k) > maxListBytes {
+			c := f
+			c.Sessions = keys[start:i]
+			out = append(out, c)
+			start, n = i, 0
+		}
+		n += size(k)
+	}
+	f.Sessions = keys[start:]
+	return append(out, f)
+}
+
 // closeRows ends a scan. A scan stopped before its last row cancels its
 // query first: clickhouse-go's Rows.Close reads every remaining row, so a
 // page of 100 events of a long session would transfer the rest of it.
@@ -366,8 +407,23 @@ func closeRows(rows driver.Rows, cancel context.CancelFunc) {
 
 // Events scans audit_events without FINAL, so that a second, different row
 // with the same key (an inserted forgery not yet merged away) reaches the
-// verifier; copies share a seq and so come out adjacent.
+// verifier; copies share a seq and so come out adjacent. A session list
+// too long for one query is read in several (chunks), in order.
 func (s *Store) Events(ctx context.Context, f projector.Filter, fn func(*projector.EventRow) error) error {
+	if cs := chunks(f); cs != nil {
+		n := 0
+		for _, c := range cs {
+			if f.Limit > 0 {
+				if c.Limit = f.Limit - n; c.Limit <= 0 {
+					break
+				}
+			}
+			if err := s.Events(ctx, c, func(r *projector.EventRow) error { n++; return fn(r) }); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	w, args := where(f)
 	// event_date is read as a Date, not with toString: 18.16 prints day 0
 	// (1970-01-01) as 0000-00-00.
@@ -399,6 +455,14 @@ FROM audit_events`+w+` ORDER BY tenant_id, session_id, seq`+f.LimitClause(), arg
 // Decisions scans the decisions table (see projector.DecisionReader).
 // Copies of a row not merged yet are passed as they are.
 func (s *Store) Decisions(ctx context.Context, f projector.Filter, fn func(*projector.StoredDecision) error) error {
+	if cs := chunks(f); cs != nil {
+		for _, c := range cs {
+			if err := s.Decisions(ctx, c, fn); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	w, args := where(f)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -435,6 +499,14 @@ FROM decisions`+w+` ORDER BY tenant_id, session_id, seq`, args...)
 // taken for the session's row, while two different rows of that version
 // (a forgery inserted with the projector's version) both reach the caller.
 func (s *Store) Snapshots(ctx context.Context, f projector.Filter, fn func(*projector.StoredSnapshot) error) error {
+	if cs := chunks(f); cs != nil {
+		for _, c := range cs {
+			if err := s.Snapshots(ctx, c, fn); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	f.AfterSeq = 0
 	w, args := where(f)
 	cond := " WHERE"
@@ -492,6 +564,17 @@ func (s *Store) LastEvents(ctx context.Context, f projector.Filter) ([]chain.Hea
 // lastPerSession reads the highest seq of each session in table (which has
 // tenant_id, session_id, seq and hash columns) and the hash stored with it.
 func (s *Store) lastPerSession(ctx context.Context, table, op string, f projector.Filter) ([]chain.Head, error) {
+	if cs := chunks(f); cs != nil {
+		var out []chain.Head
+		for _, c := range cs {
+			heads, err := s.lastPerSession(ctx, table, op, c)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, heads...)
+		}
+		return out, nil
+	}
 	w, args := where(f)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

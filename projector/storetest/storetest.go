@@ -54,6 +54,93 @@ func Run(t *testing.T, d Dialect, open func(t testing.TB) Store) {
 	t.Run("AnyClientTime", func(t *testing.T) { testClientTimes(t, d, open(t)) })
 	t.Run("FirstDayOfTheEpochVerifies", func(t *testing.T) { testFirstDay(t, open(t)) })
 	t.Run("RejectionWithoutKafkaTimestamp", func(t *testing.T) { testNoTimestamp(t, d, open(t)) })
+	t.Run("LongSessionLists", func(t *testing.T) { testLongSessionLists(t, open(t)) })
+}
+
+// testLongSessionLists: a filter may name many sessions (aegisctl replay
+// names up to 2,000 in one scan), each id up to envelope.MaxIDLen bytes.
+// Every read takes such a list, in any order, and returns the selected
+// sessions' rows in (tenant, session, seq) order. ClickHouse parses at
+// most 256 KiB of a query (max_query_size), which a list of 2,000 such
+// sessions alone exceeds.
+func testLongSessionLists(t *testing.T, s Store) {
+	ctx := context.Background()
+	const n = 2000
+	keys := make([]projector.SessionKey, n)
+	for i := range keys {
+		keys[i] = projector.SessionKey{TenantID: strings.Repeat("t", envelope.MaxIDLen), SessionID: fmt.Sprintf("%0*d", envelope.MaxIDLen, i)}
+	}
+	vec := Vectors(t)
+	var events []*envelope.Event
+	var want []string
+	for _, i := range []int{0, n / 2, n - 1} {
+		var head *chain.Head
+		for _, v := range []*envelope.Event{vec[0], vec[2]} { // a model call, a decided proposal
+			ev := *v
+			ev.TenantID, ev.SessionID, ev.Seq = keys[i].TenantID, keys[i].SessionID, uint64(len(want)%2+1)
+			if ev.Decision != nil {
+				d := *ev.Decision
+				ev.Decision = &d
+			}
+			h, err := chain.Link(head, &ev)
+			if err != nil {
+				t.Fatal(err)
+			}
+			head = &h
+			events = append(events, &ev)
+			want = append(want, fmt.Sprintf("%s/%d", ev.SessionID[len(ev.SessionID)-4:], ev.Seq))
+		}
+	}
+	if err := s.Write(ctx, BatchOf(t, events)); err != nil {
+		t.Fatal(err)
+	}
+	reversed := slices.Clone(keys)
+	slices.Reverse(reversed)
+	f := projector.Filter{Sessions: reversed}
+	var got []string
+	err := s.Events(ctx, f, func(r *projector.EventRow) error {
+		if k := fmt.Sprintf("%s/%d", r.Event.SessionID[len(r.Event.SessionID)-4:], r.Event.Seq); len(got) == 0 || got[len(got)-1] != k {
+			got = append(got, k)
+		}
+		return nil
+	})
+	if err != nil || !slices.Equal(got, want) {
+		t.Errorf("events: %v, %v; want %v", got, err, want)
+	}
+	page := f
+	page.Limit = 1
+	got = nil
+	if err := s.Events(ctx, page, func(r *projector.EventRow) error { got = append(got, r.Event.SessionID); return nil }); err != nil || len(got) != 1 {
+		t.Errorf("a page of 1: %d rows, %v", len(got), err)
+	}
+	sessions := func(ids []string) []string {
+		var out []string
+		for _, id := range ids {
+			if id = id[len(id)-4:]; len(out) == 0 || out[len(out)-1] != id {
+				out = append(out, id)
+			}
+		}
+		return out
+	}
+	wantSessions := []string{keys[0].SessionID[envelope.MaxIDLen-4:], keys[n/2].SessionID[envelope.MaxIDLen-4:], keys[n-1].SessionID[envelope.MaxIDLen-4:]}
+	var ids []string
+	if err := s.Snapshots(ctx, f, func(r *projector.StoredSnapshot) error { ids = append(ids, r.SessionID); return nil }); err != nil || !slices.Equal(sessions(ids), wantSessions) {
+		t.Errorf("snapshots: %v, %v; want %v", sessions(ids), err, wantSessions)
+	}
+	heads, err := s.Heads(ctx, f)
+	ids = nil
+	for _, h := range heads {
+		ids = append(ids, h.SessionID)
+	}
+	if err != nil || !slices.Equal(sessions(ids), wantSessions) {
+		t.Errorf("heads: %v, %v; want %v", sessions(ids), err, wantSessions)
+	}
+	if dr, ok := s.(projector.DecisionReader); ok {
+		ids = nil
+		if err := dr.Decisions(ctx, f, func(r *projector.StoredDecision) error { ids = append(ids, r.SessionID); return nil }); err != nil || !slices.Equal(sessions(ids), wantSessions) {
+			t.Errorf("decisions: %v, %v; want %v", sessions(ids), err, wantSessions)
+		}
+	}
 }
 
 // testClientTimes: ts_unix_ms is the client's, any positive int64. One
