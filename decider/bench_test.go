@@ -24,13 +24,31 @@ import (
 //	go test -run '^$' -bench 'Step|EvalFast|EvalNaive' -count 5 ./decider/...
 func BenchmarkStep(b *testing.B) {
 	e := newEngine(b, policy.Default())
-	ctx := context.Background()
 	base := session.New("acme", "s")
 	for seq := uint64(1); seq <= 3; seq++ {
-		if err := e.Step(ctx, base, proposal("acme", seq, "search", fmt.Sprintf(`{"q":%d}`, seq))); err != nil {
+		if err := e.Step(context.Background(), base, proposal("acme", seq, "search", fmt.Sprintf(`{"q":%d}`, seq))); err != nil {
 			b.Fatal(err)
 		}
 	}
+	benchStep(b, e, base)
+}
+
+// BenchmarkStepFullCallTable is BenchmarkStep in a session whose
+// identical-call table is full (session.MaxCallDigests distinct calls):
+// the input digest and the policy input cover the whole table.
+func BenchmarkStepFullCallTable(b *testing.B) {
+	base := session.New("acme", "s")
+	base.Calls = make(map[string]int64, session.MaxCallDigests)
+	for i := range session.MaxCallDigests {
+		base.Calls[fmt.Sprintf("%064x", i)] = 1
+	}
+	base.LastSeq, base.FirstTsMs, base.LastTsMs = 3, 1767225600000, 1767225600000
+	benchStep(b, newEngine(b, policy.Default()), base)
+}
+
+// benchStep decides an allowed web_fetch proposal, seq 4, on copies of base.
+func benchStep(b *testing.B, e *Engine, base *session.Snapshot) {
+	ctx := context.Background()
 	ev := proposal("acme", 4, "web_fetch", `{"url":"https://api.example.com/v1/search?q=weather","timeout_ms":2000}`)
 	b.ReportAllocs()
 	for b.Loop() {
