@@ -30,6 +30,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"hash/maphash"
 	"os"
 )
 
@@ -94,7 +95,7 @@ func New[T any](cfg Config, codec Codec[T]) *Cache[T] {
 	if cfg.MaxHot < 1 {
 		cfg.MaxHot = 1
 	}
-	c := &Cache[T]{cfg: cfg, codec: codec, hot: make(map[string]*node[T]), cold: index{cfg: cfg}}
+	c := &Cache[T]{cfg: cfg, codec: codec, hot: make(map[string]*node[T]), cold: index{cfg: cfg, seed: maphash.MakeSeed()}}
 	c.head.prev, c.head.next = &c.head, &c.head
 	return c
 }

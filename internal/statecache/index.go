@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"hash/maphash"
 	"os"
 )
 
@@ -13,13 +14,18 @@ import (
 // holds what is hot. Keys are identified by the first 16 bytes of their
 // SHA-256 — session keys come from agents, so the identity must resist
 // crafted collisions — and every loaded state is checked against its key by
-// the codec anyway.
+// the codec anyway. The slot a key's probe starts at is a hash of that
+// identity seeded at random per index (home), so agents cannot pile their
+// keys up in one run of slots either: were it bits of the SHA-256, a few
+// thousand tries a key would find keys that all start at one slot, and
+// every lookup landing in their run would read it slot by slot.
 //
 // A slot is slotSize bytes: the key hash, the state's offset and length in
 // the spill file, and its CRC-32C. Length 0 marks an empty slot, -1 a
 // deleted one; deleted slots are reclaimed when the table is rebuilt.
 type index struct {
 	cfg   Config
+	seed  maphash.Seed
 	f     *os.File
 	slots uint64 // power of two; 0 until the first insert
 	used  uint64 // live entries
@@ -70,13 +76,16 @@ func (x *index) write(i uint64, s slot) error {
 	return nil
 }
 
+// home is the first slot probed for h, before masking.
+func (x *index) home(h keyHash) uint64 { return maphash.Bytes(x.seed, h[:]) }
+
 // find returns the slot holding h, or ok false.
 func (x *index) find(h keyHash) (i uint64, r ref, ok bool, err error) {
 	if x.slots == 0 {
 		return 0, ref{}, false, nil
 	}
 	mask := x.slots - 1
-	for i = binary.LittleEndian.Uint64(h[:8]) & mask; ; i = (i + 1) & mask {
+	for i = x.home(h) & mask; ; i = (i + 1) & mask {
 		s, err := x.read(i)
 		switch {
 		case err != nil:
@@ -126,7 +135,7 @@ func (x *index) put(h keyHash, r ref) error {
 
 func (x *index) insert(h keyHash, r ref) error {
 	mask := x.slots - 1
-	for i := binary.LittleEndian.Uint64(h[:8]) & mask; ; i = (i + 1) & mask {
+	for i := x.home(h) & mask; ; i = (i + 1) & mask {
 		s, err := x.read(i)
 		if err != nil {
 			return err
