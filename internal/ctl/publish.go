@@ -54,7 +54,13 @@ func runPublish(ctx context.Context, env IO, args []string) int {
 	// (no topic yet), the size aegisd gives the topic by default.
 	mctx, cancel := context.WithTimeout(ctx, *timeout)
 	batchBytes, err := stream.MaxMessageBytes(mctx, strings.Split(*brokers, ","), topic, cluster)
+	timedOut := mctx.Err() != nil && ctx.Err() == nil
 	cancel()
+	if err != nil && timedOut {
+		// Unreachable brokers: waiting as long again for the first
+		// batch would double --timeout.
+		return fail(env, ExitRuntime, "publish: the brokers did not answer within --timeout %s: %v", *timeout, err)
+	}
 	if err != nil {
 		batchBytes = pipeline.MaxRecordBytes(envelope.DefaultMaxEventBytes)
 	}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -143,5 +144,32 @@ func TestPublishGivesUpOnUnreachableBrokers(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("publish to unreachable brokers did not give up")
+	}
+}
+
+// TestPublishGivesUpOnSilentBrokers: a broker that accepts connections but
+// never answers holds the first request, for the events topic's size
+// limit; publish gives up there with exit 3 after --timeout, reading no
+// line, rather than waiting --timeout again for the first batch.
+func TestPublishGivesUpOnSilentBrokers(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // held open, never answered
+		}
+	}()
+	var out, stderr bytes.Buffer
+	line := `{"tenant_id":"acme","session_id":"s1","seq":1}` + "\n"
+	code := Main(context.Background(), IO{Stdin: strings.NewReader(line), Stdout: &out, Stderr: &stderr}, []string{"publish", "--brokers", ln.Addr().String(), "--timeout", "500ms"})
+	if code != ExitRuntime || !strings.Contains(stderr.String(), "did not answer within --timeout 500ms") {
+		t.Fatalf("exit %d, want %d (stderr %q)", code, ExitRuntime, stderr.String())
 	}
 }
