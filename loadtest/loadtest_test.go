@@ -19,7 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"aegis.dev/aegis/decider"
 	"aegis.dev/aegis/internal/daemon"
+	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/projector/stores"
 	"aegis.dev/aegis/schemas/chain"
 	"aegis.dev/aegis/schemas/envelope"
@@ -376,6 +378,52 @@ func TestSealedProposalWithoutReplyFails(t *testing.T) {
 	rep := r.report(time.Second)
 	if rep.OK || !slices.ContainsFunc(rep.Problems, func(p string) bool { return strings.Contains(p, "1 sealed proposals") }) {
 		t.Fatalf("ok %v, problems %q; want the unanswered proposal reported", rep.OK, rep.Problems)
+	}
+}
+
+// TestReplyWithWrongDecisionFails: a proposal sealed with the expected
+// decision whose reply on aegis.decisions (what the agent acts on) carries
+// another decision fails the run; a reply must not count merely for being
+// there.
+func TestReplyWithWrongDecisionFails(t *testing.T) {
+	r := &run{cfg: Config{Sessions: 1, RunID: "run"}, start: time.Now(), sessions: map[string]*session{}, hAck: newHist(), hDecision: newHist(), hSealed: newHist(), hStored: newHist(),
+		verifier: chain.NewVerifier(), reasons: map[string]int64{}, expected: map[string]int64{}, rejected: map[string]int64{}}
+	sid := "run-a0-s0"
+	s := &session{id: sid, key: Tenant + "/" + sid, events: script(DefaultMix, 1, sid)}
+	s.sched, s.acked, s.sealed, s.replied = make([]int64, len(s.events)), make([]bool, len(s.events)), make([]uint8, len(s.events)), make([]bool, len(s.events))
+	r.sessions[s.key] = s
+	reply := func(seq int, want string) *stream.Record {
+		outcome, reason, _ := strings.Cut(want, "/")
+		v, err := json.Marshal(decider.Reply{TenantID: Tenant, SessionID: sid, Seq: uint64(seq), Decision: envelope.Decision{Outcome: envelope.Outcome(outcome), Reason: reason}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return &stream.Record{Topic: r.topics.Decisions, Key: []byte(s.key), Value: v}
+	}
+	wrong := 0
+	for i, ev := range s.events {
+		s.sched[i], s.acked[i], s.sealed[i] = r.start.UnixNano(), true, 1
+		if ev.want == "" {
+			continue
+		}
+		r.expected[ev.want]++
+		r.reasons[ev.want]++
+		got := ev.want
+		if wrong == 0 {
+			wrong = i + 1
+			got = "allow/OK"
+			if ev.want == got {
+				got = "deny/EGRESS_DENY"
+			}
+		}
+		r.onDecision(reply(i+1, got), time.Now())
+	}
+	if wrong == 0 {
+		t.Fatal("script has no proposal")
+	}
+	rep := r.report(time.Second)
+	if rep.OK || !slices.ContainsFunc(rep.Problems, func(p string) bool { return strings.Contains(p, fmt.Sprintf("reply %s seq %d", sid, wrong)) }) {
+		t.Fatalf("ok %v, problems %q; want the wrong reply to seq %d reported", rep.OK, rep.Problems, wrong)
 	}
 }
 

@@ -138,6 +138,9 @@ func (r *run) report(pubEnd time.Duration) *Report {
 	if unanswered > 0 {
 		rep.Problems = append(rep.Problems, fmt.Sprintf("%d sealed proposals without a reply on the decisions topic", unanswered))
 	}
+	if r.badReplies > 0 {
+		rep.Problems = append(rep.Problems, fmt.Sprintf("%d replies on the decisions topic with another decision than the expected one", r.badReplies))
+	}
 	if rep.PublishFailed > 0 {
 		rep.Problems = append(rep.Problems, fmt.Sprintf("%d events not acknowledged by the publisher's target (first error: %v)", rep.PublishFailed, r.pubErr))
 	}

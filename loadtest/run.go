@@ -132,6 +132,7 @@ type run struct {
 	lastSeal   time.Time
 	steadyN    int64 // distinct events sealed in the steady window (steadyFrom to the end of publishing)
 	unexpect   int64
+	badReplies int64                      // replies whose decision is not the expected one
 	pubErr     error                      // the first publishing error
 	storeErr   error                      // the last failed store query, if the store never answered after it
 	faults     int64                      // events published under a wrong key (FaultBadKey)
@@ -583,6 +584,8 @@ type decisionReply struct {
 	SessionID string `json:"session_id"`
 	TenantID  string `json:"tenant_id"`
 	Seq       uint64 `json:"seq"`
+	Outcome   string `json:"outcome"`
+	Reason    string `json:"reason"`
 }
 
 // rejection is the part of an aegis.rejected record the run reads.
@@ -631,19 +634,8 @@ func (r *run) read(ctx context.Context, cons *stream.Consumer, topics []string) 
 			case r.topics.Sealed:
 				r.onSealed(dec, rec, now)
 			case r.topics.Decisions:
-				if !strings.HasPrefix(string(rec.Key), prefix) {
-					continue
-				}
-				var d decisionReply
-				if json.Unmarshal(rec.Value, &d) != nil {
-					continue
-				}
-				if s := r.sessions[string(rec.Key)]; s != nil && d.Seq >= 1 && int(d.Seq) <= len(s.sched) && s.sched[d.Seq-1] != 0 && !s.replied[d.Seq-1] {
-					s.replied[d.Seq-1] = true
-					if r.measured(s.sched[d.Seq-1]) {
-						record(r.hDecision, now.UnixNano(), s.sched[d.Seq-1])
-					}
-					r.decided.Add(1)
+				if strings.HasPrefix(string(rec.Key), prefix) {
+					r.onDecision(rec, now)
 				}
 			case r.topics.Rejected:
 				var rj rejection
@@ -658,6 +650,29 @@ func (r *run) read(ctx context.Context, cons *stream.Consumer, topics []string) 
 			// retention, say): what was read with it is counted, but the
 			// outcome can no longer be complete.
 			return err
+		}
+	}
+}
+
+// onDecision accounts one reply on the decisions topic; r.mu is held.
+func (r *run) onDecision(rec *stream.Record, now time.Time) {
+	var d decisionReply
+	if json.Unmarshal(rec.Value, &d) != nil {
+		return
+	}
+	if s := r.sessions[string(rec.Key)]; s != nil && d.Seq >= 1 && int(d.Seq) <= len(s.sched) && s.sched[d.Seq-1] != 0 && !s.replied[d.Seq-1] {
+		s.replied[d.Seq-1] = true
+		if r.measured(s.sched[d.Seq-1]) {
+			record(r.hDecision, now.UnixNano(), s.sched[d.Seq-1])
+		}
+		r.decided.Add(1)
+		// The reply is what the agent acts on: it must carry the expected
+		// decision, as the sealed proposal must.
+		if want, got := s.events[d.Seq-1].want, d.Outcome+"/"+d.Reason; want != "" && got != want {
+			r.badReplies++
+			if len(r.mismatch) < 20 {
+				r.mismatch = append(r.mismatch, fmt.Sprintf("reply %s seq %d: got %s, want %s", s.id, d.Seq, got, want))
+			}
 		}
 	}
 }
