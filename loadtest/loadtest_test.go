@@ -427,6 +427,47 @@ func TestReplyWithWrongDecisionFails(t *testing.T) {
 	}
 }
 
+// TestSealedRecordMustBeTheEventPublished: a sealed record counts as the
+// event published at its key and seq only if it is that event. Here the
+// first events of two sessions come back sealed under each other's key:
+// each chain still verifies on its own, but neither session's event was
+// sealed under its key, so both are lost and the records unexpected.
+func TestSealedRecordMustBeTheEventPublished(t *testing.T) {
+	r := &run{cfg: Config{Sessions: 2, RunID: "run"}, start: time.Now(), sessions: map[string]*session{}, hAck: newHist(), hDecision: newHist(), hSealed: newHist(), hStored: newHist(),
+		verifier: chain.NewVerifier(), reasons: map[string]int64{}, expected: map[string]int64{}, rejected: map[string]int64{}}
+	var ss []*session
+	for _, sid := range []string{"run-a0-s0", "run-a1-s0"} {
+		s := &session{id: sid, key: Tenant + "/" + sid, events: script(DefaultMix, sessionSeed(sid), sid)}
+		s.sched, s.acked, s.sealed, s.replied = make([]int64, len(s.events)), make([]bool, len(s.events)), make([]uint8, len(s.events)), make([]bool, len(s.events))
+		r.sessions[s.key] = s
+		s.sched[0] = r.start.UnixNano()
+		r.acked(s.key, eventJSON(sid, 1, r.start.UnixMilli(), s.events[0].typ, true, s.events[0].payload), nil)
+		ss = append(ss, s)
+	}
+	sealed := func(s *session) []byte {
+		ev, err := envelope.Decode(eventJSON(s.id, 1, r.start.UnixMilli(), s.events[0].typ, true, s.events[0].payload))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := chain.Link(nil, ev); err != nil {
+			t.Fatal(err)
+		}
+		v, err := ev.AppendCanonical(nil, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	dec := envelope.Decoder{Sealed: true}
+	r.onSealed(dec, &stream.Record{Key: []byte(ss[0].key), Value: sealed(ss[1])}, time.Now())
+	r.onSealed(dec, &stream.Record{Key: []byte(ss[1].key), Value: sealed(ss[0])}, time.Now())
+	rep := r.report(time.Second)
+	if rep.OK || rep.Lost != 2 || rep.Unexpected != 2 || rep.EventsSealed != 0 {
+		t.Fatalf("ok %v, lost %d, unexpected %d, sealed %d, chain failures %d; want both events lost and both records unexpected",
+			rep.OK, rep.Lost, rep.Unexpected, rep.EventsSealed, rep.ChainFailures)
+	}
+}
+
 // TestEveryEventDueIsScheduled: every event due before the end of the
 // publishing phase is sent, however late the scheduler wakes up for it
 // (here a gateway that acknowledges everything at once, so the count

@@ -29,7 +29,9 @@ type Report struct {
 	EventsSealed int64 `json:"events_sealed"`
 	// Lost counts acknowledged events never sealed; Duplicated counts
 	// sealed records beyond the first of a (session, seq); Unexpected
-	// counts sealed records of the run that were never published.
+	// counts sealed records of the run that were never published: under a
+	// key of the run's that no session has, at a seq not sent, or not the
+	// event sent at that key and seq (another session's, another type).
 	Lost       int64 `json:"lost"`
 	Duplicated int64 `json:"duplicated"`
 	Unexpected int64 `json:"unexpected"`

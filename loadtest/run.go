@@ -709,8 +709,13 @@ func (r *run) onSealed(dec envelope.Decoder, rec *stream.Record, now time.Time) 
 		}
 		return
 	}
+	// The record counts as the event sent at its key and seq only if it is
+	// that event: its session's, at a seq that was sent, of that type.
+	// Otherwise a record sealed under another session's key would stand
+	// for an event of this one that was never sealed.
 	ev, err := dec.Decode(rec.Value)
-	if err != nil || ev.Seq < 1 || int(ev.Seq) > len(s.events) {
+	if err != nil || ev.Seq < 1 || int(ev.Seq) > len(s.events) || ev.TenantID != Tenant || ev.SessionID != s.id ||
+		s.sched[ev.Seq-1] == 0 || ev.Type != s.events[ev.Seq-1].typ {
 		r.unexpect++
 		return
 	}
@@ -724,7 +729,7 @@ func (r *run) onSealed(dec envelope.Decoder, rec *stream.Record, now time.Time) 
 		if at := now.Sub(r.start); at >= r.steadyFrom() && at < r.cfg.Duration {
 			r.steadyN++
 		}
-		if s.sched[i] != 0 && r.measured(s.sched[i]) {
+		if r.measured(s.sched[i]) {
 			record(r.hSealed, now.UnixNano(), s.sched[i])
 		}
 	}
