@@ -85,6 +85,9 @@ func TestScript(t *testing.T) {
 				tools = append(tools, tc.ToolName)
 			}
 		}
+		if len(evs) > maxSessionEvents {
+			t.Fatalf("seed %d: %d events, more than maxSessionEvents %d", seed, len(evs), maxSessionEvents)
+		}
 		if again := script(DefaultMix, seed, sid); fmt.Sprint(again) != fmt.Sprint(evs) {
 			t.Fatalf("seed %d: not deterministic", seed)
 		}
@@ -299,6 +302,45 @@ func TestEventJSON(t *testing.T) {
 		if _, err := envelope.Decode(got); err != nil {
 			t.Fatalf("seq %d: %v", seq, err)
 		}
+	}
+}
+
+// TestSessionsMustEndWithinTheWallTimeBudget: a fleet so large for its
+// rate that a session would outlast code-agent's wall-time budget is a
+// configuration error (its last proposals would be BUDGET_EXCEEDED, not
+// the decisions the mix expects); the same fleet in a run too short for
+// that, or at a higher rate, is not. WallTimeBudget is the manifest's.
+func TestSessionsMustEndWithinTheWallTimeBudget(t *testing.T) {
+	for _, tc := range []struct {
+		sessions int
+		rate     float64
+		duration time.Duration
+		ok       bool
+	}{
+		{5000, 200, 30 * time.Minute, false}, // an event per session every 25 s: ~19 min per session
+		{5000, 200, 10 * time.Minute, true},  // cut off by the end of the run first
+		{5000, 1000, 30 * time.Minute, true}, // every 5 s: under 4 min
+		{500, 5000, time.Hour, true},         // the memory runs' fleet
+	} {
+		cfg := Config{Brokers: []string{"127.0.0.1:1"}, Rate: tc.rate, Duration: tc.duration, Sessions: tc.sessions}
+		err := cfg.defaults()
+		if tc.ok != (err == nil) || (err != nil && (!errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "wall-time budget"))) {
+			t.Errorf("%d sessions at %g/s for %s: %v", tc.sessions, tc.rate, tc.duration, err)
+		}
+	}
+	raw, err := os.ReadFile("../deploy/manifests/default/code-agent.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m struct {
+		Permissions struct {
+			Budgets struct {
+				MaxWallTimeMs int64 `json:"max_wall_time_ms"`
+			} `json:"budgets"`
+		} `json:"permissions"`
+	}
+	if err := json.Unmarshal(raw, &m); err != nil || time.Duration(m.Permissions.Budgets.MaxWallTimeMs)*time.Millisecond != WallTimeBudget {
+		t.Fatalf("code-agent's max_wall_time_ms %d (%v), WallTimeBudget %s", m.Permissions.Budgets.MaxWallTimeMs, err, WallTimeBudget)
 	}
 }
 

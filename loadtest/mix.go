@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"strconv"
 	"strings"
+	"time"
 
 	dsession "aegis.dev/aegis/decider/session"
 	"aegis.dev/aegis/schemas/envelope"
@@ -72,6 +73,13 @@ const (
 	// sessionEvents is the approximate length of one simulated session,
 	// well inside code-agent's budgets (80 steps, 60 tool calls).
 	sessionEvents = 40
+	// maxSessionEvents bounds a script's length: it adds steps until it
+	// holds sessionEvents, a step adds at most 6, and TERMINATION ends it.
+	maxSessionEvents = sessionEvents + 5 + 1
+	// WallTimeBudget is code-agent's max_wall_time_ms: no session may
+	// last that long, or its later proposals are BUDGET_EXCEEDED instead
+	// of the decisions the mix expects.
+	WallTimeBudget = 15 * time.Minute
 )
 
 // event is one scheduled event of a session and, for a proposal, the

@@ -188,10 +188,22 @@ func (c *Config) defaults() error {
 		return fmt.Errorf("%w: warm-up must be shorter than the duration", ErrConfig)
 	case c.Sessions <= 0:
 		return fmt.Errorf("%w: sessions must be positive", ErrConfig)
+	case c.sessionSpan() >= WallTimeBudget:
+		return fmt.Errorf("%w: %d sessions at %g events/s: a session of up to %d events, one per turn of the %d agents, would span %s, past %s's wall-time budget of %s, and its last proposals would be decided BUDGET_EXCEEDED; use fewer sessions, a higher rate or a shorter duration",
+			ErrConfig, c.Sessions, c.Rate, maxSessionEvents, c.Sessions, c.sessionSpan().Round(time.Second), Manifest, WallTimeBudget)
 	case c.FaultBadKey > 0 && c.HTTP != "":
 		return fmt.Errorf("%w: the bad-key fault needs Kafka publishing (the gateway derives keys itself)", ErrConfig)
 	}
 	return nil
+}
+
+// sessionSpan is the longest time from a session's first event to its
+// last that the schedule can give: the agents take turns, so a session's
+// events are Sessions events apart, and the turns are furthest apart at
+// the start of a ramp. A session cut off by the end of the run spans at
+// most the run.
+func (c *Config) sessionSpan() time.Duration {
+	return min(c.at(int64(maxSessionEvents-1)*int64(c.Sessions)), c.Duration)
 }
 
 // Sentinel errors of Run; the text is the stable code.
@@ -356,8 +368,11 @@ func (r *run) progress() Progress {
 }
 
 // at returns the scheduled offset of event i from the start.
-func (r *run) at(i int64) time.Duration {
-	rate, ramp := r.cfg.Rate, r.cfg.Ramp.Seconds()
+func (r *run) at(i int64) time.Duration { return r.cfg.at(i) }
+
+// at is the due time of the run's event i, from its start.
+func (c *Config) at(i int64) time.Duration {
+	rate, ramp := c.Rate, c.Ramp.Seconds()
 	rampEvents := rate * ramp / 2
 	x := float64(i)
 	if x < rampEvents {
