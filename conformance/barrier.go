@@ -40,7 +40,7 @@ import (
 // sentinel event, accepted this time, at the session's next seq, which
 // must come out of the sealer and the projector at exactly that seq,
 // chained to the record the last barrier saw when the case wrote nothing
-// since; then the session must verify with exactly that many records.
+// to the session since; then the session must verify with exactly that many records.
 // This catches what the decider never saw: a record that the sealer or
 // the store adds on their own after the read steps passed.
 
@@ -102,12 +102,27 @@ func (cr *caseRun) settleWritten(ctx context.Context) error {
 func (cr *caseRun) wrote(tenant, session string) {
 	cr.gen++
 	k := sessionKey{tenant, session}
+	cr.wroteAt[k] = cr.gen
 	for _, w := range cr.written {
 		if w == k {
 			return
 		}
 	}
 	cr.written = append(cr.written, k)
+}
+
+// wroteAny notes a step that may write any session (approve, http).
+func (cr *caseRun) wroteAny() {
+	cr.gen++
+	cr.anyAt = cr.gen
+}
+
+// quiet reports whether no step of the case may have written the session
+// since its barrier m: no events or propose step of the session, no step
+// that may write any session. Steps that wrote other sessions only do not
+// count.
+func (cr *caseRun) quiet(k sessionKey, m barrierMark) bool {
+	return cr.wroteAt[k] <= m.gen && cr.anyAt <= m.gen
 }
 
 // asBarrier runs fn with the step named "<step> (barrier)" in the
@@ -237,7 +252,7 @@ func (cr *caseRun) endBarrier(ctx context.Context) error {
 type sentinel struct {
 	k     sessionKey
 	m     barrierMark
-	quiet bool // the case wrote nothing after the session's last barrier
+	quiet bool // the case wrote nothing to the session after its last barrier (cr.quiet)
 	seq   uint64
 	id    string
 }
@@ -249,9 +264,9 @@ func (cr *caseRun) publishSentinel(ctx context.Context, k sessionKey, m barrierM
 	if err != nil {
 		return sentinel{}, err
 	}
-	s := sentinel{k: k, m: m, quiet: m.gen == cr.gen, seq: next, id: cr.barrierID()}
+	s := sentinel{k: k, m: m, quiet: cr.quiet(k, m), seq: next, id: cr.barrierID()}
 	if s.quiet && next != m.last+1 {
-		return s, fmt.Errorf("the decider accepted seqs %d..%d after %s, and the case wrote nothing since", m.last+1, next-1, m.step)
+		return s, fmt.Errorf("the decider accepted seqs %d..%d after %s, and the case wrote nothing to the session since", m.last+1, next-1, m.step)
 	}
 	body, err := json.Marshal([]map[string]any{{
 		"tenant_id": k.tenant, "session_id": k.session, "seq": next, "ts_unix_ms": int64(1767225600000),
@@ -272,7 +287,7 @@ func (cr *caseRun) publishSentinel(ctx context.Context, k sessionKey, m barrierM
 
 // checkSentinel waits for the sentinel in the store and checks that it is
 // stored at its seq, chained to the record the last barrier saw (when the
-// case wrote nothing since), and that the session then verifies with
+// case wrote nothing to the session since), and that the session then verifies with
 // exactly that many records (which a record before the sentinel cannot
 // change any more).
 func (cr *caseRun) checkSentinel(ctx context.Context, s sentinel) error {

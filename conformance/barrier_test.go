@@ -32,13 +32,25 @@ import (
 //     well as answering it with the recorded decision);
 //   - dupStored: the decider drops the retry, as it should, but the store
 //     writes it again under the next seq.
+//
+// With dupOnNext, the decider instead holds the retry and accepts it again
+// at the session's next seq only when it next processes an event of
+// another session (a retry stuck behind the partition's next record).
 type seqTarget struct {
 	storeLag, lateBy time.Duration
 	dupDecided       bool
 	dupStored        bool
+	dupOnNext        bool
+
+	held *heldRetry // dupOnNext: the retry not yet accepted again
 
 	mu       sync.Mutex
 	sessions map[string]*seqSession // by tenant/session
+}
+
+type heldRetry struct {
+	key string
+	ev  seqEvent
 }
 
 type seqSession struct {
@@ -83,6 +95,11 @@ type seqEvent struct {
 // retry, 409 otherwise), the expected seq, and whether it was a retry.
 func (t *seqTarget) apply(ev seqEvent) (status, expected int, retry bool) {
 	k := ev.TenantID + "/" + ev.SessionID
+	if h := t.held; h != nil && h.key != k {
+		t.held = nil
+		hs := t.sessions[h.key]
+		t.store(hs, h.ev, len(hs.accepted)+1, false, time.Now().Add(t.storeLag))
+	}
 	s := t.sessions[k]
 	if s == nil {
 		s = &seqSession{}
@@ -95,6 +112,9 @@ func (t *seqTarget) apply(ev seqEvent) (status, expected int, retry bool) {
 	case ev.Seq < next && s.accepted[ev.Seq-1] != string(ev.Payload):
 		return 409, next, false
 	case ev.Seq < next:
+		if t.dupOnNext {
+			t.held = &heldRetry{key: k, ev: ev}
+		}
 		if t.dupDecided || t.dupStored {
 			t.store(s, ev, next, !t.dupDecided, time.Now().Add(t.lateBy))
 		}
@@ -269,6 +289,61 @@ func TestBarrierCatchesLateDuplicate(t *testing.T) {
 			}
 			if tc.target.lateBy == 0 && time.Since(start) > lateBy {
 				t.Errorf("the correct target took %s", time.Since(start))
+			}
+		})
+	}
+}
+
+// twoSessionRetryPack is retryPack's check followed by a write and a read
+// of a second session.
+const twoSessionRetryPack = `name: retry2
+cases:
+  - id: RETRY-002
+    requirement: REQ-INGEST-SEQUENCE
+    description: an exact retry stores nothing, and another session is written after the check
+    scenario:
+      steps:
+        - {session: "{{sid}}", propose: {seq: 1, payload: {tool_name: search, call_id: c1, args: {}}}, expect: {outcome: allow}}
+        - {session: "{{sid}}", propose: {seq: 1, payload: {tool_name: search, call_id: c1, args: {}}}, expect: {outcome: allow}}
+        - {session: "{{sid}}", verify: true, expect: {fields: {valid: true, events: 1}}}
+        - {session: "{{sid}}-b", propose: {seq: 1, payload: {tool_name: search, call_id: c1, args: {}}}, expect: {outcome: allow}}
+        - {session: "{{sid}}-b", verify: true, expect: {fields: {valid: true, events: 1}}}
+`
+
+// TestEndBarrierCatchesLateAcceptAcrossSessions: a retry the decider
+// accepts again only after the session's read (when it next processes
+// another session's event) makes the case fail at its end barrier, although
+// the case wrote another session after that read: the end barrier's check
+// that nothing was accepted since the read concerns the session's own
+// writes (and approve and http steps, which may write any session).
+func TestEndBarrierCatchesLateAcceptAcrossSessions(t *testing.T) {
+	pack, err := conformance.Parse([]byte(twoSessionRetryPack))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pack.Name = "retry2"
+	for _, tc := range []struct {
+		name   string
+		target *seqTarget
+		want   string
+	}{
+		{"correct", &seqTarget{}, ""},
+		{"retry accepted after the read", &seqTarget{dupOnNext: true}, "end: barrier on default/retry-002-"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.target.storeLag = 50 * time.Millisecond
+			url := newSeqTarget(t, tc.target)
+			rep, err := conformance.Run(context.Background(), []*conformance.Pack{pack}, conformance.Options{Target: url, PollTimeout: 10 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			c := rep.Cases[0]
+			t.Logf("%s: %s %s", c.ID, c.Status, c.Message)
+			switch {
+			case tc.want == "" && c.Status != conformance.StatusPass:
+				t.Errorf("%s: %s: %s", c.ID, c.Status, c.Message)
+			case tc.want != "" && (c.Status != conformance.StatusFail || !strings.Contains(c.Message, tc.want) || !strings.Contains(c.Message, "accepted seqs 2..2")):
+				t.Errorf("%s: %s %q, want a failure of the end barrier saying the decider accepted seq 2", c.ID, c.Status, c.Message)
 			}
 		})
 	}

@@ -159,17 +159,22 @@ type caseRun struct {
 	// gen counts the case's steps that may have written; marks holds
 	// what the last barrier of each session saw (marked: those sessions
 	// in order), written the sessions that events and propose steps wrote.
+	// wroteAt is the gen of each session's last events or propose step,
+	// anyAt that of the last step that may have written any session
+	// (approve, http other than GET).
 	gen      int
 	marks    map[sessionKey]barrierMark
 	marked   []sessionKey
 	written  []sessionKey
+	wroteAt  map[sessionKey]int
+	anyAt    int
 	barriers int
 }
 
 func (r *runner) runCase(ctx context.Context, p *Pack, c *Case) CaseResult {
 	start := time.Now()
 	res := CaseResult{Pack: p.Name, ID: c.ID, Requirement: c.Requirement, Description: c.Description}
-	cr := &caseRun{r: r, c: c, sid: strings.ToLower(c.ID) + "-" + r.opts.RunID, vars: make(map[string]any), marks: make(map[sessionKey]barrierMark)}
+	cr := &caseRun{r: r, c: c, sid: strings.ToLower(c.ID) + "-" + r.opts.RunID, vars: make(map[string]any), marks: make(map[sessionKey]barrierMark), wroteAt: make(map[sessionKey]int)}
 	var err error
 	if skip := r.skipReason(ctx, c); skip != "" {
 		res.Status, res.Message = StatusSkip, skip
@@ -348,7 +353,7 @@ func (cr *caseRun) step(ctx context.Context, s *Step) (*response, error) {
 		if err != nil {
 			return nil, err
 		}
-		cr.gen++ // the gateway publishes the settlement (and a re-proposal) to the approval's session
+		cr.wroteAny() // the gateway publishes the settlement (and a re-proposal) to the approval's session
 		resp, err := cr.do(ctx, http.MethodPost, "/v1/approvals/"+url.PathEscape(cr.str(s.Approve.Token))+"?tenant_id="+url.QueryEscape(tenant), tenant, "application/json", body)
 		if err != nil {
 			return nil, err
@@ -384,7 +389,7 @@ func (cr *caseRun) step(ctx context.Context, s *Step) (*response, error) {
 			ct = "application/json"
 		}
 		if h.Method != http.MethodGet && h.Method != http.MethodHead {
-			cr.gen++ // any other request may write, to sessions the runner cannot tell
+			cr.wroteAny() // any other request may write, to sessions the runner cannot tell
 		}
 		resp, err := cr.do(ctx, h.Method, cr.str(h.Path), tenant, ct, body)
 		if err != nil {
