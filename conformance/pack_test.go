@@ -240,3 +240,49 @@ func TestParseKafkaSteps(t *testing.T) {
 		}
 	}
 }
+
+// TestUnresolvedTemplateFailsTheStep: a template naming a value that the
+// earlier step's response lacks fails the step before anything is sent.
+// Sent as its literal text, it made the altered-token check pass against a
+// target that never returned a token (any unknown token is 404).
+func TestUnresolvedTemplateFailsTheStep(t *testing.T) {
+	pack, err := conformance.Parse([]byte(`name: tmpl
+cases:
+  - id: TMPL-001
+    requirement: REQ-APPROVAL-BINDING
+    description: an altered token is 404
+    scenario:
+      steps:
+        - {name: p1, session: "{{sid}}", propose: {seq: 1, payload: {tool_name: send_email, call_id: c1, args: {}}}, expect: {outcome: require_approval}}
+        - {approve: {token: "{{p1.approval.token}}x", decision: allow}, expect: {status: 404, code: APPROVAL_TOKEN_INVALID}}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	var approvals int
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		if strings.HasPrefix(r.URL.Path, "/v1/approvals/") {
+			mu.Lock()
+			approvals++
+			mu.Unlock()
+			w.WriteHeader(http.StatusNotFound)
+			_, _ = w.Write([]byte(`{"error":{"code":"APPROVAL_TOKEN_INVALID"}}`))
+			return
+		}
+		_, _ = w.Write([]byte(`{"outcome":"require_approval","reason":"APPROVAL_REQUIRED"}`)) // no approval
+	}))
+	defer srv.Close()
+	rep, err := conformance.Run(context.Background(), []*conformance.Pack{pack}, conformance.Options{Target: srv.URL, PollTimeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := rep.Cases[0]
+	if c.Status != conformance.StatusFail || !strings.Contains(c.Message, "step 2: template {{p1.approval.token}}") {
+		t.Errorf("%s: %s %q, want a failure of step 2 naming the template", c.ID, c.Status, c.Message)
+	}
+	if approvals != 0 {
+		t.Errorf("%d approval requests sent with an unresolved template", approvals)
+	}
+}

@@ -282,6 +282,9 @@ func (cr *caseRun) scenario(ctx context.Context) error {
 		if cr.where == "" {
 			cr.where = "step " + strconv.Itoa(i+1)
 		}
+		if err := cr.templates(s); err != nil {
+			return fmt.Errorf("%s: %w", cr.where, err)
+		}
 		resp, err := cr.step(ctx, s)
 		if err != nil {
 			return fmt.Errorf("%s: %w", cr.where, err)
@@ -646,6 +649,27 @@ func (cr *caseRun) str(s string) string {
 		}
 		return mustJSON(v)
 	})
+}
+
+// templates checks that every {{NAME.PATH}} template of s names a value of
+// an earlier step's response. One that does not would be sent, or
+// expected, as its literal text: a request with a made-up token or grant
+// that the target refuses for that reason alone.
+func (cr *caseRun) templates(s *Step) error {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	for _, m := range templ.FindAllSubmatch(b, -1) {
+		name := string(m[1])
+		if name == "sid" || name == "run" {
+			continue
+		}
+		if _, ok := cr.value(name); !ok {
+			return fmt.Errorf("template {{%s}}: no earlier named step's response has that value", name)
+		}
+	}
+	return nil
 }
 
 // value resolves the template NAME.PATH to a value of an earlier step's
