@@ -210,16 +210,16 @@ func TestSharedKeySkipsIsolationCases(t *testing.T) {
 			}
 		}
 	}
-	if len(cases) != 5 {
-		t.Fatalf("%d TEN-AUTH cases, want 5", len(cases))
+	if len(cases) != 6 {
+		t.Fatalf("%d TEN-AUTH cases, want 6", len(cases))
 	}
 	pack := &conformance.Pack{Name: "auth", Cases: cases}
 	for _, tc := range []struct {
 		keys    map[string]string
 		skipped []string
 	}{
-		{map[string]string{"": "operator"}, []string{"TEN-AUTH-001", "TEN-AUTH-002", "TEN-AUTH-003", "TEN-AUTH-004"}},
-		{map[string]string{"": "operator", "conf-a": "ka"}, []string{"TEN-AUTH-004"}},
+		{map[string]string{"": "operator"}, []string{"TEN-AUTH-001", "TEN-AUTH-002", "TEN-AUTH-003", "TEN-AUTH-004", "TEN-AUTH-006"}},
+		{map[string]string{"": "operator", "conf-a": "ka"}, []string{"TEN-AUTH-004", "TEN-AUTH-006"}},
 		{map[string]string{"conf-a": "ka", "conf-b": "kb"}, nil},
 	} {
 		// Nothing listens on the target: a case that runs fails, one
