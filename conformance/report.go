@@ -140,16 +140,19 @@ func seconds(ms int64) string { return fmt.Sprintf("%.3f", float64(ms)/1000) }
 func (r *Report) WriteJUnit(w io.Writer) error {
 	out := junitSuites{Tests: len(r.Cases), Failures: r.Failed, Skipped: r.Skipped, Time: seconds(r.DurationMs)}
 	idx := make(map[string]int)
+	var ms []int64 // the summed case durations of each suite
 	for _, c := range r.Cases {
 		i, ok := idx[c.Pack]
 		if !ok {
 			i = len(out.Suites)
 			idx[c.Pack] = i
 			out.Suites = append(out.Suites, junitSuite{Name: c.Pack})
+			ms = append(ms, 0)
 		}
 		s := &out.Suites[i]
 		jc := junitCase{Name: c.ID + " " + c.Requirement, Classname: "conformance." + c.Pack, Time: seconds(c.DurationMs)}
 		s.Tests++
+		ms[i] += c.DurationMs
 		switch c.Status {
 		case StatusFail:
 			s.Failures++
@@ -160,6 +163,9 @@ func (r *Report) WriteJUnit(w io.Writer) error {
 			jc.Skipped = &junitMessage{Message: c.Message}
 		}
 		s.Cases = append(s.Cases, jc)
+	}
+	for i := range out.Suites {
+		out.Suites[i].Time = seconds(ms[i])
 	}
 	if _, err := io.WriteString(w, xml.Header); err != nil {
 		return fmt.Errorf("conformance: junit: %w", err)
