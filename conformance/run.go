@@ -3,10 +3,7 @@ package conformance
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"database/sql"
-	"database/sql/driver"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -24,10 +21,8 @@ import (
 	"sync"
 	"time"
 
-	"modernc.org/sqlite"
-
 	"aegis.dev/aegis/internal/stream"
-	_ "aegis.dev/aegis/projector/sqlstore" // registers the "sqlite" database/sql driver for tamper steps
+	"aegis.dev/aegis/projector/sqlstore" // also registers the "sqlite" database/sql driver for tamper steps
 )
 
 // Case statuses in reports.
@@ -714,28 +709,10 @@ func (cr *caseRun) expand(v any) any {
 	return v
 }
 
-// tamperFuncs registers the SQL functions of tamper statements once:
-// sha256_hex(text), the lower-case hex SHA-256 of its UTF-8 argument, so
-// that a statement can recompute a record's hash after editing it, as an
-// editor who knows the chain format would.
-var tamperFuncs = sync.OnceValue(func() error {
-	return sqlite.RegisterDeterministicScalarFunction("sha256_hex", 1, func(_ *sqlite.FunctionContext, args []driver.Value) (driver.Value, error) {
-		var b []byte
-		switch v := args[0].(type) {
-		case string:
-			b = []byte(v)
-		case []byte:
-			b = v
-		default:
-			return nil, fmt.Errorf("sha256_hex: a text argument, got %T", v)
-		}
-		sum := sha256.Sum256(b)
-		return hex.EncodeToString(sum[:]), nil
-	})
-})
-
 func (cr *caseRun) tamper(ctx context.Context, stmts []string) error {
-	if err := tamperFuncs(); err != nil {
+	// sha256_hex(text), so that a statement can recompute a record's
+	// hash after editing it, as an editor who knows the chain format would.
+	if err := sqlstore.RegisterSHA256Hex(); err != nil {
 		return fmt.Errorf("tamper: %w", err)
 	}
 	dsn := "file:" + (&url.URL{Path: cr.r.opts.StorePath}).EscapedPath() + "?_pragma=busy_timeout(10000)"

@@ -1,9 +1,7 @@
 // Package sqlstore is the embedded audit store: pure-Go SQLite
-// (modernc.org/sqlite), the only package of the pipeline that imports it
-// (the conformance runner registers a SQL function for its tamper steps on
-// the driver). It holds the same logical tables as the ClickHouse store
-// (schemas/sqlite, docs/store.md) and is what the embedded aegisd writes by
-// default.
+// (modernc.org/sqlite), the only package that imports it. It holds the same
+// logical tables as the ClickHouse store (schemas/sqlite, docs/store.md) and
+// is what the embedded aegisd writes by default.
 //
 // Deduplication is on write: every table's primary key is the row's
 // identity, events, decisions and rejections are inserted with ON CONFLICT
