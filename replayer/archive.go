@@ -168,7 +168,7 @@ func (a *Archive) Manifest(digest string) (*manifest.Manifest, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrArchive, err)
 	}
-	m, err := manifest.Parse(data)
+	m, err := manifest.ParseRecorded(data)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %w", ErrArchive, p, err)
 	}

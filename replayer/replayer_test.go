@@ -523,3 +523,37 @@ func TestReportIndependentOfWorkers(t *testing.T) {
 		}
 	}
 }
+
+// TestArchiveReadsManifestsOfEarlierBuilds: an archived manifest stays
+// loadable after an upgrade that tightens validation, so the decisions made
+// under it can still be replayed. Until 2026-11-29 a manifest could set
+// max_tool_calls up to 100000 and list a suffix pattern ending in a number
+// ("*.0.1"); aegisd archived such manifests as it loaded them.
+func TestArchiveReadsManifestsOfEarlierBuilds(t *testing.T) {
+	a := archive(t)
+	old := registry(t).Manifests("acme")[0].Clone()
+	old.Version = "1.0.1"
+	old.Permissions.Budgets.MaxToolCalls = 100000
+	old.Permissions.Net.Domains = append(old.Permissions.Net.Domains, "*.0.1")
+	if err := a.PutManifest(old); err != nil {
+		t.Fatal(err)
+	}
+	got, err := a.Manifest(old.Digest())
+	if err != nil {
+		t.Fatalf("manifest archived by an earlier build: %v", err)
+	}
+	if got.Digest() != old.Digest() {
+		t.Fatalf("digest %s, want %s", got.Digest(), old.Digest())
+	}
+
+	// What is refused in every build still is: a negative budget.
+	bad := old.Clone()
+	bad.Version = "1.0.2"
+	bad.Permissions.Budgets.MaxIdenticalCalls = -1
+	if err := a.PutManifest(bad); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Manifest(bad.Digest()); !errors.Is(err, replayer.ErrArchive) {
+		t.Fatalf("negative budget: %v, want ErrArchive", err)
+	}
+}

@@ -27,7 +27,20 @@ const MaxSize = 1 << 20
 // every problem found (all decoding problems, or, if decoding succeeded,
 // all validation problems); a syntax error stops decoding at that point.
 func Parse(data []byte) (*Manifest, error) {
-	m, errs := parse(data)
+	m, errs := parse(data, current)
+	if len(errs) > 0 {
+		return nil, &ValidationError{Errors: errs}
+	}
+	return m, nil
+}
+
+// ParseRecorded is Parse for a manifest that recorded decisions name (the
+// replayer's archive): a manifest an earlier build accepted is accepted,
+// although a limit has been tightened since (max_tool_calls up to 100000,
+// a suffix pattern ending in a number), so that its decisions can still be
+// replayed. Everything else is checked as Parse checks it.
+func ParseRecorded(data []byte) (*Manifest, error) {
+	m, errs := parse(data, recorded)
 	if len(errs) > 0 {
 		return nil, &ValidationError{Errors: errs}
 	}
@@ -66,7 +79,7 @@ func readFile(path string) ([]byte, error) {
 // parse decodes data strictly and validates the result. If decoding fails
 // the manifest is nil; otherwise it is returned even when validation
 // problems are reported, so that callers can add their own checks.
-func parse(data []byte) (*Manifest, []FieldError) {
+func parse(data []byte, r rules) (*Manifest, []FieldError) {
 	switch {
 	case len(data) > MaxSize:
 		return nil, []FieldError{{Code: CodeSyntax, Problem: fmt.Sprintf("manifest is larger than %d bytes", MaxSize)}}
@@ -82,7 +95,7 @@ func parse(data []byte) (*Manifest, []FieldError) {
 	if len(d.errs) > 0 {
 		return nil, d.errs
 	}
-	return &m, m.validate()
+	return &m, m.validate(r)
 }
 
 // decoder walks the token stream of a manifest and fills a value of the

@@ -138,7 +138,7 @@ func loadTenant(tenant, dir string) ([]source, []*SourceError) {
 			problems = append(problems, &SourceError{Source: path, Err: err})
 			continue
 		}
-		m, errs := parse(data)
+		m, errs := parse(data, current)
 		isDefault := name == DefaultFile
 		if m != nil && !isDefault && stem != m.Name && stem != m.Ref() {
 			errs = append(errs, FieldError{

@@ -18,6 +18,10 @@ const (
 	MaxTimeoutMs         = 3600000  // 1 h
 	MaxMaxIdenticalCalls = 1000
 
+	// recordedMaxToolCalls is the limit on max_tool_calls before
+	// 2026-11-29, which ParseRecorded still accepts.
+	recordedMaxToolCalls = 100000
+
 	// MaxVersionLen bounds version.
 	MaxVersionLen = 64
 	// MaxTextLen bounds publisher, tool names, binaries, sandbox.image and
@@ -37,11 +41,22 @@ var nameRE = regexp.MustCompile(NamePattern)
 // at fault. Parse calls it; programs that build a Manifest in code should
 // call it too (NewRegistry does).
 func (m *Manifest) Validate() error {
-	if errs := m.validate(); len(errs) > 0 {
+	if errs := m.validate(current); len(errs) > 0 {
 		return &ValidationError{Errors: errs}
 	}
 	return nil
 }
+
+// rules selects what validate checks: the current rules, for a manifest
+// being loaded, or for one a recorded decision names (ParseRecorded) the
+// rules of the build that loaded it, limits tightened since included, so
+// that the decisions made under it can still be replayed.
+type rules int
+
+const (
+	current rules = iota
+	recorded
+)
 
 type problems []FieldError
 
@@ -49,7 +64,7 @@ func (p *problems) add(path string, code Code, format string, args ...any) {
 	*p = append(*p, FieldError{Path: path, Code: code, Problem: fmt.Sprintf(format, args...)})
 }
 
-func (m *Manifest) validate() []FieldError {
+func (m *Manifest) validate(r rules) []FieldError {
 	var p problems
 	switch {
 	case m.Schema == "":
@@ -83,7 +98,7 @@ func (m *Manifest) validate() []FieldError {
 	case hasControl(m.Publisher):
 		p.add("publisher", CodeInvalidValue, "must not contain control characters")
 	}
-	m.Permissions.validate(&p)
+	m.Permissions.validate(&p, r)
 	if img := m.Sandbox.Image; img != "" {
 		checkToken(&p, "sandbox.image", img)
 	}
@@ -96,7 +111,7 @@ func (m *Manifest) validate() []FieldError {
 	return p
 }
 
-func (perm *Permissions) validate(p *problems) {
+func (perm *Permissions) validate(p *problems, r rules) {
 	tools := make(map[string]int, len(perm.Tools))
 	for i, t := range perm.Tools {
 		path := fmt.Sprintf("permissions.tools[%d]", i)
@@ -117,7 +132,7 @@ func (perm *Permissions) validate(p *problems) {
 	domains := make(map[string]int, len(perm.Net.Domains))
 	for i, d := range perm.Net.Domains {
 		path := fmt.Sprintf("permissions.net.domains[%d]", i)
-		if code, problem := domainProblem(d); problem != "" {
+		if code, problem := domainProblem(d, r); problem != "" {
 			p.add(path, code, "%s", problem)
 			continue
 		}
@@ -159,10 +174,10 @@ func (perm *Permissions) validate(p *problems) {
 		approvals[t] = i
 	}
 
-	perm.Budgets.validate(p)
+	perm.Budgets.validate(p, r)
 }
 
-func (b *Budgets) validate(p *problems) {
+func (b *Budgets) validate(p *problems, r rules) {
 	check := func(name string, v, def, max int64) {
 		path := "permissions.budgets." + name
 		switch {
@@ -173,7 +188,11 @@ func (b *Budgets) validate(p *problems) {
 		}
 	}
 	check("max_steps", b.MaxSteps, DefaultMaxSteps, MaxMaxSteps)
-	check("max_tool_calls", b.MaxToolCalls, DefaultMaxToolCalls, MaxMaxToolCalls)
+	maxToolCalls := int64(MaxMaxToolCalls)
+	if r == recorded {
+		maxToolCalls = recordedMaxToolCalls
+	}
+	check("max_tool_calls", b.MaxToolCalls, DefaultMaxToolCalls, maxToolCalls)
 	check("max_wall_time_ms", b.MaxWallTimeMs, DefaultMaxWallTimeMs, MaxMaxWallTimeMs)
 	check("max_output_bytes", b.MaxOutputBytes, DefaultMaxOutputBytes, MaxMaxOutputBytes)
 	check("timeout_ms", b.TimeoutMs, DefaultTimeoutMs, MaxTimeoutMs)
@@ -224,8 +243,10 @@ func isLowerHex(s string, n int) bool {
 
 // domainProblem returns the code and problem of a bad permissions.net.domains
 // entry, or an empty problem if d is an exact host name or "*." followed by
-// a host name of at least two labels whose last label is not a number.
-func domainProblem(d string) (Code, string) {
+// a host name of at least two labels whose last label is not a number
+// (under the recorded rules, it may be one: such patterns were valid until
+// 2026-11-29).
+func domainProblem(d string, r rules) (Code, string) {
 	switch {
 	case d == "":
 		return CodeRequired, "must not be empty"
@@ -252,7 +273,7 @@ func domainProblem(d string) (Code, string) {
 	if wildcard && !strings.Contains(host, ".") {
 		return CodeInvalidValue, fmt.Sprintf(`%q would match a whole top-level domain: name at least two labels after "*."`, d)
 	}
-	if wildcard && ipv4Number(host[strings.LastIndexByte(host, '.')+1:]) {
+	if wildcard && r == current && ipv4Number(host[strings.LastIndexByte(host, '.')+1:]) {
 		// No top-level domain is a number: URL parsers read a host whose
 		// last label is one as an IPv4 address, so "*.0.1" would match
 		// 127.0.0.1 and 10.0.0.1 rather than any sub-domain.
