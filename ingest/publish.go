@@ -161,7 +161,7 @@ func (s *Server) decodeClient(raw []byte) (ev *envelope.Event, assign bool, err 
 }
 
 // checkClock refuses an event stamped further than --max-clock-skew from
-// the gateway's clock (docs/api.md#clock-skew).
+// the gateway's clock (docs/api.md, Clock skew).
 func (s *Server) checkClock(ev *envelope.Event) error {
 	if s.cfg.MaxClockSkew <= 0 {
 		return nil
