@@ -59,7 +59,7 @@ func runPublish(ctx context.Context, env IO, args []string) int {
 	if err != nil && timedOut {
 		// Unreachable brokers: waiting as long again for the first
 		// batch would double --timeout.
-		return fail(env, ExitRuntime, "publish: the brokers did not answer within --timeout %s: %v", *timeout, err)
+		return fail(env, ExitRuntime, "publish: the brokers did not answer within --timeout %s: %v (0 events acknowledged before)", *timeout, err)
 	}
 	if err != nil {
 		batchBytes = pipeline.MaxRecordBytes(envelope.DefaultMaxEventBytes)
