@@ -174,8 +174,9 @@ func New(cfg Config, store Store, reg prometheus.Registerer, log *slog.Logger) (
 		snaps: make(map[SessionKey]*session.Snapshot), used: make(map[SessionKey]uint64)}, nil
 }
 
-// Ready reports whether the projector has caught up once: it has polled
-// its topics and found nothing left to write. It stays true afterwards.
+// Ready reports whether the projector has caught up once: it has joined
+// its group, polled its topics and found nothing left to write. It stays
+// true afterwards.
 func (p *Projector) Ready() bool { return p.ready.Load() }
 
 // Run consumes and writes until ctx is cancelled, then drains (see the
@@ -210,7 +211,7 @@ func (p *Projector) Run(ctx context.Context) error {
 		switch {
 		case err == nil:
 		case errors.Is(err, context.DeadlineExceeded):
-			if len(buf) == 0 {
+			if len(buf) == 0 && cons.Joined() {
 				p.ready.Store(true)
 			}
 		default:

@@ -439,3 +439,33 @@ func TestUnwritableSpillDirFailsAtStart(t *testing.T) {
 		t.Fatalf("Run with an unwritable spill directory: %v; want a spill directory error at start", err)
 	}
 }
+
+// TestNotReadyBeforeJoining: /readyz stays 503 while a stage cannot join
+// its consumer group (here the broker refuses the session timeout, as a
+// group ACL missing on a cluster would): the stage owns no partition and
+// processes nothing. Each stage, checked alone, must not say ready.
+func TestNotReadyBeforeJoining(t *testing.T) {
+	for _, target := range Stages {
+		t.Run(target, func(t *testing.T) {
+			cfg := embeddedConfig(t)
+			cfg.Target = target
+			cfg.SessionTimeout = 2 * time.Second // below the broker's group.min.session.timeout.ms (6s)
+			d := New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil)))
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- d.Run(ctx) }()
+			defer func() {
+				cancel()
+				<-done
+			}()
+			if d.Brokers() == nil {
+				t.Fatalf("daemon did not start: %v", <-done)
+			}
+			for end := time.Now().Add(4 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+				if d.Ready() {
+					t.Fatalf("%s ready without having joined its group", target)
+				}
+			}
+		})
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kgo"
@@ -79,6 +80,11 @@ type Consumer struct {
 	// next is, per topic and partition, the offset after the last record
 	// polled, control records (transaction markers) included.
 	next map[string]map[int32]int64
+	// joined is whether a group consumer is in its group: set by an
+	// assignment (even of no partition), cleared by a loss (a failed join
+	// included).
+	joined atomic.Bool
+	group  bool
 }
 
 // NewConsumer returns a Consumer; it connects lazily.
@@ -124,8 +130,11 @@ func NewConsumer(cfg ConsumerConfig, opts ...Option) (*Consumer, error) {
 		return &Consumer{cl: cl, next: map[string]map[int32]int64{}}, nil
 	}
 	kopts = append(kopts, kgo.ConsumeTopics(cfg.Topics...), kgo.ConsumeResetOffset(cfg.Start.offset()))
+	c := &Consumer{next: map[string]map[int32]int64{}, group: cfg.Group != ""}
 	if cfg.Group != "" {
-		kopts = append(kopts, kgo.ConsumerGroup(cfg.Group), kgo.DisableAutoCommit())
+		kopts = append(kopts, kgo.ConsumerGroup(cfg.Group), kgo.DisableAutoCommit(),
+			kgo.OnPartitionsAssigned(func(context.Context, *kgo.Client, map[string][]int32) { c.joined.Store(true) }),
+			kgo.OnPartitionsLost(func(context.Context, *kgo.Client, map[string][]int32) { c.joined.Store(false) }))
 		if cfg.SessionTimeout > 0 {
 			kopts = append(kopts, kgo.SessionTimeout(cfg.SessionTimeout), kgo.HeartbeatInterval(min(cfg.SessionTimeout/3, 3*time.Second)))
 		}
@@ -134,8 +143,13 @@ func NewConsumer(cfg ConsumerConfig, opts ...Option) (*Consumer, error) {
 	if err != nil {
 		return nil, fmt.Errorf("stream: consumer: %w: %w", ErrConfig, err)
 	}
-	return &Consumer{cl: cl, next: map[string]map[int32]int64{}}, nil
+	c.cl = cl
+	return c, nil
 }
+
+// Joined reports whether a consumer with a Group is in its group, with
+// its partitions assigned; one without a Group always is.
+func (c *Consumer) Joined() bool { return !c.group || c.joined.Load() }
 
 // Poll blocks until records are available or ctx is done, and returns them
 // in offset order per partition. It returns ctx's error when ctx is done,

@@ -211,6 +211,7 @@ type Transactor struct {
 
 type assignEvent struct {
 	assigned bool // false: revoked or lost
+	lost     bool // the group session ended (a failed join included)
 	parts    []int32
 }
 
@@ -579,13 +580,15 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client, closer *sess
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.ProducerBatchMaxBytesFn(t.batchMaxBytes),
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
-			t.pushEvent(true, m[t.cfg.Input])
+			t.pushEvent(assignEvent{assigned: true, parts: m[t.cfg.Input]})
 		}),
 		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
-			t.pushEvent(false, m[t.cfg.Input])
+			t.pushEvent(assignEvent{parts: m[t.cfg.Input]})
 		}),
+		// Also called when a join fails (the broker refuses the session
+		// timeout, a group ACL is missing): the stage is not in the group.
 		kgo.OnPartitionsLost(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
-			t.pushEvent(false, m[t.cfg.Input])
+			t.pushEvent(assignEvent{lost: true, parts: m[t.cfg.Input]})
 		}),
 	)
 	if t.cfg.BatchWait > 0 {
@@ -790,10 +793,11 @@ func (t *Transactor) rewind(ctx context.Context, s *kgo.GroupTransactSession) er
 	return nil
 }
 
-func (t *Transactor) pushEvent(assigned bool, parts []int32) {
+func (t *Transactor) pushEvent(ev assignEvent) {
 	t.evMu.Lock()
 	defer t.evMu.Unlock()
-	t.events = append(t.events, assignEvent{assigned: assigned, parts: slices.Clone(parts)})
+	ev.parts = slices.Clone(ev.parts)
+	t.events = append(t.events, ev)
 }
 
 // applyEvents applies the assignment changes the group callbacks queued:
@@ -808,7 +812,13 @@ func (t *Transactor) applyEvents(ctx context.Context, adm *kadm.Client, parts ma
 		return false, nil
 	}
 	var added []int32
+	// The stage is in the group after an assignment (even of no
+	// partition), and out of it after a loss, until the next one.
+	joined, changed := false, false
 	for _, ev := range evs {
+		if ev.assigned || ev.lost {
+			joined, changed = ev.assigned, true
+		}
 		for _, p := range ev.parts {
 			if ev.assigned {
 				// A partition assigned while held was lost in between
@@ -840,7 +850,9 @@ func (t *Transactor) applyEvents(ctx context.Context, adm *kadm.Client, parts ma
 	}
 	t.viewMu.Lock()
 	defer t.viewMu.Unlock()
-	t.joined = true
+	if changed {
+		t.joined = joined
+	}
 	for p := range t.view {
 		if _, ok := parts[p]; !ok {
 			delete(t.view, p)
