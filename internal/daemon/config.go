@@ -131,8 +131,9 @@ type Config struct {
 	// SessionTimeout is the consumer group session timeout of the stages
 	// (default 45s): how long the partitions of a crashed instance stay
 	// unowned before the group hands them to a live one. The broker
-	// bounds it (group.min.session.timeout.ms, 6s by default). Members
-	// heartbeat every third of it, at most every 3s.
+	// bounds it (group.min.session.timeout.ms, 6s by default; the embedded
+	// broker takes 6s..5m). Members heartbeat every third of it, at most
+	// every 3s.
 	SessionTimeout time.Duration `yaml:"session_timeout"`
 	// StallTimeout is how long a stage's loop may make no progress before
 	// its Kafka client is replaced (default 2m; docs/pipeline.md).
@@ -160,6 +161,13 @@ type Config struct {
 	// MCP configures the MCP proxy target (--mcp-* flags, mcp_* keys).
 	MCP mcpproxy.Config `yaml:",inline"`
 }
+
+// The session timeouts the embedded broker accepts (kfake's defaults of
+// group.min.session.timeout.ms and group.max.session.timeout.ms).
+const (
+	embeddedMinSessionTimeout = 6 * time.Second
+	embeddedMaxSessionTimeout = 5 * time.Minute
+)
 
 // Defaults returns the configuration with every default applied.
 func Defaults() Config {
@@ -345,6 +353,10 @@ func (c *Config) Validate() error {
 	}
 	if c.SessionTimeout < time.Second || c.SessionTimeout > 30*time.Minute {
 		errs = append(errs, fmt.Errorf("session-timeout %s: must be 1s..30m", c.SessionTimeout))
+	} else if len(c.Brokers) == 0 && (c.SessionTimeout < embeddedMinSessionTimeout || c.SessionTimeout > embeddedMaxSessionTimeout) {
+		// The embedded broker refuses every join outside its bounds: the
+		// stages would start and never own a partition.
+		errs = append(errs, fmt.Errorf("session-timeout %s: the embedded broker takes %s..%s", c.SessionTimeout, embeddedMinSessionTimeout, embeddedMaxSessionTimeout))
 	}
 	if c.StallTimeout < time.Minute || c.StallTimeout > time.Hour {
 		errs = append(errs, fmt.Errorf("stall-timeout %s: must be 1m..1h", c.StallTimeout))

@@ -108,6 +108,8 @@ func TestLoadRejects(t *testing.T) {
 		{"sealer batch wait too long", []string{"--sealer-batch-wait", "2s"}, "sealer-batch-wait"},
 		{"stall timeout below the transaction timeout", []string{"--stall-timeout", "30s"}, "stall-timeout"},
 		{"stall timeout that never fires", []string{"--stall-timeout", "0"}, "stall-timeout"},
+		{"session timeout below the embedded broker's minimum", []string{"--session-timeout", "2s"}, "session-timeout 2s"},
+		{"session timeout above the embedded broker's maximum", []string{"--session-timeout", "10m"}, "session-timeout 10m0s"},
 		{"split decider without the approval secret", []string{"--brokers", "k1:9092", "--target", "decider"}, "approval-secret-file"},
 		{"split stages with the decider without the approval secret", []string{"--brokers", "k1:9092", "--target", "decider,sealer"}, "unauthenticated-approvals"},
 		{"embedded broker on every interface", []string{"--kafka-addr", "0.0.0.0:9092"}, "kafka-addr 0.0.0.0:9092"},
@@ -124,6 +126,10 @@ func TestLoadRejects(t *testing.T) {
 				t.Fatalf("got %v, want an error containing %q", err, tc.want)
 			}
 		})
+	}
+	// External brokers have their own bounds, checked when a stage joins.
+	if _, err := Load([]string{"--brokers", "k1:9092", "--target", "sealer", "--session-timeout", "2s"}, io.Discard); err != nil {
+		t.Errorf("session timeout of 2s on external brokers: %v", err)
 	}
 }
 
