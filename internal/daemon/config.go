@@ -270,8 +270,21 @@ func Load(args []string, stderr io.Writer) (Config, error) {
 	}
 	dec := yaml.NewDecoder(strings.NewReader(string(raw)))
 	dec.KnownFields(true)
-	if err := dec.Decode(&cfg); err != nil {
+	// A file with no setting yet (empty, or comments only) is no document:
+	// the defaults stand.
+	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
 		return Config{}, fmt.Errorf("config %s: %w", *configPath, err)
+	}
+	// A second document would be ignored, its keys unchecked.
+	for {
+		var more any
+		err := dec.Decode(&more)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil || more != nil {
+			return Config{}, fmt.Errorf("config %s: want one YAML document, found more", *configPath)
+		}
 	}
 	fs := flag.NewFlagSet("aegisd", flag.ContinueOnError)
 	fs.SetOutput(stderr)

@@ -62,6 +62,24 @@ func TestLoadFileThenFlags(t *testing.T) {
 	}
 }
 
+// TestLoadEmptyFile: a file with no setting (empty, or every line a
+// comment) leaves the defaults, like no file.
+func TestLoadEmptyFile(t *testing.T) {
+	for _, body := range []string{"", "# nothing set yet\n"} {
+		path := filepath.Join(t.TempDir(), "aegis.yaml")
+		if err := os.WriteFile(path, []byte(body), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := Load([]string{"--config", path, "--instance", "i1"}, io.Discard)
+		if err != nil {
+			t.Fatalf("file %q: %v", body, err)
+		}
+		if cfg.Instance != "i1" || cfg.HTTPAddr != "127.0.0.1:8080" {
+			t.Fatalf("file %q: %+v", body, cfg)
+		}
+	}
+}
+
 // TestApprovalSecretOfSplitDecider: a decider on external brokers with no
 // gateway in its process needs the approval secret, or the explicit
 // opt-out; with the gateway (--dev here), or on the embedded broker, it
@@ -85,6 +103,8 @@ func TestLoadRejects(t *testing.T) {
 	dir := t.TempDir()
 	unknown := filepath.Join(dir, "unknown.yaml")
 	_ = os.WriteFile(unknown, []byte("partitons: 3\n"), 0o600)
+	twoDocs := filepath.Join(dir, "two.yaml")
+	_ = os.WriteFile(twoDocs, []byte("target: sealer\n---\npartitons: 3\n"), 0o600)
 	cases := []struct {
 		name string
 		args []string
@@ -96,6 +116,7 @@ func TestLoadRejects(t *testing.T) {
 		{"bad log level", []string{"--log-level", "loud"}, "log-level"},
 		{"tiny events", []string{"--max-event-bytes", "10"}, "max-event-bytes"},
 		{"unknown yaml key", []string{"--config", unknown}, "partitons"},
+		{"second yaml document", []string{"--config", twoDocs}, "one YAML document"},
 		{"missing file", []string{"--config", filepath.Join(dir, "nope.yaml")}, "no such file"},
 		{"unknown flag", []string{"--brokerz", "x"}, "not defined"},
 		{"unknown compression", []string{"--kafka-compression", "brotli"}, "kafka-compression"},
