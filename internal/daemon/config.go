@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -218,11 +219,11 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.AddrFile, "addr-file", c.AddrFile, "write the bound listen addresses as JSON to this file once listening (for port 0)")
 	fs.StringVar(&c.TopicPrefix, "topic-prefix", c.TopicPrefix, "prefix of every topic name")
 	fs.Func("partitions", fmt.Sprintf("partition count of the pipeline topics (default %d)", c.Partitions), func(s string) error {
-		var n int32
-		if _, err := fmt.Sscan(s, &n); err != nil {
+		n, err := strconv.ParseInt(s, 10, 32)
+		if err != nil {
 			return err
 		}
-		c.Partitions = n
+		c.Partitions = int32(n)
 		return nil
 	})
 	fs.StringVar(&c.Instance, "instance", c.Instance, "instance name, unique per running instance and stable across restarts")

@@ -112,6 +112,7 @@ func TestLoadRejects(t *testing.T) {
 	}{
 		{"unknown stage", []string{"--target", "decider,frobnicator"}, `unknown stage`},
 		{"zero partitions", []string{"--partitions", "0"}, "partitions 0"},
+		{"partitions with a unit", []string{"--partitions", "12x"}, "-partitions"},
 		{"bad prefix", []string{"--topic-prefix", "a/b"}, "topic prefix"},
 		{"bad log level", []string{"--log-level", "loud"}, "log-level"},
 		{"tiny events", []string{"--max-event-bytes", "10"}, "max-event-bytes"},
