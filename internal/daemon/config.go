@@ -261,6 +261,12 @@ func Load(args []string, stderr io.Writer) (Config, error) {
 	if err := probe.Parse(args); err != nil {
 		return Config{}, err
 	}
+	// Parsing stops at the first argument that is not a flag, and every
+	// flag after it would be dropped: "--dev false" sets --dev and ends
+	// the flags there.
+	if probe.NArg() > 0 {
+		return Config{}, fmt.Errorf("unexpected argument %q: aegisd takes flags only (a boolean flag takes its value as --flag=false)", probe.Arg(0))
+	}
 	if *configPath == "" {
 		return cfg, cfg.Validate()
 	}

@@ -120,6 +120,11 @@ func TestLoadRejects(t *testing.T) {
 		{"second yaml document", []string{"--config", twoDocs}, "one YAML document"},
 		{"missing file", []string{"--config", filepath.Join(dir, "nope.yaml")}, "no such file"},
 		{"unknown flag", []string{"--brokerz", "x"}, "not defined"},
+		// A boolean flag takes no separate value: "false" ended the flags,
+		// and --brokers after it was dropped with --pprof on.
+		{"value after a boolean flag", []string{"--pprof", "false", "--brokers", "k1:9092", "--target", "sealer"}, `argument "false"`},
+		{"argument after the flags", []string{"--target", "sealer", "decider"}, `argument "decider"`},
+		{"argument after the flags with a file", []string{"--config", unknown, "decider"}, `argument "decider"`},
 		{"unknown compression", []string{"--kafka-compression", "brotli"}, "kafka-compression"},
 		{"no state in memory", []string{"--state-sessions", "0"}, "state-sessions"},
 		{"empty store batch", []string{"--store-batch", "0"}, "store-batch"},
