@@ -243,13 +243,13 @@ func TestProjectorStoreOpenIsRetried(t *testing.T) {
 		}
 		return stores.Open(context.Background(), "sqlite:"+filepath.Join(t.TempDir(), "audit.db"))
 	}
-	st, err := openRetrying(open, 10*time.Second, slog.New(slog.DiscardHandler))
+	st, err := openRetrying(context.Background(), open, 10*time.Second, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatalf("after two refusals: %v", err)
 	}
 	_ = st.Close()
 	fails = 100
-	if _, err := openRetrying(open, time.Second, slog.New(slog.DiscardHandler)); err == nil || fails < 97 {
+	if _, err := openRetrying(context.Background(), open, time.Second, slog.New(slog.DiscardHandler)); err == nil || fails < 97 {
 		t.Fatalf("past the budget: err %v after %d attempts", err, 100-fails)
 	}
 }

@@ -226,10 +226,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 		ReadTimeout: httpReadTimeout, IdleTimeout: 2 * time.Minute}
 
 	for _, name := range targets {
-		t, err := d.newStage(name, brokers, api)
+		t, err := d.newStage(ctx, name, brokers, api)
 		if err != nil {
 			_ = ln.Close()
 			abandon()
+			if errors.Is(err, context.Canceled) && ctx.Err() != nil {
+				d.log.Info("shutdown requested while aegisd started", "stage", name)
+				return nil
+			}
 			return err
 		}
 		if d.wrapStage != nil {
@@ -388,11 +392,11 @@ func (d *Daemon) writeAddrFile(ctx context.Context, kafka string, mcp bool) erro
 // markStarted releases Brokers and HTTPAddr callers, once.
 func (d *Daemon) markStarted() { d.startOnce.Do(func() { close(d.started) }) }
 
-func (d *Daemon) newStage(name string, brokers []string, api *ingest.Server) (stageRunner, error) {
+func (d *Daemon) newStage(ctx context.Context, name string, brokers []string, api *ingest.Server) (stageRunner, error) {
 	cfg := d.cfg
 	switch name {
 	case TargetProjector:
-		return d.newProjector(brokers)
+		return d.newProjector(ctx, brokers)
 	case TargetMCPProxy:
 		return d.newMCPProxy(api)
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -467,5 +468,34 @@ func TestNotReadyBeforeJoining(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestShutdownWhileTheStoreIsRetried: a SIGTERM while the projector waits
+// for its audit store at start (a ClickHouse server down) stops aegisd
+// then, cleanly, instead of after the minute of retries: a supervisor
+// that waits less kills it.
+func TestShutdownWhileTheStoreIsRetried(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := ln.Addr().String() // nothing listens there once closed
+	ln.Close()
+	cfg := embeddedConfig(t)
+	cfg.Target = TargetProjector
+	cfg.Store = "clickhouse://" + closed + "/audit"
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- New(cfg, slog.New(slog.NewTextHandler(io.Discard, nil))).Run(ctx) }()
+	time.Sleep(time.Second)
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Run = %v, want nil after a shutdown", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run still retrying the store 10s after the shutdown")
 	}
 }

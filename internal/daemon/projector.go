@@ -37,9 +37,9 @@ func (s *projectorStage) Run(ctx context.Context) error {
 
 // newProjector opens the audit store (creating its schema) and builds the
 // projector stage on it.
-func (d *Daemon) newProjector(brokers []string) (stageRunner, error) {
+func (d *Daemon) newProjector(ctx context.Context, brokers []string) (stageRunner, error) {
 	cfg := d.cfg
-	st, err := openRetrying(func() (stores.Store, error) { return stores.Open(context.Background(), cfg.StoreURL()) },
+	st, err := openRetrying(ctx, func() (stores.Store, error) { return stores.Open(context.Background(), cfg.StoreURL()) },
 		storeOpenBudget, d.log)
 	if err != nil {
 		return nil, fmt.Errorf("aegisd: projector: %w", err)
@@ -65,8 +65,8 @@ const storeOpenBudget = time.Minute
 
 // openRetrying calls open until it succeeds or budget has passed, waiting
 // 0.5 s, then twice as long up to 5 s, between attempts; it returns the
-// last error.
-func openRetrying(open func() (stores.Store, error), budget time.Duration, log *slog.Logger) (stores.Store, error) {
+// last error, or ctx's once ctx is done (a shutdown stops the retries).
+func openRetrying(ctx context.Context, open func() (stores.Store, error), budget time.Duration, log *slog.Logger) (stores.Store, error) {
 	deadline := time.Now().Add(budget)
 	wait := 500 * time.Millisecond
 	for {
@@ -75,7 +75,11 @@ func openRetrying(open func() (stores.Store, error), budget time.Duration, log *
 			return st, err
 		}
 		log.Warn("audit store not reachable yet; retrying", "err", err, "in", wait)
-		time.Sleep(wait)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(wait):
+		}
 		wait = min(2*wait, 5*time.Second)
 	}
 }
