@@ -20,7 +20,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -31,7 +30,7 @@ import (
 	"sort"
 	"strings"
 
-	"go.yaml.in/yaml/v3"
+	"aegis.dev/aegis/internal/yamldoc"
 )
 
 // ErrPack reports a pack that cannot be loaded: bad YAML, an unknown field,
@@ -198,8 +197,8 @@ type Partition struct {
 const PartitionWrong = "wrong"
 
 // UnmarshalYAML reads a partition number or "wrong".
-func (p *Partition) UnmarshalYAML(n *yaml.Node) error {
-	if n.Kind == yaml.ScalarNode && n.Tag == "!!str" && n.Value == PartitionWrong {
+func (p *Partition) UnmarshalYAML(n *yamldoc.Node) error {
+	if n.Kind == yamldoc.ScalarNode && n.Tag == "!!str" && n.Value == PartitionWrong {
 		*p = Partition{Wrong: true}
 		return nil
 	}
@@ -367,23 +366,11 @@ func LoadFS(fsys fs.FS, dir string) ([]*Pack, error) {
 // Parse decodes one pack strictly (unknown fields and a second YAML
 // document are errors) and checks its cases.
 func Parse(b []byte) (*Pack, error) {
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
 	var p Pack
-	if err := dec.Decode(&p); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrPack, err)
-	}
 	// A second document ("---") would otherwise be ignored, and its
 	// cases would never run. Empty documents are harmless.
-	for {
-		var more any
-		err := dec.Decode(&more)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil || more != nil {
-			return nil, fmt.Errorf("%w: more than one YAML document", ErrPack)
-		}
+	if err := yamldoc.DecodeStrict(b, &p); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrPack, err)
 	}
 	if len(p.Cases) == 0 {
 		return nil, fmt.Errorf("%w: no cases", ErrPack)

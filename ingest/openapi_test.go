@@ -11,7 +11,7 @@ import (
 	"strings"
 	"testing"
 
-	"go.yaml.in/yaml/v3"
+	"aegis.dev/aegis/internal/yamldoc"
 )
 
 // TestOpenAPIDocumentsEveryRoute guards schemas/openapi.yaml against
@@ -63,7 +63,7 @@ func loadOpenAPI(tb testing.TB) *openAPISpec {
 		tb.Fatal(err)
 	}
 	s := &openAPISpec{files: map[string]map[string]any{}}
-	if err := yaml.Unmarshal(raw, &s.doc); err != nil {
+	if err := yamldoc.DecodeStrict(raw, &s.doc); err != nil {
 		tb.Fatal(err)
 	}
 	return s

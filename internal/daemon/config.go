@@ -17,11 +17,10 @@ import (
 	"strings"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
 	"aegis.dev/aegis/ingest"
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/internal/yamldoc"
 	"aegis.dev/aegis/mcpproxy"
 	"aegis.dev/aegis/projector/stores"
 	"aegis.dev/aegis/schemas/envelope"
@@ -275,23 +274,14 @@ func Load(args []string, stderr io.Writer) (Config, error) {
 	if err != nil {
 		return Config{}, fmt.Errorf("config: %w", err)
 	}
-	dec := yaml.NewDecoder(strings.NewReader(string(raw)))
-	dec.KnownFields(true)
 	// A file with no setting yet (empty, or comments only) is no document:
-	// the defaults stand.
-	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
-		return Config{}, fmt.Errorf("config %s: %w", *configPath, err)
-	}
-	// A second document would be ignored, its keys unchecked.
-	for {
-		var more any
-		err := dec.Decode(&more)
-		if errors.Is(err, io.EOF) {
-			break
-		}
-		if err != nil || more != nil {
+	// the defaults stand. A second document would be ignored, its keys
+	// unchecked, so it is refused.
+	if err := yamldoc.DecodeStrict(raw, &cfg); err != nil && !errors.Is(err, yamldoc.ErrEmpty) {
+		if errors.Is(err, yamldoc.ErrMoreDocuments) {
 			return Config{}, fmt.Errorf("config %s: want one YAML document, found more", *configPath)
 		}
+		return Config{}, fmt.Errorf("config %s: %w", *configPath, err)
 	}
 	fs := flag.NewFlagSet("aegisd", flag.ContinueOnError)
 	fs.SetOutput(stderr)
