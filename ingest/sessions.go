@@ -31,6 +31,11 @@ func WithStore(st Store) Option { return func(s *Server) { s.store = st } }
 const (
 	defaultPageSize = 100
 	maxPageSize     = 1000
+	// maxPageBytes bounds the records of one page: a page ends early
+	// (with next_cursor) once they reach it, so that a page of a
+	// thousand records of up to --max-event-bytes each is not held in
+	// memory at once. A page holds at least one record whatever its size.
+	maxPageBytes = 8 << 20
 )
 
 // EventsPage is a page of a session's sealed events.
@@ -136,8 +141,9 @@ func (s *Server) handleSnapshot(w http.ResponseWriter, r *http.Request, p Princi
 
 // handleSessionEvents is GET /v1/sessions/{session}/events?after_seq=N&limit=M:
 // the sealed records with seq > after_seq, in seq order, at most limit
-// (default 100, at most 1000). A page is never cut silently: next_cursor
-// is set whenever more records follow.
+// (default 100, at most 1000), and no more once they reach maxPageBytes. A
+// page is never cut silently: next_cursor is set whenever more records
+// follow.
 // maxSeq is the largest seq an event may carry (the largest integer JSON
 // carries exactly, as the event schema says).
 const maxSeq = 1<<53 - 1
@@ -174,6 +180,7 @@ func (s *Server) handleSessionEvents(w http.ResponseWriter, r *http.Request, p P
 	// all it asked for without filling the page is followed by another
 	// after the last seq it saw.
 	lastSeq := after
+	size := 0
 	for {
 		f.AfterSeq, f.Limit = lastSeq, limit+1
 		var rows int
@@ -181,7 +188,7 @@ func (s *Server) handleSessionEvents(w http.ResponseWriter, r *http.Request, p P
 			if row.Event.Seq <= lastSeq {
 				return nil
 			}
-			if len(page.Events) == limit {
+			if len(page.Events) == limit || size >= maxPageBytes {
 				page.NextCursor = strconv.FormatUint(lastSeq, 10)
 				return errStop
 			}
@@ -189,7 +196,7 @@ func (s *Server) handleSessionEvents(w http.ResponseWriter, r *http.Request, p P
 			if err != nil {
 				return malformed(row.Event.Seq, err)
 			}
-			page.Events, lastSeq = append(page.Events, b), row.Event.Seq
+			page.Events, lastSeq, size = append(page.Events, b), row.Event.Seq, size+len(b)
 			return nil
 		})
 		if err != nil || rows < f.Limit || lastSeq >= maxSeq {
