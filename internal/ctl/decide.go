@@ -151,6 +151,9 @@ func DecideOne(ctx context.Context, eng *decider.Engine, body []byte, useRegistr
 		if snap.TenantID != ev.TenantID || snap.SessionID != ev.SessionID {
 			return nil, fmt.Errorf("request: snapshot is of %s/%s, event of %s/%s", snap.TenantID, snap.SessionID, ev.TenantID, ev.SessionID)
 		}
+		if err := withinBounds(snap); err != nil {
+			return nil, fmt.Errorf("request: snapshot: %w", err)
+		}
 	}
 	if len(req.Manifest) > 0 && string(req.Manifest) != "null" {
 		m, err := manifest.Parse(req.Manifest)
@@ -163,6 +166,27 @@ func DecideOne(ctx context.Context, eng *decider.Engine, body []byte, useRegistr
 		return eng.Decide(ctx, snap, ev)
 	}
 	return eng.DecideWith(ctx, snap, ev, nil)
+}
+
+// withinBounds refuses a snapshot holding more than the reducer ever keeps
+// (the bounds of decider/session): no session reaches it, and deciding on
+// one of a request's worth of entries costs far more than the request.
+func withinBounds(s *session.Snapshot) error {
+	for _, b := range []struct {
+		name   string
+		n, max int
+	}{
+		{"calls", len(s.Calls), session.MaxCallDigests},
+		{"approvals", len(s.Approvals), session.MaxApprovals},
+		{"sanitizer_keys", len(s.SanitizerKeys), session.MaxSanitizerKeys},
+		{"taint_sources", len(s.TaintSources), session.MaxTaintSources},
+		{"recent_tools", len(s.RecentTools), session.MaxRecentTools},
+	} {
+		if b.n > b.max {
+			return fmt.Errorf("%s holds %d entries; a session keeps at most %d", b.name, b.n, b.max)
+		}
+	}
+	return nil
 }
 
 // decideLog runs the reducer and the policy over an NDJSON event log and
