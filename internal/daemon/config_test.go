@@ -186,9 +186,14 @@ func TestSecretsStayOutOfErrorsAndTheStartLog(t *testing.T) {
 			t.Errorf("store %q: %v", store, err)
 		}
 	}
-	for _, upstream := range []string{"https://bob:50%off@mcp.example/mcp", "https://mcp.example/mcp?api_key=TOKEN123"} {
+	for _, upstream := range []string{"https://bob:50%off@mcp.example/mcp", "https://mcp.example/mcp?api_key=TOKEN123", "cmd:mcp-server --token TOKEN123"} {
 		cfg := Defaults()
-		cfg.Dev, cfg.Target, cfg.MCP.UpstreamURL = true, "all,"+TargetMCPProxy, upstream
+		cfg.Dev, cfg.Target = true, "all,"+TargetMCPProxy
+		if cmd, ok := strings.CutPrefix(upstream, "cmd:"); ok {
+			cfg.MCP.UpstreamCmd = cmd
+		} else {
+			cfg.MCP.UpstreamURL = upstream
+		}
 		var buf bytes.Buffer
 		slog.New(slog.NewTextHandler(&buf, nil)).Info("starting aegisd", "config", cfg.redacted())
 		if strings.Contains(buf.String(), "50%off") || strings.Contains(buf.String(), "TOKEN123") {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 
 	"aegis.dev/aegis/ingest"
 	"aegis.dev/aegis/mcpproxy"
@@ -78,7 +79,16 @@ func (c Config) mcpRedacted() map[string]any {
 		return nil
 	}
 	m := c.MCP
-	return map[string]any{"upstream_cmd": m.UpstreamCmd, "upstream_url": redactURL(m.UpstreamURL), "addr": m.Addr, "path": m.Path,
+	// The command's arguments may carry a token: only the program and
+	// how many arguments follow it are logged.
+	cmd := ""
+	if argv := strings.Fields(m.UpstreamCmd); len(argv) > 0 {
+		cmd = argv[0]
+		if len(argv) > 1 {
+			cmd += fmt.Sprintf(" (%d arguments)", len(argv)-1)
+		}
+	}
+	return map[string]any{"upstream_cmd": cmd, "upstream_url": redactURL(m.UpstreamURL), "addr": m.Addr, "path": m.Path,
 		"stdio": m.Stdio, "tenant": m.Tenant, "session": m.Session, "manifest": m.Manifest, "decision_timeout": m.DecisionTimeout.String(),
 		"max_sessions": m.MaxSessions, "idle_timeout": m.IdleTimeout.String()}
 }
