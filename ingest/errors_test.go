@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"testing"
 
@@ -21,7 +22,7 @@ func TestEventErrorStatus(t *testing.T) {
 	}{
 		{&envelope.Error{Code: envelope.CodeTooLarge}, http.StatusRequestEntityTooLarge, envelope.CodeTooLarge},
 		{&envelope.Error{Code: envelope.CodeUnknownField}, http.StatusBadRequest, envelope.CodeUnknownField},
-		{brokerError(errors.New("no leader")), http.StatusServiceUnavailable, CodeBrokerUnavailable},
+		{(&Server{log: slog.New(slog.DiscardHandler)}).brokerError(errors.New("no leader")), http.StatusServiceUnavailable, CodeBrokerUnavailable},
 		{context.Canceled, http.StatusServiceUnavailable, CodeCanceled},
 		{fmt.Errorf("wait: %w", context.Canceled), http.StatusServiceUnavailable, CodeCanceled},
 		{fmt.Errorf("wait: %w", context.DeadlineExceeded), http.StatusGatewayTimeout, CodeDecisionTimeout},

@@ -239,7 +239,7 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p Principa
 		res := &resp.Results[idx[j]]
 		if err != nil {
 			failed = true
-			_, d := eventError(brokerError(err))
+			_, d := eventError(s.brokerError(err))
 			res.Status, res.Error = "failed", &d
 			continue
 		}

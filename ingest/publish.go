@@ -90,7 +90,7 @@ func (s *Server) submit(ctx context.Context, ev *envelope.Event, assign bool, ki
 		start := s.now()
 		if errs := s.publishAll(ctx, [][]byte{[]byte(key)}, [][]byte{value}); errs[0] != nil {
 			unregister()
-			return verdict{}, brokerError(errs[0])
+			return verdict{}, s.brokerError(errs[0])
 		}
 		if assign {
 			// The seq is taken as soon as Kafka holds the event, verdict
@@ -128,8 +128,13 @@ func (s *Server) submit(ctx context.Context, ev *envelope.Event, assign bool, ki
 	}
 }
 
-func brokerError(err error) error {
-	return &apiError{Status: http.StatusServiceUnavailable, Code: CodeBrokerUnavailable, Message: err.Error(), RetryAfter: time.Second}
+// brokerError is the answer to a publish Kafka did not acknowledge. The
+// cause (broker addresses, client internals) goes to the gateway's log,
+// not to the client.
+func (s *Server) brokerError(err error) error {
+	s.log.Warn("kafka did not acknowledge a publish", "err", err)
+	return &apiError{Status: http.StatusServiceUnavailable, Code: CodeBrokerUnavailable,
+		Message: "the Kafka brokers did not acknowledge; the gateway's log has the cause", RetryAfter: time.Second}
 }
 
 // decodeClient decodes one event a client sent. A seq of 0 or an absent

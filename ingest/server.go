@@ -230,7 +230,8 @@ func (s *Server) awaitTail(ctx context.Context) error {
 		return nil
 	case <-ctx.Done():
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			return brokerError(errors.New("ingest: the reply tail did not list the reply topics' end offsets before the deadline; nothing was published"))
+			return &apiError{Status: http.StatusServiceUnavailable, Code: CodeBrokerUnavailable, RetryAfter: time.Second,
+				Message: "the reply tail did not list the reply topics' end offsets before the deadline; nothing was published"}
 		}
 		return ctx.Err()
 	}

@@ -68,8 +68,12 @@ func (s *Server) sessionScope(r *http.Request, p Principal) (projector.Filter, e
 	return projector.Filter{TenantID: tenant, SessionID: r.PathValue("session")}, nil
 }
 
-func storeError(err error) error {
-	return &apiError{Status: http.StatusServiceUnavailable, Code: CodeStoreUnavailable, Message: err.Error()}
+// storeError is the answer to a failed read of the audit store. The cause
+// (file paths, server addresses) goes to the gateway's log, not to the
+// client.
+func (s *Server) storeError(err error) error {
+	s.log.Warn("audit store read failed", "err", err)
+	return &apiError{Status: http.StatusServiceUnavailable, Code: CodeStoreUnavailable, Message: "the audit store failed; the gateway's log has the cause"}
 }
 
 // scan calls fn with the session's rows in seq order, once per seq (stores
@@ -125,7 +129,7 @@ func (s *Server) handleSnapshot(w http.ResponseWriter, r *http.Request, p Princi
 		writeError(w, err)
 		return
 	case err != nil:
-		writeError(w, storeError(err))
+		writeError(w, s.storeError(err))
 		return
 	case snap.Events == 0:
 		writeError(w, errf(http.StatusNotFound, CodeNotFound, "no stored events for session %q", f.SessionID))
@@ -209,7 +213,7 @@ func (s *Server) handleSessionEvents(w http.ResponseWriter, r *http.Request, p P
 		writeError(w, err)
 		return
 	case err != nil && !errors.Is(err, errStop):
-		writeError(w, storeError(err))
+		writeError(w, s.storeError(err))
 		return
 	}
 	writeJSON(w, http.StatusOK, page)
@@ -234,7 +238,7 @@ func (s *Server) handleVerify(w http.ResponseWriter, r *http.Request, p Principa
 	}
 	rep, err := ctl.VerifyStore(r.Context(), src, f, 1)
 	if err != nil {
-		writeError(w, storeError(err))
+		writeError(w, s.storeError(err))
 		return
 	}
 	res := VerifyResult{Events: rep.Events, Failures: rep.Failures}

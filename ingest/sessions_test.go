@@ -4,11 +4,13 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"aegis.dev/aegis/decider/session"
@@ -276,5 +278,27 @@ func TestSessionReadsRefuseMalformedRows(t *testing.T) {
 	var res VerifyResult
 	if r := h.do(t, "GET", "/v1/sessions/s1/verify", "acme-auditor", "", "", &res); r.StatusCode != 200 || res.Valid || len(res.Failures) == 0 || res.Failures[0].Reason != chain.ReasonMalformed {
 		t.Errorf("verify: %d %+v", r.StatusCode, res)
+	}
+}
+
+// failingStore fails every read with an error naming where the store is.
+type failingStore struct{ Store }
+
+func (failingStore) Events(context.Context, projector.Filter, func(*projector.EventRow) error) error {
+	return errors.New("open /var/lib/aegis/secret-path/audit.db: input/output error")
+}
+
+// TestStoreFailureKeepsItsCauseInTheLog: a failed store read is 503
+// STORE_UNAVAILABLE, and the cause (here a file path) stays out of the
+// answer.
+func TestStoreFailureKeepsItsCauseInTheLog(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{noDecider: true, store: failingStore{sealedStore(t, 1)}})
+	for _, path := range []string{"/v1/sessions/s1/events", "/v1/sessions/s1"} {
+		var out errResp
+		r := h.do(t, "GET", path, "acme-auditor", "", "", &out)
+		if r.StatusCode != http.StatusServiceUnavailable || out.Error.Code != CodeStoreUnavailable || strings.Contains(out.Error.Message, "secret-path") {
+			t.Fatalf("GET %s: %d %+v", path, r.StatusCode, out.Error)
+		}
 	}
 }
