@@ -81,6 +81,12 @@ func parseMessage(b []byte) (*message, *rpcError) {
 		// they would reach the server as part of a decided request.
 		return nil, &rpcError{Code: CodeInvalidRequest, Message: "a request or notification with a result or error member"}
 	}
+	if m.isResponse() && (m.Result != nil) == (m.Error != nil) {
+		// JSON-RPC 2.0: a response carries a result or an error, not
+		// both. Passed on, a result beside an error would reach the agent
+		// past what the proxy records and bounds of an error answer.
+		return nil, &rpcError{Code: CodeInvalidRequest, Message: "a response without exactly one of result and error"}
+	}
 	return &m, nil
 }
 
