@@ -1,11 +1,13 @@
 package mcpproxy
 
 import (
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"testing"
 )
 
@@ -40,5 +42,46 @@ func TestResponseWithResultAndErrorIsRefused(t *testing.T) {
 		if m.Error == nil || len(m.Result) > 0 {
 			t.Errorf("%s: the server's result reached the agent beside its error: %+v %.80s", method, m.Error, m.Result)
 		}
+	}
+}
+
+// metaUpstream records the params of the tools/call it gets.
+type metaUpstream struct {
+	recUpstream
+	mu     sync.Mutex
+	params []string
+}
+
+func (u *metaUpstream) roundTrip(ctx context.Context, req *message) (*message, error) {
+	if req.Method == "tools/call" {
+		u.mu.Lock()
+		u.params = append(u.params, string(req.Params))
+		u.mu.Unlock()
+	}
+	return u.recUpstream.roundTrip(ctx, req)
+}
+
+// TestCallReachesTheServerAsDecided: the server gets the tool name and
+// arguments that were decided, and nothing else of the agent's: _meta and
+// other params members are not part of the proposal, so what they carry
+// (a secret the policy would have caught in the arguments) must not reach
+// the server.
+func TestCallReachesTheServerAsDecided(t *testing.T) {
+	up := &metaUpstream{}
+	_, url := inProcess(t, &countingPipeline{}, up, nil)
+	c := connect(t, url)
+	m := c.request(t, "tools/call", json.RawMessage(`{"name":"echo","arguments":{"text":"hi"},"_meta":{"progressToken":1,"x":"AKIA-SECRET"},"extra":"AKIA-SECRET"}`))
+	if m.Error != nil {
+		t.Fatalf("tools/call: %+v", m.Error)
+	}
+	m = c.request(t, "tools/call", json.RawMessage(`{"name":"echo"}`))
+	if m.Error != nil {
+		t.Fatalf("tools/call without arguments: %+v", m.Error)
+	}
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	want := []string{`{"name":"echo","arguments":{"text":"hi"}}`, `{"name":"echo","arguments":{}}`}
+	if strings.Join(up.params, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("the server got params %q, want %q", up.params, want)
 	}
 }

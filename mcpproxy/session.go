@@ -394,7 +394,14 @@ func (s *session) callTool(ctx context.Context, req *message) *message {
 		fctx, cancel = context.WithTimeout(ctx, time.Duration(ms)*time.Millisecond)
 		defer cancel()
 	}
-	resp, ferr := s.forward(fctx, req)
+	// The server gets the call that was decided: the tool name and the
+	// arguments, as proposed. _meta and any other member of the params
+	// are not part of the proposal, so whatever the agent put there would
+	// reach the server undecided (a progressToken is of no use either: the
+	// proxy drops the server's notifications).
+	call := *req
+	call.Params = json.RawMessage(`{"name":` + strconvQuote(name) + `,"arguments":` + string(args) + `}`)
+	resp, ferr := s.forward(fctx, &call)
 	if ferr != nil || resp.Error != nil {
 		// The agent gets the server's error message and data (or, when
 		// the server did not answer properly, a message that may quote
