@@ -85,3 +85,44 @@ func TestCallReachesTheServerAsDecided(t *testing.T) {
 		t.Fatalf("the server got params %q, want %q", up.params, want)
 	}
 }
+
+// TestClientNotificationsCarryNothingToTheServer: notifications are
+// neither decided nor recorded, so none may carry the agent's content to
+// the server. A client's notifications/progress reports on a server
+// request, which the proxy never relays: it is dropped. The others are
+// passed on without their params.
+func TestClientNotificationsCarryNothingToTheServer(t *testing.T) {
+	up := &paramsNotifyUpstream{}
+	_, url := inProcess(t, &countingPipeline{}, up, nil)
+	c := connect(t, url)
+	for _, n := range []string{
+		`{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":1,"progress":1,"message":"AKIA-SECRET"}}`,
+		`{"jsonrpc":"2.0","method":"notifications/roots/list_changed","params":{"_meta":{"x":"AKIA-SECRET"}}}`,
+		`{"jsonrpc":"2.0","method":"notifications/initialized","params":{"_meta":{"x":"AKIA-SECRET"}}}`,
+	} {
+		if status, _, _ := c.post(t, n); status != http.StatusAccepted {
+			t.Fatalf("%s: status %d, want 202", n, status)
+		}
+	}
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	for _, s := range up.sent {
+		if strings.Contains(s, "AKIA-SECRET") || strings.Contains(s, "notifications/progress") {
+			t.Errorf("the server got %s", s)
+		}
+	}
+}
+
+// paramsNotifyUpstream records the notifications it gets, as sent.
+type paramsNotifyUpstream struct {
+	recUpstream
+	mu   sync.Mutex
+	sent []string
+}
+
+func (u *paramsNotifyUpstream) send(_ context.Context, m *message) error {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.sent = append(u.sent, string(encode(m)))
+	return nil
+}

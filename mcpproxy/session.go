@@ -81,7 +81,9 @@ func (s *session) handle(ctx context.Context, m *message) *message {
 		// Bounded: in stdio mode the client's next message waits for it.
 		nctx, cancel := context.WithTimeout(ctx, min(s.p.cfg.UpstreamTimeout, notifyTimeout))
 		defer cancel()
-		if err := s.up.send(nctx, m); err != nil {
+		// Without its params: a notification is neither decided nor
+		// recorded, so it carries nothing of the agent's to the server.
+		if err := s.up.send(nctx, &message{JSONRPC: "2.0", Method: m.Method}); err != nil {
 			s.p.log.Warn("notification not delivered upstream", "session", s.id, "method", m.Method, "err", err)
 		}
 		s.p.metrics.requests.WithLabelValues(methodLabel(m.Method), "notification").Inc()
@@ -575,10 +577,12 @@ var requestMethods = map[string]bool{
 	"prompts/list": true, "prompts/get": true, "completion/complete": true, "logging/setLevel": true,
 }
 
-// clientNotifications are the client notifications the proxy forwards
-// (notifications/cancelled is handled in the proxy); others are dropped.
+// clientNotifications are the client notifications the proxy forwards,
+// without their params (notifications/cancelled is handled in the proxy);
+// others are dropped. A client's notifications/progress reports on a
+// server request, which the proxy never relays: it is dropped too.
 var clientNotifications = map[string]bool{
-	"notifications/initialized": true, "notifications/progress": true, "notifications/roots/list_changed": true,
+	"notifications/initialized": true, "notifications/roots/list_changed": true,
 }
 
 // methodLabel is the metric label of method: the method itself when the
