@@ -9,6 +9,9 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
+
+	"aegis.dev/aegis/internal/testutil"
 )
 
 // TestResponseWithResultAndErrorIsRefused: a JSON-RPC response carries a
@@ -125,4 +128,34 @@ func (u *paramsNotifyUpstream) send(_ context.Context, m *message) error {
 	defer u.mu.Unlock()
 	u.sent = append(u.sent, string(encode(m)))
 	return nil
+}
+
+// TestStdioServerThatClosesItsStdoutIsStopped: a server that closes its
+// stdout and lives on must not hold close (and with it idle expiry, a
+// DELETE, the proxy's shutdown) forever: it is killed like one that does
+// not exit when its stdin closes.
+func TestStdioServerThatClosesItsStdoutIsStopped(t *testing.T) {
+	for _, script := range []string{
+		"exec sleep 60 >&-",
+		// Its own child holds the stderr the proxy reads (a writer of
+		// WithUpstreamStderr that is not a file).
+		"sleep 60 >/dev/null </dev/null &",
+	} {
+		u, err := dialStdio([]string{"sh", "-c", script}, &testutil.SyncBuffer{}, 1<<20, time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		<-u.done
+		closed := make(chan struct{})
+		go func() {
+			_ = u.close()
+			close(closed)
+		}()
+		select {
+		case <-closed:
+		case <-time.After(10 * time.Second):
+			_ = u.cmd.Process.Kill()
+			t.Fatalf("%s: close did not return within 10s", script)
+		}
+	}
 }

@@ -74,6 +74,9 @@ func dialStdio(argv []string, stderr io.Writer, max int64, writeTimeout time.Dur
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stderr = stderr
+	// A stderr that is not a file is copied by Wait, which a child of the
+	// server holding it open would hold forever.
+	cmd.WaitDelay = stdioExitTimeout
 	// os.Pipe rather than cmd.StdinPipe: a server that stops reading
 	// must not hold a write (and every request queued behind it)
 	// forever, and only an *os.File pipe takes write deadlines.
@@ -228,17 +231,34 @@ func (u *stdioUpstream) roundTrip(ctx context.Context, req *message) (*message, 
 func (u *stdioUpstream) send(ctx context.Context, msg *message) error { return u.write(ctx, msg) }
 
 // close closes the server's stdin (the MCP stdio shutdown), waits up to
-// two seconds for it to exit, and kills it otherwise.
+// two seconds for it to exit, and kills it otherwise. A server that closed
+// its stdout but lives on is killed too: the wait for its exit is bounded
+// as well, since close holds idle expiry, a DELETE and the proxy's
+// shutdown.
 func (u *stdioUpstream) close() error {
 	_ = u.stdin.Close()
 	select {
 	case <-u.done:
-	case <-time.After(2 * time.Second):
+	case <-time.After(stdioExitTimeout):
 		_ = u.cmd.Process.Kill()
 	}
-	_ = u.cmd.Wait()
+	exited := make(chan struct{})
+	go func() {
+		_ = u.cmd.Wait()
+		close(exited)
+	}()
+	select {
+	case <-exited:
+	case <-time.After(stdioExitTimeout):
+		_ = u.cmd.Process.Kill()
+		<-exited
+	}
 	return nil
 }
+
+// stdioExitTimeout is how long a stdio server has to exit once its stdin
+// is closed.
+const stdioExitTimeout = 2 * time.Second
 
 // httpUpstream is an MCP server behind the Streamable HTTP transport: every
 // message is a POST to one endpoint; the session is the Mcp-Session-Id the
