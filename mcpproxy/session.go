@@ -266,14 +266,11 @@ func (s *session) listTools(ctx context.Context, req *message) *message {
 	declared := s.p.declared(s.tenant)
 	kept, hidden := make([]json.RawMessage, 0, len(tools)), []string{}
 	for _, t := range tools {
-		var named struct {
-			Name string `json:"name"`
-		}
-		_ = json.Unmarshal(t, &named)
-		if declared[named.Name] {
+		name, ok := toolName(t)
+		if ok && declared[name] {
 			kept = append(kept, t)
 		} else {
-			hidden = append(hidden, named.Name)
+			hidden = append(hidden, name)
 		}
 	}
 	result["tools"], _ = json.Marshal(kept)
@@ -283,6 +280,28 @@ func (s *session) listTools(ctx context.Context, req *message) *message {
 		return auditFailed(req.ID, err)
 	}
 	return resp
+}
+
+// toolName reads a listed tool's "name" as the agent's client does, with
+// case-sensitive keys (Go's decoder would match "Name" too, and take the
+// last of the two). ok is false when the tool is not an object with a
+// string name, or has a member that differs from "name" only in case: it
+// could then be listed under a declared name and read by the agent as
+// another tool.
+func toolName(raw json.RawMessage) (name string, ok bool) {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return "", false
+	}
+	if json.Unmarshal(m["name"], &name) != nil {
+		return "", false
+	}
+	for k := range m {
+		if k != "name" && strings.EqualFold(k, "name") {
+			return name, false
+		}
+	}
+	return name, true
 }
 
 // callParams reads tools/call params exactly as a server reading them with
