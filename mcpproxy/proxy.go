@@ -384,9 +384,22 @@ func (p *Proxy) Run(ctx context.Context) error {
 	p.mu.Lock()
 	p.ln = ln
 	p.mu.Unlock()
+	// Requests run under base, which a shutdown cancels once its grace
+	// is over: a call still at the server then ends, is recorded and
+	// answered before Run returns (inflight), while the gateway it
+	// records through is still open.
+	base, cancelBase := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelBase()
+	var inflight sync.WaitGroup
+	h := p.Handler()
 	mux := http.NewServeMux()
-	mux.Handle(p.cfg.Path, p.Handler())
-	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute}
+	mux.Handle(p.cfg.Path, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		inflight.Add(1)
+		defer inflight.Done()
+		h.ServeHTTP(w, r)
+	}))
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 2 * time.Minute, IdleTimeout: 2 * time.Minute,
+		BaseContext: func(net.Listener) context.Context { return base }}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	p.markReady()
@@ -396,9 +409,15 @@ func (p *Proxy) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
-			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 15*time.Second)
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
 			defer cancel()
-			_ = srv.Shutdown(sctx)
+			if srv.Shutdown(sctx) != nil {
+				// Requests still in progress are cut short; each records
+				// how it ended (bounded by the decision timeout) and is
+				// answered.
+				cancelBase()
+				inflight.Wait()
+			}
 			return nil
 		case err := <-errc:
 			return fmt.Errorf("mcpproxy: serve: %w", err)
@@ -468,3 +487,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	}
 	return m
 }
+
+// shutdownGrace is how long Run lets requests in progress finish at a
+// shutdown.
+var shutdownGrace = 15 * time.Second

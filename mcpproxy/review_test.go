@@ -204,3 +204,62 @@ func TestToolsListReadsNamesAsTheAgentDoes(t *testing.T) {
 		t.Fatalf("listed %v, want only echo", r.Tools)
 	}
 }
+
+// TestShutdownAnswersCallsInFlight: a call still at the server when the
+// proxy's shutdown grace ends is cut short, and Run returns only once it
+// is recorded (TOOL_RESULT) and answered: aegisd stops the gateway after
+// Run returns, so a record written later would be lost.
+func TestShutdownAnswersCallsInFlight(t *testing.T) {
+	defer func(g time.Duration) { shutdownGrace = g }(shutdownGrace)
+	shutdownGrace = 200 * time.Millisecond
+	pipe := &recordingPipeline{}
+	cfg := Defaults()
+	cfg.UpstreamCmd, cfg.Addr = "unused", "127.0.0.1:0"
+	p, err := New(cfg, pipe, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.dial = func() (upstream, error) { return &hangingUpstream{}, nil }
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- p.Run(ctx) }()
+	for p.Addr() == "" {
+		time.Sleep(5 * time.Millisecond)
+	}
+	c := connect(t, "http://"+p.Addr()+cfg.Path)
+	answer := make(chan *message, 1)
+	go func() {
+		_, _, m := c.post(t, `{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{}}}`)
+		answer <- m
+	}()
+	recorded := func(prefix string) bool {
+		pipe.mu.Lock()
+		defer pipe.mu.Unlock()
+		for _, s := range pipe.payloads {
+			if strings.HasPrefix(s, prefix) {
+				return true
+			}
+		}
+		return false
+	}
+	for !recorded("TOOL_CALL_EXECUTED ") {
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case <-ran:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return within 10s of the shutdown")
+	}
+	if !recorded("TOOL_RESULT ") {
+		t.Error("Run returned before the call in flight was recorded")
+	}
+	select {
+	case m := <-answer:
+		if m == nil || m.Error == nil {
+			t.Errorf("the call in flight: %+v", m)
+		}
+	case <-time.After(time.Second):
+		t.Error("the call in flight was not answered")
+	}
+}
