@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -261,5 +262,36 @@ func TestShutdownAnswersCallsInFlight(t *testing.T) {
 		}
 	case <-time.After(time.Second):
 		t.Error("the call in flight was not answered")
+	}
+}
+
+// TestCancelledCallWaitingToBeWrittenIsNotSent: a call waiting for the
+// server's stdin (behind a write the server is slow to read) and cancelled
+// meanwhile is not written once its turn comes.
+func TestCancelledCallWaitingToBeWrittenIsNotSent(t *testing.T) {
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer w.Close()
+	u := &stdioUpstream{stdin: w, done: make(chan struct{}), writeTimeout: time.Minute, pending: map[string]chan *message{}}
+	u.wmu.Lock() // the write before it, stuck
+	ctx, cancel := context.WithCancel(context.Background())
+	sent := make(chan error, 1)
+	go func() {
+		_, err := u.roundTrip(ctx, &message{JSONRPC: "2.0", ID: json.RawMessage("1"), Method: "tools/call", Params: json.RawMessage(`{"name":"echo"}`)})
+		sent <- err
+	}()
+	time.Sleep(50 * time.Millisecond)
+	cancel()
+	time.Sleep(50 * time.Millisecond)
+	u.wmu.Unlock()
+	if err := <-sent; err == nil {
+		t.Fatal("the cancelled call got an answer")
+	}
+	_ = r.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if b, _ := io.ReadAll(r); len(b) > 0 {
+		t.Fatalf("the server got the cancelled call: %s", b)
 	}
 }

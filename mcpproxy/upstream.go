@@ -176,6 +176,12 @@ func (u *stdioUpstream) write(ctx context.Context, m *message) error {
 	if u.broken != nil {
 		return u.broken
 	}
+	if err := ctx.Err(); err != nil {
+		// Cancelled while it waited for its turn: not sent. (A deadline
+		// already past fails the write below, but a cancellation only
+		// sets one from another goroutine, which the write could beat.)
+		return err
+	}
 	deadline, ok := ctx.Deadline()
 	if !ok {
 		deadline = time.Now().Add(u.writeTimeout)
