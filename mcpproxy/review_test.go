@@ -295,3 +295,48 @@ func TestCancelledCallWaitingToBeWrittenIsNotSent(t *testing.T) {
 		t.Fatalf("the server got the cancelled call: %s", b)
 	}
 }
+
+// resultUpstream answers every tools/call with its result.
+type resultUpstream struct {
+	recUpstream
+	result string
+}
+
+func (u *resultUpstream) roundTrip(ctx context.Context, req *message) (*message, error) {
+	if req.Method == "tools/call" {
+		return &message{JSONRPC: "2.0", ID: req.ID, Result: json.RawMessage(u.result)}, nil
+	}
+	return u.recUpstream.roundTrip(ctx, req)
+}
+
+// TestToolResultIsErrorAsTheAgentReadsIt: the TOOL_RESULT's is_error is
+// what the agent's client makes of the result's isError (case-sensitive
+// keys, and a value other than false that a client reads as true), not
+// what Go's decoder makes of it: a server could otherwise report errors
+// to the agent that the log (and the session's consecutive-error count)
+// shows as successes.
+func TestToolResultIsErrorAsTheAgentReadsIt(t *testing.T) {
+	for result, want := range map[string]bool{
+		`{"content":[],"isError":true}`:                 true,
+		`{"content":[],"isError":false}`:                false,
+		`{"content":[]}`:                                false,
+		`{"content":[],"isError":null}`:                 false,
+		`{"content":[],"isError":true,"ISERROR":false}`: true,
+		`{"content":[],"isError":"true"}`:               true,
+		`{"content":[],"isError":1}`:                    true,
+		`{"content":[],"IsError":true,"isError":false}`: true,
+	} {
+		pipe := &recordingPipeline{}
+		_, url := inProcess(t, pipe, &resultUpstream{result: result}, nil)
+		c := connect(t, url)
+		if m := c.request(t, "tools/call", map[string]any{"name": "echo", "arguments": map[string]any{}}); m.Error != nil {
+			t.Fatalf("%s: %+v", result, m.Error)
+		}
+		pipe.mu.Lock()
+		last := pipe.payloads[len(pipe.payloads)-1]
+		pipe.mu.Unlock()
+		if got := strings.Contains(last, `"is_error":true`); !strings.HasPrefix(last, "TOOL_RESULT ") || got != want {
+			t.Errorf("%s: recorded %s, want is_error %v", result, last, want)
+		}
+	}
+}

@@ -304,6 +304,27 @@ func toolName(raw json.RawMessage) (name string, ok bool) {
 	return name, true
 }
 
+// resultIsError reports whether a tools/call result is an error as an
+// agent's client may read it: an "isError" member other than false or
+// null (a client reads "true" or 1 as true, where Go's decoder fails), or
+// a member that differs from "isError" only in case (Go's decoder matches
+// it too, and the last of the two wins; a client reads the exact key).
+func resultIsError(raw json.RawMessage) bool {
+	var m map[string]json.RawMessage
+	if json.Unmarshal(raw, &m) != nil {
+		return false
+	}
+	for k, v := range m {
+		if k == "isError" && string(v) != "false" && string(v) != "null" {
+			return true
+		}
+		if k != "isError" && strings.EqualFold(k, "isError") {
+			return true
+		}
+	}
+	return false
+}
+
 // callParams reads tools/call params exactly as a server reading them with
 // case-sensitive keys would: duplicate keys, and keys that differ from
 // name, arguments or _meta only in case, are refused, since Go's decoder
@@ -461,14 +482,10 @@ func (s *session) callTool(ctx context.Context, req *message) *message {
 		}
 		return resp
 	}
-	var result struct {
-		IsError bool `json:"isError"`
-	}
-	_ = json.Unmarshal(resp.Result, &result)
 	limit := dec.Constraints.MaxOutputBytes
 	over := limit > 0 && int64(len(resp.Result)) > limit
 	if err := s.record(ctx, envelope.ToolResult, map[string]any{"tool_name": name, "call_id": callID, "source": "mcp",
-		"is_error": result.IsError || over, "output_bytes": len(resp.Result)}); err != nil {
+		"is_error": resultIsError(resp.Result) || over, "output_bytes": len(resp.Result)}); err != nil {
 		return auditFailed(req.ID, err)
 	}
 	if over {
