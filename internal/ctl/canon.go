@@ -15,6 +15,9 @@ func runCanon(_ context.Context, env IO, args []string) int {
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
+	if fs.NArg() > 0 {
+		return fail(env, ExitUsage, "canon: unexpected argument %q", fs.Arg(0))
+	}
 	in, err := io.ReadAll(io.LimitReader(env.Stdin, maxCanonInput+1))
 	if err != nil {
 		return fail(env, ExitRuntime, "read stdin: %v", err)

@@ -291,3 +291,48 @@ func TestPolicyTestCommand(t *testing.T) {
 		t.Fatalf("missing directory: exit %d: %s", code, stderr)
 	}
 }
+
+// TestStrayArgumentsAreUsageErrors: flag parsing stops at the first
+// argument that is not a flag, so a stray word would silently drop every
+// flag after it (`verify --file F x --heads H` verifying without the heads,
+// a truncated log passing). verify, seal and canon take no argument.
+func TestStrayArgumentsAreUsageErrors(t *testing.T) {
+	events, err := os.ReadFile("testdata/events.ndjson")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, sealed, stderr := run(t, string(events), "seal", "--decide", "--manifests", "testdata/manifests")
+	if code != ExitOK {
+		t.Fatalf("seal exit %d: %s", code, stderr)
+	}
+	dir := t.TempDir()
+	lines := strings.Split(strings.TrimSpace(sealed), "\n")
+	last := lines[len(lines)-1]
+	var head struct {
+		TenantID  string `json:"tenant_id"`
+		SessionID string `json:"session_id"`
+		Seq       uint64 `json:"seq"`
+		Hash      string `json:"hash"`
+	}
+	if err := json.Unmarshal([]byte(last), &head); err != nil {
+		t.Fatal(err)
+	}
+	h, _ := json.Marshal(head)
+	headsFile, file := filepath.Join(dir, "heads.ndjson"), filepath.Join(dir, "sealed.ndjson")
+	if err := os.WriteFile(headsFile, append(h, '\n'), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// The last record deleted.
+	if err := os.WriteFile(file, []byte(strings.Join(lines[:len(lines)-1], "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"verify", "--file", file, "stray", "--heads", headsFile},
+		{"seal", "stray"},
+		{"canon", "stray"},
+	} {
+		if code, out, stderr := run(t, string(events), args...); code != ExitUsage {
+			t.Errorf("%v: exit %d, want %d\n%s%s", args, code, ExitUsage, out, stderr)
+		}
+	}
+}

@@ -19,6 +19,9 @@ func runSeal(ctx context.Context, env IO, args []string) int {
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
+	if fs.NArg() > 0 {
+		return fail(env, ExitUsage, "seal: unexpected argument %q", fs.Arg(0))
+	}
 	var eng *decider.Engine
 	if *decide {
 		var err error

@@ -72,6 +72,9 @@ func runVerify(ctx context.Context, env IO, args []string) int {
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
+	if fs.NArg() > 0 {
+		return fail(env, ExitUsage, "verify: unexpected argument %q", fs.Arg(0))
+	}
 	var rep VerifyReport
 	switch {
 	case *file != "" && *store == "":
