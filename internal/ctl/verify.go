@@ -165,8 +165,33 @@ func verifyFile(env IO, file, headsFile string) (VerifyReport, int) {
 		}
 		v.CheckHeads(heads)
 	}
-	failures := append(malformed, v.Failures()...)
+	failures := firstPerSession(append(malformed, v.Failures()...))
 	return VerifyReport{OK: len(failures) == 0, Events: v.Events(), Sessions: len(v.Heads()), Failures: failures}, ExitOK
+}
+
+// firstPerSession keeps the first bad record of each session (the lowest
+// seq; failures of lines that name no session are all kept): a line not
+// written canonically is found apart from the chain, which goes on
+// checking the session's later records and its expected head.
+func firstPerSession(failures []chain.Failure) []chain.Failure {
+	first := map[projector.SessionKey]int{}
+	for i, f := range failures {
+		k := projector.SessionKey{TenantID: f.TenantID, SessionID: f.SessionID}
+		if k == (projector.SessionKey{}) {
+			continue
+		}
+		if j, ok := first[k]; !ok || f.Seq < failures[j].Seq {
+			first[k] = i
+		}
+	}
+	out := failures[:0:0]
+	for i, f := range failures {
+		k := projector.SessionKey{TenantID: f.TenantID, SessionID: f.SessionID}
+		if j, ok := first[k]; !ok || j == i {
+			out = append(out, f)
+		}
+	}
+	return out
 }
 
 // parseSince reads --since: RFC 3339, Unix milliseconds, or a duration

@@ -1005,3 +1005,57 @@ func TestReplayVerifyReportIsTheJSONReport(t *testing.T) {
 		t.Errorf("--report wrote %s, --json printed %s", b, out)
 	}
 }
+
+// TestVerifyFileOneFailurePerSession: a session reports its first bad
+// record only, as docs/cli.md says, also when that record is a line not
+// written canonically and a later record or the expected head fails too;
+// "N session(s) bad" counts sessions.
+func TestVerifyFileOneFailurePerSession(t *testing.T) {
+	var lines []string
+	var heads []string
+	for _, ev := range storetest.Vectors(t) {
+		b, err := ev.AppendCanonical(nil, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, string(b))
+	}
+	first, err := (&envelope.Decoder{Sealed: true}).Decode([]byte(lines[0]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, l := range lines {
+		ev, err := (&envelope.Decoder{Sealed: true}).Decode([]byte(l))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ev.TenantID == first.TenantID && ev.SessionID == first.SessionID {
+			n++
+			h, _ := json.Marshal(chain.Head{TenantID: ev.TenantID, SessionID: ev.SessionID, Seq: ev.Seq + 1, Hash: ev.Hash})
+			heads = []string{string(h)}
+		}
+	}
+	if n < 2 {
+		t.Fatalf("the first session has %d records", n)
+	}
+	dir := t.TempDir()
+	file, headsFile := filepath.Join(dir, "sealed.ndjson"), filepath.Join(dir, "heads.ndjson")
+	edited := slices.Clone(lines)
+	edited[0] = "{ " + lines[0][1:] // not canonical, same record
+	if err := os.WriteFile(file, []byte(strings.Join(edited, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// An expected head one record beyond the file: the session is also truncated.
+	if err := os.WriteFile(headsFile, []byte(strings.Join(heads, "\n")+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, stderr := run(t, "", "verify", "--file", file, "--heads", headsFile, "--json")
+	var rep VerifyReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("%v: %s%s", err, out, stderr)
+	}
+	if code != ExitFailed || len(rep.Failures) != 1 || rep.Failures[0].Reason != chain.ReasonMalformed || rep.Failures[0].Seq != first.Seq {
+		t.Fatalf("exit %d, failures %+v", code, rep.Failures)
+	}
+}
