@@ -336,3 +336,18 @@ func TestStrayArgumentsAreUsageErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestExclusiveManifestFlagsAreUsageErrors: --manifest with --manifests is
+// a usage error (exit 2), not an environment error (exit 3).
+func TestExclusiveManifestFlagsAreUsageErrors(t *testing.T) {
+	m := "testdata/manifests"
+	for _, args := range [][]string{
+		{"decide", "--manifest", "x.json", "--manifests", m},
+		{"decide", "--events", "testdata/events.ndjson", "--manifest", "x.json", "--manifests", m},
+		{"seal", "--decide", "--manifest", "x.json", "--manifests", m},
+	} {
+		if code, _, stderr := run(t, "", args...); code != ExitUsage || !strings.Contains(stderr, "exclusive") {
+			t.Errorf("%v: exit %d, want %d: %s", args, code, ExitUsage, stderr)
+		}
+	}
+}

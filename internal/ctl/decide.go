@@ -44,10 +44,18 @@ func (p *policyFlags) register(fs interface {
 	fs.StringVar(&p.manifestFile, "manifest", "", "one manifest file used for every session")
 }
 
-// engine builds the decision engine the flags describe.
-func (p *policyFlags) engine() (*decider.Engine, error) {
+// validate reports flags that cannot go together (a usage error).
+func (p *policyFlags) validate() error {
 	if p.manifestDir != "" && p.manifestFile != "" {
-		return nil, fmt.Errorf("--manifest and --manifests are exclusive")
+		return fmt.Errorf("--manifest and --manifests are exclusive")
+	}
+	return nil
+}
+
+// engine builds the decision engine the flags describe (see validate).
+func (p *policyFlags) engine() (*decider.Engine, error) {
+	if err := p.validate(); err != nil {
+		return nil, err
 	}
 	bundle := policy.Default()
 	if p.policyDir != "" {
@@ -97,6 +105,9 @@ func runDecide(ctx context.Context, env IO, args []string) int {
 	}
 	if fs.NArg() > 0 {
 		return fail(env, ExitUsage, "decide: unexpected argument %q", fs.Arg(0))
+	}
+	if err := pf.validate(); err != nil {
+		return fail(env, ExitUsage, "decide: %v", err)
 	}
 	eng, err := pf.engine()
 	if err != nil {

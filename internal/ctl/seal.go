@@ -22,6 +22,9 @@ func runSeal(ctx context.Context, env IO, args []string) int {
 	if fs.NArg() > 0 {
 		return fail(env, ExitUsage, "seal: unexpected argument %q", fs.Arg(0))
 	}
+	if err := pf.validate(); err != nil {
+		return fail(env, ExitUsage, "seal: %v", err)
+	}
 	var eng *decider.Engine
 	if *decide {
 		var err error
