@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	iofs "io/fs"
 	"net/http"
 	"os"
 	"os/exec"
@@ -77,7 +78,7 @@ func runConformance(ctx context.Context, env IO, args []string) int {
 		packs, err = conformance.Builtin()
 	}
 	if err != nil {
-		return fail(env, ExitUsage, "conformance run: %v", err)
+		return fail(env, readErrorCode(err), "conformance run: %v", err)
 	}
 	opts := conformance.Options{Target: *target, Keys: keys, Concurrency: *concurrency, TopicPrefix: *topicPrefix}
 	for _, p := range strings.Split(*provides, ",") {
@@ -101,7 +102,7 @@ func runConformance(ctx context.Context, env IO, args []string) int {
 	}
 	if *secretFile != "" {
 		if opts.ApprovalSecret, err = grant.LoadSecret(*secretFile); err != nil {
-			return fail(env, ExitUsage, "conformance run: %v", err)
+			return fail(env, readErrorCode(err), "conformance run: %v", err)
 		}
 	}
 	if *target == "" {
@@ -154,6 +155,17 @@ func runConformance(ctx context.Context, env IO, args []string) int {
 		return ExitFailed
 	}
 	return ExitOK
+}
+
+// readErrorCode is the exit code of a flag's file or directory that could
+// not be loaded: 3 when it cannot be read, 2 when its content is not
+// what the flag takes.
+func readErrorCode(err error) int {
+	var pathErr *iofs.PathError
+	if errors.As(err, &pathErr) {
+		return ExitRuntime
+	}
+	return ExitUsage
 }
 
 func writeFileWith(path string, write func(w io.Writer) error) error {

@@ -118,3 +118,19 @@ func TestConformanceKafkaFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestConformanceMissingFilesAreEnvironmentErrors: a --packs directory or
+// an --approval-secret-file that cannot be read is exit 3 (missing file,
+// unreadable directory), as for publish; not a usage error.
+func TestConformanceMissingFilesAreEnvironmentErrors(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "missing")
+	for _, args := range [][]string{
+		{"--packs", missing},
+		{"--approval-secret-file", missing, "--target", "http://127.0.0.1:1"},
+	} {
+		code, _, stderr := run(t, "", append([]string{"conformance", "run", "--aegisd", "/nonexistent/aegisd"}, args...)...)
+		if code != ExitRuntime {
+			t.Errorf("%v: exit %d, want %d: %s", args, code, ExitRuntime, stderr)
+		}
+	}
+}
