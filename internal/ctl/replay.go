@@ -267,9 +267,10 @@ func replayVerify(ctx context.Context, env IO, o replayOptions, st stores.Store,
 		}
 		total = VerifyReport{Events: v.Events(), Sessions: len(v.Heads()), Failures: v.Failures()}
 		for _, b := range bad.all() {
-			total.Failures = append(total.Failures, chain.Failure{TenantID: b.tenant, SessionID: b.session, Reason: chain.ReasonMalformed,
+			total.Failures = append(total.Failures, chain.Failure{TenantID: b.tenant, SessionID: b.session, Seq: b.seq, Reason: chain.ReasonMalformed,
 				Detail: b.where + ": " + b.err.Error()})
 		}
+		total.Failures = firstPerSession(total.Failures)
 	}
 	total.OK = len(total.Failures) == 0
 	if total.Failures == nil {
@@ -408,6 +409,7 @@ func snapshotHashes(ctx context.Context, st stores.Store, filters []projector.Fi
 // the job (tampering, or a foreign writer), not a failure to run it.
 type badRecord struct {
 	tenant, session string // from the record key, when it has that form
+	seq             uint64 // of a record that decodes; 0 otherwise
 	where           string
 	err             error
 }
@@ -497,7 +499,7 @@ func kafkaSource(brokers []string, opts []stream.Option, topic string, o replayO
 					return nil
 				}
 				if err := isCanonicalRecord(ev, r.Value); err != nil {
-					bad.add(badRecord{tenant: ev.TenantID, session: ev.SessionID, where: fmt.Sprintf("%s partition %d offset %d (seq %d)", topic, p, r.Offset, ev.Seq), err: err})
+					bad.add(badRecord{tenant: ev.TenantID, session: ev.SessionID, seq: ev.Seq, where: fmt.Sprintf("%s partition %d offset %d (seq %d)", topic, p, r.Offset, ev.Seq), err: err})
 				}
 				if !l.inRange {
 					return nil

@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"context"
+	"encoding/json"
 	"strconv"
 	"strings"
 	"testing"
@@ -9,6 +10,7 @@ import (
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/replayer"
+	"aegis.dev/aegis/schemas/chain"
 )
 
 // TestKafkaSourceStreamsSessions: the sealed-topic source hands a session
@@ -57,5 +59,36 @@ func TestKafkaSourceStreamsSessions(t *testing.T) {
 	}
 	if got, want := order(replayOptions{sessions: []string{"a", "c"}}), "c:12 a:12"; got != want {
 		t.Fatalf("session selection: %q, want %q", got, want)
+	}
+}
+
+// TestReplayVerifyBrokersOneFailurePerSession: on the sealed topic too, a
+// session reports one failure, also when a record not written canonically
+// is followed by a record that breaks the chain.
+func TestReplayVerifyBrokersOneFailurePerSession(t *testing.T) {
+	ctx, topic := context.Background(), pipeline.NewTopics(pipeline.DefaultTopicPrefix).Sealed
+	broker, p := topicBroker(t, topic, 1)
+	ev := func(seq int) string {
+		return `{"tenant_id":"acme","session_id":"a","seq":` + strconv.Itoa(seq) + `,"ts_unix_ms":1000,"event_type":"MODEL_CALL_STARTED","payload":{}}`
+	}
+	code, sealed, stderr := run(t, ev(1)+"\n"+ev(2)+"\n"+ev(3)+"\n", "seal")
+	if code != ExitOK {
+		t.Fatalf("seal: exit %d: %s", code, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(sealed), "\n")
+	lines[0] = "{ " + lines[0][1:]          // the same record, not canonical
+	lines = append(lines[:1], lines[2:]...) // seq 2 deleted
+	for _, line := range lines {
+		if err := p.Produce(ctx, stream.Message{Topic: topic, Key: []byte("acme/a"), Value: []byte(line)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	code, out, stderr := run(t, "", "replay", "--brokers", strings.Join(broker.Brokers(), ","), "--mode", "verify", "--json")
+	var rep VerifyReport
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("%v: %s%s", err, out, stderr)
+	}
+	if code != ExitFailed || len(rep.Failures) != 1 || rep.Failures[0].Reason != chain.ReasonMalformed {
+		t.Fatalf("exit %d, failures %+v", code, rep.Failures)
 	}
 }
