@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -155,15 +156,31 @@ func verifyFile(env IO, file, headsFile string) (VerifyReport, int) {
 		_ = v.Add(ev) // failures are collected by the verifier
 		return nil
 	})
-	if err != nil {
+	tooLong := errors.Is(err, bufio.ErrTooLong)
+	switch {
+	case tooLong:
+		// Longer than any sealed record: invalid input, which ends the
+		// reading (the expected heads are not compared then: the
+		// sessions after it were not read).
+		malformed = append(malformed, chain.Failure{Reason: chain.ReasonMalformed,
+			Detail: fmt.Sprintf("%v (a sealed record is at most %d bytes); the lines after it were not verified", err, maxLine)})
+	case err != nil:
 		return VerifyReport{}, fail(env, ExitRuntime, "verify: %s: %v", file, err)
 	}
 	if headsFile != "" {
 		heads, err := readHeads(headsFile)
 		if err != nil {
-			return VerifyReport{}, fail(env, ExitRuntime, "verify: %v", err)
+			// A file that cannot be read is an environment error; one
+			// that is not NDJSON heads is invalid input.
+			code := ExitFailed
+			if errors.As(err, new(*os.PathError)) {
+				code = ExitRuntime
+			}
+			return VerifyReport{}, fail(env, code, "verify: %v", err)
 		}
-		v.CheckHeads(heads)
+		if !tooLong {
+			v.CheckHeads(heads)
+		}
 	}
 	failures := firstPerSession(append(malformed, v.Failures()...))
 	return VerifyReport{OK: len(failures) == 0, Events: v.Events(), Sessions: len(v.Heads()), Failures: failures}, ExitOK

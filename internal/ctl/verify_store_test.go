@@ -1059,3 +1059,36 @@ func TestVerifyFileOneFailurePerSession(t *testing.T) {
 		t.Fatalf("exit %d, failures %+v", code, rep.Failures)
 	}
 }
+
+// TestVerifyFileInvalidInputIsAFailure: a line longer than any sealed
+// record, or a --heads file that is not NDJSON heads, is invalid input
+// (exit 1, the check failed), not an environment error (exit 3): a file
+// someone made unreadable to verify must not pass for an I/O problem.
+func TestVerifyFileInvalidInputIsAFailure(t *testing.T) {
+	var lines []string
+	for _, ev := range storetest.Vectors(t) {
+		b, err := ev.AppendCanonical(nil, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, string(b))
+	}
+	dir := t.TempDir()
+	file, headsFile := filepath.Join(dir, "sealed.ndjson"), filepath.Join(dir, "heads.ndjson")
+	write := func(path string, lines ...string) {
+		if err := os.WriteFile(path, []byte(strings.Join(lines, "\n")+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	defer func(n int) { maxLine = n }(maxLine)
+	maxLine = 64 << 10
+	write(file, append(slices.Clone(lines), `{"tenant_id":"acme","pad":"`+strings.Repeat("x", maxLine)+`"}`)...)
+	if code, out, stderr := run(t, "", "verify", "--file", file); code != ExitFailed || !strings.Contains(stderr, "MALFORMED") {
+		t.Errorf("a line too long: exit %d, want %d with MALFORMED\n%s%s", code, ExitFailed, out, stderr)
+	}
+	write(file, lines...)
+	write(headsFile, `{"tenant_id":"acme",`)
+	if code, out, stderr := run(t, "", "verify", "--file", file, "--heads", headsFile); code != ExitFailed {
+		t.Errorf("a heads file that does not parse: exit %d, want %d\n%s%s", code, ExitFailed, out, stderr)
+	}
+}
