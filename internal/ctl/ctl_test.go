@@ -351,3 +351,22 @@ func TestExclusiveManifestFlagsAreUsageErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestDecideEventsLineTooLong: a line longer than any event is an invalid
+// line (exit 1, reported with its number), not an environment error.
+func TestDecideEventsLineTooLong(t *testing.T) {
+	events, err := os.ReadFile("testdata/events.ndjson")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func(n int) { maxLine = n }(maxLine)
+	maxLine = 64 << 10
+	file := filepath.Join(t.TempDir(), "events.ndjson")
+	if err := os.WriteFile(file, append(events, []byte(`{"pad":"`+strings.Repeat("x", maxLine)+`"}`+"\n")...), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := run(t, "", "decide", "--events", file, "--manifests", "testdata/manifests")
+	if code != ExitFailed || !strings.Contains(stderr, "line 10") {
+		t.Fatalf("exit %d, want %d naming line 10: %s", code, ExitFailed, stderr)
+	}
+}

@@ -1,9 +1,11 @@
 package ctl
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -236,7 +238,12 @@ func decideLog(ctx context.Context, env IO, eng *decider.Engine, path string) in
 		}
 		return out.Encode(decider.NewReply(ev))
 	})
-	if err != nil {
+	if errors.Is(err, bufio.ErrTooLong) {
+		// An invalid line that ends the reading: the lines after it
+		// are not decided.
+		bad++
+		fmt.Fprintf(env.Stderr, "aegisctl: decide: %s %v (an event is at most %d bytes); the lines after it were not read\n", path, err, maxLine)
+	} else if err != nil {
 		return fail(env, ExitRuntime, "decide: %s: %v", path, err)
 	}
 	if bad > 0 {
