@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -368,5 +370,26 @@ func TestDecideEventsLineTooLong(t *testing.T) {
 	code, _, stderr := run(t, "", "decide", "--events", file, "--manifests", "testdata/manifests")
 	if code != ExitFailed || !strings.Contains(stderr, "line 10") {
 		t.Fatalf("exit %d, want %d naming line 10: %s", code, ExitFailed, stderr)
+	}
+}
+
+type failingWriter struct{}
+
+func (failingWriter) Write([]byte) (int, error) { return 0, errors.New("broken pipe") }
+
+// TestSealWriteErrorIsRuntime: output that cannot be written is an
+// environment error (exit 3), also when it fails before the last flush.
+func TestSealWriteErrorIsRuntime(t *testing.T) {
+	var in strings.Builder
+	for seq := 1; seq <= 1000; seq++ {
+		fmt.Fprintf(&in, `{"tenant_id":"acme","session_id":"s","seq":%d,"ts_unix_ms":1000,"event_type":"MODEL_CALL_STARTED","payload":{}}`+"\n", seq)
+	}
+	for _, n := range []int{1, 1000} {
+		lines := strings.SplitAfterN(in.String(), "\n", n+1)
+		var errOut bytes.Buffer
+		code := Main(context.Background(), IO{Stdin: strings.NewReader(strings.Join(lines[:n], "")), Stdout: failingWriter{}, Stderr: &errOut}, []string{"seal"})
+		if code != ExitRuntime {
+			t.Errorf("%d events: exit %d, want %d: %s", n, code, ExitRuntime, errOut.String())
+		}
 	}
 }

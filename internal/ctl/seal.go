@@ -38,6 +38,7 @@ func runSeal(ctx context.Context, env IO, args []string) int {
 	w := bufio.NewWriterSize(env.Stdout, 64<<10)
 	dec := envelope.Decoder{Sealed: !*decide}
 	var buf []byte
+	var writeErr error // the output failed, as opposed to a bad line
 	err := eachLine(env.Stdin, func(n int, line []byte) error {
 		ev, err := dec.Decode(line)
 		if err != nil {
@@ -63,9 +64,12 @@ func runSeal(ctx context.Context, env IO, args []string) int {
 			return fmt.Errorf("line %d: %w", n, err)
 		}
 		buf = append(buf, '\n')
-		_, err = w.Write(buf)
-		return err
+		_, writeErr = w.Write(buf)
+		return writeErr
 	})
+	if writeErr != nil {
+		return fail(env, ExitRuntime, "seal: write: %v", writeErr)
+	}
 	if err != nil {
 		return fail(env, ExitFailed, "seal: %v", err)
 	}
