@@ -190,3 +190,15 @@ func TestSQLFormats(t *testing.T) {
 		t.Errorf("after a refused DELETE: %q", out)
 	}
 }
+
+// TestSQLJSONInfinity: a real SQLite holds as infinity has no JSON number;
+// --format json writes it as the string the table and CSV print, rather
+// than failing the query as a write error (exit 3).
+func TestSQLJSONInfinity(t *testing.T) {
+	url := sqliteURL(t)
+	writeStore(t, url, auditFixture(t))
+	code, out, stderr := run(t, "", "sql", "SELECT 1e999 AS x, -1e999 AS y, 1.5 AS z", "--store", url, "--format", "json")
+	if want := `{"x":"+Inf","y":"-Inf","z":1.5}` + "\n"; code != ExitOK || out != want {
+		t.Fatalf("exit %d stderr %q\ngot  %q\nwant %q", code, stderr, out, want)
+	}
+}

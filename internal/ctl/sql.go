@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -132,8 +133,13 @@ func (r *rowWriter) row(vals []any) error {
 		k, _ := json.Marshal(r.cols[i])
 		b.Write(k)
 		b.WriteByte(':')
-		if t, ok := v.(time.Time); ok {
-			v = t.UTC().Format(time.RFC3339)
+		switch x := v.(type) {
+		case time.Time:
+			v = x.UTC().Format(time.RFC3339)
+		case float64:
+			if math.IsInf(x, 0) || math.IsNaN(x) {
+				v = cell(x) // no JSON number: the text the table prints
+			}
 		}
 		val, err := json.Marshal(v)
 		if err != nil {
