@@ -33,7 +33,7 @@ func runExport(ctx context.Context, env IO, args []string) int {
 	if code, ok := parse(fs, args); !ok {
 		return code
 	}
-	if *brokers == "" || fs.NArg() > 0 {
+	if *brokers == "" || fs.NArg() > 0 || *timeout <= 0 {
 		fs.Usage()
 		return ExitUsage
 	}

@@ -84,3 +84,13 @@ func topicBroker(t *testing.T, topic string, partitions int32) (*stream.Embedded
 	t.Cleanup(p.Close)
 	return broker, p
 }
+
+// TestExportTimeoutMustBePositive: --timeout 0 or below is a usage error
+// (exit 2), as for publish, not a deadline that expires at once (exit 3).
+func TestExportTimeoutMustBePositive(t *testing.T) {
+	for _, d := range []string{"0", "-1s"} {
+		if code, _, stderr := run(t, "", "export", "--brokers", "127.0.0.1:1", "--timeout", d); code != ExitUsage {
+			t.Errorf("--timeout %s: exit %d, want %d: %s", d, code, ExitUsage, stderr)
+		}
+	}
+}
