@@ -393,3 +393,22 @@ func TestSealWriteErrorIsRuntime(t *testing.T) {
 		}
 	}
 }
+
+// TestSealPolicyFlagsNeedDecide: the policy flags of seal apply to
+// --decide; without it they were ignored and the log sealed with the
+// decisions it carries, not those the flags name.
+func TestSealPolicyFlagsNeedDecide(t *testing.T) {
+	events, err := os.ReadFile("testdata/events.ndjson")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"seal", "--manifests", "testdata/manifests"},
+		{"seal", "--policy", "testdata"},
+		{"seal", "--manifest", "x.json"},
+	} {
+		if code, _, stderr := run(t, string(events), args...); code != ExitUsage {
+			t.Errorf("%v: exit %d, want %d: %s", args, code, ExitUsage, stderr)
+		}
+	}
+}

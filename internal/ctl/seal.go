@@ -25,6 +25,9 @@ func runSeal(ctx context.Context, env IO, args []string) int {
 	if err := pf.validate(); err != nil {
 		return fail(env, ExitUsage, "seal: %v", err)
 	}
+	if !*decide && (pf.policyDir != "" || pf.manifestDir != "" || pf.manifestFile != "") {
+		return fail(env, ExitUsage, "seal: --policy, --manifests and --manifest apply to --decide")
+	}
 	var eng *decider.Engine
 	if *decide {
 		var err error
