@@ -368,6 +368,12 @@ func (r *runner) session(ctx context.Context, s *Session, res *partial) error {
 			return nil
 		}
 		if ev.Type != envelope.ToolCallProposed {
+			if ev.Decision != nil {
+				// The sealer refuses such a record: only proposals carry
+				// decisions, and replay re-decides proposals only.
+				diff(ev.Seq, "event", fmt.Sprintf("a decision on a %s event: only proposals carry decisions", ev.Type), "")
+				return nil
+			}
 			if err := snap.Apply(ev); err != nil {
 				diff(ev.Seq, "event", err.Error(), "")
 				return nil

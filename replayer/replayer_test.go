@@ -557,3 +557,30 @@ func TestArchiveReadsManifestsOfEarlierBuilds(t *testing.T) {
 		t.Fatalf("negative budget: %v, want ErrArchive", err)
 	}
 }
+
+// TestDecisionOnNonProposalIsAFinding: only proposals carry decisions (the
+// sealer refuses any other record with one), so a decision on another
+// event is a row that does not rebuild a sealed record: an `event`
+// difference, never an identical replay.
+func TestDecisionOnNonProposalIsAFinding(t *testing.T) {
+	candidate := policy.Default()
+	for _, mode := range []replayer.Mode{replayer.ModeExact, replayer.ModeWhatIf} {
+		sessions := record(t, 3)
+		d := *sessions[1].Events[1].Decision
+		sessions[1].Events[3].Decision = &d // the TOOL_RESULT, seq 4
+		cfg := replayer.Config{Mode: mode, Archive: archive(t)}
+		if mode == replayer.ModeWhatIf {
+			cfg.Candidate = candidate
+		}
+		rep, err := replayer.Run(context.Background(), cfg, replayer.EventsSource(sessions))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep.Sessions != 3 || len(rep.Differences) != 1 || rep.Identical {
+			t.Fatalf("%s: %d sessions, identical %v, differences %+v", mode, rep.Sessions, rep.Identical, rep.Differences)
+		}
+		if got := rep.Differences[0]; got.SessionID != "s0001" || got.Seq != 4 || got.Field != "event" {
+			t.Fatalf("%s: difference %+v, want s0001 seq 4 event", mode, got)
+		}
+	}
+}
