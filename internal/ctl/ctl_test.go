@@ -183,14 +183,7 @@ func TestDecideStateless(t *testing.T) {
 }
 
 func TestSealThenVerify(t *testing.T) {
-	events, err := os.ReadFile("testdata/events.ndjson")
-	if err != nil {
-		t.Fatal(err)
-	}
-	code, sealed, stderr := run(t, string(events), "seal", "--decide", "--manifests", "testdata/manifests")
-	if code != ExitOK {
-		t.Fatalf("seal exit %d: %s", code, stderr)
-	}
+	sealed := sealTestdata(t)
 	lines := strings.Split(strings.TrimSpace(sealed), "\n")
 	if len(lines) != 9 {
 		t.Fatalf("%d sealed lines", len(lines))
@@ -303,10 +296,7 @@ func TestStrayArgumentsAreUsageErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	code, sealed, stderr := run(t, string(events), "seal", "--decide", "--manifests", "testdata/manifests")
-	if code != ExitOK {
-		t.Fatalf("seal exit %d: %s", code, stderr)
-	}
+	sealed := sealTestdata(t)
 	dir := t.TempDir()
 	lines := strings.Split(strings.TrimSpace(sealed), "\n")
 	last := lines[len(lines)-1]
@@ -411,4 +401,19 @@ func TestSealPolicyFlagsNeedDecide(t *testing.T) {
 			t.Errorf("%v: exit %d, want %d: %s", args, code, ExitUsage, stderr)
 		}
 	}
+}
+
+// sealTestdata seals testdata/events.ndjson with `seal --decide` and
+// returns the sealed NDJSON.
+func sealTestdata(t *testing.T) string {
+	t.Helper()
+	events, err := os.ReadFile("testdata/events.ndjson")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, sealed, stderr := run(t, string(events), "seal", "--decide", "--manifests", "testdata/manifests")
+	if code != ExitOK {
+		t.Fatalf("seal exit %d: %s", code, stderr)
+	}
+	return sealed
 }

@@ -617,14 +617,7 @@ func testVerifySince(t *testing.T, newURL func(testing.TB) string) {
 // sealed record but is not written as its canonical form (a null member
 // added, an empty member dropped) is not what was hashed: MALFORMED.
 func TestVerifyFileWantsCanonicalLines(t *testing.T) {
-	var lines []string
-	for _, ev := range storetest.Vectors(t) {
-		b, err := ev.AppendCanonical(nil, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines = append(lines, string(b))
-	}
+	lines := vectorLines(t)
 	write := func(lines []string) string {
 		p := filepath.Join(t.TempDir(), "sealed.ndjson")
 		if err := os.WriteFile(p, []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
@@ -1011,15 +1004,8 @@ func TestReplayVerifyReportIsTheJSONReport(t *testing.T) {
 // written canonically and a later record or the expected head fails too;
 // "N session(s) bad" counts sessions.
 func TestVerifyFileOneFailurePerSession(t *testing.T) {
-	var lines []string
+	lines := vectorLines(t)
 	var heads []string
-	for _, ev := range storetest.Vectors(t) {
-		b, err := ev.AppendCanonical(nil, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines = append(lines, string(b))
-	}
 	first, err := (&envelope.Decoder{Sealed: true}).Decode([]byte(lines[0]))
 	if err != nil {
 		t.Fatal(err)
@@ -1065,14 +1051,7 @@ func TestVerifyFileOneFailurePerSession(t *testing.T) {
 // (exit 1, the check failed), not an environment error (exit 3): a file
 // someone made unreadable to verify must not pass for an I/O problem.
 func TestVerifyFileInvalidInputIsAFailure(t *testing.T) {
-	var lines []string
-	for _, ev := range storetest.Vectors(t) {
-		b, err := ev.AppendCanonical(nil, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lines = append(lines, string(b))
-	}
+	lines := vectorLines(t)
 	dir := t.TempDir()
 	file, headsFile := filepath.Join(dir, "sealed.ndjson"), filepath.Join(dir, "heads.ndjson")
 	write := func(path string, lines ...string) {
@@ -1091,4 +1070,18 @@ func TestVerifyFileInvalidInputIsAFailure(t *testing.T) {
 	if code, out, stderr := run(t, "", "verify", "--file", file, "--heads", headsFile); code != ExitFailed {
 		t.Errorf("a heads file that does not parse: exit %d, want %d\n%s%s", code, ExitFailed, out, stderr)
 	}
+}
+
+// vectorLines returns the sealed test vectors, one canonical line each.
+func vectorLines(t *testing.T) []string {
+	t.Helper()
+	var lines []string
+	for _, ev := range storetest.Vectors(t) {
+		b, err := ev.AppendCanonical(nil, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lines = append(lines, string(b))
+	}
+	return lines
 }
