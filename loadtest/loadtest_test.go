@@ -510,6 +510,38 @@ func TestSealedRecordMustBeTheEventPublished(t *testing.T) {
 	}
 }
 
+// TestManyCopiesOfOneEventStayDuplicates: an event sealed 257 times is
+// sealed once and duplicated 256 times. The per-event copy counter is one
+// byte; it must saturate, not wrap to "never sealed".
+func TestManyCopiesOfOneEventStayDuplicates(t *testing.T) {
+	r := &run{cfg: Config{Sessions: 1, RunID: "run"}, start: time.Now(), sessions: map[string]*session{}, hAck: newHist(), hDecision: newHist(), hSealed: newHist(), hStored: newHist(),
+		verifier: chain.NewVerifier(), reasons: map[string]int64{}, expected: map[string]int64{}, rejected: map[string]int64{}}
+	sid := "run-a0-s0"
+	s := &session{id: sid, key: Tenant + "/" + sid, events: script(DefaultMix, sessionSeed(sid), sid)}
+	s.sched, s.acked, s.sealed, s.replied = make([]int64, len(s.events)), make([]bool, len(s.events)), make([]uint8, len(s.events)), make([]bool, len(s.events))
+	r.sessions[s.key] = s
+	s.sched[0] = r.start.UnixNano()
+	r.acked(s.key, eventJSON(sid, 1, r.start.UnixMilli(), s.events[0].typ, true, s.events[0].payload), nil)
+	ev, err := envelope.Decode(eventJSON(sid, 1, r.start.UnixMilli(), s.events[0].typ, true, s.events[0].payload))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := chain.Link(nil, ev); err != nil {
+		t.Fatal(err)
+	}
+	v, err := ev.AppendCanonical(nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 257 {
+		r.onSealed(envelope.Decoder{Sealed: true}, &stream.Record{Key: []byte(s.key), Value: v}, time.Now())
+	}
+	rep := r.report(time.Second)
+	if rep.OK || rep.EventsSealed != 1 || rep.Duplicated != 256 || rep.Lost != 0 {
+		t.Fatalf("ok %v, sealed %d, duplicated %d, lost %d; want 1 sealed, 256 duplicates, none lost", rep.OK, rep.EventsSealed, rep.Duplicated, rep.Lost)
+	}
+}
+
 // TestEveryEventDueIsScheduled: every event due before the end of the
 // publishing phase is sent, however late the scheduler wakes up for it
 // (here a gateway that acknowledges everything at once, so the count

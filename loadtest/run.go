@@ -735,7 +735,9 @@ func (r *run) onSealed(dec envelope.Decoder, rec *stream.Record, now time.Time) 
 		return
 	}
 	i := ev.Seq - 1
-	s.sealed[i]++
+	if s.sealed[i] < math.MaxUint8 { // saturates: a 256th copy must not read as none
+		s.sealed[i]++
+	}
 	if s.sealed[i] > 1 {
 		r.dupN.Add(1)
 	} else {
