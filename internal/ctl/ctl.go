@@ -142,7 +142,26 @@ func fail(env IO, code int, format string, args ...any) int {
 // largest --max-event-bytes aegisd takes (64 MiB; pipeline.SealedMaxBytes).
 var maxLine = pipeline.SealedMaxBytes(64 << 20)
 
+// readError is an input that could not be read (as opposed to one that
+// was read and is invalid): an environment error, exit 3. A line longer
+// than maxLine (bufio.ErrTooLong) is invalid input and stays exit 1.
+type readError struct{ err error }
+
+func (e *readError) Error() string { return e.err.Error() }
+func (e *readError) Unwrap() error { return e.err }
+
+// inputCode is the exit code for an error of eachLine's reader or of fn:
+// ExitRuntime for input that could not be read, ExitFailed otherwise.
+func inputCode(err error) int {
+	var re *readError
+	if errors.As(err, &re) && !errors.Is(err, bufio.ErrTooLong) {
+		return ExitRuntime
+	}
+	return ExitFailed
+}
+
 // eachLine calls fn with every non-empty line of r and its 1-based number.
+// An error reading r comes back as a *readError.
 func eachLine(r io.Reader, fn func(n int, line []byte) error) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 0, 64<<10), maxLine)
@@ -158,7 +177,7 @@ func eachLine(r io.Reader, fn func(n int, line []byte) error) error {
 		}
 	}
 	if err := sc.Err(); err != nil {
-		return fmt.Errorf("line %d: %w", n+1, err)
+		return &readError{fmt.Errorf("line %d: %w", n+1, err)}
 	}
 	return nil
 }

@@ -116,7 +116,7 @@ func runPublish(ctx context.Context, env IO, args []string) int {
 		err = flush()
 	}
 	if err != nil {
-		code := ExitFailed
+		code := inputCode(err)
 		if produceErr != nil {
 			code = ExitRuntime
 		}

@@ -6,11 +6,13 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"path/filepath"
 	"strings"
 	"testing"
+	"testing/iotest"
 	"time"
 
 	"aegis.dev/aegis/internal/grant"
@@ -173,5 +175,22 @@ func TestPublishGivesUpOnSilentBrokers(t *testing.T) {
 	code := Main(context.Background(), IO{Stdin: strings.NewReader(line), Stdout: &out, Stderr: &stderr}, []string{"publish", "--brokers", ln.Addr().String(), "--timeout", "500ms"})
 	if code != ExitRuntime || !strings.Contains(stderr.String(), "did not answer within --timeout 500ms") || !strings.Contains(stderr.String(), "(0 events acknowledged before)") {
 		t.Fatalf("exit %d, want %d (stderr %q)", code, ExitRuntime, stderr.String())
+	}
+}
+
+// TestUnreadableStdinIsRuntime: standard input that fails while it is read
+// is an environment error (exit 3) for publish and seal, as docs/cli.md
+// says, not invalid input (exit 1).
+func TestUnreadableStdinIsRuntime(t *testing.T) {
+	line := `{"tenant_id":"acme","session_id":"s1","seq":1,"ts_unix_ms":1000,"event_type":"MODEL_CALL_STARTED","payload":{}}` + "\n"
+	for _, args := range [][]string{{"publish", "--brokers", "127.0.0.1:1", "--timeout", "2s"}, {"seal"}} {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		var out, stderr bytes.Buffer
+		in := io.MultiReader(strings.NewReader(line), iotest.ErrReader(errors.New("input/output error")))
+		code := Main(ctx, IO{Stdin: in, Stdout: &out, Stderr: &stderr}, args)
+		cancel()
+		if code != ExitRuntime || !strings.Contains(stderr.String(), "input/output error") {
+			t.Errorf("%s: exit %d, stderr %q; want %d", args[0], code, stderr.String(), ExitRuntime)
+		}
 	}
 }

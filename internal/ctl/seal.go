@@ -74,7 +74,7 @@ func runSeal(ctx context.Context, env IO, args []string) int {
 		return fail(env, ExitRuntime, "seal: write: %v", writeErr)
 	}
 	if err != nil {
-		return fail(env, ExitFailed, "seal: %v", err)
+		return fail(env, inputCode(err), "seal: %v", err)
 	}
 	if err := w.Flush(); err != nil {
 		return fail(env, ExitRuntime, "seal: write: %v", err)
