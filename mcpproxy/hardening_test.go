@@ -3,7 +3,10 @@ package mcpproxy
 import (
 	"bufio"
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -863,5 +866,68 @@ cat >/dev/null`
 	}
 	if string(answer.ID) != `"s1"` || answer.Error == nil || answer.Error.Code != CodeMethodNotFound {
 		t.Fatalf("answer to the server's request: %s", m.Result)
+	}
+}
+
+// TestAuditedRequestsRecordTheirParams: what an agent sends the server in
+// an audited request (prompt arguments, completion values, subscribe URIs,
+// initialize capabilities, a listing cursor) is in its audit record:
+// verbatim up to maxAuditParams canonical bytes, by SHA-256 and size
+// beyond. Params with no canonical form are refused before the server sees
+// them, and a ping (not recorded) reaches the server without the agent's
+// params.
+func TestAuditedRequestsRecordTheirParams(t *testing.T) {
+	pipe := &recordingPipeline{}
+	up := &paramsUpstream{}
+	_, url := inProcess(t, pipe, up, nil)
+	c := connect(t, url)
+	big := strings.Repeat("x", maxAuditParams)
+	for _, tc := range []struct {
+		method string
+		params map[string]any
+	}{
+		{"prompts/get", map[string]any{"name": "greet", "arguments": map[string]any{"who": "secret-arg-1"}}},
+		{"completion/complete", map[string]any{"ref": map[string]any{"type": "ref/prompt", "name": "greet"}, "argument": map[string]any{"name": "who", "value": "secret-arg-2"}}},
+		{"resources/subscribe", map[string]any{"uri": "file:///secret-arg-3"}},
+		{"tools/list", map[string]any{"cursor": "secret-arg-4"}},
+		{"prompts/get", map[string]any{"name": "long", "arguments": map[string]any{"text": big}}},
+	} {
+		if m := c.request(t, tc.method, tc.params); m.Error != nil {
+			t.Fatalf("%s: %+v", tc.method, m.Error)
+		}
+	}
+	pipe.mu.Lock()
+	recorded := strings.Join(pipe.payloads, "\n")
+	pipe.mu.Unlock()
+	for _, want := range []string{`"who":"secret-arg-1"`, `"value":"secret-arg-2"`, `"uri":"file:///secret-arg-3"`, `"cursor":"secret-arg-4"`, `"capabilities":{}`} {
+		if !strings.Contains(recorded, want) {
+			t.Errorf("no audit record carries %s:\n%s", want, recorded)
+		}
+	}
+	// The large prompt: by digest and size, not verbatim.
+	canonical := `{"arguments":{"text":"` + big + `"},"name":"long"}`
+	sum := sha256.Sum256([]byte(canonical))
+	if !strings.Contains(recorded, `"params_sha256":"`+hex.EncodeToString(sum[:])+`"`) || !strings.Contains(recorded, fmt.Sprintf(`"params_bytes":%d`, len(canonical))) {
+		t.Errorf("the large prompt is not recorded by digest and size:\n%.2000s", recorded)
+	}
+	if strings.Contains(recorded, big) {
+		t.Error("params over the limit recorded verbatim")
+	}
+
+	up.mu.Lock()
+	before := len(up.params)
+	up.mu.Unlock()
+	_, _, m := c.post(t, `{"jsonrpc":"2.0","id":90,"method":"completion/complete","params":{"argument":{"name":"n","value":12345678901234567890}}}`)
+	if m == nil || m.Error == nil || m.Error.Code != CodeInvalidParams {
+		t.Errorf("params with no canonical form: %+v, want %d", m, CodeInvalidParams)
+	}
+	if m := c.request(t, "ping", map[string]any{"_meta": map[string]any{"note": "secret-arg-5"}}); m.Error != nil {
+		t.Fatalf("ping: %+v", m.Error)
+	}
+	up.mu.Lock()
+	got := up.params[before:]
+	up.mu.Unlock()
+	if len(got) != 1 || got[0] != "ping " {
+		t.Errorf("the server received %q; want only a ping without params", got)
 	}
 }

@@ -188,6 +188,12 @@ func auditFailed(id json.RawMessage, err error) *message {
 // read does); ping is not recorded; every other method is recorded as
 // CHECKPOINT_CREATED, a marker without effect on session state.
 func (s *session) forwardAudited(ctx context.Context, req *message) *message {
+	// What the agent sends the server is recorded with the answer, so it
+	// must be recordable before it is sent.
+	params, err := auditParams(req.Params)
+	if err != nil {
+		return errorResponse(req.ID, CodeInvalidParams, req.Method+": "+err.Error(), nil)
+	}
 	// The MEMORY_READ names what is read: the server must read the same.
 	switch req.Method {
 	case "resources/read":
@@ -198,6 +204,10 @@ func (s *session) forwardAudited(ctx context.Context, req *message) *message {
 		if _, err := strictParams(req.Method, req.Params, "name", "arguments", "_meta"); err != nil {
 			return errorResponse(req.ID, CodeInvalidParams, err.Error(), nil)
 		}
+	}
+	if req.Method == "ping" {
+		// Not recorded, so nothing of the agent's goes with it either.
+		req.Params = nil
 	}
 	resp, _ := s.forward(ctx, req)
 	if req.Method == "ping" {
@@ -213,6 +223,7 @@ func (s *session) forwardAudited(ctx context.Context, req *message) *message {
 	if resp.Error != nil {
 		payload["error_code"] = resp.Error.Code
 	}
+	params.addTo(payload)
 	typ := envelope.CheckpointCreated
 	var p struct {
 		URI        string `json:"uri"`
@@ -243,6 +254,10 @@ func (s *session) forwardAudited(ctx context.Context, req *message) *message {
 // manifest no tool is listed: deny by default. The listing is recorded
 // like any other method (CHECKPOINT_CREATED), with the names it hid.
 func (s *session) listTools(ctx context.Context, req *message) *message {
+	params, err := auditParams(req.Params)
+	if err != nil {
+		return errorResponse(req.ID, CodeInvalidParams, req.Method+": "+err.Error(), nil)
+	}
 	resp, _ := s.forward(ctx, req)
 	var result map[string]json.RawMessage
 	var tools []json.RawMessage
@@ -258,6 +273,7 @@ func (s *session) listTools(ctx context.Context, req *message) *message {
 	if resp.Error != nil {
 		failed := map[string]any{"source": "mcp", "mcp_method": req.Method, "checkpoint_id": "mcp:tools/list", "is_error": true,
 			"error_code": resp.Error.Code}
+		params.addTo(failed)
 		if err := s.record(ctx, envelope.CheckpointCreated, failed); err != nil {
 			return auditFailed(req.ID, err)
 		}
@@ -275,11 +291,52 @@ func (s *session) listTools(ctx context.Context, req *message) *message {
 	}
 	result["tools"], _ = json.Marshal(kept)
 	resp.Result, _ = json.Marshal(result)
-	if err := s.record(ctx, envelope.CheckpointCreated, map[string]any{"source": "mcp", "mcp_method": req.Method,
-		"checkpoint_id": "mcp:tools/list", "is_error": false, "listed": len(kept), "hidden": hidden}); err != nil {
+	listed := map[string]any{"source": "mcp", "mcp_method": req.Method,
+		"checkpoint_id": "mcp:tools/list", "is_error": false, "listed": len(kept), "hidden": hidden}
+	params.addTo(listed)
+	if err := s.record(ctx, envelope.CheckpointCreated, listed); err != nil {
 		return auditFailed(req.ID, err)
 	}
 	return resp
+}
+
+// maxAuditParams is the largest canonical params an audit record carries
+// verbatim; larger ones are recorded by digest and size.
+const maxAuditParams = 16 << 10
+
+// recordedParams is a request's params as its audit record carries them.
+type recordedParams struct {
+	canonical []byte // nil: the request had no params
+	sum       [32]byte
+}
+
+// auditParams reads the params of an audited request, in canonical form
+// (RFC 8785, as every recorded payload). Params that have no canonical
+// form (an integer beyond 2^53, invalid UTF-8) cannot be recorded as the
+// server reads them, so the request is refused.
+func auditParams(raw json.RawMessage) (recordedParams, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return recordedParams{}, nil
+	}
+	c, err := canon.Append(nil, raw)
+	if err != nil {
+		return recordedParams{}, fmt.Errorf("params cannot be recorded: %w", err)
+	}
+	return recordedParams{canonical: c, sum: sha256.Sum256(c)}, nil
+}
+
+// addTo sets payload's params members: params_sha256 (hex SHA-256 of the
+// canonical params) and params_bytes always, and params itself when it is
+// at most maxAuditParams bytes.
+func (p recordedParams) addTo(payload map[string]any) {
+	if p.canonical == nil {
+		return
+	}
+	payload["params_sha256"] = hex.EncodeToString(p.sum[:])
+	payload["params_bytes"] = len(p.canonical)
+	if len(p.canonical) <= maxAuditParams {
+		payload["params"] = json.RawMessage(p.canonical)
+	}
 }
 
 // toolName reads a listed tool's "name" as the agent's client does, with
