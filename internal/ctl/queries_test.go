@@ -4,10 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"aegis.dev/aegis/projector"
 	"aegis.dev/aegis/projector/stores"
@@ -188,6 +190,20 @@ func TestSQLFormats(t *testing.T) {
 	// The write was refused: the rows are still there.
 	if code, out, _ := run(t, "", "sql", "SELECT count(*) AS n FROM decisions", "--store", url, "--format", "csv"); code != ExitOK || out != "n\n8\n" {
 		t.Errorf("after a refused DELETE: %q", out)
+	}
+}
+
+// TestSQLJSONArrayValues: the elements of an array (what ClickHouse's
+// Array columns come back as) are written as single values are: an
+// infinite or NaN real as its text, a time as RFC 3339.
+func TestSQLJSONArrayValues(t *testing.T) {
+	var b strings.Builder
+	row := []any{[]any{math.Inf(1), math.NaN(), 1.5, []any{math.Inf(-1)}}, []any{time.Date(2026, 11, 29, 1, 2, 3, 0, time.UTC)}}
+	if err := writeRows(&b, "json", []string{"xs", "ts"}, [][]any{row}); err != nil {
+		t.Fatal(err)
+	}
+	if want := `{"xs":["+Inf","NaN",1.5,["-Inf"]],"ts":["2026-11-29T01:02:03Z"]}` + "\n"; b.String() != want {
+		t.Fatalf("got  %q\nwant %q", b.String(), want)
 	}
 }
 

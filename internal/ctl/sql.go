@@ -133,15 +133,7 @@ func (r *rowWriter) row(vals []any) error {
 		k, _ := json.Marshal(r.cols[i])
 		b.Write(k)
 		b.WriteByte(':')
-		switch x := v.(type) {
-		case time.Time:
-			v = x.UTC().Format(time.RFC3339)
-		case float64:
-			if math.IsInf(x, 0) || math.IsNaN(x) {
-				v = cell(x) // no JSON number: the text the table prints
-			}
-		}
-		val, err := json.Marshal(v)
+		val, err := json.Marshal(jsonValue(v))
 		if err != nil {
 			return err
 		}
@@ -150,6 +142,27 @@ func (r *rowWriter) row(vals []any) error {
 	b.WriteString("}\n")
 	_, err := io.WriteString(r.w, b.String())
 	return err
+}
+
+// jsonValue is v as the json format writes it: times as RFC 3339 text, an
+// infinite or NaN real (no JSON number) as the text the table prints, the
+// elements of an array likewise.
+func jsonValue(v any) any {
+	switch x := v.(type) {
+	case time.Time:
+		return x.UTC().Format(time.RFC3339)
+	case float64:
+		if math.IsInf(x, 0) || math.IsNaN(x) {
+			return cell(x)
+		}
+	case []any:
+		out := make([]any, len(x))
+		for i, e := range x {
+			out[i] = jsonValue(e)
+		}
+		return out
+	}
+	return v
 }
 
 func (r *rowWriter) flush() error {
