@@ -207,6 +207,22 @@ func TestSQLJSONArrayValues(t *testing.T) {
 	}
 }
 
+// TestSQLJSONDuplicateColumns: --format json refuses two columns of one
+// name (exit 1, naming it) instead of writing objects with a repeated key;
+// the table and CSV print them as they are.
+func TestSQLJSONDuplicateColumns(t *testing.T) {
+	url := sqliteURL(t)
+	writeStore(t, url, auditFixture(t))
+	q := "SELECT a.seq, b.seq FROM audit_events a JOIN audit_events b ON a.seq = b.seq LIMIT 1"
+	code, out, stderr := run(t, "", "sql", q, "--store", url, "--format", "json")
+	if code != ExitFailed || out != "" || !strings.Contains(stderr, `two columns are named "seq"`) {
+		t.Fatalf("json: exit %d, out %q, stderr %q", code, out, stderr)
+	}
+	if code, out, stderr := run(t, "", "sql", q, "--store", url, "--format", "csv"); code != ExitOK || !strings.HasPrefix(out, "seq,seq\n") {
+		t.Fatalf("csv: exit %d, out %q, stderr %q", code, out, stderr)
+	}
+}
+
 // TestSQLJSONInfinity: a real SQLite holds as infinity has no JSON number;
 // --format json writes it as the string the table and CSV print, rather
 // than failing the query as a write error (exit 3).

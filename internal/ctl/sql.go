@@ -63,6 +63,9 @@ func runSQL(ctx context.Context, env IO, args []string) int {
 		var writeErr error
 		err := rs.QueryEach(ctx, query, func(cols []string, row []any) error {
 			if w == nil {
+				if err := distinctColumns(*format, cols); err != nil {
+					return err
+				}
 				if w, writeErr = newRowWriter(env.Stdout, *format, cols); writeErr != nil {
 					return writeErr
 				}
@@ -88,6 +91,9 @@ func runSQL(ctx context.Context, env IO, args []string) int {
 		return ExitOK
 	}
 	cols, rows, err := st.Query(ctx, query)
+	if err == nil {
+		err = distinctColumns(*format, cols)
+	}
 	if err != nil {
 		return fail(env, ExitFailed, "sql: %v", err)
 	}
@@ -95,6 +101,23 @@ func runSQL(ctx context.Context, env IO, args []string) int {
 		return fail(env, ExitRuntime, "sql: write: %v", err)
 	}
 	return ExitOK
+}
+
+// distinctColumns refuses a json result with two columns of one name: an
+// object with a repeated key is read differently by different parsers
+// (most keep the last value, silently).
+func distinctColumns(format string, cols []string) error {
+	if format != "json" {
+		return nil
+	}
+	seen := make(map[string]bool, len(cols))
+	for _, c := range cols {
+		if seen[c] {
+			return fmt.Errorf("--format json: two columns are named %q; give one another name with AS", c)
+		}
+		seen[c] = true
+	}
+	return nil
 }
 
 // rowWriter writes csv or json rows one at a time (see writeRows).
