@@ -131,7 +131,9 @@ func decodeHead(key string, value []byte) (*HeadRecord, error) {
 	if err := json.Unmarshal(value, &h); err != nil {
 		return nil, err
 	}
-	if h.Seq != h.Window.Last || len(h.Hash) != len(chain.Genesis) || key != h.TenantID+"/"+h.SessionID {
+	// A head is written once a session's first record is sealed: a seq
+	// of 0 would link that record onto this hash instead of the genesis.
+	if h.Seq == 0 || h.Seq != h.Window.Last || len(h.Hash) != len(chain.Genesis) || key != h.TenantID+"/"+h.SessionID {
 		return nil, fmt.Errorf("inconsistent head record (seq %d, window %d)", h.Seq, h.Window.Last)
 	}
 	if !chain.IsHash(h.Hash) {

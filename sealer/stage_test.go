@@ -122,6 +122,10 @@ func TestSealerRestoreRejectsInconsistentHeads(t *testing.T) {
 		// JSON, which no restore could read.
 		"quote in hash":   `{"tenant_id":"acme","session_id":"s","seq":1,"hash":"\"` + chain.Genesis[1:] + `","window":{"last_seq":1}}`,
 		"upper-case hash": `{"tenant_id":"acme","session_id":"s","seq":1,"hash":"` + strings.ToUpper(chain.Genesis[:62]) + `AB","window":{"last_seq":1}}`,
+		// The sealer writes a head only once it sealed seq 1: a head at
+		// seq 0 would link the session's first record onto its hash
+		// instead of the genesis value, a chain no verifier accepts.
+		"seq 0": `{"tenant_id":"acme","session_id":"s","seq":0,"hash":"` + strings.Repeat("ab", 32) + `","window":{"last_seq":0}}`,
 	} {
 		if err := p.Restore([]byte("acme/s"), []byte(v)); err == nil {
 			t.Errorf("%s: accepted", name)
