@@ -1,6 +1,7 @@
 package sealer
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -282,5 +283,120 @@ func TestSealedRecordsFitTheSealedTopic(t *testing.T) {
 	}
 	if got := reasons(t, out); len(got) != 1 || got[0] != envelope.CodeTooLarge {
 		t.Fatalf("rejections %v, %d sealed", got, len(byTopic(out, topics.Sealed)))
+	}
+}
+
+// TestSealerKeepsTenantsApart: two tenants with the same session id are two
+// chains, each from the genesis value, with a head each; a record whose key
+// is not its value's session, or that sits on another partition than its
+// key's, is rejected without touching any chain. The sealer is the chain's
+// single writer, so it must not trust the decider's checks alone.
+func TestSealerKeepsTenantsApart(t *testing.T) {
+	st := New(Config{Topics: topics, Partitions: partitions}, nil, nil)
+	of := func(tenant string, seq uint64) *stream.Record {
+		r := decided("s1", seq, envelope.ModelCallStarted, "")
+		r.Value = []byte(strings.Replace(string(r.Value), `"tenant_id":"acme"`, `"tenant_id":"`+tenant+`"`, 1))
+		r.Key = []byte(tenant + "/s1")
+		r.Partition = stream.Partition(r.Key, partitions)
+		return r
+	}
+	a1, b1 := of("acme", 1), of("globex", 1)
+	if a1.Partition != b1.Partition {
+		// Find a second tenant on the same partition, so that one
+		// processor holds both sessions.
+		for i := 0; a1.Partition != b1.Partition; i++ {
+			b1 = of(fmt.Sprint("globex", i), 1)
+		}
+	}
+	other := string(b1.Key[:bytes.IndexByte(b1.Key, '/')])
+	p := st.NewProcessor(a1.Partition)
+	defer p.(*processor).Close()
+
+	mismatch := of("acme", 3)
+	mismatch.Key = b1.Key // the key of the other tenant's session
+	wrong := of("acme", 3)
+	wrong.Partition = (wrong.Partition + 1) % partitions
+	out := run(t, p, a1, b1, of("acme", 2), mismatch, wrong, of(other, 2), of("acme", 2), of("acme", 3))
+	if got, want := reasons(t, out), []string{pipeline.ReasonKeyMismatch, pipeline.ReasonWrongPartition}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("rejections %v, want %v", got, want)
+	}
+	for _, o := range byTopic(out, topics.Rejected) {
+		var rej pipeline.Rejection
+		if err := json.Unmarshal(o.Value, &rej); err != nil {
+			t.Fatal(err)
+		}
+		src := mismatch
+		if rej.Reason == pipeline.ReasonWrongPartition {
+			src = wrong
+		}
+		if rej.Stage != StageName || rej.Topic != topics.Decided || rej.Partition != src.Partition || rej.Key != string(src.Key) ||
+			rej.Original != string(src.Value) || rej.TenantID != "acme" || rej.Seq != 3 || o.Partition != src.Partition || string(o.Key) != string(src.Key) {
+			t.Fatalf("rejection %s on partition %d with key %s of record %s on partition %d", o.Value, o.Partition, o.Key, src.Key, src.Partition)
+		}
+	}
+	v := chain.NewVerifier()
+	count := map[string]int{}
+	for _, o := range byTopic(out, topics.Sealed) {
+		ev, err := envelope.Decoder{Sealed: true}.Decode(o.Value)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if string(o.Key) != string(ev.Key()) {
+			t.Fatalf("sealed %s under key %s", ev.Key(), o.Key)
+		}
+		if f := v.Add(ev); f != nil {
+			t.Fatal(f)
+		}
+		count[ev.TenantID]++
+	}
+	if count["acme"] != 3 || count[other] != 2 {
+		t.Fatalf("sealed per tenant %v, want acme 3 and %s 2", count, other)
+	}
+	heads := map[string]HeadRecord{}
+	for _, o := range byTopic(out, topics.ChainHeads) {
+		var h HeadRecord
+		if err := json.Unmarshal(o.Value, &h); err != nil {
+			t.Fatal(err)
+		}
+		heads[string(o.Key)] = h
+	}
+	for _, h := range v.Heads() {
+		if got := heads[h.TenantID+"/"+h.SessionID]; got.Head != h {
+			t.Fatalf("head record %+v, the verified chain ends at %+v", got.Head, h)
+		}
+	}
+	if len(heads) != 2 {
+		t.Fatalf("%d head records, want 2", len(heads))
+	}
+}
+
+// TestSealerRejectsStaleSeqs: a seq older than the window cannot be told
+// from a retry; it is rejected SEQ_STALE with the seq the session expects,
+// and a retry within the window is still dropped.
+func TestSealerRejectsStaleSeqs(t *testing.T) {
+	p := New(Config{Topics: topics}, nil, nil).NewProcessor(0)
+	defer p.(*processor).Close()
+	var recs []*stream.Record
+	for seq := uint64(1); seq <= pipeline.WindowSize+2; seq++ {
+		r := decided("s1", seq, envelope.ModelCallStarted, "")
+		r.Partition = 0
+		recs = append(recs, r)
+	}
+	_ = run(t, p, recs...)
+	// Seqs 1 and 2 are out of the window, 3 and the last are retries.
+	out := run(t, p, recs[0], recs[1], recs[2], recs[len(recs)-1])
+	if n := len(byTopic(out, topics.Sealed)); n != 0 {
+		t.Fatalf("%d sealed", n)
+	}
+	rej := byTopic(out, topics.Rejected)
+	if got := reasons(t, out); len(got) != 2 || got[0] != pipeline.ReasonSeqStale || got[1] != pipeline.ReasonSeqStale {
+		t.Fatalf("rejections %v, want SEQ_STALE twice", got)
+	}
+	var r pipeline.Rejection
+	if err := json.Unmarshal(rej[0].Value, &r); err != nil {
+		t.Fatal(err)
+	}
+	if r.Seq != 1 || r.Expected != pipeline.WindowSize+3 {
+		t.Fatalf("rejection %s", rej[0].Value)
 	}
 }
