@@ -4,7 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -398,5 +402,26 @@ func TestSealerRejectsStaleSeqs(t *testing.T) {
 	}
 	if r.Seq != 1 || r.Expected != pipeline.WindowSize+3 {
 		t.Fatalf("rejection %s", rej[0].Value)
+	}
+}
+
+// TestSealerFailsTheBatchWhenAHeadCannotSpill: a head that cannot be kept
+// (here its spill file cannot be created) is an infrastructure failure. The
+// batch fails, so that its transaction aborts and the partition is rebuilt,
+// instead of the record being skipped or sealed without a head behind it.
+func TestSealerFailsTheBatchWhenAHeadCannotSpill(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "gone")
+	st := New(Config{Topics: topics, State: pipeline.StateConfig{Sessions: 1, Dir: dir}}, nil, nil)
+	p := st.NewProcessor(0)
+	defer p.(*processor).Close()
+	a, b := decided("s1", 1, envelope.ModelCallStarted, ""), decided("s2", 1, envelope.ModelCallStarted, "")
+	a.Partition, b.Partition = 0, 0
+	var out []stream.Output
+	err := p.Process(context.Background(), []*stream.Record{a, b}, func(o stream.Output) { out = append(out, o) })
+	if err == nil {
+		t.Fatalf("no error; %d outputs", len(out))
+	}
+	if _, statErr := os.Stat(dir); !errors.Is(statErr, fs.ErrNotExist) {
+		t.Fatalf("the spill dir exists: %v", statErr)
 	}
 }
