@@ -425,3 +425,30 @@ func TestSealerFailsTheBatchWhenAHeadCannotSpill(t *testing.T) {
 		t.Fatalf("the spill dir exists: %v", statErr)
 	}
 }
+
+// TestTransactConfigNamesEveryTopicWritten: the runtime checks that the
+// input, the state topic and every output are co-partitioned, and refuses
+// an emit to any other topic; the stage's configuration must name every
+// topic its processors write, with the pipeline's partition count.
+func TestTransactConfigNamesEveryTopicWritten(t *testing.T) {
+	st := New(Config{Topics: topics, Partitions: partitions}, nil, nil)
+	tc := st.TransactConfig()
+	if tc.Input != topics.Decided || tc.State != topics.ChainHeads || tc.Partitions != partitions {
+		t.Fatalf("input %s, state %s, %d partitions", tc.Input, tc.State, tc.Partitions)
+	}
+	rec := decided("s1", 1, envelope.ModelCallStarted, "")
+	p := st.NewProcessor(rec.Partition)
+	defer p.(*processor).Close()
+	written := map[string]bool{}
+	for _, o := range run(t, p, rec, decided("s1", 3, envelope.ModelCallStarted, "")) {
+		written[o.Topic] = true
+	}
+	if len(written) != 3 {
+		t.Fatalf("wrote %v, want the sealed, rejected and state topics", written)
+	}
+	for topic := range written {
+		if topic != tc.State && !slices.Contains(tc.Outputs, topic) {
+			t.Fatalf("writes %s, which the transact configuration does not name: %+v", topic, tc)
+		}
+	}
+}
