@@ -55,6 +55,7 @@ import (
 	"aegis.dev/aegis/internal/pipeline"
 	"aegis.dev/aegis/internal/stream"
 	"aegis.dev/aegis/schemas/canon"
+	"aegis.dev/aegis/schemas/chain"
 	"aegis.dev/aegis/schemas/envelope"
 )
 
@@ -500,8 +501,9 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 
 // rebuild sets the cached snapshot of each session in keys to its state
 // after its stored events with seq < before[k], as far as they follow one
-// another from seq 1: a missing, invalid or inapplicable stored row ends
-// the history there (the records after it are then rejected by build). A
+// another from seq 1: a missing, invalid or inapplicable stored row, or
+// one that fails verification (its hash or its link), ends the history
+// there (the records after it are then rejected by build). A
 // cached snapshot that is further along (events of the batch being built,
 // not stored yet) is kept.
 func (p *Projector) rebuild(ctx context.Context, keys []SessionKey, before map[SessionKey]uint64) error {
@@ -511,6 +513,10 @@ func (p *Projector) rebuild(ctx context.Context, keys []SessionKey, before map[S
 	p.metrics.rebuilds.Add(float64(len(keys)))
 	fresh := make(map[SessionKey]*session.Snapshot, len(keys))
 	broken := map[SessionKey]bool{}
+	// Each stored row is verified as verify --store does (its hash
+	// recomputed, its link to the row before it): a snapshot folded over
+	// an edited row would carry the edit into every row derived from it.
+	verifier := chain.NewVerifier()
 	for _, k := range keys {
 		fresh[k] = session.New(k.TenantID, k.SessionID)
 	}
@@ -524,6 +530,11 @@ func (p *Projector) rebuild(ctx context.Context, keys []SessionKey, before map[S
 				return nil
 			}
 			bad := r.Invalid
+			if bad == nil {
+				if f := verifier.Add(r.Event); f != nil {
+					bad = f
+				}
+			}
 			if bad == nil {
 				bad = sn.Apply(r.Event)
 			}

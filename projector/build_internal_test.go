@@ -1,0 +1,131 @@
+package projector
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"aegis.dev/aegis/internal/pipeline"
+	"aegis.dev/aegis/internal/stream"
+	"aegis.dev/aegis/schemas/chain"
+	"aegis.dev/aegis/schemas/envelope"
+)
+
+// memStore is a Store in memory: the rows written, read back as a store
+// reads them.
+type memStore struct{ events []EventRow }
+
+func (m *memStore) Write(_ context.Context, b *Batch) error {
+	m.events = append(m.events, b.Events...)
+	return nil
+}
+
+func (m *memStore) Events(_ context.Context, f Filter, fn func(*EventRow) error) error {
+	rows := slices.Clone(m.events)
+	slices.SortStableFunc(rows, func(a, b EventRow) int {
+		return cmp.Or(strings.Compare(a.Event.TenantID, b.Event.TenantID), strings.Compare(a.Event.SessionID, b.Event.SessionID),
+			cmp.Compare(a.Event.Seq, b.Event.Seq))
+	})
+	for i := range rows {
+		if f.Sessions != nil && !slices.Contains(f.Sessions, SessionKey{rows[i].Event.TenantID, rows[i].Event.SessionID}) {
+			continue
+		}
+		ev := *rows[i].Event
+		r := rows[i]
+		r.Event = &ev
+		if err := fn(&r); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// chainOf seals a session of n events: a model call, a proposal, a tool
+// result (which taints the session), then proposals.
+func chainOf(t *testing.T, tenant, sessionID string, n int) []*envelope.Event {
+	t.Helper()
+	var head *chain.Head
+	var out []*envelope.Event
+	for i := 1; i <= n; i++ {
+		e := &envelope.Event{V: 1, TenantID: tenant, SessionID: sessionID, Seq: uint64(i), TsUnixMs: 1767225600000 + int64(i)*1000}
+		switch i {
+		case 1:
+			e.Type, e.Payload = envelope.ModelCallStarted, json.RawMessage(`{"call_id":"m","model":"gpt-x"}`)
+		case 3:
+			e.Type, e.Payload = envelope.ToolResult, json.RawMessage(`{"call_id":"c2","tool_name":"web_fetch"}`)
+		default:
+			e.Type, e.Payload = envelope.ToolCallProposed, json.RawMessage(fmt.Sprintf(`{"args":{},"call_id":"c%d","tool_name":"web_fetch"}`, i))
+			e.Decision = &envelope.Decision{Outcome: envelope.Deny, Reason: envelope.ReasonEgressDeny, PolicyRevision: "sha256:p",
+				ManifestDigest: "sha256:m", InputDigest: "sha256:i"}
+		}
+		h, err := chain.Link(head, e)
+		if err != nil {
+			t.Fatal(err)
+		}
+		head = &h
+		out = append(out, e)
+	}
+	return out
+}
+
+func sealedRecord(t *testing.T, topics pipeline.Topics, e *envelope.Event, offset int64) *stream.Record {
+	t.Helper()
+	v, err := e.AppendCanonical(nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &stream.Record{Topic: topics.Sealed, Key: e.Key(), Value: v, Offset: offset, Timestamp: time.UnixMilli(e.TsUnixMs)}
+}
+
+// TestRebuildEndsAtAStoredRowThatFailsVerification: a resumed session's
+// history ends before a stored row whose hash is not its record's (an
+// edited row) or that does not link to the row before it: the snapshot is
+// not folded over it, so no decision row or snapshot is derived from an
+// edited record, and the next record is rejected as past the history.
+func TestRebuildEndsAtAStoredRowThatFailsVerification(t *testing.T) {
+	topics := pipeline.NewTopics("t.")
+	for name, edit := range map[string]func(e *envelope.Event){
+		// The tool result that tainted the session, stored as a memory
+		// write: the hash no longer matches.
+		"edited": func(e *envelope.Event) { e.Type, e.Payload = envelope.MemoryWrite, json.RawMessage(`{"key":"k"}`) },
+		// A record of another chain spliced in, hashed consistently.
+		"relinked": func(e *envelope.Event) {
+			e.Type, e.Payload = envelope.MemoryWrite, json.RawMessage(`{"key":"k"}`)
+			if _, err := chain.Link(&chain.Head{TenantID: e.TenantID, SessionID: e.SessionID, Seq: 2, Hash: chain.Genesis}, e); err != nil {
+				t.Fatal(err)
+			}
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			evs := chainOf(t, "acme", "s1", 4)
+			st := &memStore{}
+			for i, e := range evs[:3] {
+				c := *e
+				if i == 2 {
+					edit(&c)
+				}
+				st.events = append(st.events, NewEventRow(&c, 0, int64(i)))
+			}
+			p, err := New(Config{Brokers: []string{"x"}, Group: "g", Topics: topics}, st, nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, err := p.build(context.Background(), []*stream.Record{sealedRecord(t, topics, evs[3], 3)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(b.Events) != 0 || len(b.Decisions) != 0 || len(b.Snapshots) != 0 {
+				t.Errorf("rows derived over a stored row that fails verification: %d events, decisions %+v, %d snapshots",
+					len(b.Events), b.Decisions, len(b.Snapshots))
+			}
+			if len(b.Rejected) != 1 || b.Rejected[0].Reason != ReasonBadSealed || !strings.Contains(b.Rejected[0].Detail, "ends at seq 2") {
+				t.Errorf("rejected %+v, want seq 4 rejected past a history that ends at seq 2", b.Rejected)
+			}
+		})
+	}
+}
