@@ -129,3 +129,37 @@ func TestRebuildEndsAtAStoredRowThatFailsVerification(t *testing.T) {
 		})
 	}
 }
+
+// TestHeadRecordsThatAreNoHeads: a chain-heads record that lacks a
+// member of a head, or whose hash is not one (the sealer itself refuses
+// such a head record), is a BAD_HEAD_RECORD whose detail says what is
+// wrong; it never replaces the session's stored head.
+func TestHeadRecordsThatAreNoHeads(t *testing.T) {
+	topics := pipeline.NewTopics("t.")
+	hash := strings.Repeat("ab", 32)
+	for value, want := range map[string]string{
+		`{"tenant_id":"acme","session_id":"s","seq":3}`:                         "hash",
+		`{"tenant_id":"acme","session_id":"s","seq":3,"hash":""}`:               "hash",
+		`{"tenant_id":"acme","session_id":"s","seq":3,"hash":"sha256:ab"}`:      "hash",
+		`{"session_id":"s","seq":3,"hash":"` + hash + `"}`:                      "tenant_id",
+		`{"tenant_id":"acme","seq":3,"hash":"` + hash + `"}`:                    "session_id",
+		`{"tenant_id":"acme","session_id":"s","hash":"` + hash + `"}`:           "seq",
+		`{"tenant_id":"acme","session_id":"s","seq":"3","hash":"` + hash + `"}`: "seq",
+	} {
+		p, err := New(Config{Brokers: []string{"x"}, Group: "g", Topics: topics}, &memStore{}, nil, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := p.build(context.Background(), []*stream.Record{{Topic: topics.ChainHeads, Key: []byte("acme/s"), Value: []byte(value)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b.Heads) != 0 || len(b.Rejected) != 1 || b.Rejected[0].Reason != ReasonBadHead {
+			t.Errorf("%s: heads %+v, rejected %+v, want one %s", value, b.Heads, b.Rejected, ReasonBadHead)
+			continue
+		}
+		if d := b.Rejected[0].Detail; !strings.Contains(d, want) || strings.Contains(d, "<nil>") {
+			t.Errorf("%s: detail %q does not name %s", value, d, want)
+		}
+	}
+}

@@ -65,7 +65,8 @@ const StageName = "projector"
 // Rejection reasons of records the projector cannot project. They are
 // written to rejected_records with stage "projector", never skipped.
 const (
-	// ReasonBadHead: a chain-heads record is not a JSON head.
+	// ReasonBadHead: a chain-heads record is not a JSON head that names
+	// its session, a seq and a hash (checkHead).
 	ReasonBadHead = "BAD_HEAD_RECORD"
 	// ReasonBadRejection: a rejected-topic record is not a JSON rejection
 	// (one that names its stage, reason and source topic).
@@ -355,7 +356,10 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 			continue
 		}
 		h, err := decodeHead(rec.Value)
-		if err != nil || h.TenantID == "" || h.SessionID == "" || h.Seq == 0 {
+		if err == nil {
+			err = checkHead(h)
+		}
+		if err != nil {
 			reject(rec, nil, ReasonBadHead, fmt.Sprintf("not a chain head: %v", err))
 			continue
 		}
@@ -497,6 +501,21 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 	}
 	p.evict()
 	return b, nil
+}
+
+// checkHead reports what a decoded chain head lacks: every head the sealer
+// writes names its session and a seq, and its hash is one chain.Link
+// computed (the sealer refuses a head record with any other).
+func checkHead(h chain.Head) error {
+	switch {
+	case h.TenantID == "" || h.SessionID == "":
+		return errors.New("no tenant_id or session_id")
+	case h.Seq == 0:
+		return errors.New("no seq")
+	case !chain.IsHash(h.Hash):
+		return fmt.Errorf("hash %.80q is not 64 lower-case hex digits", h.Hash)
+	}
+	return nil
 }
 
 // rebuild sets the cached snapshot of each session in keys to its state

@@ -277,7 +277,7 @@ func TestProjectorStoresLastHeadOfBatch(t *testing.T) {
 	k := startKafka(t, 1)
 	st := openSQLite(t)
 	head := func(sid string, seq uint64) stream.Message {
-		v, _ := json.Marshal(chain.Head{TenantID: "acme", SessionID: sid, Seq: seq, Hash: fmt.Sprintf("sha256:%064d", seq)})
+		v, _ := json.Marshal(chain.Head{TenantID: "acme", SessionID: sid, Seq: seq, Hash: fmt.Sprintf("%064d", seq)})
 		return stream.Message{Topic: k.topics.ChainHeads, Key: []byte("acme/" + sid), Value: v}
 	}
 	msgs := []stream.Message{head("a", 1), head("a", 2), head("a", 3), head("b", 4), head("b", 5),
@@ -313,7 +313,7 @@ func TestProjectorRejectsSeqsNoEventCanHave(t *testing.T) {
 	k := startKafka(t, 1)
 	st := openSQLite(t)
 	head := func(sid string, seq uint64) stream.Message {
-		v, _ := json.Marshal(chain.Head{TenantID: "acme", SessionID: sid, Seq: seq, Hash: fmt.Sprintf("sha256:%064d", 1)})
+		v, _ := json.Marshal(chain.Head{TenantID: "acme", SessionID: sid, Seq: seq, Hash: fmt.Sprintf("%064d", 1)})
 		return stream.Message{Topic: k.topics.ChainHeads, Key: []byte("acme/" + sid), Value: v}
 	}
 	rejection := func(seq, expected uint64) stream.Message {
