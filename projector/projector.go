@@ -177,8 +177,9 @@ func New(cfg Config, store Store, reg prometheus.Registerer, log *slog.Logger) (
 }
 
 // Ready reports whether the projector has caught up once: it has joined
-// its group, polled its topics and found nothing left to write. It stays
-// true afterwards.
+// its group, polled its topics and found nothing left to write, or written
+// everything up to the end of its input as a poll found it (under steady
+// traffic no poll finds nothing). It stays true afterwards.
 func (p *Projector) Ready() bool { return p.ready.Load() }
 
 // Run consumes and writes until ctx is cancelled, then drains (see the
@@ -196,6 +197,12 @@ func (p *Projector) Run(ctx context.Context) error {
 	var buf []*stream.Record
 	var bufBytes int
 	var first time.Time
+	// caughtUp: the last poll that returned records reached the end of
+	// the input as it was then; the projector is ready once the records
+	// up to it are written, even if more keep arriving (a live fleet never
+	// leaves it a poll idle). A later poll that did not reach the end (a
+	// backlog on another broker) clears it.
+	caughtUp := false
 	for {
 		// With records buffered, wait no longer than their flush time;
 		// otherwise wake up once per interval to notice being idle.
@@ -212,11 +219,15 @@ func (p *Projector) Run(ctx context.Context) error {
 		}
 		switch {
 		case err == nil:
+			if len(recs) > 0 {
+				caughtUp = cons.Joined() && cons.AtEnd()
+			}
 		case errors.Is(err, context.DeadlineExceeded):
 			if len(buf) == 0 && cons.Joined() {
 				p.ready.Store(true)
 			}
 		default:
+			caughtUp = false
 			p.log.Warn("poll failed; retrying", "err", err)
 		}
 		if len(recs) > 0 && len(buf) == 0 {
@@ -240,6 +251,9 @@ func (p *Projector) Run(ctx context.Context) error {
 			copy(buf, buf[n:])
 			clear(buf[rest:])
 			buf, bufBytes = buf[:rest], bufBytes-size
+			if rest == 0 && caughtUp {
+				p.ready.Store(true)
+			}
 		}
 		if len(buf) == 0 || len(buf) < p.cfg.BatchSize && time.Since(first) < p.cfg.FlushInterval {
 			continue
@@ -250,6 +264,9 @@ func (p *Projector) Run(ctx context.Context) error {
 		}
 		clear(buf)
 		buf, bufBytes = buf[:0], 0
+		if caughtUp {
+			p.ready.Store(true)
+		}
 	}
 }
 

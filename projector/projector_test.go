@@ -715,3 +715,76 @@ func TestProjectorStoreVerifies(t *testing.T) {
 		t.Fatalf("a replaced snapshot row: %+v %v, want one %s of s00007", rep.Failures, err, ctl.ReasonSnapshotMismatch)
 	}
 }
+
+// gatedStore holds every write until open is closed.
+type gatedStore struct {
+	projector.Store
+	open chan struct{}
+}
+
+func (g *gatedStore) Write(ctx context.Context, b *projector.Batch) error {
+	select {
+	case <-g.open:
+		return g.Store.Write(ctx, b)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// TestProjectorReadyUnderSteadyTraffic: a projector that keeps up with a
+// steady trickle of records (a live fleet) reports ready once it has
+// written what it found; readiness does not wait for a second without any
+// record. It is not ready while records it has read are not written.
+func TestProjectorReadyUnderSteadyTraffic(t *testing.T) {
+	k := startKafka(t, 1)
+	st := &gatedStore{Store: openSQLite(t), open: make(chan struct{})}
+	prod, err := stream.NewProducer(stream.ProducerConfig{Brokers: k.brokers})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer prod.Close()
+	n := 0
+	publish := func() {
+		t.Helper()
+		rej, _ := json.Marshal(pipeline.Rejection{V: 1, Stage: "decider", Reason: "SEQ_GAP", TenantID: "acme", SessionID: "s", Seq: uint64(n + 2),
+			Topic: k.topics.Events, Offset: int64(n)})
+		n++
+		if err := prod.Produce(context.Background(), stream.Message{Topic: k.topics.Rejected, Key: []byte("acme/s"), Value: rej}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for range 50 {
+		publish()
+	}
+	p, err := projector.New(projector.Config{Brokers: k.brokers, Group: k.prefix + "projector", Topics: k.topics,
+		FlushInterval: time.Second, RetryBackoff: 10 * time.Millisecond}, st, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	for end := time.Now().Add(2 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if p.Ready() {
+			t.Fatal("ready while the records it read are not written")
+		}
+	}
+	close(st.open)
+	deadline := time.Now().Add(8 * time.Second)
+	for !p.Ready() {
+		if time.Now().After(deadline) {
+			t.Fatalf("not ready after %d records, one every 100 ms after the first 50", n)
+		}
+		publish()
+		time.Sleep(100 * time.Millisecond)
+	}
+	if got := queryInt(t, st.Store.(projector.Querier), "SELECT count(*) FROM rejected_records"); got < 50 {
+		t.Errorf("ready with %d of the 50 records found at start written", got)
+	}
+}

@@ -85,6 +85,10 @@ type Consumer struct {
 	// included).
 	joined atomic.Bool
 	group  bool
+	// atEnd is whether the last Poll that returned records reached, in
+	// each partition it returned records of, the end the broker
+	// reported with them (AtEnd).
+	atEnd bool
 }
 
 // NewConsumer returns a Consumer; it connects lazily.
@@ -179,6 +183,18 @@ func (c *Consumer) Poll(ctx context.Context) ([]*Record, error) {
 			recs = append(recs, fromKgo(r))
 		}
 	})
+	if len(recs) > 0 {
+		c.atEnd = true
+		fetches.EachPartition(func(p kgo.FetchTopicPartition) {
+			end := p.LastStableOffset // read_committed: the end of committed records
+			if end < 0 {
+				end = p.HighWatermark
+			}
+			if pos, ok := c.next[p.Topic][p.Partition]; p.Err == nil && len(p.Records) > 0 && ok && pos < end {
+				c.atEnd = false
+			}
+		})
+	}
 	if len(errs) > 0 {
 		return recs, fmt.Errorf("stream: poll: %w: %w", ErrBroker, errors.Join(errs...))
 	}
@@ -187,6 +203,13 @@ func (c *Consumer) Poll(ctx context.Context) ([]*Record, error) {
 	}
 	return recs, nil
 }
+
+// AtEnd reports whether the last Poll that returned records returned, of
+// every partition it returned records of, everything up to the end offset
+// the broker reported with them (the last stable offset when reading
+// read_committed): a reader that has handled them has caught up with its
+// input as it was then, even while more keeps arriving.
+func (c *Consumer) AtEnd() bool { return c.atEnd }
 
 // Position returns the offset after the last record Poll fetched from the
 // partition, transaction markers included, or -1 before the first. A reader
