@@ -163,3 +163,45 @@ func TestHeadRecordsThatAreNoHeads(t *testing.T) {
 		}
 	}
 }
+
+// TestRecordConflictingWithAStoredRowIsRejected: a sealed record at a seq
+// whose stored row has another hash (a record of another writer, read
+// again after the sealer's own was stored) is rejected, not written: the
+// ClickHouse store would otherwise keep whichever copy a merge finds last,
+// and the stored sealed record would be lost, while SQLite keeps the
+// first. The session goes on with the records that match the store.
+func TestRecordConflictingWithAStoredRowIsRejected(t *testing.T) {
+	topics := pipeline.NewTopics("t.")
+	evs := chainOf(t, "acme", "s1", 5)
+	st := &memStore{}
+	for i, e := range evs {
+		st.events = append(st.events, NewEventRow(e, 0, int64(i)))
+	}
+	// Another seq 3, linked to seq 2 like the sealed one.
+	other := *evs[2]
+	other.Type, other.Payload = envelope.MemoryWrite, json.RawMessage(`{"key":"k"}`)
+	if _, err := chain.Link(&chain.Head{TenantID: "acme", SessionID: "s1", Seq: 2, Hash: evs[1].Hash}, &other); err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(Config{Brokers: []string{"x"}, Group: "g", Topics: topics}, st, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.build(context.Background(), []*stream.Record{sealedRecord(t, topics, &other, 10), sealedRecord(t, topics, evs[2], 2),
+		sealedRecord(t, topics, evs[3], 3)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range b.Events {
+		if r.Event.Seq == 3 && r.Event.Hash != evs[2].Hash {
+			t.Errorf("the conflicting seq 3 is written over the stored one")
+		}
+	}
+	if len(b.Rejected) != 1 || b.Rejected[0].Reason != ReasonBadSealed || b.Rejected[0].Offset != 10 ||
+		!strings.Contains(b.Rejected[0].Detail, "SEQ_CONFLICT") {
+		t.Errorf("rejected %+v, want the record at offset 10 rejected SEQ_CONFLICT", b.Rejected)
+	}
+	if len(b.Events) != 2 || len(b.Snapshots) != 1 || b.Snapshots[0].LastSeq != 4 || !b.Snapshots[0].Tainted {
+		t.Errorf("%d events, snapshots %+v; want seq 3 and 4 as stored, and the tainted snapshot after seq 4", len(b.Events), b.Snapshots)
+	}
+}

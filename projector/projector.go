@@ -27,7 +27,9 @@
 // state from the session's stored events. A record that follows neither
 // the cached nor the stored history (a seq past it) is rejected
 // (BAD_SEALED_RECORD, SEQ_GAP) and the session goes on with its next record
-// that follows; other sessions are never held up by one. Each decision row
+// that follows; other sessions are never held up by one. So is a record at
+// a seq the store holds with another hash, when the store is read for its
+// session (SEQ_CONFLICT): it is no redelivery. Each decision row
 // records whether the session was tainted before the proposal.
 //
 // # Shutdown
@@ -435,9 +437,13 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 	// the store's answer, always empty, gets slower as the tables grow.
 	p.batch++
 	firstSeq := map[SessionKey]uint64{}
+	// stored: the hashes of the stored rows at the batch's seqs, of the
+	// sessions read from the store (the rebuild reads them anyway).
+	stored := make(map[seqKey]string, len(events))
 	var load []SessionKey
 	for _, s := range events {
 		k := SessionKey{s.ev.TenantID, s.ev.SessionID}
+		stored[seqKey{k, s.ev.Seq}] = ""
 		if _, ok := firstSeq[k]; ok {
 			continue
 		}
@@ -450,7 +456,7 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 			load = append(load, k)
 		}
 	}
-	if err := p.rebuild(ctx, load, firstSeq); err != nil {
+	if err := p.rebuild(ctx, load, firstSeq, stored); err != nil {
 		return nil, err
 	}
 	// A session is rebuilt at most once more in the loop below: a gap
@@ -467,10 +473,24 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 			// Another instance may have written this session
 			// meanwhile (a rebalance inside the batch): rebuild it.
 			rebuilt[k] = true
-			if err := p.rebuild(ctx, []SessionKey{k}, map[SessionKey]uint64{k: ev.Seq}); err != nil {
+			if err := p.rebuild(ctx, []SessionKey{k}, map[SessionKey]uint64{k: ev.Seq}, stored); err != nil {
 				return nil, err
 			}
 			sn = p.snaps[k]
+		}
+		if h := stored[seqKey{k, ev.Seq}]; h != "" && h != ev.Hash {
+			// The store holds another record at this seq (one the
+			// sealer wrote, read after this one): this record is not
+			// a redelivery. Written, it would replace the stored one
+			// in ClickHouse (a merge keeps the last copy) and be
+			// dropped by SQLite; skipped, it would vanish.
+			p.metrics.gaps.Inc()
+			p.log.Error("sealed record conflicts with the stored record of its seq; rejected",
+				"tenant", ev.TenantID, "session", ev.SessionID, "seq", ev.Seq, "hash", ev.Hash, "stored_hash", h,
+				"partition", s.rec.Partition, "offset", s.rec.Offset)
+			reject(s.rec, ev, ReasonBadSealed, fmt.Sprintf("SEQ_CONFLICT: %s/%s seq %d is stored with hash %s, this record has hash %s",
+				ev.TenantID, ev.SessionID, ev.Seq, h, ev.Hash))
+			continue
 		}
 		if ev.Seq <= sn.LastSeq {
 			continue // already written by this instance: a redelivery
@@ -541,8 +561,10 @@ func checkHead(h chain.Head) error {
 // one that fails verification (its hash or its link), ends the history
 // there (the records after it are then rejected by build). A
 // cached snapshot that is further along (events of the batch being built,
-// not stored yet) is kept.
-func (p *Projector) rebuild(ctx context.Context, keys []SessionKey, before map[SessionKey]uint64) error {
+// not stored yet) is kept. For each key of stored whose value is still
+// empty (a record of the batch), the hash of the stored row at that seq
+// is filled in, if there is one.
+func (p *Projector) rebuild(ctx context.Context, keys []SessionKey, before map[SessionKey]uint64, stored map[seqKey]string) error {
 	if len(keys) == 0 {
 		return nil
 	}
@@ -562,7 +584,20 @@ func (p *Projector) rebuild(ctx context.Context, keys []SessionKey, before map[S
 		err := p.store.Events(ctx, Filter{Sessions: part}, func(r *EventRow) error {
 			k := SessionKey{r.Event.TenantID, r.Event.SessionID}
 			sn := fresh[k]
-			if sn == nil || broken[k] || r.Event.Seq >= before[k] || r.Event.Seq <= sn.LastSeq {
+			if sn == nil {
+				return nil
+			}
+			if r.Event.Seq >= before[k] {
+				// A row the batch holds a record for: remember its
+				// hash (of the first copy) to tell a redelivery from
+				// a conflict.
+				sk := seqKey{k, r.Event.Seq}
+				if h, ok := stored[sk]; ok && h == "" {
+					stored[sk] = r.Event.Hash
+				}
+				return nil
+			}
+			if broken[k] || r.Event.Seq <= sn.LastSeq {
 				return nil
 			}
 			bad := r.Invalid
@@ -629,6 +664,12 @@ func (p *Projector) evict() {
 	}
 }
 
+// seqKey names a seq of a session.
+type seqKey struct {
+	SessionKey
+	seq uint64
+}
+
 type metrics struct {
 	rows     *prometheus.CounterVec
 	records  prometheus.Counter
@@ -649,7 +690,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rebuilds: prometheus.NewCounter(prometheus.CounterOpts{Name: "aegis_projector_snapshot_rebuilds_total",
 			Help: "Session snapshots rebuilt from stored events."}),
 		gaps: prometheus.NewCounter(prometheus.CounterOpts{Name: "aegis_projector_history_gaps_total",
-			Help: "Sealed records rejected because neither the cache nor the store holds their session's events before them."}),
+			Help: "Sealed records rejected because they do not follow their session's history: neither the cache nor the store holds the events before them, or the store holds another record at their seq."}),
 		flush: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "aegis_projector_flush_seconds",
 			Help: "Time to build and write one batch.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 	}
