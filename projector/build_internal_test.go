@@ -205,3 +205,30 @@ func TestRecordConflictingWithAStoredRowIsRejected(t *testing.T) {
 		t.Errorf("%d events, snapshots %+v; want seq 3 and 4 as stored, and the tainted snapshot after seq 4", len(b.Events), b.Snapshots)
 	}
 }
+
+// TestSecondRecordOfASeqInABatchIsRejected: of two different records at
+// one seq of a session in one batch, the second is rejected SEQ_CONFLICT:
+// it was neither stored nor a redelivery, and dropping it silently would
+// commit its offset with no row anywhere. An identical copy is a
+// redelivery and leaves no trace.
+func TestSecondRecordOfASeqInABatchIsRejected(t *testing.T) {
+	topics := pipeline.NewTopics("t.")
+	evs := chainOf(t, "acme", "s1", 3)
+	other := *evs[1]
+	other.Payload = json.RawMessage(`{"args":{"x":1},"call_id":"c2","tool_name":"web_fetch"}`)
+	if _, err := chain.Link(&chain.Head{TenantID: "acme", SessionID: "s1", Seq: 1, Hash: evs[0].Hash}, &other); err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(Config{Brokers: []string{"x"}, Group: "g", Topics: topics}, &memStore{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.build(context.Background(), []*stream.Record{sealedRecord(t, topics, evs[0], 0), sealedRecord(t, topics, evs[1], 1),
+		sealedRecord(t, topics, evs[1], 2), sealedRecord(t, topics, &other, 3), sealedRecord(t, topics, evs[2], 4)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Events) != 3 || len(b.Rejected) != 1 || b.Rejected[0].Offset != 3 || !strings.Contains(b.Rejected[0].Detail, "SEQ_CONFLICT") {
+		t.Errorf("%d events, rejected %+v; want 3 events and the record at offset 3 rejected SEQ_CONFLICT", len(b.Events), b.Rejected)
+	}
+}

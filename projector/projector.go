@@ -438,7 +438,8 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 	p.batch++
 	firstSeq := map[SessionKey]uint64{}
 	// stored: the hashes of the stored rows at the batch's seqs, of the
-	// sessions read from the store (the rebuild reads them anyway).
+	// sessions read from the store (the rebuild reads them anyway), and
+	// of the records this batch stores.
 	stored := make(map[seqKey]string, len(events))
 	var load []SessionKey
 	for _, s := range events {
@@ -479,11 +480,12 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 			sn = p.snaps[k]
 		}
 		if h := stored[seqKey{k, ev.Seq}]; h != "" && h != ev.Hash {
-			// The store holds another record at this seq (one the
-			// sealer wrote, read after this one): this record is not
-			// a redelivery. Written, it would replace the stored one
-			// in ClickHouse (a merge keeps the last copy) and be
-			// dropped by SQLite; skipped, it would vanish.
+			// The store (or this batch) holds another record at this
+			// seq (one the sealer wrote, read after or before this
+			// one): this record is not a redelivery. Written, it
+			// would replace the stored one in ClickHouse (a merge
+			// keeps the last copy) and be dropped by SQLite; skipped,
+			// it would vanish.
 			p.metrics.gaps.Inc()
 			p.log.Error("sealed record conflicts with the stored record of its seq; rejected",
 				"tenant", ev.TenantID, "session", ev.SessionID, "seq", ev.Seq, "hash", ev.Hash, "stored_hash", h,
@@ -524,6 +526,9 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 			b.Decisions = append(b.Decisions, d)
 		}
 		b.Events = append(b.Events, NewEventRow(ev, s.rec.Partition, s.rec.Offset))
+		// Stored with this batch: another record at this seq later in
+		// it is a conflict too, not a redelivery.
+		stored[seqKey{k, ev.Seq}] = ev.Hash
 		if !dirty[k] {
 			dirty[k] = true
 			order = append(order, k)
