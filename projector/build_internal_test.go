@@ -232,3 +232,50 @@ func TestSecondRecordOfASeqInABatchIsRejected(t *testing.T) {
 		t.Errorf("%d events, rejected %+v; want 3 events and the record at offset 3 rejected SEQ_CONFLICT", len(b.Events), b.Rejected)
 	}
 }
+
+// TestRecordThatDoesNotLinkIsRejected: a sealed record whose prev_hash is
+// not the hash of its session's previous record (one of another chain) is
+// rejected PREV_HASH_MISMATCH, whether the previous record is in the
+// batch or read from the store; the sealer's record at that seq, after
+// it, is stored.
+func TestRecordThatDoesNotLinkIsRejected(t *testing.T) {
+	topics := pipeline.NewTopics("t.")
+	evs := chainOf(t, "acme", "s1", 4)
+	spliced := *evs[1]
+	spliced.Payload = json.RawMessage(`{"args":{"x":1},"call_id":"c2","tool_name":"web_fetch"}`)
+	if _, err := chain.Link(&chain.Head{TenantID: "acme", SessionID: "s1", Seq: 1, Hash: strings.Repeat("0f", 32)}, &spliced); err != nil {
+		t.Fatal(err)
+	}
+	splicedLate := *evs[3]
+	splicedLate.Payload = json.RawMessage(`{"args":{"x":2},"call_id":"c4","tool_name":"web_fetch"}`)
+	if _, err := chain.Link(&chain.Head{TenantID: "acme", SessionID: "s1", Seq: 3, Hash: strings.Repeat("0f", 32)}, &splicedLate); err != nil {
+		t.Fatal(err)
+	}
+	st := &memStore{}
+	p, err := New(Config{Brokers: []string{"x"}, Group: "g", Topics: topics}, st, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.build(context.Background(), []*stream.Record{sealedRecord(t, topics, evs[0], 0), sealedRecord(t, topics, &spliced, 1),
+		sealedRecord(t, topics, evs[1], 2), sealedRecord(t, topics, evs[2], 3)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Events) != 3 || b.Events[1].Event.Hash != evs[1].Hash || len(b.Rejected) != 1 || b.Rejected[0].Offset != 1 ||
+		!strings.Contains(b.Rejected[0].Detail, "PREV_HASH_MISMATCH") {
+		t.Fatalf("%d events, rejected %+v; want seq 1..3 as sealed and the record at offset 1 rejected PREV_HASH_MISMATCH", len(b.Events), b.Rejected)
+	}
+	if err := st.Write(context.Background(), b); err != nil {
+		t.Fatal(err)
+	}
+	// The same after a restart: the history is read from the store.
+	p.dropCache()
+	b, err = p.build(context.Background(), []*stream.Record{sealedRecord(t, topics, &splicedLate, 4), sealedRecord(t, topics, evs[3], 5)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(b.Events) != 1 || b.Events[0].Event.Hash != evs[3].Hash || len(b.Rejected) != 1 || b.Rejected[0].Offset != 4 ||
+		!strings.Contains(b.Rejected[0].Detail, "PREV_HASH_MISMATCH") {
+		t.Errorf("after a restart: %d events, rejected %+v; want seq 4 as sealed and the record at offset 4 rejected PREV_HASH_MISMATCH", len(b.Events), b.Rejected)
+	}
+}

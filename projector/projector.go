@@ -29,7 +29,8 @@
 // (BAD_SEALED_RECORD, SEQ_GAP) and the session goes on with its next record
 // that follows; other sessions are never held up by one. So is a record at
 // a seq the store holds with another hash, when the store is read for its
-// session (SEQ_CONFLICT): it is no redelivery. Each decision row
+// session (SEQ_CONFLICT): it is no redelivery; and one whose prev_hash is
+// not the hash of its session's previous record (PREV_HASH_MISMATCH). Each decision row
 // records whether the session was tainted before the proposal.
 //
 // # Shutdown
@@ -158,6 +159,7 @@ type Projector struct {
 	ready   atomic.Bool
 
 	snaps map[SessionKey]*session.Snapshot
+	last  map[SessionKey]string // the hash of each cached snapshot's last event
 	used  map[SessionKey]uint64 // the batch that last used each cached snapshot
 	batch uint64                // batches built so far
 }
@@ -175,7 +177,7 @@ func New(cfg Config, store Store, reg prometheus.Registerer, log *slog.Logger) (
 		opts = append(opts, stream.WithRegisterer(reg))
 	}
 	return &Projector{cfg: cfg, store: store, log: log.With("stage", StageName), metrics: newMetrics(reg), opts: opts,
-		snaps: make(map[SessionKey]*session.Snapshot), used: make(map[SessionKey]uint64)}, nil
+		snaps: make(map[SessionKey]*session.Snapshot), last: make(map[SessionKey]string), used: make(map[SessionKey]uint64)}, nil
 }
 
 // Ready reports whether the projector has caught up once: it has joined
@@ -341,6 +343,7 @@ func (p *Projector) flush(ctx context.Context, cons *stream.Consumer, buf []*str
 // succeeded, the cache is ahead of the store.
 func (p *Projector) dropCache() {
 	clear(p.snaps)
+	clear(p.last)
 	clear(p.used)
 }
 
@@ -452,7 +455,7 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 		p.used[k] = p.batch
 		switch sn := p.snaps[k]; {
 		case sn == nil && s.ev.Seq == 1:
-			p.snaps[k] = session.New(k.TenantID, k.SessionID)
+			p.snaps[k], p.last[k] = session.New(k.TenantID, k.SessionID), chain.Genesis
 		case sn == nil || sn.LastSeq+1 < s.ev.Seq:
 			load = append(load, k)
 		}
@@ -513,6 +516,17 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 				ev.TenantID, ev.SessionID, ev.Seq, sn.LastSeq))
 			continue
 		}
+		if want, ok := p.last[k]; ok && ev.PrevHash != want {
+			// The next seq, but of another chain: not the record
+			// the sealer linked to the session's previous one.
+			p.metrics.gaps.Inc()
+			p.log.Error("sealed record does not link to its session's previous record; rejected",
+				"tenant", ev.TenantID, "session", ev.SessionID, "seq", ev.Seq, "prev_hash", ev.PrevHash, "want", want,
+				"partition", s.rec.Partition, "offset", s.rec.Offset)
+			reject(s.rec, ev, ReasonBadSealed, fmt.Sprintf("PREV_HASH_MISMATCH: %s/%s seq %d has prev_hash %s, the hash of seq %d is %s",
+				ev.TenantID, ev.SessionID, ev.Seq, ev.PrevHash, sn.LastSeq, want))
+			continue
+		}
 		// The decision row describes the session before the proposal;
 		// it is written only with its event (a record the reducer
 		// refuses is rejected whole).
@@ -525,6 +539,7 @@ func (p *Projector) build(ctx context.Context, buf []*stream.Record) (*Batch, er
 		if decided {
 			b.Decisions = append(b.Decisions, d)
 		}
+		p.last[k] = ev.Hash
 		b.Events = append(b.Events, NewEventRow(ev, s.rec.Partition, s.rec.Offset))
 		// Stored with this batch: another record at this seq later in
 		// it is a conflict too, not a redelivery.
@@ -575,13 +590,14 @@ func (p *Projector) rebuild(ctx context.Context, keys []SessionKey, before map[S
 	}
 	p.metrics.rebuilds.Add(float64(len(keys)))
 	fresh := make(map[SessionKey]*session.Snapshot, len(keys))
+	freshLast := make(map[SessionKey]string, len(keys))
 	broken := map[SessionKey]bool{}
 	// Each stored row is verified as verify --store does (its hash
 	// recomputed, its link to the row before it): a snapshot folded over
 	// an edited row would carry the edit into every row derived from it.
 	verifier := chain.NewVerifier()
 	for _, k := range keys {
-		fresh[k] = session.New(k.TenantID, k.SessionID)
+		fresh[k], freshLast[k] = session.New(k.TenantID, k.SessionID), chain.Genesis
 	}
 	const chunk = 500
 	for i := 0; i < len(keys); i += chunk {
@@ -614,6 +630,9 @@ func (p *Projector) rebuild(ctx context.Context, keys []SessionKey, before map[S
 			if bad == nil {
 				bad = sn.Apply(r.Event)
 			}
+			if bad == nil {
+				freshLast[k] = r.Event.Hash
+			}
 			if bad != nil {
 				// Not an error of the scan: the history ends here.
 				broken[k] = true
@@ -628,7 +647,7 @@ func (p *Projector) rebuild(ctx context.Context, keys []SessionKey, before map[S
 	}
 	for _, k := range keys {
 		if cur := p.snaps[k]; cur == nil || cur.LastSeq < fresh[k].LastSeq {
-			p.snaps[k] = fresh[k]
+			p.snaps[k], p.last[k] = fresh[k], freshLast[k]
 		}
 		p.used[k] = p.batch
 	}
@@ -665,6 +684,7 @@ func (p *Projector) evict() {
 	})
 	for _, e := range es[:len(es)-keep] {
 		delete(p.snaps, e.k)
+		delete(p.last, e.k)
 		delete(p.used, e.k)
 	}
 }
@@ -695,7 +715,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		rebuilds: prometheus.NewCounter(prometheus.CounterOpts{Name: "aegis_projector_snapshot_rebuilds_total",
 			Help: "Session snapshots rebuilt from stored events."}),
 		gaps: prometheus.NewCounter(prometheus.CounterOpts{Name: "aegis_projector_history_gaps_total",
-			Help: "Sealed records rejected because they do not follow their session's history: neither the cache nor the store holds the events before them, or the store holds another record at their seq."}),
+			Help: "Sealed records rejected because they do not follow their session's history: neither the cache nor the store holds the events before them, another record is stored at their seq, or they do not link to the record before them."}),
 		flush: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "aegis_projector_flush_seconds",
 			Help: "Time to build and write one batch.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}),
 	}
