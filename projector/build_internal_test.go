@@ -279,3 +279,33 @@ func TestRecordThatDoesNotLinkIsRejected(t *testing.T) {
 		t.Errorf("after a restart: %d events, rejected %+v; want seq 4 as sealed and the record at offset 4 rejected PREV_HASH_MISMATCH", len(b.Events), b.Rejected)
 	}
 }
+
+// TestRecordTooLargeForTheProjectorEndsItsSession: a sealed record larger
+// than the projector's MaxEventBytes (a projector configured below the
+// sealer) is rejected, and so is every later record of its session, which
+// no longer follows the stored history (docs/pipeline.md).
+func TestRecordTooLargeForTheProjectorEndsItsSession(t *testing.T) {
+	topics := pipeline.NewTopics("t.")
+	evs := chainOf(t, "acme", "s1", 4)
+	recs := make([]*stream.Record, len(evs))
+	for i, e := range evs {
+		recs[i] = sealedRecord(t, topics, e, int64(i))
+	}
+	p, err := New(Config{Brokers: []string{"x"}, Group: "g", Topics: topics, MaxEventBytes: len(recs[1].Value) - 1}, &memStore{}, nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.build(context.Background(), recs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range b.Rejected {
+		got = append(got, fmt.Sprintf("%d %s", r.Offset, strings.SplitN(r.Detail, ":", 2)[0]))
+	}
+	slices.Sort(got)
+	// Seq 4 is a proposal as large as seq 2: too large itself.
+	if want := []string{"1 TOO_LARGE", "2 SEQ_GAP", "3 TOO_LARGE"}; len(b.Events) != 1 || !slices.Equal(got, want) {
+		t.Errorf("%d events, rejected %q; want seq 1 stored and %q", len(b.Events), got, want)
+	}
+}
