@@ -213,6 +213,44 @@ type assignEvent struct {
 	assigned bool // false: revoked or lost
 	lost     bool // the group session ended (a failed join included)
 	parts    []int32
+	// all, if known, is the whole assignment an assigned event comes
+	// with: the partitions held and not in it were revoked without the
+	// session reporting it.
+	all   []int32
+	known bool
+}
+
+// syncTracker is the group balancer that remembers the whole assignment of
+// the input topic the last sync gave this member. GroupTransactSession
+// reports only the first revocation of a transaction to the stage and
+// swallows the next ones until the transaction ends: members joining one
+// after the other while a long transaction runs take partitions away
+// twice. The assignment that every join completes with tells the stage
+// what it still owns.
+type syncTracker struct {
+	kgo.GroupBalancer
+	topic string
+
+	mu    sync.Mutex
+	last  []int32
+	known bool
+}
+
+func (b *syncTracker) ParseSyncAssignment(assignment []byte) (map[string][]int32, error) {
+	m, err := b.GroupBalancer.ParseSyncAssignment(assignment)
+	if err == nil {
+		b.mu.Lock()
+		b.last, b.known = slices.Clone(m[b.topic]), true
+		b.mu.Unlock()
+	}
+	return m, err
+}
+
+// assigned returns the last synced assignment, if any.
+func (b *syncTracker) assigned() ([]int32, bool) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return slices.Clone(b.last), b.known
 }
 
 // partView is the readiness view of one owned partition.
@@ -562,9 +600,13 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client, closer *sess
 	t.evMu.Unlock()
 	t.setRunning(true)
 
+	// The client syncs, then calls the assigned callback, one join at a
+	// time: the callback reads the assignment of its own join.
+	tracker := &syncTracker{GroupBalancer: kgo.CooperativeStickyBalancer(), topic: t.cfg.Input}
 	opts := append(t.sec.seed(t.cfg.Brokers),
 		kgo.WithLogger(kgoLogger{t.log.WithGroup("kafka")}),
 		kgo.ConsumerGroup(t.cfg.Group),
+		kgo.Balancers(tracker),
 		kgo.ConsumeTopics(t.cfg.Input),
 		kgo.TransactionalID(t.cfg.TransactionalID),
 		kgo.TransactionTimeout(t.cfg.TransactionTimeout),
@@ -580,7 +622,8 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client, closer *sess
 		kgo.RecordPartitioner(kgo.ManualPartitioner()),
 		kgo.ProducerBatchMaxBytesFn(t.batchMaxBytes),
 		kgo.OnPartitionsAssigned(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
-			t.pushEvent(assignEvent{assigned: true, parts: m[t.cfg.Input]})
+			all, known := tracker.assigned()
+			t.pushEvent(assignEvent{assigned: true, parts: m[t.cfg.Input], all: all, known: known})
 		}),
 		kgo.OnPartitionsRevoked(func(_ context.Context, _ *kgo.Client, m map[string][]int32) {
 			t.pushEvent(assignEvent{parts: m[t.cfg.Input]})
@@ -837,6 +880,19 @@ func (t *Transactor) applyEvents(ctx context.Context, adm *kadm.Client, parts ma
 				if o, ok := parts[p]; ok {
 					closeProc(o.proc)
 				}
+				delete(parts, p)
+				added = slices.DeleteFunc(added, func(q int32) bool { return q == p })
+			}
+		}
+		if !ev.assigned || !ev.known {
+			continue
+		}
+		// Partitions held but not in the whole assignment were revoked
+		// in a report the session swallowed.
+		for p, o := range parts {
+			if !slices.Contains(ev.all, p) {
+				revoked = true
+				closeProc(o.proc)
 				delete(parts, p)
 				added = slices.DeleteFunc(added, func(q int32) bool { return q == p })
 			}

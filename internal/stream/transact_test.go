@@ -594,3 +594,62 @@ func limitedTopology(t *testing.T, e *Embedded, name string, state, out map[stri
 	}
 	return tp
 }
+
+// TestTransactTwoRevocationsInOneTransaction has a second instance join, and
+// then a third, while the first is inside one long transaction: franz-go
+// reports only the first of the two revocations to the stage, which must
+// still drop every partition it no longer owns.
+func TestTransactTwoRevocationsInOneTransaction(t *testing.T) {
+	e := startBroker(t)
+	tp := newTopology(t, e, 6)
+	const keys = 24
+	want := map[string]int{}
+	produceInputs(t, e, tp.input, keys, 240, want)
+	var block atomic.Bool
+	block.Store(true)
+	entered := make(chan struct{})
+	var enteredOnce sync.Once
+	release := make(chan struct{})
+	hook := func(ctx context.Context, _ *Record) error {
+		if !block.Load() {
+			return nil
+		}
+		enteredOnce.Do(func() { close(entered) })
+		select {
+		case <-release:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		return nil
+	}
+	mk := func(id string, hook func(context.Context, *Record) error) *Transactor {
+		tr, err := NewTransactor(tp.config(e, id), tp.counters(hook), WithLogger(testLogger()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tr
+	}
+	a, b, c := mk("txn-a", hook), mk("txn-b", nil), mk("txn-c", nil)
+	runAsync(t, a)
+	select {
+	case <-entered:
+	case <-time.After(15 * time.Second):
+		t.Fatal("a never processed")
+	}
+	runAsync(t, b)
+	waitFor(t, "b owns some", 15*time.Second, func() bool { return len(b.Lag()) > 0 })
+	runAsync(t, c)
+	waitFor(t, "c owns some", 15*time.Second, func() bool { return len(c.Lag()) > 0 })
+	block.Store(false)
+	close(release)
+	waitFor(t, "a, b and c own disjoint partitions", 20*time.Second, func() bool {
+		la, lb, lc := a.Lag(), b.Lag(), c.Lag()
+		if len(la) == 0 || len(lb) == 0 || len(lc) == 0 || len(la)+len(lb)+len(lc) != 6 {
+			return false
+		}
+		return a.Ready() && b.Ready() && c.Ready()
+	})
+	produceInputs(t, e, tp.input, keys, 240, want)
+	out := readAtLeast(t, e, tp.output, sum(want), 20*time.Second, 500*time.Millisecond)
+	checkExactlyOnce(t, out, want, tp.partitions)
+}
