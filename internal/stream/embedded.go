@@ -10,7 +10,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
+	"time"
 
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kfake"
@@ -92,6 +95,9 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig, opts ...Option) (*Em
 	kopts := []kfake.Opt{
 		kfake.NumBrokers(1),
 		kfake.WithLogger(kfakeLogger{o.logger.With("stage", o.stage)}),
+		// kfake's own compaction schedule is off: Embedded compacts
+		// instead, only while no transaction is open (see Compact).
+		kfake.BrokerConfigs(map[string]string{"log.cleaner.backoff.ms": strconv.FormatInt(kfakeCompactOff.Milliseconds(), 10)}),
 	}
 	// kfake listens on 127.0.0.1 with the port it is given; the listen
 	// function substitutes the address.
@@ -167,9 +173,23 @@ func StartEmbedded(ctx context.Context, cfg EmbeddedConfig, opts ...Option) (*Em
 	e := &Embedded{c: c, addr: c.ListenAddrs()[0], stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(e.done)
-		select {
-		case <-ctx.Done():
-		case <-e.stop:
+		compact := time.NewTimer(compactEvery)
+		defer compact.Stop()
+	run:
+		for {
+			select {
+			case <-ctx.Done():
+				break run
+			case <-e.stop:
+				break run
+			case <-compact.C:
+				if e.Compact() {
+					compact.Reset(compactEvery)
+				} else {
+					c.ApplyRetention() // which a compaction includes
+					compact.Reset(compactRetry)
+				}
+			}
 		}
 		c.Close()
 		if cfg.DataDir != "" {
@@ -395,6 +415,63 @@ func (e *Embedded) Close() {
 	<-e.done
 }
 
+// compactEvery is how often the embedded broker compacts its compacted
+// topics (kfake's own default); compactRetry is how soon it tries again
+// after a compaction was put off by an open transaction.
+var compactEvery, compactRetry = time.Hour, time.Minute
+
+// kfakeCompactOff is kfake's compaction interval, so long that it never
+// compacts on its own.
+const kfakeCompactOff = 100 * 365 * 24 * time.Hour
+
 // Compact runs log compaction now on every topic with cleanup.policy=compact
-// (kfake otherwise compacts on its own schedule).
-func (e *Embedded) Compact() { e.c.Compact() }
+// and reports whether it did; the broker also runs it every compactEvery.
+// It does not while a transaction is open on a partition of such a topic:
+// kfake's compaction counts the records of an open transaction as the
+// latest of their keys and drops the committed values before them, so a
+// transaction that then aborted took its keys' committed state (a stage's
+// sessions) with it. A transaction that begins between the check and the
+// compaction is not seen; the check narrows that window to one request.
+func (e *Embedded) Compact() bool {
+	topics, ok := e.compactTopics()
+	if !ok {
+		return false
+	}
+	for _, topic := range topics {
+		for _, p := range e.c.PartitionInfos(topic) {
+			if p.LastStableOffset < p.HighWatermark {
+				return false
+			}
+		}
+	}
+	e.c.Compact()
+	return true
+}
+
+// compactTopics returns the topics with cleanup.policy=compact, as kfake
+// tells them, or false if they could not be listed.
+func (e *Embedded) compactTopics() ([]string, bool) {
+	adm, closeAdm, err := newAdmin(e.Brokers(), Security{})
+	if err != nil {
+		return nil, false
+	}
+	defer closeAdm()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	listed, err := adm.ListTopics(ctx)
+	if err == nil {
+		err = listed.Error()
+	}
+	if err != nil {
+		return nil, false
+	}
+	var out []string
+	for _, name := range listed.Names() {
+		if ti := e.c.TopicInfo(name); ti != nil {
+			if v := ti.Configs["cleanup.policy"]; v != nil && strings.Contains(*v, "compact") {
+				out = append(out, name)
+			}
+		}
+	}
+	return out, true
+}

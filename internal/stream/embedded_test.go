@@ -330,3 +330,49 @@ func restoreState(ctx context.Context, t *testing.T, e *Embedded) []string {
 	}
 	return restored
 }
+
+// TestEmbeddedCompactionKeepsStateUnderAnOpenTransaction compacts a state
+// topic while a transaction that rewrites a key is open, then aborts that
+// transaction: the key's committed value must still be restored.
+func TestEmbeddedCompactionKeepsStateUnderAnOpenTransaction(t *testing.T) {
+	ctx := context.Background()
+	e := startBroker(t)
+	if err := EnsureTopics(ctx, e.Brokers(), []TopicSpec{{Name: "state", Partitions: 1, Cleanup: CleanupCompact}}); err != nil {
+		t.Fatal(err)
+	}
+	cl, err := kgo.NewClient(kgo.SeedBrokers(e.Brokers()...), kgo.TransactionalID("stage-1"), kgo.DefaultProduceTopic("state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cl.Close()
+	produce := func(k, v string) {
+		t.Helper()
+		if err := cl.ProduceSync(ctx, &kgo.Record{Key: []byte(k), Value: []byte(v)}).FirstErr(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := cl.BeginTransaction(); err != nil {
+		t.Fatal(err)
+	}
+	produce("k", "committed")
+	if err := cl.EndTransaction(ctx, kgo.TryCommit); err != nil {
+		t.Fatal(err)
+	}
+	if err := cl.BeginTransaction(); err != nil {
+		t.Fatal(err)
+	}
+	produce("k", "aborted")
+	produce("other", "aborted") // the open transaction's first batch is not the last one
+	if e.Compact() {
+		t.Error("compacted while a transaction was open")
+	}
+	if err := cl.EndTransaction(ctx, kgo.TryAbort); err != nil {
+		t.Fatal(err)
+	}
+	if !e.Compact() {
+		t.Error("did not compact once no transaction was open")
+	}
+	if restored, want := restoreState(ctx, t, e), []string{"committed"}; !slices.Equal(restored, want) {
+		t.Fatalf("restored %q, want %q", restored, want)
+	}
+}
