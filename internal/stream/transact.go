@@ -199,7 +199,7 @@ type Transactor struct {
 
 	partitions      int32            // common partition count, set by Run before the first session
 	batchBytes      map[string]int32 // per produced topic, the largest batch it takes; set by Run like partitions
-	restoreFailures int              // consecutive Restore failures; owned by Run's goroutine
+	restoreFailures int              // consecutive failed restores; reset by a successful one, used by one goroutine at a time (Run, its session)
 
 	beat atomic.Int64 // when the session's loop last made progress: nanoseconds since beatEpoch (monotonic)
 
@@ -782,7 +782,6 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client, closer *sess
 			return err
 		case committed:
 			failures = 0
-			t.restoreFailures = 0
 			backoff = t.cfg.RetryBackoff
 			t.advance(next, ends)
 			t.m.handle.Observe(time.Since(polled).Seconds())
@@ -1005,6 +1004,7 @@ func (t *Transactor) restore(ctx context.Context, adm *kadm.Client, parts map[in
 		parts[p].proc = proc
 	}
 	restored = true
+	t.restoreFailures = 0 // the failures Run counts are consecutive ones
 	t.m.restore.Observe(time.Since(start).Seconds())
 	t.viewMu.Lock()
 	for _, p := range need {

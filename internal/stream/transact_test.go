@@ -653,3 +653,74 @@ func TestTransactTwoRevocationsInOneTransaction(t *testing.T) {
 	out := readAtLeast(t, e, tp.output, sum(want), 20*time.Second, 500*time.Millisecond)
 	checkExactlyOnce(t, out, want, tp.partitions)
 }
+
+// TestTransactRestoreRetriesCountOnlyConsecutiveFailures has an idle stage
+// (nothing to commit) fail one restore, restore fine, and fail one more
+// after a rebalance: two failures with a successful restore between them
+// are not MaxProcessRetries consecutive ones, and the stage goes on.
+func TestTransactRestoreRetriesCountOnlyConsecutiveFailures(t *testing.T) {
+	e := startBroker(t)
+	tp := newTopology(t, e, 2)
+	p, err := NewProducer(ProducerConfig{Brokers: e.Brokers()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for part := range tp.partitions {
+		if err := p.Produce(context.Background(), Message{Topic: tp.state, Key: []byte("k"), Value: []byte("1"), Pin: true, Partition: part}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p.Close()
+	var failNext atomic.Bool
+	failNext.Store(true)
+	newA := func(int32) Processor {
+		return &flakyRestore{counter: &counter{out: tp.output, state: tp.state, counts: map[string]int{}}, fail: &failNext}
+	}
+	cfg := tp.config(e, "txn-a")
+	cfg.MaxProcessRetries = 1
+	a, err := NewTransactor(cfg, newA, WithLogger(testLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	waitFor(t, "a owns both partitions, restored", 15*time.Second, func() bool { return len(a.Lag()) == 2 && a.Ready() })
+
+	b, err := NewTransactor(tp.config(e, "txn-b"), tp.counters(nil), WithLogger(testLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stopB := runAsync(t, b)
+	waitFor(t, "b owns one partition", 15*time.Second, func() bool { return len(b.Lag()) == 1 && len(a.Lag()) == 1 })
+	failNext.Store(true)
+	if err := stopB(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a owns both partitions again, restored", 15*time.Second, func() bool {
+		select {
+		case err := <-done:
+			t.Fatalf("Run ended: %v", err)
+		default:
+		}
+		return len(a.Lag()) == 2 && a.Ready()
+	})
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+}
+
+// flakyRestore fails one Restore each time fail is set.
+type flakyRestore struct {
+	*counter
+	fail *atomic.Bool
+}
+
+func (f *flakyRestore) Restore(k, v []byte) error {
+	if f.fail.CompareAndSwap(true, false) {
+		return errors.New("transient")
+	}
+	return f.counter.Restore(k, v)
+}
