@@ -7,10 +7,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/twmb/franz-go/pkg/kfake"
+	"github.com/twmb/franz-go/pkg/kmsg"
 
 	"aegis.dev/aegis/internal/testutil"
 )
@@ -198,5 +200,34 @@ func TestSecurityConfigValidate(t *testing.T) {
 	}
 	if (SecurityConfig{}).Enabled() {
 		t.Fatal("the zero config is enabled")
+	}
+}
+
+// TestTransactWithoutTransactionalIDAccess runs a stage as a user the
+// cluster does not allow to use its transactional ID: Run ends at once,
+// with the broker's refusal, not a wait for a producer ID that timed out.
+func TestTransactWithoutTransactionalIDAccess(t *testing.T) {
+	all := func(r kmsg.ACLResourceType) kfake.ACL {
+		return kfake.ACL{Resource: r, Name: "*", Pattern: kmsg.ACLResourcePatternTypeLiteral, Operation: kmsg.ACLOperationAll, Allow: true}
+	}
+	c, err := kfake.NewCluster(kfake.NumBrokers(1), kfake.EnableSASL(), kfake.EnableACLs(),
+		kfake.Superuser(SASLPlain, "admin", "s3cret"),
+		kfake.User(SASLPlain, "stage", "s3cret", all(kmsg.ACLResourceTypeTopic), all(kmsg.ACLResourceTypeGroup), all(kmsg.ACLResourceTypeCluster)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	addrs := c.ListenAddrs()
+	admin := WithSecurity(Security{SASL: SASL{Mechanism: SASLPlain, Username: "admin", Password: "s3cret"}})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := EnsureTopics(ctx, addrs, []TopicSpec{{Name: "in", Partitions: 1}, {Name: "state", Partitions: 1, Cleanup: CleanupCompact}}, admin); err != nil {
+		t.Fatal(err)
+	}
+	tc := TransactConfig{Brokers: addrs, Group: "g", TransactionalID: "stage-1", Input: "in", State: "state", RetryBackoff: 10 * time.Millisecond}
+	err = RunTransact(ctx, tc, func(int32) Processor { return failingRestore{calls: new(atomic.Int32)} },
+		WithLogger(testLogger()), WithSecurity(Security{SASL: SASL{Mechanism: SASLPlain, Username: "stage", Password: "s3cret"}}))
+	if err == nil || strings.Contains(err.Error(), "no producer ID within") || !strings.Contains(err.Error(), "TRANSACTIONAL_ID_AUTHORIZATION_FAILED") {
+		t.Fatalf("Run = %v, want the authorization failure as it is", err)
 	}
 }

@@ -672,7 +672,7 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client, closer *sess
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		if initCtx.Err() != nil {
+		if errors.Is(initCtx.Err(), context.DeadlineExceeded) {
 			// kgo returns the context's error, not the coordinator's
 			// (e.g. CONCURRENT_TRANSACTIONS) that it kept retrying.
 			err = fmt.Errorf("no producer ID within %s (the coordinator kept refusing, e.g. CONCURRENT_TRANSACTIONS): %w", t.cfg.TransactionTimeout, err)
