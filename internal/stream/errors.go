@@ -7,7 +7,8 @@ import "errors"
 // logs and operators can match on.
 var (
 	// ErrConfig reports an invalid TransactConfig, ProducerConfig,
-	// ConsumerConfig, EmbeddedConfig or TopicSpec.
+	// ConsumerConfig, EmbeddedConfig or TopicSpec, or a transactional ID
+	// the cluster does not authorize the stage to use.
 	ErrConfig = errors.New("stream_config")
 
 	// ErrTopicMissing reports that a topic a stage needs does not exist.

@@ -3,6 +3,7 @@ package stream
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -205,7 +206,8 @@ func TestSecurityConfigValidate(t *testing.T) {
 
 // TestTransactWithoutTransactionalIDAccess runs a stage as a user the
 // cluster does not allow to use its transactional ID: Run ends at once,
-// with the broker's refusal, not a wait for a producer ID that timed out.
+// with the broker's refusal, not a wait for a producer ID that timed out,
+// and as a configuration error, not as if another instance had fenced it.
 func TestTransactWithoutTransactionalIDAccess(t *testing.T) {
 	all := func(r kmsg.ACLResourceType) kfake.ACL {
 		return kfake.ACL{Resource: r, Name: "*", Pattern: kmsg.ACLResourcePatternTypeLiteral, Operation: kmsg.ACLOperationAll, Allow: true}
@@ -229,5 +231,8 @@ func TestTransactWithoutTransactionalIDAccess(t *testing.T) {
 		WithLogger(testLogger()), WithSecurity(Security{SASL: SASL{Mechanism: SASLPlain, Username: "stage", Password: "s3cret"}}))
 	if err == nil || strings.Contains(err.Error(), "no producer ID within") || !strings.Contains(err.Error(), "TRANSACTIONAL_ID_AUTHORIZATION_FAILED") {
 		t.Fatalf("Run = %v, want the authorization failure as it is", err)
+	}
+	if !errors.Is(err, ErrConfig) || errors.Is(err, ErrFenced) {
+		t.Fatalf("Run = %v, want %v (and not %v: no other instance took the ID)", err, ErrConfig, ErrFenced)
 	}
 }

@@ -1233,16 +1233,17 @@ func (t *Transactor) processOne(ctx, produceCtx context.Context, s *kgo.GroupTra
 	return err
 }
 
-// classify wraps a client error: fencing ends Run, anything else replaces
-// the session.
+// classify wraps a client error: fencing and a transactional ID the
+// cluster does not authorize end Run, anything else replaces the session.
 func classify(op string, err error) error {
 	switch {
 	case errors.Is(err, ErrFenced):
 		return err
 	case errors.Is(err, kerr.ProducerFenced),
-		errors.Is(err, kerr.InvalidProducerEpoch),
-		errors.Is(err, kerr.TransactionalIDAuthorizationFailed):
+		errors.Is(err, kerr.InvalidProducerEpoch):
 		return fmt.Errorf("stream: %s: %w: %w", op, ErrFenced, err)
+	case errors.Is(err, kerr.TransactionalIDAuthorizationFailed):
+		return fmt.Errorf("stream: %s: %w: %w", op, ErrConfig, err)
 	case errors.Is(err, ErrProduce):
 		return fmt.Errorf("stream: %s: %w", op, err)
 	}
