@@ -50,7 +50,9 @@
 // # Failures
 //
 // Broker failures are retried forever with exponential backoff (a new
-// session each time). Process errors are retried MaxProcessRetries times,
+// session each time). A transaction that aborts with no processor failing
+// is retried at once (a rebalance); a second one in a row and the next
+// (the group coordinator refusing the offsets) back off the same way. Process errors are retried MaxProcessRetries times,
 // Restore errors likewise; then Run returns ErrProcess or ErrRestore. A
 // produce error that no retry can cure (a record over the topic's
 // max.message.bytes, an invalid record) counts as a Process error, so the

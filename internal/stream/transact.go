@@ -686,7 +686,8 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client, closer *sess
 			closeProc(o.proc)
 		}
 	}()
-	failures := 0
+	failures := 0 // consecutive transactions a processor failed
+	aborts := 0   // consecutive transactions that aborted with no processor failing
 	backoff := t.cfg.RetryBackoff
 	for {
 		// Polls wake up at least every idlePoll so that newly assigned
@@ -781,7 +782,7 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client, closer *sess
 			t.discard(parts)
 			return err
 		case committed:
-			failures = 0
+			failures, aborts = 0, 0
 			backoff = t.cfg.RetryBackoff
 			t.advance(next, ends)
 			t.m.handle.Observe(time.Since(polled).Seconds())
@@ -802,7 +803,18 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client, closer *sess
 			}
 			backoff = min(2*backoff, t.cfg.MaxRetryBackoff)
 		} else {
-			t.log.Info("transaction aborted (rebalance); state rebuilt from committed offsets")
+			// One such abort is a rebalance. More in a row are the
+			// group coordinator refusing the offsets (an error the
+			// client aborts on): each retry rebuilds every processor,
+			// so they back off like failures, without counting as ones.
+			aborts++
+			t.log.Info("transaction aborted (rebalance); state rebuilt from committed offsets", "in_a_row", aborts)
+			if aborts > 1 {
+				if !sleep(ctx, backoff) {
+					return ctx.Err()
+				}
+				backoff = min(2*backoff, t.cfg.MaxRetryBackoff)
+			}
 		}
 	}
 }

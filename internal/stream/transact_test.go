@@ -13,6 +13,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/twmb/franz-go/pkg/kerr"
+	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
 func TestTransactExactlyOnceThroughProcessError(t *testing.T) {
@@ -723,4 +724,61 @@ func (f *flakyRestore) Restore(k, v []byte) error {
 		return errors.New("transient")
 	}
 	return f.counter.Restore(k, v)
+}
+
+// TestTransactBacksOffWhileCommitsKeepAborting has the group coordinator
+// refuse every transaction's offsets with an error the client aborts the
+// transaction for (UNKNOWN_SERVER_ERROR): no processing failed and no
+// rebalance is going on, so the stage must back off between attempts
+// instead of rebuilding its state and aborting as fast as it can.
+func TestTransactBacksOffWhileCommitsKeepAborting(t *testing.T) {
+	e := startBroker(t)
+	tp := newTopology(t, e, 1)
+	want := map[string]int{}
+	produceInputs(t, e, tp.input, 4, 40, want)
+	var refuse atomic.Bool
+	refuse.Store(true)
+	var refused atomic.Int32
+	e.c.ControlKey(int16(kmsg.TxnOffsetCommit), func(req kmsg.Request) (kmsg.Response, error, bool) {
+		e.c.KeepControl()
+		if !refuse.Load() {
+			return nil, nil, false
+		}
+		refused.Add(1)
+		r := req.(*kmsg.TxnOffsetCommitRequest)
+		resp := r.ResponseKind().(*kmsg.TxnOffsetCommitResponse)
+		for _, rt := range r.Topics {
+			st := kmsg.NewTxnOffsetCommitResponseTopic()
+			st.Topic = rt.Topic
+			for _, rp := range rt.Partitions {
+				sp := kmsg.NewTxnOffsetCommitResponseTopicPartition()
+				sp.Partition = rp.Partition
+				sp.ErrorCode = kerr.UnknownServerError.Code
+				st.Partitions = append(st.Partitions, sp)
+			}
+			resp.Topics = append(resp.Topics, st)
+		}
+		return resp, nil, true
+	})
+	cfg := tp.config(e, "txn-refused")
+	cfg.RetryBackoff = 50 * time.Millisecond
+	cfg.MaxRetryBackoff = time.Second
+	tr, err := NewTransactor(cfg, tp.counters(nil), WithLogger(testLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runAsync(t, tr)
+	waitFor(t, "a refused commit", 10*time.Second, func() bool { return refused.Load() > 0 })
+	time.Sleep(2 * time.Second)
+	// Backing off from 50ms, doubling up to 1s, leaves room for about 7
+	// attempts in 2s.
+	if n := refused.Load(); n > 12 {
+		t.Errorf("%d refused commits in about 2s: the stage did not back off", n)
+	}
+	refuse.Store(false)
+	out := readAtLeast(t, e, tp.output, sum(want), 20*time.Second, 300*time.Millisecond)
+	checkExactlyOnce(t, out, want, tp.partitions)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
 }
