@@ -333,11 +333,13 @@ func (v partView) lag() int64 {
 // Run joins the group and processes until ctx is cancelled, then returns nil
 // after the shutdown sequence in the package documentation; or returns an
 // error when the stage cannot go on: a configuration or co-partitioning
-// error before joining, ErrProcess after a processor kept failing, ErrFenced
-// when a newer instance took over the transactional ID, ErrStalled when a
-// stalled session could not be ended. Broker and restore failures are
-// retried with backoff and do not end Run. Run must not be called twice at
-// once on the same Transactor.
+// error before joining (ErrConfig also when the cluster does not authorize
+// the transactional ID), ErrProcess after a processor kept failing,
+// ErrRestore after restores kept failing in a row, ErrFenced when a newer
+// instance took over the transactional ID, ErrStalled when a stalled
+// session could not be ended. Broker failures, reading the state topic
+// included, are retried with backoff and do not end Run. Run must not be
+// called twice at once on the same Transactor.
 //
 // A watchdog guards each session: if its loop makes no progress for
 // StallTimeout (a call into the Kafka client that does not return), the
