@@ -97,3 +97,26 @@ func proposeAwaitingApproval(t *testing.T, h *harness, session string, waitMs in
 	}
 	return done, list.Approvals[0]
 }
+
+// TestApprovalWaitAsLongAsTheApprovalEndsExpired: a proposal held for as
+// long as its approval lives (approval_wait_ms = --approval-ttl, the most
+// it may ask) answers with the approval's expiry, recorded: deny
+// APPROVAL_EXPIRED, not require_approval with an approval that is past
+// its expiry but not yet swept. No sweep runs here: the wait itself must
+// record the expiry.
+func TestApprovalWaitAsLongAsTheApprovalEndsExpired(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{noExpirySweep: true, cfg: func(c *Config) { c.ApprovalTTL = time.Second }})
+	var out ProposalResponse
+	r := h.do(t, "POST", "/v1/sessions/w1/proposals?approval_wait_ms=1000", "acme-agent", "application/json",
+		proposal("send_email", "m1", `{"to":"x"}`), &out)
+	if r.StatusCode != 200 || out.Outcome != envelope.Deny || out.Reason != envelope.ReasonApprovalExpired ||
+		out.Approval == nil || out.Approval.State != ApprovalExpired || out.Approval.Approver != approverExpiry || out.Approval.DecidedSeq != 2 {
+		t.Fatalf("held for the approval's whole life: %d %+v %+v", r.StatusCode, out, out.Approval)
+	}
+	// The expiry is in the log: the same call asks for approval again, at seq 3.
+	var p ProposalResponse
+	if h.do(t, "POST", "/v1/sessions/w1/proposals", "acme-agent", "application/json", proposal("send_email", "m1", `{"to":"x"}`), &p); p.Outcome != envelope.RequireApproval || p.Seq != 3 {
+		t.Fatalf("after the expiry: %+v", p)
+	}
+}

@@ -170,8 +170,31 @@ func (s *Server) propose(w http.ResponseWriter, ctx context.Context, ev *envelop
 	select {
 	case <-e.done:
 	case <-t.C:
-		writeJSON(w, http.StatusOK, resp)
-		return
+		s.appr.mu.Lock()
+		a = e.Approval
+		s.appr.mu.Unlock()
+		if a.State == ApprovalPending && s.now().UnixMilli() < a.ExpiresMs {
+			writeJSON(w, http.StatusOK, resp)
+			return
+		}
+		// The wait lasted as long as the approval: answer with its end,
+		// not with an approval past its expiry that the sweep has yet to
+		// record. settle records the expiry (unless a decision or the
+		// sweep is being recorded already, which then ends the wait).
+		grace := time.NewTimer(s.cfg.ProposalTimeout) // for settle and the wait after it
+		defer grace.Stop()
+		_, _ = s.settle(ctx, e, false, approverExpiry, envelope.ReasonApprovalExpired)
+		select {
+		case <-e.done:
+		case <-grace.C:
+			writeJSON(w, http.StatusOK, resp)
+			return
+		case <-s.draining:
+			writeJSON(w, http.StatusOK, resp)
+			return
+		case <-ctx.Done():
+			return
+		}
 	case <-s.draining:
 		// The server is stopping: the wait ends as if it had run out.
 		writeJSON(w, http.StatusOK, resp)
