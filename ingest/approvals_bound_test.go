@@ -120,3 +120,31 @@ func TestApprovalWaitAsLongAsTheApprovalEndsExpired(t *testing.T) {
 		t.Fatalf("after the expiry: %+v", p)
 	}
 }
+
+// TestApprovalWaitBeyondTheTTLIsCapped: approval_wait_ms longer than
+// --approval-ttl (which a client cannot know) holds the request as long
+// as the approval lives, as documented, rather than refusing it; it then
+// ends with the recorded expiry.
+func TestApprovalWaitBeyondTheTTLIsCapped(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{noExpirySweep: true, cfg: func(c *Config) { c.ApprovalTTL = time.Second }})
+	var out ProposalResponse
+	start := time.Now()
+	r := h.do(t, "POST", "/v1/sessions/w2/proposals?approval_wait_ms=600000", "acme-agent", "application/json",
+		proposal("send_email", "m1", `{"to":"x"}`), &out)
+	if r.StatusCode != 200 || out.Outcome != envelope.Deny || out.Reason != envelope.ReasonApprovalExpired {
+		t.Fatalf("approval_wait_ms over the TTL: %d %+v", r.StatusCode, out)
+	}
+	if d := time.Since(start); d > 15*time.Second {
+		t.Errorf("held %s, not capped at the 1s TTL", d)
+	}
+	for _, bad := range []string{"-1", "x", "99999999999999999999"} {
+		var e struct {
+			Error ErrorDetail `json:"error"`
+		}
+		if r := h.do(t, "POST", "/v1/sessions/w3/proposals?approval_wait_ms="+bad, "acme-agent", "application/json",
+			proposal("search", "s1", `{}`), &e); r.StatusCode != 400 || e.Error.Code != CodeMalformedRequest {
+			t.Errorf("approval_wait_ms=%s: %d %+v", bad, r.StatusCode, e)
+		}
+	}
+}

@@ -113,7 +113,7 @@ func (c *Config) Validate(dev bool) error {
 	if c.TLSClientCA != "" && c.TLSCert == "" {
 		errs = append(errs, errors.New("tls-client-ca: needs tls-cert and tls-key"))
 	}
-	if c.ApprovalTTL < time.Second || c.ApprovalTTL > 7*24*time.Hour {
+	if c.ApprovalTTL < time.Second || c.ApprovalTTL > maxApprovalTTL {
 		errs = append(errs, fmt.Errorf("approval-ttl %s: must be 1s..168h", c.ApprovalTTL))
 	}
 	if c.ProposalTimeout < 10*time.Millisecond || c.ProposalTimeout > maxProposalWait {
@@ -158,3 +158,7 @@ func (c Config) Redacted() map[string]any {
 
 // maxProposalWait bounds any wait of a synchronous proposal.
 const maxProposalWait = 60 * time.Second
+
+// maxApprovalTTL is the longest --approval-ttl, and the longest
+// approval_wait_ms a proposal may give (it is held at most --approval-ttl).
+const maxApprovalTTL = 7 * 24 * time.Hour

@@ -41,8 +41,9 @@ type TimeoutResponse struct {
 // parameters: timeout_ms (the wait for the decision, default
 // --proposal-timeout, at most 60000) and approval_wait_ms: on
 // require_approval, hold the request until the approval is settled (at
-// most that long), then answer with the final outcome — after an approval,
-// the decision of the same call proposed again by the gateway.
+// most that long, and at most as long as the approval lives), then answer
+// with the final outcome — after an approval, the decision of the same
+// call proposed again by the gateway.
 func (s *Server) handleProposal(w http.ResponseWriter, r *http.Request, p Principal) {
 	_, body, err := s.readBody(w, r, mediaJSON)
 	if err != nil {
@@ -59,11 +60,14 @@ func (s *Server) handleProposal(w http.ResponseWriter, r *http.Request, p Princi
 		writeError(w, err)
 		return
 	}
-	approvalWait, err := durationParam(r, "approval_wait_ms", 0, s.cfg.ApprovalTTL)
+	// No approval outlives --approval-ttl, which the client cannot know:
+	// a longer wait is held as long as the approval lives.
+	approvalWait, err := durationParam(r, "approval_wait_ms", 0, maxApprovalTTL)
 	if err != nil {
 		writeError(w, err)
 		return
 	}
+	approvalWait = min(approvalWait, s.cfg.ApprovalTTL)
 	sessionID := r.PathValue("session")
 	assign := false
 	fixed, err := s.normalize(body, func(m map[string]json.RawMessage) error {
