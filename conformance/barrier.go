@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -109,6 +111,51 @@ func (cr *caseRun) wrote(tenant, session string) {
 		}
 	}
 	cr.written = append(cr.written, k)
+}
+
+// httpWrites returns the sessions an http step's request names as those it
+// writes: the path's session of a proposal (in the tenant of ?tenant_id=,
+// or the step's), the tenant_id and session_id of each event of a JSON
+// body of POST /v1/events (the step's tenant when it names none). A
+// request that names none, or that the target refuses, may still write:
+// the step counts as a write of any session too (wroteAny).
+func httpWrites(path, tenant string, body []byte) []sessionKey {
+	u, err := url.Parse(path)
+	if err != nil {
+		return nil
+	}
+	if t := u.Query().Get("tenant_id"); t != "" {
+		tenant = t
+	}
+	if rest, ok := strings.CutPrefix(u.Path, "/v1/sessions/"); ok {
+		if s, ok := strings.CutSuffix(rest, "/proposals"); ok && s != "" && !strings.Contains(s, "/") {
+			return []sessionKey{{tenant, s}}
+		}
+		return nil
+	}
+	if u.Path != "/v1/events" {
+		return nil
+	}
+	var evs []map[string]any
+	if json.Unmarshal(body, &evs) != nil {
+		var ev map[string]any
+		if json.Unmarshal(body, &ev) != nil {
+			return nil
+		}
+		evs = []map[string]any{ev}
+	}
+	var keys []sessionKey
+	for _, ev := range evs {
+		s, _ := ev["session_id"].(string)
+		t, ok := ev["tenant_id"].(string)
+		if !ok {
+			t = tenant
+		}
+		if s != "" && t != "" && !slices.Contains(keys, sessionKey{t, s}) {
+			keys = append(keys, sessionKey{t, s})
+		}
+	}
+	return keys
 }
 
 // wroteAny notes a step that may write any session (approve, http).

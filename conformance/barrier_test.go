@@ -348,3 +348,68 @@ func TestEndBarrierCatchesLateAcceptAcrossSessions(t *testing.T) {
 		})
 	}
 }
+
+// httpReadPack checks an exact retry with an http step's read of the
+// session, which is sent once, not polled.
+const httpReadPack = `name: httpread
+cases:
+  - id: RETRY-HTTP-001
+    requirement: REQ-INGEST-SEQUENCE
+    description: an exact retry stores nothing, read by an http step
+    scenario:
+      steps:
+        - {session: "{{sid}}", propose: {seq: 1, payload: {tool_name: search, call_id: c1, args: {}}}, expect: {outcome: allow}}
+        - {session: "{{sid}}", propose: {seq: 1, payload: {tool_name: search, call_id: c1, args: {}}}, expect: {outcome: allow}}
+        - {http: {method: GET, path: "/v1/sessions/{{sid}}?tenant_id=default"}, expect: {fields: {snapshot.events: 1}}}
+  - id: RETRY-HTTP-002
+    requirement: REQ-INGEST-SEQUENCE
+    description: an event written by an http step is stored before an http step reads the session
+    scenario:
+      steps:
+        - {http: {method: POST, path: /v1/events, body: [{tenant_id: default, session_id: "{{sid}}", seq: 1, ts_unix_ms: 1767225601000, event_type: MODEL_CALL_STARTED, payload: {}}]}, expect: {status: 202}}
+        - {http: {method: GET, path: "/v1/sessions/{{sid}}?tenant_id=default"}, expect: {fields: {snapshot.events: 1}}}
+`
+
+// TestHTTPReadPassesTheBarrier: an http step that reads a session is sent
+// once; it is decided only after the barrier of every session the case
+// wrote, so that it neither passes before a late duplicate is stored
+// (RETRY-HTTP-001 against a target whose decider accepts the retry again,
+// seen 1.5 s late) nor fails before the store has caught up with what the
+// case wrote (RETRY-HTTP-002 against a store 300 ms behind, the event
+// written by an http step).
+func TestHTTPReadPassesTheBarrier(t *testing.T) {
+	pack, err := conformance.Parse([]byte(httpReadPack))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pack.Name = "httpread"
+	for _, tc := range []struct {
+		name   string
+		target *seqTarget
+		want   map[string]string
+	}{
+		{"correct", &seqTarget{storeLag: 300 * time.Millisecond}, map[string]string{"RETRY-HTTP-001": "", "RETRY-HTTP-002": ""}},
+		{"duplicate accepted by the decider", &seqTarget{lateBy: 1500 * time.Millisecond, dupDecided: true}, map[string]string{
+			"RETRY-HTTP-001": "step 3: snapshot.events = 2, want 1", "RETRY-HTTP-002": ""}},
+		{"duplicate written by the store", &seqTarget{lateBy: 1500 * time.Millisecond, dupStored: true}, map[string]string{
+			"RETRY-HTTP-001": "seq 2 holds another record than the sentinel", "RETRY-HTTP-002": ""}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			url := newSeqTarget(t, tc.target)
+			rep, err := conformance.Run(context.Background(), []*conformance.Pack{pack}, conformance.Options{Target: url, PollTimeout: 10 * time.Second})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, c := range rep.Cases {
+				t.Logf("%s: %s %s", c.ID, c.Status, c.Message)
+				want := tc.want[c.ID]
+				switch {
+				case want == "" && c.Status != conformance.StatusPass:
+					t.Errorf("%s: %s: %s", c.ID, c.Status, c.Message)
+				case want != "" && (c.Status != conformance.StatusFail || !strings.Contains(c.Message, want)):
+					t.Errorf("%s: %s %q, want a failure saying %q", c.ID, c.Status, c.Message, want)
+				}
+			}
+		})
+	}
+}

@@ -141,7 +141,9 @@ type Step struct {
 	Snapshot bool `yaml:"snapshot,omitempty" json:"snapshot,omitempty"`
 	Sealed   bool `yaml:"sealed,omitempty" json:"sealed,omitempty"`
 	Verify   bool `yaml:"verify,omitempty" json:"verify,omitempty"`
-	// HTTP is any request, for bad input and authorization checks.
+	// HTTP is any request, for bad input and authorization checks, sent
+	// once; a GET of a /v1/sessions/ path first passes the barrier of
+	// every session the case wrote (docs/conformance.md#barriers).
 	HTTP *HTTP `yaml:"http,omitempty" json:"http,omitempty"`
 	// Tamper runs SQL statements on the audit store. Only a runner that
 	// owns the store (the embedded run) can; elsewhere the case is

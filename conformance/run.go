@@ -391,10 +391,21 @@ func (cr *caseRun) step(ctx context.Context, s *Step) (*response, error) {
 		if ct == "" {
 			ct = "application/json"
 		}
+		path := cr.str(h.Path)
 		if h.Method != http.MethodGet && h.Method != http.MethodHead {
 			cr.wroteAny() // any other request may write, to sessions the runner cannot tell
+			for _, k := range httpWrites(path, tenant, body) {
+				cr.wrote(k.tenant, k.session)
+			}
+		} else if strings.HasPrefix(path, "/v1/sessions/") {
+			// A read of the audit store, sent once: it is decided only
+			// after everything the case published is stored, as the
+			// read steps' checks are.
+			if err := cr.settleWritten(ctx); err != nil {
+				return nil, err
+			}
 		}
-		resp, err := cr.do(ctx, h.Method, cr.str(h.Path), tenant, ct, body)
+		resp, err := cr.do(ctx, h.Method, path, tenant, ct, body)
 		if err != nil {
 			return nil, err
 		}
