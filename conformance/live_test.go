@@ -110,7 +110,7 @@ func TestRunnerAgainstSeparateAegisdIntegration(t *testing.T) {
 	// Under --dev: cases needing tenant credentials and tamper cases
 	// (the store is not the runner's) are skipped, everything else passes.
 	failures(t, &rep, func(c conformance.CaseResult) bool {
-		return strings.HasPrefix(c.ID, "TAMP-") || strings.Contains(c.Message, "API keys") || c.ID == "APPR-SCN-005"
+		return strings.HasPrefix(c.ID, "TAMP-") || strings.Contains(c.Message, "API keys") || c.ID == "APPR-SCN-005" || c.ID == "APPR-WAIT-001"
 	})
 	if rep.Passed < 100 {
 		t.Errorf("%d passed against a --dev target, want at least 100", rep.Passed)

@@ -148,3 +148,29 @@ func TestApprovalWaitBeyondTheTTLIsCapped(t *testing.T) {
 		}
 	}
 }
+
+// TestApprovalWaitEndsWithTheOperatorsDeny: a proposal held on its
+// approval (approval_wait_ms) answers deny APPROVAL_DENIED, with the
+// approval denied, as soon as an operator denies it (the conformance
+// suite, whose steps run one after the other, cannot settle an approval
+// while a step waits on it).
+func TestApprovalWaitEndsWithTheOperatorsDeny(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{noExpirySweep: true, cfg: func(c *Config) { c.ApprovalTTL = time.Minute }})
+	done, a := proposeAwaitingApproval(t, h, "wd1", 60000)
+	var settled struct {
+		Approval Approval `json:"approval"`
+	}
+	if r := h.do(t, "POST", "/v1/approvals/"+a.Token, "acme-operator", "application/json", `{"decision":"deny","reason":"no"}`, &settled); r.StatusCode != 200 {
+		t.Fatalf("deny: %d %+v", r.StatusCode, settled)
+	}
+	select {
+	case res := <-done:
+		if res.status != 200 || res.out.Outcome != envelope.Deny || res.out.Reason != envelope.ReasonApprovalDenied ||
+			res.out.Approval == nil || res.out.Approval.State != ApprovalDenied || res.out.Approval.Approver != "acme-operator" {
+			t.Fatalf("held proposal after the deny: %d %+v %+v", res.status, res.out, res.out.Approval)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the held proposal did not answer after the deny")
+	}
+}
