@@ -103,6 +103,10 @@ type approvals struct {
 	pending    map[callKey]*approvalEntry
 	// byCall is the pending approval of each (tenant, session, call_id).
 	byCall map[[3]string]*approvalEntry
+	// latest is the approval last opened for each call and arguments,
+	// pending or decided, while it is listed: an exact retry of the
+	// proposal that asked for it gets it, not a new one.
+	latest map[callKey]*approvalEntry
 	// pendingBy counts pending approvals per tenant.
 	pendingBy map[string]int
 	// decidedBy lists each tenant's decided approvals in the order they
@@ -115,7 +119,8 @@ type approvals struct {
 
 func newApprovals(secret []byte, maxPending int) *approvals {
 	return &approvals{secret: secret, maxPending: maxPending, byID: make(map[string]*approvalEntry), pending: make(map[callKey]*approvalEntry),
-		byCall: make(map[[3]string]*approvalEntry), pendingBy: make(map[string]int), decidedBy: make(map[string][]*approvalEntry)}
+		byCall: make(map[[3]string]*approvalEntry), latest: make(map[callKey]*approvalEntry), pendingBy: make(map[string]int),
+		decidedBy: make(map[string][]*approvalEntry)}
 }
 
 // retain keeps decided approval e listed, forgetting the tenant's oldest
@@ -124,7 +129,7 @@ func (a *approvals) retain(e *approvalEntry) {
 	q := append(a.decidedBy[e.TenantID], e)
 	for len(q) > a.maxPending {
 		if old := q[0]; a.byID[old.ID] == old {
-			delete(a.byID, old.ID)
+			a.forget(old)
 		}
 		q[0] = nil
 		q = q[1:]
@@ -144,6 +149,14 @@ func (a *approvals) decided(e *approvalEntry, state, approver, reason string, se
 	e.State, e.Approver, e.Reason, e.DecidedSeq = state, approver, reason, seq
 	close(e.done)
 	a.retain(e)
+}
+
+// forget drops e from the registry. The caller holds a.mu.
+func (a *approvals) forget(e *approvalEntry) {
+	delete(a.byID, e.ID)
+	if k := e.key(); a.latest[k] == e {
+		delete(a.latest, k)
+	}
 }
 
 func (a *approvals) sign(c Claims) string {
@@ -196,6 +209,12 @@ func (a *approvals) open(rep *decider.Reply, args json.RawMessage, expires time.
 		e.RequestedSeq = max(e.RequestedSeq, rep.Seq)
 		return e, nil
 	}
+	if e := a.latest[k]; e != nil && rep.Seq <= e.RequestedSeq {
+		// A retry of a proposal whose approval was decided since (the
+		// client lost the answer): the decider waits for no approval of
+		// it, so a new one would settle nothing.
+		return e, nil
+	}
 	// The decider now waits for an approval of this call, not of the
 	// earlier arguments: a decision on the earlier token would settle
 	// nothing, so it is refused (409) rather than reported as approved.
@@ -226,6 +245,7 @@ func (a *approvals) open(rep *decider.Reply, args json.RawMessage, expires time.
 	}
 	a.pending[k] = e
 	a.byCall[e.call()] = e
+	a.latest[k] = e
 	a.pendingBy[rep.TenantID]++
 	return e, nil
 }
@@ -374,12 +394,12 @@ func (s *Server) expireApprovals(ctx context.Context) {
 	a.mu.Lock()
 	var due []*approvalEntry
 	forgot := false
-	for id, e := range a.byID {
+	for _, e := range a.byID {
 		switch {
 		case e.State == ApprovalPending && !e.busy && now >= e.ExpiresMs:
 			due = append(due, e)
 		case e.State != ApprovalPending && now >= e.ExpiresMs+ttl:
-			delete(a.byID, id)
+			a.forget(e)
 			forgot = true
 		}
 	}

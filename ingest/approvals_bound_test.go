@@ -174,3 +174,56 @@ func TestApprovalWaitEndsWithTheOperatorsDeny(t *testing.T) {
 		t.Fatal("the held proposal did not answer after the deny")
 	}
 }
+
+// TestRetryAfterTheApprovalIsDecidedGetsThatApproval: an exact retry of a
+// proposal whose approval was decided since (the client lost the first
+// answer) is answered with that approval, not with a new pending one that
+// the pipeline does not wait for: held (approval_wait_ms), the retry of an
+// approved call gets the call proposed again and allowed at once, and
+// that of a denied one deny APPROVAL_DENIED, instead of waiting until a
+// stray approval expires; deciding a stray token would be answered as
+// approved or denied while the session's approval stays as it was.
+func TestRetryAfterTheApprovalIsDecidedGetsThatApproval(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOpts{noExpirySweep: true, cfg: func(c *Config) { c.ApprovalTTL = time.Minute }})
+	ts := time.Now().UnixMilli()
+	body := func(call string) string {
+		return fmt.Sprintf(`{"seq":1,"ts_unix_ms":%d,"payload":{"tool_name":"send_email","call_id":%q,"args":{"to":"x"}}}`, ts, call)
+	}
+	for _, tc := range []struct {
+		session, decision string
+		outcome           envelope.Outcome
+		reason            string
+		state             string
+		seq               uint64
+	}{
+		{"rd1", "allow", envelope.Allow, "OK", ApprovalApproved, 3},
+		{"rd2", "deny", envelope.Deny, envelope.ReasonApprovalDenied, ApprovalDenied, 1},
+	} {
+		var first ProposalResponse
+		if r := h.do(t, "POST", "/v1/sessions/"+tc.session+"/proposals", "acme-agent", "application/json", body("m1"), &first); r.StatusCode != 200 || first.Approval == nil {
+			t.Fatalf("%s: %d %+v", tc.session, r.StatusCode, first)
+		}
+		if r := h.do(t, "POST", "/v1/approvals/"+first.Approval.Token, "acme-operator", "application/json", `{"decision":"`+tc.decision+`"}`, nil); r.StatusCode != 200 {
+			t.Fatalf("%s: settle: %d", tc.session, r.StatusCode)
+		}
+		start := time.Now()
+		var retry ProposalResponse
+		r := h.do(t, "POST", "/v1/sessions/"+tc.session+"/proposals?approval_wait_ms=20000", "acme-agent", "application/json", body("m1"), &retry)
+		if r.StatusCode != 200 || retry.Outcome != tc.outcome || retry.Reason != tc.reason || retry.Seq != tc.seq {
+			t.Errorf("%s: held retry after %s: %d %+v", tc.session, tc.decision, r.StatusCode, retry)
+		}
+		if retry.Approval != nil && (retry.Approval.ID != first.Approval.ID || retry.Approval.State != tc.state) {
+			t.Errorf("%s: retry's approval %+v, want %s %s", tc.session, retry.Approval, first.Approval.ID, tc.state)
+		}
+		if d := time.Since(start); d > 10*time.Second {
+			t.Errorf("%s: the retry was held %s", tc.session, d)
+		}
+		var list struct {
+			Approvals []Approval `json:"approvals"`
+		}
+		if h.do(t, "GET", "/v1/approvals", "acme-operator", "", "", &list); len(list.Approvals) != 0 {
+			t.Errorf("%s: pending after the retry: %+v", tc.session, list.Approvals)
+		}
+	}
+}
