@@ -759,13 +759,8 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client, closer *sess
 				batches[fp.Partition] = append(batches[fp.Partition], fromKgo(r))
 			}
 		})
-		if len(next) == 0 {
-			if fetchErr != nil && !sleep(ctx, backoff) {
-				return ctx.Err()
-			}
-			continue
-		}
-
+		// Foreign records are checked first: a poll holding only them
+		// would otherwise look empty and their offsets go uncorrected.
 		if len(foreign) > 0 {
 			// Records of a partition this instance does not own
 			// (revoked while they were buffered): they must neither
@@ -774,6 +769,12 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client, closer *sess
 			t.log.Info("poll returned partitions not owned; rewinding", "partitions", foreign)
 			if err := t.rewind(ctx, s); err != nil {
 				return err
+			}
+			continue
+		}
+		if len(next) == 0 {
+			if fetchErr != nil && !sleep(ctx, backoff) {
+				return ctx.Err()
 			}
 			continue
 		}
