@@ -79,6 +79,12 @@ func Export(ctx context.Context, brokers []string, topic string, latestPerKey bo
 	if err != nil {
 		return st, err
 	}
+	// A partition that retention emptied holds no record below its end:
+	// reading it would wait for one forever.
+	starts, err := stream.StartOffsets(ctx, brokers, topic, opts...)
+	if err != nil {
+		return st, err
+	}
 	w := bufio.NewWriterSize(env.Stdout, 256<<10)
 	write := func(v []byte) error {
 		st.Records++
@@ -90,11 +96,11 @@ func Export(ctx context.Context, brokers []string, topic string, latestPerKey bo
 	var keys []string
 	latest := map[string][]byte{}
 	for p := int32(0); p < int32(len(ends)); p++ {
-		end := ends[p]
-		if end <= 0 {
+		start, end := starts[p], ends[p]
+		if end <= 0 || start >= end {
 			continue
 		}
-		err := readPartition(ctx, brokers, topic, p, end, opts, func(r *stream.Record) error {
+		err := readPartition(ctx, brokers, topic, p, start, end, opts, func(r *stream.Record) error {
 			if r.Value == nil {
 				st.Tombstones++
 			}
@@ -125,10 +131,10 @@ func Export(ctx context.Context, brokers []string, topic string, latestPerKey bo
 	return st, w.Flush()
 }
 
-// readPartition calls fn with every committed record of one partition below
-// end, in offset order.
-func readPartition(ctx context.Context, brokers []string, topic string, p int32, end int64, opts []stream.Option, fn func(*stream.Record) error) error {
-	c, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: brokers, Start: stream.FromOffsets(map[string]map[int32]int64{topic: {p: 0}})}, opts...)
+// readPartition calls fn with every committed record of one partition from
+// start to below end, in offset order.
+func readPartition(ctx context.Context, brokers []string, topic string, p int32, start, end int64, opts []stream.Option, fn func(*stream.Record) error) error {
+	c, err := stream.NewConsumer(stream.ConsumerConfig{Brokers: brokers, Start: stream.FromOffsets(map[string]map[int32]int64{topic: {p: start}})}, opts...)
 	if err != nil {
 		return err
 	}

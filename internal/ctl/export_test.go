@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 
@@ -92,5 +93,30 @@ func TestExportTimeoutMustBePositive(t *testing.T) {
 		if code, _, stderr := run(t, "", "export", "--brokers", "127.0.0.1:1", "--timeout", d); code != ExitUsage {
 			t.Errorf("--timeout %s: exit %d, want %d: %s", d, code, ExitUsage, stderr)
 		}
+	}
+}
+
+// TestExportPartitionEmptiedByRetention: a partition whose records
+// retention deleted (start offset = end offset > 0) has nothing to export;
+// export used to wait for a record there until its --timeout. One whose
+// first records were deleted exports the rest.
+func TestExportPartitionEmptiedByRetention(t *testing.T) {
+	ctx, topic := context.Background(), pipeline.NewTopics(pipeline.DefaultTopicPrefix).Sealed
+	broker, p := topicBroker(t, topic, 2)
+	for i, part := range []int32{0, 0, 1, 1, 1} {
+		m := stream.Message{Topic: topic, Key: []byte("acme/s"), Value: []byte(fmt.Sprintf(`{"n":%d}`, i)), Partition: part, Pin: true}
+		if err := p.Produce(ctx, m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := broker.DeleteRecordsBefore(ctx, topic, 0, 2); err != nil {
+		t.Fatal(err)
+	}
+	if err := broker.DeleteRecordsBefore(ctx, topic, 1, 1); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := run(t, "", "export", "--brokers", broker.Addr(), "--topic", "sealed", "--timeout", "20s")
+	if want := "{\"n\":3}\n{\"n\":4}\n"; code != ExitOK || stdout != want {
+		t.Fatalf("export: exit %d, stdout %q, want %q, stderr %s", code, stdout, want, stderr)
 	}
 }

@@ -448,6 +448,10 @@ func kafkaSource(brokers []string, opts []stream.Option, topic string, o replayO
 		if err != nil {
 			return err
 		}
+		starts, err := stream.StartOffsets(ctx, brokers, topic, opts...)
+		if err != nil {
+			return err
+		}
 		dec := envelope.Decoder{Sealed: true, MaxBytes: maxLine}
 		want := map[string]bool{}
 		for _, s := range o.sessions {
@@ -461,11 +465,11 @@ func kafkaSource(brokers []string, opts []stream.Option, topic string, o replayO
 			inRange bool
 		}
 		for p := int32(0); p < int32(len(ends)); p++ {
-			if ends[p] <= 0 {
-				continue
+			if ends[p] <= 0 || starts[p] >= ends[p] {
+				continue // empty, or emptied by retention
 			}
 			lasts := map[[2]string]last{}
-			err := readPartition(ctx, brokers, topic, p, ends[p], opts, func(r *stream.Record) error {
+			err := readPartition(ctx, brokers, topic, p, starts[p], ends[p], opts, func(r *stream.Record) error {
 				ev, err := dec.Decode(r.Value)
 				if err != nil {
 					return nil //nolint:nilerr // reported by the second pass
@@ -484,7 +488,7 @@ func kafkaSource(brokers []string, opts []stream.Option, topic string, o replayO
 				return err
 			}
 			open := map[[2]string]*replayer.Session{}
-			err = readPartition(ctx, brokers, topic, p, ends[p], opts, func(r *stream.Record) error {
+			err = readPartition(ctx, brokers, topic, p, starts[p], ends[p], opts, func(r *stream.Record) error {
 				ev, err := dec.Decode(r.Value)
 				if err != nil {
 					tenant, session, _ := strings.Cut(string(r.Key), "/")

@@ -448,6 +448,27 @@ func (e *Embedded) Compact() bool {
 	return true
 }
 
+// DeleteRecordsBefore deletes the records of topic's partition below
+// offset, as retention does on a real broker: the partition's start offset
+// becomes offset. For tests of readers that must cope with it.
+func (e *Embedded) DeleteRecordsBefore(ctx context.Context, topic string, partition int32, offset int64) error {
+	adm, closeAdm, err := newAdmin(e.Brokers(), Security{})
+	if err != nil {
+		return err
+	}
+	defer closeAdm()
+	var at kadm.Offsets
+	at.Add(kadm.Offset{Topic: topic, Partition: partition, At: offset, LeaderEpoch: -1})
+	resp, err := adm.DeleteRecords(ctx, at)
+	if err == nil {
+		err = resp.Error()
+	}
+	if err != nil {
+		return fmt.Errorf("stream: delete records of %s/%d below %d: %w", topic, partition, offset, err)
+	}
+	return nil
+}
+
 // compactTopics returns the topics with cleanup.policy=compact, as kfake
 // tells them, or false if they could not be listed.
 func (e *Embedded) compactTopics() ([]string, bool) {

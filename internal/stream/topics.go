@@ -280,6 +280,28 @@ func EndOffsets(ctx context.Context, brokers []string, topic string, opts ...Opt
 	return out, nil
 }
 
+// StartOffsets returns each partition's log start offset of topic: the
+// first offset it still holds. Below it, retention or a records deletion
+// removed everything; a partition whose start is its end offset holds no
+// record at all.
+func StartOffsets(ctx context.Context, brokers []string, topic string, opts ...Option) (map[int32]int64, error) {
+	adm, closeAdm, err := newAdmin(brokers, buildOptions("admin", opts).security)
+	if err != nil {
+		return nil, err
+	}
+	defer closeAdm()
+	starts, err := adm.ListStartOffsets(ctx, topic)
+	if err != nil {
+		return nil, fmt.Errorf("stream: start offsets of %s: %w: %w", topic, ErrBroker, err)
+	}
+	if err := starts.Error(); err != nil {
+		return nil, fmt.Errorf("stream: start offsets of %s: %w: %w", topic, ErrTopicMissing, err)
+	}
+	out := map[int32]int64{}
+	starts.Each(func(o kadm.ListedOffset) { out[o.Partition] = o.Offset })
+	return out, nil
+}
+
 // MaxMessageBytes returns the max.message.bytes of topic: the largest
 // record batch the broker takes for it. A producer that gathers records
 // into larger batches has them refused as a whole (MESSAGE_TOO_LARGE),
