@@ -136,7 +136,7 @@ func (s *Stage) TransactConfig() stream.TransactConfig {
 
 // NewProcessor returns the processor of one events partition.
 func (s *Stage) NewProcessor(partition int32) stream.Processor {
-	return &processor{stage: s, partition: partition,
+	return &processor{stage: s, partition: partition, tally: s.metrics.NewTally(),
 		sessions: pipeline.NewStateCache(s.cfg.State, StageName, partition, s.cfg.Partitions, stateCodec)}
 }
 
@@ -184,6 +184,7 @@ type processor struct {
 	stage     *Stage
 	partition int32
 	sessions  *statecache.Cache[deciderState]
+	tally     *pipeline.Tally // counted once the batch commits
 	counted   statecache.Stats
 	// Scratch kept across batches: the event being processed in canonical
 	// form without decision (content digest, input digest and decided
@@ -207,6 +208,10 @@ func (p *processor) Restore(key, value []byte) error {
 // Close releases the processor's spill file.
 func (p *processor) Close() error { return p.sessions.Close() }
 
+// Committed counts the committed batch's records and decisions
+// (stream.Committer).
+func (p *processor) Committed() { p.tally.Flush() }
+
 func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit func(stream.Output)) error {
 	s := p.stage
 	t := s.cfg.Topics
@@ -227,7 +232,7 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 		if ev != nil {
 			r.WithEvent(ev)
 		}
-		s.metrics.Rejected.WithLabelValues(reason).Inc()
+		p.tally.Reject(reason)
 		emit(r.Output(t.Rejected, rec, maxRecord))
 	}
 	for _, rec := range batch {
@@ -269,13 +274,13 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 		}
 		switch verdict, detail := st.Window.Check(ev.Seq, digest); verdict {
 		case pipeline.Duplicate:
-			s.metrics.Duplicates.Inc()
+			p.tally.Duplicate()
 			continue
 		case pipeline.Accept:
 		default:
 			r := pipeline.NewRejection(StageName, rec, verdict.Reason(), detail).WithEvent(ev)
 			r.Expected = st.Window.Last + 1
-			s.metrics.Rejected.WithLabelValues(r.Reason).Inc()
+			p.tally.Reject(r.Reason)
 			emit(r.Output(t.Rejected, rec, maxRecord))
 			continue
 		}
@@ -309,7 +314,7 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 			v, _ := json.Marshal(ShadowDiff{TenantID: r.TenantID, SessionID: r.SessionID, Seq: r.Seq, CallID: r.CallID, ToolName: r.ToolName,
 				Active: ev.Decision, Shadow: shadow})
 			emit(stream.Output{Topic: s.cfg.ShadowTopic, Partition: rec.Partition, Key: rec.Key, Value: v})
-			s.shadow.WithLabelValues(ev.Decision.Reason, shadow.Reason).Inc()
+			p.tally.Count(s.shadow, ev.Decision.Reason, shadow.Reason)
 		}
 		st.Window.Add(ev.Seq, digest)
 		if err := p.sessions.PutBytes(key, st); err != nil {
@@ -327,9 +332,9 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 			reply := Reply{TenantID: ev.TenantID, SessionID: ev.SessionID, Seq: ev.Seq, CallID: tc.CallID, ToolName: tc.ToolName, ContentDigest: digest, Decision: *ev.Decision}
 			p.buf = reply.AppendJSON(p.buf[:0])
 			emit(stream.Output{Topic: t.Decisions, Partition: rec.Partition, Key: rec.Key, Value: p.values.copy(p.buf)})
-			s.outcome.WithLabelValues(string(ev.Decision.Outcome), ev.Decision.Reason).Inc()
+			p.tally.Count(s.outcome, string(ev.Decision.Outcome), ev.Decision.Reason)
 		}
-		s.metrics.Accepted.Inc()
+		p.tally.Accept()
 	}
 	// One state record per session touched by the batch: compaction keeps
 	// only the latest anyway.

@@ -92,7 +92,7 @@ func (s *Stage) TransactConfig() stream.TransactConfig {
 
 // NewProcessor returns the processor of one decided partition.
 func (s *Stage) NewProcessor(partition int32) stream.Processor {
-	return &processor{stage: s, partition: partition,
+	return &processor{stage: s, partition: partition, tally: s.metrics.NewTally(),
 		heads: pipeline.NewStateCache(s.cfg.State, StageName, partition, s.cfg.Partitions, headCodec)}
 }
 
@@ -149,6 +149,7 @@ type processor struct {
 	stage     *Stage
 	partition int32
 	heads     *statecache.Cache[HeadRecord]
+	tally     *pipeline.Tally // counted once the batch commits
 	counted   statecache.Stats
 	buf       []byte
 }
@@ -164,6 +165,9 @@ func (p *processor) Restore(key, value []byte) error {
 // Close releases the processor's spill file.
 func (p *processor) Close() error { return p.heads.Close() }
 
+// Committed counts the committed batch's records (stream.Committer).
+func (p *processor) Committed() { p.tally.Flush() }
+
 func (p *processor) Process(_ context.Context, batch []*stream.Record, emit func(stream.Output)) error {
 	s := p.stage
 	t := s.cfg.Topics
@@ -176,7 +180,7 @@ func (p *processor) Process(_ context.Context, batch []*stream.Record, emit func
 			r.WithEvent(ev)
 		}
 		r.Expected = expected
-		s.metrics.Rejected.WithLabelValues(reason).Inc()
+		p.tally.Reject(reason)
 		emit(r.Output(t.Rejected, rec, s.cfg.MaxRecordBytes))
 	}
 	for _, rec := range batch {
@@ -220,7 +224,7 @@ func (p *processor) Process(_ context.Context, batch []*stream.Record, emit func
 		}
 		switch verdict, detail := window.Check(ev.Seq, digest); verdict {
 		case pipeline.Duplicate:
-			s.metrics.Duplicates.Inc()
+			p.tally.Duplicate()
 			continue
 		case pipeline.Accept:
 		default:
@@ -251,7 +255,7 @@ func (p *processor) Process(_ context.Context, batch []*stream.Record, emit func
 			touched = append(touched, key)
 		}
 		emit(stream.Output{Topic: t.Sealed, Partition: rec.Partition, Key: rec.Key, Value: append([]byte(nil), p.buf...)})
-		s.metrics.Accepted.Inc()
+		p.tally.Accept()
 	}
 	defer func() { p.counted = s.state.CountState(p.heads.Stats(), p.counted) }()
 	for _, key := range touched {

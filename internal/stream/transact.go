@@ -51,6 +51,15 @@ type Processor interface {
 	Process(ctx context.Context, batch []*Record, emit func(Output)) error
 }
 
+// Committer is a Processor that is told when its outputs are committed:
+// Committed is called once after each transaction that committed a batch
+// of it, before its next Process. A processor whose transaction aborted is
+// discarded instead (and rebuilt from committed state), so what it counted
+// while processing an aborted batch is never reported.
+type Committer interface {
+	Committed()
+}
+
 // TransactConfig is the operator configuration of a transactional stage.
 type TransactConfig struct {
 	// Brokers are the seed brokers (host:port).
@@ -785,6 +794,11 @@ func (t *Transactor) session(ctx context.Context, adm *kadm.Client, closer *sess
 			t.discard(parts)
 			return err
 		case committed:
+			for p := range batches {
+				if c, ok := parts[p].proc.(Committer); ok {
+					c.Committed()
+				}
+			}
 			failures, aborts = 0, 0
 			backoff = t.cfg.RetryBackoff
 			t.advance(next, ends)

@@ -782,3 +782,64 @@ func TestTransactBacksOffWhileCommitsKeepAborting(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// committingCounter is a counter that also tallies its records and adds
+// the tally to total only when told its transaction committed.
+type committingCounter struct {
+	counter
+	pending   int64
+	total     *atomic.Int64
+	committed *atomic.Int64
+}
+
+func (c *committingCounter) Process(ctx context.Context, batch []*Record, emit func(Output)) error {
+	if err := c.counter.Process(ctx, batch, emit); err != nil {
+		return err
+	}
+	c.pending += int64(len(batch))
+	return nil
+}
+
+func (c *committingCounter) Committed() {
+	c.total.Add(c.pending)
+	c.committed.Add(1)
+	c.pending = 0
+}
+
+// TestTransactCommittedCountsEachRecordOnce: a Committer hears of every
+// committed batch and of no aborted one, so what it counts while
+// processing adds up to the input exactly, through an aborted transaction
+// whose batch is processed twice.
+func TestTransactCommittedCountsEachRecordOnce(t *testing.T) {
+	e := startBroker(t)
+	tp := newTopology(t, e, 4)
+	want := map[string]int{}
+	produceInputs(t, e, tp.input, 24, 600, want)
+	var failed atomic.Bool
+	hook := func(_ context.Context, r *Record) error {
+		if string(r.Value) == "session-05/7" && failed.CompareAndSwap(false, true) {
+			return errors.New("injected processing failure")
+		}
+		return nil
+	}
+	var total, commits atomic.Int64
+	newProc := func(int32) Processor {
+		return &committingCounter{counter: counter{out: tp.output, state: tp.state, counts: map[string]int{}, hook: hook}, total: &total, committed: &commits}
+	}
+	tr, err := NewTransactor(tp.config(e, "txn-a"), newProc, WithRegisterer(prometheus.NewRegistry()), WithLogger(testLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := runAsync(t, tr)
+	out := readAtLeast(t, e, tp.output, sum(want), 20*time.Second, 300*time.Millisecond)
+	if err := stop(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	checkExactlyOnce(t, out, want, tp.partitions)
+	if !failed.Load() || metricValue(tr.m.aborted) < 1 {
+		t.Fatal("no transaction was aborted")
+	}
+	if total.Load() != int64(sum(want)) || commits.Load() == 0 {
+		t.Fatalf("committed tally %d over %d calls, want %d records", total.Load(), commits.Load(), sum(want))
+	}
+}
