@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -97,7 +98,46 @@ type Stage struct {
 	state   *pipeline.StateMetrics
 	outcome *prometheus.CounterVec
 	shadow  *prometheus.CounterVec
+	reasons reasonLabels
 	log     *slog.Logger
+}
+
+// maxReasonLabels bounds the reason codes of the decision metrics beyond
+// the built-in ones: a policy carries its own codes through, even codes
+// built from input, and a series per code would then grow without bound.
+// Reasons past the first maxReasonLabels are counted under otherReason.
+const maxReasonLabels = 64
+
+// otherReason labels the reasons beyond maxReasonLabels.
+const otherReason = "other"
+
+// reasonLabels maps a decision's reason to its metric label.
+type reasonLabels struct {
+	mu   sync.Mutex
+	seen map[string]struct{}
+}
+
+func (l *reasonLabels) label(reason string) string {
+	switch reason {
+	case envelope.ReasonOK, envelope.ReasonPermissionUndeclared, envelope.ReasonEgressDeny, envelope.ReasonBudgetExceeded,
+		envelope.ReasonLoopDetected, envelope.ReasonTaintedToHighRisk, envelope.ReasonExecDeny, envelope.ReasonApprovalRequired,
+		envelope.ReasonManifestUnknown, envelope.ReasonPolicyError, envelope.ReasonApprovalDenied, envelope.ReasonApprovalExpired,
+		envelope.ReasonInvalidProposal, envelope.ReasonSessionTerminated:
+		return reason
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.seen[reason]; ok {
+		return reason
+	}
+	if len(l.seen) >= maxReasonLabels {
+		return otherReason
+	}
+	if l.seen == nil {
+		l.seen = make(map[string]struct{})
+	}
+	l.seen[reason] = struct{}{}
+	return reason
 }
 
 // NewStage returns the decider stage. reg and log may be nil.
@@ -314,7 +354,7 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 			v, _ := json.Marshal(ShadowDiff{TenantID: r.TenantID, SessionID: r.SessionID, Seq: r.Seq, CallID: r.CallID, ToolName: r.ToolName,
 				Active: ev.Decision, Shadow: shadow})
 			emit(stream.Output{Topic: s.cfg.ShadowTopic, Partition: rec.Partition, Key: rec.Key, Value: v})
-			p.tally.Count(s.shadow, ev.Decision.Reason, shadow.Reason)
+			p.tally.Count(s.shadow, s.reasons.label(ev.Decision.Reason), s.reasons.label(shadow.Reason))
 		}
 		st.Window.Add(ev.Seq, digest)
 		if err := p.sessions.PutBytes(key, st); err != nil {
@@ -332,7 +372,7 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 			reply := Reply{TenantID: ev.TenantID, SessionID: ev.SessionID, Seq: ev.Seq, CallID: tc.CallID, ToolName: tc.ToolName, ContentDigest: digest, Decision: *ev.Decision}
 			p.buf = reply.AppendJSON(p.buf[:0])
 			emit(stream.Output{Topic: t.Decisions, Partition: rec.Partition, Key: rec.Key, Value: p.values.copy(p.buf)})
-			p.tally.Count(s.outcome, string(ev.Decision.Outcome), ev.Decision.Reason)
+			p.tally.Count(s.outcome, string(ev.Decision.Outcome), s.reasons.label(ev.Decision.Reason))
 		}
 		p.tally.Accept()
 	}
