@@ -79,3 +79,33 @@ func TestShadowPolicy(t *testing.T) {
 		t.Fatalf("disagreement metric %v, want 1", n)
 	}
 }
+
+// TestShadowConstraintsDisagree: a candidate that allows the same calls
+// under other constraints (a shorter timeout, a smaller output bound)
+// changes what the caller runs: a disagreement, as in replay's what-if.
+func TestShadowConstraintsDisagree(t *testing.T) {
+	files := map[string]string{
+		"decide.rego": "package aegis.decide\n\ndecision := {\"outcome\": \"allow\", \"reason\": \"OK\", \"constraints\": {\"max_output_bytes\": 1048576, \"timeout_ms\": 5}}\n",
+		"index.rego":  "package aegis.manifest\n\nindex := {}\n",
+	}
+	candidate := &policy.Bundle{Revision: policy.ComputeRevision(files), Files: files}
+	const shadowTopic = "aegis.shadow-diffs"
+	stage := NewStage(newEngine(t, policy.Default()),
+		StageConfig{Topics: topics, Partitions: 3, Shadow: newEngine(t, candidate), ShadowTopic: shadowTopic}, nil, nil)
+	out := process(t, stage.NewProcessor(0), rec(1, "a"))
+	var r Reply
+	if err := json.Unmarshal(out[topics.Decisions][0].Value, &r); err != nil || r.Reason != "OK" || r.Constraints.TimeoutMs == 5 {
+		t.Fatalf("active reply %s (%v)", out[topics.Decisions][0].Value, err)
+	}
+	diffs := out[shadowTopic]
+	if len(diffs) != 1 {
+		t.Fatalf("%d shadow records, want 1 (timeout_ms %d against 5)", len(diffs), r.Constraints.TimeoutMs)
+	}
+	var d ShadowDiff
+	if err := json.Unmarshal(diffs[0].Value, &d); err != nil {
+		t.Fatal(err)
+	}
+	if d.Active.Constraints.TimeoutMs != r.Constraints.TimeoutMs || d.Shadow.Constraints.TimeoutMs != 5 {
+		t.Fatalf("shadow record %s", diffs[0].Value)
+	}
+}

@@ -59,9 +59,9 @@ type StageConfig struct {
 	MaxEventBytes int
 	// Shadow, if set, decides every proposal a second time, on the same
 	// snapshot, with a candidate policy. It never changes the outcome: a
-	// disagreement (other outcome or reason) is counted and written as a
-	// ShadowDiff to ShadowTopic, which must be co-partitioned with the
-	// events topic (docs/replay.md#shadow-mode).
+	// disagreement (other outcome, reason or constraints) is counted and
+	// written as a ShadowDiff to ShadowTopic, which must be co-partitioned
+	// with the events topic (docs/replay.md#shadow-mode).
 	Shadow      *Engine
 	ShadowTopic string
 	// State bounds the session snapshots kept in memory.
@@ -349,7 +349,7 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 			// cancelled context or a bug. Abort: the batch is retried.
 			return fmt.Errorf("decider: %s seq %d: %w", key, ev.Seq, err)
 		}
-		if shadow != nil && (shadow.Outcome != ev.Decision.Outcome || shadow.Reason != ev.Decision.Reason) {
+		if shadow != nil && (shadow.Outcome != ev.Decision.Outcome || shadow.Reason != ev.Decision.Reason || shadow.Constraints != ev.Decision.Constraints) {
 			r := NewReply(ev)
 			v, _ := json.Marshal(ShadowDiff{TenantID: r.TenantID, SessionID: r.SessionID, Seq: r.Seq, CallID: r.CallID, ToolName: r.ToolName,
 				Active: ev.Decision, Shadow: shadow})
