@@ -388,6 +388,9 @@ func (p *processor) Process(ctx context.Context, batch []*stream.Record, emit fu
 			return fmt.Errorf("decider: encode state of %s: %w", key, err)
 		}
 		emit(stream.Output{Topic: t.DeciderState, Partition: p.partition, Key: key, Value: p.values.copy(p.buf)})
+		if err := p.sessions.SetSize(key, len(p.buf)); err != nil {
+			return fmt.Errorf("decider: %w", err)
+		}
 	}
 	return nil
 }

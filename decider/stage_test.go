@@ -97,8 +97,9 @@ func TestRestoreRejectsInconsistentState(t *testing.T) {
 }
 
 // TestSpilledStateDecidesAlike runs many interleaved sessions through a
-// processor that may keep only two of them in memory and through one that
-// keeps all: every output (decided events, replies, state records) must be
+// processor that may keep only two of them in memory, through one whose
+// byte bound (--state-bytes) holds only a few, and through one that keeps
+// all: every output (decided events, replies, state records) must be
 // byte-identical, so spilling is invisible to the log.
 func TestSpilledStateDecidesAlike(t *testing.T) {
 	eng := newEngine(t, policy.Default())
@@ -111,9 +112,9 @@ func TestSpilledStateDecidesAlike(t *testing.T) {
 			recs = append(recs, &stream.Record{Topic: topics.Events, Key: key, Value: []byte(v)})
 		}
 	}
-	run := func(sessions int) []stream.Output {
+	run := func(sessions int, bytes int64) []stream.Output {
 		reg := prometheus.NewRegistry()
-		stage := NewStage(eng, StageConfig{Topics: topics, State: pipeline.StateConfig{Sessions: sessions, Dir: t.TempDir()}}, reg, nil)
+		stage := NewStage(eng, StageConfig{Topics: topics, State: pipeline.StateConfig{Sessions: sessions, Bytes: bytes, Dir: t.TempDir()}}, reg, nil)
 		p := stage.NewProcessor(0)
 		defer p.(io.Closer).Close()
 		var out []stream.Output
@@ -123,18 +124,28 @@ func TestSpilledStateDecidesAlike(t *testing.T) {
 				out = append(out, batch[topic]...)
 			}
 		}
-		if sessions < 12 && p.(*processor).sessions.Stats().Loaded == 0 {
-			t.Fatalf("with room for %d sessions nothing was read back from the spill file", sessions)
+		cache := p.(*processor).sessions
+		if (sessions < 12 || bytes > 0) && cache.Stats().Loaded == 0 {
+			t.Fatalf("with room for %d sessions or %d bytes nothing was read back from the spill file", sessions, bytes)
+		}
+		if bytes > 0 && cache.HotBytes() > bytes {
+			t.Fatalf("%d bytes of state held, bound %d", cache.HotBytes(), bytes)
 		}
 		return out
 	}
-	all, spilled := run(1000), run(2)
-	if len(all) != len(spilled) || len(all) != 3*len(recs) {
-		t.Fatalf("%d outputs with spilling, %d without, want %d", len(spilled), len(all), 3*len(recs))
-	}
-	for i := range all {
-		if all[i].Topic != spilled[i].Topic || string(all[i].Key) != string(spilled[i].Key) || string(all[i].Value) != string(spilled[i].Value) {
-			t.Fatalf("output %d differs:\n%s %s\n%s %s", i, all[i].Topic, all[i].Value, spilled[i].Topic, spilled[i].Value)
+	all := run(1000, 0)
+	for _, bound := range []struct {
+		sessions int
+		bytes    int64
+	}{{2, 0}, {1000, 4 << 10}} {
+		spilled := run(bound.sessions, bound.bytes)
+		if len(all) != len(spilled) || len(all) != 3*len(recs) {
+			t.Fatalf("%+v: %d outputs with spilling, %d without, want %d", bound, len(spilled), len(all), 3*len(recs))
+		}
+		for i := range all {
+			if all[i].Topic != spilled[i].Topic || string(all[i].Key) != string(spilled[i].Key) || string(all[i].Value) != string(spilled[i].Value) {
+				t.Fatalf("%+v: output %d differs:\n%s %s\n%s %s", bound, i, all[i].Topic, all[i].Value, spilled[i].Topic, spilled[i].Value)
+			}
 		}
 	}
 }

@@ -268,6 +268,9 @@ func (p *processor) Process(_ context.Context, batch []*stream.Record, emit func
 		}
 		v := bytes.Clone(p.buf)
 		emit(stream.Output{Topic: t.ChainHeads, Partition: p.partition, Key: []byte(key), Value: v})
+		if err := p.heads.SetSize([]byte(key), len(v)); err != nil {
+			return fmt.Errorf("sealer: %w", err)
+		}
 	}
 	return nil
 }

@@ -119,6 +119,11 @@ type Config struct {
 	// back, so memory stays flat however many sessions a fleet opens
 	// (docs/pipeline.md#session-state-in-memory).
 	StateSessions int `yaml:"state_sessions"`
+	// StateBytes bounds the encoded size of the session states the
+	// decider and the sealer keep in memory (default 128 MiB), so that
+	// sessions whose state an agent inflated toward the reducer's limits
+	// are spilled sooner instead of multiplying by StateSessions.
+	StateBytes int64 `yaml:"state_bytes"`
 	// KafkaCompression compresses the batches aegisd produces: none,
 	// snappy (default), lz4, zstd or gzip. On loopback or a fast LAN,
 	// none saves CPU on both aegisd and the brokers (docs/benchmarks.md).
@@ -191,6 +196,7 @@ func Defaults() Config {
 		StoreBatch:       20000,
 		StoreBatchBytes:  32 << 20,
 		StateSessions:    pipeline.DefaultStateSessions,
+		StateBytes:       pipeline.DefaultStateBytes,
 		KafkaCompression: "snappy",
 		LogLevel:         "info",
 		Ingest:           ingest.Defaults(),
@@ -240,6 +246,7 @@ func (c *Config) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&c.KafkaCompression, "kafka-compression", c.KafkaCompression, "compression of produced batches: "+strings.Join(stream.Compressions, ", "))
 	c.KafkaSecurity.RegisterFlags(fs)
 	fs.IntVar(&c.StateSessions, "state-sessions", c.StateSessions, "most session states a stage keeps in memory; the others are spilled under DATA-DIR/state-spill and read back when needed")
+	fs.Int64Var(&c.StateBytes, "state-bytes", c.StateBytes, "most bytes of session state (encoded) the decider and the sealer keep in memory; beyond that the least recently used are spilled like those beyond --state-sessions")
 	fs.BoolVar(&c.Pprof, "pprof", c.Pprof, "serve /debug/pprof/ on the HTTP listener (for diagnosing memory and CPU)")
 	fs.BoolVar(&c.UnauthenticatedApprovals, "unauthenticated-approvals", c.UnauthenticatedApprovals, "decider: honour APPROVAL_DECIDED events without a valid grant, so anyone who can write the events topic can approve calls (default: refused with APPROVAL_UNAUTHENTICATED)")
 	fs.BoolVar(&c.Dev, "dev", c.Dev, "development mode: relaxed security, loudly announced")
@@ -373,6 +380,9 @@ func (c *Config) Validate() error {
 	}
 	if !slices.Contains(stream.Compressions, c.KafkaCompression) {
 		errs = append(errs, fmt.Errorf("kafka-compression %q: want one of %s", c.KafkaCompression, strings.Join(stream.Compressions, ", ")))
+	}
+	if c.StateBytes < 1<<20 {
+		errs = append(errs, fmt.Errorf("state-bytes %d: must be at least 1 MiB (1048576)", c.StateBytes))
 	}
 	if c.StateSessions < 1 {
 		errs = append(errs, fmt.Errorf("state-sessions %d: must be at least 1", c.StateSessions))

@@ -402,7 +402,7 @@ func (d *Daemon) newStage(ctx context.Context, name string, brokers []string, ap
 	}
 	var tc stream.TransactConfig
 	var newProcessor func(int32) stream.Processor
-	state := pipeline.StateConfig{Sessions: cfg.StateSessions, Dir: cfg.SpillDir()}
+	state := pipeline.StateConfig{Sessions: cfg.StateSessions, Bytes: cfg.StateBytes, Dir: cfg.SpillDir()}
 	if err := os.MkdirAll(state.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("aegisd: %s: spill directory: %w", name, err)
 	}

@@ -12,6 +12,13 @@ import (
 // instance keeps decoded in memory, over all its partitions.
 const DefaultStateSessions = 10000
 
+// DefaultStateBytes is the default bound on the encoded size of the
+// session states a stage instance keeps in memory, over all its
+// partitions: far above what DefaultStateSessions ordinary sessions take
+// (a few KB each), it binds only when agents inflate their sessions' state
+// toward the reducer's limits.
+const DefaultStateBytes = 128 << 20
+
 // StateConfig bounds the memory a transactional stage spends on session
 // state (docs/pipeline.md#session-state-in-memory).
 type StateConfig struct {
@@ -20,6 +27,10 @@ type StateConfig struct {
 	// others are spilled to a local file and read back on their next
 	// event.
 	Sessions int
+	// Bytes bounds the encoded size of the states kept in memory over all
+	// partitions of the instance (default DefaultStateBytes); decoded,
+	// a state takes about twice its encoded size.
+	Bytes int64
 	// Dir is where spill files are created (default os.TempDir()).
 	Dir string
 }
@@ -57,10 +68,15 @@ func NewStateCache[T any](cfg StateConfig, stage string, partition, partitions i
 	if total <= 0 {
 		total = DefaultStateSessions
 	}
+	bytes := cfg.Bytes
+	if bytes <= 0 {
+		bytes = DefaultStateBytes
+	}
 	return statecache.New(statecache.Config{
-		MaxHot: max(1, total/int(max(1, partitions))),
-		Dir:    cfg.Dir,
-		Name:   fmt.Sprintf("%s-p%d", stage, partition),
+		MaxHot:      max(1, total/int(max(1, partitions))),
+		MaxHotBytes: max(1, bytes/int64(max(1, partitions))),
+		Dir:         cfg.Dir,
+		Name:        fmt.Sprintf("%s-p%d", stage, partition),
 	}, codec)
 }
 

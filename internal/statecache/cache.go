@@ -9,7 +9,9 @@
 // their session comes back. Where each spilled state lies is kept in an
 // on-disk hash table (index.go), not in memory. Memory is therefore
 // O(MaxHot × state size), whatever the number of sessions: a stage's memory
-// stays flat while a fleet keeps opening new sessions.
+// stays flat while a fleet keeps opening new sessions. MaxHotBytes bounds
+// the hot states' encoded size too, so that sessions whose states an agent
+// inflated to the reducer's limits cannot multiply that by MaxHot.
 //
 // The spill and index files are created in Dir and unlinked at once, so
 // they never outlive the process (their blocks are freed when the Cache is
@@ -44,6 +46,10 @@ type Codec[T any] struct {
 type Config struct {
 	// MaxHot bounds the decoded sessions kept in memory (minimum 1).
 	MaxHot int
+	// MaxHotBytes, if positive, also bounds the encoded size of the
+	// states kept in memory, as last told by SetSize or read from the
+	// spill file; the most recently used state is kept whatever its size.
+	MaxHotBytes int64
 	// Dir is where the spill file is created (default os.TempDir()).
 	Dir string
 	// Name prefixes the spill file's name, for operators looking at open
@@ -60,9 +66,10 @@ type Cache[T any] struct {
 	cfg   Config
 	codec Codec[T]
 
-	hot  map[string]*node[T]
-	head node[T] // sentinel: head.next is the most recently used
-	cold index
+	hot      map[string]*node[T]
+	hotBytes int64   // sum of the hot nodes' sizes
+	head     node[T] // sentinel: head.next is the most recently used
+	cold     index
 
 	file *os.File
 	size int64 // bytes written to file
@@ -73,6 +80,7 @@ type Cache[T any] struct {
 type node[T any] struct {
 	key        string
 	v          *T
+	size       int64 // encoded bytes, as last known
 	prev, next *node[T]
 }
 
@@ -102,6 +110,10 @@ func New[T any](cfg Config, codec Codec[T]) *Cache[T] {
 
 // Len returns how many sessions are held decoded and spilled.
 func (c *Cache[T]) Len() (hot, spilled int) { return len(c.hot), int(c.cold.used) }
+
+// HotBytes returns the encoded size of the states held in memory, as far
+// as SetSize and the spill file told it.
+func (c *Cache[T]) HotBytes() int64 { return c.hotBytes }
 
 // Stats returns the Cache's counters.
 func (c *Cache[T]) Stats() Stats { return c.stats }
@@ -137,7 +149,7 @@ func (c *Cache[T]) Get(key string) (*T, error) {
 		return nil, err
 	}
 	c.stats.Loaded++
-	if err := c.insert(key, v); err != nil {
+	if err := c.insert(key, v, int64(len(b))); err != nil {
 		return nil, err
 	}
 	return v, nil
@@ -175,7 +187,21 @@ func (c *Cache[T]) Put(key string, v *T) error {
 	if err := c.cold.remove(hashKey(key)); err != nil {
 		return err
 	}
-	return c.insert(key, v)
+	return c.insert(key, v, 0)
+}
+
+// SetSize records n as the encoded size of key's state, held in memory
+// (a stage knows it when it writes the state record), and evicts the least
+// recently used other states while the hot ones exceed MaxHotBytes. A key
+// not held in memory is ignored.
+func (c *Cache[T]) SetSize(key []byte, n int) error {
+	nd, ok := c.hot[string(key)]
+	if !ok {
+		return nil
+	}
+	c.hotBytes += int64(n) - nd.size
+	nd.size = int64(n)
+	return c.evictOver()
 }
 
 // Close releases the spill file; the Cache must not be used afterwards.
@@ -191,11 +217,18 @@ func (c *Cache[T]) Close() error {
 	return err
 }
 
-func (c *Cache[T]) insert(key string, v *T) error {
-	n := &node[T]{key: key, v: v}
+func (c *Cache[T]) insert(key string, v *T, size int64) error {
+	n := &node[T]{key: key, v: v, size: size}
 	c.hot[key] = n
+	c.hotBytes += size
 	c.link(n)
-	for len(c.hot) > c.cfg.MaxHot {
+	return c.evictOver()
+}
+
+// evictOver spills the least recently used states while more than MaxHot
+// are held, or more than MaxHotBytes, keeping the most recently used one.
+func (c *Cache[T]) evictOver() error {
+	for len(c.hot) > c.cfg.MaxHot || (c.cfg.MaxHotBytes > 0 && c.hotBytes > c.cfg.MaxHotBytes && len(c.hot) > 1) {
 		if err := c.evict(c.head.prev); err != nil {
 			return err
 		}
@@ -213,6 +246,7 @@ func (c *Cache[T]) evict(n *node[T]) error {
 	}
 	c.unlink(n)
 	delete(c.hot, n.key)
+	c.hotBytes -= n.size
 	c.stats.Spilled++
 	return nil
 }

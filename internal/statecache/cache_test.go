@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"runtime"
+	"strings"
 	"testing"
 )
 
@@ -293,5 +294,46 @@ func TestCorruptSpillIsDetected(t *testing.T) {
 				t.Fatalf("Get of a damaged spilled state = %+v, %v; want an error", v, err)
 			}
 		})
+	}
+}
+
+// TestMaxHotBytes: with MaxHotBytes, states whose sizes SetSize (or the
+// spill file) reports are evicted, least recently used first, once the
+// hot ones add up to more than the bound, whatever MaxHot allows; the most
+// recently used state stays even when it alone is larger; evicted states
+// read back intact, with the size they were spilled at.
+func TestMaxHotBytes(t *testing.T) {
+	c := New(Config{MaxHot: 100, MaxHotBytes: 1000, Dir: t.TempDir(), Name: "test"}, codec)
+	defer c.Close()
+	put := func(key string, pad int) {
+		t.Helper()
+		v := &state{Key: key, Pad: strings.Repeat("x", pad)}
+		if err := c.Put(key, v); err != nil {
+			t.Fatal(err)
+		}
+		b, _ := codec.Encode(v)
+		if err := c.SetSize([]byte(key), len(b)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 10 {
+		put(fmt.Sprintf("s%d", i), 200) // ~230 bytes each: four fit
+	}
+	if hot, spilled := c.Len(); hot != 4 || spilled != 6 || c.HotBytes() > 1000 {
+		t.Fatalf("hot %d, spilled %d, hot bytes %d; want 4 hot within 1000 bytes", hot, spilled, c.HotBytes())
+	}
+	put("big", 5000)
+	if hot, _ := c.Len(); hot != 1 || c.HotBytes() < 5000 {
+		t.Fatalf("after a 5000-byte state: hot %d, hot bytes %d; want it alone", hot, c.HotBytes())
+	}
+	v, err := c.Get("s0") // read back from the spill file, with its size
+	if err != nil || v == nil || v.Key != "s0" || len(v.Pad) != 200 {
+		t.Fatalf("s0 read back: %+v, %v", v, err)
+	}
+	if hot, _ := c.Len(); hot != 1 || c.HotBytes() > 1000 {
+		t.Fatalf("after reading s0 back: hot %d, hot bytes %d; want the big state spilled", hot, c.HotBytes())
+	}
+	if err := c.SetSize([]byte("nope"), 1<<20); err != nil || c.HotBytes() > 1000 {
+		t.Fatalf("SetSize of a key not held: %v, hot bytes %d", err, c.HotBytes())
 	}
 }
