@@ -270,8 +270,14 @@ func (s *Server) handleEvents(w http.ResponseWriter, r *http.Request, p Principa
 			res.Error = &ErrorDetail{Code: CodeDecisionTimeout, Message: "published, but the pipeline did not confirm it in time"}
 		case err != nil:
 			failed = true
-			_, d := eventError(err)
+			st, d := eventError(err)
 			res.Status, res.Error = "failed", &d
+			if st < http.StatusInternalServerError {
+				// Nothing was published and resending the same event
+				// cannot help (TOO_LARGE once the assigned seq is
+				// written): the client's to fix, like a rejection.
+				res.Status = "rejected"
+			}
 		case v.Rejection != nil:
 			failed = true
 			res.Status, res.Error = "rejected", &rejectionError(v.Rejection).Error
