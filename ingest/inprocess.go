@@ -42,9 +42,9 @@ func (e *RejectedError) Error() string {
 // single-use token, exactly as POST /v1/sessions/{session}/proposals
 // answers. Errors: ErrDecisionTimeout (ctx's deadline passed; the proposal
 // is recorded), *RejectedError, an *envelope.Error for an invalid event,
-// a rate limit or broker failure, or ctx's error. Safe for concurrent use;
-// concurrent writers of one session cost seq retries, so callers serialize
-// the events of a session where they can.
+// a rate limit or broker failure, or ctx's error. Safe for concurrent use:
+// concurrent writers of one session choose and publish their seqs one
+// after the other.
 func (s *Server) Propose(ctx context.Context, ev *envelope.Event) (*ProposalResponse, error) {
 	if ev.Type != envelope.ToolCallProposed {
 		return nil, fmt.Errorf("ingest: Propose: event type %s, want %s", ev.Type, envelope.ToolCallProposed)

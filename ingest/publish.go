@@ -33,6 +33,49 @@ func (s *Server) publishAll(ctx context.Context, keys, values [][]byte) []error 
 	return errs
 }
 
+// seqLocks serializes, per session, choosing a gateway-assigned seq and
+// publishing the event at it. Its entries live while someone holds or waits
+// for them, so its size follows the requests in flight.
+type seqLocks struct {
+	mu sync.Mutex
+	m  map[string]*seqLock
+}
+
+type seqLock struct {
+	held chan struct{} // buffered 1: full while held
+	refs int           // holders and waiters
+}
+
+// lock takes key's lock, or returns ctx's error if ctx ends first; the
+// returned function releases it.
+func (l *seqLocks) lock(ctx context.Context, key string) (func(), error) {
+	l.mu.Lock()
+	if l.m == nil {
+		l.m = make(map[string]*seqLock)
+	}
+	k := l.m[key]
+	if k == nil {
+		k = &seqLock{held: make(chan struct{}, 1)}
+		l.m[key] = k
+	}
+	k.refs++
+	l.mu.Unlock()
+	release := func() {
+		l.mu.Lock()
+		if k.refs--; k.refs == 0 {
+			delete(l.m, key)
+		}
+		l.mu.Unlock()
+	}
+	select {
+	case k.held <- struct{}{}:
+		return func() { <-k.held; release() }, nil
+	case <-ctx.Done():
+		release()
+		return nil, ctx.Err()
+	}
+}
+
 // maxAssignAttempts bounds how often a server-assigned seq is retried after
 // the decider reported that another event took it.
 const maxAssignAttempts = 8
@@ -58,20 +101,44 @@ func (s *Server) submit(ctx context.Context, ev *envelope.Event, assign bool, ki
 		return verdict{}, err
 	}
 	key := string(ev.Key())
-	if assign {
-		ev.Seq = s.hint(key) + 1
-	}
 	var callID, toolName string
 	if ev.Type == envelope.ToolCallProposed {
 		tc, _ := ev.ToolCall()
 		callID, toolName = tc.CallID, tc.ToolName
 	}
+	// floor is the seq the decider expects after a rejection (0 before);
+	// lower says it is below the seq tried (SEQ_GAP).
+	var floor uint64
+	var lower bool
 	for attempt := 1; ; attempt++ {
+		unlock := func() {}
+		if assign {
+			// The seq is chosen and published under the session's lock,
+			// and taken (setHint) before the next writer chooses: writers
+			// of one session on this gateway never guess the same seq.
+			var err error
+			if unlock, err = s.seqLocks.lock(ctx, key); err != nil {
+				if errors.Is(err, context.DeadlineExceeded) {
+					return verdict{}, &apiError{Status: http.StatusServiceUnavailable, Code: CodeBrokerUnavailable, RetryAfter: time.Second,
+						Message: "the session's earlier publishes on this gateway did not finish before the deadline; nothing was published"}
+				}
+				return verdict{}, err
+			}
+			if lower {
+				s.resetHint(key, floor-1)
+			}
+			// A floor above the seq tried was the session's next seq when
+			// the decider read the event: writers of this gateway may have
+			// taken it since, and the hint knows.
+			ev.Seq = max(floor, s.hint(key)+1)
+		}
 		value, err := ev.AppendCanonical(nil, false)
 		if err != nil {
+			unlock()
 			return verdict{}, fmt.Errorf("ingest: encode %s/%d: %w", key, ev.Seq, err)
 		}
 		if len(value) > s.env.MaxEventBytes {
+			unlock()
 			// Events the gateway builds itself (APPROVAL_DECIDED carries the
 			// approver's reason) are bounded like a client's: the decider
 			// would reject it TOO_LARGE, and one over the topic's record
@@ -83,12 +150,14 @@ func (s *Server) submit(ctx context.Context, ev *envelope.Event, assign bool, ki
 			proposal: ev.Type == envelope.ToolCallProposed, ch: make(chan verdict, 1)}
 		if w.proposal {
 			if w.digest, _, err = pipeline.ContentDigest(ev, nil); err != nil {
+				unlock()
 				return verdict{}, fmt.Errorf("ingest: digest %s/%d: %w", key, ev.Seq, err)
 			}
 		}
 		unregister := s.replies.register(w)
 		start := s.now()
 		if errs := s.publishAll(ctx, [][]byte{[]byte(key)}, [][]byte{value}); errs[0] != nil {
+			unlock()
 			unregister()
 			return verdict{}, s.brokerError(errs[0])
 		}
@@ -100,6 +169,7 @@ func (s *Server) submit(ctx context.Context, ev *envelope.Event, assign bool, ki
 			// no one waiting for the verdict.
 			s.setHint(key, ev.Seq)
 		}
+		unlock()
 		var v verdict
 		select {
 		case v = <-w.ch:
@@ -117,8 +187,7 @@ func (s *Server) submit(ctx context.Context, ev *envelope.Event, assign bool, ki
 			if assign && rj.Expected > 0 && attempt < maxAssignAttempts && rejectionStatus(rj.Reason) == http.StatusConflict {
 				// The decider's expected seq is the authority, lower
 				// (SEQ_GAP after a guess past a refused event) or higher.
-				s.resetHint(key, rj.Expected-1)
-				ev.Seq = rj.Expected
+				floor, lower = rj.Expected, rj.Expected < ev.Seq
 				continue
 			}
 			return v, nil

@@ -79,8 +79,9 @@ type Server struct {
 	appr    *approvals
 	metrics *metrics
 
-	hintMu sync.Mutex
-	hints  map[string]uint64 // session key -> highest seq seen accepted
+	hintMu   sync.Mutex
+	hints    map[string]uint64 // session key -> highest seq seen accepted
+	seqLocks seqLocks
 
 	tailOnce   sync.Once
 	tailWanted chan struct{} // closed by startTail
