@@ -56,6 +56,11 @@ func (s *Server) handleProposal(w http.ResponseWriter, r *http.Request, p Princi
 		return
 	}
 	wait, err := durationParam(r, "timeout_ms", s.cfg.ProposalTimeout, maxProposalWait)
+	if err == nil && wait <= 0 {
+		// No time to publish, let alone to wait: every such request
+		// would fail, and not for a reason a retry fixes.
+		err = errf(http.StatusBadRequest, CodeMalformedRequest, "timeout_ms 0: want 1..%d", maxProposalWait.Milliseconds())
+	}
 	if err != nil {
 		writeError(w, err)
 		return
