@@ -242,7 +242,10 @@ func (p *processor) Restore(key, value []byte) error {
 	if err != nil {
 		return fmt.Errorf("decider: state of %q on partition %d: %w", key, p.partition, err)
 	}
-	return p.sessions.Put(string(key), st)
+	if err := p.sessions.Put(string(key), st); err != nil {
+		return err
+	}
+	return p.sessions.SetSize(key, len(value)) // restored states count toward --state-bytes too
 }
 
 // Close releases the processor's spill file.

@@ -177,3 +177,56 @@ func TestMistypedPayloadFieldIsRejected(t *testing.T) {
 		t.Fatalf("corrected event: outputs %v, want it decided", out)
 	}
 }
+
+// TestRestoredStatesCountTowardTheByteBound: states restored from the
+// state topic count toward --state-bytes like decided ones, so an instance
+// taking over a partition full of large states does not hold them all;
+// the spilled ones decide on exactly as if kept.
+func TestRestoredStatesCountTowardTheByteBound(t *testing.T) {
+	eng := newEngine(t, policy.Default())
+	proposal := func(s, seq int) *stream.Record {
+		key := []byte(fmt.Sprintf("acme/s%d", s))
+		v := fmt.Sprintf(`{"tenant_id":"acme","session_id":"s%d","seq":%d,"ts_unix_ms":%d,"event_type":"TOOL_CALL_PROPOSED","payload":{"tool_name":"search","call_id":"c%d","args":{"q":"q%d"}}}`, s, seq, 1000+seq, seq, seq)
+		return &stream.Record{Topic: topics.Events, Key: key, Value: []byte(v)}
+	}
+	var first, next []*stream.Record
+	for s := range 20 {
+		for seq := 1; seq <= 5; seq++ {
+			first = append(first, proposal(s, seq))
+		}
+		next = append(next, proposal(s, 6))
+	}
+	newProc := func(bytes int64) *processor {
+		stage := NewStage(eng, StageConfig{Topics: topics, State: pipeline.StateConfig{Bytes: bytes, Dir: t.TempDir()}}, nil, nil)
+		p := stage.NewProcessor(0).(*processor)
+		t.Cleanup(func() { _ = p.Close() })
+		return p
+	}
+	kept := newProc(0)
+	states := process(t, kept, first...)[topics.DeciderState]
+	if len(states) != 20 {
+		t.Fatalf("%d state records, want 20", len(states))
+	}
+	const bound = 4 << 10
+	restored := newProc(bound)
+	for _, st := range states {
+		if err := restored.Restore(st.Key, st.Value); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if hot, spilled := restored.sessions.Len(); restored.sessions.HotBytes() > bound || spilled == 0 {
+		t.Fatalf("after restoring 20 states (%d bytes each) under a %d-byte bound: %d hot, %d spilled, %d bytes held",
+			len(states[0].Value), bound, hot, spilled, restored.sessions.HotBytes())
+	}
+	want, got := process(t, kept, next...), process(t, restored, next...)
+	for _, topic := range []string{topics.Decided, topics.Decisions, topics.DeciderState} {
+		if len(got[topic]) != len(want[topic]) || len(want[topic]) != 20 {
+			t.Fatalf("%s: %d records after the restore, %d kept", topic, len(got[topic]), len(want[topic]))
+		}
+		for i := range want[topic] {
+			if string(got[topic][i].Value) != string(want[topic][i].Value) {
+				t.Fatalf("%s record %d differs:\n%s\n%s", topic, i, got[topic][i].Value, want[topic][i].Value)
+			}
+		}
+	}
+}

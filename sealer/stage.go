@@ -159,7 +159,10 @@ func (p *processor) Restore(key, value []byte) error {
 	if err != nil {
 		return fmt.Errorf("sealer: head of %q on partition %d: %w", key, p.partition, err)
 	}
-	return p.heads.Put(string(key), h)
+	if err := p.heads.Put(string(key), h); err != nil {
+		return err
+	}
+	return p.heads.SetSize(key, len(value)) // restored heads count toward --state-bytes too
 }
 
 // Close releases the processor's spill file.
