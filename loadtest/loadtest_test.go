@@ -486,28 +486,31 @@ func TestSealedRecordMustBeTheEventPublished(t *testing.T) {
 		r.acked(s.key, eventJSON(sid, 1, r.start.UnixMilli(), s.events[0].typ, true, s.events[0].payload), nil)
 		ss = append(ss, s)
 	}
-	sealed := func(s *session) []byte {
-		ev, err := envelope.Decode(eventJSON(s.id, 1, r.start.UnixMilli(), s.events[0].typ, true, s.events[0].payload))
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := chain.Link(nil, ev); err != nil {
-			t.Fatal(err)
-		}
-		v, err := ev.AppendCanonical(nil, true)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
 	dec := envelope.Decoder{Sealed: true}
-	r.onSealed(dec, &stream.Record{Key: []byte(ss[0].key), Value: sealed(ss[1])}, time.Now())
-	r.onSealed(dec, &stream.Record{Key: []byte(ss[1].key), Value: sealed(ss[0])}, time.Now())
+	r.onSealed(dec, &stream.Record{Key: []byte(ss[0].key), Value: sealedFirst(t, r, ss[1])}, time.Now())
+	r.onSealed(dec, &stream.Record{Key: []byte(ss[1].key), Value: sealedFirst(t, r, ss[0])}, time.Now())
 	rep := r.report(time.Second)
 	if rep.OK || rep.Lost != 2 || rep.Unexpected != 2 || rep.EventsSealed != 0 {
 		t.Fatalf("ok %v, lost %d, unexpected %d, sealed %d, chain failures %d; want both events lost and both records unexpected",
 			rep.OK, rep.Lost, rep.Unexpected, rep.EventsSealed, rep.ChainFailures)
 	}
+}
+
+// sealedFirst is the sealed record of s's first event as the run sent it.
+func sealedFirst(tb testing.TB, r *run, s *session) []byte {
+	tb.Helper()
+	ev, err := envelope.Decode(eventJSON(s.id, 1, r.start.UnixMilli(), s.events[0].typ, true, s.events[0].payload))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if _, err := chain.Link(nil, ev); err != nil {
+		tb.Fatal(err)
+	}
+	v, err := ev.AppendCanonical(nil, true)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return v
 }
 
 // TestManyCopiesOfOneEventStayDuplicates: an event sealed 257 times is
@@ -522,17 +525,7 @@ func TestManyCopiesOfOneEventStayDuplicates(t *testing.T) {
 	r.sessions[s.key] = s
 	s.sched[0] = r.start.UnixNano()
 	r.acked(s.key, eventJSON(sid, 1, r.start.UnixMilli(), s.events[0].typ, true, s.events[0].payload), nil)
-	ev, err := envelope.Decode(eventJSON(sid, 1, r.start.UnixMilli(), s.events[0].typ, true, s.events[0].payload))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := chain.Link(nil, ev); err != nil {
-		t.Fatal(err)
-	}
-	v, err := ev.AppendCanonical(nil, true)
-	if err != nil {
-		t.Fatal(err)
-	}
+	v := sealedFirst(t, r, s)
 	for range 257 {
 		r.onSealed(envelope.Decoder{Sealed: true}, &stream.Record{Key: []byte(s.key), Value: v}, time.Now())
 	}

@@ -260,24 +260,7 @@ func newAdmin(brokers []string, sec Security, extra ...kgo.Opt) (*kadm.Client, f
 // reader reaches when it has read everything committed so far (the last
 // stable offset). Exports use it to know when they are done.
 func EndOffsets(ctx context.Context, brokers []string, topic string, opts ...Option) (map[int32]int64, error) {
-	adm, closeAdm, err := newAdmin(brokers, buildOptions("admin", opts).security)
-	if err != nil {
-		return nil, err
-	}
-	defer closeAdm()
-	ends, err := adm.ListCommittedOffsets(ctx, topic)
-	if err != nil {
-		return nil, fmt.Errorf("stream: end offsets of %s: %w: %w", topic, ErrBroker, err)
-	}
-	if err := ends.Error(); err != nil {
-		return nil, fmt.Errorf("stream: end offsets of %s: %w: %w", topic, ErrTopicMissing, err)
-	}
-	out := map[int32]int64{}
-	ends.Each(func(o kadm.ListedOffset) { out[o.Partition] = o.Offset })
-	if len(out) == 0 {
-		return nil, fmt.Errorf("stream: end offsets of %s: no partitions: %w", topic, ErrTopicMissing)
-	}
-	return out, nil
+	return listOffsets(ctx, brokers, topic, "end", (*kadm.Client).ListCommittedOffsets, opts)
 }
 
 // StartOffsets returns each partition's log start offset of topic: the
@@ -285,20 +268,30 @@ func EndOffsets(ctx context.Context, brokers []string, topic string, opts ...Opt
 // removed everything; a partition whose start is its end offset holds no
 // record at all.
 func StartOffsets(ctx context.Context, brokers []string, topic string, opts ...Option) (map[int32]int64, error) {
+	return listOffsets(ctx, brokers, topic, "start", (*kadm.Client).ListStartOffsets, opts)
+}
+
+// listOffsets returns the offsets list gives per partition of topic; a
+// topic without partitions is missing.
+func listOffsets(ctx context.Context, brokers []string, topic, which string,
+	list func(*kadm.Client, context.Context, ...string) (kadm.ListedOffsets, error), opts []Option) (map[int32]int64, error) {
 	adm, closeAdm, err := newAdmin(brokers, buildOptions("admin", opts).security)
 	if err != nil {
 		return nil, err
 	}
 	defer closeAdm()
-	starts, err := adm.ListStartOffsets(ctx, topic)
+	listed, err := list(adm, ctx, topic)
 	if err != nil {
-		return nil, fmt.Errorf("stream: start offsets of %s: %w: %w", topic, ErrBroker, err)
+		return nil, fmt.Errorf("stream: %s offsets of %s: %w: %w", which, topic, ErrBroker, err)
 	}
-	if err := starts.Error(); err != nil {
-		return nil, fmt.Errorf("stream: start offsets of %s: %w: %w", topic, ErrTopicMissing, err)
+	if err := listed.Error(); err != nil {
+		return nil, fmt.Errorf("stream: %s offsets of %s: %w: %w", which, topic, ErrTopicMissing, err)
 	}
 	out := map[int32]int64{}
-	starts.Each(func(o kadm.ListedOffset) { out[o.Partition] = o.Offset })
+	listed.Each(func(o kadm.ListedOffset) { out[o.Partition] = o.Offset })
+	if len(out) == 0 {
+		return nil, fmt.Errorf("stream: %s offsets of %s: no partitions: %w", which, topic, ErrTopicMissing)
+	}
 	return out, nil
 }
 

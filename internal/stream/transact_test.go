@@ -16,6 +16,18 @@ import (
 	"github.com/twmb/franz-go/pkg/kmsg"
 )
 
+// failOnce returns a counter hook that fails the first time it sees the
+// record value, and whether it did.
+func failOnce(value string) (func(context.Context, *Record) error, *atomic.Bool) {
+	var failed atomic.Bool
+	return func(_ context.Context, r *Record) error {
+		if string(r.Value) == value && failed.CompareAndSwap(false, true) {
+			return errors.New("injected processing failure")
+		}
+		return nil
+	}, &failed
+}
+
 func TestTransactExactlyOnceThroughProcessError(t *testing.T) {
 	e := startBroker(t)
 	tp := newTopology(t, e, 4)
@@ -26,13 +38,7 @@ func TestTransactExactlyOnceThroughProcessError(t *testing.T) {
 	// processor already emitted other records of the batch: the
 	// transaction must abort and the rebuilt processors must not count
 	// those records twice.
-	var failed atomic.Bool
-	hook := func(_ context.Context, r *Record) error {
-		if string(r.Value) == "session-05/7" && failed.CompareAndSwap(false, true) {
-			return errors.New("injected processing failure")
-		}
-		return nil
-	}
+	hook, failed := failOnce("session-05/7")
 	reg := prometheus.NewRegistry()
 	tr, err := NewTransactor(tp.config(e, "txn-a"), tp.counters(hook), WithRegisterer(reg), WithLogger(testLogger()))
 	if err != nil {
@@ -815,13 +821,7 @@ func TestTransactCommittedCountsEachRecordOnce(t *testing.T) {
 	tp := newTopology(t, e, 4)
 	want := map[string]int{}
 	produceInputs(t, e, tp.input, 24, 600, want)
-	var failed atomic.Bool
-	hook := func(_ context.Context, r *Record) error {
-		if string(r.Value) == "session-05/7" && failed.CompareAndSwap(false, true) {
-			return errors.New("injected processing failure")
-		}
-		return nil
-	}
+	hook, failed := failOnce("session-05/7")
 	var total, commits atomic.Int64
 	newProc := func(int32) Processor {
 		return &committingCounter{counter: counter{out: tp.output, state: tp.state, counts: map[string]int{}, hook: hook}, total: &total, committed: &commits}
