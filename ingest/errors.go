@@ -157,7 +157,14 @@ func writeTimeout(n int) time.Duration {
 
 func writeError(w http.ResponseWriter, err error) {
 	var ae *apiError
-	if !errors.As(err, &ae) {
+	switch {
+	case errors.As(err, &ae):
+	case errors.Is(err, context.Canceled):
+		// The client went away or the gateway is stopping: not a fault
+		// of the gateway's, and not counted as one (5xx INTERNAL).
+		st, d := eventError(err)
+		ae = errf(st, d.Code, "%s", d.Message)
+	default:
 		ae = errf(http.StatusInternalServerError, CodeInternal, "%v", err)
 	}
 	if ae.RetryAfter > 0 {

@@ -2,10 +2,12 @@ package ingest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 
 	"aegis.dev/aegis/internal/pipeline"
@@ -46,6 +48,27 @@ func TestRejectionStatus(t *testing.T) {
 	} {
 		if got := rejectionStatus(reason); got != want {
 			t.Errorf("rejectionStatus(%s) = %d, want %d", reason, got, want)
+		}
+	}
+}
+
+// TestWriteErrorCanceled: a canceled request that reaches writeError (the
+// client went away, the gateway is stopping) is 503 REQUEST_CANCELED, as
+// on the event paths, not a 500 INTERNAL counted as the gateway's fault.
+func TestWriteErrorCanceled(t *testing.T) {
+	for _, tc := range []struct {
+		err    error
+		status int
+		code   string
+	}{
+		{fmt.Errorf("store: %w", context.Canceled), http.StatusServiceUnavailable, CodeCanceled},
+		{errors.New("boom"), http.StatusInternalServerError, CodeInternal},
+	} {
+		w := httptest.NewRecorder()
+		writeError(w, tc.err)
+		var body ErrorBody
+		if err := json.Unmarshal(w.Body.Bytes(), &body); err != nil || w.Code != tc.status || body.Error.Code != tc.code {
+			t.Errorf("%v: %d %s (%v), want %d %s", tc.err, w.Code, w.Body.String(), err, tc.status, tc.code)
 		}
 	}
 }
