@@ -886,6 +886,14 @@ func (t *Transactor) applyEvents(ctx context.Context, adm *kadm.Client, parts ma
 	// The stage is in the group after an assignment (even of no
 	// partition), and out of it after a loss, until the next one.
 	joined, changed := false, false
+	drop := func(p int32) { // p was revoked
+		revoked = true
+		if o, ok := parts[p]; ok {
+			closeProc(o.proc)
+		}
+		delete(parts, p)
+		added = slices.DeleteFunc(added, func(q int32) bool { return q == p })
+	}
 	for _, ev := range evs {
 		if ev.assigned || ev.lost {
 			joined, changed = ev.assigned, true
@@ -904,12 +912,7 @@ func (t *Transactor) applyEvents(ctx context.Context, adm *kadm.Client, parts ma
 					added = append(added, p)
 				}
 			} else {
-				revoked = true
-				if o, ok := parts[p]; ok {
-					closeProc(o.proc)
-				}
-				delete(parts, p)
-				added = slices.DeleteFunc(added, func(q int32) bool { return q == p })
+				drop(p)
 			}
 		}
 		if !ev.assigned || !ev.known {
@@ -917,12 +920,9 @@ func (t *Transactor) applyEvents(ctx context.Context, adm *kadm.Client, parts ma
 		}
 		// Partitions held but not in the whole assignment were revoked
 		// in a report the session swallowed.
-		for p, o := range parts {
+		for p := range parts {
 			if !slices.Contains(ev.all, p) {
-				revoked = true
-				closeProc(o.proc)
-				delete(parts, p)
-				added = slices.DeleteFunc(added, func(q int32) bool { return q == p })
+				drop(p)
 			}
 		}
 	}
